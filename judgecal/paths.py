@@ -1,0 +1,35 @@
+"""Where a project's local state lives: the MLflow store and the LM response cache.
+
+The workspace is the nearest folder, from the working directory up, that holds an
+``mlruns/`` folder (``JUDGECAL_HOME`` overrides). Runs started from any subfolder of a
+project therefore land in the same store; with no ``mlruns/`` anywhere above, the
+working directory becomes the workspace.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+STORE_DIR = "mlruns"
+
+
+def workspace_root(start: Path | None = None) -> Path:
+    override = os.environ.get("JUDGECAL_HOME")
+    if override:
+        return Path(override).expanduser().resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / STORE_DIR).is_dir():
+            return folder
+    return here
+
+
+def store_dir(root: Path | None = None) -> Path:
+    """``mlruns/``: the SQLite tracking database, artifacts and Optuna studies."""
+    return (root or workspace_root()) / STORE_DIR
+
+
+def dspy_cache_dir(root: Path | None = None) -> Path:
+    """DSPy's disk cache of LM responses; a repeated run is served from it."""
+    return (root or workspace_root()) / ".cache" / "dspy"

@@ -1,0 +1,80 @@
+"""Named judge tasks: a DSPy signature plus the row shape read off it.
+
+Built-in names map to the signatures in ``signatures/``; any other name is a reference
+to a signature class, ``package.module:ClassName`` or ``path/to/file.py:ClassName``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from judgecal.data import TaskSpec
+from judgecal.signatures import JudgePairwise, JudgeRelevance, VerifyAttribute
+
+BUILTIN_SIGNATURES: dict[str, Any] = {
+    "relevance": JudgeRelevance,
+    "pairwise": JudgePairwise,
+    "attribute": VerifyAttribute,
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    """A judge's signature and the shape of its labelled rows."""
+
+    name: str
+    signature: Any
+    spec: TaskSpec
+    reference: str
+
+    @property
+    def decision_field(self) -> str:
+        return self.spec.decision_field
+
+
+def resolve_task(reference: str) -> Task:
+    """Resolve a built-in task name or a ``module:Class`` / ``file.py:Class`` reference."""
+    if reference in BUILTIN_SIGNATURES:
+        signature = BUILTIN_SIGNATURES[reference]
+        name = reference
+    else:
+        signature = _import_signature(reference)
+        name = signature.__name__
+    return Task(name=name, signature=signature, spec=TaskSpec.from_signature(name, signature), reference=reference)
+
+
+def _import_signature(reference: str) -> Any:
+    import dspy
+
+    if ":" not in reference:
+        known = ", ".join(sorted(BUILTIN_SIGNATURES))
+        raise ValueError(
+            f"unknown task {reference!r}: use one of {known}, or 'package.module:Signature' / "
+            "'path/to/file.py:Signature'"
+        )
+    location, _, attribute = reference.rpartition(":")
+    if location.endswith(".py"):
+        path = Path(location).resolve()
+        if not path.exists():
+            raise FileNotFoundError(f"{location}: no such signature file (from task {reference!r})")
+        module_name = f"judgecal_user_signatures.{path.stem}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"{location}: cannot be imported as a Python module")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(location)
+    try:
+        signature = getattr(module, attribute)
+    except AttributeError:
+        raise ImportError(f"{location} has no attribute {attribute!r} (from task {reference!r})") from None
+    if not (isinstance(signature, type) and issubclass(signature, dspy.Signature)):
+        raise TypeError(f"{reference} is not a dspy.Signature subclass")
+    return signature
