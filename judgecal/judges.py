@@ -1,0 +1,263 @@
+"""Judges: a DSPy program for a task, run over rows to give verdicts.
+
+``JudgeProgram`` is the small DSPy module optimizers compile (instructions and demos
+live on its ``predict``). ``Judge`` pairs a program with the LM that runs it and a
+decision rule, and turns rows into :class:`Verdict` objects, scikit-learn style:
+``judge.predict(rows)`` and ``judge.score(rows)``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dspy
+from pydantic import BaseModel, ConfigDict, Field
+
+from judgecal.data import LabeledRow, LabelValue
+from judgecal.metrics import binary_metrics, categorical_metrics, order_consistency
+from judgecal.tasks import Task
+
+ProgressFactory = Callable[[int, str], Any]
+
+
+class Verdict(BaseModel):
+    """What a judge said about one row."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: LabelValue | None = Field(description="The verdict; None when the judge gave no valid answer.")
+    confidence: float | None = Field(
+        default=None, description="Probability the judge put on its verdict, from token probabilities."
+    )
+    probabilities: dict[str, float] | None = Field(
+        default=None, description="Probability of each allowed answer (JSON spelling: 'true', 'A', ...)."
+    )
+    rationale: str | None = None
+    error: str | None = None
+
+    def probability_of(self, label: LabelValue) -> float | None:
+        if self.probabilities is None:
+            return None
+        return self.probabilities.get(answer_key(label))
+
+
+def answer_key(label: LabelValue) -> str:
+    """How an answer is spelled in JSON output: ``true``, ``false``, ``A``, ``tie``."""
+    return json.dumps(label) if isinstance(label, bool) else str(label)
+
+
+class JudgeProgram(dspy.Module):
+    """One ``Predict`` over the task's signature: the unit DSPy optimizers tune."""
+
+    def __init__(self, signature: Any) -> None:
+        super().__init__()
+        self.predict = dspy.Predict(signature)
+
+    def forward(self, **inputs: Any) -> dspy.Prediction:
+        return self.predict(**inputs)
+
+
+def answer_probabilities(logprobs: Any, field: str, answers: Sequence[LabelValue]) -> dict[str, float] | None:
+    """Probability of each allowed answer of ``field``, read from token logprobs.
+
+    Works on any OpenAI-shaped ``logprobs.content``: finds the first token where the
+    field's value begins to differ between answers and compares the answers' tokens
+    among that step's alternatives. Returns None when the logprobs do not show it.
+    """
+    content = _content_of(logprobs)
+    if not content:
+        return None
+    keys = [answer_key(a) for a in answers]
+    texts = [str(_get(token, "token") or "") for token in content]
+    joined = "".join(texts)
+    match = re.search(r'"' + re.escape(field) + r'"\s*:\s*', joined)
+    if match is None:
+        return None
+    value_at = match.end()
+    offset = 0
+    for token, text in zip(content, texts, strict=True):
+        end = offset + len(text)
+        if end <= value_at:
+            offset = end
+            continue
+        lead = text[: max(0, value_at - offset)]
+        chosen_rest = text[len(lead) :].lstrip(' "')
+        if not chosen_rest:
+            offset = end
+            continue
+        scores: dict[str, float] = {}
+        seen: set[str] = set()
+        alternatives = [(text, _get(token, "logprob"))]
+        alternatives += [(_get(alt, "token"), _get(alt, "logprob")) for alt in _get(token, "top_logprobs") or []]
+        for alt_text, logprob in alternatives:
+            if alt_text is None or logprob is None or alt_text in seen or not alt_text.startswith(lead):
+                continue
+            seen.add(alt_text)
+            rest = alt_text[len(lead) :].lstrip(' "')
+            if not rest:
+                continue
+            matching = [key for key in keys if key.startswith(rest) or rest.startswith(key)]
+            if len(matching) != 1:
+                continue
+            scores[matching[0]] = _logsumexp(scores.get(matching[0]), float(logprob))
+        if not scores:
+            return None
+        top = max(scores.values())
+        weights = {key: _exp(scores[key] - top) if key in scores else 0.0 for key in keys}
+        total = sum(weights.values())
+        return {key: weight / total for key, weight in weights.items()}
+    return None
+
+
+def _content_of(logprobs: Any) -> list[Any] | None:
+    if logprobs is None:
+        return None
+    content = _get(logprobs, "content")
+    return list(content) if content else None
+
+
+def _get(obj: Any, key: str) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def _exp(value: float) -> float:
+    import math
+
+    return math.exp(value)
+
+
+def _logsumexp(current: float | None, value: float) -> float:
+    import math
+
+    if current is None:
+        return value
+    top = max(current, value)
+    return top + math.log(math.exp(current - top) + math.exp(value - top))
+
+
+class Judge:
+    """A task's program bound to an LM: rows in, verdicts out.
+
+    Rows are judged in group order, one at a time, so consecutive prompts share their
+    instructions, demos and often the first input: a local model reuses that prefix.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        program: JudgeProgram | None = None,
+        *,
+        lm: Any = None,
+        adapter: Any = None,
+        name: str | None = None,
+    ) -> None:
+        self.task = task
+        self.program = program if program is not None else JudgeProgram(task.signature)
+        self.lm = lm
+        self.adapter = adapter if adapter is not None else dspy.JSONAdapter()
+        self.name = name or task.name
+
+    # -- one row ---------------------------------------------------------------------
+
+    def judge_inputs(self, inputs: dict[str, Any]) -> Verdict:
+        """Judge one set of inputs; a failed or unparsable answer becomes an invalid verdict."""
+        field = self.task.decision_field
+        try:
+            with dspy.context(lm=self.lm, adapter=self.adapter):
+                prediction = self.program(**inputs)
+        except Exception as error:
+            if _is_configuration_error(error):
+                raise
+            return Verdict(label=None, error=f"{type(error).__name__}: {error}"[:500])
+        raw = prediction.get(field) if hasattr(prediction, "get") else getattr(prediction, field, None)
+        try:
+            label = self.task.spec.parse_label(raw)
+        except ValueError as error:
+            return Verdict(label=None, error=str(error))
+        probabilities = answer_probabilities(getattr(prediction, "logprobs", None), field, self.task.spec.labels)
+        confidence = probabilities.get(answer_key(label)) if probabilities else None
+        return Verdict(label=label, confidence=confidence, probabilities=probabilities)
+
+    def __call__(self, **inputs: Any) -> Verdict:
+        return self.judge_inputs(inputs)
+
+    # -- many rows -------------------------------------------------------------------
+
+    def predict(
+        self, rows: Sequence[LabeledRow], *, progress: ProgressFactory | None = None, description: str = ""
+    ) -> list[Verdict]:
+        """Verdicts in the order of ``rows``; computed in group order for prefix reuse."""
+        order = sorted(range(len(rows)), key=lambda i: (rows[i].group, i))
+        verdicts: list[Verdict | None] = [None] * len(rows)
+        tracker = progress(len(rows), description or self.name) if progress else None
+        for index in order:
+            verdicts[index] = self.judge_inputs(rows[index].inputs)
+            if tracker is not None:
+                tracker.advance()
+        if tracker is not None:
+            tracker.close()
+        return [v for v in verdicts if v is not None]
+
+    def predict_swapped(
+        self, rows: Sequence[LabeledRow], *, progress: ProgressFactory | None = None, description: str = ""
+    ) -> list[Verdict]:
+        """Pairwise only: verdicts with the two responses swapped (in the swapped pair's terms)."""
+        swapped = [row.model_copy(update={"inputs": swap_pair(row.inputs)}) for row in rows]
+        return self.predict(swapped, progress=progress, description=description)
+
+    def score(
+        self,
+        rows: Sequence[LabeledRow],
+        verdicts: Sequence[Verdict] | None = None,
+        swapped: Sequence[Verdict] | None = None,
+    ) -> dict[str, float]:
+        """Agreement with the human labels of ``rows``."""
+        verdicts = list(verdicts) if verdicts is not None else self.predict(rows)
+        return score_verdicts(self.task, rows, verdicts, swapped)
+
+
+def score_verdicts(
+    task: Task, rows: Sequence[LabeledRow], verdicts: Sequence[Verdict], swapped: Sequence[Verdict] | None = None
+) -> dict[str, float]:
+    human = [row.label for row in rows]
+    judged = [v.label for v in verdicts]
+    if task.spec.is_binary:
+        metrics = binary_metrics([bool(h) for h in human], [None if j is None else bool(j) for j in judged])
+    else:
+        metrics = categorical_metrics([str(h) for h in human], [None if j is None else str(j) for j in judged])
+    if swapped is not None:
+        metrics["order_consistency"] = order_consistency(
+            [None if j is None else str(j) for j in judged],
+            [None if v.label is None else str(v.label) for v in swapped],
+        )
+    return metrics
+
+
+def swap_pair(inputs: dict[str, Any]) -> dict[str, Any]:
+    if "response_a" not in inputs or "response_b" not in inputs:
+        raise ValueError("order swapping needs inputs 'response_a' and 'response_b'")
+    return {**inputs, "response_a": inputs["response_b"], "response_b": inputs["response_a"]}
+
+
+def _is_configuration_error(error: Exception) -> bool:
+    """Errors that mean the judge cannot run at all (wrong key, unknown model, context
+    too small) stop the run instead of being scored as wrong answers."""
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return bool(
+        names
+        & {
+            "AuthenticationError",
+            "AuthError",
+            "NotConfiguredError",
+            "UnknownModelError",
+            "ContextLengthError",
+            "ContextWindowExceededError",
+            "FileNotFoundError",
+            "BadRequestError",
+        }
+    )

@@ -1,0 +1,39 @@
+"""Progress bars for long judging loops (rich), usable from library code and the CLI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class RichTracker:
+    """One bar; ``advance()`` per row, ``close()`` when done."""
+
+    def __init__(self, total: int, description: str, console: Console | None = None) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total)
+
+    def advance(self, steps: int = 1) -> None:
+        self._progress.advance(self._task, steps)
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+def rich_progress(console: Console | None = None) -> Any:
+    """A progress factory for :meth:`judgecal.judges.Judge.predict`."""
+
+    def factory(total: int, description: str) -> RichTracker:
+        return RichTracker(total, description, console)
+
+    return factory
