@@ -1,0 +1,194 @@
+"""Calibrating a judge program against human labels with a DSPy optimizer.
+
+The optimizer sees train (to draw demos from) and dev (to select among candidates),
+never test. Its metric is class-balanced: with 17% positives, a judge that always says
+"not relevant" is 83% accurate but scores 0.5 here, the same as a coin.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import dspy
+from dspy.utils.callback import BaseCallback
+from pydantic import BaseModel, ConfigDict, Field
+
+from judgecal.data import LabeledRow, LabelValue
+from judgecal.judges import JudgeProgram
+from judgecal.tasks import Task
+
+OptimizerName = Literal["none", "labeled_few_shot", "bootstrap_few_shot", "bootstrap_random_search", "mipro"]
+OPTIMIZERS: tuple[str, ...] = OptimizerName.__args__  # type: ignore[attr-defined]
+
+
+class CalibrationConfig(BaseModel):
+    """Which DSPy optimizer tunes the judge, and its settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    optimizer: OptimizerName = "bootstrap_random_search"
+    seed: int = 0
+    max_bootstrapped_demos: int = Field(default=2, ge=0)
+    max_labeled_demos: int = Field(default=4, ge=0)
+    num_candidate_programs: int = Field(default=4, ge=1, description="Random-search candidates.")
+    num_candidates: int = Field(default=3, ge=1, description="MIPROv2 instruction/demo candidates.")
+    num_trials: int = Field(default=6, ge=1, description="MIPROv2 trials.")
+    minibatch_size: int = Field(default=25, ge=1, description="MIPROv2 minibatch size on dev.")
+    proposer_max_tokens: int = Field(
+        default=384, ge=16, description="Token budget of MIPROv2's instruction proposals (the judge's own is small)."
+    )
+    num_threads: int = Field(default=1, ge=1, description="Parallel LM calls (1 for in-process models).")
+
+
+def to_examples(task: Task, rows: Sequence[LabeledRow]) -> list[dspy.Example]:
+    """DSPy examples in group order: consecutive rows share prompt prefixes."""
+    ordered = sorted(rows, key=lambda row: row.group)
+    names = task.spec.input_names
+    return [
+        dspy.Example(**row.inputs, **{task.decision_field: row.label}, row_id=row.id).with_inputs(*names)
+        for row in ordered
+    ]
+
+
+def class_balanced_metric(task: Task, labels: Sequence[LabelValue]) -> Callable[..., float]:
+    """Per-example metric whose mean over a set is its balanced accuracy.
+
+    A correct answer on a row of class ``y`` is worth ``1 / (K * share(y))``, shares taken
+    from ``labels`` (train and dev: the rows the optimizer may look at). While DSPy
+    bootstraps demos (``trace`` is set) it only needs to know whether the answer is right.
+    """
+    counts = Counter(labels)
+    total = sum(counts.values())
+    classes = len(task.spec.labels)
+    weight = {label: total / (classes * count) for label, count in counts.items()}
+    field_name = task.decision_field
+    spec = task.spec
+
+    def metric(example: Any, prediction: Any, trace: Any = None) -> float:
+        expected = example[field_name]
+        try:
+            answered = spec.parse_label(prediction.get(field_name))
+        except (ValueError, AttributeError):
+            answered = None
+        correct = answered == expected
+        if trace is not None:
+            return float(correct)
+        return weight.get(expected, 0.0) if correct else 0.0
+
+    metric.__name__ = "class_balanced_accuracy"
+    return metric
+
+
+class LMCallCounter(BaseCallback):
+    """Counts every LM call a program makes (cached answers included), across the LM
+    copies optimizers create, which keep their own histories."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        with self._lock:
+            self.calls += 1
+
+
+@dataclass
+class CalibrationResult:
+    program: JudgeProgram
+    optimizer: str
+    seconds: float
+    lm_calls: int
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def calibrate_program(
+    task: Task,
+    lm: Any,
+    train: Sequence[LabeledRow],
+    dev: Sequence[LabeledRow],
+    config: CalibrationConfig,
+    *,
+    adapter: Any = None,
+) -> CalibrationResult:
+    """Compile the task's zero-shot program on train, selecting candidates on dev."""
+    student = JudgeProgram(task.signature)
+    trainset = to_examples(task, train)
+    devset = to_examples(task, dev)
+    metric = class_balanced_metric(task, [row.label for row in [*train, *dev]])
+    adapter = adapter if adapter is not None else dspy.JSONAdapter()
+    counter = LMCallCounter()
+    callbacks = [*dspy.settings.get("callbacks", []), counter]
+    started = time.perf_counter()
+    with dspy.context(lm=lm, adapter=adapter, callbacks=callbacks):
+        program = _compile(student, trainset, devset, metric, config, lm)
+    seconds = time.perf_counter() - started
+    calls = counter.calls
+    return CalibrationResult(
+        program=program,
+        optimizer=config.optimizer,
+        seconds=seconds,
+        lm_calls=calls,
+        settings=config.model_dump(),
+    )
+
+
+def _compile(
+    student: JudgeProgram,
+    trainset: list[dspy.Example],
+    devset: list[dspy.Example],
+    metric: Callable[..., float],
+    config: CalibrationConfig,
+    lm: Any,
+) -> JudgeProgram:
+    from dspy.teleprompt import (
+        BootstrapFewShot,
+        BootstrapFewShotWithRandomSearch,
+        LabeledFewShot,
+        MIPROv2,
+    )
+
+    if config.optimizer == "none":
+        return student
+    if config.optimizer == "labeled_few_shot":
+        return LabeledFewShot(k=config.max_labeled_demos).compile(student, trainset=trainset, sample=True)
+    if config.optimizer == "bootstrap_few_shot":
+        return BootstrapFewShot(
+            metric=metric,
+            max_bootstrapped_demos=config.max_bootstrapped_demos,
+            max_labeled_demos=config.max_labeled_demos,
+        ).compile(student, trainset=trainset)
+    if config.optimizer == "bootstrap_random_search":
+        return BootstrapFewShotWithRandomSearch(
+            metric=metric,
+            max_bootstrapped_demos=config.max_bootstrapped_demos,
+            max_labeled_demos=config.max_labeled_demos,
+            num_candidate_programs=config.num_candidate_programs,
+            num_threads=config.num_threads,
+        ).compile(student, trainset=trainset, valset=devset)
+    if config.optimizer == "mipro":
+        optimizer = MIPROv2(
+            metric=metric,
+            prompt_model=lm.copy(max_tokens=config.proposer_max_tokens),
+            task_model=lm,
+            max_bootstrapped_demos=config.max_bootstrapped_demos,
+            max_labeled_demos=config.max_labeled_demos,
+            auto=None,
+            num_candidates=config.num_candidates,
+            num_threads=config.num_threads,
+            seed=config.seed,
+            verbose=False,
+        )
+        return optimizer.compile(
+            student,
+            trainset=trainset,
+            valset=devset,
+            num_trials=config.num_trials,
+            minibatch=len(devset) > config.minibatch_size,
+            minibatch_size=min(config.minibatch_size, len(devset)),
+        )
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")

@@ -1,0 +1,166 @@
+"""The ``judgecal`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+
+from judgecal.data import DataError
+
+if TYPE_CHECKING:
+    from judgecal.experiment import ExperimentConfig
+
+console = Console(stderr=False)
+errors = Console(stderr=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except DataError as error:
+        errors.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+        return 2
+    except (FileNotFoundError, ValueError, TypeError, ImportError) as error:
+        errors.print(f"[bold red]error:[/] {error}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        errors.print("interrupted")
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="judgecal", description="Calibrate LLM-as-judge models against human labels.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    calibrate = commands.add_parser("calibrate", help="calibrate a judge on labelled rows and record the run in MLflow")
+    calibrate.add_argument(
+        "configs",
+        type=Path,
+        nargs="+",
+        metavar="CONFIG",
+        help="experiment file(s), e.g. experiments/relevance.toml; several run one after another",
+    )
+    calibrate.add_argument("--data", type=Path, help="labelled rows (JSONL or CSV) instead of the config's")
+    calibrate.add_argument("--name", help="judge name (MLflow experiment judgecal/<name>)")
+    calibrate.add_argument("--model", help="judge model: 'embedded', a .gguf path, or a LiteLLM model string")
+    calibrate.add_argument("--api-base", help="base URL of an OpenAI-compatible server (vLLM, llama.cpp)")
+    calibrate.add_argument(
+        "--optimizer", help="none, labeled_few_shot, bootstrap_few_shot, bootstrap_random_search or mipro"
+    )
+    calibrate.add_argument("--seed", type=int, help="optimizer seed")
+    calibrate.add_argument("--split-seed", type=int, help="seed of the grouped train/dev/test split")
+    calibrate.add_argument("--limit", type=int, help="use only the first N rows")
+    calibrate.add_argument("--tracking-uri", help="MLflow tracking URI (default: mlruns/mlflow.db)")
+    calibrate.add_argument("--no-track", action="store_true", help="do not record an MLflow run")
+    calibrate.set_defaults(handler=_calibrate)
+
+    ui = commands.add_parser("ui", help="start the MLflow UI on the project's store")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--tracking-uri", help="store to show (default: mlruns/mlflow.db)")
+    ui.set_defaults(handler=_ui)
+    return parser
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    configs = [_load(path, args) for path in args.configs]  # every file is checked before any runs
+    for config in configs:
+        _calibrate_one(config, args)
+    return 0
+
+
+def _load(path: Path, args: argparse.Namespace) -> ExperimentConfig:
+    from judgecal.experiment import load_config
+
+    overrides = {
+        "judge.data": str(args.data.resolve()) if args.data else None,
+        "judge.name": args.name,
+        "judge.limit": args.limit,
+        "lm.model": args.model,
+        "lm.api_base": args.api_base,
+        "calibration.optimizer": args.optimizer,
+        "calibration.seed": args.seed,
+        "split.seed": args.split_seed,
+    }
+    return load_config(path, overrides)
+
+
+def _calibrate_one(config: ExperimentConfig, args: argparse.Namespace) -> None:
+    from judgecal.experiment import run_calibration
+    from judgecal.progress import rich_progress
+
+    report = run_calibration(
+        config,
+        progress=rich_progress(console),
+        track=not args.no_track,
+        tracking_uri=args.tracking_uri,
+        log=lambda message: console.print(message, highlight=False),
+    )
+    table = Table(title=f"{config.judge.name}: {report.split.sizes['test']} test rows", title_justify="left")
+    table.add_column("metric")
+    table.add_column("raw", justify="right")
+    table.add_column("calibrated", justify="right")
+    table.add_column("delta", justify="right")
+    for metric, raw, calibrated, delta in report.table():
+        colour = "green" if delta > 0 else "red" if delta < 0 else ""
+        table.add_row(
+            metric, f"{raw:.3f}", f"{calibrated:.3f}", f"[{colour}]{delta:+.3f}[/]" if colour else f"{delta:+.3f}"
+        )
+    console.print(table)
+    console.print(
+        f"calibration: {report.config.calibration.optimizer}, {report.calibration_seconds:.0f} s, "
+        f"{report.calibration_lm_calls} LM calls (answers served from the cache included)"
+    )
+    if report.run_id:
+        console.print(
+            f"MLflow run [bold]{report.run_id}[/] in experiment judgecal/{config.judge.name} "
+            f"({report.tracking_uri})\n"
+            f"calibrated judge: runs:/{report.run_id}/judge   ·   browse: judgecal ui",
+            highlight=False,
+        )
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from judgecal.paths import store_dir
+    from judgecal.tracking import tracking_uri, ui_environment
+
+    uri = tracking_uri(args.tracking_uri)
+    artifacts = store_dir() / "artifacts"
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--default-artifact-root",
+        artifacts.resolve().as_uri(),
+        "--artifacts-destination",
+        str(artifacts.resolve()),
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--workers",
+        "1",
+    ]
+    console.print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C stops it)")
+    environment = ui_environment()
+    return subprocess.call(command, env=environment, cwd=os.getcwd())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,178 @@
+"""A calibrated judge as a file others can load: the judge bundle and its MLflow model.
+
+A bundle is a folder holding ``judge.json``: the task, the optimized instructions and
+demos (DSPy's JSON state), the LM settings without secrets, the calibration settings,
+the test metrics and the data fingerprint. It is plain JSON; loading one runs no code
+from it. The MLflow model wraps the same bundle as a pyfunc defined from code (not a
+pickle), so ``mlflow.pyfunc.load_model`` and :func:`load_judge` read the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import warnings
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from judgecal.judges import Judge, JudgeProgram
+from judgecal.lm import LMConfig, build_lm
+from judgecal.tasks import resolve_task
+
+BUNDLE_FILE = "judge.json"
+BUNDLE_SCHEMA_VERSION = 1
+MODEL_ARTIFACT = "judge"
+
+
+class JudgeBundle(BaseModel):
+    """Everything needed to rebuild a calibrated judge, and what it was measured to do."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["judgecal.judge"] = "judgecal.judge"
+    schema_version: int = BUNDLE_SCHEMA_VERSION
+    name: str
+    task: str = Field(description="Built-in task name or 'module:Signature' reference.")
+    decision_field: str
+    labels: list[bool | str]
+    program: dict[str, Any] = Field(description="DSPy program state: instructions and demos.")
+    lm: LMConfig
+    calibration: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict, description="Test-split metrics.")
+    data_fingerprint: str | None = None
+    split_fingerprint: str | None = None
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    versions: dict[str, str] = Field(default_factory=dict)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("judgecal", "dspy", "mlflow", "llama-cpp-python", "pydantic"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def bundle_from_judge(
+    judge: Judge,
+    lm_config: LMConfig,
+    *,
+    calibration: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    data_fingerprint: str | None = None,
+    split_fingerprint: str | None = None,
+) -> JudgeBundle:
+    return JudgeBundle(
+        name=judge.name,
+        task=judge.task.reference,
+        decision_field=judge.task.decision_field,
+        labels=list(judge.task.spec.labels),
+        program=judge.program.dump_state(),
+        lm=lm_config,
+        calibration=calibration or {},
+        metrics=metrics or {},
+        data_fingerprint=data_fingerprint,
+        split_fingerprint=split_fingerprint,
+        versions=package_versions(),
+    )
+
+
+def save_bundle(bundle: JudgeBundle, folder: str | Path) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / BUNDLE_FILE
+    path.write_text(bundle.model_dump_json(indent=2), encoding="utf-8")
+    return path
+
+
+def read_bundle(path: str | Path) -> JudgeBundle:
+    """Read ``judge.json`` (or a folder holding it), refusing anything but plain JSON."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / BUNDLE_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no judge bundle here (expected {BUNDLE_FILE})")
+    raw = path.read_bytes()
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a judge bundle (not JSON: {error})") from None
+    if not isinstance(document, dict) or document.get("format") != "judgecal.judge":
+        raise ValueError(f'{path}: not a judge bundle (missing "format": "judgecal.judge")')
+    version = document.get("schema_version")
+    if not isinstance(version, int) or version > BUNDLE_SCHEMA_VERSION:
+        raise ValueError(
+            f"{path}: bundle schema version {version!r} is newer than this judgecal reads "
+            f"(up to {BUNDLE_SCHEMA_VERSION}); upgrade judgecal to load it"
+        )
+    try:
+        return JudgeBundle.model_validate(document)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"{path}: field '{where}': {first['msg']}") from None
+
+
+def judge_from_bundle(bundle: JudgeBundle, *, lm: Any = None, lm_config: LMConfig | None = None) -> Judge:
+    """Rebuild the judge; its LM is built from the bundle's settings unless one is given."""
+    task = resolve_task(bundle.task)
+    if task.decision_field != bundle.decision_field:
+        raise ValueError(
+            f"bundle '{bundle.name}' decides '{bundle.decision_field}' but task {bundle.task!r} "
+            f"now decides '{task.decision_field}'"
+        )
+    program = JudgeProgram(task.signature)
+    program.load_state(bundle.program)
+    return Judge(task, program, lm=lm if lm is not None else build_lm(lm_config or bundle.lm), name=bundle.name)
+
+
+def load_judge(reference: str | Path, *, lm: Any = None, model: str | None = None) -> Judge:
+    """Load a judge from a bundle folder or file, or an MLflow ``runs:/`` or ``models:/`` URI.
+
+    ``model`` swaps the judge model (e.g. to a served copy) while keeping the calibration.
+    """
+    bundle = read_bundle(_local_bundle_path(reference))
+    config = bundle.lm.model_copy(update={"model": model}) if model else bundle.lm
+    return judge_from_bundle(bundle, lm=lm, lm_config=config)
+
+
+def _local_bundle_path(reference: str | Path) -> Path:
+    text = str(reference)
+    if text.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
+        import mlflow
+
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=tempfile.mkdtemp()))
+        candidates = [local / BUNDLE_FILE, *local.glob(f"**/{BUNDLE_FILE}")]
+        for candidate in candidates:
+            if candidate.exists():
+                return candidate
+        raise FileNotFoundError(f"{text}: the MLflow model holds no {BUNDLE_FILE}")
+    return Path(text)
+
+
+def log_judge_model(bundle_folder: Path, *, input_names: list[str]) -> Any:
+    """Log the bundle as an MLflow pyfunc model named ``judge`` in the active run."""
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    code = Path(__file__).with_name("mlflow_model.py")
+    example = pd.DataFrame([dict.fromkeys(input_names, "")])
+    output = pd.DataFrame([{"label": "", "confidence": 0.0, "error": ""}])
+    with warnings.catch_warnings():
+        # An input example would make MLflow run the judge (and its LM) while logging.
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+        return mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=str(code),
+            artifacts={"bundle": str(bundle_folder / BUNDLE_FILE)},
+            signature=infer_signature(example, output),
+            pip_requirements=[f"judgecal=={package_versions().get('judgecal', '0')}"],
+        )

@@ -1,0 +1,78 @@
+"""The judgecal command line: errors users see, and the MLflow UI coming up."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from judgecal.cli import main
+from tests.conftest import write_jsonl
+
+
+def test_calibrate_with_bad_data_exits_2_and_names_file_line_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_jsonl(
+        tmp_path / "labels.jsonl",
+        [
+            {"id": "a", "group": "g", "prompt": "p", "attribute": "x", "label": True},
+            {"id": "b", "group": "g", "prompt": "p", "attribute": "y", "label": "perhaps"},
+        ],
+    )
+    config = tmp_path / "exp.toml"
+    config.write_text('[judge]\nname = "t"\ntask = "relevance"\ndata = "elsewhere.jsonl"\n')
+    code = main(["calibrate", str(config), "--data", str(data), "--no-track"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert f"{data}:2: field 'label'" in " ".join((captured.out + captured.err).split())
+
+
+def test_unknown_task_is_explained(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "exp.toml"
+    config.write_text('[judge]\nname = "t"\ntask = "sentiment"\ndata = "rows.jsonl"\n')
+    write_jsonl(tmp_path / "rows.jsonl", [{"id": "a", "group": "g", "label": True}])
+    assert main(["calibrate", str(config), "--no-track"]) == 2
+    assert "unknown task 'sentiment'" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ui_comes_up_on_localhost(isolated_workspace: Path) -> None:
+    port = _free_port()
+    command = [sys.executable, "-m", "judgecal.cli", "ui", "--port", str(port)]
+    process = subprocess.Popen(
+        command,
+        cwd=isolated_workspace,
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        status = None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    status = response.status
+                    break
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200, process.stdout.read().decode() if process.poll() is not None else "UI did not answer"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+            assert b"MLflow" in response.read()
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=30)
