@@ -1,0 +1,105 @@
+"""Benchmark: raw vs calibrated embedded judge on the shared human-labelled relevance data.
+
+    .venv/bin/python experiments/bench_relevance.py [--max-dev 80] [--max-test 300]
+
+Splits ../shared/data/relevance/dev.jsonl by prompt group, calibrates on train/dev,
+and prints the test-split table beside the recorded reference judges (GPT-5.4,
+Gemma-4-31B) on the same test rows, with wall time and prefix-reuse figures. The run is
+recorded in MLflow like any calibration (experiment judgecal/bench-relevance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from judgecal.calibration import CalibrationConfig
+from judgecal.data import SplitSpec
+from judgecal.experiment import ExperimentConfig, JudgeSection, run_calibration
+from judgecal.lm import LMConfig
+from judgecal.metrics import binary_metrics
+from judgecal.progress import rich_progress
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "relevance" / "dev.jsonl"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--optimizer", default="bootstrap_random_search")
+    parser.add_argument("--candidates", type=int, default=2, help="random-search candidate programs")
+    parser.add_argument("--max-dev", type=int, default=80, help="dev rows the optimizer selects on")
+    parser.add_argument("--max-test", type=int, default=300, help="test rows reported on")
+    parser.add_argument("--max-train", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-track", action="store_true")
+    args = parser.parse_args()
+    console = Console()
+    if not args.data.exists():
+        console.print(f"{args.data} is absent; this benchmark needs the shared relevance data")
+        return 2
+
+    config = ExperimentConfig(
+        judge=JudgeSection(name="bench-relevance", task="relevance", data=args.data),
+        lm=LMConfig(max_tokens=32),
+        split=SplitSpec(
+            dev=0.25,
+            test=0.25,
+            seed=args.seed,
+            max_train_rows=args.max_train,
+            max_dev_rows=args.max_dev,
+            max_test_rows=args.max_test,
+        ),
+        calibration=CalibrationConfig(optimizer=args.optimizer, seed=args.seed, num_candidate_programs=args.candidates),
+    )
+    started = time.perf_counter()
+    report = run_calibration(
+        config,
+        progress=rich_progress(console),
+        track=not args.no_track,
+        log=lambda message: console.print(message, highlight=False),
+    )
+    wall = time.perf_counter() - started
+
+    test = report.split.test.rows
+    human = [bool(row.label) for row in test]
+    references = {
+        name: binary_metrics(human, [row.reference_judges.get(name) for row in test])
+        for name in ("gpt-5.4", "gemma-4-31b-it")
+    }
+    table = Table(title=f"relevance, {len(test)} test rows ({sum(human)} relevant), grouped split seed {args.seed}")
+    for column in ("metric", "raw", "calibrated", "delta", "gpt-5.4", "gemma-4-31b-it"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for metric, raw, calibrated, delta in report.table():
+        table.add_row(
+            metric,
+            f"{raw:.3f}",
+            f"{calibrated:.3f}",
+            f"{delta:+.3f}",
+            f"{references['gpt-5.4'][metric]:.3f}",
+            f"{references['gemma-4-31b-it'][metric]:.3f}",
+        )
+    console.print(table)
+    engine = getattr(getattr(report, "lm", None), "engine", None)
+    console.print(
+        f"wall {wall:.0f} s · raw test {report.raw.seconds:.0f} s · calibration {report.calibration_seconds:.0f} s "
+        f"({report.calibration_lm_calls} LM calls) · calibrated test {report.calibrated.seconds:.0f} s"
+        + (f" · prompt tokens reused {engine.stats.reuse_rate:.0%}" if engine is not None else "")
+    )
+    demos = report_demos(report)
+    console.print(f"calibrated program: {demos} demos; run {report.run_id or '(not tracked)'}")
+    return 0
+
+
+def report_demos(report) -> int:
+    return sum(len(p.demos) for p in report.calibrated_program.predictors()) if report.calibrated_program else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
