@@ -59,8 +59,10 @@ def class_balanced_metric(task: Task, labels: Sequence[LabelValue]) -> Callable[
     """Per-example metric whose mean over a set is its balanced accuracy.
 
     A correct answer on a row of class ``y`` is worth ``1 / (K * share(y))``, shares taken
-    from ``labels`` (train and dev: the rows the optimizer may look at). While DSPy
-    bootstraps demos (``trace`` is set) it only needs to know whether the answer is right.
+    from ``labels``: the dev rows candidates are scored on, so that the mean over dev is
+    exactly balanced accuracy (shares from other rows would tilt it toward one class).
+    While DSPy bootstraps demos (``trace`` is set) it only needs to know whether the
+    answer is right.
     """
     counts = Counter(labels)
     total = sum(counts.values())
@@ -119,7 +121,7 @@ def calibrate_program(
     student = JudgeProgram(task.signature)
     trainset = to_examples(task, train)
     devset = to_examples(task, dev)
-    metric = class_balanced_metric(task, [row.label for row in [*train, *dev]])
+    metric = class_balanced_metric(task, [row.label for row in dev])
     adapter = adapter if adapter is not None else dspy.JSONAdapter()
     counter = LMCallCounter()
     callbacks = [*dspy.settings.get("callbacks", []), counter]

@@ -39,6 +39,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         errors.print("interrupted")
         return 130
+    except Exception as error:
+        if not _reported_to_user(error):
+            raise
+        errors.print(f"[bold red]error:[/] {type(error).__name__}: {error}", highlight=False)
+        return 1
+
+
+def _reported_to_user(error: Exception) -> bool:
+    """Failures of the judge model (unreachable server, bad key, a judge failing on every
+    row) are the user's to fix: a message, not a traceback."""
+    if type(error).__name__ == "JudgeFailedError":
+        return True
+    if "dspy" in sys.modules:
+        from dspy.utils.exceptions import LMError
+
+        return isinstance(error, LMError)
+    return False
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,6 +83,14 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--tracking-uri", help="MLflow tracking URI (default: mlruns/mlflow.db)")
     calibrate.add_argument("--no-track", action="store_true", help="do not record an MLflow run")
     calibrate.set_defaults(handler=_calibrate)
+
+    report = commands.add_parser("report", help="print a calibration's agreement table and write its judge card")
+    report.add_argument("source", help="an MLflow run id, or a path to evaluation.json (or a folder holding it)")
+    report.add_argument("--out", type=Path, help="folder for the card (default: ./judge-card-<run id or name>)")
+    report.add_argument("--resamples", type=int, default=2000, help="group-bootstrap resamples")
+    report.add_argument("--seed", type=int, default=0)
+    report.add_argument("--tracking-uri", help="MLflow tracking URI (default: mlruns/mlflow.db)")
+    report.set_defaults(handler=_report)
 
     ui = commands.add_parser("ui", help="start the MLflow UI on the project's store")
     ui.add_argument("--host", default="127.0.0.1")
@@ -109,17 +134,19 @@ def _calibrate_one(config: ExperimentConfig, args: argparse.Namespace) -> None:
         tracking_uri=args.tracking_uri,
         log=lambda message: console.print(message, highlight=False),
     )
-    table = Table(title=f"{config.judge.name}: {report.split.sizes['test']} test rows", title_justify="left")
-    table.add_column("metric")
-    table.add_column("raw", justify="right")
-    table.add_column("calibrated", justify="right")
-    table.add_column("delta", justify="right")
-    for metric, raw, calibrated, delta in report.table():
-        colour = "green" if delta > 0 else "red" if delta < 0 else ""
-        table.add_row(
-            metric, f"{raw:.3f}", f"{calibrated:.3f}", f"[{colour}]{delta:+.3f}[/]" if colour else f"{delta:+.3f}"
-        )
-    console.print(table)
+    if report.agreement is not None:
+        from judgecal.card import terminal_table
+
+        console.print(terminal_table(report.agreement))
+        if report.agreement.comparison is not None:
+            console.print(report.agreement.comparison.statement, highlight=False)
+    else:
+        table = Table(title=f"{config.judge.name}: {report.split.sizes['test']} test rows", title_justify="left")
+        for column in ("metric", "raw", "calibrated", "delta"):
+            table.add_column(column, justify="left" if column == "metric" else "right")
+        for metric, raw, calibrated, delta in report.table():
+            table.add_row(metric, f"{raw:.3f}", f"{calibrated:.3f}", f"{delta:+.3f}")
+        console.print(table)
     console.print(
         f"calibration: {report.config.calibration.optimizer}, {report.calibration_seconds:.0f} s, "
         f"{report.calibration_lm_calls} LM calls (answers served from the cache included)"
@@ -128,9 +155,42 @@ def _calibrate_one(config: ExperimentConfig, args: argparse.Namespace) -> None:
         console.print(
             f"MLflow run [bold]{report.run_id}[/] in experiment judgecal/{config.judge.name} "
             f"({report.tracking_uri})\n"
+            f"judge card: card/judge_card.md in the run's artifacts (or: judgecal report {report.run_id})\n"
             f"calibrated judge: runs:/{report.run_id}/judge   ·   browse: judgecal ui",
             highlight=False,
         )
+
+
+def _report(args: argparse.Namespace) -> int:
+    from judgecal.card import terminal_table, write_card
+    from judgecal.evaluation import evaluate_record, read_record
+
+    source = Path(args.source)
+    if source.exists():
+        record = read_record(source)
+        default_out = (source if source.is_dir() else source.parent) / "card"
+    else:
+        import mlflow
+
+        from judgecal.experiment import EVALUATION_FILE
+        from judgecal.tracking import configure_tracking
+
+        configure_tracking(args.tracking_uri)
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=args.source, artifact_path=EVALUATION_FILE)
+        except Exception as error:  # MLflow raises several types for a missing run or artifact
+            raise FileNotFoundError(
+                f"{args.source}: neither a file nor an MLflow run with {EVALUATION_FILE} ({error})"
+            ) from None
+        record = read_record(Path(local))
+        default_out = Path.cwd() / f"judge-card-{args.source}"
+    report = evaluate_record(record, n_resamples=args.resamples, seed=args.seed)
+    console.print(terminal_table(report))
+    if report.comparison is not None:
+        console.print(report.comparison.statement, highlight=False)
+    card = write_card(report, record, args.out or default_out)
+    console.print(f"judge card: {card}", highlight=False)
+    return 0
 
 
 def _ui(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ from typing import Any, Literal, get_args, get_origin
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-LabelValue = bool | str
+LabelValue = bool | int | str
 RESERVED_KEYS = ("id", "group", "label", "annotator_labels", "reference_judges")
 SplitName = Literal["train", "dev", "test"]
 
@@ -76,6 +76,11 @@ class TaskSpec(BaseModel):
         return self.labels == (True, False)
 
     @property
+    def is_ordinal(self) -> bool:
+        """Ratings such as 1-5: integer labels whose order and distance matter."""
+        return all(isinstance(label, int) and not isinstance(label, bool) for label in self.labels)
+
+    @property
     def input_names(self) -> tuple[str, ...]:
         return tuple(self.inputs_model.model_fields)
 
@@ -93,6 +98,14 @@ class TaskSpec(BaseModel):
                 if text in _FALSE_WORDS:
                     return False
             raise ValueError(f"expected a yes/no label (true/false, yes/no, 1/0), got {value!r}")
+        if self.is_ordinal:
+            number = value
+            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                number = int(value.strip())
+            elif isinstance(value, float) and value.is_integer():
+                number = int(value)
+            if isinstance(number, int) and not isinstance(number, bool) and number in self.labels:
+                return number
         if isinstance(value, str):
             by_key = {str(label).lower(): label for label in self.labels}
             found = by_key.get(value.strip().lower())
@@ -118,10 +131,15 @@ class TaskSpec(BaseModel):
         elif get_origin(annotation) is Literal and all(isinstance(v, str) for v in get_args(annotation)):
             labels = tuple(get_args(annotation))
             positive = None
+        elif get_origin(annotation) is Literal and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in get_args(annotation)
+        ):
+            labels = tuple(sorted(get_args(annotation)))
+            positive = None
         else:
             raise TypeError(
-                f"the decision field '{decision}' of {signature.__name__} must be bool or "
-                f"Literal[...] of strings, not {annotation!r}"
+                f"the decision field '{decision}' of {signature.__name__} must be bool, "
+                f"Literal[...] of strings, or Literal[...] of integers (a rating), not {annotation!r}"
             )
         fields: dict[str, Any] = {}
         for input_name, info in signature.input_fields.items():

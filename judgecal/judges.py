@@ -17,10 +17,15 @@ import dspy
 from pydantic import BaseModel, ConfigDict, Field
 
 from judgecal.data import LabeledRow, LabelValue
-from judgecal.metrics import binary_metrics, categorical_metrics, order_consistency
+from judgecal.metrics import LabelSpace, label_metrics, order_consistency
 from judgecal.tasks import Task
 
 ProgressFactory = Callable[[int, str], Any]
+FAILING_START = 3
+
+
+class JudgeFailedError(RuntimeError):
+    """A judge that fails on every one of its first rows is misconfigured, not wrong."""
 
 
 class Verdict(BaseModel):
@@ -195,12 +200,19 @@ class Judge:
         order = sorted(range(len(rows)), key=lambda i: (rows[i].group, i))
         verdicts: list[Verdict | None] = [None] * len(rows)
         tracker = progress(len(rows), description or self.name) if progress else None
-        for index in order:
-            verdicts[index] = self.judge_inputs(rows[index].inputs)
+        try:
+            for done, index in enumerate(order, start=1):
+                verdict = self.judge_inputs(rows[index].inputs)
+                verdicts[index] = verdict
+                if tracker is not None:
+                    tracker.advance()
+                if done == FAILING_START and all(verdicts[i] and verdicts[i].error for i in order[:done]):
+                    raise JudgeFailedError(
+                        f"judge '{self.name}' failed on its first {done} rows; the last error: {verdict.error}"
+                    )
+        finally:
             if tracker is not None:
-                tracker.advance()
-        if tracker is not None:
-            tracker.close()
+                tracker.close()
         return [v for v in verdicts if v is not None]
 
     def predict_swapped(
@@ -224,15 +236,12 @@ class Judge:
 def score_verdicts(
     task: Task, rows: Sequence[LabeledRow], verdicts: Sequence[Verdict], swapped: Sequence[Verdict] | None = None
 ) -> dict[str, float]:
-    human = [row.label for row in rows]
-    judged = [v.label for v in verdicts]
-    if task.spec.is_binary:
-        metrics = binary_metrics([bool(h) for h in human], [None if j is None else bool(j) for j in judged])
-    else:
-        metrics = categorical_metrics([str(h) for h in human], [None if j is None else str(j) for j in judged])
+    """Point estimates; :mod:`judgecal.evaluation` adds intervals and comparisons."""
+    space = LabelSpace(labels=task.spec.labels, positive=task.spec.positive, ordinal=task.spec.is_ordinal)
+    metrics = label_metrics(space, [row.label for row in rows], [v.label for v in verdicts])
     if swapped is not None:
         metrics["order_consistency"] = order_consistency(
-            [None if j is None else str(j) for j in judged],
+            [None if v.label is None else str(v.label) for v in verdicts],
             [None if v.label is None else str(v.label) for v in swapped],
         )
     return metrics
@@ -245,19 +254,26 @@ def swap_pair(inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_configuration_error(error: Exception) -> bool:
-    """Errors that mean the judge cannot run at all (wrong key, unknown model, context
-    too small) stop the run instead of being scored as wrong answers."""
-    names = {cls.__name__ for cls in type(error).__mro__}
-    return bool(
-        names
-        & {
-            "AuthenticationError",
-            "AuthError",
-            "NotConfiguredError",
-            "UnknownModelError",
-            "ContextLengthError",
-            "ContextWindowExceededError",
-            "FileNotFoundError",
-            "BadRequestError",
-        }
+    """Errors that mean the judge cannot run at all (bad key, unknown model, unreachable
+    server, context too small) stop the run instead of being scored as wrong answers."""
+    from dspy.utils.exceptions import (
+        ContextWindowExceededError,
+        LMAuthError,
+        LMBillingError,
+        LMConfigurationError,
+        LMTransportError,
+        LMUnsupportedFeatureError,
+        LMUnsupportedModelError,
     )
+
+    fatal = (
+        ContextWindowExceededError,
+        LMAuthError,
+        LMBillingError,
+        LMConfigurationError,
+        LMTransportError,
+        LMUnsupportedFeatureError,
+        LMUnsupportedModelError,
+        FileNotFoundError,
+    )
+    return isinstance(error, fatal)

@@ -202,7 +202,7 @@ def bound_schema(schema: Any) -> Any:
 
 
 def decision_keys(schema: Any) -> dict[str, list[Any]]:
-    """Top-level properties with a closed answer set: booleans and string enums.
+    """Top-level properties with a closed answer set: booleans, string and integer enums.
 
     These are the verdicts whose probabilities the engine scores. (lm15 reads the same
     convention off a schema, but only in a private module; this is the few lines we need.)
@@ -215,7 +215,10 @@ def decision_keys(schema: Any) -> dict[str, list[Any]]:
             continue
         if prop.get("type") == "boolean":
             found[name] = [True, False]
-        elif isinstance(prop.get("enum"), list) and all(isinstance(v, str) for v in prop["enum"]):
+        elif isinstance(prop.get("enum"), list) and (
+            all(isinstance(v, str) for v in prop["enum"])
+            or all(isinstance(v, int) and not isinstance(v, bool) for v in prop["enum"])
+        ):
             found[name] = list(prop["enum"])
         elif isinstance(prop.get("anyOf"), list) and all(
             isinstance(b, dict) and isinstance(b.get("const"), str) for b in prop["anyOf"]

@@ -150,3 +150,25 @@ def test_verdicts_come_back_in_row_order_whatever_the_judging_order(embedded_lm)
     together = judge.predict(rows)
     alone = [judge.predict([row])[0] for row in rows]
     assert together == alone
+
+
+def test_unreachable_judge_server_stops_instead_of_scoring_wrong_answers() -> None:
+    import dspy
+    from dspy.utils.exceptions import LMError
+
+    lm = dspy.LM("openai/some-judge", api_base="http://127.0.0.1:9/v1", api_key="unused", num_retries=0, cache=False)
+    judge = Judge(resolve_task("relevance"), lm=lm)
+    with pytest.raises(LMError):
+        judge(prompt="p", attribute="a")
+
+
+def test_a_judge_failing_on_its_first_rows_is_reported_as_misconfigured() -> None:
+    from judgecal.judges import FAILING_START, JudgeFailedError
+
+    class Broken(Judge):
+        def judge_inputs(self, inputs: dict) -> Verdict:
+            return Verdict(label=None, error="ValueError: no JSON in the answer")
+
+    rows = [LabeledRow(id=f"r{i}", group="g", inputs={"prompt": "p", "attribute": "a"}, label=False) for i in range(5)]
+    with pytest.raises(JudgeFailedError, match=f"failed on its first {FAILING_START} rows.*no JSON"):
+        Broken(resolve_task("relevance")).predict(rows)
