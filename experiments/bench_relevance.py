@@ -3,9 +3,10 @@
     .venv/bin/python experiments/bench_relevance.py [--max-dev 80] [--max-test 300]
 
 Splits ../shared/data/relevance/dev.jsonl by prompt group, calibrates on train/dev,
-and prints the test-split table beside the recorded reference judges (GPT-5.4,
-Gemma-4-31B) on the same test rows, with wall time and prefix-reuse figures. The run is
-recorded in MLflow like any calibration (experiment judgecal/bench-relevance).
+and prints the test-split table (95% group-bootstrap intervals) beside the recorded
+reference judges (GPT-5.4, Gemma-4-31B) on the same test rows, with wall time and
+prefix-reuse figures. The run is recorded in MLflow like any calibration (experiment
+judgecal/bench-relevance), judge card included.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from judgecal.calibration import CalibrationConfig
+from judgecal.card import terminal_table
 from judgecal.data import SplitSpec
 from judgecal.experiment import ExperimentConfig, JudgeSection, run_calibration
 from judgecal.lm import LMConfig
-from judgecal.metrics import binary_metrics
 from judgecal.progress import rich_progress
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,33 +67,17 @@ def main() -> int:
     )
     wall = time.perf_counter() - started
 
-    test = report.split.test.rows
-    human = [bool(row.label) for row in test]
-    references = {
-        name: binary_metrics(human, [row.reference_judges.get(name) for row in test])
-        for name in ("gpt-5.4", "gemma-4-31b-it")
-    }
-    table = Table(title=f"relevance, {len(test)} test rows ({sum(human)} relevant), grouped split seed {args.seed}")
-    for column in ("metric", "raw", "calibrated", "delta", "gpt-5.4", "gemma-4-31b-it"):
-        table.add_column(column, justify="left" if column == "metric" else "right")
-    for metric, raw, calibrated, delta in report.table():
-        table.add_row(
-            metric,
-            f"{raw:.3f}",
-            f"{calibrated:.3f}",
-            f"{delta:+.3f}",
-            f"{references['gpt-5.4'][metric]:.3f}",
-            f"{references['gemma-4-31b-it'][metric]:.3f}",
-        )
-    console.print(table)
-    engine = getattr(getattr(report, "lm", None), "engine", None)
+    if report.agreement is not None:
+        console.print(terminal_table(report.agreement))
+        if report.agreement.comparison is not None:
+            console.print(report.agreement.comparison.statement, highlight=False)
+    stats = getattr(getattr(report.lm, "engine", None), "stats", None)
     console.print(
         f"wall {wall:.0f} s · raw test {report.raw.seconds:.0f} s · calibration {report.calibration_seconds:.0f} s "
         f"({report.calibration_lm_calls} LM calls) · calibrated test {report.calibrated.seconds:.0f} s"
-        + (f" · prompt tokens reused {engine.stats.reuse_rate:.0%}" if engine is not None else "")
+        + (f" · prompt tokens reused {stats.reuse_rate:.0%}" if stats is not None else "")
     )
-    demos = report_demos(report)
-    console.print(f"calibrated program: {demos} demos; run {report.run_id or '(not tracked)'}")
+    console.print(f"calibrated program: {report_demos(report)} demos; run {report.run_id or '(not tracked)'}")
     return 0
 
 

@@ -17,18 +17,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from judgecal.calibration import CalibrationConfig, calibrate_program
+from judgecal.card import write_card
 from judgecal.data import DataError, Dataset, LabeledRow, Split, SplitSpec, load_rows, split_by_group
+from judgecal.evaluation import (
+    REFERENCE_PREFIX,
+    AgreementReport,
+    EvaluationRecord,
+    JudgeRecord,
+    build_record,
+    evaluate_record,
+    label_space,
+)
 from judgecal.export import bundle_from_judge, log_judge_model, save_bundle
-from judgecal.judges import Judge, JudgeProgram, ProgressFactory, Verdict, answer_key, score_verdicts
+from judgecal.judges import Judge, JudgeProgram, ProgressFactory, Verdict, score_verdicts
 from judgecal.lm import LMConfig, build_lm, configure_dspy_cache
-from judgecal.metrics import BINARY_METRICS, CATEGORICAL_METRICS
 from judgecal.paths import dspy_cache_dir, workspace_root
-from judgecal.plots import raw_vs_calibrated
 from judgecal.tasks import Task, resolve_task
 from judgecal.tracking import configure_tracking, ensure_experiment, flat_params
+
+EVALUATION_FILE = "evaluation.json"
 
 
 class JudgeSection(BaseModel):
@@ -38,6 +49,15 @@ class JudgeSection(BaseModel):
     task: str = Field(description="'relevance', 'pairwise', 'attribute' or 'module:Signature'.")
     data: Path = Field(description="Labelled rows (JSONL or CSV); relative to the config file.")
     limit: int | None = Field(default=None, gt=0, description="Use only the first N rows.")
+
+
+class ReportConfig(BaseModel):
+    """How intervals are computed for the report and the judge card."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_resamples: int = Field(default=2000, ge=100, description="Group-bootstrap resamples.")
+    seed: int = 0
 
 
 class ExperimentConfig(BaseModel):
@@ -50,6 +70,7 @@ class ExperimentConfig(BaseModel):
     order_swap: bool | None = Field(
         default=None, description="Also judge pairs with responses swapped (default: pairwise tasks)."
     )
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
@@ -110,6 +131,9 @@ class CalibrationReport:
     metric_names: list[str] = field(default_factory=list)
     lm: Any = None
     calibrated_program: JudgeProgram | None = None
+    record: EvaluationRecord | None = None
+    agreement: AgreementReport | None = None
+    card_path: Path | None = None
 
     @property
     def delta(self) -> dict[str, float]:
@@ -169,9 +193,19 @@ def run_calibration(
     calibrated = judge_split(
         calibrated_judge, split.test.rows, order_swap=order_swap, progress=progress, label="calibrated"
     )
-    metric_names = list(BINARY_METRICS if task.spec.is_binary else CATEGORICAL_METRICS)
+    metric_names = list(label_space(task.spec).metric_names())
     if order_swap:
         metric_names.append("order_consistency")
+    record = build_record(
+        config.judge.name,
+        task.reference,
+        task.spec,
+        split.test.rows,
+        {"raw": judge_record(task, raw), "calibrated": judge_record(task, calibrated)},
+        data_fingerprint=split.data_fingerprint,
+        split_fingerprint=split.fingerprint,
+    )
+    agreement = evaluate_record(record, n_resamples=config.report.n_resamples, seed=config.report.seed)
     report = CalibrationReport(
         config=config,
         task=task,
@@ -183,10 +217,26 @@ def run_calibration(
         metric_names=metric_names,
         lm=lm,
         calibrated_program=result.program,
+        record=record,
+        agreement=agreement,
     )
     if track:
         _track(report, calibrated_judge, dataset, tracking_uri=tracking_uri, root=root)
     return report
+
+
+def judge_record(task: Task, side: SideResult) -> JudgeRecord:
+    """A live judge's verdicts with P(positive) (binary) and P(verdict), for the record."""
+    positive = task.spec.positive
+    probability = None
+    if positive is not None:
+        probability = [v.probability_of(positive) for v in side.verdicts]
+    return JudgeRecord(
+        verdicts=[v.label for v in side.verdicts],
+        probability=probability,
+        confidence=[v.confidence for v in side.verdicts],
+        swapped=[v.label for v in side.swapped] if side.swapped is not None else None,
+    )
 
 
 def _assert_no_test_rows(program: JudgeProgram, test: Dataset) -> None:
@@ -223,40 +273,27 @@ def _track(report: CalibrationReport, judge: Judge, dataset: Dataset, *, trackin
             **flat_params("calibration", config.calibration.model_dump(exclude={"optimizer", "seed"})),
         }
         mlflow.log_params({k: str(v) for k, v in params.items()})
-        metrics: dict[str, float] = {}
-        for name in report.metric_names:
-            metrics[f"raw.{name}"] = report.raw.metrics[name]
-            metrics[f"calibrated.{name}"] = report.calibrated.metrics[name]
-        metrics.update({f"delta.{name}": value for name, value in report.delta.items()})
-        metrics.update(
-            {
-                "cost.calibration_seconds": report.calibration_seconds,
-                "cost.calibration_lm_calls": float(report.calibration_lm_calls),
-                "cost.raw_test_seconds": report.raw.seconds,
-                "cost.calibrated_test_seconds": report.calibrated.seconds,
-            }
-        )
-        engine = getattr(report.lm, "engine", None)
-        stats = getattr(engine, "stats", None)
-        if stats is not None:
-            metrics["cost.prompt_tokens"] = float(stats.prompt_tokens)
-            metrics["cost.prompt_tokens_reused_rate"] = stats.reuse_rate
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.log_metrics(tracked_metrics(report))
+        agreement = report.agreement
+        if agreement is not None and agreement.comparison is not None:
+            mlflow.set_tags(
+                {
+                    "judgecal.outcome": agreement.comparison.outcome,
+                    "judgecal.statement": agreement.comparison.statement[:5000],
+                }
+            )
 
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(scratch)
             program_path = folder / "program.json"
             program_path.write_text(json.dumps(judge.program.dump_state(), indent=2, ensure_ascii=False))
             mlflow.log_artifact(str(program_path))
-            mlflow.log_table(_verdict_table(report), artifact_file="test_verdicts.json")
-            plot = raw_vs_calibrated(
-                report.metric_names,
-                report.raw.metrics,
-                report.calibrated.metrics,
-                folder / "raw_vs_calibrated.png",
-                title=f"{config.judge.name}: raw vs calibrated on {report.split.sizes['test']} test rows",
-            )
-            mlflow.log_artifact(str(plot), artifact_path="plots")
+            if report.record is not None and agreement is not None:
+                mlflow.log_dict(report.record.model_dump(mode="json"), EVALUATION_FILE)
+                mlflow.log_dict(agreement.model_dump(mode="json"), "report.json")
+                card_folder = folder / "card"
+                write_card(agreement, report.record, card_folder)
+                mlflow.log_artifacts(str(card_folder), artifact_path="card")
             bundle = bundle_from_judge(
                 judge,
                 config.lm,
@@ -273,16 +310,45 @@ def _track(report: CalibrationReport, judge: Judge, dataset: Dataset, *, trackin
         report.experiment_id = experiment_id
 
 
-def _verdict_table(report: CalibrationReport) -> dict[str, list[Any]]:
-    rows = report.split.test.rows
-    table: dict[str, list[Any]] = {
-        "id": [row.id for row in rows],
-        "group": [row.group for row in rows],
-        "human": [answer_key(row.label) for row in rows],
-    }
-    for name, side in (("raw", report.raw), ("calibrated", report.calibrated)):
-        table[name] = [None if v.label is None else answer_key(v.label) for v in side.verdicts]
-        table[f"{name}_confidence"] = [v.confidence for v in side.verdicts]
-        if side.swapped is not None:
-            table[f"{name}_swapped"] = [None if v.label is None else answer_key(v.label) for v in side.swapped]
-    return table
+def tracked_metrics(report: CalibrationReport) -> dict[str, float]:
+    """``raw.<m>``, ``calibrated.<m>``, ``delta.<m>`` with ``.low`` / ``.high`` interval ends,
+    reference judges, the human ceiling and costs, as MLflow metrics."""
+    metrics: dict[str, float] = {}
+    agreement = report.agreement
+    if agreement is not None:
+        for score in agreement.judges:
+            prefix = score.name.replace(REFERENCE_PREFIX, "reference.")
+            for name, estimate in {**score.metrics, **score.confidence_metrics}.items():
+                metrics[f"{prefix}.{name}"] = estimate.value
+                metrics[f"{prefix}.{name}.low"] = estimate.low
+                metrics[f"{prefix}.{name}.high"] = estimate.high
+            if score.fraction_of_ceiling is not None:
+                metrics[f"{prefix}.fraction_of_ceiling"] = score.fraction_of_ceiling.value
+        if agreement.comparison is not None:
+            for name, estimate in agreement.comparison.deltas.items():
+                metrics[f"delta.{name}"] = estimate.value
+                metrics[f"delta.{name}.low"] = estimate.low
+                metrics[f"delta.{name}.high"] = estimate.high
+            if agreement.comparison.mcnemar is not None:
+                metrics["delta.mcnemar_p"] = agreement.comparison.mcnemar.p_value
+        if agreement.ceiling is not None:
+            metrics["human.alpha"] = agreement.ceiling.alpha.value
+            metrics["human.annotator_vs_rest_kappa"] = agreement.ceiling.annotator_vs_rest_kappa.value
+    else:
+        for name in report.metric_names:
+            metrics[f"raw.{name}"] = report.raw.metrics[name]
+            metrics[f"calibrated.{name}"] = report.calibrated.metrics[name]
+        metrics.update({f"delta.{name}": value for name, value in report.delta.items()})
+    metrics.update(
+        {
+            "cost.calibration_seconds": report.calibration_seconds,
+            "cost.calibration_lm_calls": float(report.calibration_lm_calls),
+            "cost.raw_test_seconds": report.raw.seconds,
+            "cost.calibrated_test_seconds": report.calibrated.seconds,
+        }
+    )
+    stats = getattr(getattr(report.lm, "engine", None), "stats", None)
+    if stats is not None:
+        metrics["cost.prompt_tokens"] = float(stats.prompt_tokens)
+        metrics["cost.prompt_tokens_reused_rate"] = stats.reuse_rate
+    return {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}

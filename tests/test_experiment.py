@@ -84,19 +84,28 @@ def test_calibration_on_shared_relevance_slice_writes_a_complete_mlflow_run(
     store = isolated_workspace / "mlruns"
     assert mlflow.get_tracking_uri() == f"sqlite:///{store / 'mlflow.db'}"
     assert run.info.artifact_uri.startswith((store / "artifacts").as_uri())
+    metrics = run.data.metrics
     for name in ("kappa", "f1", "selected_rate", "human_rate"):
-        assert f"raw.{name}" in run.data.metrics
-        assert f"calibrated.{name}" in run.data.metrics
-        assert run.data.metrics[f"delta.{name}"] == pytest.approx(
-            run.data.metrics[f"calibrated.{name}"] - run.data.metrics[f"raw.{name}"]
-        )
+        assert f"raw.{name}" in metrics and f"calibrated.{name}" in metrics
+        assert metrics[f"delta.{name}"] == pytest.approx(metrics[f"calibrated.{name}"] - metrics[f"raw.{name}"])
+        assert metrics[f"delta.{name}.low"] <= metrics[f"delta.{name}"] <= metrics[f"delta.{name}.high"]
+    assert "reference.gpt-5.4.kappa" in metrics  # recorded judges scored on the same test rows
+    assert run.data.tags["judgecal.outcome"] in {"improved", "inconclusive", "worse"}
     params = run.data.params
     assert params["model"] == "embedded"
     assert params["optimizer"] == "bootstrap_random_search"
     assert params["data.fingerprint"] == report.split.data_fingerprint
     assert int(params["split.test_rows"]) == report.split.sizes["test"]
     artifacts = {item.path for item in mlflow.artifacts.list_artifacts(run_id=report.run_id)}
-    assert {"program.json", "bundle", "plots", "test_verdicts.json"} <= artifacts
+    assert {"program.json", "bundle", "card", "evaluation.json", "report.json"} <= artifacts
+    card = {item.path for item in mlflow.artifacts.list_artifacts(run_id=report.run_id, artifact_path="card")}
+    assert {
+        "card/judge_card.md",
+        "card/confusion_matrices.png",
+        "card/reliability.png",
+        "card/per_group_agreement.png",
+        "card/metric_intervals.png",
+    } <= card
     models = mlflow.search_logged_models(
         experiment_ids=[run.info.experiment_id],
         filter_string=f"source_run_id = '{report.run_id}'",

@@ -1,57 +1,156 @@
-"""Agreement metrics: pinned against scikit-learn, and the bookkeeping around them."""
+"""Agreement metrics: every formula pinned to scikit-learn, SciPy or krippendorff."""
 
 from __future__ import annotations
 
 import math
 
+import krippendorff
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from sklearn.metrics import cohen_kappa_score, f1_score
-
-from judgecal.metrics import binary_metrics, categorical_metrics, first_position_rate, order_consistency
-
-pairs_of_bools = st.lists(st.tuples(st.booleans(), st.booleans()), min_size=2, max_size=200)
-pairs_of_labels = st.lists(
-    st.tuples(st.sampled_from(["A", "B", "tie"]), st.sampled_from(["A", "B", "tie"])), min_size=2, max_size=200
+from scipy.stats import kendalltau, spearmanr
+from sklearn.metrics import (
+    balanced_accuracy_score,
+    cohen_kappa_score,
+    f1_score,
+    matthews_corrcoef,
+    precision_score,
+    recall_score,
 )
 
+from judgecal.metrics import (
+    BINARY_SPACE,
+    INVALID,
+    LabelSpace,
+    binary_metrics,
+    categorical_metrics,
+    confidence_metrics,
+    confusion,
+    expected_calibration_error,
+    first_position_rate,
+    kappa_from_confusion,
+    krippendorff_alpha,
+    label_metrics,
+    metrics_from_confusion,
+    order_consistency,
+)
+
+# scikit-learn warns on the degenerate inputs hypothesis is meant to find.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:sklearn", "ignore::UserWarning")
+
+PAIRWISE = LabelSpace(labels=("A", "B", "tie"))
+RATING = LabelSpace(labels=(1, 2, 3, 4, 5), ordinal=True)
+
+bool_pairs = st.lists(st.tuples(st.booleans(), st.sampled_from([True, False, None])), min_size=2, max_size=150)
+label_pairs = st.lists(
+    st.tuples(st.sampled_from(["A", "B", "tie"]), st.sampled_from(["A", "B", "tie", None])), min_size=2, max_size=150
+)
+rating_pairs = st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5)), min_size=3, max_size=150)
+
+
+def sk(values: list) -> list[str]:
+    """scikit-learn's view of the verdicts: a missing verdict is its own category."""
+    return [INVALID if v is None else str(v) for v in values]
+
 
 @settings(max_examples=200, deadline=None)
-@given(pairs_of_bools)
-def test_binary_kappa_and_f1_match_scikit_learn(pairs: list[tuple[bool, bool]]) -> None:
+@given(bool_pairs)
+def test_binary_metrics_match_scikit_learn(pairs: list[tuple[bool, bool | None]]) -> None:
     human = [h for h, _ in pairs]
     judge = [j for _, j in pairs]
-    assume(len(set(human) | set(judge)) == 2)
     metrics = binary_metrics(human, judge)
-    expected_kappa = cohen_kappa_score(human, judge)
-    if math.isnan(expected_kappa):
-        assert metrics["kappa"] == 0.0
-    else:
-        assert metrics["kappa"] == pytest.approx(expected_kappa, abs=1e-12)
-    assert metrics["f1"] == pytest.approx(f1_score(human, judge, zero_division=0.0), abs=1e-12)
-    assert metrics["selected_rate"] == pytest.approx(np.mean(judge))
-    assert metrics["human_rate"] == pytest.approx(np.mean(human))
+    selected = [j is True for j in judge]
+    expected_kappa = cohen_kappa_score(sk(human), sk(judge))
+    assert metrics["kappa"] == pytest.approx(1.0 if math.isnan(expected_kappa) else expected_kappa, abs=1e-9)
+    assert metrics["mcc"] == pytest.approx(matthews_corrcoef(sk(human), sk(judge)), abs=1e-9)
+    assert metrics["f1"] == pytest.approx(f1_score(human, selected, zero_division=0.0), abs=1e-9)
+    assert metrics["precision"] == pytest.approx(precision_score(human, selected, zero_division=0.0), abs=1e-9)
+    assert metrics["recall"] == pytest.approx(recall_score(human, selected, zero_division=0.0), abs=1e-9)
     assert metrics["accuracy"] == pytest.approx(np.mean([h == j for h, j in pairs]))
+    assert metrics["selected_rate"] == pytest.approx(np.mean(selected))
+    assert metrics["human_rate"] == pytest.approx(np.mean(human))
+    assert metrics["invalid_rate"] == pytest.approx(np.mean([j is None for j in judge]))
 
 
 @settings(max_examples=200, deadline=None)
-@given(pairs_of_labels)
-def test_categorical_kappa_matches_scikit_learn_and_is_symmetric(pairs: list[tuple[str, str]]) -> None:
+@given(label_pairs)
+def test_categorical_metrics_match_scikit_learn(pairs: list[tuple[str, str | None]]) -> None:
     human = [h for h, _ in pairs]
     judge = [j for _, j in pairs]
-    assume(len(set(human) | set(judge)) > 1)
-    metrics = categorical_metrics(human, judge)
-    expected = cohen_kappa_score(human, judge)
-    assume(not math.isnan(expected))
-    assert metrics["kappa"] == pytest.approx(expected, abs=1e-12)
-    assert categorical_metrics(judge, human)["kappa"] == pytest.approx(metrics["kappa"], abs=1e-12)
+    metrics = label_metrics(PAIRWISE, human, judge)
+    expected = cohen_kappa_score(sk(human), sk(judge))
+    assert metrics["kappa"] == pytest.approx(1.0 if math.isnan(expected) else expected, abs=1e-9)
+    assert metrics["agreement"] == pytest.approx(np.mean([h == j for h, j in pairs]))
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected_balanced = balanced_accuracy_score(sk(human), sk(judge))
+    assert metrics["balanced_accuracy"] == pytest.approx(expected_balanced, abs=1e-9)
 
 
-def test_perfect_agreement_is_kappa_one() -> None:
+@settings(max_examples=150, deadline=None)
+@given(rating_pairs)
+def test_ordinal_metrics_match_scikit_learn_and_scipy(pairs: list[tuple[int, int]]) -> None:
+    human = [h for h, _ in pairs]
+    judge = [j for _, j in pairs]
+    metrics = label_metrics(RATING, human, judge)
+    expected = cohen_kappa_score(human, judge, weights="quadratic", labels=[1, 2, 3, 4, 5])
+    assert metrics["weighted_kappa"] == pytest.approx(1.0 if math.isnan(expected) else expected, abs=1e-9)
+    assert metrics["mean_difference"] == pytest.approx(np.mean(judge) - np.mean(human))
+    if np.ptp(human) and np.ptp(judge):
+        assert metrics["spearman"] == pytest.approx(spearmanr(human, judge).statistic, abs=1e-9)
+        assert metrics["kendall"] == pytest.approx(kendalltau(human, judge).statistic, abs=1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(label_pairs, st.randoms(use_true_random=False))
+def test_kappa_and_alpha_are_symmetric_and_ignore_row_order(pairs: list, rng) -> None:
+    human = [h for h, _ in pairs]
+    judge = [j if j is not None else "tie" for _, j in pairs]
+    forward = label_metrics(PAIRWISE, human, judge)
+    backward = label_metrics(PAIRWISE, judge, human)
+    assert forward["kappa"] == pytest.approx(backward["kappa"], abs=1e-9)
+    assert forward["alpha"] == pytest.approx(backward["alpha"], abs=1e-9, nan_ok=True)
+    order = list(range(len(pairs)))
+    rng.shuffle(order)
+    shuffled = label_metrics(PAIRWISE, [human[i] for i in order], [judge[i] for i in order])
+    for name in ("kappa", "alpha", "agreement", "mcc"):
+        assert shuffled[name] == pytest.approx(forward[name], abs=1e-9, nan_ok=True)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(["A", "B", "tie", None]), min_size=3, max_size=3), min_size=3, max_size=60))
+def test_alpha_equals_the_krippendorff_package_with_missing_ratings(units: list[list]) -> None:
+    coders = [[unit[c] for unit in units] for c in range(3)]
+    codes = {"A": 0.0, "B": 1.0, "tie": 2.0}
+    data = np.array([[np.nan if v is None else codes[v] for v in coder] for coder in coders])
+    pairable = (~np.isnan(data)).sum(axis=0) >= 2
+    values = data[:, pairable]
+    assume(values.size and len(np.unique(values[~np.isnan(values)])) >= 2)
+    expected = krippendorff.alpha(reliability_data=data, level_of_measurement="nominal")
+    assert krippendorff_alpha(coders, PAIRWISE) == pytest.approx(expected, abs=1e-9)
+
+
+def test_perfect_agreement_gives_one_everywhere() -> None:
     assert binary_metrics([True, False, False], [True, False, False])["kappa"] == 1.0
-    assert categorical_metrics(["A", "B", "tie"], ["A", "B", "tie"])["kappa"] == 1.0
+    assert binary_metrics([True, False, False], [True, False, False])["alpha"] == 1.0
+    assert label_metrics(PAIRWISE, ["A", "B", "tie"], ["A", "B", "tie"])["kappa"] == 1.0
+    assert label_metrics(RATING, [1, 3, 5], [1, 3, 5])["weighted_kappa"] == 1.0
+
+
+def test_confusion_metrics_vectorise_over_resamples() -> None:
+    rng = np.random.default_rng(0)
+    matrices = rng.integers(0, 20, size=(7, 3, 3)).astype(float)
+    matrices[:, 2, :] = 0  # humans never give "no verdict"
+    space = LabelSpace(labels=(True, False), positive=True)
+    stacked = metrics_from_confusion(matrices, space)
+    for i in range(7):
+        single = metrics_from_confusion(matrices[i], space)
+        for name, values in stacked.items():
+            assert values[i] == pytest.approx(float(single[name]), nan_ok=True)
 
 
 def test_always_majority_judge_has_zero_kappa_despite_high_accuracy() -> None:
@@ -63,18 +162,41 @@ def test_always_majority_judge_has_zero_kappa_despite_high_accuracy() -> None:
     assert metrics["f1"] == 0.0
 
 
+def test_over_selection_is_visible_as_selected_ratio() -> None:
+    metrics = binary_metrics([True, False, False, False, False], [True, True, True, False, False])
+    assert metrics["human_rate"] == pytest.approx(0.2)
+    assert metrics["selected_rate"] == pytest.approx(0.6)
+    assert metrics["selected_ratio"] == pytest.approx(3.0)
+
+
 def test_invalid_verdicts_count_as_wrong_and_are_reported() -> None:
     metrics = binary_metrics([True, False, True, False], [True, None, None, False])
     assert metrics["invalid_rate"] == 0.5
     assert metrics["accuracy"] == 0.5
     assert metrics["selected_rate"] == 0.25
-    assert metrics["kappa"] < 1.0
 
 
-def test_over_selection_is_visible_as_selected_vs_human_rate() -> None:
-    metrics = binary_metrics([True, False, False, False, False], [True, True, True, False, False])
-    assert metrics["human_rate"] == pytest.approx(0.2)
-    assert metrics["selected_rate"] == pytest.approx(0.6)
+def test_kappa_is_one_when_both_raters_use_one_category() -> None:
+    cm = confusion(np.array([0, 0]), np.array([0, 0]), 3)
+    assert kappa_from_confusion(cm) == 1.0
+
+
+def test_confidence_metrics() -> None:
+    human = [True, True, False, False]
+    probability = [0.9, 0.6, 0.4, 0.1]
+    metrics = confidence_metrics(BINARY_SPACE, human, probability)
+    assert metrics["roc_auc"] == 1.0
+    assert metrics["brier"] == pytest.approx(np.mean([0.01, 0.16, 0.16, 0.01]))
+    # all decisions right; confidences 0.9, 0.6, 0.6, 0.9 -> |1 - 0.6| and |1 - 0.9| by bin
+    assert metrics["ece"] == pytest.approx((2 * 0.4 + 2 * 0.1) / 4)
+
+
+def test_expected_calibration_error_of_a_calibrated_judge_is_small() -> None:
+    rng = np.random.default_rng(1)
+    confidence = rng.uniform(0.5, 1.0, 20000)
+    correct = rng.uniform(size=confidence.size) < confidence
+    assert expected_calibration_error(confidence, correct) < 0.02
+    assert expected_calibration_error(confidence, np.ones_like(correct)) > 0.2
 
 
 def test_order_consistency_reads_swapped_verdicts_in_swapped_terms() -> None:
@@ -87,3 +209,8 @@ def test_order_consistency_reads_swapped_verdicts_in_swapped_terms() -> None:
 def test_mismatched_lengths_are_refused() -> None:
     with pytest.raises(ValueError, match="2 human labels but 1 verdicts"):
         binary_metrics([True, False], [True])
+
+
+def test_unknown_label_is_refused() -> None:
+    with pytest.raises(ValueError, match="'C' is not one of the labels"):
+        categorical_metrics(["A", "C"], ["A", "B"], labels=["A", "B", "tie"])
