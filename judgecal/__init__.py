@@ -11,6 +11,8 @@ from typing import Any
 # LiteLLM fetches its model cost map from the network at import unless told not to; on
 # an offline machine that leaves a retrying thread behind (and hangs `mlflow ui`).
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# MLflow draws a progress bar for every small artifact it moves; judgecal draws its own.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 __version__ = "0.1.0"
 

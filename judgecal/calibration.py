@@ -22,15 +22,22 @@ from judgecal.data import LabeledRow, LabelValue
 from judgecal.judges import JudgeProgram
 from judgecal.tasks import Task
 
-OptimizerName = Literal["none", "labeled_few_shot", "bootstrap_few_shot", "bootstrap_random_search", "mipro"]
+OptimizerName = Literal[
+    "none", "labeled_few_shot", "bootstrap_few_shot", "bootstrap_random_search", "mipro", "copro", "simba", "gepa"
+]
 OPTIMIZERS: tuple[str, ...] = OptimizerName.__args__  # type: ignore[attr-defined]
 
 
 class CalibrationConfig(BaseModel):
-    """Which DSPy optimizer tunes the judge, and its settings."""
+    """Which strategy calibrates the judge, and the settings of the DSPy optimizers."""
 
     model_config = ConfigDict(extra="forbid")
 
+    strategy: str | None = Field(
+        default=None,
+        description="A strategy name from judgecal.strategies (a DSPy optimizer, threshold, base_rate, "
+        "order_swap, verifier, stacking); default: the optimizer below.",
+    )
     optimizer: OptimizerName = "bootstrap_random_search"
     seed: int = 0
     max_bootstrapped_demos: int = Field(default=2, ge=0)
@@ -42,7 +49,22 @@ class CalibrationConfig(BaseModel):
     proposer_max_tokens: int = Field(
         default=384, ge=16, description="Token budget of MIPROv2's instruction proposals (the judge's own is small)."
     )
+    breadth: int = Field(default=3, ge=2, description="COPRO: instruction candidates per round.")
+    depth: int = Field(default=2, ge=1, description="COPRO: rounds of refinement.")
+    max_steps: int = Field(default=3, ge=1, description="SIMBA: optimization steps.")
+    batch_size: int = Field(default=16, ge=2, description="SIMBA: mini-batch size.")
+    max_metric_calls: int = Field(default=60, ge=1, description="GEPA: budget of metric evaluations.")
+    reflection_model: str | None = Field(
+        default=None,
+        description="GEPA: model that reflects on failures and rewrites instructions (default: the judge's own). "
+        "A stronger model here is what GEPA is designed for.",
+    )
     num_threads: int = Field(default=1, ge=1, description="Parallel LM calls (1 for in-process models).")
+    C: float = Field(default=1.0, gt=0, description="Verifier: inverse regularisation of the logistic regression.")
+
+
+def strategy_name(config: CalibrationConfig) -> str:
+    return config.strategy or config.optimizer
 
 
 def to_examples(task: Task, rows: Sequence[LabeledRow]) -> list[dspy.Example]:
@@ -193,4 +215,65 @@ def _compile(
             minibatch=len(devset) > config.minibatch_size,
             minibatch_size=min(config.minibatch_size, len(devset)),
         )
+    if config.optimizer == "copro":
+        from dspy.teleprompt import COPRO
+
+        optimizer = COPRO(
+            prompt_model=lm.copy(max_tokens=config.proposer_max_tokens),
+            metric=metric,
+            breadth=config.breadth,
+            depth=config.depth,
+            init_temperature=1.0,
+        )
+        # COPRO scores candidates on the set it is given: dev, where selection belongs.
+        return optimizer.compile(
+            student, trainset=devset, eval_kwargs={"num_threads": config.num_threads, "display_progress": True}
+        )
+    if config.optimizer == "simba":
+        from dspy.teleprompt import SIMBA
+
+        size = min(config.batch_size, len(trainset))
+        return SIMBA(
+            metric=metric,
+            bsize=size,
+            num_candidates=2,
+            max_steps=config.max_steps,
+            max_demos=config.max_labeled_demos,
+            num_threads=config.num_threads,
+        ).compile(student, trainset=trainset, seed=config.seed)
+    if config.optimizer == "gepa":
+        from dspy.teleprompt import GEPA
+
+        from judgecal.lm import LMConfig, build_lm
+
+        reflection = (
+            build_lm(LMConfig(model=config.reflection_model, max_tokens=config.proposer_max_tokens))
+            if config.reflection_model
+            else lm.copy(max_tokens=config.proposer_max_tokens)
+        )
+        return GEPA(
+            metric=feedback_metric(metric, student),
+            max_metric_calls=config.max_metric_calls,
+            reflection_lm=reflection,
+            num_threads=config.num_threads,
+            seed=config.seed,
+            track_stats=False,
+        ).compile(student, trainset=trainset, valset=devset)
     raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def feedback_metric(metric: Callable[..., float], student: JudgeProgram) -> Callable[..., Any]:
+    """GEPA's five-argument metric: the class-balanced score plus what went wrong, in words."""
+    field_name = next(iter(student.predict.signature.output_fields))
+
+    def gepa_metric(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> Any:
+        score = metric(gold, pred)
+        expected = gold[field_name]
+        answered = pred.get(field_name) if hasattr(pred, "get") else None
+        if score > 0:
+            feedback = f"Correct: the human label was {expected!r}."
+        else:
+            feedback = f"Wrong: you answered {answered!r} but the human label was {expected!r}."
+        return dspy.Prediction(score=score, feedback=feedback)
+
+    return gepa_metric

@@ -75,8 +75,16 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--model", help="judge model: 'embedded', a .gguf path, or a LiteLLM model string")
     calibrate.add_argument("--api-base", help="base URL of an OpenAI-compatible server (vLLM, llama.cpp)")
     calibrate.add_argument(
-        "--optimizer", help="none, labeled_few_shot, bootstrap_few_shot, bootstrap_random_search or mipro"
+        "--strategy",
+        help="one strategy: a DSPy optimizer (labeled_few_shot, bootstrap_few_shot, bootstrap_random_search, "
+        "mipro, copro, simba, gepa), threshold, base_rate, order_swap, verifier or stacking",
     )
+    calibrate.add_argument("--strategies", help="search these strategies with Optuna: comma-separated names or 'all'")
+    calibrate.add_argument("--trials", type=int, help="search: finished trials the study should reach")
+    calibrate.add_argument("--storage", help="search: Optuna storage URL (default: sqlite:///mlruns/optuna.db)")
+    calibrate.add_argument("--study-name", help="search: study to create or resume")
+    calibrate.add_argument("--recorded", help="calibrate the verdicts of reference_judges.<NAME> in the rows")
+    calibrate.add_argument("--verdicts", type=Path, help="calibrate verdicts from a JSONL file {id, verdict}")
     calibrate.add_argument("--seed", type=int, help="optimizer seed")
     calibrate.add_argument("--split-seed", type=int, help="seed of the grouped train/dev/test split")
     calibrate.add_argument("--limit", type=int, help="use only the first N rows")
@@ -103,8 +111,60 @@ def _parser() -> argparse.ArgumentParser:
 def _calibrate(args: argparse.Namespace) -> int:
     configs = [_load(path, args) for path in args.configs]  # every file is checked before any runs
     for config in configs:
-        _calibrate_one(config, args)
+        if args.strategies or args.trials:
+            _search_one(config, args)
+        else:
+            _calibrate_one(config, args)
     return 0
+
+
+def _search_one(config: ExperimentConfig, args: argparse.Namespace) -> None:
+    from judgecal.progress import rich_progress
+    from judgecal.search import run_search
+
+    updates: dict[str, object] = {}
+    if args.strategies:
+        updates["strategies"] = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    for key in ("trials", "storage", "study_name"):
+        if getattr(args, key) is not None:
+            updates[key] = getattr(args, key)
+    search = config.search.model_copy(update=updates)
+    report = run_search(
+        config,
+        search,
+        progress=rich_progress(console),
+        track=not args.no_track,
+        tracking_uri=args.tracking_uri,
+        log=lambda message: console.print(message, highlight=False),
+    )
+    table = Table(
+        title=f"{config.judge.name}: {len(report.rows)} trials, selected by dev κ (test κ reported, not used)",
+        title_justify="left",
+    )
+    for column in ("trial", "strategy", "state", "dev κ", "test κ [95%]", "LM calls", "fit s"):
+        table.add_column(column, justify="left" if column in ("strategy", "state") else "right")
+    for row in report.rows:
+        test = "–" if row.test_kappa is None else f"{row.test_kappa:.2f} [{row.test_low:.2f}, {row.test_high:.2f}]"
+        best = report.best is not None and row.number == report.best.number
+        table.add_row(
+            f"{row.number}{' *' if best else ''}",
+            row.strategy,
+            row.state,
+            "–" if row.dev_kappa is None else f"{row.dev_kappa:.3f}",
+            test,
+            "–" if row.lm_calls is None else str(row.lm_calls),
+            "–" if row.seconds is None else f"{row.seconds:.0f}",
+        )
+    console.print(table)
+    if report.best is not None:
+        console.print(f"best: trial {report.best.number} ({report.best.strategy}), dev κ {report.best.dev_kappa:.3f}")
+    console.print(f"study {report.study_name} in {report.storage}; {report.new_trials} new trials this run")
+    if report.parent_run_id:
+        console.print(
+            f"MLflow parent run {report.parent_run_id} (leaderboard.md, best judge: "
+            f"runs:/{report.parent_run_id}/judge)",
+            highlight=False,
+        )
 
 
 def _load(path: Path, args: argparse.Namespace) -> ExperimentConfig:
@@ -116,7 +176,9 @@ def _load(path: Path, args: argparse.Namespace) -> ExperimentConfig:
         "judge.limit": args.limit,
         "lm.model": args.model,
         "lm.api_base": args.api_base,
-        "calibration.optimizer": args.optimizer,
+        "calibration.strategy": args.strategy,
+        "judge.recorded": args.recorded,
+        "judge.verdicts": str(args.verdicts.resolve()) if args.verdicts else None,
         "calibration.seed": args.seed,
         "split.seed": args.split_seed,
     }
@@ -148,7 +210,7 @@ def _calibrate_one(config: ExperimentConfig, args: argparse.Namespace) -> None:
             table.add_row(metric, f"{raw:.3f}", f"{calibrated:.3f}", f"{delta:+.3f}")
         console.print(table)
     console.print(
-        f"calibration: {report.config.calibration.optimizer}, {report.calibration_seconds:.0f} s, "
+        f"calibration: {report.strategy}, {report.calibration_seconds:.0f} s, "
         f"{report.calibration_lm_calls} LM calls (answers served from the cache included)"
     )
     if report.run_id:

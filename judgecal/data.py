@@ -381,6 +381,45 @@ def _text_of_scalar(value: Any) -> Any:
     return value
 
 
+def load_verdicts(path: str | Path, task: TaskSpec) -> dict[str, tuple[LabelValue, float | None]]:
+    """Verdicts another judge already gave, one JSON object per line:
+    ``{"id": ..., "verdict": ..., "probability": P(positive) (optional)}``."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("no such verdicts file", path=path)
+    verdicts: dict[str, tuple[LabelValue, float | None]] = {}
+    first_line: dict[str, int] = {}
+    for line, record in _read_jsonl(path):
+        if "id" not in record:
+            raise DataError("missing required field", path=path, line=line, field="id")
+        if "verdict" not in record:
+            raise DataError("missing required field", path=path, line=line, field="verdict")
+        row_id = str(record["id"])
+        if row_id in first_line:
+            raise DataError(
+                f"duplicate id {row_id!r} (first seen on line {first_line[row_id]})", path=path, line=line, field="id"
+            )
+        first_line[row_id] = line
+        try:
+            label = task.parse_label(record["verdict"])
+        except ValueError as error:
+            raise DataError(str(error), path=path, line=line, field="verdict") from None
+        probability = record.get("probability")
+        if probability is not None:
+            if not isinstance(probability, int | float) or isinstance(probability, bool) or not 0 <= probability <= 1:
+                raise DataError(
+                    f"expected a probability between 0 and 1, got {probability!r}",
+                    path=path,
+                    line=line,
+                    field="probability",
+                )
+            probability = float(probability)
+        verdicts[row_id] = (label, probability)
+    if not verdicts:
+        raise DataError("the file holds no verdicts", path=path)
+    return verdicts
+
+
 # ---------------------------------------------------------------------------------------
 # Grouped split
 # ---------------------------------------------------------------------------------------

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from judgecal.calibration import CalibrationConfig, calibrate_program
+from judgecal.calibration import CalibrationConfig, strategy_name
 from judgecal.card import write_card
-from judgecal.data import DataError, Dataset, LabeledRow, Split, SplitSpec, load_rows, split_by_group
+from judgecal.data import DataError, Dataset, LabeledRow, Split, SplitSpec, load_rows, load_verdicts, split_by_group
 from judgecal.evaluation import (
     REFERENCE_PREFIX,
     AgreementReport,
@@ -33,9 +33,20 @@ from judgecal.evaluation import (
     label_space,
 )
 from judgecal.export import bundle_from_judge, log_judge_model, save_bundle
-from judgecal.judges import Judge, JudgeProgram, ProgressFactory, Verdict, score_verdicts
+from judgecal.judges import JudgeProgram, ProgressFactory, Verdict, score_verdicts
 from judgecal.lm import LMConfig, build_lm, configure_dspy_cache
 from judgecal.paths import dspy_cache_dir, workspace_root
+from judgecal.strategies import (
+    FitContext,
+    FitResult,
+    FittedJudge,
+    ProgramJudge,
+    RecordedJudge,
+    RowGuard,
+    StrategySpec,
+    fit_strategy,
+    resolve_strategies,
+)
 from judgecal.tasks import Task, resolve_task
 from judgecal.tracking import configure_tracking, ensure_experiment, flat_params
 
@@ -49,6 +60,14 @@ class JudgeSection(BaseModel):
     task: str = Field(description="'relevance', 'pairwise', 'attribute' or 'module:Signature'.")
     data: Path = Field(description="Labelled rows (JSONL or CSV); relative to the config file.")
     limit: int | None = Field(default=None, gt=0, description="Use only the first N rows.")
+    recorded: str | None = Field(
+        default=None,
+        description="Calibrate verdicts the rows already hold (reference_judges.<name>) instead of a live model.",
+    )
+    verdicts: Path | None = Field(
+        default=None,
+        description="Calibrate verdicts from a JSONL file of {id, verdict, probability?} instead of a live model.",
+    )
 
 
 class ReportConfig(BaseModel):
@@ -58,6 +77,22 @@ class ReportConfig(BaseModel):
 
     n_resamples: int = Field(default=2000, ge=100, description="Group-bootstrap resamples.")
     seed: int = 0
+
+
+class SearchConfig(BaseModel):
+    """Which strategies to search, for how many trials, and where the study lives."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategies: list[str] = Field(default_factory=lambda: ["all"])
+    trials: int = Field(default=12, ge=1, description="Finished (complete or pruned) trials the study should reach.")
+    storage: str | None = Field(default=None, description="Optuna storage URL (default: sqlite in mlruns/).")
+    study_name: str | None = Field(default=None, description="Default: <judge name>-<split fingerprint>.")
+    seed: int = 0
+    dev_chunk: int = Field(default=16, ge=1, description="Dev rows judged between pruning checks.")
+    heartbeat_interval: int = Field(default=30, ge=1, description="Seconds between a worker's heartbeats.")
+    grace_period: int = Field(default=90, ge=2, description="Seconds without heartbeat before a trial is failed.")
+    trial_resamples: int = Field(default=500, ge=100, description="Bootstrap resamples of each trial's report.")
 
 
 class ExperimentConfig(BaseModel):
@@ -71,6 +106,7 @@ class ExperimentConfig(BaseModel):
         default=None, description="Also judge pairs with responses swapped (default: pairwise tasks)."
     )
     report: ReportConfig = Field(default_factory=ReportConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
@@ -94,9 +130,10 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
-    data = document.get("judge", {}).get("data")
-    if data is not None and not Path(data).is_absolute() and (overrides or {}).get("judge.data") is None:
-        document["judge"]["data"] = str((path.parent / data).resolve())
+    for key in ("data", "verdicts"):
+        value = document.get("judge", {}).get(key)
+        if value is not None and not Path(value).is_absolute() and (overrides or {}).get(f"judge.{key}") is None:
+            document["judge"][key] = str((path.parent / value).resolve())
     try:
         return ExperimentConfig.model_validate(document)
     except ValidationError as error:
@@ -116,6 +153,77 @@ class SideResult:
 
 
 @dataclass
+class Prepared:
+    """Everything a calibration starts from: rows split by group, the raw judge, the guard
+    that keeps test rows out of fitting and selection."""
+
+    config: ExperimentConfig
+    task: Task
+    dataset: Dataset
+    split: Split
+    lm: Any
+    raw: FittedJudge
+    guard: RowGuard
+    order_swap: bool
+    root: Path
+
+    @property
+    def reference_judges(self) -> tuple[str, ...]:
+        return tuple(sorted({name for row in self.dataset.rows for name in row.reference_judges}))
+
+    def context(self, progress: ProgressFactory | None, log: Any) -> FitContext:
+        return FitContext(
+            task=self.task,
+            train=self.split.train.rows,
+            dev=self.split.dev.rows,
+            raw=self.raw,
+            lm=self.lm,
+            config=self.config.calibration,
+            guard=self.guard,
+            progress=progress,
+            log=log,
+            reference_judges=self.reference_judges,
+        )
+
+
+def prepare(config: ExperimentConfig, *, root: Path | None = None, log: Any = print) -> Prepared:
+    """Load and split the rows, build the LM (unless verdicts are recorded) and the raw judge."""
+    root = root or workspace_root()
+    task = resolve_task(config.judge.task)
+    dataset = load_rows(config.judge.data, task.spec, limit=config.judge.limit)
+    split = split_by_group(dataset, config.split)
+    sizes = split.sizes
+    log(
+        f"{config.judge.name}: {len(dataset)} rows from {dataset.source} → "
+        f"train {sizes['train']}, dev {sizes['dev']}, test {sizes['test']} (grouped, seed {config.split.seed})"
+    )
+    configure_dspy_cache(dspy_cache_dir(root))
+    if config.judge.recorded and config.judge.verdicts:
+        raise DataError("give either judge.recorded or judge.verdicts, not both", field="judge")
+    lm = None
+    if config.judge.verdicts is not None:
+        verdicts = load_verdicts(config.judge.verdicts, task.spec)
+        raw: FittedJudge = RecordedJudge(task, str(config.judge.verdicts), config.judge.name, verdicts)
+    elif config.judge.recorded is not None:
+        known = {name for row in dataset.rows for name in row.reference_judges}
+        if config.judge.recorded not in known:
+            found = ", ".join(sorted(known)) or "none"
+            raise DataError(
+                f"no recorded judge {config.judge.recorded!r} in the rows (found: {found})",
+                path=dataset.source,
+                field="reference_judges",
+            )
+        raw = RecordedJudge(task, config.judge.recorded, config.judge.name)
+    else:
+        lm = build_lm(config.lm)
+        raw = ProgramJudge(task, JudgeProgram(task.signature), lm, config.judge.name)
+    pairwise = {"response_a", "response_b"} <= set(task.spec.input_names)
+    order_swap = config.order_swap if config.order_swap is not None else pairwise
+    guard = RowGuard(frozenset(row.id for row in split.test.rows))
+    return Prepared(config, task, dataset, split, lm, raw, guard, order_swap, root)
+
+
+@dataclass
 class CalibrationReport:
     config: ExperimentConfig
     task: Task
@@ -124,16 +232,19 @@ class CalibrationReport:
     calibrated: SideResult
     calibration_seconds: float
     calibration_lm_calls: int
+    strategy: str = ""
     run_id: str | None = None
     experiment_id: str | None = None
     tracking_uri: str | None = None
-    bundle_path: Path | None = None
     metric_names: list[str] = field(default_factory=list)
     lm: Any = None
-    calibrated_program: JudgeProgram | None = None
+    calibrated_judge: FittedJudge | None = None
     record: EvaluationRecord | None = None
     agreement: AgreementReport | None = None
-    card_path: Path | None = None
+
+    @property
+    def calibrated_program(self) -> JudgeProgram | None:
+        return self.calibrated_judge.program if isinstance(self.calibrated_judge, ProgramJudge) else None
 
     @property
     def delta(self) -> dict[str, float]:
@@ -149,15 +260,32 @@ class CalibrationReport:
 
 
 def judge_split(
-    judge: Judge, rows: Sequence[LabeledRow], *, order_swap: bool, progress: ProgressFactory | None, label: str
+    judge: FittedJudge,
+    task: Task,
+    rows: Sequence[LabeledRow],
+    *,
+    order_swap: bool,
+    progress: ProgressFactory | None,
+    label: str,
 ) -> SideResult:
     started = time.perf_counter()
     verdicts = judge.predict(rows, progress=progress, description=f"{label}: judging test")
     swapped = None
     if order_swap:
         swapped = judge.predict_swapped(rows, progress=progress, description=f"{label}: judging swapped")
-    metrics = score_verdicts(judge.task, rows, verdicts, swapped)
+    metrics = score_verdicts(task, rows, verdicts, swapped)
     return SideResult(verdicts, swapped, metrics, time.perf_counter() - started)
+
+
+def strategy_params(spec: StrategySpec, config: CalibrationConfig) -> dict[str, Any]:
+    """Settings a strategy takes from the experiment file (the search suggests its own)."""
+    if spec.family == "dspy":
+        return {}
+    if spec.name == "verifier":
+        return {"C": config.C}
+    if spec.name == "stacking":
+        return {"C": config.C}
+    return {}
 
 
 def run_calibration(
@@ -169,32 +297,33 @@ def run_calibration(
     root: Path | None = None,
     log: Any = print,
 ) -> CalibrationReport:
-    """Calibrate one judge and record it; the test split is used only for the final report."""
-    root = root or workspace_root()
-    task = resolve_task(config.judge.task)
-    dataset = load_rows(config.judge.data, task.spec, limit=config.judge.limit)
-    split = split_by_group(dataset, config.split)
-    sizes = split.sizes
-    log(
-        f"{config.judge.name}: {len(dataset)} rows from {dataset.source} → "
-        f"train {sizes['train']}, dev {sizes['dev']}, test {sizes['test']} (grouped, seed {config.split.seed})"
+    """Calibrate one judge with one strategy and record it; test is used only for the report."""
+    prepared = prepare(config, root=root, log=log)
+    task, split = prepared.task, prepared.split
+    [spec] = resolve_strategies(
+        [strategy_name(config.calibration)], task, has_program=isinstance(prepared.raw, ProgramJudge)
     )
-    configure_dspy_cache(dspy_cache_dir(root))
-    lm = build_lm(config.lm)
-    order_swap = config.order_swap if config.order_swap is not None else set(task.spec.labels) >= {"A", "B"}
-
-    raw_judge = Judge(task, JudgeProgram(task.signature), lm=lm, name=config.judge.name)
-    raw = judge_split(raw_judge, split.test.rows, order_swap=order_swap, progress=progress, label="raw")
-
-    log(f"{config.judge.name}: calibrating with {config.calibration.optimizer} on train, selecting on dev")
-    result = calibrate_program(task, lm, split.train.rows, split.dev.rows, config.calibration)
-    _assert_no_test_rows(result.program, split.test)
-    calibrated_judge = Judge(task, result.program, lm=lm, name=config.judge.name)
+    raw = judge_split(
+        prepared.raw, task, split.test.rows, order_swap=prepared.order_swap, progress=progress, label="raw"
+    )
+    log(f"{config.judge.name}: calibrating with {spec.name} ({spec.description}) on train, selecting on dev")
+    result = fit_strategy(spec, prepared.context(progress, log), strategy_params(spec, config.calibration))
+    _assert_no_test_demos(result.judge, split.test)
     calibrated = judge_split(
-        calibrated_judge, split.test.rows, order_swap=order_swap, progress=progress, label="calibrated"
+        result.judge, task, split.test.rows, order_swap=prepared.order_swap, progress=progress, label="calibrated"
     )
+    report = assemble_report(prepared, raw, calibrated, result)
+    if track:
+        track_calibration(report, result.judge, prepared, tracking_uri=tracking_uri)
+    return report
+
+
+def assemble_report(
+    prepared: Prepared, raw: SideResult, calibrated: SideResult, result: FitResult
+) -> CalibrationReport:
+    config, task, split = prepared.config, prepared.task, prepared.split
     metric_names = list(label_space(task.spec).metric_names())
-    if order_swap:
+    if prepared.order_swap:
         metric_names.append("order_consistency")
     record = build_record(
         config.judge.name,
@@ -205,8 +334,10 @@ def run_calibration(
         data_fingerprint=split.data_fingerprint,
         split_fingerprint=split.fingerprint,
     )
+    if isinstance(prepared.raw, RecordedJudge) and prepared.raw.verdicts is None:
+        record.judges.pop(f"{REFERENCE_PREFIX}{prepared.raw.source}", None)  # the same verdicts as "raw"
     agreement = evaluate_record(record, n_resamples=config.report.n_resamples, seed=config.report.seed)
-    report = CalibrationReport(
+    return CalibrationReport(
         config=config,
         task=task,
         split=split,
@@ -214,19 +345,17 @@ def run_calibration(
         calibrated=calibrated,
         calibration_seconds=result.seconds,
         calibration_lm_calls=result.lm_calls,
+        strategy=result.strategy,
         metric_names=metric_names,
-        lm=lm,
-        calibrated_program=result.program,
+        lm=prepared.lm,
+        calibrated_judge=result.judge,
         record=record,
         agreement=agreement,
     )
-    if track:
-        _track(report, calibrated_judge, dataset, tracking_uri=tracking_uri, root=root)
-    return report
 
 
 def judge_record(task: Task, side: SideResult) -> JudgeRecord:
-    """A live judge's verdicts with P(positive) (binary) and P(verdict), for the record."""
+    """A judge's verdicts with P(positive) (binary) and P(verdict), for the record."""
     positive = task.spec.positive
     probability = None
     if positive is not None:
@@ -239,8 +368,11 @@ def judge_record(task: Task, side: SideResult) -> JudgeRecord:
     )
 
 
-def _assert_no_test_rows(program: JudgeProgram, test: Dataset) -> None:
+def _assert_no_test_demos(judge: FittedJudge, test: Dataset) -> None:
     """Demos must come from train: a test row among them would leak the report's labels."""
+    program = getattr(judge, "program", None)
+    if program is None:
+        return
     test_ids = {row.id for row in test.rows}
     for predictor in program.predictors():
         for demo in predictor.demos:
@@ -249,30 +381,53 @@ def _assert_no_test_rows(program: JudgeProgram, test: Dataset) -> None:
                 raise AssertionError(f"test row {row_id!r} was used as a demo")
 
 
-def _track(report: CalibrationReport, judge: Judge, dataset: Dataset, *, tracking_uri: str | None, root: Path) -> None:
+def calibration_params(report: CalibrationReport, prepared: Prepared) -> dict[str, str]:
+    config, split = report.config, report.split
+    params = {
+        "model": config.judge.recorded or (str(config.judge.verdicts) if config.judge.verdicts else config.lm.model),
+        "strategy": report.strategy,
+        "seed": config.calibration.seed,
+        "data.path": prepared.dataset.source,
+        "data.fingerprint": split.data_fingerprint,
+        "split.fingerprint": split.fingerprint,
+        **{f"split.{name}_rows": size for name, size in split.sizes.items()},
+        "split.seed": config.split.seed,
+        "split.dev_fraction": config.split.dev,
+        "split.test_fraction": config.split.test,
+        **flat_params("lm", config.lm.model_dump(exclude={"model"})),
+        **flat_params("calibration", config.calibration.model_dump(exclude={"strategy", "seed"})),
+    }
+    return {k: str(v) for k, v in params.items()}
+
+
+def track_calibration(
+    report: CalibrationReport,
+    judge: FittedJudge,
+    prepared: Prepared,
+    *,
+    tracking_uri: str | None,
+    nested: bool = False,
+    run_name: str | None = None,
+    extra_params: dict[str, Any] | None = None,
+) -> str:
+    """Record one calibration as an MLflow run (nested under the active run when asked)."""
     import mlflow
 
     config = report.config
-    report.tracking_uri = configure_tracking(tracking_uri, root)
-    experiment_id = ensure_experiment(config.judge.name, root)
-    run_name = f"{config.calibration.optimizer}-seed{config.calibration.seed}"
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        mlflow.set_tags({"judgecal.task": report.task.reference, "judgecal.judge": config.judge.name})
-        params = {
-            "model": config.lm.model,
-            "optimizer": config.calibration.optimizer,
-            "seed": config.calibration.seed,
-            "data.path": dataset.source,
-            "data.fingerprint": report.split.data_fingerprint,
-            "split.fingerprint": report.split.fingerprint,
-            **{f"split.{name}_rows": size for name, size in report.split.sizes.items()},
-            "split.seed": config.split.seed,
-            "split.dev_fraction": config.split.dev,
-            "split.test_fraction": config.split.test,
-            **flat_params("lm", config.lm.model_dump(exclude={"model"})),
-            **flat_params("calibration", config.calibration.model_dump(exclude={"optimizer", "seed"})),
-        }
-        mlflow.log_params({k: str(v) for k, v in params.items()})
+    report.tracking_uri = configure_tracking(tracking_uri, prepared.root)
+    experiment_id = ensure_experiment(config.judge.name, prepared.root)
+    run_name = run_name or f"{report.strategy}-seed{config.calibration.seed}"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, nested=nested) as run:
+        mlflow.set_tags(
+            {
+                "judgecal.task": report.task.reference,
+                "judgecal.judge": config.judge.name,
+                "judgecal.strategy": report.strategy,
+            }
+        )
+        mlflow.log_params(
+            {**calibration_params(report, prepared), **{k: str(v) for k, v in (extra_params or {}).items()}}
+        )
         mlflow.log_metrics(tracked_metrics(report))
         agreement = report.agreement
         if agreement is not None and agreement.comparison is not None:
@@ -282,32 +437,44 @@ def _track(report: CalibrationReport, judge: Judge, dataset: Dataset, *, trackin
                     "judgecal.statement": agreement.comparison.statement[:5000],
                 }
             )
-
-        with tempfile.TemporaryDirectory() as scratch:
-            folder = Path(scratch)
-            program_path = folder / "program.json"
-            program_path.write_text(json.dumps(judge.program.dump_state(), indent=2, ensure_ascii=False))
-            mlflow.log_artifact(str(program_path))
-            if report.record is not None and agreement is not None:
-                mlflow.log_dict(report.record.model_dump(mode="json"), EVALUATION_FILE)
-                mlflow.log_dict(agreement.model_dump(mode="json"), "report.json")
-                card_folder = folder / "card"
-                write_card(agreement, report.record, card_folder)
-                mlflow.log_artifacts(str(card_folder), artifact_path="card")
-            bundle = bundle_from_judge(
-                judge,
-                config.lm,
-                calibration=config.calibration.model_dump(),
-                metrics={f"test.{k}": v for k, v in report.calibrated.metrics.items()},
-                data_fingerprint=report.split.data_fingerprint,
-                split_fingerprint=report.split.fingerprint,
-            )
-            bundle_dir = folder / "bundle"
-            save_bundle(bundle, bundle_dir)
-            mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
-            log_judge_model(bundle_dir, input_names=list(report.task.spec.input_names))
+        log_judge_artifacts(report, judge, prepared)
         report.run_id = run.info.run_id
         report.experiment_id = experiment_id
+        return run.info.run_id
+
+
+def log_judge_artifacts(report: CalibrationReport, judge: FittedJudge, prepared: Prepared) -> None:
+    """Program, evaluation record, report, judge card, bundle and MLflow model of the active run."""
+    import mlflow
+
+    config = report.config
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        program = getattr(judge, "program", None)
+        if program is not None:
+            program_path = folder / "program.json"
+            program_path.write_text(json.dumps(program.dump_state(), indent=2, ensure_ascii=False))
+            mlflow.log_artifact(str(program_path))
+        if report.record is not None and report.agreement is not None:
+            mlflow.log_dict(report.record.model_dump(mode="json"), EVALUATION_FILE)
+            mlflow.log_dict(report.agreement.model_dump(mode="json"), "report.json")
+            card_folder = folder / "card"
+            write_card(report.agreement, report.record, card_folder)
+            mlflow.log_artifacts(str(card_folder), artifact_path="card")
+        if isinstance(judge, RecordedJudge) and judge.verdicts is not None:
+            return  # verdicts from a file: nothing portable to export
+        bundle = bundle_from_judge(
+            judge,
+            config.lm,
+            calibration={"strategy": report.strategy, **config.calibration.model_dump(exclude={"strategy"})},
+            metrics={f"test.{k}": v for k, v in report.calibrated.metrics.items()},
+            data_fingerprint=report.split.data_fingerprint,
+            split_fingerprint=report.split.fingerprint,
+        )
+        bundle_dir = folder / "bundle"
+        save_bundle(bundle, bundle_dir)
+        mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
+        log_judge_model(bundle_dir, input_names=list(report.task.spec.input_names))
 
 
 def tracked_metrics(report: CalibrationReport) -> dict[str, float]:
@@ -341,8 +508,8 @@ def tracked_metrics(report: CalibrationReport) -> dict[str, float]:
         metrics.update({f"delta.{name}": value for name, value in report.delta.items()})
     metrics.update(
         {
-            "cost.calibration_seconds": report.calibration_seconds,
-            "cost.calibration_lm_calls": float(report.calibration_lm_calls),
+            "cost.fit_seconds": report.calibration_seconds,
+            "cost.fit_lm_calls": float(report.calibration_lm_calls),
             "cost.raw_test_seconds": report.raw.seconds,
             "cost.calibrated_test_seconds": report.calibrated.seconds,
         }

@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from judgecal.judges import Judge, JudgeProgram
 from judgecal.lm import LMConfig, build_lm
+from judgecal.strategies import FittedJudge, judge_from_state
 from judgecal.tasks import resolve_task
 
 BUNDLE_FILE = "judge.json"
@@ -40,7 +40,10 @@ class JudgeBundle(BaseModel):
     task: str = Field(description="Built-in task name or 'module:Signature' reference.")
     decision_field: str
     labels: list[bool | str]
-    program: dict[str, Any] = Field(description="DSPy program state: instructions and demos.")
+    judge: dict[str, Any] = Field(
+        description="The calibrated judge's plain-JSON state: DSPy program (instructions and demos), "
+        "decision threshold, verifier weights, stacking coefficients."
+    )
     lm: LMConfig
     calibration: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict, description="Test-split metrics.")
@@ -61,7 +64,7 @@ def package_versions() -> dict[str, str]:
 
 
 def bundle_from_judge(
-    judge: Judge,
+    judge: FittedJudge,
     lm_config: LMConfig,
     *,
     calibration: dict[str, Any] | None = None,
@@ -74,7 +77,7 @@ def bundle_from_judge(
         task=judge.task.reference,
         decision_field=judge.task.decision_field,
         labels=list(judge.task.spec.labels),
-        program=judge.program.dump_state(),
+        judge=judge.state(),
         lm=lm_config,
         calibration=calibration or {},
         metrics=metrics or {},
@@ -120,20 +123,27 @@ def read_bundle(path: str | Path) -> JudgeBundle:
         raise ValueError(f"{path}: field '{where}': {first['msg']}") from None
 
 
-def judge_from_bundle(bundle: JudgeBundle, *, lm: Any = None, lm_config: LMConfig | None = None) -> Judge:
-    """Rebuild the judge; its LM is built from the bundle's settings unless one is given."""
+def judge_from_bundle(bundle: JudgeBundle, *, lm: Any = None, lm_config: LMConfig | None = None) -> FittedJudge:
+    """Rebuild the judge; its LM (if it uses one) is built from the bundle's settings unless given."""
     task = resolve_task(bundle.task)
     if task.decision_field != bundle.decision_field:
         raise ValueError(
             f"bundle '{bundle.name}' decides '{bundle.decision_field}' but task {bundle.task!r} "
             f"now decides '{task.decision_field}'"
         )
-    program = JudgeProgram(task.signature)
-    program.load_state(bundle.program)
-    return Judge(task, program, lm=lm if lm is not None else build_lm(lm_config or bundle.lm), name=bundle.name)
+    if lm is None and _uses_lm(bundle.judge):
+        lm = build_lm(lm_config or bundle.lm)
+    return judge_from_state(bundle.judge, task, lm, bundle.name)
 
 
-def load_judge(reference: str | Path, *, lm: Any = None, model: str | None = None) -> Judge:
+def _uses_lm(state: dict[str, Any]) -> bool:
+    if state.get("kind") == "program":
+        return True
+    children = [state.get("base"), *list(state.get("components") or [])]
+    return any(_uses_lm(child) for child in children if isinstance(child, dict))
+
+
+def load_judge(reference: str | Path, *, lm: Any = None, model: str | None = None) -> FittedJudge:
     """Load a judge from a bundle folder or file, or an MLflow ``runs:/`` or ``models:/`` URI.
 
     ``model`` swaps the judge model (e.g. to a served copy) while keeping the calibration.

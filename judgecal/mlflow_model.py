@@ -26,7 +26,7 @@ class CalibratedJudgeModel(PythonModel):
                 {name: value for name, value in record.items() if name in spec.input_names}
             )
             inputs = {name: getattr(validated, name) for name in spec.input_names}
-            verdict = self.judge.judge_inputs(inputs)
+            verdict = self.judge(**inputs)
             rows.append(
                 {
                     "label": None if verdict.label is None else answer_key(verdict.label),

@@ -8,7 +8,10 @@ working directory becomes the workspace.
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 STORE_DIR = "mlruns"
@@ -33,3 +36,17 @@ def store_dir(root: Path | None = None) -> Path:
 def dspy_cache_dir(root: Path | None = None) -> Path:
     """DSPy's disk cache of LM responses; a repeated run is served from it."""
     return (root or workspace_root()) / ".cache" / "dspy"
+
+
+@contextmanager
+def store_lock(root: Path | None = None) -> Iterator[None]:
+    """Serialise first-time set-up of the local stores (SQLite schema migrations) between
+    processes: two search workers starting together would otherwise both migrate."""
+    folder = store_dir(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".setup.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from judgecal.paths import store_dir
+from judgecal.paths import store_dir, store_lock
 
 EXPERIMENT_PREFIX = "judgecal"
 
@@ -40,6 +40,8 @@ def configure_tracking(explicit: str | None = None, root: Path | None = None) ->
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:"):
         mlflow.set_registry_uri(uri)
+        with store_lock(root):
+            mlflow.search_experiments(max_results=1)  # creates or migrates the schema, one process at a time
     return uri
 
 
@@ -52,6 +54,11 @@ def ensure_experiment(judge_name: str, root: Path | None = None) -> str:
     import mlflow
 
     name = experiment_name(judge_name)
+    with store_lock(root):
+        return _ensure_experiment(mlflow, name, judge_name, root)
+
+
+def _ensure_experiment(mlflow: Any, name: str, judge_name: str, root: Path | None) -> str:
     existing = mlflow.get_experiment_by_name(name)
     if existing is not None:
         if existing.lifecycle_stage == "deleted":

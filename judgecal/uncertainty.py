@@ -9,6 +9,7 @@ resamples, so intervals of a judge, of another judge and of their difference are
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -89,25 +90,26 @@ def group_bootstrap(
         def wrapped(sample: np.ndarray) -> np.ndarray:
             return np.asarray(statistic(sample))
 
-    result = bootstrap(
-        data,
-        wrapped,
-        n_resamples=n_resamples,
-        vectorized=vectorized,
-        method="percentile",
-        confidence_level=confidence,
-        rng=np.random.default_rng(seed),
-        batch=batch,
-    )
+    with warnings.catch_warnings():
+        # scipy warns when a resampled statistic is constant or NaN; the percentiles below
+        # are computed from the defined resamples and a constant statistic has a point interval.
+        warnings.simplefilter("ignore")
+        result = bootstrap(
+            data,
+            wrapped,
+            n_resamples=n_resamples,
+            vectorized=vectorized,
+            method="percentile",
+            confidence_level=confidence,
+            rng=np.random.default_rng(seed),
+            batch=batch,
+        )
     distribution = np.atleast_2d(result.bootstrap_distribution)
     tail = (1 - confidence) / 2 * 100
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            low = np.nanpercentile(distribution, tail, axis=-1)
-            high = np.nanpercentile(distribution, 100 - tail, axis=-1)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low = np.nanpercentile(distribution, tail, axis=-1)
+        high = np.nanpercentile(distribution, 100 - tail, axis=-1)
     return low, high
 
 

@@ -93,7 +93,7 @@ def test_calibration_on_shared_relevance_slice_writes_a_complete_mlflow_run(
     assert run.data.tags["judgecal.outcome"] in {"improved", "inconclusive", "worse"}
     params = run.data.params
     assert params["model"] == "embedded"
-    assert params["optimizer"] == "bootstrap_random_search"
+    assert params["strategy"] == "bootstrap_random_search"
     assert params["data.fingerprint"] == report.split.data_fingerprint
     assert int(params["split.test_rows"]) == report.split.sizes["test"]
     artifacts = {item.path for item in mlflow.artifacts.list_artifacts(run_id=report.run_id)}

@@ -9,13 +9,15 @@ import dspy
 import pytest
 
 from judgecal.export import BUNDLE_FILE, bundle_from_judge, load_judge, read_bundle, save_bundle
-from judgecal.judges import Judge
+from judgecal.judges import JudgeProgram
 from judgecal.lm import LMConfig
+from judgecal.strategies import ProgramJudge
 from judgecal.tasks import resolve_task
 
 
-def calibrated_judge(lm=None) -> Judge:
-    judge = Judge(resolve_task("relevance"), lm=lm, name="relevance-test")
+def calibrated_judge(lm=None) -> ProgramJudge:
+    task = resolve_task("relevance")
+    judge = ProgramJudge(task, JudgeProgram(task.signature), lm, "relevance-test")
     judge.program.predict.demos = [
         dspy.Example(prompt="Plan a picnic.", attribute="The user is vegan.", relevant=True, row_id="t1"),
         dspy.Example(prompt="Fix my CSS.", attribute="The user is vegan.", relevant=False, row_id="t2"),

@@ -1,0 +1,168 @@
+"""Trained verifiers: small classifiers fitted on the human labels themselves.
+
+The paper's lightweight intervention: rather than prompting a judge toward the human
+labels, learn them. The core verifier is TF-IDF (word 1–2-grams and character 3–5-grams)
+with class-balanced logistic regression, from scikit-learn. Its fitted state is plain
+JSON (vocabularies, idf weights, coefficients), so a saved verifier loads without
+unpickling anything. :class:`VerifierModule` wraps it as a DSPy module, so it composes
+with DSPy programs like any other judge.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import dspy
+import numpy as np
+from scipy.sparse import hstack
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+
+from judgecal.data import LabeledRow, LabelValue, TaskSpec
+
+WORD = {"analyzer": "word", "ngram_range": (1, 2), "sublinear_tf": True, "min_df": 1, "lowercase": True}
+CHAR = {"analyzer": "char_wb", "ngram_range": (3, 5), "sublinear_tf": True, "min_df": 2, "lowercase": True}
+
+
+def inputs_text(inputs: dict[str, Any]) -> str:
+    """One string per row: each input field named, so the same words in different fields
+    ('prompt: python' vs 'attribute: python') still land in one shared vocabulary."""
+    parts = []
+    for name, value in inputs.items():
+        if hasattr(value, "model_dump"):
+            value = value.model_dump()
+        if isinstance(value, list | dict):
+            value = json.dumps(value, ensure_ascii=False, default=lambda v: getattr(v, "model_dump", lambda: v)())
+        parts.append(f"{name}: {value}")
+    return "\n".join(parts)
+
+
+class TextVerifier:
+    """TF-IDF + logistic regression over a row's inputs, predicting the human label."""
+
+    kind = "tfidf_logistic"
+
+    def __init__(self, labels: Sequence[LabelValue], *, C: float = 1.0, max_features: int = 40000) -> None:
+        self.labels = tuple(labels)
+        self.C = C
+        self.max_features = max_features
+        self._word: TfidfVectorizer | None = None
+        self._char: TfidfVectorizer | None = None
+        self._model: LogisticRegression | None = None
+
+    def fit(self, rows: Sequence[LabeledRow]) -> TextVerifier:
+        texts = [inputs_text(row.inputs) for row in rows]
+        y = np.array([self.labels.index(row.label) for row in rows])
+        if len(set(y)) < 2:
+            raise ValueError("a verifier needs rows of at least two labels to learn from")
+        self._word = TfidfVectorizer(max_features=self.max_features, **WORD)
+        self._char = TfidfVectorizer(max_features=self.max_features, **CHAR)
+        features = hstack([self._word.fit_transform(texts), self._char.fit_transform(texts)]).tocsr()
+        self._model = LogisticRegression(C=self.C, class_weight="balanced", max_iter=2000)
+        self._model.fit(features, y)
+        return self
+
+    def predict_proba(self, inputs: Sequence[dict[str, Any]]) -> np.ndarray:
+        """Probability of each of the task's labels, columns in label order."""
+        if self._model is None or self._word is None or self._char is None:
+            raise RuntimeError("fit the verifier before predicting")
+        texts = [inputs_text(row) for row in inputs]
+        features = hstack([self._word.transform(texts), self._char.transform(texts)]).tocsr()
+        proba = self._model.predict_proba(features)
+        out = np.zeros((len(texts), len(self.labels)))
+        out[:, self._model.classes_] = proba
+        return out
+
+    def state(self) -> dict[str, Any]:
+        """Plain-JSON fitted state; :meth:`from_state` rebuilds an identical verifier."""
+        if self._model is None or self._word is None or self._char is None:
+            raise RuntimeError("fit the verifier before saving it")
+        return {
+            "kind": self.kind,
+            "labels": list(self.labels),
+            "C": self.C,
+            "max_features": self.max_features,
+            "word": {
+                "vocabulary": {k: int(v) for k, v in self._word.vocabulary_.items()},
+                "idf": self._word.idf_.tolist(),
+            },
+            "char": {
+                "vocabulary": {k: int(v) for k, v in self._char.vocabulary_.items()},
+                "idf": self._char.idf_.tolist(),
+            },
+            "classes": self._model.classes_.tolist(),
+            "coef": self._model.coef_.tolist(),
+            "intercept": self._model.intercept_.tolist(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> TextVerifier:
+        if state.get("kind") != cls.kind:
+            raise ValueError(f"not a {cls.kind} verifier state (kind {state.get('kind')!r})")
+        verifier = cls(state["labels"], C=state["C"], max_features=state["max_features"])
+        verifier._word = TfidfVectorizer(vocabulary=state["word"]["vocabulary"], **WORD)
+        verifier._word.idf_ = np.asarray(state["word"]["idf"], dtype=float)
+        verifier._char = TfidfVectorizer(vocabulary=state["char"]["vocabulary"], **CHAR)
+        verifier._char.idf_ = np.asarray(state["char"]["idf"], dtype=float)
+        model = LogisticRegression()
+        model.classes_ = np.asarray(state["classes"])
+        model.coef_ = np.asarray(state["coef"], dtype=float)
+        model.intercept_ = np.asarray(state["intercept"], dtype=float)
+        verifier._model = model
+        return verifier
+
+
+def out_of_fold_proba(
+    rows: Sequence[LabeledRow],
+    labels: Sequence[LabelValue],
+    *,
+    C: float = 1.0,
+    folds: int = 5,
+) -> np.ndarray:
+    """Each row's verifier probabilities from a verifier that never saw the row's group:
+    the honest input for a model stacked on top (scikit-learn's GroupKFold)."""
+    from sklearn.model_selection import GroupKFold
+
+    groups = [row.group for row in rows]
+    n_folds = min(folds, len(set(groups)))
+    out = np.zeros((len(rows), len(labels)))
+    for fit_idx, held_idx in GroupKFold(n_splits=n_folds).split(rows, groups=groups):
+        fit_rows = [rows[i] for i in fit_idx]
+        if len({row.label for row in fit_rows}) < 2:
+            out[held_idx] = np.mean([[row.label == label for label in labels] for row in fit_rows], axis=0)
+            continue
+        verifier = TextVerifier(labels, C=C).fit(fit_rows)
+        out[held_idx] = verifier.predict_proba([rows[i].inputs for i in held_idx])
+    return out
+
+
+class VerifierModule(dspy.Module):
+    """A fitted verifier as a DSPy module: same inputs as the task's signature, the same
+    decision field out, plus ``probabilities`` keyed like the LM judges' (``true``, ``A``)."""
+
+    def __init__(self, verifier: TextVerifier, spec: TaskSpec, threshold: float | None = None) -> None:
+        super().__init__()
+        self.verifier = verifier
+        self.spec = spec
+        self.threshold = threshold
+
+    def forward(self, **inputs: Any) -> dspy.Prediction:
+        proba = self.verifier.predict_proba([inputs])[0]
+        label = decide(proba, self.spec, self.threshold)
+        keys = [json.dumps(v) if isinstance(v, bool) else str(v) for v in self.spec.labels]
+        return dspy.Prediction(
+            **{self.spec.decision_field: label}, probabilities=dict(zip(keys, proba.tolist(), strict=True))
+        )
+
+
+def decide(proba: np.ndarray, spec: TaskSpec, threshold: float | None) -> LabelValue:
+    """Binary with a threshold: positive when P(positive) ≥ threshold; otherwise the argmax."""
+    if threshold is not None and spec.positive is not None:
+        return (
+            spec.positive
+            if proba[spec.labels.index(spec.positive)] >= threshold
+            else next(label for label in spec.labels if label != spec.positive)
+        )
+    return spec.labels[int(np.argmax(proba))]
