@@ -31,7 +31,13 @@ from judgecal.data import LabeledRow, LabelValue
 from judgecal.judges import Judge, JudgeProgram, ProgressFactory, Verdict, answer_key, swap_pair
 from judgecal.metrics import LabelSpace, confusion, kappa_from_confusion
 from judgecal.tasks import Task
-from judgecal.verifier import TextVerifier, out_of_fold_proba
+from judgecal.verifier import (
+    EmbeddingVerifier,
+    TextVerifier,
+    embeddings_available,
+    out_of_fold_proba,
+    verifier_from_state,
+)
 
 EPSILON = 1e-3
 
@@ -376,9 +382,9 @@ def judge_from_state(state: dict[str, Any], task: Task, lm: Any, name: str) -> F
     if kind == "order_swap":
         return OrderSwapJudge(task, judge_from_state(state["base"], task, lm, name), name)
     if kind == "verifier":
-        return VerifierJudge(task, TextVerifier.from_state(state["verifier"]), state.get("threshold"), name)
+        return VerifierJudge(task, verifier_from_state(state["verifier"]), state.get("threshold"), name)
     if kind == "stacked":
-        verifier = TextVerifier.from_state(state["verifier"]) if state.get("verifier") else None
+        verifier = verifier_from_state(state["verifier"]) if state.get("verifier") else None
         return StackedJudge(
             task,
             [judge_from_state(c, task, lm, name) for c in state["components"]],
@@ -453,6 +459,10 @@ class StrategySpec:
     needs_program: bool = False
     binary_only: bool = False
     pairwise_only: bool = False
+    needs_extra: str | None = None
+
+    def available(self) -> bool:
+        return self.needs_extra != "embeddings" or embeddings_available()
 
     def applies_to(self, task: Task, has_program: bool) -> bool:
         if self.needs_program and not has_program:
@@ -515,7 +525,8 @@ def fit_order_swap(ctx: FitContext, params: dict[str, Any]) -> FittedJudge:
 
 def fit_verifier(ctx: FitContext, params: dict[str, Any]) -> FittedJudge:
     train = ctx.guard.check(ctx.train, "verifier: fit")
-    verifier = TextVerifier(ctx.task.spec.labels, C=float(params.get("C", 1.0))).fit(train)
+    kind = EmbeddingVerifier if params.get("embeddings") else TextVerifier
+    verifier = kind(ctx.task.spec.labels, C=float(params.get("C", 1.0))).fit(train)
     threshold = None
     if ctx.task.spec.is_binary:
         dev = ctx.guard.check(ctx.dev, "verifier: select threshold on dev")
@@ -534,7 +545,7 @@ def fit_stacking(ctx: FitContext, params: dict[str, Any]) -> FittedJudge:
     components: list[FittedJudge] = []
     if params.get("use_raw", True):
         components.append(ctx.raw)
-    for name in ctx.reference_judges:
+    for name in ctx.reference_judges if params.get("use_references", True) else ():
         if not (isinstance(ctx.raw, RecordedJudge) and ctx.raw.source == name):
             components.append(RecordedJudge(ctx.task, name, f"reference:{name}"))
     C = float(params.get("C", 1.0))
@@ -571,6 +582,10 @@ def _stacking_space(trial: Any) -> dict[str, Any]:
     }
 
 
+def _embedding_space(trial: Any) -> dict[str, Any]:
+    return {"C": trial.suggest_float("embedding_verifier.C", 0.01, 10.0, log=True)}
+
+
 def _no_space(trial: Any) -> dict[str, Any]:
     return {}
 
@@ -600,6 +615,14 @@ STRATEGIES: dict[str, StrategySpec] = {
     "verifier": StrategySpec(
         "verifier", "verifier", "TF-IDF + logistic regression on the human labels", fit_verifier, _verifier_space
     ),
+    "embedding_verifier": StrategySpec(
+        "embedding_verifier",
+        "verifier",
+        "all-MiniLM-L6-v2 embeddings + logistic regression (extra: embeddings)",
+        lambda ctx, params: fit_verifier(ctx, {**params, "embeddings": True}),
+        _embedding_space,
+        needs_extra="embeddings",
+    ),
     "stacking": StrategySpec(
         "stacking",
         "stacking",
@@ -616,12 +639,14 @@ def resolve_strategies(names: Sequence[str] | str, task: Task, *, has_program: b
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     if list(names) == ["all"]:
-        return [spec for spec in STRATEGIES.values() if spec.applies_to(task, has_program)]
+        return [spec for spec in STRATEGIES.values() if spec.applies_to(task, has_program) and spec.available()]
     chosen = []
     for name in names:
         if name not in STRATEGIES:
             raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)} or 'all'")
         spec = STRATEGIES[name]
+        if not spec.available():
+            raise ValueError(f'strategy {name!r} needs the optional extra: pip install "judgecal[{spec.needs_extra}]"')
         if not spec.applies_to(task, has_program):
             reason = (
                 "needs an LLM judge program (the raw judge is recorded verdicts)"

