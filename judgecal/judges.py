@@ -55,14 +55,37 @@ def answer_key(label: LabelValue) -> str:
 
 
 class JudgeProgram(dspy.Module):
-    """One ``Predict`` over the task's signature: the unit DSPy optimizers tune."""
+    """One ``Predict`` over the task's signature: the unit DSPy optimizers tune.
 
-    def __init__(self, signature: Any) -> None:
+    ``verbalized=True`` adds an output where the judge states how likely the positive
+    answer is (0–100): the confidence to threshold on when the backend gives no token
+    probabilities.
+    """
+
+    def __init__(self, signature: Any, *, verbalized: bool = False) -> None:
         super().__init__()
-        self.predict = dspy.Predict(signature)
+        self.verbalized = verbalized
+        self.predict = dspy.Predict(verbalized_signature(signature) if verbalized else signature)
 
     def forward(self, **inputs: Any) -> dspy.Prediction:
         return self.predict(**inputs)
+
+
+VERBALIZED_FIELD = "probability_percent"
+
+
+def verbalized_signature(signature: Any) -> Any:
+    """The signature plus an integer 0–100 output: the judge's stated chance of the positive
+    answer. Appended after the decision so the decision is made first."""
+    from typing import Annotated
+
+    from pydantic import Field as PydanticField
+
+    return signature.append(
+        VERBALIZED_FIELD,
+        dspy.OutputField(desc="How likely the answer above is true, from 0 (surely not) to 100 (surely)."),
+        type_=Annotated[int, PydanticField(ge=0, le=100)],
+    )
 
 
 def answer_probabilities(logprobs: Any, field: str, answers: Sequence[LabelValue]) -> dict[str, float] | None:
@@ -185,6 +208,12 @@ class Judge:
         except ValueError as error:
             return Verdict(label=None, error=str(error))
         probabilities = answer_probabilities(getattr(prediction, "logprobs", None), field, self.task.spec.labels)
+        stated = prediction.get(VERBALIZED_FIELD) if hasattr(prediction, "get") else None
+        positive = self.task.spec.positive
+        if probabilities is None and positive is not None and isinstance(stated, int | float):
+            p = min(1.0, max(0.0, float(stated) / 100))
+            negative = next(v for v in self.task.spec.labels if v != positive)
+            probabilities = {answer_key(positive): p, answer_key(negative): 1 - p}
         confidence = probabilities.get(answer_key(label)) if probabilities else None
         return Verdict(label=label, confidence=confidence, probabilities=probabilities)
 

@@ -125,7 +125,11 @@ class ProgramJudge(FittedJudge):
         return self.judge.predict(rows, progress=progress, description=description or self.name)
 
     def state(self) -> dict[str, Any]:
-        return {"kind": self.kind, "program": self.program.dump_state()}
+        return {
+            "kind": self.kind,
+            "program": self.program.dump_state(),
+            "verbalized": bool(getattr(self.program, "verbalized", False)),
+        }
 
 
 class RecordedJudge(FittedJudge):
@@ -366,7 +370,7 @@ def judge_from_state(state: dict[str, Any], task: Task, lm: Any, name: str) -> F
     """Rebuild a fitted judge from its plain-JSON state (no code is loaded from it)."""
     kind = state.get("kind")
     if kind == "program":
-        program = JudgeProgram(task.signature)
+        program = JudgeProgram(task.signature, verbalized=bool(state.get("verbalized")))
         program.load_state(state["program"])
         return ProgramJudge(task, program, lm, name)
     if kind == "recorded":
@@ -507,16 +511,29 @@ def _is_positive(ctx: FitContext, rows: Sequence[LabeledRow]) -> np.ndarray:
     return np.array([row.label == ctx.task.spec.positive for row in rows])
 
 
+def _scored_base(ctx: FitContext, step: str) -> tuple[FittedJudge, np.ndarray]:
+    """The raw judge's P(positive) on dev. A live judge whose backend gives no token
+    probabilities is swapped for the same program stating a 0–100 score."""
+    ctx.guard.check(ctx.dev, step)
+    verdicts = ctx.raw.predict(ctx.dev, progress=ctx.progress, description=step)
+    base = ctx.raw
+    if isinstance(base, ProgramJudge) and all(v.probabilities is None for v in verdicts):
+        ctx.log(f"{step}: the judge model gives no token probabilities; asking it for a 0-100 score instead")
+        base = ProgramJudge(ctx.task, JudgeProgram(ctx.task.signature, verbalized=True), base.judge.lm, base.name)
+        verdicts = base.predict(ctx.dev, progress=ctx.progress, description=step + " (stated scores)")
+    return base, positive_probability(verdicts, ctx.task)
+
+
 def fit_threshold(ctx: FitContext, params: dict[str, Any]) -> FittedJudge:
-    p = _scores_on(ctx, ctx.raw, ctx.dev, "threshold: select on dev")
+    base, p = _scored_base(ctx, "threshold: select on dev")
     cut = kappa_threshold(p, _is_positive(ctx, ctx.dev))
-    return ThresholdJudge(ctx.task, ctx.raw, cut, "kappa", ctx.raw.name)
+    return ThresholdJudge(ctx.task, base, cut, "kappa", ctx.raw.name)
 
 
 def fit_base_rate(ctx: FitContext, params: dict[str, Any]) -> FittedJudge:
-    p = _scores_on(ctx, ctx.raw, ctx.dev, "base_rate: select on dev")
+    base, p = _scored_base(ctx, "base_rate: select on dev")
     cut = base_rate_threshold(p, _is_positive(ctx, ctx.dev))
-    return ThresholdJudge(ctx.task, ctx.raw, cut, "base_rate", ctx.raw.name)
+    return ThresholdJudge(ctx.task, base, cut, "base_rate", ctx.raw.name)
 
 
 def fit_order_swap(ctx: FitContext, params: dict[str, Any]) -> FittedJudge:

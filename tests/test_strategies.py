@@ -286,3 +286,21 @@ def test_order_swap_reconciles_both_orders_on_the_embedded_model(embedded_lm) ->
     flip = {"A": "B", "B": "A", "tie": "tie"}
     # Reconciled verdicts are order-consistent by construction.
     assert [v.label for v in verdicts] == [flip[v.label] for v in swapped]
+
+
+@pytest.mark.slow
+def test_threshold_without_token_probabilities_uses_a_stated_score(dspy_cache) -> None:  # noqa: ANN001
+    from judgecal.lm import LMConfig, build_lm
+
+    lm = build_lm(LMConfig(logprobs=False, max_tokens=48))
+    _, split = demo_split("relevance", "relevance_demo.jsonl", 8)
+    raw = ProgramJudge(RELEVANCE, JudgeProgram(RELEVANCE.signature), lm, "relevance")
+    assert all(v.probabilities is None for v in raw.predict(split.dev.rows[:2]))
+    judge = fit_strategy(STRATEGIES["threshold"], context(RELEVANCE, split, raw, lm=lm), {}).judge
+    assert judge.base.program.verbalized
+    verdicts = judge.predict(split.test.rows)
+    assert all(v.probabilities is not None for v in verdicts if v.label is not None)
+    state = json.loads(json.dumps(judge.state()))
+    assert state["base"]["verbalized"] is True
+    reloaded = judge_from_state(state, RELEVANCE, lm, "reloaded")
+    assert [v.label for v in reloaded.predict(split.test.rows)] == [v.label for v in verdicts]
