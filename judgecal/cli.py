@@ -100,6 +100,15 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--tracking-uri", help="MLflow tracking URI (default: mlruns/mlflow.db)")
     report.set_defaults(handler=_report)
 
+    judge = commands.add_parser("judge", help="judge rows with a calibrated judge (resumes an interrupted run)")
+    judge.add_argument("--judge", required=True, help="bundle folder, runs:/<id>/judge or models:/<name>@<alias>")
+    judge.add_argument("--input", type=Path, required=True, help="rows to judge (JSONL or CSV with id + inputs)")
+    judge.add_argument("--output", type=Path, required=True, help="verdicts JSONL; appended to, never rewritten")
+    judge.add_argument("--num-threads", type=int, default=1, help="parallel rows (remote models)")
+    judge.add_argument("--model", help="run the calibrated judge on another model (e.g. a served copy)")
+    judge.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ (default: mlruns/)")
+    judge.set_defaults(handler=_judge)
+
     ui = commands.add_parser("ui", help="start the MLflow UI on the project's store")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
@@ -252,6 +261,25 @@ def _report(args: argparse.Namespace) -> int:
         console.print(report.comparison.statement, highlight=False)
     card = write_card(report, record, args.out or default_out)
     console.print(f"judge card: {card}", highlight=False)
+    return 0
+
+
+def _judge(args: argparse.Namespace) -> int:
+    from judgecal.export import judge_file, load_judge
+    from judgecal.lm import configure_dspy_cache
+    from judgecal.paths import dspy_cache_dir
+    from judgecal.progress import rich_progress
+
+    if str(args.judge).startswith(("runs:/", "models:/")):
+        from judgecal.tracking import configure_tracking
+
+        configure_tracking(args.tracking_uri)
+    configure_dspy_cache(dspy_cache_dir())
+    judge = load_judge(args.judge, model=args.model)
+    new, earlier = judge_file(
+        judge, args.input, args.output, num_threads=args.num_threads, progress=rich_progress(console)
+    )
+    console.print(f"{new} rows judged now, {earlier} already in {args.output}", highlight=False)
     return 0
 
 

@@ -180,7 +180,7 @@ class LabeledRow(BaseModel):
     id: str
     group: str
     inputs: dict[str, Any]
-    label: LabelValue
+    label: LabelValue | None = Field(description="The human label; None for rows that are only to be judged.")
     annotator_labels: tuple[LabelValue, ...] | None = None
     reference_judges: dict[str, LabelValue] = Field(default_factory=dict)
     meta: dict[str, Any] = Field(default_factory=dict)
@@ -235,8 +235,11 @@ class Dataset:
         return self.subset(self.rows[:n])
 
 
-def load_rows(path: str | Path, task: TaskSpec, *, limit: int | None = None) -> Dataset:
-    """Load and validate a JSONL or CSV file; the first bad row stops with its location."""
+def load_rows(path: str | Path, task: TaskSpec, *, limit: int | None = None, labelled: bool = True) -> Dataset:
+    """Load and validate a JSONL or CSV file; the first bad row stops with its location.
+
+    ``labelled=False`` reads rows to be judged: ``label`` and ``group`` may be absent.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError("no such file", path=path)
@@ -251,7 +254,7 @@ def load_rows(path: str | Path, task: TaskSpec, *, limit: int | None = None) -> 
     rows: list[LabeledRow] = []
     first_line_of: dict[str, int] = {}
     for line, record in records:
-        row = _parse_record(record, task, path=path, line=line)
+        row = _parse_record(record, task, path=path, line=line, labelled=labelled)
         if row.id in first_line_of:
             raise DataError(
                 f"duplicate id {row.id!r} (first seen on line {first_line_of[row.id]})",
@@ -318,11 +321,13 @@ def _read_csv(path: Path, task: TaskSpec) -> Iterator[tuple[int, dict[str, Any]]
             yield number, parsed
 
 
-def _parse_record(record: dict[str, Any], task: TaskSpec, *, path: Path, line: int) -> LabeledRow:
-    for key in ("id", "group", "label"):
+def _parse_record(
+    record: dict[str, Any], task: TaskSpec, *, path: Path, line: int, labelled: bool = True
+) -> LabeledRow:
+    for key in ("id", "group", "label") if labelled else ("id",):
         if key not in record or record[key] is None or record[key] == "":
             raise DataError("missing required field", path=path, line=line, field=key)
-    row_id, group = record["id"], record["group"]
+    row_id, group = record["id"], record.get("group") if record.get("group") not in (None, "") else "-"
     for key, value in (("id", row_id), ("group", group)):
         if not isinstance(value, str | int) or isinstance(value, bool):
             raise DataError(f"expected a string, got {value!r}", path=path, line=line, field=key)
@@ -333,7 +338,7 @@ def _parse_record(record: dict[str, Any], task: TaskSpec, *, path: Path, line: i
         except ValueError as error:
             raise DataError(str(error), path=path, line=line, field=field) from None
 
-    label = label_of(record["label"], "label")
+    label = label_of(record["label"], "label") if record.get("label") not in (None, "") else None
     annotators = record.get("annotator_labels")
     annotator_labels = None
     if annotators is not None:

@@ -186,3 +186,108 @@ def log_judge_model(bundle_folder: Path, *, input_names: list[str]) -> Any:
             signature=infer_signature(example, output),
             pip_requirements=[f"judgecal=={package_versions().get('judgecal', '0')}"],
         )
+
+
+def mlflow_scorer(judge: FittedJudge, *, name: str | None = None) -> Any:
+    """A calibrated judge as an MLflow GenAI scorer. Each judge input is looked up by name
+    in the evaluation row's ``outputs`` (when a dict), then ``inputs``, then
+    ``expectations``; an ``outputs`` string fills the single input still missing. The
+    feedback value is the verdict (a bool for yes/no judges, so MLflow averages it), with
+    the confidence as metadata."""
+    from mlflow.entities import Feedback
+    from mlflow.genai.scorers import scorer
+
+    names = judge.task.spec.input_names
+
+    def judge_row(inputs: Any = None, outputs: Any = None, expectations: Any = None) -> Feedback:
+        fields: dict[str, Any] = {}
+        for source in (outputs, inputs, expectations):
+            if isinstance(source, dict):
+                for key in names:
+                    if key not in fields and key in source:
+                        fields[key] = source[key]
+        missing = [key for key in names if key not in fields]
+        if isinstance(outputs, str) and len(missing) == 1:
+            fields[missing[0]] = outputs
+        verdict = judge(**fields)
+        if verdict.label is None:
+            return Feedback(value=None, error=verdict.error or "no verdict")
+        return Feedback(
+            value=verdict.label,
+            rationale=verdict.rationale,
+            metadata={"confidence": verdict.confidence, "judge": judge.name},
+        )
+
+    return scorer(judge_row, name=name or judge.name.replace("/", "_"))
+
+
+def judge_file(
+    judge: FittedJudge,
+    source: Path,
+    output: Path,
+    *,
+    num_threads: int = 1,
+    chunk: int = 16,
+    progress: Any = None,
+) -> tuple[int, int]:
+    """Judge every row of ``source`` into ``output`` (JSONL), resuming where an earlier run
+    stopped. Each verdict is one ``write`` of one whole line, flushed per chunk; a line cut
+    short by a crash is dropped on resume. Lines read back as a verdicts file
+    (``{"id", "verdict", "probability"}``), so they can be calibrated in turn.
+    Returns (rows judged now, rows already done)."""
+    import os
+
+    from judgecal.data import load_rows
+
+    rows = load_rows(source, judge.task.spec, labelled=False).rows
+    done = _completed_ids(output)
+    todo = [row for row in rows if row.id not in done]
+    positive = judge.task.spec.positive
+    tracker = progress(len(todo), f"{judge.name}: judging") if progress and todo else None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            verdicts = judge.batch(part, num_threads=num_threads, progress=False)
+            for row, verdict in zip(part, verdicts, strict=True):
+                record = {
+                    "id": row.id,
+                    "verdict": None if verdict.label is None else verdict.label,
+                    "probability": verdict.probability_of(positive) if positive is not None else None,
+                    "confidence": verdict.confidence,
+                    "probabilities": verdict.probabilities,
+                    "error": verdict.error,
+                    "judge": judge.name,
+                }
+                line = json.dumps(record, ensure_ascii=False) + "\n"
+                os.write(descriptor, line.encode("utf-8"))
+            os.fsync(descriptor)
+            if tracker is not None:
+                tracker.advance(len(part))
+    finally:
+        os.close(descriptor)
+        if tracker is not None:
+            tracker.close()
+    return len(todo), len(done)
+
+
+def _completed_ids(output: Path) -> set[str]:
+    """Ids already judged in ``output``; a trailing partial line (a crash mid-write) is cut."""
+    if not output.exists():
+        return set()
+    data = output.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        with output.open("r+b") as handle:
+            handle.truncate(cut)
+        data = data[:cut]
+    done = set()
+    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            done.add(str(json.loads(line)["id"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f"{output}:{number}: not a verdict line; refusing to append to it") from None
+    return done

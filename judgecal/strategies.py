@@ -93,8 +93,76 @@ class FittedJudge:
         return self.predict(swapped, progress=progress, description=description)
 
     def __call__(self, **inputs: Any) -> Verdict:
-        row = LabeledRow(id="-", group="-", inputs=inputs, label=self.task.spec.labels[0])
-        return self.predict([row])[0]
+        return self.predict([self._row(inputs)])[0]
+
+    def _row(self, item: LabeledRow | dict[str, Any], index: int = 0) -> LabeledRow:
+        if isinstance(item, LabeledRow):
+            return item
+        spec = self.task.spec
+        unknown = set(item) - set(spec.input_names)
+        if unknown:
+            raise ValueError(f"judge '{self.name}' takes {', '.join(spec.input_names)}; got also {sorted(unknown)}")
+        validated = spec.inputs_model.model_validate(item)
+        inputs = {name: getattr(validated, name) for name in spec.input_names}
+        return LabeledRow(id=str(index), group="-", inputs=inputs, label=None)
+
+    def batch(
+        self, items: Sequence[LabeledRow | dict[str, Any]], *, num_threads: int = 1, progress: bool = True
+    ) -> list[Verdict]:
+        """Verdicts for many rows (or dicts of inputs), in order, with a progress bar.
+        Threads help with remote models; an in-process model judges one row at a time."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from judgecal.progress import rich_progress
+
+        rows = [self._row(item, i) for i, item in enumerate(items)]
+        factory = rich_progress() if progress else None
+        if num_threads <= 1 or len(rows) <= 1:
+            return self.predict(rows, progress=factory, description=self.name)
+        tracker = factory(len(rows), self.name) if factory else None
+        size = max(1, len(rows) // (num_threads * 4))
+        chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
+
+        def work(chunk: list[LabeledRow]) -> list[Verdict]:
+            verdicts = self.predict(chunk)
+            if tracker is not None:
+                tracker.advance(len(chunk))
+            return verdicts
+
+        try:
+            with ThreadPoolExecutor(max_workers=num_threads) as pool:
+                return [v for part in pool.map(work, chunks) for v in part]
+        finally:
+            if tracker is not None:
+                tracker.close()
+
+    def as_dspy_metric(self, *, probability: bool = False) -> Callable[..., float]:
+        """This judge as a DSPy metric: each input field is taken from the prediction when it
+        has one, else from the example. Returns 1.0 when the verdict is the positive label
+        (binary) or, with ``probability=True``, the judge's P(positive); for other tasks,
+        1.0 when the verdict equals the example's own label field."""
+        spec = self.task.spec
+
+        def metric(example: Any, prediction: Any, trace: Any = None) -> float:
+            inputs = {}
+            for name in spec.input_names:
+                value = _field(prediction, name)
+                inputs[name] = value if value is not None else _field(example, name)
+            verdict = self(**{k: v for k, v in inputs.items() if v is not None})
+            if spec.positive is not None:
+                if probability and verdict.probabilities:
+                    return float(verdict.probability_of(spec.positive) or 0.0)
+                return float(verdict.label == spec.positive)
+            return float(verdict.label is not None and verdict.label == _field(example, spec.decision_field))
+
+        metric.__name__ = f"judgecal_{self.name}"
+        return metric
+
+    def as_mlflow_scorer(self, name: str | None = None) -> Any:
+        """This judge as an MLflow GenAI scorer for ``mlflow.genai.evaluate(scorers=[...])``."""
+        from judgecal.export import mlflow_scorer
+
+        return mlflow_scorer(self, name=name)
 
     def state(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -171,6 +239,17 @@ class RecordedJudge(FittedJudge):
         if self.verdicts is not None:
             raise ValueError("a judge reading a verdicts file cannot be saved as a portable judge")
         return {"kind": self.kind, "source": self.source}
+
+
+def _field(obj: Any, name: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, dict):
+        return obj.get(name)
+    try:
+        return obj.get(name) if hasattr(obj, "get") else getattr(obj, name, None)
+    except Exception:
+        return None
 
 
 def _negative(task: Task) -> LabelValue:

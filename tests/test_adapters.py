@@ -1,0 +1,104 @@
+"""Using a calibrated judge elsewhere: batches, DSPy metrics, MLflow scorers, the judge CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dspy
+import pytest
+
+from judgecal.cli import main
+from judgecal.data import SplitSpec, split_by_group
+from judgecal.export import bundle_from_judge, judge_file, load_judge, save_bundle
+from judgecal.lm import LMConfig
+from judgecal.strategies import STRATEGIES, FitContext, RecordedJudge, RowGuard, fit_strategy
+from judgecal.tasks import resolve_task
+from tests.conftest import write_jsonl
+from tests.test_strategies import recorded_rows
+
+RELEVANCE = resolve_task("relevance")
+
+
+@pytest.fixture(scope="module")
+def verifier_judge():  # noqa: ANN201
+    dataset = recorded_rows()
+    split = split_by_group(dataset, SplitSpec(dev=0.25, test=0.25, seed=1))
+    ctx = FitContext(
+        task=RELEVANCE,
+        train=split.train.rows,
+        dev=split.dev.rows,
+        raw=RecordedJudge(RELEVANCE, "loose", "relevance-verifier"),
+        lm=None,
+        config=None,  # type: ignore[arg-type]
+        guard=RowGuard(frozenset()),
+        log=lambda m: None,
+    )
+    return fit_strategy(STRATEGIES["verifier"], ctx, {}).judge, dataset
+
+
+def test_batch_keeps_order_with_threads_and_takes_plain_dicts(verifier_judge) -> None:  # noqa: ANN001
+    judge, dataset = verifier_judge
+    rows = list(dataset.rows[:40])
+    one = judge.batch(rows, num_threads=1, progress=False)
+    many = judge.batch(rows, num_threads=4, progress=False)
+    assert one == many
+    assert judge.batch([row.inputs for row in rows[:3]], progress=False) == one[:3]
+    with pytest.raises(ValueError, match="takes prompt, attribute; got also"):
+        judge.batch([{"prompt": "p", "attribute": "a", "colour": "red"}], progress=False)
+
+
+def test_judge_is_a_dspy_metric(verifier_judge) -> None:  # noqa: ANN001
+    judge, _ = verifier_judge
+    metric = judge.as_dspy_metric()
+    example = dspy.Example(prompt="Help me with cooking.")
+    kept = metric(example, dspy.Prediction(attribute="The user cares about cooking."))
+    assert kept in (0.0, 1.0)
+    probability = judge.as_dspy_metric(probability=True)(example, dspy.Prediction(attribute="The user likes cooking."))
+    assert 0.0 <= probability <= 1.0
+
+
+def test_judge_runs_as_a_scorer_in_mlflow_genai_evaluate(verifier_judge, isolated_workspace: Path) -> None:  # noqa: ANN001
+    import mlflow
+
+    from judgecal.tracking import configure_tracking
+
+    judge, _ = verifier_judge
+    configure_tracking(root=isolated_workspace)
+    mlflow.set_experiment("scorer")
+    data = [
+        {"inputs": {"prompt": "Help me with cooking."}, "outputs": {"attribute": "The user cares about cooking."}},
+        {"inputs": {"prompt": "Help me with travel."}, "outputs": {"attribute": "The user cares about music."}},
+    ]
+    result = mlflow.genai.evaluate(data=data, scorers=[judge.as_mlflow_scorer(name="relevance")])
+    column = result.result_df["relevance/value"].tolist()
+    expected = [judge(prompt=d["inputs"]["prompt"], attribute=d["outputs"]["attribute"]).label for d in data]
+    assert [value in (True, "true", "True") for value in column] == expected
+    assert "relevance/mean" in result.metrics
+
+
+def test_judge_file_resumes_and_never_keeps_a_half_written_line(verifier_judge, tmp_path: Path) -> None:  # noqa: ANN001
+    judge, dataset = verifier_judge
+    source = write_jsonl(tmp_path / "rows.jsonl", [{"id": r.id, **r.inputs} for r in dataset.rows[:30]])
+    output = tmp_path / "verdicts.jsonl"
+    assert judge_file(judge, source, output, chunk=8) == (30, 0)
+    lines = output.read_text().splitlines()
+    # A crash after 12 rows, in the middle of writing the 13th line.
+    output.write_text("\n".join(lines[:12]) + "\n" + lines[12][:17])
+    assert judge_file(judge, source, output, chunk=8) == (18, 12)
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [r["id"] for r in records] == [r.id for r in dataset.rows[:30]]
+    assert output.read_text().endswith("\n")
+    assert judge_file(judge, source, output) == (0, 30)
+
+
+def test_judge_command_with_a_bundle(verifier_judge, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    judge, dataset = verifier_judge
+    save_bundle(bundle_from_judge(judge, LMConfig()), tmp_path / "bundle")
+    source = write_jsonl(tmp_path / "rows.jsonl", [{"id": r.id, **r.inputs} for r in dataset.rows[:5]])
+    output = tmp_path / "out.jsonl"
+    assert main(["judge", "--judge", str(tmp_path / "bundle"), "--input", str(source), "--output", str(output)]) == 0
+    assert "5 rows judged now, 0 already" in capsys.readouterr().out
+    loaded = load_judge(tmp_path / "bundle")
+    expected = [v.label for v in loaded.batch(list(dataset.rows[:5]), progress=False)]
+    assert [json.loads(line)["verdict"] for line in output.read_text().splitlines()] == expected
