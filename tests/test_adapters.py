@@ -21,7 +21,7 @@ RELEVANCE = resolve_task("relevance")
 
 
 @pytest.fixture(scope="module")
-def verifier_judge():  # noqa: ANN201
+def verifier_judge():
     dataset = recorded_rows()
     split = split_by_group(dataset, SplitSpec(dev=0.25, test=0.25, seed=1))
     ctx = FitContext(
@@ -37,7 +37,7 @@ def verifier_judge():  # noqa: ANN201
     return fit_strategy(STRATEGIES["verifier"], ctx, {}).judge, dataset
 
 
-def test_batch_keeps_order_with_threads_and_takes_plain_dicts(verifier_judge) -> None:  # noqa: ANN001
+def test_batch_keeps_order_with_threads_and_takes_plain_dicts(verifier_judge) -> None:
     judge, dataset = verifier_judge
     rows = list(dataset.rows[:40])
     one = judge.batch(rows, num_threads=1, progress=False)
@@ -48,7 +48,7 @@ def test_batch_keeps_order_with_threads_and_takes_plain_dicts(verifier_judge) ->
         judge.batch([{"prompt": "p", "attribute": "a", "colour": "red"}], progress=False)
 
 
-def test_judge_is_a_dspy_metric(verifier_judge) -> None:  # noqa: ANN001
+def test_judge_is_a_dspy_metric(verifier_judge) -> None:
     judge, _ = verifier_judge
     metric = judge.as_dspy_metric()
     example = dspy.Example(prompt="Help me with cooking.")
@@ -58,7 +58,7 @@ def test_judge_is_a_dspy_metric(verifier_judge) -> None:  # noqa: ANN001
     assert 0.0 <= probability <= 1.0
 
 
-def test_judge_runs_as_a_scorer_in_mlflow_genai_evaluate(verifier_judge, isolated_workspace: Path) -> None:  # noqa: ANN001
+def test_judge_runs_as_a_scorer_in_mlflow_genai_evaluate(verifier_judge, isolated_workspace: Path) -> None:
     import mlflow
 
     from judgecal.tracking import configure_tracking
@@ -77,7 +77,7 @@ def test_judge_runs_as_a_scorer_in_mlflow_genai_evaluate(verifier_judge, isolate
     assert "relevance/mean" in result.metrics
 
 
-def test_judge_file_resumes_and_never_keeps_a_half_written_line(verifier_judge, tmp_path: Path) -> None:  # noqa: ANN001
+def test_judge_file_resumes_and_never_keeps_a_half_written_line(verifier_judge, tmp_path: Path) -> None:
     judge, dataset = verifier_judge
     source = write_jsonl(tmp_path / "rows.jsonl", [{"id": r.id, **r.inputs} for r in dataset.rows[:30]])
     output = tmp_path / "verdicts.jsonl"
@@ -92,7 +92,7 @@ def test_judge_file_resumes_and_never_keeps_a_half_written_line(verifier_judge, 
     assert judge_file(judge, source, output) == (0, 30)
 
 
-def test_judge_command_with_a_bundle(verifier_judge, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_judge_command_with_a_bundle(verifier_judge, tmp_path: Path, capsys) -> None:
     judge, dataset = verifier_judge
     save_bundle(bundle_from_judge(judge, LMConfig()), tmp_path / "bundle")
     source = write_jsonl(tmp_path / "rows.jsonl", [{"id": r.id, **r.inputs} for r in dataset.rows[:5]])

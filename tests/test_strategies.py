@@ -289,7 +289,7 @@ def test_order_swap_reconciles_both_orders_on_the_embedded_model(embedded_lm) ->
 
 
 @pytest.mark.slow
-def test_threshold_without_token_probabilities_uses_a_stated_score(dspy_cache) -> None:  # noqa: ANN001
+def test_threshold_without_token_probabilities_uses_a_stated_score(dspy_cache) -> None:
     from judgecal.lm import LMConfig, build_lm
 
     lm = build_lm(LMConfig(logprobs=False, max_tokens=48))
