@@ -468,6 +468,7 @@ def log_judge_artifacts(report: CalibrationReport, judge: FittedJudge, prepared:
             config.lm,
             calibration={"strategy": report.strategy, **config.calibration.model_dump(exclude={"strategy"})},
             metrics={f"test.{k}": v for k, v in report.calibrated.metrics.items()},
+            evaluation=bundle_evaluation(report),
             data_fingerprint=report.split.data_fingerprint,
             split_fingerprint=report.split.fingerprint,
         )
@@ -475,6 +476,25 @@ def log_judge_artifacts(report: CalibrationReport, judge: FittedJudge, prepared:
         save_bundle(bundle, bundle_dir)
         mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
         log_judge_model(bundle_dir, input_names=list(report.task.spec.input_names))
+
+
+def bundle_evaluation(report: CalibrationReport) -> dict[str, Any] | None:
+    """What a bundle says about its own quality: test metrics with intervals, the
+    comparison with the raw judge, the human ceiling."""
+    agreement = report.agreement
+    if agreement is None:
+        return None
+    calibrated = agreement.judge("calibrated")
+    return {
+        "split": agreement.split,
+        "rows": agreement.rows,
+        "groups": agreement.groups,
+        "metrics": {name: estimate.model_dump() for name, estimate in calibrated.metrics.items()},
+        "confidence": {name: estimate.model_dump() for name, estimate in calibrated.confidence_metrics.items()},
+        "comparison": agreement.comparison.model_dump() if agreement.comparison else None,
+        "human_ceiling": agreement.ceiling.model_dump() if agreement.ceiling else None,
+        "fraction_of_ceiling": calibrated.fraction_of_ceiling.model_dump() if calibrated.fraction_of_ceiling else None,
+    }
 
 
 def tracked_metrics(report: CalibrationReport) -> dict[str, float]:

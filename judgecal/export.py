@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from judgecal.lm import LMConfig, build_lm
 from judgecal.strategies import FittedJudge, judge_from_state
-from judgecal.tasks import resolve_task
+from judgecal.tasks import signature_spec, task_from_spec
 
 BUNDLE_FILE = "judge.json"
 BUNDLE_SCHEMA_VERSION = 1
@@ -38,15 +38,23 @@ class JudgeBundle(BaseModel):
     schema_version: int = BUNDLE_SCHEMA_VERSION
     name: str
     task: str = Field(description="Built-in task name or 'module:Signature' reference.")
+    signature: dict[str, Any] | None = Field(
+        default=None, description="The task signature as plain JSON; a custom task is rebuilt from it, not imported."
+    )
     decision_field: str
-    labels: list[bool | str]
+    labels: list[bool | int | str]
     judge: dict[str, Any] = Field(
         description="The calibrated judge's plain-JSON state: DSPy program (instructions and demos), "
         "decision threshold, verifier weights, stacking coefficients."
     )
     lm: LMConfig
     calibration: dict[str, Any] = Field(default_factory=dict)
-    metrics: dict[str, float] = Field(default_factory=dict, description="Test-split metrics.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Test-split point estimates.")
+    evaluation: dict[str, Any] | None = Field(
+        default=None,
+        description="Test-split metrics with 95% group-bootstrap intervals, the comparison with the raw judge, "
+        "and the human ceiling when rows had several annotators.",
+    )
     data_fingerprint: str | None = None
     split_fingerprint: str | None = None
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
@@ -69,12 +77,15 @@ def bundle_from_judge(
     *,
     calibration: dict[str, Any] | None = None,
     metrics: dict[str, float] | None = None,
+    evaluation: dict[str, Any] | None = None,
     data_fingerprint: str | None = None,
     split_fingerprint: str | None = None,
 ) -> JudgeBundle:
     return JudgeBundle(
         name=judge.name,
         task=judge.task.reference,
+        signature=signature_spec(judge.task.signature),
+        evaluation=evaluation,
         decision_field=judge.task.decision_field,
         labels=list(judge.task.spec.labels),
         judge=judge.state(),
@@ -110,11 +121,14 @@ def read_bundle(path: str | Path) -> JudgeBundle:
     if not isinstance(document, dict) or document.get("format") != "judgecal.judge":
         raise ValueError(f'{path}: not a judge bundle (missing "format": "judgecal.judge")')
     version = document.get("schema_version")
-    if not isinstance(version, int) or version > BUNDLE_SCHEMA_VERSION:
+    if not isinstance(version, int) or version < 1:
+        raise ValueError(f"{path}: not a judge bundle (schema_version {version!r})")
+    if version > BUNDLE_SCHEMA_VERSION:
         raise ValueError(
             f"{path}: bundle schema version {version!r} is newer than this judgecal reads "
             f"(up to {BUNDLE_SCHEMA_VERSION}); upgrade judgecal to load it"
         )
+    document = migrate_bundle(document)
     try:
         return JudgeBundle.model_validate(document)
     except ValidationError as error:
@@ -123,9 +137,24 @@ def read_bundle(path: str | Path) -> JudgeBundle:
         raise ValueError(f"{path}: field '{where}': {first['msg']}") from None
 
 
+# Upgrades of older bundle documents, one step per schema version: {from_version: function}.
+# A later judgecal adds an entry here whenever it changes the bundle, so every older bundle
+# still loads.
+MIGRATIONS: dict[int, Any] = {}
+
+
+def migrate_bundle(document: dict[str, Any]) -> dict[str, Any]:
+    version = document["schema_version"]
+    while version < BUNDLE_SCHEMA_VERSION:
+        document = MIGRATIONS[version](document)
+        version = document["schema_version"]
+    return document
+
+
 def judge_from_bundle(bundle: JudgeBundle, *, lm: Any = None, lm_config: LMConfig | None = None) -> FittedJudge:
-    """Rebuild the judge; its LM (if it uses one) is built from the bundle's settings unless given."""
-    task = resolve_task(bundle.task)
+    """Rebuild the judge; its LM (if it uses one) is built from the bundle's settings unless given.
+    Only built-in task signatures are imported; any other is rebuilt from the bundle's JSON."""
+    task = task_from_spec(bundle.task, bundle.signature)
     if task.decision_field != bundle.decision_field:
         raise ValueError(
             f"bundle '{bundle.name}' decides '{bundle.decision_field}' but task {bundle.task!r} "

@@ -436,6 +436,15 @@ class StackedJudge(FittedJudge):
         }
 
 
+def _without_lms(program_state: dict[str, Any]) -> dict[str, Any]:
+    """A saved program never carries an LM: DSPy's LM state can name engine classes to
+    import, and a judge's LM comes from its bundle settings instead."""
+    return {
+        name: ({**value, "lm": None} if isinstance(value, dict) and "lm" in value else value)
+        for name, value in program_state.items()
+    }
+
+
 def logit(p: np.ndarray) -> np.ndarray:
     q = np.clip(np.asarray(p, dtype=float), 0.02, 0.98)
     return np.log(q / (1 - q))
@@ -450,7 +459,7 @@ def judge_from_state(state: dict[str, Any], task: Task, lm: Any, name: str) -> F
     kind = state.get("kind")
     if kind == "program":
         program = JudgeProgram(task.signature, verbalized=bool(state.get("verbalized")))
-        program.load_state(state["program"])
+        program.load_state(_without_lms(state["program"]))
         return ProgramJudge(task, program, lm, name)
     if kind == "recorded":
         return RecordedJudge(task, state["source"], name)

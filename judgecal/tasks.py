@@ -78,3 +78,78 @@ def _import_signature(reference: str) -> Any:
     if not (isinstance(signature, type) and issubclass(signature, dspy.Signature)):
         raise TypeError(f"{reference} is not a dspy.Signature subclass")
     return signature
+
+
+_JSON_TYPES: dict[str, Any] = {
+    "string": str,
+    "integer": int,
+    "number": float,
+    "boolean": bool,
+    "array": list,
+    "object": dict,
+}
+
+
+def signature_spec(signature: Any) -> dict[str, Any]:
+    """A plain-JSON description of a judge signature: enough to rebuild it without importing
+    the module that defined it (a loaded bundle runs no code of its author's)."""
+    from pydantic import TypeAdapter
+
+    def schema(annotation: Any) -> dict[str, Any]:
+        try:
+            return TypeAdapter(annotation).json_schema()
+        except Exception:
+            return {}
+
+    fields = []
+    for name, info in signature.fields.items():
+        extra = info.json_schema_extra or {}
+        fields.append(
+            {
+                "name": name,
+                "role": extra.get("__dspy_field_type", "input"),
+                "description": extra.get("desc", ""),
+                "schema": schema(info.annotation),
+            }
+        )
+    return {"name": signature.__name__, "instructions": signature.instructions, "fields": fields}
+
+
+def signature_from_spec(spec: dict[str, Any]) -> Any:
+    """Rebuild a signature from :func:`signature_spec`. Input types come back as the JSON
+    types they serialise to (objects as dicts); the decision keeps its exact labels."""
+    from typing import Literal
+
+    import dspy
+
+    fields: dict[str, Any] = {}
+    for field in spec["fields"]:
+        schema = field.get("schema") or {}
+        if field["role"] == "output":
+            if schema.get("type") == "boolean":
+                annotation: Any = bool
+            elif "enum" in schema:
+                annotation = Literal[tuple(schema["enum"])]
+            else:
+                raise ValueError(
+                    f"the decision field {field['name']!r} of bundle signature {spec['name']!r} "
+                    "is neither boolean nor an enum"
+                )
+            fields[field["name"]] = (annotation, dspy.OutputField(desc=field.get("description", "")))
+        else:
+            annotation = _JSON_TYPES.get(schema.get("type", "string"), str)
+            fields[field["name"]] = (annotation, dspy.InputField(desc=field.get("description", "")))
+    return dspy.make_signature(fields, spec.get("instructions", ""), signature_name=spec["name"])
+
+
+def task_from_spec(reference: str, spec: dict[str, Any] | None) -> Task:
+    """A bundle's task: built-ins by name, anything else rebuilt from its stored spec."""
+    if reference in BUILTIN_SIGNATURES or spec is None:
+        return resolve_task(reference)
+    signature = signature_from_spec(spec)
+    return Task(
+        name=spec["name"],
+        signature=signature,
+        spec=TaskSpec.from_signature(spec["name"], signature),
+        reference=reference,
+    )

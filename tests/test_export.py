@@ -68,3 +68,45 @@ def test_pickled_or_foreign_files_are_refused(tmp_path: Path) -> None:
     (folder / BUNDLE_FILE).write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(ValueError, match="not a judge bundle"):
         read_bundle(folder)
+
+
+def test_custom_signature_bundle_loads_without_its_module(tmp_path: Path) -> None:
+    from judgecal.tasks import resolve_task as resolve
+
+    module = tmp_path / "my_judges.py"
+    module.write_text(
+        "import dspy\nfrom typing import Literal\n\n"
+        "class JudgeTone(dspy.Signature):\n"
+        '    """Is the reply polite?"""\n'
+        "    reply: str = dspy.InputField(desc='A reply.')\n"
+        "    tone: Literal['polite', 'rude'] = dspy.OutputField(desc='polite or rude')\n"
+    )
+    task = resolve(f"{module}:JudgeTone")
+    judge = ProgramJudge(task, JudgeProgram(task.signature), None, "tone")
+    save_bundle(bundle_from_judge(judge, LMConfig()), tmp_path / "bundle")
+    module.unlink()  # the bundle must not need (or run) the author's code
+    loaded = load_judge(tmp_path / "bundle", lm=object())
+    assert loaded.task.spec.labels == ("polite", "rude")
+    assert loaded.task.spec.input_names == ("reply",)
+    assert loaded.program.predict.signature.instructions == "Is the reply polite?"
+
+
+def test_lm_state_smuggled_into_a_bundle_is_not_loaded(tmp_path: Path) -> None:
+    path = save_bundle(bundle_from_judge(calibrated_judge(), LMConfig()), tmp_path / "judge")
+    document = json.loads(path.read_text())
+    document["judge"]["program"]["predict"]["lm"] = {
+        "model": "x",
+        "engine": {"class": "os:system", "state": {}},
+    }
+    path.write_text(json.dumps(document))
+    loaded = load_judge(tmp_path / "judge", lm=object())
+    assert loaded.program.predict.lm is None
+
+
+def test_bundle_without_a_valid_schema_version_is_refused(tmp_path: Path) -> None:
+    path = save_bundle(bundle_from_judge(calibrated_judge(), LMConfig()), tmp_path / "judge")
+    document = json.loads(path.read_text())
+    document["schema_version"] = 0
+    path.write_text(json.dumps(document))
+    with pytest.raises(ValueError, match="not a judge bundle"):
+        read_bundle(path)
