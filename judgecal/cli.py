@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--study-name", help="search: study to create or resume")
     calibrate.add_argument("--recorded", help="calibrate the verdicts of reference_judges.<NAME> in the rows")
     calibrate.add_argument("--verdicts", type=Path, help="calibrate verdicts from a JSONL file {id, verdict}")
+    calibrate.add_argument(
+        "--register", help="register the judge under this MLflow model name (champion moves only if it is better)"
+    )
     calibrate.add_argument("--seed", type=int, help="optimizer seed")
     calibrate.add_argument("--split-seed", type=int, help="seed of the grouped train/dev/test split")
     calibrate.add_argument("--limit", type=int, help="use only the first N rows")
@@ -187,6 +190,7 @@ def _load(path: Path, args: argparse.Namespace) -> ExperimentConfig:
         "lm.api_base": args.api_base,
         "calibration.strategy": args.strategy,
         "judge.recorded": args.recorded,
+        "judge.register_as": args.register,
         "judge.verdicts": str(args.verdicts.resolve()) if args.verdicts else None,
         "calibration.seed": args.seed,
         "split.seed": args.split_seed,

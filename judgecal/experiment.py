@@ -64,6 +64,11 @@ class JudgeSection(BaseModel):
         default=None,
         description="Calibrate verdicts the rows already hold (reference_judges.<name>) instead of a live model.",
     )
+    register_as: str | None = Field(
+        default=None,
+        description="Register the calibrated judge under this MLflow model name; 'champion' moves to it only "
+        "when it beats the current champion significantly on the same test rows.",
+    )
     verdicts: Path | None = Field(
         default=None,
         description="Calibrate verdicts from a JSONL file of {id, verdict, probability?} instead of a live model.",
@@ -241,6 +246,7 @@ class CalibrationReport:
     calibrated_judge: FittedJudge | None = None
     record: EvaluationRecord | None = None
     agreement: AgreementReport | None = None
+    registry: Any = None
 
     @property
     def calibrated_program(self) -> JudgeProgram | None:
@@ -315,6 +321,17 @@ def run_calibration(
     report = assemble_report(prepared, raw, calibrated, result)
     if track:
         track_calibration(report, result.judge, prepared, tracking_uri=tracking_uri)
+        if config.judge.register_as and report.run_id and report.record is not None:
+            from judgecal.registry import register_judge
+
+            report.registry = register_judge(
+                report.run_id,
+                config.judge.register_as,
+                report.record,
+                n_resamples=config.report.n_resamples,
+                seed=config.report.seed,
+            )
+            log(report.registry.reason)
     return report
 
 
