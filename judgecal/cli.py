@@ -112,6 +112,22 @@ def _parser() -> argparse.ArgumentParser:
     judge.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ (default: mlruns/)")
     judge.set_defaults(handler=_judge)
 
+    estimate = commands.add_parser(
+        "estimate", help="estimate a human-level rate from judge verdicts plus a few human labels (PPI++)"
+    )
+    estimate.add_argument("--task", required=True, help="task of the rows: relevance, pairwise, attribute, module:Sig")
+    estimate.add_argument(
+        "--verdicts",
+        type=Path,
+        required=True,
+        help="judge verdicts on every row (JSONL {id, verdict, probability?}: judgecal judge output)",
+    )
+    estimate.add_argument("--labels", type=Path, required=True, help="human-labelled subset (rows with id and label)")
+    estimate.add_argument("--target", help="label whose rate to estimate (default: the positive label)")
+    estimate.add_argument("--verdict-only", action="store_true", help="use 0/1 verdicts, not the judge's probability")
+    estimate.add_argument("--confidence", type=float, default=0.95)
+    estimate.set_defaults(handler=_estimate)
+
     ui = commands.add_parser("ui", help="start the MLflow UI on the project's store")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
@@ -284,6 +300,35 @@ def _judge(args: argparse.Namespace) -> int:
         judge, args.input, args.output, num_threads=args.num_threads, progress=rich_progress(console)
     )
     console.print(f"{new} rows judged now, {earlier} already in {args.output}", highlight=False)
+    return 0
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from judgecal.estimate import estimate_from_files
+    from judgecal.tasks import resolve_task
+
+    task = resolve_task(args.task)
+    result = estimate_from_files(
+        task.spec,
+        args.verdicts,
+        args.labels,
+        target=args.target,
+        use_probability=not args.verdict_only,
+        confidence=args.confidence,
+    )
+    table = Table(title=f"rate of {result.target} ({result.confidence_level:.0%} intervals)", title_justify="left")
+    for column in ("method", "estimate", "interval", "rows"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for name, interval in (
+        ("prediction-powered (PPI++)", result.prediction_powered),
+        ("judge only (biased if the judge is)", result.judge_only),
+        ("human labels only", result.human_only),
+    ):
+        table.add_row(
+            name, f"{interval.estimate:.3f}", f"[{interval.low:.3f}, {interval.high:.3f}]", str(interval.rows)
+        )
+    console.print(table)
+    console.print(result.statement(), highlight=False)
     return 0
 
 
