@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as error:
         errors.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
         return 2
-    except (FileNotFoundError, ValueError, TypeError, ImportError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError, TypeError, ImportError) as error:
         errors.print(f"[bold red]error:[/] {error}", highlight=False)
         return 2
     except KeyboardInterrupt:
@@ -127,6 +127,32 @@ def _parser() -> argparse.ArgumentParser:
     estimate.add_argument("--verdict-only", action="store_true", help="use 0/1 verdicts, not the judge's probability")
     estimate.add_argument("--confidence", type=float, default=0.95)
     estimate.set_defaults(handler=_estimate)
+
+    data = commands.add_parser("data", help="convert published human-judgment data into judgecal rows")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION")
+    data.set_defaults(handler=lambda _: (data.print_help(), 2)[1])
+    importer = data_commands.add_parser(
+        "import", help="convert a file: annotation-tool, pandalm, llmbar, mt-bench, or table (any CSV/JSONL with --map)"
+    )
+    importer.add_argument("format", help="annotation-tool, pandalm, llmbar, mt-bench or table")
+    importer.add_argument("path", type=Path, help="the source file")
+    importer.add_argument("--output", type=Path, required=True, help="rows to write (JSONL)")
+    importer.add_argument("--task", help="task the rows are for (default: relevance or pairwise by format)")
+    importer.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="FIELD=COLUMN",
+        help="table: judgecal field from a source column, e.g. prompt=question (repeatable)",
+    )
+    importer.add_argument(
+        "--label-map",
+        action="append",
+        default=[],
+        metavar="VALUE=LABEL",
+        help="table: rewrite a label value, e.g. 1=A (repeatable)",
+    )
+    importer.set_defaults(handler=_import)
 
     ui = commands.add_parser("ui", help="start the MLflow UI on the project's store")
     ui.add_argument("--host", default="127.0.0.1")
@@ -329,6 +355,45 @@ def _estimate(args: argparse.Namespace) -> int:
         )
     console.print(table)
     console.print(result.statement(), highlight=False)
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    import json
+
+    from judgecal.importers import TASK_OF_FORMAT, import_rows
+    from judgecal.tasks import resolve_task
+
+    def pairs(values: list[str], flag: str) -> dict[str, str]:
+        out = {}
+        for value in values:
+            key, sep, rest = value.partition("=")
+            if not sep or not key:
+                raise ValueError(f"{flag} takes KEY=VALUE, got {value!r}")
+            out[key] = rest
+        return out
+
+    task_name = args.task or TASK_OF_FORMAT.get(args.format)
+    if task_name is None:
+        raise ValueError("--task is needed for the table format")
+    task = resolve_task(task_name)
+    rows = import_rows(
+        args.format,
+        args.path,
+        task.spec,
+        mapping=pairs(args.map, "--map"),
+        label_map=pairs(args.label_map, "--label-map"),
+    )
+    if args.output.exists():
+        raise FileExistsError(f"{args.output} exists; choose another --output (nothing was overwritten)")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = args.output.with_suffix(args.output.suffix + ".partial")
+    temporary.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    temporary.rename(args.output)
+    labels = sorted({str(row["label"]) for row in rows if "label" in row})
+    console.print(
+        f"{len(rows)} {task_name} rows written to {args.output} (labels: {', '.join(labels)})", highlight=False
+    )
     return 0
 
 

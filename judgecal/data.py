@@ -254,7 +254,7 @@ def load_rows(path: str | Path, task: TaskSpec, *, limit: int | None = None, lab
     rows: list[LabeledRow] = []
     first_line_of: dict[str, int] = {}
     for line, record in records:
-        row = _parse_record(record, task, path=path, line=line, labelled=labelled)
+        row = parse_record(record, task, path=path, line=line, labelled=labelled)
         if row.id in first_line_of:
             raise DataError(
                 f"duplicate id {row.id!r} (first seen on line {first_line_of[row.id]})",
@@ -321,9 +321,7 @@ def _read_csv(path: Path, task: TaskSpec) -> Iterator[tuple[int, dict[str, Any]]
             yield number, parsed
 
 
-def _parse_record(
-    record: dict[str, Any], task: TaskSpec, *, path: Path, line: int, labelled: bool = True
-) -> LabeledRow:
+def parse_record(record: dict[str, Any], task: TaskSpec, *, path: Path, line: int, labelled: bool = True) -> LabeledRow:
     for key in ("id", "group", "label") if labelled else ("id",):
         if key not in record or record[key] is None or record[key] == "":
             raise DataError("missing required field", path=path, line=line, field=key)
