@@ -11,6 +11,11 @@ from typing import Any
 # LiteLLM fetches its model cost map from the network at import unless told not to; on
 # an offline machine that leaves a retrying thread behind (and hangs `mlflow ui`).
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# DSPy reads its cache folder at import: keep LM responses in the project, not the home folder.
+if "DSPY_CACHEDIR" not in os.environ:
+    from judgecal.paths import dspy_cache_dir
+
+    os.environ["DSPY_CACHEDIR"] = str(dspy_cache_dir())
 # MLflow draws a progress bar for every small artifact it moves; judgecal draws its own.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 

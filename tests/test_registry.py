@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+import pytest
 
 from judgecal.calibration import CalibrationConfig
 from judgecal.data import SplitSpec
@@ -46,3 +47,42 @@ def test_champion_moves_only_when_the_improvement_is_significant(tmp_path: Path,
     assert not elsewhere.registry.moved and "other rows" in elsewhere.registry.reason
     champion = load_judge("models:/relevance-judge@champion")
     assert champion.kind == "stacked"
+
+
+FRESH_PROCESS = """
+import json, sys
+import judgecal
+from judgecal.data import load_rows
+from judgecal.tracking import configure_tracking
+configure_tracking()
+uri, rows_path, ids = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+judge = judgecal.load_judge(uri)
+rows = [r for r in load_rows(rows_path, judge.task.spec).rows if r.id in set(ids)]
+rows.sort(key=lambda r: ids.index(r.id))
+print(json.dumps([v.label for v in judge.batch(rows, progress=False)]))
+"""
+
+
+@pytest.mark.slow
+def test_demo_judge_loads_by_path_run_and_champion_alias_in_a_fresh_process(isolated_workspace: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from judgecal.experiment import load_config
+
+    repo = Path(__file__).resolve().parents[1]
+    config = load_config(repo / "experiments" / "relevance.toml",
+                         {"calibration.strategy": "threshold", "judge.register_as": "relevance-demo"})
+    report = run_calibration(config, log=lambda m: None)
+    assert report.registry is not None and report.registry.moved
+    record = report.record
+    expected = record.judges["calibrated"].verdicts
+    bundle = Path(mlflow.artifacts.download_artifacts(run_id=report.run_id, artifact_path="bundle",
+                                                      dst_path=str(isolated_workspace / "downloaded")))
+    env = {**os.environ, "JUDGECAL_HOME": str(isolated_workspace)}
+    for uri in (str(bundle), f"runs:/{report.run_id}/judge", "models:/relevance-demo@champion"):
+        out = subprocess.run([sys.executable, "-c", FRESH_PROCESS, uri, str(config.judge.data), json.dumps(record.ids)],
+                             env=env, capture_output=True, text=True, timeout=600, check=True)
+        assert json.loads(out.stdout.strip().splitlines()[-1]) == expected, uri
