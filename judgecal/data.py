@@ -245,7 +245,7 @@ def load_rows(path: str | Path, task: TaskSpec, *, limit: int | None = None, lab
         raise DataError("no such file", path=path)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        records = _read_jsonl(path)
+        records = read_jsonl(path)
     elif suffix == ".csv":
         records = _read_csv(path, task)
     else:
@@ -271,7 +271,7 @@ def load_rows(path: str | Path, task: TaskSpec, *, limit: int | None = None, lab
     return Dataset(task=task, rows=tuple(rows), source=str(path))
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with path.open(encoding="utf-8") as handle:
         for number, text in enumerate(handle, start=1):
             if not text.strip():
@@ -392,7 +392,7 @@ def load_verdicts(path: str | Path, task: TaskSpec) -> dict[str, tuple[LabelValu
         raise DataError("no such verdicts file", path=path)
     verdicts: dict[str, tuple[LabelValue, float | None]] = {}
     first_line: dict[str, int] = {}
-    for line, record in _read_jsonl(path):
+    for line, record in read_jsonl(path):
         if "id" not in record:
             raise DataError("missing required field", path=path, line=line, field="id")
         if "verdict" not in record:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from judgecal.data import DataError, TaskSpec, parse_record
+from judgecal.data import DataError, TaskSpec, parse_record, read_jsonl
 
 FORMATS = ("annotation-tool", "pandalm", "llmbar", "mt-bench", "table")
 TASK_OF_FORMAT = {"annotation-tool": "relevance", "pandalm": "pairwise", "llmbar": "pairwise", "mt-bench": "pairwise"}
@@ -50,16 +50,7 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise DataError(f"record {number} is not a JSON object", path=path)
             yield number, record
         return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"invalid JSON ({error.msg})", path=path, line=number) from None
-        if not isinstance(record, dict):
-            raise DataError("expected a JSON object", path=path, line=number)
-        yield number, record
+    yield from read_jsonl(path)
 
 
 def _need(record: dict[str, Any], key: str, path: Path, number: int) -> Any:

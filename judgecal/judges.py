@@ -285,24 +285,15 @@ def swap_pair(inputs: dict[str, Any]) -> dict[str, Any]:
 def _is_configuration_error(error: Exception) -> bool:
     """Errors that mean the judge cannot run at all (bad key, unknown model, unreachable
     server, context too small) stop the run instead of being scored as wrong answers."""
-    from dspy.utils.exceptions import (
-        ContextWindowExceededError,
-        LMAuthError,
-        LMBillingError,
-        LMConfigurationError,
-        LMTransportError,
-        LMUnsupportedFeatureError,
-        LMUnsupportedModelError,
-    )
+    import dspy.utils.exceptions as lm_errors
 
-    fatal = (
-        ContextWindowExceededError,
-        LMAuthError,
-        LMBillingError,
-        LMConfigurationError,
-        LMTransportError,
-        LMUnsupportedFeatureError,
-        LMUnsupportedModelError,
-        FileNotFoundError,
+    names = (
+        "ContextWindowExceededError",
+        "LMAuthError",
+        "LMBillingError",
+        "LMConfigurationError",
+        "LMTransportError",
+        "LMUnsupportedFeatureError",
+        "LMUnsupportedModelError",
     )
-    return isinstance(error, fatal)
+    return isinstance(error, (FileNotFoundError, *(getattr(lm_errors, name) for name in names)))

@@ -70,10 +70,7 @@ class TextVerifier:
             raise RuntimeError("fit the verifier before predicting")
         texts = [inputs_text(row) for row in inputs]
         features = hstack([self._word.transform(texts), self._char.transform(texts)]).tocsr()
-        proba = self._model.predict_proba(features)
-        out = np.zeros((len(texts), len(self.labels)))
-        out[:, self._model.classes_] = proba
-        return out
+        return _proba_in_label_order(self._model, features, len(self.labels))
 
     def state(self) -> dict[str, Any]:
         """Plain-JSON fitted state; :meth:`from_state` rebuilds an identical verifier."""
@@ -106,12 +103,28 @@ class TextVerifier:
         verifier._word.idf_ = np.asarray(state["word"]["idf"], dtype=float)
         verifier._char = TfidfVectorizer(vocabulary=state["char"]["vocabulary"], **CHAR)
         verifier._char.idf_ = np.asarray(state["char"]["idf"], dtype=float)
-        model = LogisticRegression()
-        model.classes_ = np.asarray(state["classes"])
-        model.coef_ = np.asarray(state["coef"], dtype=float)
-        model.intercept_ = np.asarray(state["intercept"], dtype=float)
-        verifier._model = model
+        verifier._model = _head_from_state(state)
         return verifier
+
+
+def _head_state(model: LogisticRegression) -> dict[str, Any]:
+    return {"classes": model.classes_.tolist(), "coef": model.coef_.tolist(), "intercept": model.intercept_.tolist()}
+
+
+def _head_from_state(state: dict[str, Any]) -> LogisticRegression:
+    """A fitted logistic regression from its coefficients: nothing to unpickle."""
+    model = LogisticRegression()
+    model.classes_ = np.asarray(state["classes"])
+    model.coef_ = np.asarray(state["coef"], dtype=float)
+    model.intercept_ = np.asarray(state["intercept"], dtype=float)
+    return model
+
+
+def _proba_in_label_order(model: LogisticRegression, features: Any, n_labels: int) -> np.ndarray:
+    proba = model.predict_proba(features)
+    out = np.zeros((proba.shape[0], n_labels))
+    out[:, model.classes_] = proba
+    return out
 
 
 def out_of_fold_proba(
@@ -267,10 +280,7 @@ class EmbeddingVerifier:
     def predict_proba(self, inputs: Sequence[dict[str, Any]]) -> np.ndarray:
         if self._model is None:
             raise RuntimeError("fit the verifier before predicting")
-        proba = self._model.predict_proba(self.features(inputs))
-        out = np.zeros((len(inputs), len(self.labels)))
-        out[:, self._model.classes_] = proba
-        return out
+        return _proba_in_label_order(self._model, self.features(inputs), len(self.labels))
 
     def state(self) -> dict[str, Any]:
         if self._model is None:
@@ -280,9 +290,7 @@ class EmbeddingVerifier:
             "labels": list(self.labels),
             "C": self.C,
             "encoder": {"package": MINILM_PACKAGE, "sha256": MINILM_SHA256},
-            "classes": self._model.classes_.tolist(),
-            "coef": self._model.coef_.tolist(),
-            "intercept": self._model.intercept_.tolist(),
+            **_head_state(self._model),
         }
 
     @classmethod
@@ -292,11 +300,7 @@ class EmbeddingVerifier:
         if state.get("encoder", {}).get("sha256") != MINILM_SHA256:
             raise ValueError("this verifier was fitted on other sentence-embedding weights than the pinned ones")
         verifier = cls(state["labels"], C=state["C"])
-        model = LogisticRegression()
-        model.classes_ = np.asarray(state["classes"])
-        model.coef_ = np.asarray(state["coef"], dtype=float)
-        model.intercept_ = np.asarray(state["intercept"], dtype=float)
-        verifier._model = model
+        verifier._model = _head_from_state(state)
         return verifier
 
 
