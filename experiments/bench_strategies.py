@@ -9,8 +9,8 @@ bootstrap interval, F1, selected rate, fit time and LM calls. Judges:
 * the embedded SmolLM2 judge: raw, with post-hoc thresholds, with DSPy optimizers;
 * the two recorded reference judges of the file (GPT-5.4, Gemma-4-31B): raw, thresholded,
   and stacked with the verifier;
-* the trained verifier alone (TF-IDF + logistic regression);
-* stacking of everything: the embedded judge's probability, both recorded judges and the
+* the trained verifiers alone (TF-IDF or MiniLM embeddings + logistic regression);
+* stacking of everything: the embedded judge's probability, both recorded judges and a
   verifier's out-of-fold score.
 """
 
@@ -31,6 +31,7 @@ from judgecal.experiment import ExperimentConfig, JudgeSection, prepare
 from judgecal.lm import LMConfig
 from judgecal.progress import rich_progress
 from judgecal.strategies import STRATEGIES, FitContext, FitResult, FittedJudge, RecordedJudge, fit_strategy
+from judgecal.verifier import embeddings_available
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "relevance" / "dev.jsonl"
@@ -94,12 +95,21 @@ def main() -> int:
         for name in DSPY_STRATEGIES:
             run(f"embedded + {name}", name, embedded)
     run("verifier (TF-IDF + LR)", "verifier", embedded)
+    if embeddings_available():
+        run("verifier (MiniLM embeddings + LR)", "embedding_verifier", embedded)
     for name in references:
         recorded = RecordedJudge(task, name, name)
         results[f"{name} raw"] = (recorded, 0.0, 0)
         run(f"{name} + threshold", "threshold", recorded)
         run(f"{name} + verifier stacked", "stacking", recorded, {"use_verifier": True, "use_references": False})
     run("stack: embedded + both references + verifier", "stacking", embedded, {"use_verifier": True})
+    if embeddings_available():
+        run(
+            "stack: embedded + both references + MiniLM verifier",
+            "stacking",
+            embedded,
+            {"use_verifier": True, "embeddings": True},
+        )
 
     judges = {}
     costs = {}

@@ -642,7 +642,8 @@ def fit_verifier(ctx: FitContext, params: dict[str, Any]) -> FittedJudge:
 
 def fit_stacking(ctx: FitContext, params: dict[str, Any]) -> FittedJudge:
     """Components: the raw judge (LLM or recorded) and every recorded reference judge in the
-    rows; plus a verifier whose train-split scores are out-of-fold by group."""
+    rows; plus a verifier (TF-IDF, or sentence embeddings with ``embeddings``) whose
+    train-split scores are out-of-fold by group."""
     from sklearn.linear_model import LogisticRegression
 
     train = ctx.guard.check(ctx.train, "stacking: fit")
@@ -659,8 +660,9 @@ def fit_stacking(ctx: FitContext, params: dict[str, Any]) -> FittedJudge:
     columns = [logit(_scores_on(ctx, c, train, f"stacking: {c.name} on train")) for c in components]
     verifier = None
     if use_verifier:
-        columns.append(logit(out_of_fold_proba(train, ctx.task.spec.labels, C=C)[:, positive_column]))
-        verifier = TextVerifier(ctx.task.spec.labels, C=C).fit(train)
+        kind = EmbeddingVerifier if params.get("embeddings") else TextVerifier
+        columns.append(logit(out_of_fold_proba(train, ctx.task.spec.labels, C=C, kind=kind)[:, positive_column]))
+        verifier = kind(ctx.task.spec.labels, C=C).fit(train)
     if not columns:
         raise ValueError("stacking needs at least one component")
     features = np.column_stack(columns)

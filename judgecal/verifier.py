@@ -133,6 +133,7 @@ def out_of_fold_proba(
     *,
     C: float = 1.0,
     folds: int = 5,
+    kind: Any = None,
 ) -> np.ndarray:
     """Each row's verifier probabilities from a verifier that never saw the row's group:
     the honest input for a model stacked on top (scikit-learn's GroupKFold)."""
@@ -146,7 +147,7 @@ def out_of_fold_proba(
         if len({row.label for row in fit_rows}) < 2:
             out[held_idx] = np.mean([[row.label == label for label in labels] for row in fit_rows], axis=0)
             continue
-        verifier = TextVerifier(labels, C=C).fit(fit_rows)
+        verifier = (kind or TextVerifier)(labels, C=C).fit(fit_rows)
         out[held_idx] = verifier.predict_proba([rows[i].inputs for i in held_idx])
     return out
 
