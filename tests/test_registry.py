@@ -73,16 +73,27 @@ def test_demo_judge_loads_by_path_run_and_champion_alias_in_a_fresh_process(isol
     from judgecal.experiment import load_config
 
     repo = Path(__file__).resolve().parents[1]
-    config = load_config(repo / "experiments" / "relevance.toml",
-                         {"calibration.strategy": "threshold", "judge.register_as": "relevance-demo"})
+    config = load_config(
+        repo / "experiments" / "relevance.toml",
+        {"calibration.strategy": "threshold", "judge.register_as": "relevance-demo"},
+    )
     report = run_calibration(config, log=lambda m: None)
     assert report.registry is not None and report.registry.moved
     record = report.record
     expected = record.judges["calibrated"].verdicts
-    bundle = Path(mlflow.artifacts.download_artifacts(run_id=report.run_id, artifact_path="bundle",
-                                                      dst_path=str(isolated_workspace / "downloaded")))
+    bundle = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=report.run_id, artifact_path="bundle", dst_path=str(isolated_workspace / "downloaded")
+        )
+    )
     env = {**os.environ, "JUDGECAL_HOME": str(isolated_workspace)}
     for uri in (str(bundle), f"runs:/{report.run_id}/judge", "models:/relevance-demo@champion"):
-        out = subprocess.run([sys.executable, "-c", FRESH_PROCESS, uri, str(config.judge.data), json.dumps(record.ids)],
-                             env=env, capture_output=True, text=True, timeout=600, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", FRESH_PROCESS, uri, str(config.judge.data), json.dumps(record.ids)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+        )
         assert json.loads(out.stdout.strip().splitlines()[-1]) == expected, uri
