@@ -136,6 +136,18 @@ def write_card(report: AgreementReport, record: EvaluationRecord, folder: str | 
             )
         lines.append("")
 
+    if report.ceiling is None and any(score.soft_agreement is not None for score in report.judges):
+        lines += [
+            "## Agreement with soft labels",
+            "",
+            "Mean share of annotators who agree with each verdict (from the rows' soft labels).",
+            "",
+            "| judge | soft agreement |",
+            "|---|---|",
+        ]
+        lines += [f"| {score.name} | {_number(score.soft_agreement)} |" for score in report.judges]
+        lines.append("")
+
     confident = [score for score in report.judges if score.confidence_metrics]
     if confident:
         lines += [

@@ -69,6 +69,9 @@ class EvaluationRecord(BaseModel):
     groups: list[str]
     human: list[LabelValue]
     annotators: list[list[LabelValue] | None] | None = None
+    soft_labels: list[float | None] | None = Field(
+        default=None, description="Share of annotators who chose the positive label, where the data gives it."
+    )
     personalized: list[str | None] | None = None
     length_a: list[int] | None = None
     length_b: list[int] | None = None
@@ -109,6 +112,18 @@ def read_record(path: Path) -> EvaluationRecord:
         raise ValueError(f"{path}: field '{'.'.join(str(p) for p in first['loc'])}': {first['msg']}") from None
 
 
+SOFT_LABEL_KEYS = ("soft_label", "human_yes_rate")
+
+
+def _soft_label(row: LabeledRow) -> float | None:
+    """The share of annotators who said yes: a ``soft_label`` (or ``human_yes_rate``) column."""
+    for key in SOFT_LABEL_KEYS:
+        value = row.meta.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
+            return float(value)
+    return None
+
+
 def label_space(spec: TaskSpec) -> LabelSpace:
     return LabelSpace(labels=spec.labels, positive=spec.positive, ordinal=spec.is_ordinal)
 
@@ -134,6 +149,7 @@ def build_record(
                 verdicts=[row.reference_judges.get(name) for row in rows], recorded=True
             )
     annotators = [list(row.annotator_labels) if row.annotator_labels else None for row in rows]
+    soft = [_soft_label(row) for row in rows] if spec.positive is not None else []
     pairwise = {"response_a", "response_b"} <= set(spec.input_names)
     personalized = [row.meta.get("personalized") for row in rows] if pairwise else None
     return EvaluationRecord(
@@ -146,6 +162,7 @@ def build_record(
         groups=[row.group for row in rows],
         human=[row.label for row in rows],
         annotators=annotators if any(annotators) else None,
+        soft_labels=soft if any(value is not None for value in soft) else None,
         personalized=personalized if personalized and any(p in ("A", "B") for p in personalized) else None,
         length_a=[len(str(row.inputs["response_a"])) for row in rows] if pairwise else None,
         length_b=[len(str(row.inputs["response_b"])) for row in rows] if pairwise else None,
@@ -378,6 +395,10 @@ def _score_judge(
 
     soft = None
     fraction = None
+    if record.soft_labels is not None and space.kind == "binary":
+        pairs = [(record.soft_labels[i], verdicts[k]) for k, i in enumerate(rows) if record.soft_labels[i] is not None]
+        if pairs:
+            soft = float(np.mean([share if v == space.positive else 1 - share for share, v in pairs]))
     if record.annotators is not None:
         annotators = [record.annotators[i] for i in rows]
         soft = soft_agreement(verdicts, annotators)

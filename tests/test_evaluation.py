@@ -141,3 +141,21 @@ def test_pandalm_human_ceiling_from_three_annotators_is_in_the_card(tmp_path: Pa
     assert gpt.fraction_of_ceiling is not None and 0 < gpt.fraction_of_ceiling.value < 1
     text = write_card(report, record, tmp_path).read_text()
     assert "## Human ceiling" in text and "Krippendorff's α" in text
+
+
+def test_soft_labels_give_a_soft_agreement(tmp_path: Path) -> None:
+    from judgecal.data import LabeledRow
+
+    task = resolve_task("relevance")
+    rows = [
+        LabeledRow(id=f"r{i}", group=f"g{i % 3}", inputs={"prompt": "p", "attribute": "a"}, label=share > 0.5,
+                   meta={"human_yes_rate": share})
+        for i, share in enumerate([0.75, 0.25, 1.0, 0.0, 0.5, 0.25])
+    ]
+    verdicts = [True, True, True, False, False, False]
+    record = build_record("soft", "relevance", task.spec, rows, {"raw": JudgeRecord(verdicts=verdicts)})
+    assert record.soft_labels == [0.75, 0.25, 1.0, 0.0, 0.5, 0.25]
+    report = evaluate_record(record, baseline=None, candidate=None, n_resamples=100)
+    expected = np.mean([0.75, 0.25, 1.0, 1.0, 0.5, 0.75])
+    assert report.judge("raw").soft_agreement == pytest.approx(expected)
+    assert "## Agreement with soft labels" in write_card(report, record, tmp_path).read_text()
