@@ -202,7 +202,7 @@ def _search_one(config: ExperimentConfig, args: argparse.Namespace) -> None:
         best = report.best is not None and row.number == report.best.number
         table.add_row(
             f"{row.number}{' *' if best else ''}",
-            row.strategy,
+            row.strategy + (f" (= {row.duplicate_of})" if row.duplicate_of is not None else ""),
             row.state,
             "–" if row.dev_kappa is None else f"{row.dev_kappa:.3f}",
             test,

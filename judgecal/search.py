@@ -60,6 +60,7 @@ class TrialRow:
     seconds: float | None
     run_id: str | None
     worker: str | None
+    duplicate_of: int | None = None
     error: str | None = None
 
 
@@ -150,6 +151,11 @@ def run_search(
         spec = specs[name]
         params = spec.space(trial)
         trial.set_user_attr("worker", worker)
+        earlier = _same_settings(trial, TrialState.COMPLETE)
+        if earlier is not None:  # deterministic fits: the same settings give the same judge
+            trial.set_user_attr("duplicate_of", earlier.number)
+            log(f"trial {trial.number}: {name} {params} = trial {earlier.number}, not refitted")
+            return float(earlier.value)
         log(f"trial {trial.number}: {name} {params}")
         result = fit_strategy(spec, prepared.context(progress, log), params)
         value = _dev_score(trial, result, prepared, space, search.dev_chunk, progress)
@@ -182,7 +188,7 @@ def run_search(
         new_trials = len(study.trials) - before
     rows = leaderboard(study)
     best = max(
-        (r for r in rows if r.state == "COMPLETE" and r.dev_kappa is not None),
+        (r for r in rows if r.state == "COMPLETE" and r.dev_kappa is not None and r.duplicate_of is None),
         key=lambda r: r.dev_kappa or -1.0,
         default=None,
     )
@@ -199,6 +205,14 @@ def run_search(
         report.tracking_uri = configure_tracking(tracking_uri, prepared.root)
         _log_leaderboard(report, config)
     return report
+
+
+def _same_settings(trial: Any, state: Any) -> Any:
+    """An earlier finished trial of this study with exactly these settings, if any."""
+    for other in trial.study.get_trials(deepcopy=False, states=(state,)):
+        if other.number != trial.number and other.params == trial.params:
+            return other
+    return None
 
 
 def _check_study(study: Any, fingerprint: str, strategies: list[str]) -> None:
@@ -366,6 +380,8 @@ def leaderboard_markdown(report: SearchReport) -> str:
         settings = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in row.params.items()) or "–"
         marker = " **best**" if report.best is not None and row.number == report.best.number else ""
         dev = "–" if row.dev_kappa is None else f"{row.dev_kappa:.3f}"
+        if row.duplicate_of is not None:
+            settings += f" (same as trial {row.duplicate_of})"
         lines.append(
             f"| {row.number}{marker} | {row.strategy} | {settings} | {row.state} | {dev} | {test} | "
             f"{row.lm_calls if row.lm_calls is not None else '–'} | "

@@ -182,3 +182,18 @@ def test_two_workers_share_one_study_without_duplicate_trials(tmp_path: Path) ->
     assert {run.info.run_id for run in children} == set(run_ids)
     artifacts = {a.path for a in mlflow.artifacts.list_artifacts(run_id=parent)}
     assert {"leaderboard.md", "leaderboard.json", "bundle"} <= artifacts
+
+
+def test_settings_already_tried_are_not_refitted(tmp_path: Path) -> None:
+    config = ExperimentConfig(
+        judge=JudgeSection(name="searched", task="relevance",
+                           data=write_study_config(tmp_path).parent / "rows.jsonl", recorded="loose"),
+        search=SearchConfig(strategies=["threshold"], trials=3, trial_resamples=100,
+                            storage=f"sqlite:///{tmp_path / 'optuna.db'}"),
+    )
+    report = run_search(config, config.search, track=False, log=lambda m: None)
+    by_number = {row.number: row for row in report.rows}
+    assert by_number[0].duplicate_of is None
+    assert by_number[1].duplicate_of == 0 and by_number[2].duplicate_of == 0
+    assert by_number[1].dev_kappa == by_number[0].dev_kappa
+    assert report.best is not None and report.best.number == 0
