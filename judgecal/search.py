@@ -360,6 +360,7 @@ def leaderboard(study: Any) -> list[TrialRow]:
                 seconds=attrs.get("fit_seconds"),
                 run_id=attrs.get("run_id"),
                 worker=attrs.get("worker"),
+                duplicate_of=attrs.get("duplicate_of"),
                 error=trial.system_attrs.get("fail_reason") if hasattr(trial, "system_attrs") else None,
             )
         )
