@@ -61,6 +61,17 @@ class CalibrationConfig(BaseModel):
     )
     num_threads: int = Field(default=1, ge=1, description="Parallel LM calls (1 for in-process models).")
     C: float = Field(default=1.0, gt=0, description="Verifier: inverse regularisation of the logistic regression.")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Settings of the chosen strategy by name, e.g. {head = "gradient_boosting"} for '
+        'embedding_verifier or {verifiers = ["tfidf"], head = "logistic"} for stacking.',
+    )
+    max_select_rows: int | None = Field(
+        default=100,
+        gt=0,
+        description="DSPy optimizers choose among their candidates on at most this many dev rows, drawn across "
+        "groups (each candidate costs one LM call per row); the calibrated judge is still scored on all of dev.",
+    )
 
 
 def strategy_name(config: CalibrationConfig) -> str:
@@ -140,7 +151,11 @@ def calibrate_program(
     adapter: Any = None,
 ) -> CalibrationResult:
     """Compile the task's zero-shot program on train, selecting candidates on dev."""
+    from judgecal.data import sample_across_groups
+
     student = JudgeProgram(task.signature)
+    if config.max_select_rows is not None and len(dev) > config.max_select_rows:
+        dev = sample_across_groups(list(dev), config.max_select_rows, config.seed)
     trainset = to_examples(task, train)
     devset = to_examples(task, dev)
     metric = class_balanced_metric(task, [row.label for row in dev])

@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--trials", type=int, help="search: finished trials the study should reach")
     calibrate.add_argument("--storage", help="search: Optuna storage URL (default: sqlite:///mlruns/optuna.db)")
     calibrate.add_argument("--study-name", help="search: study to create or resume")
+    calibrate.add_argument(
+        "--worker", type=int, help="search: this worker's number in a shared study (its sampler seed is seed + N)"
+    )
     calibrate.add_argument("--recorded", help="calibrate the verdicts of reference_judges.<NAME> in the rows")
     calibrate.add_argument("--verdicts", type=Path, help="calibrate verdicts from a JSONL file {id, verdict}")
     calibrate.add_argument(
@@ -165,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
 def _calibrate(args: argparse.Namespace) -> int:
     configs = [_load(path, args) for path in args.configs]  # every file is checked before any runs
     for config in configs:
-        if args.strategies or args.trials:
+        if args.strategies or args.trials or args.worker is not None:
             _search_one(config, args)
         else:
             _calibrate_one(config, args)
@@ -179,7 +182,7 @@ def _search_one(config: ExperimentConfig, args: argparse.Namespace) -> None:
     updates: dict[str, object] = {}
     if args.strategies:
         updates["strategies"] = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    for key in ("trials", "storage", "study_name"):
+    for key in ("trials", "storage", "study_name", "worker"):
         if getattr(args, key) is not None:
             updates[key] = getattr(args, key)
     search = config.search.model_copy(update=updates)
@@ -192,30 +195,41 @@ def _search_one(config: ExperimentConfig, args: argparse.Namespace) -> None:
         log=lambda message: console.print(message, highlight=False),
     )
     table = Table(
-        title=f"{config.judge.name}: {len(report.rows)} trials, selected by dev κ (test κ reported, not used)",
+        title=f"{config.judge.name}: {len(report.rows)} trials, scored without test rows "
+        "(CV: cross-validated over train + dev; dev: on dev)",
         title_justify="left",
     )
-    for column in ("trial", "strategy", "state", "dev κ", "test κ [95%]", "LM calls", "fit s"):
-        table.add_column(column, justify="left" if column in ("strategy", "state") else "right")
+    for column in ("trial", "strategy", "state", "rule", "κ", "± SE", "LM calls", "fit s"):
+        table.add_column(column, justify="left" if column in ("strategy", "state", "rule") else "right")
+    if report.raw_dev is not None:
+        table.add_row("raw", "(the judge as it is)", "–", "dev", f"{report.raw_dev:.3f}", "–", "–", "–")
+    best = report.best
     for row in report.rows:
-        test = "–" if row.test_kappa is None else f"{row.test_kappa:.2f} [{row.test_low:.2f}, {row.test_high:.2f}]"
-        best = report.best is not None and row.number == report.best.number
+        chosen = best is not None and row.number == best.number
         table.add_row(
-            f"{row.number}{' *' if best else ''}",
+            f"{row.number}{' *' if chosen else ''}",
             row.strategy + (f" (= {row.duplicate_of})" if row.duplicate_of is not None else ""),
-            row.state,
-            "–" if row.dev_kappa is None else f"{row.dev_kappa:.3f}",
-            test,
+            row.state.lower(),
+            row.rule or "–",
+            "–" if row.score is None else f"{row.score:.3f}",
+            "–" if row.se is None or row.se != row.se else f"{row.se:.3f}",
             "–" if row.lm_calls is None else str(row.lm_calls),
             "–" if row.seconds is None else f"{row.seconds:.0f}",
         )
     console.print(table)
-    if report.best is not None:
-        console.print(f"best: trial {report.best.number} ({report.best.strategy}), dev κ {report.best.dev_kappa:.3f}")
+    if report.choice is not None:
+        for step in report.choice.steps:
+            console.print(f"selection: {step}", highlight=False)
+    if report.calibration is not None and report.calibration.agreement is not None:
+        from judgecal.card import terminal_table
+
+        console.print(terminal_table(report.calibration.agreement))
+        if report.calibration.agreement.comparison is not None:
+            console.print(report.calibration.agreement.comparison.statement, highlight=False)
     console.print(f"study {report.study_name} in {report.storage}; {report.new_trials} new trials this run")
     if report.parent_run_id:
         console.print(
-            f"MLflow parent run {report.parent_run_id} (leaderboard.md, best judge: "
+            f"MLflow parent run {report.parent_run_id} (leaderboard.md, selected judge: "
             f"runs:/{report.parent_run_id}/judge)",
             highlight=False,
         )

@@ -505,7 +505,7 @@ def split_by_group(dataset: Dataset, spec: SplitSpec | None = None) -> Split:
     caps = {"train": spec.max_train_rows, "dev": spec.max_dev_rows, "test": spec.max_test_rows}
     for name, cap in caps.items():
         if cap is not None and len(parts[name]) > cap:
-            parts[name] = _sample_across_groups(parts[name], cap, spec.seed)
+            parts[name] = sample_across_groups(parts[name], cap, spec.seed)
     for name, rows in parts.items():
         classes = Counter(row.label for row in rows)
         if len(classes) < 2:
@@ -526,7 +526,7 @@ def split_by_group(dataset: Dataset, spec: SplitSpec | None = None) -> Split:
     )
 
 
-def _sample_across_groups(rows: list[LabeledRow], cap: int, seed: int) -> list[LabeledRow]:
+def sample_across_groups(rows: list[LabeledRow], cap: int, seed: int) -> list[LabeledRow]:
     """Keep ``cap`` rows, drawn round-robin over the groups in a seeded order, so every
     group keeps a share and the kept rows stay in file order."""
     rng = np.random.default_rng(seed)

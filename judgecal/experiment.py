@@ -37,15 +37,17 @@ from judgecal.judges import JudgeProgram, ProgressFactory, Verdict, score_verdic
 from judgecal.lm import LMConfig, build_lm, configure_dspy_cache
 from judgecal.paths import dspy_cache_dir, workspace_root
 from judgecal.strategies import (
-    FitContext,
     FitResult,
     FittedJudge,
+    MemoJudge,
     ProgramJudge,
     RecordedJudge,
     RowGuard,
+    StrategyEnv,
     StrategySpec,
-    fit_strategy,
+    fit_judge,
     resolve_strategies,
+    unwrap,
 )
 from judgecal.tasks import Task, resolve_task
 from judgecal.tracking import configure_tracking, ensure_experiment, flat_params
@@ -90,14 +92,25 @@ class SearchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     strategies: list[str] = Field(default_factory=lambda: ["all"])
-    trials: int = Field(default=12, ge=1, description="Finished (complete or pruned) trials the study should reach.")
+    trials: int = Field(
+        default=12, ge=1, description="Distinct finished trials the study should reach (repeats do not count)."
+    )
     storage: str | None = Field(default=None, description="Optuna storage URL (default: sqlite in mlruns/).")
     study_name: str | None = Field(default=None, description="Default: <judge name>-<split fingerprint>.")
-    seed: int = 0
-    dev_chunk: int = Field(default=16, ge=1, description="Dev rows judged between pruning checks.")
+    seed: int = Field(default=0, description="Sampler seed; the same seed gives the same sequence of trials.")
+    worker: int = Field(
+        default=0, ge=0, description="This worker's number in a shared study: its sampler seed is seed + worker."
+    )
+    folds: int = Field(default=5, ge=2, description="Grouped folds of train + dev for cross-validated selection.")
+    dev_chunk: int = Field(default=16, ge=1, description="Dev rows judged between pruning checks (LM strategies).")
+    prune_p: float = Field(
+        default=0.1, gt=0, lt=1, description="Wilcoxon p-value below which an LM trial worse than the best is pruned."
+    )
+    max_repeats: int = Field(
+        default=25, ge=1, description="Stop after this many proposals in a row repeat settings already tried."
+    )
     heartbeat_interval: int = Field(default=30, ge=1, description="Seconds between a worker's heartbeats.")
     grace_period: int = Field(default=90, ge=2, description="Seconds without heartbeat before a trial is failed.")
-    trial_resamples: int = Field(default=500, ge=100, description="Bootstrap resamples of each trial's report.")
 
 
 class ExperimentConfig(BaseModel):
@@ -176,18 +189,15 @@ class Prepared:
     def reference_judges(self) -> tuple[str, ...]:
         return tuple(sorted({name for row in self.dataset.rows for name in row.reference_judges}))
 
-    def context(self, progress: ProgressFactory | None, log: Any) -> FitContext:
-        return FitContext(
+    def env(self, log: Any = print) -> StrategyEnv:
+        """What strategies are built from; the raw judge's answers are kept per row."""
+        return StrategyEnv(
             task=self.task,
-            train=self.split.train.rows,
-            dev=self.split.dev.rows,
             raw=self.raw,
             lm=self.lm,
-            config=self.config.calibration,
-            guard=self.guard,
-            progress=progress,
+            settings=self.config.calibration,
+            references=self.reference_judges,
             log=log,
-            reference_judges=self.reference_judges,
         )
 
 
@@ -224,8 +234,8 @@ def prepare(config: ExperimentConfig, *, root: Path | None = None, log: Any = pr
         raw = ProgramJudge(task, JudgeProgram(task.signature), lm, config.judge.name)
     pairwise = {"response_a", "response_b"} <= set(task.spec.input_names)
     order_swap = config.order_swap if config.order_swap is not None else pairwise
-    guard = RowGuard(frozenset(row.id for row in split.test.rows))
-    return Prepared(config, task, dataset, split, lm, raw, guard, order_swap, root)
+    guard = RowGuard.for_rows(split.test.rows, [*split.train.rows, *split.dev.rows])
+    return Prepared(config, task, dataset, split, lm, MemoJudge(raw), guard, order_swap, root)
 
 
 @dataclass
@@ -284,14 +294,25 @@ def judge_split(
 
 
 def strategy_params(spec: StrategySpec, config: CalibrationConfig) -> dict[str, Any]:
-    """Settings a strategy takes from the experiment file (the search suggests its own)."""
-    if spec.family == "dspy":
-        return {}
-    if spec.name == "verifier":
-        return {"C": config.C}
-    if spec.name == "stacking":
-        return {"C": config.C}
-    return {}
+    """Settings a strategy takes from the experiment file (the search suggests its own):
+    ``[calibration] params``, and ``C`` for the verifiers."""
+    params: dict[str, Any] = {}
+    if spec.family == "verifier" and "C" in config.model_fields_set:
+        params["C"] = config.C
+    params.update(config.params)
+    return params
+
+
+def final_fit(spec: StrategySpec, prepared: Prepared, params: dict[str, Any], log: Any = print) -> FitResult:
+    """The judge that is reported on test and exported. A strategy that calls the model to
+    fit is compiled on train and selects its candidates on dev; any other is fitted on
+    train + dev together (its own decision cut chosen on out-of-fold predictions)."""
+    split = prepared.split
+    env = prepared.env(log)
+    if spec.calls_lm_to_fit:
+        return fit_judge(spec, env, params, split.train.rows, split.dev.rows, prepared.guard)
+    rows = [*split.train.rows, *split.dev.rows]
+    return fit_judge(spec, env, params, rows, None, prepared.guard, step="fit on train + dev")
 
 
 def run_calibration(
@@ -307,14 +328,14 @@ def run_calibration(
     prepared = prepare(config, root=root, log=log)
     task, split = prepared.task, prepared.split
     [spec] = resolve_strategies(
-        [strategy_name(config.calibration)], task, has_program=isinstance(prepared.raw, ProgramJudge)
+        [strategy_name(config.calibration)], task, has_program=isinstance(unwrap(prepared.raw), ProgramJudge)
     )
     raw = judge_split(
         prepared.raw, task, split.test.rows, order_swap=prepared.order_swap, progress=progress, label="raw"
     )
-    log(f"{config.judge.name}: calibrating with {spec.name} ({spec.description}) on train, selecting on dev")
-    result = fit_strategy(spec, prepared.context(progress, log), strategy_params(spec, config.calibration))
-    _assert_no_test_demos(result.judge, split.test)
+    where = "train, selecting on dev" if spec.calls_lm_to_fit else "train + dev"
+    log(f"{config.judge.name}: calibrating with {spec.name} ({spec.description}) on {where}")
+    result = final_fit(spec, prepared, strategy_params(spec, config.calibration), log)
     calibrated = judge_split(
         result.judge, task, split.test.rows, order_swap=prepared.order_swap, progress=progress, label="calibrated"
     )
@@ -351,8 +372,9 @@ def assemble_report(
         data_fingerprint=split.data_fingerprint,
         split_fingerprint=split.fingerprint,
     )
-    if isinstance(prepared.raw, RecordedJudge) and prepared.raw.verdicts is None:
-        record.judges.pop(f"{REFERENCE_PREFIX}{prepared.raw.source}", None)  # the same verdicts as "raw"
+    raw_judge = unwrap(prepared.raw)
+    if isinstance(raw_judge, RecordedJudge) and raw_judge.verdicts is None:
+        record.judges.pop(f"{REFERENCE_PREFIX}{raw_judge.source}", None)  # the same verdicts as "raw"
     agreement = evaluate_record(record, n_resamples=config.report.n_resamples, seed=config.report.seed)
     return CalibrationReport(
         config=config,
@@ -385,19 +407,6 @@ def judge_record(task: Task, side: SideResult) -> JudgeRecord:
     )
 
 
-def _assert_no_test_demos(judge: FittedJudge, test: Dataset) -> None:
-    """Demos must come from train: a test row among them would leak the report's labels."""
-    program = getattr(judge, "program", None)
-    if program is None:
-        return
-    test_ids = {row.id for row in test.rows}
-    for predictor in program.predictors():
-        for demo in predictor.demos:
-            row_id = demo.get("row_id") if hasattr(demo, "get") else None
-            if row_id in test_ids:
-                raise AssertionError(f"test row {row_id!r} was used as a demo")
-
-
 def calibration_params(report: CalibrationReport, prepared: Prepared) -> dict[str, str]:
     config, split = report.config, report.split
     params = {
@@ -426,15 +435,22 @@ def track_calibration(
     nested: bool = False,
     run_name: str | None = None,
     extra_params: dict[str, Any] | None = None,
+    run_id: str | None = None,
 ) -> str:
-    """Record one calibration as an MLflow run (nested under the active run when asked)."""
+    """Record one calibration as an MLflow run (nested under the active run when asked, or
+    into the existing run ``run_id``)."""
     import mlflow
 
     config = report.config
     report.tracking_uri = configure_tracking(tracking_uri, prepared.root)
     experiment_id = ensure_experiment(config.judge.name, prepared.root)
     run_name = run_name or f"{report.strategy}-seed{config.calibration.seed}"
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, nested=nested) as run:
+    started = (
+        mlflow.start_run(run_id=run_id)
+        if run_id
+        else mlflow.start_run(experiment_id=experiment_id, run_name=run_name, nested=nested)
+    )
+    with started as run:
         mlflow.set_tags(
             {
                 "judgecal.task": report.task.reference,
@@ -478,7 +494,7 @@ def log_judge_artifacts(report: CalibrationReport, judge: FittedJudge, prepared:
             card_folder = folder / "card"
             write_card(report.agreement, report.record, card_folder)
             mlflow.log_artifacts(str(card_folder), artifact_path="card")
-        if isinstance(judge, RecordedJudge) and judge.verdicts is not None:
+        if isinstance(unwrap(judge), RecordedJudge) and unwrap(judge).verdicts is not None:
             return  # verdicts from a file: nothing portable to export
         bundle = bundle_from_judge(
             judge,

@@ -117,6 +117,7 @@ def metric_intervals(
     *,
     title: str,
     references: dict[str, float] | None = None,
+    xlabel: str = "value on the test split (95% group-bootstrap interval)",
 ) -> Path:
     """Point estimates and 95% intervals of each metric for each judge (a forest plot);
     dashed lines mark reference values such as the human ceiling."""
@@ -151,7 +152,7 @@ def metric_intervals(
     axis.invert_yaxis()
     axis.axvline(0, color="black", linewidth=0.6)
     axis.grid(axis="x", alpha=0.3)
-    axis.set_xlabel("value on the test split (95% group-bootstrap interval)")
+    axis.set_xlabel(xlabel)
     axis.set_title(title, fontsize=10)
     if axis.get_legend_handles_labels()[0]:
         axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))

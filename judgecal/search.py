@@ -1,19 +1,29 @@
-"""Searching strategies and their settings with Optuna, selecting on dev only.
+"""Searching strategies and their settings with Optuna, selecting without touching test.
 
-Each trial picks a strategy and its settings, fits on train, and is scored by κ on dev;
-dev is judged in chunks and the running κ is reported, so a median pruner can stop a
-hopeless trial early. Test rows are judged after the trial's value is fixed, for the
-leaderboard only: the objective never sees them.
+Each trial picks a strategy and its settings and is scored by the rule that fits its
+cost (:mod:`judgecal.selection`): grouped cross-validation over train + dev for
+strategies that make no LM calls to fit, dev hold-out for those that do. Only the
+second kind can be pruned, and only after a warm-up of a third of dev, judged in an
+order that interleaves groups, by a Wilcoxon test of its per-row scores against the
+best trial's (Optuna's ``WilcoxonPruner``).
 
-Studies live in Optuna storage: ``mlruns/optuna.db`` (SQLite) by default, or any RDB URL
-(``postgresql://...``) so several processes or machines can work on one study. Worker
-heartbeats let a restarted search fail the trials of a killed worker and run them again;
-finished trials are never redone. Every trial is an MLflow child run under one parent run
-per study, and the parent holds the leaderboard and the best judge.
+The budget goes to distinct questions: every strategy's default settings are tried
+first, cheapest first; settings already tried are answered from the earlier trial and do
+not count toward ``trials``. The same ``seed`` (and ``worker``) gives the same sequence of
+trials. The raw judge's answers are kept per row for the whole search, so no trial asks
+the model about a row another trial already asked about.
+
+At the end the selection rule picks the winner, which is fitted again on train + dev
+(strategies that call the model to fit keep the program their trial compiled), judged on
+test once beside the raw judge, and recorded in the study's parent MLflow run with the
+leaderboard. Studies live in Optuna storage (``mlruns/optuna.db`` or any RDB URL), so
+several processes or machines can share one; a killed worker's trial is run again once
+its heartbeat lapses.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import warnings
@@ -26,18 +36,36 @@ from judgecal.experiment import (
     ExperimentConfig,
     Prepared,
     SearchConfig,
-    SideResult,
     assemble_report,
     judge_split,
-    log_judge_artifacts,
     prepare,
-    tracked_metrics,
+    track_calibration,
 )
 from judgecal.judges import ProgressFactory
-from judgecal.metrics import LabelSpace, confusion, kappa_from_confusion
 from judgecal.paths import store_dir, store_lock
-from judgecal.strategies import FitResult, ProgramJudge, StrategySpec, fit_strategy, resolve_strategies
+from judgecal.selection import (
+    Candidate,
+    Choice,
+    SelectionScore,
+    choose,
+    cross_validate,
+    holdout,
+    row_scores,
+)
+from judgecal.strategies import (
+    FitResult,
+    LeakError,
+    StrategyEnv,
+    StrategySpec,
+    fit_judge,
+    resolve_strategies,
+)
 from judgecal.tracking import configure_tracking, ensure_experiment
+from judgecal.verifier import grouped_folds, memoised_fits
+
+
+class StrategyFailed(RuntimeError):
+    """A trial's strategy raised: the trial is recorded as failed and the search goes on."""
 
 
 def default_storage(root: Path) -> str:
@@ -52,10 +80,9 @@ class TrialRow:
     state: str
     strategy: str
     params: dict[str, Any]
-    dev_kappa: float | None
-    test_kappa: float | None
-    test_low: float | None
-    test_high: float | None
+    rule: str | None
+    score: float | None
+    se: float | None
     lm_calls: int | None
     seconds: float | None
     run_id: str | None
@@ -69,22 +96,20 @@ class SearchReport:
     study_name: str
     storage: str
     rows: list[TrialRow]
-    best: TrialRow | None
-    raw: SideResult | None
+    choice: Choice | None
+    calibration: CalibrationReport | None
+    raw_dev: float | None = None
     parent_run_id: str | None = None
     tracking_uri: str | None = None
-    metric: str = "kappa"
     new_trials: int = 0
+    complete: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
-
-def _kappa(space: LabelSpace, human: list[Any], verdicts: list[Any]) -> float:
-    cm = confusion(space.index(human), space.index(verdicts), space.size)
-    if space.ordinal:
-        from judgecal.metrics import metrics_from_confusion
-
-        return float(metrics_from_confusion(cm, space)["weighted_kappa"])
-    return float(kappa_from_confusion(cm))
+    @property
+    def best(self) -> TrialRow | None:
+        if self.choice is None:
+            return None
+        return next((row for row in self.rows if row.number == self.choice.winner.number), None)
 
 
 def run_search(
@@ -97,125 +122,273 @@ def run_search(
     root: Path | None = None,
     log: Any = print,
 ) -> SearchReport:
+    prepared = prepare(config, root=root, log=log)
+    return search_prepared(prepared, search, progress=progress, track=track, tracking_uri=tracking_uri, log=log)
+
+
+def search_prepared(
+    prepared: Prepared,
+    search: SearchConfig,
+    *,
+    progress: ProgressFactory | None = None,
+    track: bool = True,
+    tracking_uri: str | None = None,
+    log: Any = print,
+) -> SearchReport:
+    """The search on rows already split: trials see train and dev, the winner is reported
+    on test."""
     import optuna
-    from optuna.storages import RDBStorage
-    from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    prepared = prepare(config, root=root, log=log)
+    config = prepared.config
     task, split = prepared.task, prepared.split
-    specs = {
-        spec.name: spec
-        for spec in resolve_strategies(search.strategies, task, has_program=isinstance(prepared.raw, ProgramJudge))
-    }
+    env = prepared.env(log)
+    specs = {spec.name: spec for spec in resolve_strategies(search.strategies, task, has_program=env.base_is_live)}
     storage_url = search.storage or default_storage(prepared.root)
     study_name = search.study_name or f"{config.judge.name}-{split.fingerprint[:12]}"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with store_lock(prepared.root), warnings.catch_warnings():
-        # Heartbeats are marked experimental in Optuna; they are what fails a killed worker's trial.
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = RDBStorage(
-            url=storage_url, heartbeat_interval=search.heartbeat_interval, grace_period=search.grace_period
-        )
-        study = optuna.create_study(
-            study_name=study_name,
-            storage=storage,
-            direction="maximize",
-            load_if_exists=True,
-            # Workers sharing a study need different seeds or they propose the same settings.
-            sampler=optuna.samplers.TPESampler(seed=search.seed + os.getpid() % 10_000),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
-        )
-        _check_study(study, split.fingerprint, sorted(specs))
-    finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
-    done = len(study.get_trials(deepcopy=False, states=finished_states))
-    space = LabelSpace(labels=task.spec.labels, positive=task.spec.positive, ordinal=task.spec.is_ordinal)
-    log(
-        f"study {study_name} in {storage_url}: {done} of {search.trials} trials finished; "
-        f"strategies: {', '.join(specs)}"
-    )
-
-    parent_run_id = None
-    if track:
+    if track:  # a tracking store that cannot be reached fails now, not after the work
         configure_tracking(tracking_uri, prepared.root)
         experiment_id = ensure_experiment(config.judge.name, prepared.root)
-        with store_lock(prepared.root):  # one parent run per study, however many workers start together
-            parent_run_id = _parent_run(study, experiment_id, study_name, storage_url, config)
-    raw_side = judge_split(
-        prepared.raw, task, split.test.rows, order_swap=prepared.order_swap, progress=progress, label="raw"
+    study = open_study(study_name, storage_url, search, len(split.dev.rows), prepared.root)
+    check_study(study, split.fingerprint, sorted(specs))
+    enqueue_defaults(study, specs, env, prepared.root)
+    done = distinct_finished(study)
+    log(
+        f"study {study_name} in {redact(storage_url)}: {done} of {search.trials} trials finished; "
+        f"strategies: {', '.join(specs)}"
     )
+    parent_run_id = None
+    if track:
+        with store_lock(prepared.root):  # one parent run per study, however many workers start together
+            parent_run_id = parent_run(study, experiment_id, study_name, storage_url, config)
+
+    dev = list(split.dev.rows)
+    pool = [*split.train.rows, *dev]
+    folds = grouped_folds(pool, search.folds, search.seed)
+    fitted: dict[int, FitResult] = {}
     worker = f"{os.uname().nodename}:{os.getpid()}"
+    last: dict[str, bool] = {"repeat": False}
 
     def objective(trial: optuna.Trial) -> float:
         name = trial.suggest_categorical("strategy", sorted(specs))
         spec = specs[name]
-        params = spec.space(trial)
+        params = spec.space(trial, env)
         trial.set_user_attr("worker", worker)
-        earlier = _same_settings(trial, TrialState.COMPLETE)
+        earlier = same_settings(trial)
+        last["repeat"] = earlier is not None
         if earlier is not None:  # deterministic fits: the same settings give the same judge
             trial.set_user_attr("duplicate_of", earlier.number)
-            log(f"trial {trial.number}: {name} {params} = trial {earlier.number}, not refitted")
+            for key in ("rule", "se", "lm_calls", "fit_seconds"):
+                if key in earlier.user_attrs:
+                    trial.set_user_attr(key, earlier.user_attrs[key])
+            log(f"trial {trial.number}: {name} {params} = trial {earlier.number}, answered from it")
+            if earlier.state == TrialState.PRUNED:
+                raise optuna.TrialPruned()
+            if earlier.state == TrialState.FAIL:
+                raise StrategyFailed(earlier.user_attrs["error"])
             return float(earlier.value)
         log(f"trial {trial.number}: {name} {params}")
-        result = fit_strategy(spec, prepared.context(progress, log), params)
-        value = _dev_score(trial, result, prepared, space, search.dev_chunk, progress)
-        trial.set_user_attr("lm_calls", result.lm_calls)
-        trial.set_user_attr("fit_seconds", round(result.seconds, 2))
-        report = _trial_report(prepared, raw_side, result, search, progress)
-        score = report.agreement.judge("calibrated").metrics.get("kappa") if report.agreement else None
-        if score is not None:
-            trial.set_user_attr("test_kappa", [score.value, score.low, score.high])
-        if track:
-            run_id = _log_trial(report, result, prepared, spec, trial.number, parent_run_id, tracking_uri)
-            trial.set_user_attr("run_id", run_id)
-        log(
-            f"trial {trial.number}: {name} dev κ {value:.3f}"
-            + (f", test κ {score.value:.3f} [{score.low:.3f}, {score.high:.3f}]" if score else "")
-        )
-        return value
+        try:
+            score, result = score_trial(trial, spec, env, params, prepared, dev, pool, folds, search)
+        except (LeakError, optuna.TrialPruned, KeyboardInterrupt):
+            raise
+        except Exception as error:
+            reason = f"{type(error).__name__}: {error}"
+            trial.set_user_attr("error", reason[:1000])
+            log(f"trial {trial.number}: {name} failed: {reason[:300]}")
+            raise StrategyFailed(reason) from None
+        if result is not None:
+            fitted[trial.number] = result
+        log(f"trial {trial.number}: {name} κ {score.describe()}")
+        return score.value
+
+    def record(study: Any, frozen: Any) -> None:
+        if track and parent_run_id is not None:
+            log_trial(frozen, study, parent_run_id, experiment_id, tracking_uri, prepared)
 
     new_trials = 0
-    if done < search.trials:
-        before = len(study.trials)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.optimize(
-                objective,
-                callbacks=[MaxTrialsCallback(search.trials, states=finished_states)],
-                catch=(Exception,),
-                gc_after_trial=False,
-            )
-        new_trials = len(study.trials) - before
-    rows = leaderboard(study)
-    best = max(
-        (r for r in rows if r.state == "COMPLETE" and r.dev_kappa is not None and r.duplicate_of is None),
-        key=lambda r: r.dev_kappa or -1.0,
-        default=None,
+    with memoised_fits(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        repeats = 0
+        while distinct_finished(study) < search.trials:
+            study.optimize(objective, n_trials=1, catch=(StrategyFailed,), callbacks=[record], gc_after_trial=False)
+            new_trials += 1
+            repeats = repeats + 1 if last["repeat"] else 0
+            if repeats >= search.max_repeats:
+                log(
+                    f"the last {repeats} trials proposed settings already tried: the search space is exhausted "
+                    f"after {distinct_finished(study)} distinct trials"
+                )
+                break
+        rows = leaderboard(study)
+        raw_dev = _raw_dev_score(prepared, dev)
+        candidates = [candidate_of(trial, specs, dev) for trial in finished_candidates(study, specs)]
+        choice = choose(candidates, task, dev) if candidates else None
+        report = SearchReport(
+            study_name=study_name,
+            storage=redact(storage_url),
+            rows=rows,
+            choice=choice,
+            calibration=None,
+            raw_dev=raw_dev,
+            parent_run_id=parent_run_id,
+            new_trials=new_trials,
+            complete=distinct_finished(study) >= search.trials,
+        )
+        if choice is None:
+            return report
+        for step in choice.steps:
+            log(f"selection: {step}")
+        winner = choice.winner
+        spec = specs[winner.strategy]
+        result = final_judge(spec, env, winner, prepared, fitted, log)
+    raw_side = judge_split(
+        prepared.raw, task, split.test.rows, order_swap=prepared.order_swap, progress=progress, label="raw"
     )
-    report = SearchReport(
-        study_name=study_name,
-        storage=storage_url,
-        rows=rows,
-        best=best,
-        raw=raw_side,
-        parent_run_id=parent_run_id,
-        new_trials=new_trials,
+    calibrated = judge_split(
+        result.judge, task, split.test.rows, order_swap=prepared.order_swap, progress=progress, label=spec.name
     )
+    report.calibration = assemble_report(prepared, raw_side, calibrated, result)
     if track and parent_run_id is not None:
         report.tracking_uri = configure_tracking(tracking_uri, prepared.root)
-        _log_leaderboard(report, config)
+        log_parent(report, prepared, tracking_uri)
     return report
 
 
-def _same_settings(trial: Any, state: Any) -> Any:
-    """An earlier finished trial of this study with exactly these settings, if any."""
-    for other in trial.study.get_trials(deepcopy=False, states=(state,)):
-        if other.number != trial.number and other.params == trial.params:
-            return other
-    return None
+def score_trial(
+    trial: Any,
+    spec: StrategySpec,
+    env: StrategyEnv,
+    params: dict[str, Any],
+    prepared: Prepared,
+    dev: list[Any],
+    pool: list[Any],
+    folds: list[Any],
+    search: SearchConfig,
+) -> tuple[SelectionScore, FitResult | None]:
+    """Score one trial by its rule; report per-row dev scores so the pruner can compare."""
+    import time
+
+    import optuna
+
+    from judgecal.calibration import LMCallCounter
+
+    task, guard = prepared.task, prepared.guard
+    started = time.perf_counter()
+    if spec.calls_lm_to_fit:
+        result = fit_judge(spec, env, params, prepared.split.train.rows, dev, guard)
+        guard.check(dev, f"{spec.name}: score on dev")
+
+        def on_chunk(indices: list[int], scores: Any) -> None:
+            for index, value in zip(indices, scores, strict=True):
+                if index not in trial_reported:
+                    trial.report(float(value), index)
+                    trial_reported.add(index)
+            if trial.should_prune():
+                trial.set_user_attr("pruned_after_rows", len(indices))
+                raise optuna.TrialPruned()
+
+        trial_reported: set[int] = set()
+        counter = LMCallCounter()
+        import dspy
+
+        with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), counter]):
+            score = holdout(result.judge, task, dev, chunk=search.dev_chunk, seed=search.seed, on_chunk=on_chunk)
+        lm_calls = result.lm_calls + counter.calls
+    else:
+        result = None
+        counter = LMCallCounter()
+        import dspy
+
+        def fit(rows: Any) -> Any:
+            return fit_judge(spec, env, params, rows, None, guard, step="fit (cross-validation)").judge
+
+        with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), counter]):
+            score = cross_validate(fit, task, pool, folds)
+        lm_calls = counter.calls
+        for index, value in enumerate(row_scores(task, dev, [score.predictions[row.id] for row in dev])):
+            trial.report(float(value), index)
+    trial.set_user_attr("rule", score.rule)
+    if score.se is not None:
+        trial.set_user_attr("se", score.se)
+    if score.folds is not None:
+        trial.set_user_attr("folds", score.folds)
+    trial.set_user_attr("dev_predictions", [_plain(score.predictions.get(row.id)) for row in dev])
+    trial.set_user_attr("lm_calls", lm_calls)
+    trial.set_user_attr("fit_seconds", round(time.perf_counter() - started, 2))
+    return score, result
 
 
-def _check_study(study: Any, fingerprint: str, strategies: list[str]) -> None:
+def _plain(value: Any) -> Any:
+    return value if value is None or isinstance(value, bool | int | str) else str(value)
+
+
+def _raw_dev_score(prepared: Prepared, dev: list[Any]) -> float | None:
+    """The raw judge's κ on dev, for the leaderboard's first row (its answers are kept)."""
+    from judgecal.selection import agreement
+
+    try:
+        verdicts = prepared.raw.predict(dev, description="raw: judging dev")
+    except Exception:
+        return None
+    return agreement(prepared.task, [row.label for row in dev], [v.label for v in verdicts])
+
+
+def final_judge(
+    spec: StrategySpec,
+    env: StrategyEnv,
+    winner: Candidate,
+    prepared: Prepared,
+    fitted: dict[int, FitResult],
+    log: Any,
+) -> FitResult:
+    """The winner as it is reported and exported: refitted on train + dev, or, for a
+    strategy that calls the model to fit, the program its trial compiled (compiled again
+    from its settings when another worker ran that trial)."""
+    split = prepared.split
+    if spec.calls_lm_to_fit:
+        if winner.number in fitted:
+            return fitted[winner.number]
+        log(f"{spec.name}: compiling the program of trial {winner.number} again (another worker ran it)")
+        return fit_judge(spec, env, winner.params, split.train.rows, split.dev.rows, prepared.guard)
+    log(f"{spec.name} (trial {winner.number}): fitting again on train + dev")
+    rows = [*split.train.rows, *split.dev.rows]
+    return fit_judge(spec, env, winner.params, rows, None, prepared.guard, step="fit on train + dev")
+
+
+# ---------------------------------------------------------------------------------------
+# The study
+# ---------------------------------------------------------------------------------------
+
+
+def open_study(study_name: str, storage_url: str, search: SearchConfig, dev_rows: int, root: Path) -> Any:
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with store_lock(root), warnings.catch_warnings():
+        # Heartbeats are marked experimental in Optuna; they are what fails a killed worker's trial.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = RDBStorage(
+            url=storage_url,
+            heartbeat_interval=search.heartbeat_interval,
+            grace_period=search.grace_period,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+        )
+        return optuna.create_study(
+            study_name=study_name,
+            storage=storage,
+            direction="maximize",
+            load_if_exists=True,
+            # Workers of one study take seeds seed + worker, so they propose different settings.
+            sampler=optuna.samplers.TPESampler(seed=search.seed + search.worker, constant_liar=True),
+            pruner=optuna.pruners.WilcoxonPruner(
+                p_threshold=search.prune_p, n_startup_steps=max(2, math.ceil(dev_rows / 3))
+            ),
+        )
+
+
+def check_study(study: Any, fingerprint: str, strategies: list[str]) -> None:
     """A study is bound to one data split; resuming it on other rows would mix results."""
     attrs = study.user_attrs
     if "split_fingerprint" not in attrs:
@@ -229,61 +402,173 @@ def _check_study(study: Any, fingerprint: str, strategies: list[str]) -> None:
         )
 
 
-def _dev_score(
-    trial: Any,
-    result: FitResult,
-    prepared: Prepared,
-    space: LabelSpace,
-    chunk: int,
-    progress: ProgressFactory | None,
-) -> float:
-    """κ on dev, judged chunk by chunk with the running value reported for pruning."""
-    import optuna
-
-    dev = prepared.guard.check(prepared.split.dev.rows, "search: score on dev")
-    ordered = sorted(dev, key=lambda row: row.group)
-    human: list[Any] = []
-    verdicts: list[Any] = []
-    for step, start in enumerate(range(0, len(ordered), chunk)):
-        rows = ordered[start : start + chunk]
-        verdicts += [v.label for v in result.judge.predict(rows)]
-        human += [row.label for row in rows]
-        if start + chunk < len(ordered):
-            trial.report(_kappa(space, human, verdicts), step)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-    return _kappa(space, human, verdicts)
+def enqueue_defaults(study: Any, specs: dict[str, StrategySpec], env: StrategyEnv, root: Path) -> None:
+    """Every strategy's default settings first, cheapest first, once per study: the budget
+    answers 'which strategy?' before 'which settings?'."""
+    with store_lock(root):
+        if study.user_attrs.get("defaults_enqueued") or study.trials:
+            return
+        study.set_user_attr("defaults_enqueued", True)
+    for spec in sorted(specs.values(), key=lambda s: (s.calls_lm_to_fit, s.complexity, s.name)):
+        fixed = _default_params(spec, env)
+        study.enqueue_trial({"strategy": spec.name, **fixed}, skip_if_exists=True)
 
 
-def _trial_report(
-    prepared: Prepared, raw: SideResult, result: FitResult, search: SearchConfig, progress: ProgressFactory | None
-) -> CalibrationReport:
-    config = prepared.config.model_copy(
-        update={"report": prepared.config.report.model_copy(update={"n_resamples": search.trial_resamples})}
+def _default_params(spec: StrategySpec, env: StrategyEnv) -> dict[str, Any]:
+    """The Optuna parameters that reproduce a strategy's default settings: the space is
+    sampled once with a recorder that answers each question with the default."""
+    recorder = _DefaultRecorder(spec.build(env, {}))
+    spec.space(recorder, env)
+    return recorder.params
+
+
+class _DefaultRecorder:
+    """Stands in for an Optuna trial: answers every suggestion with the estimator's
+    default setting of that name (or the first choice) and records the answers."""
+
+    def __init__(self, estimator: Any) -> None:
+        self.defaults = estimator.get_params(deep=False)
+        self.params: dict[str, Any] = {}
+
+    def _answer(self, name: str, fallback: Any) -> Any:
+        key = name.rsplit(".", 1)[-1]
+        value = self.defaults.get(key, fallback)
+        if isinstance(value, tuple):
+            value = ",".join(value)
+        self.params[name] = value
+        return value
+
+    def suggest_int(self, name: str, low: int, high: int, **_: Any) -> int:
+        return int(min(high, max(low, self._answer(name, low))))
+
+    def suggest_float(self, name: str, low: float, high: float, **_: Any) -> float:
+        value = float(min(high, max(low, self._answer(name, low))))
+        self.params[name] = value
+        return value
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        value = self._answer(name, choices[0])
+        if value not in choices:
+            value = choices[0]
+        self.params[name] = value
+        return value
+
+
+def distinct_finished(study: Any) -> int:
+    """Finished trials that count toward the budget: complete or pruned, and failed by their
+    own strategy; repeats of earlier settings and trials of killed workers do not count."""
+    from optuna.trial import TrialState
+
+    count = 0
+    for trial in study.get_trials(deepcopy=False):
+        if trial.user_attrs.get("duplicate_of") is not None:
+            continue
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+            trial.state == TrialState.FAIL and "error" in trial.user_attrs
+        ):
+            count += 1
+    return count
+
+
+def same_settings(trial: Any) -> Any:
+    """An earlier finished trial of this study with exactly these settings, if any (a
+    trial whose strategy failed counts; one of a killed worker does not)."""
+    from optuna.trial import TrialState
+
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    for other in trial.study.get_trials(deepcopy=False, states=states):
+        if other.state == TrialState.FAIL and "error" not in other.user_attrs:
+            continue
+        if other.number != trial.number and other.params == trial.params:
+            return other
+    return None
+
+
+def finished_candidates(study: Any, specs: dict[str, StrategySpec]) -> list[Any]:
+    from optuna.trial import TrialState
+
+    return [
+        trial
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if trial.user_attrs.get("duplicate_of") is None
+        and trial.params.get("strategy") in specs
+        and "rule" in trial.user_attrs
+    ]
+
+
+def candidate_of(trial: Any, specs: dict[str, StrategySpec], dev: list[Any]) -> Candidate:
+    spec = specs[trial.params["strategy"]]
+    attrs = trial.user_attrs
+    predictions = attrs.get("dev_predictions") or [None] * len(dev)
+    return Candidate(
+        number=trial.number,
+        strategy=spec.name,
+        complexity=spec.complexity,
+        params=strategy_params_of(trial),
+        score=SelectionScore(
+            rule=attrs["rule"],
+            value=float(trial.value),
+            se=attrs.get("se"),
+            folds=attrs.get("folds"),
+            predictions={row.id: label for row, label in zip(dev, predictions, strict=True)},
+        ),
     )
-    calibrated = judge_split(
-        result.judge,
-        prepared.task,
-        prepared.split.test.rows,
-        order_swap=prepared.order_swap,
-        progress=None,
-        label=result.strategy,
-    )
-    trial_prepared = Prepared(
-        config,
-        prepared.task,
-        prepared.dataset,
-        prepared.split,
-        prepared.lm,
-        prepared.raw,
-        prepared.guard,
-        prepared.order_swap,
-        prepared.root,
-    )
-    return assemble_report(trial_prepared, raw, calibrated, result)
 
 
-def _parent_run(study: Any, experiment_id: str, study_name: str, storage_url: str, config: ExperimentConfig) -> str:
+def strategy_params_of(trial: Any) -> dict[str, Any]:
+    """A trial's Optuna parameters as the strategy's settings (``stacking.C`` → ``C``)."""
+    params: dict[str, Any] = {}
+    for key, value in trial.params.items():
+        if key == "strategy":
+            continue
+        name = key.rsplit(".", 1)[-1]
+        params[name] = tuple(value.split(",")) if name == "verifiers" else value
+    return params
+
+
+def leaderboard(study: Any) -> list[TrialRow]:
+    rows = []
+    run_ids = study.user_attrs
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        rows.append(
+            TrialRow(
+                number=trial.number,
+                state=trial.state.name,
+                strategy=str(trial.params.get("strategy", "?")),
+                params={k: v for k, v in trial.params.items() if k != "strategy"},
+                rule=attrs.get("rule"),
+                score=trial.value,
+                se=attrs.get("se"),
+                lm_calls=attrs.get("lm_calls"),
+                seconds=attrs.get("fit_seconds"),
+                run_id=run_ids.get(f"run_id.{trial.number}"),
+                worker=attrs.get("worker"),
+                duplicate_of=attrs.get("duplicate_of"),
+                error=attrs.get("error"),
+            )
+        )
+    return sorted(rows, key=lambda r: (r.score is None, -(r.score or 0.0), r.number))
+
+
+def redact(url: str) -> str:
+    """Storage URLs may hold a password (postgresql://user:secret@host/db)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        import re
+
+        return re.sub(r"//([^:/@]+):.*@", r"//\1:***@", url)
+
+
+# ---------------------------------------------------------------------------------------
+# MLflow
+# ---------------------------------------------------------------------------------------
+
+
+def parent_run(study: Any, experiment_id: str, study_name: str, storage_url: str, config: ExperimentConfig) -> str:
     """The study's MLflow parent run: created by the first worker, reused by the others and
     by a resumed search."""
     import mlflow
@@ -291,103 +576,89 @@ def _parent_run(study: Any, experiment_id: str, study_name: str, storage_url: st
     existing = study.user_attrs.get("mlflow_parent_run_id")
     if existing:
         return str(existing)
-    run = mlflow.MlflowClient().create_run(
+    client = mlflow.MlflowClient()
+    run = client.create_run(
         experiment_id,
         run_name=f"search-{study_name}",
         tags={"judgecal.study": study_name, "judgecal.judge": config.judge.name, "judgecal.kind": "search"},
     )
-    mlflow.MlflowClient().log_param(run.info.run_id, "optuna.storage", _redact(storage_url))
+    client.log_param(run.info.run_id, "optuna.storage", redact(storage_url))
     study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
-    winner = study.user_attrs.get("mlflow_parent_run_id") or run.info.run_id
-    if winner != run.info.run_id:  # another worker got there first
-        mlflow.MlflowClient().delete_run(run.info.run_id)
-    return str(winner)
-
-
-def _redact(url: str) -> str:
-    """Storage URLs may hold a password (postgresql://user:secret@host/db)."""
-    import re
-
-    return re.sub(r"//([^:/@]+):[^@]+@", r"//\1:***@", url)
-
-
-def _log_trial(
-    report: CalibrationReport,
-    result: FitResult,
-    prepared: Prepared,
-    spec: StrategySpec,
-    number: int,
-    parent_run_id: str | None,
-    tracking_uri: str | None,
-) -> str:
-    import mlflow
-
-    configure_tracking(tracking_uri, prepared.root)
-    experiment_id = ensure_experiment(prepared.config.judge.name, prepared.root)
-    client = mlflow.MlflowClient()
-    tags = {"judgecal.strategy": spec.name, "judgecal.trial": str(number)}
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(experiment_id, run_name=f"trial-{number}-{spec.name}", tags=tags)
-    with mlflow.start_run(run_id=run.info.run_id):
-        from judgecal.experiment import calibration_params
-
-        report.strategy = spec.name
-        mlflow.log_params(
-            {**calibration_params(report, prepared), **{f"trial.{k}": str(v) for k, v in result.params.items()}}
-        )
-        mlflow.log_metrics(tracked_metrics(report))
-        log_judge_artifacts(report, result.judge, prepared)
     return run.info.run_id
 
 
-def leaderboard(study: Any) -> list[TrialRow]:
-    rows = []
-    for trial in study.get_trials(deepcopy=False):
-        attrs = trial.user_attrs
-        test = attrs.get("test_kappa") or [None, None, None]
-        rows.append(
-            TrialRow(
-                number=trial.number,
-                state=trial.state.name,
-                strategy=str(trial.params.get("strategy", "?")),
-                params={k: v for k, v in trial.params.items() if k != "strategy"},
-                dev_kappa=trial.value,
-                test_kappa=test[0],
-                test_low=test[1],
-                test_high=test[2],
-                lm_calls=attrs.get("lm_calls"),
-                seconds=attrs.get("fit_seconds"),
-                run_id=attrs.get("run_id"),
-                worker=attrs.get("worker"),
-                duplicate_of=attrs.get("duplicate_of"),
-                error=trial.system_attrs.get("fail_reason") if hasattr(trial, "system_attrs") else None,
-            )
-        )
-    return sorted(rows, key=lambda r: (r.dev_kappa is None, -(r.dev_kappa or 0.0), r.number))
+def log_trial(
+    frozen: Any, study: Any, parent_run_id: str, experiment_id: str, tracking_uri: str | None, prepared: Prepared
+) -> None:
+    """Every trial is a child run, repeated, pruned and failed ones included, with its state."""
+    import mlflow
+
+    configure_tracking(tracking_uri, prepared.root)
+    client = mlflow.MlflowClient()
+    attrs = frozen.user_attrs
+    strategy = str(frozen.params.get("strategy", "?"))
+    tags = {
+        "mlflow.parentRunId": parent_run_id,
+        "judgecal.strategy": strategy,
+        "judgecal.trial": str(frozen.number),
+        "judgecal.trial_state": frozen.state.name,
+    }
+    if attrs.get("duplicate_of") is not None:
+        tags["judgecal.repeat_of"] = str(attrs["duplicate_of"])
+    if attrs.get("error"):
+        tags["judgecal.error"] = str(attrs["error"])[:5000]
+    run = client.create_run(experiment_id, run_name=f"trial-{frozen.number}-{strategy}", tags=tags)
+    run_id = run.info.run_id
+    params = {f"trial.{k}": str(v)[:500] for k, v in frozen.params.items()}
+    if attrs.get("rule"):
+        params["selection.rule"] = attrs["rule"]
+    client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
+    metrics = {}
+    if frozen.value is not None:
+        metrics["selection.kappa"] = float(frozen.value)
+    if attrs.get("se") is not None and math.isfinite(attrs["se"]):
+        metrics["selection.kappa_se"] = float(attrs["se"])
+    for key in ("lm_calls", "fit_seconds", "pruned_after_rows"):
+        if attrs.get(key) is not None:
+            metrics[f"cost.{key}"] = float(attrs[key])
+    import time
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, now, 0) for k, v in metrics.items()])
+    status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}.get(frozen.state.name, "FINISHED")
+    client.set_terminated(run_id, status=status)
+    study.set_user_attr(f"run_id.{frozen.number}", run_id)  # a finished trial's own attributes are frozen
 
 
 def leaderboard_markdown(report: SearchReport) -> str:
     lines = [
         f"# Search {report.study_name}",
         "",
-        "Selected by κ on dev; test κ (95% group-bootstrap interval) is reported, never used for selection.",
+        "Trials are scored without test rows: cross-validated κ (mean ± standard error over grouped folds of "
+        "train + dev) for strategies that make no LM calls to fit, dev κ for those that do. "
+        "Repeated settings are answered from the earlier trial and do not count toward the budget.",
         "",
-        "| trial | strategy | settings | state | dev κ | test κ [95% interval] | LM calls | fit s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| trial | strategy | settings | state | rule | κ | ± SE | LM calls | fit s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    if report.raw_dev is not None:
+        lines.append(f"| raw | (the judge as it is) | – | – | dev | {report.raw_dev:.3f} | – | – | – |")
+    best = report.best
     for row in report.rows:
-        test = "–" if row.test_kappa is None else f"{row.test_kappa:.3f} [{row.test_low:.3f}, {row.test_high:.3f}]"
         settings = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in row.params.items()) or "–"
-        marker = " **best**" if report.best is not None and row.number == report.best.number else ""
-        dev = "–" if row.dev_kappa is None else f"{row.dev_kappa:.3f}"
         if row.duplicate_of is not None:
-            settings += f" (same as trial {row.duplicate_of})"
+            settings += f" (repeat of trial {row.duplicate_of})"
+        marker = " **selected**" if best is not None and row.number == best.number else ""
+        score = "–" if row.score is None else f"{row.score:.3f}"
+        se = "–" if row.se is None or not math.isfinite(row.se) else f"{row.se:.3f}"
+        state = row.state.lower() + (f": {row.error[:80]}" if row.error else "")
         lines.append(
-            f"| {row.number}{marker} | {row.strategy} | {settings} | {row.state} | {dev} | {test} | "
-            f"{row.lm_calls if row.lm_calls is not None else '–'} | "
-            f"{row.seconds if row.seconds is not None else '–'} |"
+            f"| {row.number}{marker} | {row.strategy} | {settings} | {state} | {row.rule or '–'} | {score} | {se} | "
+            f"{row.lm_calls if row.lm_calls is not None else '–'} | {row.seconds if row.seconds is not None else '–'} |"
         )
+    if report.choice is not None:
+        lines += ["", "## Selection", "", report.choice.rule + ".", ""]
+        lines += [f"- {step}" for step in report.choice.steps]
     return "\n".join(lines) + "\n"
 
 
@@ -395,52 +666,41 @@ def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _log_leaderboard(report: SearchReport, config: ExperimentConfig) -> None:
+def log_parent(report: SearchReport, prepared: Prepared, tracking_uri: str | None) -> None:
+    """The parent run holds the selected judge's report on test (raw, calibrated, Δ, the
+    card, the bundle and the model) and the leaderboard."""
     import mlflow
 
     from judgecal import plots
 
+    calibration = report.calibration
+    assert calibration is not None and report.parent_run_id is not None and report.best is not None
+    judge = calibration.calibrated_judge
+    assert judge is not None
+    track_calibration(calibration, judge, prepared, tracking_uri=tracking_uri, run_id=report.parent_run_id)
     client = mlflow.MlflowClient()
     run_id = report.parent_run_id
-    assert run_id is not None
     client.log_dict(run_id, [row.__dict__ for row in report.rows], "leaderboard.json")
     client.log_text(run_id, leaderboard_markdown(report), "leaderboard.md")
-    if report.best is not None:
-        client.log_metric(run_id, "best.dev_kappa", float(report.best.dev_kappa or 0.0))
-        if report.best.test_kappa is not None:
-            client.log_metric(run_id, "best.test_kappa", float(report.best.test_kappa))
-        client.set_tag(run_id, "judgecal.best_trial", str(report.best.number))
-        client.set_tag(run_id, "judgecal.best_strategy", report.best.strategy)
-    complete = [r for r in report.rows if r.test_kappa is not None]
+    client.set_tag(run_id, "judgecal.best_trial", str(report.best.number))
+    client.set_tag(run_id, "judgecal.best_strategy", report.best.strategy)
+    scored = [r for r in report.rows if r.score is not None and r.duplicate_of is None]
     with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch)
-        if complete:
-            estimates = {
-                f"#{r.number} {r.strategy}": {
-                    "test κ": (r.test_kappa, r.test_low, r.test_high),
-                    "dev κ": (r.dev_kappa, r.dev_kappa, r.dev_kappa),
-                }
-                for r in complete[:12]
+        estimates = {
+            f"#{r.number} {r.strategy}": {
+                "selection κ": (r.score, r.score - (r.se or 0.0), r.score + (r.se or 0.0))
+                if r.se is not None and math.isfinite(r.se)
+                else (r.score, r.score, r.score)
             }
-            path = plots.metric_intervals(
-                ["dev κ", "test κ"],
-                estimates,
-                folder / "leaderboard.png",
-                title=f"{config.judge.name}: trials by dev κ (test κ with 95% interval)",
-            )
-            client.log_artifact(run_id, str(path))
-        if report.best is not None and report.best.run_id:
-            bundle = mlflow.artifacts.download_artifacts(
-                run_id=report.best.run_id, artifact_path="bundle", dst_path=str(folder / "best")
-            )
-            with mlflow.start_run(run_id=run_id):
-                from judgecal.export import log_judge_model
-
-                mlflow.log_artifacts(bundle, artifact_path="bundle")
-                log_judge_model(Path(bundle), input_names=_input_names(config))
-
-
-def _input_names(config: ExperimentConfig) -> list[str]:
-    from judgecal.tasks import resolve_task
-
-    return list(resolve_task(config.judge.task).spec.input_names)
+            for r in scored[:12]
+        }
+        if report.raw_dev is not None:
+            estimates = {"raw judge (dev)": {"selection κ": (report.raw_dev,) * 3}, **estimates}
+        path = plots.metric_intervals(
+            ["selection κ"],
+            estimates,
+            Path(scratch) / "leaderboard.png",
+            title=f"{prepared.config.judge.name}: trials by selection κ (± one standard error; no test rows)",
+            xlabel="selection κ: cross-validated over train + dev, or on dev",
+        )
+        client.log_artifact(run_id, str(path))

@@ -1,20 +1,24 @@
-"""Calibration strategies: every lever, fitted on train, tuned on dev, judged the same way.
+"""Calibration strategies, as estimators.
 
-A strategy turns the raw judge plus human labels into a calibrated judge:
+A strategy turns the raw judge plus human labels into a calibrated judge. Each is a class
+in the style of scikit-learn: the constructor only stores its settings, ``fit(train,
+dev=None)`` learns and returns ``self``, fitted state lives in attributes ending in ``_``,
+``get_params`` / ``set_params`` come from ``BaseEstimator``, and the Optuna search space
+is declared beside the class (``search_space``) and applied with ``set_params``.
 
-* **DSPy optimizers** (``labeled_few_shot`` … ``gepa``) rewrite the judge's instructions and
-  demos (see :mod:`judgecal.calibration`).
-* **Post-hoc decisions** keep the judge and change how its answer is read: ``threshold``
-  (the cut on P(positive) that maximises κ on dev), ``base_rate`` (the cut that selects
-  as often as humans do on dev), ``order_swap`` (pairwise: judge both orders, reconcile).
-* **Trained verifiers** (``verifier``) learn the human labels from the inputs directly.
-* **Stacking** (``stacking``) combines the judge's probability, recorded judges' verdicts
-  and the verifier's out-of-fold score in one logistic model.
+* **DSPy optimizers** (:class:`PromptOptimizer`: ``labeled_few_shot`` … ``gepa``) rewrite
+  the judge's instructions and demos; dev selects among their candidates.
+* **Post-hoc decisions** keep the judge and change how its answer is read:
+  :class:`ThresholdJudge` (``threshold``: the cut on P(positive) that maximises κ;
+  ``base_rate``: the cut that selects as often as humans do), :class:`OrderSwapJudge`
+  (pairwise: judge both orders, reconcile).
+* **Trained verifiers** (:class:`VerifierJudge`) learn the human labels from the inputs.
+* **Stacking** (:class:`StackingJudge`) combines the judge's probability, every recorded
+  judge's verdict and the out-of-fold scores of the verifiers in one head.
 
 Every fitted judge answers ``predict(rows) -> list[Verdict]`` and saves a plain-JSON
-``state()``; :func:`judge_from_state` rebuilds it without running code from the state.
-Fitting and selection only ever see train and dev rows: a :class:`RowGuard` holding the
-test ids checks every call and raises if one slips in.
+``state()``: its settings plus what it learned. :func:`judge_from_state` rebuilds it
+without running code from the state.
 """
 
 from __future__ import annotations
@@ -22,22 +26,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
 from judgecal.calibration import CalibrationConfig, calibrate_program
 from judgecal.data import LabeledRow, LabelValue
 from judgecal.judges import Judge, JudgeProgram, ProgressFactory, Verdict, answer_key, swap_pair
-from judgecal.metrics import LabelSpace, confusion, kappa_from_confusion
+from judgecal.metrics import LabelSpace, kappa_from_confusion
 from judgecal.tasks import Task
-from judgecal.verifier import (
-    EmbeddingVerifier,
-    TextVerifier,
-    embeddings_available,
-    out_of_fold_proba,
-    verifier_from_state,
-)
+from judgecal.verifier import FLIP, Verifier, embeddings_available, grouped_folds, head_from_state, verifier_from_state
 
 EPSILON = 1e-3
 
@@ -48,10 +47,21 @@ class LeakError(AssertionError):
 
 @dataclass
 class RowGuard:
-    """Holds the test ids; every fit and selection step passes its rows through ``check``."""
+    """Holds the test rows; every fit and selection step passes its rows through ``check``,
+    and a compiled program's demos through ``check_demos`` (matched by their inputs, since
+    demos an optimizer bootstraps carry no row id)."""
 
     forbidden: frozenset[str]
     seen: dict[str, set[str]] = field(default_factory=dict)
+    forbidden_inputs: frozenset[str] = frozenset()
+
+    @classmethod
+    def for_rows(cls, test: Sequence[LabeledRow], others: Sequence[LabeledRow] = ()) -> RowGuard:
+        """A guard against ``test``; inputs that also occur among ``others`` (train, dev)
+        cannot tell where a demo came from, so they are not treated as leaks."""
+        allowed = {_inputs_key(row.inputs) for row in others}
+        forbidden = frozenset(key for key in (_inputs_key(row.inputs) for row in test) if key not in allowed)
+        return cls(frozenset(row.id for row in test), forbidden_inputs=forbidden)
 
     def check(self, rows: Sequence[LabeledRow], step: str) -> Sequence[LabeledRow]:
         ids = {row.id for row in rows}
@@ -61,25 +71,81 @@ class RowGuard:
             raise LeakError(f"{len(leaked)} test rows reached '{step}', e.g. {sorted(leaked)[:3]}")
         return rows
 
+    def check_demos(self, judge: Any, input_names: Sequence[str], step: str) -> None:
+        program = getattr(judge, "program", None)
+        if program is None or not self.forbidden_inputs:
+            return
+        for predictor in program.predictors():
+            for demo in predictor.demos:
+                inputs = {name: demo.get(name) for name in input_names} if hasattr(demo, "get") else {}
+                if _inputs_key(inputs) in self.forbidden_inputs:
+                    raise LeakError(f"a test row reached '{step}' as a demo: {str(inputs)[:120]}")
+
+
+def _inputs_key(inputs: dict[str, Any]) -> str:
+    import json
+
+    def plain(value: Any) -> Any:
+        if hasattr(value, "model_dump"):
+            return value.model_dump()
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return json.dumps({k: plain(v) for k, v in sorted(inputs.items())}, sort_keys=True, ensure_ascii=False, default=str)
+
 
 # ---------------------------------------------------------------------------------------
-# Fitted judges
+# Fitted judges: the common interface
 # ---------------------------------------------------------------------------------------
 
 
-class FittedJudge:
-    """A judge after calibration: rows in, verdicts out, state to save."""
+class FittedJudge(BaseEstimator):
+    """A judge: rows in, verdicts out, state to save. Strategies subclass it; a judge with
+    nothing to learn fits as a no-op."""
 
-    kind = "abstract"
+    kind: ClassVar[str] = "abstract"
 
-    def __init__(self, task: Task, name: str) -> None:
-        self.task = task
-        self.name = name
+    @property
+    def task(self) -> Task:
+        """The judge's own task, else its base judge's."""
+        own = self.__dict__.get("_task")
+        if own is not None:
+            return own
+        base = getattr(self, "base", None)
+        if base is not None:
+            return base.task
+        raise ValueError(f"{type(self).__name__} has no task: give it one, or a base judge")
+
+    @task.setter
+    def task(self, value: Task | None) -> None:
+        self.__dict__["_task"] = value
+
+    @property
+    def name(self) -> str:
+        """The judge's own name, else its base judge's (the experiment's judge name)."""
+        own = self.__dict__.get("_name")
+        if own:
+            return own
+        base = getattr(self, "base", None)
+        return base.name if base is not None else self.task.name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self.__dict__["_name"] = value
 
     @property
     def space(self) -> LabelSpace:
         spec = self.task.spec
         return LabelSpace(labels=spec.labels, positive=spec.positive, ordinal=spec.is_ordinal)
+
+    @property
+    def uses_lm(self) -> bool:
+        base = getattr(self, "base", None)
+        return bool(base is not None and base.uses_lm)
+
+    def fit(self, train: Sequence[LabeledRow], dev: Sequence[LabeledRow] | None = None) -> FittedJudge:
+        return self
 
     def predict(
         self, rows: Sequence[LabeledRow], *, progress: ProgressFactory | None = None, description: str = ""
@@ -91,6 +157,11 @@ class FittedJudge:
     ) -> list[Verdict]:
         swapped = [row.model_copy(update={"inputs": swap_pair(row.inputs)}) for row in rows]
         return self.predict(swapped, progress=progress, description=description)
+
+    def state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # -- drop-in use -------------------------------------------------------------------
 
     def __call__(self, **inputs: Any) -> Verdict:
         return self.predict([self._row(inputs)])[0]
@@ -164,82 +235,6 @@ class FittedJudge:
 
         return mlflow_scorer(self, name=name)
 
-    def state(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    @property
-    def uses_lm(self) -> bool:
-        return False
-
-
-class ProgramJudge(FittedJudge):
-    """The LLM judge: a DSPy program run by an LM (raw, or compiled by an optimizer)."""
-
-    kind = "program"
-
-    def __init__(self, task: Task, program: JudgeProgram, lm: Any, name: str) -> None:
-        super().__init__(task, name)
-        self.judge = Judge(task, program, lm=lm, name=name)
-
-    @property
-    def program(self) -> JudgeProgram:
-        return self.judge.program
-
-    @property
-    def uses_lm(self) -> bool:
-        return True
-
-    def predict(self, rows, *, progress=None, description=""):
-        return self.judge.predict(rows, progress=progress, description=description or self.name)
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "program": self.program.dump_state(),
-            "verbalized": bool(getattr(self.program, "verbalized", False)),
-        }
-
-
-class RecordedJudge(FittedJudge):
-    """Verdicts that already exist: a ``reference_judges`` field of the rows, or a verdicts
-    file keyed by row id (optionally with a probability). No model is called."""
-
-    kind = "recorded"
-
-    def __init__(
-        self, task: Task, source: str, name: str, verdicts: dict[str, tuple[LabelValue, float | None]] | None = None
-    ) -> None:
-        super().__init__(task, name)
-        self.source = source
-        self.verdicts = verdicts
-
-    def predict(self, rows, *, progress=None, description=""):
-        positive = self.task.spec.positive
-        out = []
-        for row in rows:
-            if self.verdicts is not None:
-                label, probability = self.verdicts.get(row.id, (None, None))
-            else:
-                label, probability = row.reference_judges.get(self.source), None
-            if label is None:
-                out.append(Verdict(label=None, error=f"no recorded verdict of {self.source!r} for row {row.id!r}"))
-                continue
-            probabilities = None
-            if positive is not None:
-                p = probability if probability is not None else float(label == positive)
-                probabilities = {answer_key(positive): p, answer_key(_negative(self.task)): 1 - p}
-            else:
-                probabilities = {answer_key(v): float(v == label) for v in self.task.spec.labels}
-            out.append(
-                Verdict(label=label, confidence=probabilities.get(answer_key(label)), probabilities=probabilities)
-            )
-        return out
-
-    def state(self) -> dict[str, Any]:
-        if self.verdicts is not None:
-            raise ValueError("a judge reading a verdicts file cannot be saved as a portable judge")
-        return {"kind": self.kind, "source": self.source}
-
 
 def _field(obj: Any, name: str) -> Any:
     if obj is None:
@@ -269,105 +264,20 @@ def positive_probability(verdicts: Sequence[Verdict], task: Task) -> np.ndarray:
     return np.asarray(out, dtype=float)
 
 
-class ThresholdJudge(FittedJudge):
-    """Reads a binary judge's P(positive) against a cut chosen on dev."""
-
-    kind = "threshold"
-
-    def __init__(self, task: Task, base: FittedJudge, threshold: float, rule: str, name: str) -> None:
-        super().__init__(task, name)
-        self.base = base
-        self.threshold = threshold
-        self.rule = rule
-
-    @property
-    def uses_lm(self) -> bool:
-        return self.base.uses_lm
-
-    def predict(self, rows, *, progress=None, description=""):
-        base = self.base.predict(rows, progress=progress, description=description or self.name)
-        p = positive_probability(base, self.task)
-        positive, negative = self.task.spec.positive, _negative(self.task)
-        out = []
-        for verdict, probability in zip(base, p, strict=True):
-            if verdict.label is None:
-                out.append(verdict)
+def label_probabilities(verdicts: Sequence[Verdict], task: Task) -> np.ndarray:
+    """P(each label) per verdict, columns in label order; a verdict without probabilities is
+    one-hot, a missing verdict uniform."""
+    labels = task.spec.labels
+    out = np.full((len(verdicts), len(labels)), 1.0 / len(labels))
+    for i, verdict in enumerate(verdicts):
+        if verdict.probabilities:
+            values = np.array([verdict.probabilities.get(answer_key(label), 0.0) for label in labels])
+            if values.sum() > 0:
+                out[i] = values / values.sum()
                 continue
-            label = positive if probability >= self.threshold else negative
-            out.append(
-                Verdict(
-                    label=label,
-                    confidence=probability if label == positive else 1 - probability,
-                    probabilities=verdict.probabilities,
-                )
-            )
-        return out
-
-    def state(self) -> dict[str, Any]:
-        return {"kind": self.kind, "threshold": self.threshold, "rule": self.rule, "base": self.base.state()}
-
-
-class OrderSwapJudge(FittedJudge):
-    """Pairwise: judges both orders and reconciles. With probabilities, the two
-    distributions are averaged (A in one order is B in the other); without, a
-    disagreement becomes a tie."""
-
-    kind = "order_swap"
-
-    def __init__(self, task: Task, base: FittedJudge, name: str) -> None:
-        super().__init__(task, name)
-        self.base = base
-
-    @property
-    def uses_lm(self) -> bool:
-        return self.base.uses_lm
-
-    def predict(self, rows, *, progress=None, description=""):
-        first = self.base.predict(rows, progress=progress, description=description or self.name)
-        second = self.base.predict_swapped(
-            rows, progress=progress, description=(description or self.name) + " (swapped)"
-        )
-        flip = {"A": "B", "B": "A"}
-        out = []
-        for one, two in zip(first, second, strict=True):
-            if one.label is None or two.label is None:
-                out.append(one if two.label is None else Verdict(label=flip.get(str(two.label), two.label)))
-                continue
-            if one.probabilities and two.probabilities:
-                merged = {
-                    key: (one.probabilities.get(key, 0.0) + two.probabilities.get(flip.get(key, key), 0.0)) / 2
-                    for key in one.probabilities
-                }
-                label = max(merged, key=merged.__getitem__)
-                out.append(Verdict(label=label, confidence=merged[label], probabilities=merged))
-            else:
-                agreed = flip.get(str(two.label), two.label) == one.label
-                out.append(Verdict(label=one.label if agreed else "tie"))
-        return out
-
-    def state(self) -> dict[str, Any]:
-        return {"kind": self.kind, "base": self.base.state()}
-
-
-class VerifierJudge(FittedJudge):
-    """A trained verifier; for binary tasks its P(positive) is cut at a threshold chosen on dev."""
-
-    kind = "verifier"
-
-    def __init__(self, task: Task, verifier: TextVerifier, threshold: float | None, name: str) -> None:
-        super().__init__(task, name)
-        self.verifier = verifier
-        self.threshold = threshold
-
-    def probabilities(self, rows: Sequence[LabeledRow]) -> np.ndarray:
-        return self.verifier.predict_proba([row.inputs for row in rows])
-
-    def predict(self, rows, *, progress=None, description=""):
-        proba = self.probabilities(rows)
-        return [_verdict_from_proba(self.task, p, self.threshold) for p in proba]
-
-    def state(self) -> dict[str, Any]:
-        return {"kind": self.kind, "threshold": self.threshold, "verifier": self.verifier.state()}
+        if verdict.label is not None:
+            out[i] = [float(label == verdict.label) for label in labels]
+    return out
 
 
 def _verdict_from_proba(task: Task, proba: np.ndarray, threshold: float | None) -> Verdict:
@@ -382,69 +292,6 @@ def _verdict_from_proba(task: Task, proba: np.ndarray, threshold: float | None) 
     return Verdict(label=label, confidence=distribution[answer_key(label)], probabilities=distribution)
 
 
-class StackedJudge(FittedJudge):
-    """Logistic regression over the judges' P(positive) (as logits) and the verifier's,
-    fitted on train; its output is cut at a threshold chosen on dev."""
-
-    kind = "stacked"
-
-    def __init__(
-        self,
-        task: Task,
-        components: list[FittedJudge],
-        verifier: TextVerifier | None,
-        coef: list[float],
-        intercept: float,
-        threshold: float,
-        name: str,
-    ) -> None:
-        super().__init__(task, name)
-        self.components = components
-        self.verifier = verifier
-        self.coef = np.asarray(coef, dtype=float)
-        self.intercept = float(intercept)
-        self.threshold = threshold
-
-    @property
-    def uses_lm(self) -> bool:
-        return any(c.uses_lm for c in self.components)
-
-    def features(self, rows: Sequence[LabeledRow], *, progress: ProgressFactory | None = None) -> np.ndarray:
-        columns = [logit(positive_probability(c.predict(rows, progress=progress), self.task)) for c in self.components]
-        if self.verifier is not None:
-            columns.append(
-                logit(
-                    self.verifier.predict_proba([r.inputs for r in rows])[
-                        :, self.task.spec.labels.index(self.task.spec.positive)
-                    ]
-                )
-            )
-        return np.column_stack(columns)
-
-    def predict(self, rows, *, progress=None, description=""):
-        p = sigmoid(self.features(rows, progress=progress) @ self.coef + self.intercept)
-        return [_verdict_from_proba(self.task, np.array([q, 1 - q]), self.threshold) for q in p]
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "components": [c.state() for c in self.components],
-            "verifier": self.verifier.state() if self.verifier is not None else None,
-            "coef": self.coef.tolist(),
-            "intercept": self.intercept,
-            "threshold": self.threshold,
-        }
-
-
-def _without_lms(program_state: dict[str, Any]) -> dict[str, Any]:
-    """A saved program never carries an LM: DSPy's LM state can name engine classes to
-    import, and a judge's LM comes from its bundle settings instead."""
-    return {
-        name: ({**value, "lm": None} if isinstance(value, dict) and "lm" in value else value)
-        for name, value in program_state.items()
-    }
-
-
 def logit(p: np.ndarray) -> np.ndarray:
     q = np.clip(np.asarray(p, dtype=float), 0.02, 0.98)
     return np.log(q / (1 - q))
@@ -452,6 +299,625 @@ def logit(p: np.ndarray) -> np.ndarray:
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
+
+
+# ---------------------------------------------------------------------------------------
+# Judges that are given, not fitted
+# ---------------------------------------------------------------------------------------
+
+
+class ProgramJudge(FittedJudge):
+    """The LLM judge: a DSPy program run by an LM (raw, or compiled by an optimizer)."""
+
+    kind = "program"
+
+    def __init__(self, task: Task, program: JudgeProgram, lm: Any, name: str) -> None:
+        self.task = task
+        self.program = program
+        self.lm = lm
+        self.name = name
+        self.judge = Judge(task, program, lm=lm, name=name)
+
+    @property
+    def uses_lm(self) -> bool:
+        return True
+
+    def predict(self, rows, *, progress=None, description=""):
+        return self.judge.predict(rows, progress=progress, description=description or self.name)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "program": self.program.dump_state(),
+            "verbalized": bool(getattr(self.program, "verbalized", False)),
+        }
+
+
+class RecordedJudge(FittedJudge):
+    """Verdicts that already exist: a ``reference_judges`` field of the rows, or a verdicts
+    file keyed by row id (optionally with a probability). No model is called."""
+
+    kind = "recorded"
+
+    def __init__(
+        self, task: Task, source: str, name: str, verdicts: dict[str, tuple[LabelValue, float | None]] | None = None
+    ) -> None:
+        self.task = task
+        self.source = source
+        self.name = name
+        self.verdicts = verdicts
+
+    def predict(self, rows, *, progress=None, description=""):
+        positive = self.task.spec.positive
+        out = []
+        for row in rows:
+            if self.verdicts is not None:
+                label, probability = self.verdicts.get(row.id, (None, None))
+            else:
+                label, probability = row.reference_judges.get(self.source), None
+            if label is None:
+                out.append(Verdict(label=None, error=f"no recorded verdict of {self.source!r} for row {row.id!r}"))
+                continue
+            if positive is not None:
+                p = probability if probability is not None else float(label == positive)
+                probabilities = {answer_key(positive): p, answer_key(_negative(self.task)): 1 - p}
+            else:
+                probabilities = {answer_key(v): float(v == label) for v in self.task.spec.labels}
+            out.append(
+                Verdict(label=label, confidence=probabilities.get(answer_key(label)), probabilities=probabilities)
+            )
+        return out
+
+    def state(self) -> dict[str, Any]:
+        if self.verdicts is not None:
+            raise ValueError("a judge reading a verdicts file cannot be saved as a portable judge")
+        return {"kind": self.kind, "source": self.source}
+
+
+class MemoJudge(FittedJudge):
+    """Another judge whose answers are kept per row id, so that every trial of a search
+    (and the report) asks the model about a row once. Verdicts that failed are not kept."""
+
+    kind = "memo"
+
+    def __init__(self, base: FittedJudge) -> None:
+        self.base = base
+
+    def _answers(self, rows: Sequence[LabeledRow], swapped: bool, progress: Any, description: str) -> list[Verdict]:
+        memo: dict[tuple[str, bool], Verdict] = self.__dict__.setdefault("_memo", {})
+        missing = [row for row in rows if (row.id, swapped) not in memo]
+        fresh: dict[tuple[str, bool], Verdict] = {}
+        if missing:
+            judge = self.base.predict_swapped if swapped else self.base.predict
+            for row, verdict in zip(missing, judge(missing, progress=progress, description=description), strict=True):
+                fresh[(row.id, swapped)] = verdict
+                if verdict.label is not None:
+                    memo[(row.id, swapped)] = verdict
+        return [memo.get((row.id, swapped)) or fresh[(row.id, swapped)] for row in rows]
+
+    def predict(self, rows, *, progress=None, description=""):
+        return self._answers(rows, False, progress, description)
+
+    def predict_swapped(self, rows, *, progress=None, description=""):
+        return self._answers(rows, True, progress, description)
+
+    def state(self) -> dict[str, Any]:
+        return self.base.state()
+
+    @property
+    def program(self) -> Any:
+        return getattr(self.base, "program", None)
+
+
+def unwrap(judge: FittedJudge) -> FittedJudge:
+    """The judge behind any memo."""
+    while isinstance(judge, MemoJudge):
+        judge = judge.base
+    return judge
+
+
+# ---------------------------------------------------------------------------------------
+# DSPy optimizers
+# ---------------------------------------------------------------------------------------
+
+
+class PromptOptimizer(FittedJudge):
+    """A DSPy optimizer compiling the judge's program on train, choosing among its
+    candidates on dev; the compiled program is the fitted state."""
+
+    kind = "program"
+    SEARCHED: ClassVar[dict[str, tuple[str, ...]]] = {
+        "labeled_few_shot": ("seed", "max_labeled_demos"),
+        "bootstrap_few_shot": ("seed", "max_labeled_demos", "max_bootstrapped_demos"),
+        "bootstrap_random_search": ("seed", "max_labeled_demos", "max_bootstrapped_demos", "num_candidate_programs"),
+        "mipro": ("seed", "max_labeled_demos", "max_bootstrapped_demos"),
+        "copro": ("seed",),
+        "simba": ("seed", "max_labeled_demos"),
+        "gepa": ("seed",),
+    }
+
+    def __init__(
+        self,
+        base: FittedJudge | None = None,
+        optimizer: str = "bootstrap_random_search",
+        seed: int = 0,
+        max_labeled_demos: int = 4,
+        max_bootstrapped_demos: int = 2,
+        num_candidate_programs: int = 4,
+        settings: CalibrationConfig | None = None,
+    ) -> None:
+        self.base = base
+        self.optimizer = optimizer
+        self.seed = seed
+        self.max_labeled_demos = max_labeled_demos
+        self.max_bootstrapped_demos = max_bootstrapped_demos
+        self.num_candidate_programs = num_candidate_programs
+        self.settings = settings
+
+    @classmethod
+    def search_space(cls, trial: Any, optimizer: str) -> dict[str, Any]:
+        ranges = {"seed": (0, 9), "max_labeled_demos": (0, 4), "max_bootstrapped_demos": (0, 3)}
+        ranges["num_candidate_programs"] = (1, 4)
+        return {name: trial.suggest_int(f"{optimizer}.{name}", *ranges[name]) for name in cls.SEARCHED[optimizer]}
+
+    def fit(self, train, dev=None):
+        raw = unwrap(self.base) if self.base is not None else None
+        if not isinstance(raw, ProgramJudge):
+            raise ValueError(f"{self.optimizer} needs an LLM judge program (the raw judge is recorded verdicts)")
+        if not dev:
+            raise ValueError(f"{self.optimizer} needs dev rows to choose among its candidates")
+        config = (self.settings or CalibrationConfig()).model_copy(
+            update={
+                "optimizer": self.optimizer,
+                "seed": self.seed,
+                "max_labeled_demos": self.max_labeled_demos,
+                "max_bootstrapped_demos": self.max_bootstrapped_demos,
+                "num_candidate_programs": self.num_candidate_programs,
+            }
+        )
+        result = calibrate_program(raw.task, raw.lm, train, dev, config)
+        self.program_ = result.program
+        self.judge_ = ProgramJudge(raw.task, result.program, raw.lm, raw.name)
+        return self
+
+    @property
+    def program(self) -> JudgeProgram:
+        return self.judge_.program
+
+    def predict(self, rows, *, progress=None, description=""):
+        return self.judge_.predict(rows, progress=progress, description=description)
+
+    def state(self) -> dict[str, Any]:
+        return self.judge_.state()
+
+
+# ---------------------------------------------------------------------------------------
+# Decision thresholds
+# ---------------------------------------------------------------------------------------
+
+
+def kappa_threshold(probability: np.ndarray, positive: np.ndarray) -> float:
+    """The cut on P(positive) that maximises Cohen's κ on these rows. Candidates are the
+    midpoints between observed probabilities; among equal κ the widest gap wins."""
+    values = np.unique(np.asarray(probability, dtype=float))
+    edges = np.concatenate([[values[0] - EPSILON], values, [values[-1] + EPSILON]])
+    candidates = (edges[:-1] + edges[1:]) / 2
+    gaps = edges[1:] - edges[:-1]
+    y = np.asarray(positive, dtype=bool)
+    p = np.asarray(probability, dtype=float)
+    picked = p[None, :] >= candidates[:, None]
+    true_pos = (picked & y).sum(axis=1)
+    false_pos = (picked & ~y).sum(axis=1)
+    false_neg = (~picked & y).sum(axis=1)
+    true_neg = (~picked & ~y).sum(axis=1)
+    matrices = np.stack([np.stack([true_pos, false_neg], -1), np.stack([false_pos, true_neg], -1)], -2)
+    cms = np.zeros((len(candidates), 3, 3))
+    cms[:, :2, :2] = matrices
+    scores = np.nan_to_num(kappa_from_confusion(cms), nan=-np.inf)
+    best = np.flatnonzero(scores >= scores.max() - 1e-12)
+    return float(candidates[best[np.argmax(gaps[best])]])
+
+
+def base_rate_threshold(probability: np.ndarray, positive: np.ndarray) -> float:
+    """The cut that selects the same share of rows as humans marked positive."""
+    rate = float(np.mean(positive))
+    if rate <= 0:
+        return float(np.max(probability)) + EPSILON
+    return float(np.quantile(np.asarray(probability, dtype=float), 1 - rate, method="higher"))
+
+
+RULES: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "kappa": kappa_threshold,
+    "base_rate": base_rate_threshold,
+}
+
+
+class ThresholdJudge(FittedJudge):
+    """Reads a binary judge's P(positive) against a cut: the κ-maximising one (``rule =
+    "kappa"``) or the one selecting the human rate (``"base_rate"``), chosen on dev when
+    given, else on the rows it is fitted on (the judge itself learns nothing from them)."""
+
+    kind = "threshold"
+
+    def __init__(self, base: FittedJudge | None = None, rule: str = "kappa") -> None:
+        self.base = base
+        self.rule = rule
+
+    def fit(self, train, dev=None):
+        assert self.base is not None
+        rows = dev or train
+        self.base_, p = _scored_base(self.base, rows)
+        positive = np.array([row.label == self.task.spec.positive for row in rows])
+        self.threshold_ = RULES[self.rule](p, positive)
+        return self
+
+    def predict(self, rows, *, progress=None, description=""):
+        base = self.base_.predict(rows, progress=progress, description=description)
+        p = positive_probability(base, self.task)
+        positive, negative = self.task.spec.positive, _negative(self.task)
+        out = []
+        for verdict, probability in zip(base, p, strict=True):
+            if verdict.label is None:
+                out.append(verdict)
+                continue
+            label = positive if probability >= self.threshold_ else negative
+            out.append(
+                Verdict(
+                    label=label,
+                    confidence=probability if label == positive else 1 - probability,
+                    probabilities=verdict.probabilities,
+                )
+            )
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "rule": self.rule, "threshold": self.threshold_, "base": self.base_.state()}
+
+
+def _scored_base(base: FittedJudge, rows: Sequence[LabeledRow]) -> tuple[FittedJudge, np.ndarray]:
+    """The judge's P(positive) on ``rows``. A live judge whose backend gives no token
+    probabilities is swapped for the same program stating a 0–100 score."""
+    verdicts = base.predict(rows, description="threshold: scoring")
+    raw = unwrap(base)
+    if isinstance(raw, ProgramJudge) and all(v.probabilities is None for v in verdicts):
+        stated = ProgramJudge(raw.task, JudgeProgram(raw.task.signature, verbalized=True), raw.lm, raw.name)
+        base = MemoJudge(stated)
+        verdicts = base.predict(rows, description="threshold: stated scores")
+    return base, positive_probability(verdicts, raw.task)
+
+
+class OrderSwapJudge(FittedJudge):
+    """Pairwise: judges both orders and reconciles. With probabilities, the two
+    distributions are averaged (A in one order is B in the other); without, a
+    disagreement becomes a tie."""
+
+    kind = "order_swap"
+
+    def __init__(self, base: FittedJudge | None = None) -> None:
+        self.base = base
+
+    def predict(self, rows, *, progress=None, description=""):
+        assert self.base is not None
+        first = self.base.predict(rows, progress=progress, description=description)
+        second = self.base.predict_swapped(rows, progress=progress, description=description + " (swapped)")
+        out = []
+        for one, two in zip(first, second, strict=True):
+            if one.label is None or two.label is None:
+                out.append(one if two.label is None else Verdict(label=FLIP.get(str(two.label), two.label)))
+                continue
+            if one.probabilities and two.probabilities:
+                merged = {
+                    key: (one.probabilities.get(key, 0.0) + two.probabilities.get(FLIP.get(key, key), 0.0)) / 2
+                    for key in one.probabilities
+                }
+                label = max(merged, key=merged.__getitem__)
+                out.append(Verdict(label=label, confidence=merged[label], probabilities=merged))
+            else:
+                agreed = FLIP.get(str(two.label), two.label) == one.label
+                out.append(Verdict(label=one.label if agreed else "tie"))
+        return out
+
+    def state(self) -> dict[str, Any]:
+        assert self.base is not None
+        return {"kind": self.kind, "base": self.base.state()}
+
+
+# ---------------------------------------------------------------------------------------
+# Trained verifiers
+# ---------------------------------------------------------------------------------------
+
+HEAD_SETTINGS = ("C", "learning_rate", "max_iter", "max_leaf_nodes", "l2_regularization")
+
+
+def _choose_cut(task: Task, proba: np.ndarray, rows: Sequence[LabeledRow]) -> float | None:
+    """Binary tasks: the κ-maximising cut on these predictions; other tasks take the argmax."""
+    if task.spec.positive is None:
+        return None
+    column = task.spec.labels.index(task.spec.positive)
+    return kappa_threshold(proba[:, column], np.array([row.label == task.spec.positive for row in rows]))
+
+
+class VerifierJudge(FittedJudge):
+    """A trained verifier. For binary tasks its P(positive) is cut where κ is highest: on
+    dev when given, else on grouped out-of-fold predictions over the training rows."""
+
+    kind = "verifier"
+
+    def __init__(
+        self,
+        task: Task | None = None,
+        features: str = "tfidf",
+        head: str = "logistic",
+        C: float = 1.0,
+        learning_rate: float = 0.1,
+        max_iter: int = 200,
+        max_leaf_nodes: int = 15,
+        l2_regularization: float = 1.0,
+        folds: int = 5,
+        seed: int = 0,
+        name: str = "",
+    ) -> None:
+        self.task = task
+        self.features = features
+        self.head = head
+        self.C = C
+        self.learning_rate = learning_rate
+        self.max_iter = max_iter
+        self.max_leaf_nodes = max_leaf_nodes
+        self.l2_regularization = l2_regularization
+        self.folds = folds
+        self.seed = seed
+        self.name = name
+
+    @classmethod
+    def search_space(cls, trial: Any, prefix: str, *, features: str) -> dict[str, Any]:
+        if features == "tfidf":
+            return {"C": trial.suggest_float(f"{prefix}.C", 0.05, 20.0, log=True)}
+        head = trial.suggest_categorical(f"{prefix}.head", ["logistic", "gradient_boosting"])
+        if head == "logistic":
+            return {"head": head, "C": trial.suggest_float(f"{prefix}.C", 0.01, 10.0, log=True)}
+        return {
+            "head": head,
+            "learning_rate": trial.suggest_float(f"{prefix}.learning_rate", 0.03, 0.3, log=True),
+            "max_leaf_nodes": trial.suggest_int(f"{prefix}.max_leaf_nodes", 4, 31, log=True),
+            "l2_regularization": trial.suggest_float(f"{prefix}.l2_regularization", 0.01, 10.0, log=True),
+        }
+
+    def make_verifier(self) -> Verifier:
+        spec = self.task.spec
+        return Verifier(
+            labels=spec.labels,
+            features=self.features,
+            head=self.head,
+            C=self.C,
+            learning_rate=self.learning_rate,
+            max_iter=self.max_iter,
+            max_leaf_nodes=self.max_leaf_nodes,
+            l2_regularization=self.l2_regularization,
+            pairwise=is_pair_task(self.task),
+        )
+
+    def fit(self, train, dev=None):
+        from judgecal.verifier import out_of_fold_proba
+
+        self.verifier_ = self.make_verifier().fit(train)
+        if self.task.spec.positive is None:
+            self.threshold_ = None
+        elif dev:
+            self.threshold_ = _choose_cut(self.task, self.verifier_.predict_proba([r.inputs for r in dev]), dev)
+        else:
+            proba = out_of_fold_proba(train, self.make_verifier(), folds=self.folds, seed=self.seed)
+            self.threshold_ = _choose_cut(self.task, proba, train)
+        return self
+
+    def probabilities(self, rows: Sequence[LabeledRow]) -> np.ndarray:
+        return self.verifier_.predict_proba([row.inputs for row in rows])
+
+    def predict(self, rows, *, progress=None, description=""):
+        return [_verdict_from_proba(self.task, p, self.threshold_) for p in self.probabilities(rows)]
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "threshold": self.threshold_, "verifier": self.verifier_.state()}
+
+    @property
+    def verifier(self) -> Verifier:
+        return self.verifier_
+
+    @property
+    def threshold(self) -> float | None:
+        return self.threshold_
+
+
+def is_pair_task(task: Task) -> bool:
+    return {"response_a", "response_b"} <= set(task.spec.input_names) and {"A", "B"} <= set(task.spec.labels)
+
+
+# ---------------------------------------------------------------------------------------
+# Stacking
+# ---------------------------------------------------------------------------------------
+
+STACK_VERIFIERS: dict[str, dict[str, Any]] = {
+    "tfidf": {"features": "tfidf", "head": "logistic"},
+    "embedding": {"features": "embedding", "head": "logistic"},
+    "embedding_gb": {"features": "embedding", "head": "gradient_boosting", "learning_rate": 0.05, "max_leaf_nodes": 15},
+}
+
+
+def default_stack_verifiers() -> tuple[str, ...]:
+    return ("tfidf", "embedding") if embeddings_available() else ("tfidf",)
+
+
+class StackingJudge(FittedJudge):
+    """One head over everything that predicts the human label: the judge's P(positive)
+    (``use_base``), every recorded reference judge's verdict, and the out-of-fold scores of
+    trained verifiers (grouped folds, so no verifier scores a row it was fitted on).
+
+    Binary tasks are cut where κ is highest on the head's own out-of-fold predictions (on
+    dev when given); other tasks take the most likely label. For pairwise tasks the
+    judge's probabilities are averaged over both orders and the head is trained on both
+    orders of every pair, so the stacked judge is symmetric under swapping A and B."""
+
+    kind = "stacked"
+
+    def __init__(
+        self,
+        base: FittedJudge | None = None,
+        references: tuple[str, ...] = (),
+        verifiers: tuple[str, ...] = ("tfidf",),
+        use_base: bool = True,
+        head: str = "logistic",
+        C: float = 1.0,
+        learning_rate: float = 0.1,
+        max_iter: int = 100,
+        max_leaf_nodes: int = 7,
+        l2_regularization: float = 1.0,
+        folds: int = 5,
+        seed: int = 0,
+    ) -> None:
+        self.base = base
+        self.references = references
+        self.verifiers = verifiers
+        self.use_base = use_base
+        self.head = head
+        self.C = C
+        self.learning_rate = learning_rate
+        self.max_iter = max_iter
+        self.max_leaf_nodes = max_leaf_nodes
+        self.l2_regularization = l2_regularization
+        self.folds = folds
+        self.seed = seed
+
+    @classmethod
+    def search_space(cls, trial: Any, prefix: str, *, verifiers: Sequence[str], base_is_live: bool) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        options = [",".join(combo) for combo in _verifier_subsets(verifiers)]
+        params["verifiers"] = tuple(trial.suggest_categorical(f"{prefix}.verifiers", options).split(","))
+        if base_is_live:
+            params["use_base"] = trial.suggest_categorical(f"{prefix}.use_base", [True, False])
+        head = trial.suggest_categorical(f"{prefix}.head", ["logistic", "gradient_boosting"])
+        params["head"] = head
+        if head == "logistic":
+            params["C"] = trial.suggest_float(f"{prefix}.C", 0.01, 10.0, log=True)
+        else:
+            params["learning_rate"] = trial.suggest_float(f"{prefix}.learning_rate", 0.02, 0.2, log=True)
+            params["max_leaf_nodes"] = trial.suggest_int(f"{prefix}.max_leaf_nodes", 3, 15)
+        return params
+
+    def _components(self) -> list[FittedJudge]:
+        assert self.base is not None
+        raw = unwrap(self.base)
+        components: list[FittedJudge] = [self.base] if self.use_base else []
+        for name in self.references:
+            if isinstance(raw, RecordedJudge) and raw.verdicts is None and raw.source == name and self.use_base:
+                continue  # the raw judge is this reference already
+            components.append(RecordedJudge(self.task, name, f"reference:{name}"))
+        return components
+
+    def _verifier(self, name: str) -> Verifier:
+        spec = self.task.spec
+        return Verifier(labels=spec.labels, pairwise=is_pair_task(self.task), **STACK_VERIFIERS[name])
+
+    def _make_head(self) -> Any:
+        from judgecal.verifier import GradientBoostingHead, LogisticHead
+
+        if self.head == "logistic":
+            return LogisticHead(C=self.C)
+        return GradientBoostingHead(
+            learning_rate=self.learning_rate,
+            max_iter=self.max_iter,
+            max_leaf_nodes=self.max_leaf_nodes,
+            l2_regularization=self.l2_regularization,
+        )
+
+    def _block(self, proba: np.ndarray) -> np.ndarray:
+        """A component's columns: logit P(positive) for binary tasks, log-probabilities otherwise."""
+        if self.task.spec.positive is not None:
+            return logit(proba[:, self.task.spec.labels.index(self.task.spec.positive)])[:, None]
+        return np.log(np.clip(proba, 0.02, 1.0))
+
+    def _judge_block(self, judge: FittedJudge, rows: Sequence[LabeledRow], progress: Any) -> np.ndarray:
+        proba = label_probabilities(judge.predict(rows, progress=progress, description="stacking"), self.task)
+        if is_pair_task(self.task) and not isinstance(unwrap(judge), RecordedJudge):
+            swapped = label_probabilities(judge.predict_swapped(rows, progress=progress), self.task)
+            proba = (proba + swapped[:, self._flip()]) / 2
+        return self._block(proba)
+
+    def _flip(self) -> np.ndarray:
+        labels = list(self.task.spec.labels)
+        return np.array([labels.index(FLIP.get(str(label), label)) for label in labels])
+
+    def _features(
+        self, rows: Sequence[LabeledRow], verifier_proba: list[np.ndarray], progress: Any = None
+    ) -> np.ndarray:
+        blocks = [self._judge_block(c, rows, progress) for c in self.components_]
+        blocks += [self._block(proba) for proba in verifier_proba]
+        if not blocks:
+            raise ValueError("stacking needs at least one component: the judge, a recorded judge or a verifier")
+        return np.hstack(blocks)
+
+    def _fit_head(self, features: np.ndarray, y: np.ndarray) -> Any:
+        if is_pair_task(self.task):  # both orders of every pair
+            flipped = features.reshape(len(features), -1, len(self.task.spec.labels))[:, :, self._flip()]
+            features = np.vstack([features, flipped.reshape(len(features), -1)])
+            y = np.concatenate([y, self._flip()[y]])
+        return self._make_head().fit(features, y)
+
+    def fit(self, train, dev=None, *, progress: ProgressFactory | None = None):
+        from judgecal.verifier import out_of_fold_proba
+
+        labels = list(self.task.spec.labels)
+        self.components_ = self._components()
+        out_of_fold = [
+            out_of_fold_proba(train, self._verifier(name), folds=self.folds, seed=self.seed) for name in self.verifiers
+        ]
+        features = self._features(train, out_of_fold, progress)
+        y = np.array([labels.index(row.label) for row in train])
+        if len(set(y)) < 2:
+            raise ValueError("stacking needs rows of at least two labels to learn from")
+        self.head_ = self._fit_head(features, y)
+        self.verifiers_ = [self._verifier(name).fit(train) for name in self.verifiers]
+        self.threshold_ = None
+        if self.task.spec.positive is not None:
+            if dev:
+                self.threshold_ = _choose_cut(self.task, self._proba(dev, progress), dev)
+            else:
+                held_out = np.zeros((len(train), len(labels)))
+                for held in grouped_folds(train, self.folds, self.seed):
+                    keep = np.setdiff1d(np.arange(len(train)), held)
+                    if len(set(y[keep])) < 2:
+                        held_out[held] = np.bincount(y[keep], minlength=len(labels)) / len(keep)
+                        continue
+                    part = self._fit_head(features[keep], y[keep])
+                    held_out[held] = part.predict_proba(features[held], len(labels))
+                self.threshold_ = _choose_cut(self.task, held_out, train)
+        return self
+
+    def _proba(self, rows: Sequence[LabeledRow], progress: Any = None) -> np.ndarray:
+        inputs = [row.inputs for row in rows]
+        features = self._features(rows, [v.predict_proba(inputs) for v in self.verifiers_], progress)
+        return self.head_.predict_proba(features, len(self.task.spec.labels))
+
+    def predict(self, rows, *, progress=None, description=""):
+        return [_verdict_from_proba(self.task, p, self.threshold_) for p in self._proba(rows, progress)]
+
+    @property
+    def uses_lm(self) -> bool:
+        return any(c.uses_lm for c in getattr(self, "components_", self._components()))
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "components": [c.state() for c in self.components_],
+            "verifiers": [v.state() for v in self.verifiers_],
+            "head": self.head_.state(),
+            "threshold": self.threshold_,
+        }
+
+
+def _verifier_subsets(names: Sequence[str]) -> list[tuple[str, ...]]:
+    from itertools import combinations
+
+    return [combo for size in range(len(names), 0, -1) for combo in combinations(names, size)]
 
 
 def judge_from_state(state: dict[str, Any], task: Task, lm: Any, name: str) -> FittedJudge:
@@ -464,94 +930,84 @@ def judge_from_state(state: dict[str, Any], task: Task, lm: Any, name: str) -> F
     if kind == "recorded":
         return RecordedJudge(task, state["source"], name)
     if kind == "threshold":
-        return ThresholdJudge(
-            task,
-            judge_from_state(state["base"], task, lm, name),
-            float(state["threshold"]),
-            state.get("rule", "kappa"),
-            name,
+        threshold = ThresholdJudge(
+            base=judge_from_state(state["base"], task, lm, name), rule=state.get("rule", "kappa")
         )
+        threshold.base_, threshold.threshold_ = threshold.base, float(state["threshold"])
+        return threshold
     if kind == "order_swap":
-        return OrderSwapJudge(task, judge_from_state(state["base"], task, lm, name), name)
+        return OrderSwapJudge(judge_from_state(state["base"], task, lm, name))
     if kind == "verifier":
-        return VerifierJudge(task, verifier_from_state(state["verifier"]), state.get("threshold"), name)
+        verifier = VerifierJudge(task=task, name=name)
+        verifier.verifier_, verifier.threshold_ = verifier_from_state(state["verifier"]), state.get("threshold")
+        return verifier
     if kind == "stacked":
-        verifier = verifier_from_state(state["verifier"]) if state.get("verifier") else None
-        return StackedJudge(
-            task,
-            [judge_from_state(c, task, lm, name) for c in state["components"]],
-            verifier,
-            state["coef"],
-            state["intercept"],
-            float(state["threshold"]),
-            name,
-        )
+        stack = StackingJudge(base=None)
+        stack.task = task
+        stack.components_ = [judge_from_state(c, task, lm, name) for c in state["components"]]
+        if "verifiers" in state:
+            stack.verifiers_ = [verifier_from_state(v) for v in state["verifiers"]]
+            stack.head_ = head_from_state(state["head"])
+        else:  # earlier versions: one verifier, a logistic model of P(positive) as class 1
+            stack.verifiers_ = [verifier_from_state(state["verifier"])] if state.get("verifier") else []
+            stack.head_ = head_from_state(
+                {"kind": "logistic", "classes": [1, 0], "coef": [state["coef"]], "intercept": [state["intercept"]]}
+            )
+        stack.threshold_ = state.get("threshold")
+        return stack
     raise ValueError(f"unknown judge state kind {kind!r}")
 
 
-# ---------------------------------------------------------------------------------------
-# Choosing decision thresholds on dev
-# ---------------------------------------------------------------------------------------
-
-
-def kappa_threshold(probability: np.ndarray, positive: np.ndarray) -> float:
-    """The cut on P(positive) that maximises Cohen's κ on these rows. Candidates are the
-    midpoints between observed probabilities; among equal κ the widest gap wins."""
-    values = np.unique(np.asarray(probability, dtype=float))
-    edges = np.concatenate([[values[0] - EPSILON], values, [values[-1] + EPSILON]])
-    candidates = (edges[:-1] + edges[1:]) / 2
-    gaps = edges[1:] - edges[:-1]
-    y = np.asarray(positive, dtype=bool)
-    best, best_score, best_gap = 0.5, -np.inf, -1.0
-    for cut, gap in zip(candidates, gaps, strict=True):
-        picked = probability >= cut
-        cm = confusion((~y).astype(int), (~picked).astype(int), 2)
-        score = float(kappa_from_confusion(cm))
-        if score > best_score + 1e-12 or (abs(score - best_score) <= 1e-12 and gap > best_gap):
-            best, best_score, best_gap = float(cut), score, float(gap)
-    return best
-
-
-def base_rate_threshold(probability: np.ndarray, positive: np.ndarray) -> float:
-    """The cut that selects the same share of rows as humans marked positive."""
-    rate = float(np.mean(positive))
-    if rate <= 0:
-        return float(np.max(probability)) + EPSILON
-    return float(np.quantile(np.asarray(probability, dtype=float), 1 - rate, method="higher"))
+def _without_lms(program_state: dict[str, Any]) -> dict[str, Any]:
+    """A saved program never carries an LM: DSPy's LM state can name engine classes to
+    import, and a judge's LM comes from its bundle settings instead."""
+    return {
+        name: ({**value, "lm": None} if isinstance(value, dict) and "lm" in value else value)
+        for name, value in program_state.items()
+    }
 
 
 # ---------------------------------------------------------------------------------------
-# The strategies
+# The strategies by name
 # ---------------------------------------------------------------------------------------
 
 
 @dataclass
-class FitContext:
-    """What a strategy may use: train and dev (never test), the raw judge and the LM."""
+class StrategyEnv:
+    """What strategies are built from: the task, the raw judge (answers kept per row), the
+    judge's LM, the DSPy settings and the names of the judges the rows already hold."""
 
     task: Task
-    train: Sequence[LabeledRow]
-    dev: Sequence[LabeledRow]
     raw: FittedJudge
-    lm: Any
-    config: CalibrationConfig
-    guard: RowGuard
-    progress: ProgressFactory | None = None
+    lm: Any = None
+    settings: CalibrationConfig = field(default_factory=CalibrationConfig)
+    references: tuple[str, ...] = ()
     log: Callable[[str], None] = print
-    reference_judges: tuple[str, ...] = ()
+
+    @property
+    def base_is_live(self) -> bool:
+        return isinstance(unwrap(self.raw), ProgramJudge)
 
 
 @dataclass(frozen=True)
 class StrategySpec:
+    """A strategy by name: how to build its estimator, its search space, what it needs.
+
+    ``complexity`` orders strategies for the selection rule (the simpler one wins when two
+    are within one standard error): post-hoc 1, TF-IDF verifier 2, embedding verifier 3,
+    stacking 4, DSPy optimizers 5 and up."""
+
     name: str
     family: str
     description: str
-    fit: Callable[[FitContext, dict[str, Any]], FittedJudge]
-    space: Callable[[Any], dict[str, Any]]
+    build: Callable[[StrategyEnv, dict[str, Any]], FittedJudge]
+    space: Callable[[Any, StrategyEnv], dict[str, Any]]
+    complexity: int
     needs_program: bool = False
     binary_only: bool = False
     pairwise_only: bool = False
     needs_extra: str | None = None
+    calls_lm_to_fit: bool = False
 
     def available(self) -> bool:
         return self.needs_extra != "embeddings" or embeddings_available()
@@ -561,183 +1017,120 @@ class StrategySpec:
             return False
         if self.binary_only and not task.spec.is_binary:
             return False
-        pairwise = {"response_a", "response_b"} <= set(task.spec.input_names)
-        return not (self.pairwise_only and not pairwise)
+        return not (self.pairwise_only and not is_pair_task(task))
 
 
-def _dspy_fit(optimizer: str) -> Callable[[FitContext, dict[str, Any]], FittedJudge]:
-    def fit(ctx: FitContext, params: dict[str, Any]) -> FittedJudge:
-        config = ctx.config.model_copy(update={"optimizer": optimizer, **params})
-        train = ctx.guard.check(ctx.train, f"{optimizer}: fit")
-        dev = ctx.guard.check(ctx.dev, f"{optimizer}: select")
-        result = calibrate_program(ctx.task, ctx.lm, train, dev, config)
-        return ProgramJudge(ctx.task, result.program, ctx.lm, ctx.raw.name)
+def _dspy_spec(name: str, description: str, complexity: int) -> StrategySpec:
+    def build(env: StrategyEnv, params: dict[str, Any]) -> FittedJudge:
+        settings = env.settings
+        defaults = {
+            "seed": settings.seed,
+            "max_labeled_demos": settings.max_labeled_demos,
+            "max_bootstrapped_demos": settings.max_bootstrapped_demos,
+            "num_candidate_programs": settings.num_candidate_programs,
+        }
+        return PromptOptimizer(base=env.raw, optimizer=name, settings=settings, **{**defaults, **params})
 
-    return fit
-
-
-def _dspy_space(optimizer: str) -> Callable[[Any], dict[str, Any]]:
-    def space(trial: Any) -> dict[str, Any]:
-        params: dict[str, Any] = {"seed": trial.suggest_int(f"{optimizer}.seed", 0, 9)}
-        if optimizer != "gepa":
-            params["max_labeled_demos"] = trial.suggest_int(f"{optimizer}.max_labeled_demos", 0, 4)
-        if optimizer in ("bootstrap_few_shot", "bootstrap_random_search", "mipro"):
-            params["max_bootstrapped_demos"] = trial.suggest_int(f"{optimizer}.max_bootstrapped_demos", 0, 3)
-        if optimizer == "bootstrap_random_search":
-            params["num_candidate_programs"] = trial.suggest_int(f"{optimizer}.num_candidate_programs", 1, 4)
-        return params
-
-    return space
-
-
-def _scores_on(ctx: FitContext, judge: FittedJudge, rows: Sequence[LabeledRow], step: str) -> np.ndarray:
-    ctx.guard.check(rows, step)
-    return positive_probability(judge.predict(rows, progress=ctx.progress, description=step), ctx.task)
-
-
-def _is_positive(ctx: FitContext, rows: Sequence[LabeledRow]) -> np.ndarray:
-    return np.array([row.label == ctx.task.spec.positive for row in rows])
-
-
-def _scored_base(ctx: FitContext, step: str) -> tuple[FittedJudge, np.ndarray]:
-    """The raw judge's P(positive) on dev. A live judge whose backend gives no token
-    probabilities is swapped for the same program stating a 0–100 score."""
-    ctx.guard.check(ctx.dev, step)
-    verdicts = ctx.raw.predict(ctx.dev, progress=ctx.progress, description=step)
-    base = ctx.raw
-    if isinstance(base, ProgramJudge) and all(v.probabilities is None for v in verdicts):
-        ctx.log(f"{step}: the judge model gives no token probabilities; asking it for a 0-100 score instead")
-        base = ProgramJudge(ctx.task, JudgeProgram(ctx.task.signature, verbalized=True), base.judge.lm, base.name)
-        verdicts = base.predict(ctx.dev, progress=ctx.progress, description=step + " (stated scores)")
-    return base, positive_probability(verdicts, ctx.task)
-
-
-def fit_threshold(ctx: FitContext, params: dict[str, Any]) -> FittedJudge:
-    base, p = _scored_base(ctx, "threshold: select on dev")
-    cut = kappa_threshold(p, _is_positive(ctx, ctx.dev))
-    return ThresholdJudge(ctx.task, base, cut, "kappa", ctx.raw.name)
-
-
-def fit_base_rate(ctx: FitContext, params: dict[str, Any]) -> FittedJudge:
-    base, p = _scored_base(ctx, "base_rate: select on dev")
-    cut = base_rate_threshold(p, _is_positive(ctx, ctx.dev))
-    return ThresholdJudge(ctx.task, base, cut, "base_rate", ctx.raw.name)
-
-
-def fit_order_swap(ctx: FitContext, params: dict[str, Any]) -> FittedJudge:
-    return OrderSwapJudge(ctx.task, ctx.raw, ctx.raw.name)
-
-
-def fit_verifier(ctx: FitContext, params: dict[str, Any]) -> FittedJudge:
-    train = ctx.guard.check(ctx.train, "verifier: fit")
-    kind = EmbeddingVerifier if params.get("embeddings") else TextVerifier
-    verifier = kind(ctx.task.spec.labels, C=float(params.get("C", 1.0))).fit(train)
-    threshold = None
-    if ctx.task.spec.is_binary:
-        dev = ctx.guard.check(ctx.dev, "verifier: select threshold on dev")
-        p = verifier.predict_proba([row.inputs for row in dev])[:, ctx.task.spec.labels.index(ctx.task.spec.positive)]
-        threshold = kappa_threshold(p, _is_positive(ctx, dev))
-    return VerifierJudge(ctx.task, verifier, threshold, ctx.raw.name)
-
-
-def fit_stacking(ctx: FitContext, params: dict[str, Any]) -> FittedJudge:
-    """Components: the raw judge (LLM or recorded) and every recorded reference judge in the
-    rows; plus a verifier (TF-IDF, or sentence embeddings with ``embeddings``) whose
-    train-split scores are out-of-fold by group."""
-    from sklearn.linear_model import LogisticRegression
-
-    train = ctx.guard.check(ctx.train, "stacking: fit")
-    dev = ctx.guard.check(ctx.dev, "stacking: select threshold on dev")
-    components: list[FittedJudge] = []
-    if params.get("use_raw", True):
-        components.append(ctx.raw)
-    for name in ctx.reference_judges if params.get("use_references", True) else ():
-        if not (isinstance(ctx.raw, RecordedJudge) and ctx.raw.source == name):
-            components.append(RecordedJudge(ctx.task, name, f"reference:{name}"))
-    C = float(params.get("C", 1.0))
-    use_verifier = bool(params.get("use_verifier", True))
-    positive_column = ctx.task.spec.labels.index(ctx.task.spec.positive)
-    columns = [logit(_scores_on(ctx, c, train, f"stacking: {c.name} on train")) for c in components]
-    verifier = None
-    if use_verifier:
-        kind = EmbeddingVerifier if params.get("embeddings") else TextVerifier
-        columns.append(logit(out_of_fold_proba(train, ctx.task.spec.labels, C=C, kind=kind)[:, positive_column]))
-        verifier = kind(ctx.task.spec.labels, C=C).fit(train)
-    if not columns:
-        raise ValueError("stacking needs at least one component")
-    features = np.column_stack(columns)
-    y = _is_positive(ctx, train)
-    combiner = LogisticRegression(C=float(params.get("combiner_C", 1.0)), class_weight="balanced", max_iter=1000)
-    combiner.fit(features, y)
-    stacked = StackedJudge(
-        ctx.task, components, verifier, combiner.coef_[0].tolist(), float(combiner.intercept_[0]), 0.5, ctx.raw.name
+    return StrategySpec(
+        name,
+        "dspy",
+        description,
+        build,
+        lambda trial, env: PromptOptimizer.search_space(trial, name),
+        complexity,
+        needs_program=True,
+        calls_lm_to_fit=True,
     )
-    p = sigmoid(stacked.features(dev, progress=ctx.progress) @ stacked.coef + stacked.intercept)
-    stacked.threshold = kappa_threshold(p, _is_positive(ctx, dev))
-    return stacked
 
 
-def _verifier_space(trial: Any) -> dict[str, Any]:
-    return {"C": trial.suggest_float("verifier.C", 0.05, 20.0, log=True)}
+def _verifier_spec(name: str, features: str, description: str, complexity: int, extra: str | None) -> StrategySpec:
+    def build(env: StrategyEnv, params: dict[str, Any]) -> FittedJudge:
+        return VerifierJudge(task=env.task, features=features, name=env.raw.name, **params)
+
+    return StrategySpec(
+        name,
+        "verifier",
+        description,
+        build,
+        lambda trial, env: VerifierJudge.search_space(trial, name, features=features),
+        complexity,
+        needs_extra=extra,
+    )
 
 
-def _stacking_space(trial: Any) -> dict[str, Any]:
-    return {
-        "C": trial.suggest_float("stacking.C", 0.05, 20.0, log=True),
-        "combiner_C": trial.suggest_float("stacking.combiner_C", 0.01, 10.0, log=True),
-        "use_verifier": trial.suggest_categorical("stacking.use_verifier", [True, False]),
-    }
+def _stacking_build(env: StrategyEnv, params: dict[str, Any]) -> FittedJudge:
+    params = {"verifiers": default_stack_verifiers(), **params}
+    return StackingJudge(base=env.raw, references=env.references, **params)
 
 
-def _embedding_space(trial: Any) -> dict[str, Any]:
-    return {"C": trial.suggest_float("embedding_verifier.C", 0.01, 10.0, log=True)}
+def _stacking_space(trial: Any, env: StrategyEnv) -> dict[str, Any]:
+    options = ("tfidf", "embedding", "embedding_gb") if embeddings_available() else ("tfidf",)
+    return StackingJudge.search_space(trial, "stacking", verifiers=options, base_is_live=env.base_is_live)
 
 
-def _no_space(trial: Any) -> dict[str, Any]:
+def _no_space(trial: Any, env: StrategyEnv) -> dict[str, Any]:
     return {}
 
 
 STRATEGIES: dict[str, StrategySpec] = {
-    **{
-        name: StrategySpec(name, "dspy", description, _dspy_fit(name), _dspy_space(name), needs_program=True)
-        for name, description in (
-            ("labeled_few_shot", "DSPy LabeledFewShot: labelled train rows as demos"),
-            ("bootstrap_few_shot", "DSPy BootstrapFewShot: demos the judge itself got right"),
-            ("bootstrap_random_search", "DSPy BootstrapFewShotWithRandomSearch: demo sets selected on dev"),
-            ("mipro", "DSPy MIPROv2: proposed instructions and demos, Bayesian search on dev"),
-            ("copro", "DSPy COPRO: instruction refinement scored on dev"),
-            ("simba", "DSPy SIMBA: stochastic introspective mini-batch ascent"),
-            ("gepa", "DSPy GEPA: reflective instruction evolution (reflection model configurable)"),
-        )
-    },
     "threshold": StrategySpec(
-        "threshold", "post-hoc", "cut on P(positive) maximising κ on dev", fit_threshold, _no_space, binary_only=True
+        "threshold",
+        "post-hoc",
+        "cut on P(positive) maximising κ",
+        lambda env, params: ThresholdJudge(base=env.raw, rule="kappa"),
+        _no_space,
+        1,
+        binary_only=True,
     ),
     "base_rate": StrategySpec(
-        "base_rate", "post-hoc", "cut selecting the dev human rate", fit_base_rate, _no_space, binary_only=True
+        "base_rate",
+        "post-hoc",
+        "cut selecting the human rate",
+        lambda env, params: ThresholdJudge(base=env.raw, rule="base_rate"),
+        _no_space,
+        1,
+        binary_only=True,
     ),
     "order_swap": StrategySpec(
-        "order_swap", "post-hoc", "judge both orders and reconcile", fit_order_swap, _no_space, pairwise_only=True
+        "order_swap",
+        "post-hoc",
+        "judge both orders and reconcile",
+        lambda env, params: OrderSwapJudge(base=env.raw),
+        _no_space,
+        1,
+        pairwise_only=True,
     ),
-    "verifier": StrategySpec(
-        "verifier", "verifier", "TF-IDF + logistic regression on the human labels", fit_verifier, _verifier_space
-    ),
-    "embedding_verifier": StrategySpec(
+    "verifier": _verifier_spec("verifier", "tfidf", "TF-IDF + logistic regression on the human labels", 2, None),
+    "embedding_verifier": _verifier_spec(
         "embedding_verifier",
-        "verifier",
-        "all-MiniLM-L6-v2 embeddings + logistic regression (extra: embeddings)",
-        lambda ctx, params: fit_verifier(ctx, {**params, "embeddings": True}),
-        _embedding_space,
-        needs_extra="embeddings",
+        "embedding",
+        "all-MiniLM-L6-v2 embeddings + logistic regression or gradient boosting (extra: embeddings)",
+        3,
+        "embeddings",
     ),
     "stacking": StrategySpec(
         "stacking",
         "stacking",
-        "judge probability + recorded judges + verifier, stacked",
-        fit_stacking,
+        "judge probability + recorded judges + verifiers' out-of-fold scores, stacked",
+        _stacking_build,
         _stacking_space,
-        binary_only=True,
+        4,
     ),
+    **{
+        name: _dspy_spec(name, description, complexity)
+        for complexity, (name, description) in enumerate(
+            (
+                ("labeled_few_shot", "DSPy LabeledFewShot: labelled train rows as demos"),
+                ("bootstrap_few_shot", "DSPy BootstrapFewShot: demos the judge itself got right"),
+                ("bootstrap_random_search", "DSPy BootstrapFewShotWithRandomSearch: demo sets selected on dev"),
+                ("mipro", "DSPy MIPROv2: proposed instructions and demos, Bayesian search on dev"),
+                ("copro", "DSPy COPRO: instruction refinement scored on dev"),
+                ("simba", "DSPy SIMBA: stochastic introspective mini-batch ascent"),
+                ("gepa", "DSPy GEPA: reflective instruction evolution (reflection model configurable)"),
+            ),
+            start=5,
+        )
+    },
 }
 
 
@@ -757,7 +1150,7 @@ def resolve_strategies(names: Sequence[str] | str, task: Task, *, has_program: b
         if not spec.applies_to(task, has_program):
             reason = (
                 "needs an LLM judge program (the raw judge is recorded verdicts)"
-                if spec.needs_program
+                if spec.needs_program and not has_program
                 else "applies to binary tasks only"
                 if spec.binary_only
                 else "applies to pairwise tasks only"
@@ -776,20 +1169,35 @@ class FitResult:
     lm_calls: int
 
 
-def fit_strategy(spec: StrategySpec, ctx: FitContext, params: dict[str, Any] | None = None) -> FitResult:
-    """Fit one strategy, counting every LM call it makes (cached answers included)."""
+def fit_judge(
+    spec: StrategySpec,
+    env: StrategyEnv,
+    params: dict[str, Any],
+    train: Sequence[LabeledRow],
+    dev: Sequence[LabeledRow] | None,
+    guard: RowGuard,
+    *,
+    step: str = "fit",
+) -> FitResult:
+    """Build and fit one strategy, checking every row it sees against the test rows and
+    counting every LM call it makes (cached answers included)."""
     import dspy
 
     from judgecal.calibration import LMCallCounter
 
+    guard.check(train, f"{spec.name}: {step}")
+    if dev:
+        guard.check(dev, f"{spec.name}: select on dev")
     counter = LMCallCounter()
     started = time.perf_counter()
+    judge = spec.build(env, dict(params))
     with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), counter]):
-        judge = spec.fit(ctx, params or {})
+        judge.fit(train, dev)
+    guard.check_demos(judge, env.task.spec.input_names, f"{spec.name}: demos")
     return FitResult(
         judge=judge,
         strategy=spec.name,
-        params=dict(params or {}),
+        params=dict(params),
         seconds=time.perf_counter() - started,
         lm_calls=counter.calls,
     )

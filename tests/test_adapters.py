@@ -12,7 +12,7 @@ from judgecal.cli import main
 from judgecal.data import SplitSpec, split_by_group
 from judgecal.export import bundle_from_judge, judge_file, load_judge, save_bundle
 from judgecal.lm import LMConfig
-from judgecal.strategies import STRATEGIES, FitContext, RecordedJudge, RowGuard, fit_strategy
+from judgecal.strategies import VerifierJudge
 from judgecal.tasks import resolve_task
 from tests.conftest import write_jsonl
 from tests.test_strategies import recorded_rows
@@ -24,17 +24,8 @@ RELEVANCE = resolve_task("relevance")
 def verifier_judge():
     dataset = recorded_rows()
     split = split_by_group(dataset, SplitSpec(dev=0.25, test=0.25, seed=1))
-    ctx = FitContext(
-        task=RELEVANCE,
-        train=split.train.rows,
-        dev=split.dev.rows,
-        raw=RecordedJudge(RELEVANCE, "loose", "relevance-verifier"),
-        lm=None,
-        config=None,  # type: ignore[arg-type]
-        guard=RowGuard(frozenset()),
-        log=lambda m: None,
-    )
-    return fit_strategy(STRATEGIES["verifier"], ctx, {}).judge, dataset
+    judge = VerifierJudge(task=RELEVANCE, name="relevance-verifier").fit(split.train.rows, split.dev.rows)
+    return judge, dataset
 
 
 def test_batch_keeps_order_with_threads_and_takes_plain_dicts(verifier_judge) -> None:

@@ -18,7 +18,7 @@ from judgecal.extraction import (
     instructor_create,
     quotes_conversation,
 )
-from judgecal.strategies import STRATEGIES, FitContext, RecordedJudge, RowGuard, fit_strategy
+from judgecal.strategies import VerifierJudge
 from judgecal.tasks import resolve_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,17 +101,7 @@ def test_refined_extractor_keeps_only_grounded_attributes_the_verifier_accepts(e
     task = resolve_task("attribute")
     dataset = load_rows(REPO / "experiments" / "data" / "attribute_demo.jsonl", task.spec)
     split = split_by_group(dataset, SplitSpec(dev=0.25, test=0.25, seed=0))
-    ctx = FitContext(
-        task=task,
-        train=split.train.rows,
-        dev=split.dev.rows,
-        raw=RecordedJudge(task, "-", "-"),
-        lm=None,
-        config=None,
-        guard=RowGuard(frozenset()),
-        log=lambda m: None,
-    )  # type: ignore[arg-type]
-    verifier = fit_strategy(STRATEGIES["verifier"], ctx, {}).judge
+    verifier = VerifierJudge(task=task).fit(split.train.rows, split.dev.rows)
     with dspy.context(lm=embedded_lm.copy(max_tokens=600), adapter=dspy.JSONAdapter()):
         result = RefinedExtractor(verifier=verifier)(conversation=CONVERSATION)
     assert len(result.attributes) + len(result.rejected) == len(result.extracted)

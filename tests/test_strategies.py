@@ -1,5 +1,6 @@
-"""Every strategy fits on train, selects on dev, judges, saves and loads back; test rows never
-reach a fit or selection step."""
+"""Strategies are estimators: settings in the constructor, fit returns self, fitted state
+with a trailing underscore, plain-JSON state that reloads to the same verdicts; test rows
+never reach a fit step."""
 
 from __future__ import annotations
 
@@ -8,31 +9,40 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from judgecal.calibration import CalibrationConfig
 from judgecal.data import Dataset, LabeledRow, SplitSpec, load_rows, split_by_group
 from judgecal.judges import JudgeProgram
 from judgecal.strategies import (
     STRATEGIES,
-    FitContext,
     LeakError,
+    MemoJudge,
     ProgramJudge,
     RecordedJudge,
     RowGuard,
+    StackingJudge,
+    StrategyEnv,
+    ThresholdJudge,
+    VerifierJudge,
     base_rate_threshold,
-    fit_strategy,
+    fit_judge,
     judge_from_state,
     kappa_threshold,
+    logit,
     resolve_strategies,
+    sigmoid,
 )
 from judgecal.tasks import resolve_task
 from judgecal.verifier import (
     MINILM_SHA256,
-    EmbeddingVerifier,
-    TextVerifier,
+    GradientBoostingHead,
+    Verifier,
     VerifierModule,
     embeddings_available,
     minilm_folder,
+    verifier_from_state,
 )
 from tests.conftest import write_jsonl
 
@@ -70,18 +80,13 @@ def demo_split(task_name: str, file: str, rows_per_part: int) -> tuple[Dataset, 
     return dataset, split_by_group(dataset, spec)
 
 
-def context(task, split, raw, lm=None, references=()) -> FitContext:
-    return FitContext(
-        task=task,
-        train=split.train.rows,
-        dev=split.dev.rows,
-        raw=raw,
-        lm=lm,
-        config=QUICK,
-        guard=RowGuard(frozenset(r.id for r in split.test.rows)),
-        log=lambda m: None,
-        reference_judges=references,
-    )
+def environment(task, raw, lm=None, references=()) -> StrategyEnv:
+    return StrategyEnv(task=task, raw=MemoJudge(raw), lm=lm, settings=QUICK, references=references, log=lambda m: None)
+
+
+def fit(name, env, split, params=None, guard=None):
+    guard = guard or RowGuard.for_rows(split.test.rows)
+    return fit_judge(STRATEGIES[name], env, params or {}, split.train.rows, split.dev.rows, guard)
 
 
 def recorded_rows(n_groups: int = 12, per_group: int = 10, seed: int = 0) -> Dataset:
@@ -109,6 +114,34 @@ def recorded_rows(n_groups: int = 12, per_group: int = 10, seed: int = 0) -> Dat
     return Dataset(task=RELEVANCE.spec, rows=tuple(rows), source="memory")
 
 
+def pair_rows(n_groups: int = 10, per_group: int = 6, seed: int = 0) -> Dataset:
+    """Pairs where the longer, on-topic response usually wins."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in range(n_groups):
+        for i in range(per_group):
+            good = f"A careful answer about topic {g} with steps, an example and a check. " * int(rng.integers(2, 4))
+            bad = f"Maybe {i}."
+            label = "A" if rng.uniform() < 0.5 else "B"
+            if rng.uniform() < 0.15:
+                label, good, bad = "tie", good, good
+            first, second = (good, bad) if label == "A" else (bad, good)
+            rows.append(
+                LabeledRow(
+                    id=f"p{g}-{i}",
+                    group=f"p{g}",
+                    inputs={
+                        "prompt": f"Question {g}",
+                        "user_attributes": [],
+                        "response_a": first,
+                        "response_b": second,
+                    },
+                    label=label,
+                )
+            )
+    return Dataset(task=PAIRWISE.spec, rows=tuple(rows), source="memory")
+
+
 # --- decision thresholds -----------------------------------------------------------------
 
 
@@ -120,6 +153,22 @@ def test_kappa_threshold_separates_cleanly_separable_scores() -> None:
     assert cut == pytest.approx((0.3 + 0.62) / 2)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 20), st.booleans()), min_size=4, max_size=60).filter(
+        lambda rows: len({y for _, y in rows}) == 2
+    )
+)
+def test_kappa_threshold_reaches_the_best_kappa_of_any_cut(rows) -> None:
+    from sklearn.metrics import cohen_kappa_score
+
+    probability = np.array([p / 20 for p, _ in rows])
+    positive = np.array([y for _, y in rows])
+    cut = kappa_threshold(probability, positive)
+    best = max(cohen_kappa_score(positive, probability >= c) for c in np.unique(probability))
+    assert cohen_kappa_score(positive, probability >= cut) == pytest.approx(best, abs=1e-9)
+
+
 def test_base_rate_threshold_selects_the_human_rate() -> None:
     rng = np.random.default_rng(0)
     probability = rng.uniform(size=1000)
@@ -128,16 +177,33 @@ def test_base_rate_threshold_selects_the_human_rate() -> None:
     assert np.mean(probability >= cut) == pytest.approx(positive.mean(), abs=0.01)
 
 
-# --- strategies without a live model --------------------------------------------------------
+# --- the estimator interface ---------------------------------------------------------------
 
 
-def test_verifier_and_stacking_on_recorded_verdicts_fit_judge_save_and_reload() -> None:
+def test_strategies_follow_the_estimator_interface() -> None:
     dataset = recorded_rows()
     split = split_by_group(dataset, SplitSpec(dev=0.25, test=0.25, seed=1))
     raw = RecordedJudge(RELEVANCE, "loose", "loose")
-    ctx = context(RELEVANCE, split, raw, references=("loose", "strict"))
+    stack = StackingJudge(base=raw, references=("strict",), verifiers=("tfidf",), C=0.5)
+    assert stack.get_params(deep=False)["C"] == 0.5
+    assert not [name for name in vars(stack) if name.endswith("_")]  # the constructor only stores settings
+    assert stack.set_params(C=2.0, head="gradient_boosting") is stack and stack.C == 2.0
+    assert stack.fit(split.train.rows) is stack
+    assert {"components_", "verifiers_", "head_", "threshold_"} <= set(vars(stack))
+    verifier = VerifierJudge(task=RELEVANCE, C=3.0)
+    assert verifier.get_params()["C"] == 3.0 and verifier.get_params()["task"] is RELEVANCE
+    assert verifier.fit(split.train.rows, split.dev.rows) is verifier and hasattr(verifier, "threshold_")
+    threshold = ThresholdJudge(base=raw, rule="base_rate")
+    assert threshold.fit(split.train.rows).threshold_ is not None
+
+
+def test_verifier_stacking_and_thresholds_on_recorded_verdicts_save_and_reload() -> None:
+    dataset = recorded_rows()
+    split = split_by_group(dataset, SplitSpec(dev=0.25, test=0.25, seed=1))
+    raw = RecordedJudge(RELEVANCE, "loose", "loose")
+    env = environment(RELEVANCE, raw, references=("loose", "strict"))
     for name in ("verifier", "stacking", "threshold", "base_rate"):
-        result = fit_strategy(STRATEGIES[name], ctx, {})
+        result = fit(name, env, split, {"verifiers": ("tfidf",)} if name == "stacking" else None)
         verdicts = result.judge.predict(split.test.rows)
         assert len(verdicts) == len(split.test.rows)
         assert all(v.label in (True, False) for v in verdicts)
@@ -145,18 +211,103 @@ def test_verifier_and_stacking_on_recorded_verdicts_fit_judge_save_and_reload() 
         state = json.loads(json.dumps(result.judge.state()))  # plain JSON
         reloaded = judge_from_state(state, RELEVANCE, None, "reloaded")
         assert [v.label for v in reloaded.predict(split.test.rows)] == [v.label for v in verdicts]
-    stacked = fit_strategy(STRATEGIES["stacking"], ctx, {})
+    stacked = fit("stacking", env, split, {"verifiers": ("tfidf",)}).judge
     loose_only = [v.label for v in raw.predict(split.test.rows)]
-    assert np.mean([v.label for v in stacked.judge.predict(split.test.rows)]) < np.mean(loose_only)
+    assert np.mean([v.label for v in stacked.predict(split.test.rows)]) < np.mean(loose_only)
+
+
+def test_stacking_with_a_gradient_boosting_head_and_cut_on_out_of_fold_predictions() -> None:
+    dataset = recorded_rows(n_groups=16)
+    raw = RecordedJudge(RELEVANCE, "loose", "loose")
+    stack = StackingJudge(base=raw, references=("strict",), verifiers=("tfidf",), head="gradient_boosting")
+    stack.fit(dataset.rows[:120])
+    assert stack.threshold_ is not None and 0 < stack.threshold_ < 1
+    reloaded = judge_from_state(json.loads(json.dumps(stack.state())), RELEVANCE, None, "r")
+    rows = dataset.rows[120:]
+    assert [v.label for v in reloaded.predict(rows)] == [v.label for v in stack.predict(rows)]
+
+
+def test_stacked_state_of_earlier_versions_still_loads() -> None:
+    dataset = recorded_rows()
+    verifier = Verifier(RELEVANCE.spec.labels).fit(dataset.rows[:80])
+    legacy = {
+        "kind": "stacked",
+        "components": [{"kind": "recorded", "source": "loose"}],
+        "verifier": {"kind": "tfidf_logistic", "labels": [True, False], "C": 1.0, "max_features": 40000}
+        | {k: v for k, v in verifier.features_.state().items() if k in ("word", "char")}
+        | {k: v for k, v in verifier.head_.state().items() if k in ("classes", "coef", "intercept")},
+        "coef": [2.0, 1.0],
+        "intercept": -1.0,
+        "threshold": 0.5,
+    }
+    judge = judge_from_state(legacy, RELEVANCE, None, "legacy")
+    rows = dataset.rows[80:]
+    p_verifier = verifier.predict_proba([r.inputs for r in rows])[:, 0]
+    loose = np.array([r.reference_judges["loose"] for r in rows], float)
+    expected = sigmoid(2.0 * logit(loose) + 1.0 * logit(p_verifier) - 1.0)  # the earlier model, by hand
+    assert [v.label for v in judge.predict(rows)] == [bool(p >= 0.5) for p in expected]
 
 
 def test_verifier_state_is_plain_json_and_predicts_identically() -> None:
     dataset = recorded_rows()
-    verifier = TextVerifier(RELEVANCE.spec.labels, C=2.0).fit(dataset.rows[:80])
-    text = json.dumps(verifier.state())
-    clone = TextVerifier.from_state(json.loads(text))
+    verifier = Verifier(RELEVANCE.spec.labels, C=2.0).fit(dataset.rows[:80])
+    clone = verifier_from_state(json.loads(json.dumps(verifier.state())))
     inputs = [row.inputs for row in dataset.rows[80:]]
     assert np.allclose(verifier.predict_proba(inputs), clone.predict_proba(inputs))
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_gradient_boosting_state_predicts_like_scikit_learn(classes: int) -> None:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(classes)
+    x = rng.normal(size=(300, 6))
+    x[rng.uniform(size=x.shape) < 0.05] = np.nan
+    y = (np.nan_to_num(x[:, 0]) + 0.5 * np.nan_to_num(x[:, 1]) > 0).astype(int) + (classes == 3) * (x[:, 2] > 1)
+    head = GradientBoostingHead(max_iter=30).fit(x, y)
+    reference = HistGradientBoostingClassifier(
+        max_iter=30, max_leaf_nodes=15, l2_regularization=1.0, min_samples_leaf=20, early_stopping=False, random_state=0
+    ).fit(x, y)
+    loaded = GradientBoostingHead.from_state(json.loads(json.dumps(head.state())))
+    test = rng.normal(size=(200, 6))
+    test[rng.uniform(size=test.shape) < 0.05] = np.nan
+    assert np.allclose(loaded.predict_proba(test, classes), reference.predict_proba(test), atol=1e-10)
+
+
+def test_pairwise_verifier_is_symmetric_under_swapping_the_responses() -> None:
+    dataset = pair_rows()
+    verifier = Verifier(PAIRWISE.spec.labels, pairwise=True).fit(dataset.rows[:40])
+    inputs = [row.inputs for row in dataset.rows[40:]]
+    swapped = [{**i, "response_a": i["response_b"], "response_b": i["response_a"]} for i in inputs]
+    labels = list(PAIRWISE.spec.labels)
+    flip = [labels.index({"A": "B", "B": "A"}.get(label, label)) for label in labels]
+    assert np.allclose(verifier.predict_proba(inputs), verifier.predict_proba(swapped)[:, flip])
+    accuracy = np.mean(
+        [
+            labels[int(np.argmax(p))] == row.label
+            for p, row in zip(verifier.predict_proba(inputs), dataset.rows[40:], strict=True)
+        ]
+    )
+    assert accuracy > 0.6
+
+
+def test_pairwise_stacking_is_symmetric_and_order_consistent() -> None:
+    dataset = pair_rows(n_groups=12)
+    flip = {"A": "B", "B": "A", "tie": "tie"}
+
+    def longer(inputs: dict) -> str:
+        return "A" if len(inputs["response_a"]) >= len(inputs["response_b"]) else "B"
+
+    rows = [row.model_copy(update={"reference_judges": {"length": longer(row.inputs)}}) for row in dataset.rows]
+    raw = RecordedJudge(PAIRWISE, "length", "length")
+    stack = StackingJudge(base=raw, verifiers=("tfidf",)).fit(rows[:50])
+
+    def swap(row: LabeledRow) -> LabeledRow:
+        inputs = {**row.inputs, "response_a": row.inputs["response_b"], "response_b": row.inputs["response_a"]}
+        return row.model_copy(update={"inputs": inputs, "reference_judges": {"length": longer(inputs)}})
+
+    swapped = [swap(row) for row in rows[50:]]
+    assert [v.label for v in stack.predict(rows[50:])] == [flip[v.label] for v in stack.predict(swapped)]
 
 
 needs_embeddings = pytest.mark.skipif(not embeddings_available(), reason='needs pip install "judgecal[embeddings]"')
@@ -173,22 +324,19 @@ def test_embedding_weights_are_safetensors_with_the_pinned_hash() -> None:
 
 
 @needs_embeddings
-def test_embedding_verifier_fits_saves_as_json_and_reloads() -> None:
+@pytest.mark.parametrize("head", ["logistic", "gradient_boosting"])
+def test_embedding_verifier_fits_saves_as_json_and_reloads(head: str) -> None:
     dataset = recorded_rows()
-    verifier = EmbeddingVerifier(RELEVANCE.spec.labels).fit(dataset.rows[:90])
-    inputs = [row.inputs for row in dataset.rows[90:]]
-    clone = EmbeddingVerifier.from_state(json.loads(json.dumps(verifier.state())))
-    assert np.allclose(verifier.predict_proba(inputs), clone.predict_proba(inputs))
     split = split_by_group(dataset, SplitSpec(dev=0.25, test=0.25, seed=1))
-    ctx = context(RELEVANCE, split, RecordedJudge(RELEVANCE, "loose", "loose"))
-    judge = fit_strategy(STRATEGIES["embedding_verifier"], ctx, {}).judge
+    env = environment(RELEVANCE, RecordedJudge(RELEVANCE, "loose", "loose"))
+    judge = fit("embedding_verifier", env, split, {"head": head}).judge
     reloaded = judge_from_state(json.loads(json.dumps(judge.state())), RELEVANCE, None, "reloaded")
     assert [v.label for v in reloaded.predict(split.test.rows)] == [v.label for v in judge.predict(split.test.rows)]
 
 
 def test_verifier_is_a_dspy_module() -> None:
     dataset = recorded_rows()
-    module = VerifierModule(TextVerifier(RELEVANCE.spec.labels).fit(dataset.rows), RELEVANCE.spec, threshold=0.5)
+    module = VerifierModule(Verifier(RELEVANCE.spec.labels).fit(dataset.rows), RELEVANCE.spec, threshold=0.5)
     prediction = module(prompt="Help me with cooking.", attribute="The user cares about cooking.")
     assert prediction.relevant in (True, False)
     assert set(prediction.probabilities) == {"true", "false"}
@@ -213,7 +361,7 @@ def test_recorded_verdicts_from_a_file_are_calibrated_like_a_live_judge(tmp_path
     config = ExperimentConfig(
         judge=JudgeSection(name="file-judge", task="relevance", data=data, verdicts=verdicts),
         split=SplitSpec(dev=0.25, test=0.25, seed=1),
-        calibration=CalibrationConfig(strategy="stacking"),
+        calibration=CalibrationConfig(strategy="stacking", params={"verifiers": ["tfidf"]}),
     )
     report = run_calibration(config, track=False, log=lambda m: None)
     assert report.strategy == "stacking"
@@ -231,15 +379,32 @@ def test_strategies_that_do_not_apply_are_refused_with_a_reason() -> None:
     names = {spec.name for spec in resolve_strategies("all", RELEVANCE, has_program=False)}
     expected = {"threshold", "base_rate", "verifier", "stacking"}
     assert names == (expected | {"embedding_verifier"} if embeddings_available() else expected)
+    pairwise = {spec.name for spec in resolve_strategies("all", PAIRWISE, has_program=False)}
+    assert {"verifier", "stacking"} <= pairwise and "threshold" not in pairwise
 
 
 def test_a_test_row_reaching_a_fit_step_is_refused() -> None:
     dataset = recorded_rows()
     split = split_by_group(dataset, SplitSpec(dev=0.25, test=0.25, seed=1))
-    ctx = context(RELEVANCE, split, RecordedJudge(RELEVANCE, "loose", "loose"))
-    ctx.train = [*split.train.rows, split.test.rows[0]]
+    env = environment(RELEVANCE, RecordedJudge(RELEVANCE, "loose", "loose"))
+    guard = RowGuard.for_rows(split.test.rows)
     with pytest.raises(LeakError, match="test rows reached 'verifier: fit'"):
-        fit_strategy(STRATEGIES["verifier"], ctx, {})
+        fit_judge(STRATEGIES["verifier"], env, {}, [*split.train.rows, split.test.rows[0]], None, guard)
+
+
+def test_a_demo_copied_from_a_test_row_is_refused_by_its_inputs() -> None:
+    import dspy
+
+    _, split = demo_split("relevance", "relevance_demo.jsonl", 8)
+    guard = RowGuard.for_rows(split.test.rows, [*split.train.rows, *split.dev.rows])
+    program = JudgeProgram(RELEVANCE.signature)
+    leaked = split.test.rows[0]
+    program.predict.demos = [dspy.Example(**leaked.inputs, relevant=leaked.label)]  # no row id, as bootstrapped
+    judge = ProgramJudge(RELEVANCE, program, None, "relevance")
+    with pytest.raises(LeakError, match="as a demo"):
+        guard.check_demos(judge, RELEVANCE.spec.input_names, "demos")
+    program.predict.demos = [dspy.Example(**split.train.rows[0].inputs, relevant=True)]
+    guard.check_demos(judge, RELEVANCE.spec.input_names, "demos")
 
 
 # --- strategies on the embedded model --------------------------------------------------------
@@ -265,22 +430,34 @@ def test_a_test_row_reaching_a_fit_step_is_refused() -> None:
 def test_every_binary_strategy_compiles_and_judges_on_a_slice(name: str, embedded_lm) -> None:
     _, split = demo_split("relevance", "relevance_demo.jsonl", 8)
     raw = ProgramJudge(RELEVANCE, JudgeProgram(RELEVANCE.signature), embedded_lm, "relevance")
-    ctx = context(RELEVANCE, split, raw, lm=embedded_lm)
-    result = fit_strategy(STRATEGIES[name], ctx, {})
+    env = environment(RELEVANCE, raw, lm=embedded_lm)
+    guard = RowGuard.for_rows(split.test.rows)
+    params = {"verifiers": ("tfidf",)} if name == "stacking" else {}
+    result = fit(name, env, split, params, guard)
     verdicts = result.judge.predict(split.test.rows)
     assert len(verdicts) == len(split.test.rows)
     assert all(v.label in (True, False) or v.error for v in verdicts)
-    test_ids = {row.id for row in split.test.rows}
-    assert all(not (ids & test_ids) for ids in ctx.guard.seen.values())
+    assert all(not (ids & guard.forbidden) for ids in guard.seen.values())
     reloaded = judge_from_state(json.loads(json.dumps(result.judge.state())), RELEVANCE, embedded_lm, "reloaded")
     assert [v.label for v in reloaded.predict(split.test.rows)] == [v.label for v in verdicts]
+
+
+@pytest.mark.slow
+def test_a_few_shot_optimizer_changes_the_program(embedded_lm) -> None:
+    _, split = demo_split("relevance", "relevance_demo.jsonl", 8)
+    raw = ProgramJudge(RELEVANCE, JudgeProgram(RELEVANCE.signature), embedded_lm, "relevance")
+    judge = fit("labeled_few_shot", environment(RELEVANCE, raw, lm=embedded_lm), split, {"max_labeled_demos": 2}).judge
+    demos = judge.program.predict.demos
+    assert len(demos) == 2 and not raw.program.predict.demos
+    train_inputs = {(r.inputs["prompt"], r.inputs["attribute"]) for r in split.train.rows}
+    assert {(d["prompt"], d["attribute"]) for d in demos} <= train_inputs
 
 
 @pytest.mark.slow
 def test_order_swap_reconciles_both_orders_on_the_embedded_model(embedded_lm) -> None:
     _, split = demo_split("pairwise", "pairwise_demo.jsonl", 6)
     raw = ProgramJudge(PAIRWISE, JudgeProgram(PAIRWISE.signature), embedded_lm, "pairwise")
-    result = fit_strategy(STRATEGIES["order_swap"], context(PAIRWISE, split, raw, lm=embedded_lm), {})
+    result = fit("order_swap", environment(PAIRWISE, raw, lm=embedded_lm), split)
     verdicts = result.judge.predict(split.test.rows)
     swapped = result.judge.predict_swapped(split.test.rows)
     flip = {"A": "B", "B": "A", "tie": "tie"}
@@ -296,8 +473,8 @@ def test_threshold_without_token_probabilities_uses_a_stated_score(dspy_cache) -
     _, split = demo_split("relevance", "relevance_demo.jsonl", 8)
     raw = ProgramJudge(RELEVANCE, JudgeProgram(RELEVANCE.signature), lm, "relevance")
     assert all(v.probabilities is None for v in raw.predict(split.dev.rows[:2]))
-    judge = fit_strategy(STRATEGIES["threshold"], context(RELEVANCE, split, raw, lm=lm), {}).judge
-    assert judge.base.program.verbalized
+    judge = fit("threshold", environment(RELEVANCE, raw, lm=lm), split).judge
+    assert judge.base_.program.verbalized
     verdicts = judge.predict(split.test.rows)
     assert all(v.probabilities is not None for v in verdicts if v.label is not None)
     state = json.loads(json.dumps(judge.state()))
