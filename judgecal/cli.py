@@ -11,15 +11,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from judgecal.data import DataError
+from judgecal.redact import redact_text
 
 if TYPE_CHECKING:
     from judgecal.experiment import ExperimentConfig
 
 console = Console(stderr=False)
-errors = Console(stderr=True)
+# Errors are never wrapped: a piped or logged "file:line: field ..." must stay one line.
+errors = Console(stderr=True, soft_wrap=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,20 +33,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args) or 0)
-    except DataError as error:
-        errors.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
-        return 2
-    except (FileNotFoundError, FileExistsError, ValueError, TypeError, ImportError) as error:
-        errors.print(f"[bold red]error:[/] {error}", highlight=False)
+    except (DataError, FileNotFoundError, FileExistsError, ValueError, TypeError, ImportError) as error:
+        _print_error(str(error))
         return 2
     except KeyboardInterrupt:
         errors.print("interrupted")
         return 130
     except Exception as error:
-        if not _reported_to_user(error):
-            raise
-        errors.print(f"[bold red]error:[/] {type(error).__name__}: {error}", highlight=False)
+        if _reported_to_user(error):
+            _print_error(f"{type(error).__name__}: {_first_line(error)}")
+            return 1
+        # A bug: the traceback is for its report, without the credentials of any URL in it.
+        import traceback
+
+        errors.print(redact_text("".join(traceback.format_exception(error))), highlight=False, markup=False)
         return 1
+
+
+def _print_error(message: str) -> None:
+    """One line on stderr, whatever the message holds: line breaks are joined, and a
+    password or key in any URL it quotes is hidden."""
+    text = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    errors.print(f"[bold red]error:[/] {escape(redact_text(text))}", highlight=False, markup=True)
+
+
+def _first_line(error: BaseException) -> str:
+    """An LM error's first line; DSPy appends several lines of generic advice."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _reported_to_user(error: Exception) -> bool:
@@ -399,6 +416,7 @@ def _import(args: argparse.Namespace) -> int:
 
 def _ui(args: argparse.Namespace) -> int:
     from judgecal.paths import store_dir
+    from judgecal.redact import redact_url
     from judgecal.tracking import tracking_uri, ui_environment
 
     uri = tracking_uri(args.tracking_uri)
@@ -421,7 +439,9 @@ def _ui(args: argparse.Namespace) -> int:
         "--workers",
         "1",
     ]
-    console.print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C stops it)")
+    console.print(
+        f"MLflow UI on http://{args.host}:{args.port} for {redact_url(uri)} (Ctrl-C stops it)", highlight=False
+    )
     environment = ui_environment()
     return subprocess.call(command, env=environment, cwd=os.getcwd())
 

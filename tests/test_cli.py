@@ -76,3 +76,23 @@ def test_ui_comes_up_on_localhost(isolated_workspace: Path) -> None:
     finally:
         os.killpg(process.pid, 15)
         process.wait(timeout=30)
+
+
+def test_error_lines_are_not_wrapped_when_stderr_is_piped(tmp_path: Path) -> None:
+    folder = tmp_path / ("a-folder-with-a-long-name-" * 3)
+    folder.mkdir()
+    data = write_jsonl(
+        folder / "labels.jsonl", [{"id": "a", "group": "g", "prompt": "p", "attribute": "x", "label": 7}]
+    )
+    config = tmp_path / "exp.toml"
+    config.write_text('[judge]\nname = "t"\ntask = "relevance"\ndata = "elsewhere.jsonl"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "judgecal.cli", "calibrate", str(config), "--data", str(data), "--no-track"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "80"},
+        timeout=300,
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {data}:1: field 'label': ")
