@@ -126,6 +126,20 @@ def _parser() -> argparse.ArgumentParser:
     judge.add_argument("--output", type=Path, required=True, help="verdicts JSONL; appended to, never rewritten")
     judge.add_argument("--num-threads", type=int, default=1, help="parallel rows (remote models)")
     judge.add_argument("--model", help="run the calibrated judge on another model (e.g. a served copy)")
+    judge.add_argument(
+        "--api-base", help="server of the judge model; a bundle's own endpoint is not used unless --trust-endpoint"
+    )
+    judge.add_argument(
+        "--trust-endpoint", action="store_true", help="send the rows to the endpoint the bundle names (its api_base)"
+    )
+    judge.add_argument(
+        "--allow-modified", action="store_true", help="load a bundle edited after it was saved (digest mismatch)"
+    )
+    judge.add_argument(
+        "--task",
+        help="your own task (module:Signature or file.py:Signature) for a bundle that does not describe its "
+        "custom signature; this imports your code, which loading a bundle never does by itself",
+    )
     judge.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ (default: mlruns/)")
     judge.set_defaults(handler=_judge)
 
@@ -328,19 +342,37 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> int:
-    from judgecal.export import judge_file, load_judge
+    from judgecal.export import judge_file, open_judge
     from judgecal.lm import configure_dspy_cache
     from judgecal.paths import dspy_cache_dir
     from judgecal.progress import rich_progress
+    from judgecal.redact import redact_url
 
     if str(args.judge).startswith(("runs:/", "models:/")):
         from judgecal.tracking import configure_tracking
 
         configure_tracking(args.tracking_uri)
     configure_dspy_cache(dspy_cache_dir())
-    judge = load_judge(args.judge, model=args.model)
+    task = None
+    if args.task:
+        from judgecal.tasks import resolve_task
+
+        task = resolve_task(args.task)
+    loaded = open_judge(
+        args.judge,
+        model=args.model,
+        api_base=args.api_base,
+        trust_endpoint=args.trust_endpoint,
+        allow_modified=args.allow_modified,
+        task=task,
+    )
+    for note in loaded.notes:
+        errors.print(f"[bold yellow]warning:[/] {note}", highlight=False, markup=True)
+    console.print(
+        f"judge {loaded.bundle.name!r} from {redact_url(loaded.source)}, bundle {loaded.digest}", highlight=False
+    )
     new, earlier = judge_file(
-        judge, args.input, args.output, num_threads=args.num_threads, progress=rich_progress(console)
+        loaded.judge, args.input, args.output, num_threads=args.num_threads, progress=rich_progress(console)
     )
     console.print(f"{new} rows judged now, {earlier} already in {args.output}", highlight=False)
     return 0

@@ -102,3 +102,51 @@ def test_judge_command_with_a_bundle(verifier_judge, tmp_path: Path, capsys) -> 
     loaded = load_judge(tmp_path / "bundle")
     expected = [v.label for v in loaded.batch(list(dataset.rows[:5]), progress=False)]
     assert [json.loads(line)["verdict"] for line in output.read_text().splitlines()] == expected
+
+
+def test_judge_command_shows_the_bundle_digest_and_refuses_an_edited_bundle(
+    verifier_judge, tmp_path: Path, capsys
+) -> None:
+    from judgecal.export import bundle_digest, read_bundle
+
+    judge, dataset = verifier_judge
+    bundle = bundle_from_judge(judge, LMConfig())
+    path = save_bundle(bundle, tmp_path / "bundle")
+    source = write_jsonl(tmp_path / "rows.jsonl", [{"id": r.id, **r.inputs} for r in dataset.rows[:3]])
+    command = ["judge", "--judge", str(tmp_path / "bundle"), "--input", str(source)]
+    assert main([*command, "--output", str(tmp_path / "a.jsonl")]) == 0
+    assert bundle_digest(bundle) in capsys.readouterr().out
+    document = json.loads(path.read_text())
+    document["judge"]["threshold"] = 0.0  # every row would now be "relevant"
+    path.write_text(json.dumps(document, indent=2))
+    assert main([*command, "--output", str(tmp_path / "b.jsonl")]) == 2
+    error = capsys.readouterr().err
+    assert "judge.json was modified after it was saved" in error and "--allow-modified" in error
+    assert len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "b.jsonl").exists()
+    assert main([*command, "--output", str(tmp_path / "b.jsonl"), "--allow-modified"]) == 0
+    assert "modified after it was saved" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="modified after it was saved"):
+        assert read_bundle(path, allow_modified=True).judge["threshold"] == 0.0
+
+
+def test_judge_command_with_a_missing_mlflow_run_is_one_line(tmp_path: Path, capsys) -> None:
+    source = write_jsonl(tmp_path / "rows.jsonl", [{"id": "a", "prompt": "p", "attribute": "x"}])
+    code = main(
+        ["judge", "--judge", "runs:/0123456789abcdef/judge", "--input", str(source), "--output", str(tmp_path / "o")]
+    )
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.startswith("error: runs:/0123456789abcdef/judge: no such judge in the MLflow store")
+    assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_a_tracking_uri_password_is_not_printed(tmp_path: Path, capsys) -> None:
+    source = write_jsonl(tmp_path / "rows.jsonl", [{"id": "a", "prompt": "p", "attribute": "x"}])
+    uri = "unknown+scheme://judgecal:s3cr3t@db-host/store"
+    command = ["judge", "--judge", "runs:/0123456789abcdef/judge", "--tracking-uri", uri]
+    code = main([*command, "--input", str(source), "--output", str(tmp_path / "o")])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "s3cr3t" not in captured.out + captured.err
+    assert "unknown+scheme://judgecal:***@db-host/store" in captured.err
