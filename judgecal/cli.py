@@ -66,7 +66,7 @@ def _first_line(error: BaseException) -> str:
 def _reported_to_user(error: Exception) -> bool:
     """Failures of the judge model (unreachable server, bad key, a judge failing on every
     row) are the user's to fix: a message, not a traceback."""
-    if type(error).__name__ == "JudgeFailedError":
+    if type(error).__name__ in ("JudgeFailedError", "RowFailedError"):
         return True
     if "dspy" in sys.modules:
         from dspy.utils.exceptions import LMError
@@ -371,10 +371,16 @@ def _judge(args: argparse.Namespace) -> int:
     console.print(
         f"judge {loaded.bundle.name!r} from {redact_url(loaded.source)}, bundle {loaded.digest}", highlight=False
     )
-    new, earlier = judge_file(
+    result = judge_file(
         loaded.judge, args.input, args.output, num_threads=args.num_threads, progress=rich_progress(console)
     )
-    console.print(f"{new} rows judged now, {earlier} already in {args.output}", highlight=False)
+    console.print(f"{result.judged} rows judged now, {result.already_done} already in {args.output}", highlight=False)
+    if result.failed:
+        _print_error(
+            f"{result.failed} rows got no verdict and were not written to {args.output}; they are listed in "
+            f"{result.errors_file} (id, line, error). Run the same command again to judge them"
+        )
+        return 1
     return 0
 
 

@@ -16,6 +16,7 @@ import json
 import platform
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -424,6 +425,8 @@ def mlflow_scorer(judge: FittedJudge, *, name: str | None = None) -> Any:
     from mlflow.entities import Feedback
     from mlflow.genai.scorers import scorer
 
+    from judgecal.judges import RowFailedError
+
     names = judge.task.spec.input_names
 
     def judge_row(inputs: Any = None, outputs: Any = None, expectations: Any = None) -> Feedback:
@@ -436,7 +439,10 @@ def mlflow_scorer(judge: FittedJudge, *, name: str | None = None) -> Any:
         missing = [key for key in names if key not in fields]
         if isinstance(outputs, str) and len(missing) == 1:
             fields[missing[0]] = outputs
-        verdict = judge(**fields)
+        try:
+            verdict = judge(**fields)
+        except RowFailedError as error:
+            return Feedback(value=None, error=error.reason)
         if verdict.label is None:
             return Feedback(value=None, error=verdict.error or "no verdict")
         return Feedback(
@@ -448,6 +454,20 @@ def mlflow_scorer(judge: FittedJudge, *, name: str | None = None) -> Any:
     return scorer(judge_row, name=name or judge.name.replace("/", "_"))
 
 
+class JudgeFileResult(BaseModel):
+    """What one run of :func:`judge_file` did."""
+
+    judged: int = Field(description="Rows judged and written in this run.")
+    already_done: int = Field(description="Rows found in the output from earlier runs.")
+    failed: int = Field(default=0, description="Rows without a verdict this run, listed in the errors file.")
+    errors_file: Path | None = Field(default=None, description="Where the failed rows are listed, if any failed.")
+
+
+def errors_file_of(output: Path) -> Path:
+    """``verdicts.jsonl`` → ``verdicts.errors.jsonl``: the rows the last run could not judge."""
+    return output.with_name(f"{output.stem if output.suffix else output.name}.errors.jsonl")
+
+
 def judge_file(
     judge: FittedJudge,
     source: Path,
@@ -456,47 +476,100 @@ def judge_file(
     num_threads: int = 1,
     chunk: int = 16,
     progress: Any = None,
-) -> tuple[int, int]:
+) -> JudgeFileResult:
     """Judge every row of ``source`` into ``output`` (JSONL), resuming where an earlier run
-    stopped. Each verdict is one ``write`` of one whole line, flushed per chunk; a line cut
+    stopped. Each verdict is one ``write`` of one whole line, synced per chunk; a line cut
     short by a crash is dropped on resume. Lines read back as a verdicts file
     (``{"id", "verdict", "probability"}``), so they can be calibrated in turn.
-    Returns (rows judged now, rows already done)."""
+
+    Only verdicts are written there. A row the judge gave none for (its call kept
+    failing, its answer could not be read, it is longer than the model's context) goes to
+    :func:`errors_file_of` instead, with its id, input line and the error, so the next run
+    judges it again. The errors file lists the failures of the latest run only."""
     import os
 
-    from judgecal.data import load_rows
+    from judgecal.data import LabeledRow, load_rows
+    from judgecal.judges import FAILING_START, JudgeFailedError, RowFailedError, Verdict
 
     rows = load_rows(source, judge.task.spec, labelled=False).rows
     done = _completed_ids(output)
     todo = [row for row in rows if row.id not in done]
     positive = judge.task.spec.positive
+    errors_path = errors_file_of(output)
+    errors_path.unlink(missing_ok=True)
     tracker = progress(len(todo), f"{judge.name}: judging") if progress and todo else None
+
+    def judge_rows(part: list[LabeledRow]) -> Iterator[tuple[Verdict | None, str | None]]:
+        """(verdict, None) or (None, why) per row, in order. An LM judge is called row by
+        row, so that one failed row costs only itself; other judges make no calls and run
+        as a batch."""
+        if not judge.uses_lm:
+            yield from ((v, None) for v in judge.batch(part, num_threads=num_threads, progress=False))
+            return
+
+        def one(row: LabeledRow) -> tuple[Verdict | None, str | None]:
+            try:
+                return judge.predict([row])[0], None
+            except RowFailedError as error:
+                return None, error.reason
+
+        if num_threads <= 1:
+            yield from (one(row) for row in part)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=num_threads)
+        try:
+            yield from pool.map(one, part)
+        finally:  # a stop (a misconfigured judge, Ctrl-C) cancels the rows not started
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    judged = failed = 0
     output.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    errors_descriptor: int | None = None
     try:
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]
-            verdicts = judge.batch(part, num_threads=num_threads, progress=False)
-            for row, verdict in zip(part, verdicts, strict=True):
-                record = {
-                    "id": row.id,
-                    "verdict": None if verdict.label is None else verdict.label,
-                    "probability": verdict.probability_of(positive) if positive is not None else None,
-                    "confidence": verdict.confidence,
-                    "probabilities": verdict.probabilities,
-                    "error": verdict.error,
-                    "judge": judge.name,
-                }
-                line = json.dumps(record, ensure_ascii=False) + "\n"
-                os.write(descriptor, line.encode("utf-8"))
+            for row, (verdict, why) in zip(part, judge_rows(part), strict=True):
+                if verdict is not None and verdict.label is None:
+                    why = f"no valid verdict: {verdict.error or 'the answer could not be read'}"
+                if why is None and verdict is not None:
+                    record = {
+                        "id": row.id,
+                        "verdict": verdict.label,
+                        "probability": verdict.probability_of(positive) if positive is not None else None,
+                        "confidence": verdict.confidence,
+                        "probabilities": verdict.probabilities,
+                        "judge": judge.name,
+                    }
+                    os.write(descriptor, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+                    judged += 1
+                else:
+                    failed += 1
+                    if errors_descriptor is None:
+                        errors_descriptor = os.open(errors_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                    line = json.dumps({"id": row.id, "line": row.line, "error": why}, ensure_ascii=False)
+                    os.write(errors_descriptor, (line + "\n").encode("utf-8"))
+                    if judged == 0 and failed >= FAILING_START:
+                        raise JudgeFailedError(
+                            f"judge '{judge.name}' failed on its first {failed} rows (listed in {errors_path}); "
+                            f"the last error: {why}"
+                        )
+                if tracker is not None:
+                    tracker.advance()
             os.fsync(descriptor)
-            if tracker is not None:
-                tracker.advance(len(part))
+            if errors_descriptor is not None:
+                os.fsync(errors_descriptor)
     finally:
         os.close(descriptor)
+        if errors_descriptor is not None:
+            os.close(errors_descriptor)
         if tracker is not None:
             tracker.close()
-    return len(todo), len(done)
+    return JudgeFileResult(
+        judged=judged, already_done=len(done), failed=failed, errors_file=errors_path if failed else None
+    )
 
 
 def _completed_ids(output: Path) -> set[str]:

@@ -67,6 +67,12 @@ class LMConfig(BaseModel):
     n_ctx: int = Field(default=4096, gt=0, description="Context length of an in-process model.")
     n_threads: int | None = Field(default=None, description="CPU threads of an in-process model.")
     cache: bool = True
+    num_retries: int = Field(
+        default=3,
+        ge=0,
+        description="Retries of a call that failed for a transient reason (rate limit, server error, timeout, "
+        "lost connection), with exponential backoff: DSPy's own, before the judge's.",
+    )
 
     @property
     def is_in_process(self) -> bool:
@@ -488,6 +494,7 @@ def build_lm(config: LMConfig) -> Any:
         "temperature": config.temperature,
         "max_tokens": config.max_tokens,
         "cache": config.cache,
+        "num_retries": config.num_retries,
     }
     if config.wants_logprobs:
         # The engine adds every allowed answer at the verdict step itself; a remote API

@@ -81,15 +81,18 @@ def test_judge_file_resumes_and_never_keeps_a_half_written_line(verifier_judge, 
     judge, dataset = verifier_judge
     source = write_jsonl(tmp_path / "rows.jsonl", [{"id": r.id, **r.inputs} for r in dataset.rows[:30]])
     output = tmp_path / "verdicts.jsonl"
-    assert judge_file(judge, source, output, chunk=8) == (30, 0)
+    first = judge_file(judge, source, output, chunk=8)
+    assert (first.judged, first.already_done, first.failed) == (30, 0, 0)
     lines = output.read_text().splitlines()
     # A crash after 12 rows, in the middle of writing the 13th line.
     output.write_text("\n".join(lines[:12]) + "\n" + lines[12][:17])
-    assert judge_file(judge, source, output, chunk=8) == (18, 12)
+    resumed = judge_file(judge, source, output, chunk=8)
+    assert (resumed.judged, resumed.already_done) == (18, 12)
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert [r["id"] for r in records] == [r.id for r in dataset.rows[:30]]
     assert output.read_text().endswith("\n")
-    assert judge_file(judge, source, output) == (0, 30)
+    again = judge_file(judge, source, output)
+    assert (again.judged, again.already_done) == (0, 30)
 
 
 def test_judge_command_with_a_bundle(verifier_judge, tmp_path: Path, capsys) -> None:
@@ -150,3 +153,98 @@ def test_a_tracking_uri_password_is_not_printed(tmp_path: Path, capsys) -> None:
     assert code == 2
     assert "s3cr3t" not in captured.out + captured.err
     assert "unknown+scheme://judgecal:***@db-host/store" in captured.err
+
+
+# -- failed rows are never recorded as done ---------------------------------------------
+
+
+def _remote_bundle(tmp_path: Path) -> Path:
+    """A zero-shot relevance judge on a remote model; calls are not cached, and DSPy does
+    not retry (the judge's own retry still does, once)."""
+    from judgecal.judges import JudgeProgram
+    from judgecal.strategies import ProgramJudge
+
+    judge = ProgramJudge(RELEVANCE, JudgeProgram(RELEVANCE.signature), None, "remote")
+    save_bundle(bundle_from_judge(judge, LMConfig(model="openai/judge", cache=False, num_retries=0)), tmp_path / "b")
+    return tmp_path / "b"
+
+
+def test_failed_rows_go_to_an_errors_file_exit_1_and_are_judged_on_the_next_run(
+    chat_server, tmp_path: Path, capsys
+) -> None:
+    texts = ["fine", "server down", "odd answer", "busy once", "way too long", "fine again"]
+    broken = {"server down": 503, "odd answer": "garbage", "way too long": "too-long"}
+
+    def respond(text: str, attempt: int) -> object:
+        if "busy once" in text and attempt == 1:
+            return 503  # retried by the judge, then answered
+        return next((kind for key, kind in broken.items() if key in text), "ok")
+
+    chat_server.respond = respond
+    source = write_jsonl(
+        tmp_path / "rows.jsonl", [{"id": f"r{i}", "prompt": t, "attribute": "a"} for i, t in enumerate(texts, 1)]
+    )
+    output = tmp_path / "verdicts.jsonl"
+    command = ["judge", "--judge", str(_remote_bundle(tmp_path)), "--input", str(source), "--output", str(output)]
+    command += ["--api-base", chat_server.url]
+    assert main(command) == 1
+    captured = capsys.readouterr()
+    assert "3 rows judged now, 0 already" in captured.out
+    assert "3 rows got no verdict" in captured.err and "verdicts.errors.jsonl" in captured.err
+    assert [json.loads(line)["id"] for line in output.read_text().splitlines()] == ["r1", "r4", "r6"]
+    errors = [json.loads(line) for line in (tmp_path / "verdicts.errors.jsonl").read_text().splitlines()]
+    assert [(e["id"], e["line"]) for e in errors] == [("r2", 2), ("r3", 3), ("r5", 5)]
+    assert "LMServerError" in errors[0]["error"] and "after 2 attempts" in errors[0]["error"]
+    assert "no valid verdict" in errors[1]["error"]
+    assert "longer than the judge model's context" in errors[2]["error"]
+
+    broken.clear()  # the server recovers: the next run judges exactly the rows that failed
+    seen = len(chat_server.requests)
+    assert main(command) == 0
+    assert "3 rows judged now, 3 already" in capsys.readouterr().out
+    retried = chat_server.requests[seen:]
+    assert len(retried) == 3
+    assert all(sum(key in text for text in retried) == 1 for key in ("server down", "odd answer", "way too long"))
+    assert sorted(json.loads(line)["id"] for line in output.read_text().splitlines()) == [f"r{i}" for i in range(1, 7)]
+    assert all(json.loads(line)["verdict"] is True for line in output.read_text().splitlines())
+    assert not (tmp_path / "verdicts.errors.jsonl").exists()
+
+
+def test_a_judge_failing_on_its_first_rows_stops_without_trying_the_rest(chat_server, tmp_path: Path) -> None:
+    from judgecal.export import judge_file
+    from judgecal.judges import JudgeFailedError, RetryPolicy
+
+    chat_server.respond = lambda text, attempt: 503
+    source = write_jsonl(
+        tmp_path / "rows.jsonl", [{"id": f"r{i}", "prompt": "p", "attribute": f"a{i}"} for i in range(9)]
+    )
+    judge = load_judge(_remote_bundle(tmp_path), api_base=chat_server.url)
+    judge.judge.retry = RetryPolicy(attempts=1)
+    with pytest.raises(JudgeFailedError, match="failed on its first 3 rows"):
+        judge_file(judge, source, tmp_path / "out.jsonl")
+    assert len(chat_server.requests) == 3
+    assert (tmp_path / "out.jsonl").read_text() == ""
+    assert len((tmp_path / "out.errors.jsonl").read_text().splitlines()) == 3
+
+
+def test_an_over_long_row_for_the_embedded_model_is_an_error_for_that_row(embedded_lm, tmp_path: Path) -> None:
+    from judgecal.export import judge_file
+    from judgecal.judges import JudgeProgram
+    from judgecal.strategies import ProgramJudge
+
+    judge = ProgramJudge(RELEVANCE, JudgeProgram(RELEVANCE.signature), embedded_lm, "embedded")
+    rows = [
+        {"id": "short-1", "prompt": "Plan a picnic.", "attribute": "The user is vegan."},
+        {"id": "huge", "prompt": "Plan a picnic.", "attribute": "The user likes picnics. " * 4000},
+        {"id": "short-2", "prompt": "Fix my CSS.", "attribute": "The user is vegan."},
+    ]
+    source = write_jsonl(tmp_path / "rows.jsonl", rows)
+    result = judge_file(judge, source, tmp_path / "out.jsonl")
+    assert (result.judged, result.failed) == (2, 1)
+    [error] = [json.loads(line) for line in (tmp_path / "out.errors.jsonl").read_text().splitlines()]
+    assert (error["id"], error["line"]) == ("huge", 2)
+    assert "longer than the judge model's context" in error["error"]
+    assert [json.loads(line)["id"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == [
+        "short-1",
+        "short-2",
+    ]
