@@ -165,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     importer = data_commands.add_parser(
         "import", help="convert a file: annotation-tool, pandalm, llmbar, mt-bench, or table (any CSV/JSONL with --map)"
     )
-    importer.add_argument("format", help="annotation-tool, pandalm, llmbar, mt-bench or table")
+    importer.add_argument("format", help="annotation-tool, pandalm, llmbar, mt-bench or table (any case)")
     importer.add_argument("path", type=Path, help="the source file")
     importer.add_argument("--output", type=Path, required=True, help="rows to write (JSONL)")
     importer.add_argument("--task", help="task the rows are for (default: relevance or pairwise by format)")
@@ -182,6 +182,14 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="VALUE=LABEL",
         help="table: rewrite a label value, e.g. 1=A (repeatable)",
+    )
+    importer.add_argument(
+        "--group-by",
+        choices=("prompt", "user-prompt", "user"),
+        help="annotation-tool: which rows form a group (kept in one split, resampled together): 'prompt' "
+        "(default) = one prompt across users, which the paper's data needs since each prompt is asked for "
+        "several users; 'user-prompt' = one user's prompt (the tool's prompt_id; optimistic intervals when "
+        "prompts repeat); 'user' = one user across prompts",
     )
     importer.set_defaults(handler=_import)
 
@@ -416,7 +424,7 @@ def _estimate(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     import json
 
-    from judgecal.importers import TASK_OF_FORMAT, import_rows
+    from judgecal.importers import TASK_OF_FORMAT, format_name, import_rows
     from judgecal.tasks import resolve_task
 
     def pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -428,16 +436,18 @@ def _import(args: argparse.Namespace) -> int:
             out[key] = rest
         return out
 
-    task_name = args.task or TASK_OF_FORMAT.get(args.format)
+    fmt = format_name(args.format)
+    task_name = args.task or TASK_OF_FORMAT.get(fmt)
     if task_name is None:
-        raise ValueError("--task is needed for the table format")
+        raise ValueError("--task is needed for the table format (relevance, pairwise, attribute or module:Signature)")
     task = resolve_task(task_name)
     rows = import_rows(
-        args.format,
+        fmt,
         args.path,
         task.spec,
         mapping=pairs(args.map, "--map"),
         label_map=pairs(args.label_map, "--label-map"),
+        group_by=args.group_by,
     )
     if args.output.exists():
         raise FileExistsError(f"{args.output} exists; choose another --output (nothing was overwritten)")
