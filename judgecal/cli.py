@@ -6,7 +6,7 @@ import argparse
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,6 +75,34 @@ def _reported_to_user(error: Exception) -> bool:
     return False
 
 
+def _positive_int(flag: str) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least 1, refused by name and value otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag}: expected a whole number of at least 1, got {text!r}")
+        return value
+
+    return parse
+
+
+def _level(text: str) -> float:
+    """An argparse type: a confidence level strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(
+            f"--confidence: expected a level strictly between 0 and 1 (e.g. 0.95), got {text!r}"
+        )
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="judgecal", description="Calibrate LLM-as-judge models against human labels.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -97,7 +125,9 @@ def _parser() -> argparse.ArgumentParser:
         "mipro, copro, simba, gepa), threshold, base_rate, order_swap, verifier or stacking",
     )
     calibrate.add_argument("--strategies", help="search these strategies with Optuna: comma-separated names or 'all'")
-    calibrate.add_argument("--trials", type=int, help="search: finished trials the study should reach")
+    calibrate.add_argument(
+        "--trials", type=_positive_int("--trials"), help="search: finished trials the study should reach (at least 1)"
+    )
     calibrate.add_argument("--storage", help="search: Optuna storage URL (default: sqlite:///mlruns/optuna.db)")
     calibrate.add_argument("--study-name", help="search: study to create or resume")
     calibrate.add_argument("--recorded", help="calibrate the verdicts of reference_judges.<NAME> in the rows")
@@ -156,7 +186,9 @@ def _parser() -> argparse.ArgumentParser:
     estimate.add_argument("--labels", type=Path, required=True, help="human-labelled subset (rows with id and label)")
     estimate.add_argument("--target", help="label whose rate to estimate (default: the positive label)")
     estimate.add_argument("--verdict-only", action="store_true", help="use 0/1 verdicts, not the judge's probability")
-    estimate.add_argument("--confidence", type=float, default=0.95)
+    estimate.add_argument(
+        "--confidence", type=_level, default=0.95, help="level of the intervals, between 0 and 1 (default 0.95)"
+    )
     estimate.set_defaults(handler=_estimate)
 
     data = commands.add_parser("data", help="convert published human-judgment data into judgecal rows")
