@@ -49,13 +49,23 @@ def test_batch_keeps_order_with_threads_and_takes_plain_dicts(verifier_judge) ->
 
 
 def test_judge_is_a_dspy_metric(verifier_judge) -> None:
-    judge, _ = verifier_judge
+    """The metric is the judge's own verdict (1.0 for 'relevant') or its P(relevant), on the
+    prediction's fields where it has them and the example's otherwise."""
+    judge, dataset = verifier_judge
+    rows = list(dataset.rows[:60])
+    verdicts = judge.batch(rows, progress=False)
+    kept = next(row for row, v in zip(rows, verdicts, strict=True) if v.label is True)
+    dropped = next(row for row, v in zip(rows, verdicts, strict=True) if v.label is False)
     metric = judge.as_dspy_metric()
-    example = dspy.Example(prompt="Help me with cooking.")
-    kept = metric(example, dspy.Prediction(attribute="The user cares about cooking."))
-    assert kept in (0.0, 1.0)
-    probability = judge.as_dspy_metric(probability=True)(example, dspy.Prediction(attribute="The user likes cooking."))
-    assert 0.0 <= probability <= 1.0
+    for row, expected in ((kept, 1.0), (dropped, 0.0)):
+        example = dspy.Example(prompt=row.inputs["prompt"], attribute="an attribute the prediction replaces")
+        assert metric(example, dspy.Prediction(attribute=row.inputs["attribute"])) == expected
+    probability = judge.as_dspy_metric(probability=True)
+    for row, verdict in ((kept, verdicts[rows.index(kept)]), (dropped, verdicts[rows.index(dropped)])):
+        example = dspy.Example(prompt=row.inputs["prompt"])
+        value = probability(example, dspy.Prediction(attribute=row.inputs["attribute"]))
+        assert value == pytest.approx(verdict.probability_of(True))
+    assert metric.__name__ == f"judgecal_{judge.name}"
 
 
 def test_judge_runs_as_a_scorer_in_mlflow_genai_evaluate(verifier_judge, isolated_workspace: Path) -> None:
