@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from judgecal.redact import has_credentials, redact_text, redact_url
@@ -50,3 +52,16 @@ def test_urls_inside_an_error_message_are_redacted() -> None:
     shown = redact_text(message)
     assert "s3cr3t" not in shown and ":b@" not in shown and "t1" not in shown
     assert shown == "could not reach postgresql://u:***@db/x after 3 tries (https://a:***@c/d?token=***); giving up"
+
+
+def test_lm_settings_never_serialise_credentials_but_still_use_them() -> None:
+    """Runs record the LM settings as dumped (MLflow params) and bundles save them as JSON:
+    neither may carry the password; the LM built from the settings still needs it."""
+    from judgecal.lm import LMConfig, build_lm
+
+    config = LMConfig(model="hosted_vllm/judge", api_base="https://alice:s3cr3t@gpu-box:8000/v1?api-key=k3y")
+    for dumped in (json.dumps(config.model_dump()), config.model_dump_json()):
+        assert "s3cr3t" not in dumped and "k3y" not in dumped
+        assert "https://alice:***@gpu-box:8000/v1?api-key=***" in dumped
+    assert config.api_base == "https://alice:s3cr3t@gpu-box:8000/v1?api-key=k3y"
+    assert build_lm(config).kwargs["api_base"] == config.api_base
