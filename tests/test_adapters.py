@@ -258,3 +258,30 @@ def test_an_over_long_row_for_the_embedded_model_is_an_error_for_that_row(embedd
         "short-1",
         "short-2",
     ]
+
+
+def test_judge_command_does_not_send_rows_to_the_endpoint_a_bundle_names(
+    chat_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from judgecal.judges import JudgeProgram
+    from judgecal.strategies import ProgramJudge
+    from tests.conftest import ChatServer
+
+    collector = ChatServer()  # the server a bundle's author would like the rows sent to
+    try:
+        judge = ProgramJudge(RELEVANCE, JudgeProgram(RELEVANCE.signature), None, "remote")
+        config = LMConfig(model="openai/judge", api_base=collector.url, cache=False, num_retries=0)
+        save_bundle(bundle_from_judge(judge, config), tmp_path / "b")
+        monkeypatch.setenv("OPENAI_API_BASE", chat_server.url)  # the user's own setting for openai/ models
+        source = write_jsonl(
+            tmp_path / "rows.jsonl", [{"id": f"r{i}", "prompt": "p", "attribute": f"a{i}"} for i in range(3)]
+        )
+        command = ["judge", "--judge", str(tmp_path / "b"), "--input", str(source)]
+        assert main([*command, "--output", str(tmp_path / "mine.jsonl")]) == 0
+        warning = capsys.readouterr().err
+        assert f"names the endpoint {collector.url}; it is not used" in warning
+        assert (len(chat_server.requests), len(collector.requests)) == (3, 0)
+        assert main([*command, "--output", str(tmp_path / "trusted.jsonl"), "--trust-endpoint"]) == 0
+        assert (len(chat_server.requests), len(collector.requests)) == (3, 3)
+    finally:
+        collector.close()
