@@ -413,6 +413,9 @@ def log_judge_model(bundle_folder: Path, *, input_names: list[str]) -> Any:
             artifacts={"bundle": str(bundle_folder / BUNDLE_FILE)},
             signature=infer_signature(example, output),
             pip_requirements=[f"judgecal=={package_versions().get('judgecal', '0')}"],
+            # Declared so that load_model(uri, model_config={...}) may set them (MLflow
+            # ignores keys a model did not declare when it was logged).
+            model_config={"model": None, "api_base": None, "trust_endpoint": False, "allow_modified": False},
         )
 
 

@@ -23,7 +23,7 @@ class CalibratedJudgeModel(PythonModel):
         from judgecal.export import BundleNote, open_judge
 
         config = dict(getattr(context, "model_config", None) or {})
-        options = {key: config[key] for key in LOAD_OPTIONS if key in config}
+        options = {key: config[key] for key in LOAD_OPTIONS if config.get(key) is not None}
         loaded = open_judge(context.artifacts["bundle"], **options)
         for note in loaded.notes:
             warnings.warn(note, BundleNote, stacklevel=2)

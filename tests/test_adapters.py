@@ -285,3 +285,32 @@ def test_judge_command_does_not_send_rows_to_the_endpoint_a_bundle_names(
         assert (len(chat_server.requests), len(collector.requests)) == (3, 3)
     finally:
         collector.close()
+
+
+def test_the_mlflow_model_checks_the_digest_and_takes_the_same_choices(
+    verifier_judge, tmp_path: Path, isolated_workspace: Path
+) -> None:
+    import mlflow
+
+    from judgecal.export import log_judge_model
+    from judgecal.tracking import configure_tracking
+
+    judge, dataset = verifier_judge
+    folder = tmp_path / "bundle"
+    path = save_bundle(bundle_from_judge(judge, LMConfig()), folder)
+    document = json.loads(path.read_text())
+    document["judge"]["threshold"] = 0.0
+    path.write_text(json.dumps(document))
+    configure_tracking(root=isolated_workspace)
+    mlflow.set_experiment("bundle-model")
+    with mlflow.start_run() as run:
+        log_judge_model(folder, input_names=["prompt", "attribute"])
+    uri = f"runs:/{run.info.run_id}/judge"
+    with pytest.raises(Exception, match="modified after it was saved"):
+        mlflow.pyfunc.load_model(uri)
+    with pytest.warns(UserWarning, match="modified after it was saved"):
+        model = mlflow.pyfunc.load_model(uri, model_config={"allow_modified": True})
+    import pandas as pd
+
+    frame = pd.DataFrame([row.inputs for row in dataset.rows[:4]])
+    assert model.predict(frame)["label"].tolist() == ["true"] * 4  # the edited threshold took effect
