@@ -179,8 +179,9 @@ def _remote_bundle(tmp_path: Path) -> Path:
     return tmp_path / "b"
 
 
+@pytest.mark.parametrize("threads", ["1", "3"])
 def test_failed_rows_go_to_an_errors_file_exit_1_and_are_judged_on_the_next_run(
-    chat_server, tmp_path: Path, capsys
+    chat_server, tmp_path: Path, capsys, threads: str
 ) -> None:
     texts = ["fine", "server down", "odd answer", "busy once", "way too long", "fine again"]
     broken = {"server down": 503, "odd answer": "garbage", "way too long": "too-long"}
@@ -196,7 +197,7 @@ def test_failed_rows_go_to_an_errors_file_exit_1_and_are_judged_on_the_next_run(
     )
     output = tmp_path / "verdicts.jsonl"
     command = ["judge", "--judge", str(_remote_bundle(tmp_path)), "--input", str(source), "--output", str(output)]
-    command += ["--api-base", chat_server.url]
+    command += ["--api-base", chat_server.url, "--num-threads", threads]
     assert main(command) == 1
     captured = capsys.readouterr()
     assert "3 rows judged now, 0 already" in captured.out
