@@ -6,20 +6,23 @@ import argparse
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from judgecal.data import DataError
+from judgecal.redact import redact_text
 
 if TYPE_CHECKING:
     from judgecal.experiment import ExperimentConfig
 
 console = Console(stderr=False)
-errors = Console(stderr=True)
+# Errors are never wrapped: a piped or logged "file:line: field ..." must stay one line.
+errors = Console(stderr=True, soft_wrap=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,32 +33,74 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args) or 0)
-    except DataError as error:
-        errors.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
-        return 2
-    except (FileNotFoundError, FileExistsError, ValueError, TypeError, ImportError) as error:
-        errors.print(f"[bold red]error:[/] {error}", highlight=False)
+    except (DataError, FileNotFoundError, FileExistsError, ValueError, TypeError, ImportError) as error:
+        _print_error(str(error))
         return 2
     except KeyboardInterrupt:
         errors.print("interrupted")
         return 130
     except Exception as error:
-        if not _reported_to_user(error):
-            raise
-        errors.print(f"[bold red]error:[/] {type(error).__name__}: {error}", highlight=False)
+        if _reported_to_user(error):
+            _print_error(f"{type(error).__name__}: {_first_line(error)}")
+            return 1
+        # A bug: the traceback is for its report, without the credentials of any URL in it.
+        import traceback
+
+        errors.print(redact_text("".join(traceback.format_exception(error))), highlight=False, markup=False)
         return 1
+
+
+def _print_error(message: str) -> None:
+    """One line on stderr, whatever the message holds: line breaks are joined, and a
+    password or key in any URL it quotes is hidden."""
+    text = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    errors.print(f"[bold red]error:[/] {escape(redact_text(text))}", highlight=False, markup=True)
+
+
+def _first_line(error: BaseException) -> str:
+    """An LM error's first line; DSPy appends several lines of generic advice."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _reported_to_user(error: Exception) -> bool:
     """Failures of the judge model (unreachable server, bad key, a judge failing on every
     row) are the user's to fix: a message, not a traceback."""
-    if type(error).__name__ == "JudgeFailedError":
+    if type(error).__name__ in ("JudgeFailedError", "RowFailedError"):
         return True
     if "dspy" in sys.modules:
         from dspy.utils.exceptions import LMError
 
         return isinstance(error, LMError)
     return False
+
+
+def _positive_int(flag: str) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least 1, refused by name and value otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag}: expected a whole number of at least 1, got {text!r}")
+        return value
+
+    return parse
+
+
+def _level(text: str) -> float:
+    """An argparse type: a confidence level strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(
+            f"--confidence: expected a level strictly between 0 and 1 (e.g. 0.95), got {text!r}"
+        )
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,7 +125,9 @@ def _parser() -> argparse.ArgumentParser:
         "mipro, copro, simba, gepa), threshold, base_rate, order_swap, verifier or stacking",
     )
     calibrate.add_argument("--strategies", help="search these strategies with Optuna: comma-separated names or 'all'")
-    calibrate.add_argument("--trials", type=int, help="search: finished trials the study should reach")
+    calibrate.add_argument(
+        "--trials", type=_positive_int("--trials"), help="search: finished trials the study should reach (at least 1)"
+    )
     calibrate.add_argument("--storage", help="search: Optuna storage URL (default: sqlite:///mlruns/optuna.db)")
     calibrate.add_argument("--study-name", help="search: study to create or resume")
     calibrate.add_argument(
@@ -112,6 +159,20 @@ def _parser() -> argparse.ArgumentParser:
     judge.add_argument("--output", type=Path, required=True, help="verdicts JSONL; appended to, never rewritten")
     judge.add_argument("--num-threads", type=int, default=1, help="parallel rows (remote models)")
     judge.add_argument("--model", help="run the calibrated judge on another model (e.g. a served copy)")
+    judge.add_argument(
+        "--api-base", help="server of the judge model; a bundle's own endpoint is not used unless --trust-endpoint"
+    )
+    judge.add_argument(
+        "--trust-endpoint", action="store_true", help="send the rows to the endpoint the bundle names (its api_base)"
+    )
+    judge.add_argument(
+        "--allow-modified", action="store_true", help="load a bundle edited after it was saved (digest mismatch)"
+    )
+    judge.add_argument(
+        "--task",
+        help="your own task (module:Signature or file.py:Signature) for a bundle that does not describe its "
+        "custom signature; this imports your code, which loading a bundle never does by itself",
+    )
     judge.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ (default: mlruns/)")
     judge.set_defaults(handler=_judge)
 
@@ -128,7 +189,9 @@ def _parser() -> argparse.ArgumentParser:
     estimate.add_argument("--labels", type=Path, required=True, help="human-labelled subset (rows with id and label)")
     estimate.add_argument("--target", help="label whose rate to estimate (default: the positive label)")
     estimate.add_argument("--verdict-only", action="store_true", help="use 0/1 verdicts, not the judge's probability")
-    estimate.add_argument("--confidence", type=float, default=0.95)
+    estimate.add_argument(
+        "--confidence", type=_level, default=0.95, help="level of the intervals, between 0 and 1 (default 0.95)"
+    )
     estimate.set_defaults(handler=_estimate)
 
     data = commands.add_parser("data", help="convert published human-judgment data into judgecal rows")
@@ -137,7 +200,7 @@ def _parser() -> argparse.ArgumentParser:
     importer = data_commands.add_parser(
         "import", help="convert a file: annotation-tool, pandalm, llmbar, mt-bench, or table (any CSV/JSONL with --map)"
     )
-    importer.add_argument("format", help="annotation-tool, pandalm, llmbar, mt-bench or table")
+    importer.add_argument("format", help="annotation-tool, pandalm, llmbar, mt-bench or table (any case)")
     importer.add_argument("path", type=Path, help="the source file")
     importer.add_argument("--output", type=Path, required=True, help="rows to write (JSONL)")
     importer.add_argument("--task", help="task the rows are for (default: relevance or pairwise by format)")
@@ -154,6 +217,14 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="VALUE=LABEL",
         help="table: rewrite a label value, e.g. 1=A (repeatable)",
+    )
+    importer.add_argument(
+        "--group-by",
+        choices=("prompt", "user-prompt", "user"),
+        help="annotation-tool: which rows form a group (kept in one split, resampled together): 'prompt' "
+        "(default) = one prompt across users, which the paper's data needs since each prompt is asked for "
+        "several users; 'user-prompt' = one user's prompt (the tool's prompt_id; optimistic intervals when "
+        "prompts repeat); 'user' = one user across prompts",
     )
     importer.set_defaults(handler=_import)
 
@@ -325,21 +396,45 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> int:
-    from judgecal.export import judge_file, load_judge
+    from judgecal.export import judge_file, open_judge
     from judgecal.lm import configure_dspy_cache
     from judgecal.paths import dspy_cache_dir
     from judgecal.progress import rich_progress
+    from judgecal.redact import redact_url
 
     if str(args.judge).startswith(("runs:/", "models:/")):
         from judgecal.tracking import configure_tracking
 
         configure_tracking(args.tracking_uri)
     configure_dspy_cache(dspy_cache_dir())
-    judge = load_judge(args.judge, model=args.model)
-    new, earlier = judge_file(
-        judge, args.input, args.output, num_threads=args.num_threads, progress=rich_progress(console)
+    task = None
+    if args.task:
+        from judgecal.tasks import resolve_task
+
+        task = resolve_task(args.task)
+    loaded = open_judge(
+        args.judge,
+        model=args.model,
+        api_base=args.api_base,
+        trust_endpoint=args.trust_endpoint,
+        allow_modified=args.allow_modified,
+        task=task,
     )
-    console.print(f"{new} rows judged now, {earlier} already in {args.output}", highlight=False)
+    for note in loaded.notes:
+        errors.print(f"[bold yellow]warning:[/] {note}", highlight=False, markup=True)
+    console.print(
+        f"judge {loaded.bundle.name!r} from {redact_url(loaded.source)}, bundle {loaded.digest}", highlight=False
+    )
+    result = judge_file(
+        loaded.judge, args.input, args.output, num_threads=args.num_threads, progress=rich_progress(console)
+    )
+    console.print(f"{result.judged} rows judged now, {result.already_done} already in {args.output}", highlight=False)
+    if result.failed:
+        _print_error(
+            f"{result.failed} rows got no verdict and were not written to {args.output}; they are listed in "
+            f"{result.errors_file} (id, line, error). Run the same command again to judge them"
+        )
+        return 1
     return 0
 
 
@@ -375,7 +470,7 @@ def _estimate(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     import json
 
-    from judgecal.importers import TASK_OF_FORMAT, import_rows
+    from judgecal.importers import TASK_OF_FORMAT, format_name, import_rows
     from judgecal.tasks import resolve_task
 
     def pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -387,16 +482,18 @@ def _import(args: argparse.Namespace) -> int:
             out[key] = rest
         return out
 
-    task_name = args.task or TASK_OF_FORMAT.get(args.format)
+    fmt = format_name(args.format)
+    task_name = args.task or TASK_OF_FORMAT.get(fmt)
     if task_name is None:
-        raise ValueError("--task is needed for the table format")
+        raise ValueError("--task is needed for the table format (relevance, pairwise, attribute or module:Signature)")
     task = resolve_task(task_name)
     rows = import_rows(
-        args.format,
+        fmt,
         args.path,
         task.spec,
         mapping=pairs(args.map, "--map"),
         label_map=pairs(args.label_map, "--label-map"),
+        group_by=args.group_by,
     )
     if args.output.exists():
         raise FileExistsError(f"{args.output} exists; choose another --output (nothing was overwritten)")
@@ -413,6 +510,7 @@ def _import(args: argparse.Namespace) -> int:
 
 def _ui(args: argparse.Namespace) -> int:
     from judgecal.paths import store_dir
+    from judgecal.redact import redact_url
     from judgecal.tracking import tracking_uri, ui_environment
 
     uri = tracking_uri(args.tracking_uri)
@@ -435,7 +533,9 @@ def _ui(args: argparse.Namespace) -> int:
         "--workers",
         "1",
     ]
-    console.print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C stops it)")
+    console.print(
+        f"MLflow UI on http://{args.host}:{args.port} for {redact_url(uri)} (Ctrl-C stops it)", highlight=False
+    )
     environment = ui_environment()
     return subprocess.call(command, env=environment, cwd=os.getcwd())
 

@@ -429,9 +429,10 @@ def load_verdicts(path: str | Path, task: TaskSpec) -> dict[str, tuple[LabelValu
 
 
 class SplitSpec(BaseModel):
-    """Fractions of groups in dev and test; the rest is train."""
+    """Fractions of groups in dev and test; the rest is train. An unknown key (a typo such
+    as ``tset``) is refused rather than silently ignored."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     dev: float = Field(default=0.25, gt=0, lt=1)
     test: float = Field(default=0.25, gt=0, lt=1)

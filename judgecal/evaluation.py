@@ -342,7 +342,7 @@ def _score_judge(
             picked = np.concatenate([members[g] for g in sample])
             h = [human[i] for i in picked]
             v = [verdicts[i] for i in picked]
-            out = [krippendorff_alpha([h, v], space)]
+            out = [krippendorff_alpha([h, v], space, invalid=True)]
             if space.kind == "ordinal":
                 ranks = rank_correlations(space, h, v)
                 out += [ranks["spearman"], ranks["kendall"]]
@@ -358,12 +358,19 @@ def _score_judge(
     confidence: dict[str, Estimate] = {}
     if space.kind == "binary" and judge.probability is not None:
         probability = [judge.probability[i] for i in rows]
-        point_conf = confidence_metrics(space, human, probability)
+        # ECE at the judge's own cut: its verdict is the decision it made at that cut.
+        decisions = [None if v is None else v == space.positive for v in verdicts]
+        point_conf = confidence_metrics(space, human, probability, decisions=decisions)
         if point_conf and n_groups >= 2:
 
             def conf_statistic(sample: np.ndarray) -> np.ndarray:
                 picked = np.concatenate([members[g] for g in sample])
-                values = confidence_metrics(space, [human[i] for i in picked], [probability[i] for i in picked])
+                values = confidence_metrics(
+                    space,
+                    [human[i] for i in picked],
+                    [probability[i] for i in picked],
+                    decisions=[decisions[i] for i in picked],
+                )
                 return np.array([values.get(k, np.nan) for k in point_conf])
 
             with warnings.catch_warnings():

@@ -8,7 +8,9 @@ the record and the field. Formats:
 * ``annotation-tool``: the data of the *Re-Centering Humans in LLM Personalization*
   annotation tool: evaluation files whose ``profile_attributes`` carry ``ground_truth``
   relevance flags, or the aggregated ``task3_relevance_clf.jsonl`` (label plus the share
-  of annotators who said relevant) → ``relevance`` rows.
+  of annotators who said relevant) → ``relevance`` rows. Rows are grouped by prompt
+  (``group_by``, see :data:`GROUPINGS`): the same prompt is asked for many users, and
+  its rows are not independent across them.
 * ``pandalm``: PandaLM's ``testset-v1.json`` (three annotators: 0 tie, 1 first, 2 second)
   → ``pairwise`` rows, majority label.
 * ``llmbar``: LLMBar's ``dataset.json`` (``label`` 1 or 2) → ``pairwise`` rows.
@@ -21,6 +23,7 @@ the record and the field. Formats:
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 from collections import Counter, defaultdict
@@ -32,6 +35,24 @@ from judgecal.data import DataError, TaskSpec, parse_record, read_jsonl
 
 FORMATS = ("annotation-tool", "pandalm", "llmbar", "mt-bench", "table")
 TASK_OF_FORMAT = {"annotation-tool": "relevance", "pandalm": "pairwise", "llmbar": "pairwise", "mt-bench": "pairwise"}
+# How annotation-tool rows are grouped (rows of a group stay in one split and are resampled together).
+GROUPINGS = {
+    "prompt": "rows of one prompt, across users (the default; what the paper's data needs: "
+    "its 41 prompts are each asked for several users)",
+    "user-prompt": "rows of one user's prompt (the tool's prompt_id); optimistic when prompts repeat across users",
+    "user": "rows of one user, across prompts",
+}
+
+
+def format_name(name: str) -> str:
+    """The canonical name of a source format: case, ``_`` and missing dashes do not matter
+    (``PandaLM``, ``mt_bench``, ``MTBench``)."""
+    key = name.strip().lower().replace("_", "-")
+    squashed = {fmt.replace("-", ""): fmt for fmt in FORMATS}
+    canonical = key if key in FORMATS else squashed.get(key.replace("-", ""))
+    if canonical is None:
+        raise ValueError(f"unknown format {name!r}; choose from {', '.join(FORMATS)}")
+    return canonical
 
 
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -73,12 +94,23 @@ def _majority(labels: list[str]) -> str:
     return counts[0][0]
 
 
-def import_annotation_tool(path: Path) -> Iterator[dict[str, Any]]:
+def _prompt_group(prompt: str) -> str:
+    """A stable group name for a prompt text."""
+    return "prompt-" + hashlib.sha256(prompt.strip().encode("utf-8")).hexdigest()[:12]
+
+
+def import_annotation_tool(path: Path, *, group_by: str = "prompt") -> Iterator[dict[str, Any]]:
+    if group_by not in GROUPINGS:
+        raise ValueError(f"unknown grouping {group_by!r}; choose from {', '.join(GROUPINGS)}")
     seen: set[str] = set()
     for number, record in _records(path):
         if "profile_attributes" in record:
             prompt = _text(_need(record, "prompt_text", path, number))
             prompt_id = str(record.get("prompt_id") or record.get("prompt_index") or number)
+            user = record.get("user_id")
+            if group_by == "user" and user is None:
+                raise DataError("--group-by user needs a user_id", path=path, line=number, field="user_id")
+            group = {"prompt": _prompt_group(prompt), "user-prompt": prompt_id, "user": str(user)}[group_by]
             for index, item in enumerate(_need(record, "profile_attributes", path, number)):
                 if "ground_truth" not in item:
                     raise DataError(
@@ -93,14 +125,22 @@ def import_annotation_tool(path: Path) -> Iterator[dict[str, Any]]:
                 seen.add(row_id)
                 yield {
                     "id": row_id,
-                    "group": prompt_id,
-                    "user_id": record.get("user_id"),
+                    "group": group,
+                    "user_id": user,
+                    "prompt_id": prompt_id,
                     "prompt": prompt,
                     "attribute": _text(item.get("attribute")),
                     "label": bool(item["ground_truth"]),
                     "reason": item.get("reason"),
                 }
         elif "human_yes_rate" in record or ("label" in record and "prompt_text" in record):
+            if group_by != "prompt":
+                raise DataError(
+                    f"aggregated relevance rows carry no user, so they can only be grouped by prompt "
+                    f"(got --group-by {group_by})",
+                    path=path,
+                    line=number,
+                )
             prompt_index = _need(record, "prompt_index", path, number)
             yield {
                 "id": f"p{prompt_index}-s{record.get('sample_index', number)}-{number}",
@@ -261,20 +301,23 @@ def import_rows(
     *,
     mapping: dict[str, str] | None = None,
     label_map: dict[str, str] | None = None,
+    group_by: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Convert and validate every record; returns rows ready to write as JSONL."""
+    """Convert and validate every record; returns rows ready to write as JSONL.
+    ``group_by`` (annotation-tool only) is one of :data:`GROUPINGS`; default ``prompt``."""
+    fmt = format_name(fmt)
+    if group_by is not None and fmt != "annotation-tool":
+        raise ValueError(f"--group-by applies to the annotation-tool format only; {fmt} rows are grouped by the format")
     path = Path(path)
     if not path.exists():
         raise DataError("no such file", path=path)
     importers: dict[str, Callable[[], Iterator[dict[str, Any]]]] = {
-        "annotation-tool": lambda: import_annotation_tool(path),
+        "annotation-tool": lambda: import_annotation_tool(path, group_by=group_by or "prompt"),
         "pandalm": lambda: import_pandalm(path),
         "llmbar": lambda: import_llmbar(path),
         "mt-bench": lambda: import_mt_bench(path),
         "table": lambda: import_table(path, mapping or {}, label_map or {}),
     }
-    if fmt not in importers:
-        raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     rows = []
     ids: set[str] = set()
     for number, row in enumerate(importers[fmt](), start=1):

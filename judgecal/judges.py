@@ -4,6 +4,11 @@
 live on its ``predict``). ``Judge`` pairs a program with the LM that runs it and a
 decision rule, and turns rows into :class:`Verdict` objects, scikit-learn style:
 ``judge.predict(rows)`` and ``judge.score(rows)``.
+
+A verdict is invalid only when an answer arrived and could not be read. A call that
+failed (rate limit, server error, timeout, lost connection) is retried with backoff; if it
+still fails, or the row does not fit the model's context, the row raises
+:class:`RowFailedError` naming it: it is never scored as a wrong answer.
 """
 
 from __future__ import annotations
@@ -26,6 +31,37 @@ FAILING_START = 3
 
 class JudgeFailedError(RuntimeError):
     """A judge that fails on every one of its first rows is misconfigured, not wrong."""
+
+
+class RowFailedError(RuntimeError):
+    """The judge model gave no answer for one row: its call kept failing, or the row is
+    longer than the model's context. Nothing was scored for the row."""
+
+    def __init__(self, message: str, *, row_id: str, line: int | None, reason: str) -> None:
+        super().__init__(message)
+        self.row_id = row_id
+        self.line = line
+        self.reason = reason
+
+
+class RetryPolicy(BaseModel):
+    """How a judge retries a call that failed for a transient reason (HTTP 429 or 5xx, a
+    timeout, a lost connection), on top of the LM's own retries: outages outlast those."""
+
+    model_config = ConfigDict(frozen=True)
+
+    attempts: int = Field(default=2, ge=1, description="Calls per row, the first included.")
+    first_wait: float = Field(default=2.0, ge=0, description="Seconds before the first retry; doubled each time.")
+    max_wait: float = Field(default=60.0, ge=0, description="Longest wait, also for a server's Retry-After.")
+
+    def wait(self, attempt: int, error: BaseException | None) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (from 1): exponential backoff,
+        or longer when the server asked for it (``retry_after``)."""
+        backoff = self.first_wait * 2 ** (attempt - 1)
+        hint = getattr(error, "retry_after", None)
+        if isinstance(hint, int | float) and hint > backoff:
+            backoff = float(hint)
+        return min(backoff, self.max_wait)
 
 
 class Verdict(BaseModel):
@@ -183,24 +219,29 @@ class Judge:
         lm: Any = None,
         adapter: Any = None,
         name: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.task = task
         self.program = program if program is not None else JudgeProgram(task.signature)
         self.lm = lm
         self.adapter = adapter if adapter is not None else dspy.JSONAdapter()
         self.name = name or task.name
+        self.retry = retry if retry is not None else RetryPolicy()
 
     # -- one row ---------------------------------------------------------------------
 
     def judge_inputs(self, inputs: dict[str, Any]) -> Verdict:
-        """Judge one set of inputs; a failed or unparsable answer becomes an invalid verdict."""
+        """Judge one set of inputs. An answer that cannot be read becomes an invalid
+        verdict; a failed call is retried (see :class:`RetryPolicy`) and, if it still
+        fails, raises the LM's error (``dspy.utils.exceptions.LMError``)."""
+        from dspy.utils.exceptions import LMError
+
         field = self.task.decision_field
         try:
-            with dspy.context(lm=self.lm, adapter=self.adapter):
-                prediction = self.program(**inputs)
-        except Exception as error:
-            if _is_configuration_error(error):
-                raise
+            prediction = self._call(inputs)
+        except (LMError, FileNotFoundError):
+            raise
+        except Exception as error:  # the answer arrived but the adapter could not read it
             return Verdict(label=None, error=f"{type(error).__name__}: {error}"[:500])
         raw = prediction.get(field) if hasattr(prediction, "get") else getattr(prediction, field, None)
         try:
@@ -217,6 +258,24 @@ class Judge:
         confidence = probabilities.get(answer_key(label)) if probabilities else None
         return Verdict(label=label, confidence=confidence, probabilities=probabilities)
 
+    def _call(self, inputs: dict[str, Any]) -> Any:
+        """The program's prediction, retrying transient LM failures with backoff."""
+        from dspy.utils.exceptions import is_retryable_lm_error
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt
+
+        policy = self.retry
+        retrying = Retrying(
+            stop=stop_after_attempt(policy.attempts),
+            wait=lambda state: policy.wait(state.attempt_number, state.outcome.exception() if state.outcome else None),
+            retry=retry_if_exception(is_retryable_lm_error),
+            reraise=True,
+        )
+        prediction = None
+        for attempt in retrying:
+            with attempt, dspy.context(lm=self.lm, adapter=self.adapter):
+                prediction = self.program(**inputs)
+        return prediction
+
     def __call__(self, **inputs: Any) -> Verdict:
         return self.judge_inputs(inputs)
 
@@ -225,13 +284,14 @@ class Judge:
     def predict(
         self, rows: Sequence[LabeledRow], *, progress: ProgressFactory | None = None, description: str = ""
     ) -> list[Verdict]:
-        """Verdicts in the order of ``rows``; computed in group order for prefix reuse."""
+        """Verdicts in the order of ``rows``; computed in group order for prefix reuse.
+        A row the model gave no answer for stops with :class:`RowFailedError`."""
         order = sorted(range(len(rows)), key=lambda i: (rows[i].group, i))
         verdicts: list[Verdict | None] = [None] * len(rows)
         tracker = progress(len(rows), description or self.name) if progress else None
         try:
             for done, index in enumerate(order, start=1):
-                verdict = self.judge_inputs(rows[index].inputs)
+                verdict = self._judge_row(rows[index])
                 verdicts[index] = verdict
                 if tracker is not None:
                     tracker.advance()
@@ -243,6 +303,32 @@ class Judge:
             if tracker is not None:
                 tracker.close()
         return [v for v in verdicts if v is not None]
+
+    def _judge_row(self, row: LabeledRow) -> Verdict:
+        from dspy.utils.exceptions import ContextWindowExceededError, LMError
+
+        try:
+            return self.judge_inputs(row.inputs)
+        except ContextWindowExceededError as error:
+            reason = f"longer than the judge model's context ({_first_line(error)})"
+            raise RowFailedError(
+                f"judge '{self.name}': row {row.id!r}{_at_line(row)} is {reason}; shorten its inputs or use a "
+                "model with a longer context",
+                row_id=row.id,
+                line=row.line,
+                reason=reason,
+            ) from error
+        except LMError as error:
+            if _is_configuration_error(error):
+                raise
+            reason = f"the LM call failed after {self.retry.attempts} attempts: {_first_line(error)}"
+            raise RowFailedError(
+                f"judge '{self.name}': row {row.id!r}{_at_line(row)}: {reason}; nothing was scored for it. "
+                "Check the judge model's server and run again",
+                row_id=row.id,
+                line=row.line,
+                reason=reason,
+            ) from error
 
     def predict_swapped(
         self, rows: Sequence[LabeledRow], *, progress: ProgressFactory | None = None, description: str = ""
@@ -283,17 +369,25 @@ def swap_pair(inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_configuration_error(error: Exception) -> bool:
-    """Errors that mean the judge cannot run at all (bad key, unknown model, unreachable
-    server, context too small) stop the run instead of being scored as wrong answers."""
+    """LM errors that mean the judge cannot run at all (bad key, billing, unknown model,
+    an unsupported setting): they stop the run as they are, for every row alike."""
     import dspy.utils.exceptions as lm_errors
 
     names = (
-        "ContextWindowExceededError",
         "LMAuthError",
         "LMBillingError",
         "LMConfigurationError",
-        "LMTransportError",
         "LMUnsupportedFeatureError",
         "LMUnsupportedModelError",
     )
-    return isinstance(error, (FileNotFoundError, *(getattr(lm_errors, name) for name in names)))
+    return isinstance(error, tuple(getattr(lm_errors, name) for name in names))
+
+
+def _first_line(error: BaseException) -> str:
+    """``Type: message`` on one line (DSPy appends lines of generic advice)."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def _at_line(row: LabeledRow) -> str:
+    return f" (line {row.line})" if row.line is not None else ""

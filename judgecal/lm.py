@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 EMBEDDED_MODEL = "embedded"
 EMBEDDED_ALIASES = {"embedded", "smollm2", "local", "smollm2-135m-instruct"}
@@ -46,7 +46,9 @@ DEFAULT_STRING_BOUND = 400
 
 class LMConfig(BaseModel):
     """How to reach the judge model. Secrets are never stored here: API keys come
-    from the provider's usual environment variables (``OPENAI_API_KEY``, ...)."""
+    from the provider's usual environment variables (``OPENAI_API_KEY``, ...), and a
+    password or key inside ``api_base`` is hidden whenever the settings are serialised
+    (run parameters, bundles); only the LM built from them uses it."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -67,6 +69,18 @@ class LMConfig(BaseModel):
     n_ctx: int = Field(default=4096, gt=0, description="Context length of an in-process model.")
     n_threads: int | None = Field(default=None, description="CPU threads of an in-process model.")
     cache: bool = True
+    num_retries: int = Field(
+        default=3,
+        ge=0,
+        description="Retries of a call that failed for a transient reason (rate limit, server error, timeout, "
+        "lost connection), with exponential backoff: DSPy's own, before the judge's.",
+    )
+
+    @field_serializer("api_base")
+    def _hide_credentials(self, value: str | None) -> str | None:
+        from judgecal.redact import redact_url
+
+        return redact_url(value) if value else value
 
     @property
     def is_in_process(self) -> bool:
@@ -488,6 +502,7 @@ def build_lm(config: LMConfig) -> Any:
         "temperature": config.temperature,
         "max_tokens": config.max_tokens,
         "cache": config.cache,
+        "num_retries": config.num_retries,
     }
     if config.wants_logprobs:
         # The engine adds every allowed answer at the verdict step itself; a remote API

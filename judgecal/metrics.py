@@ -10,7 +10,9 @@ implementation in those libraries and is written here.
 
 Rows of a confusion matrix are human labels, columns are verdicts, and the last
 category of both is ``INVALID``: a verdict the judge failed to give. It counts as a
-disagreement in every metric and is reported as ``invalid_rate``.
+disagreement in every metric (Krippendorff's α included, where it is a category of its
+own) and is reported as ``invalid_rate``. No metric is set to a value by convention where
+it is undefined, except κ of two raters using one category throughout (1, as documented).
 """
 
 from __future__ import annotations
@@ -197,26 +199,58 @@ def label_metrics(space: LabelSpace, human: Sequence[Any], judge: Sequence[Any])
     human_idx, judge_idx = space.index(human), space.index(judge)
     cm = confusion(human_idx, judge_idx, space.size)
     values = {name: float(value) for name, value in metrics_from_confusion(cm, space).items()}
-    values["alpha"] = krippendorff_alpha([list(human), list(judge)], space)
+    values["alpha"] = krippendorff_alpha([list(human), list(judge)], space, invalid=True)
     if space.kind == "ordinal":
         values.update(rank_correlations(space, human, judge))
     return {name: values[name] for name in space.metric_names() if name in values}
 
 
-def krippendorff_alpha(ratings: Sequence[Sequence[Any]], space: LabelSpace) -> float:
-    """Krippendorff's α over coders × units (``None`` = no rating), from the package."""
+def krippendorff_alpha(ratings: Sequence[Sequence[Any]], space: LabelSpace, *, invalid: bool = False) -> float:
+    """Krippendorff's α over coders × units, from the ``krippendorff`` package.
+
+    ``None`` is a missing rating (an annotator who did not rate the unit), or, with
+    ``invalid=True`` (a judge against humans), a verdict the judge failed to give: then it
+    is a category of its own, at the largest distance from every label, so it counts as a
+    disagreement as in every other metric. NaN when fewer than two values occur among the
+    pairable ratings: α = 1 − D_o / D_e is undefined when no disagreement is expected.
+    """
     import krippendorff
 
-    lookup = {label: float(i) for i, label in enumerate(space.labels)}
-    if space.ordinal:
-        lookup = {label: float(label) for label in space.labels}
-    data = np.array([[np.nan if r is None else lookup[r] for r in coder] for coder in ratings], dtype=float)
+    size = len(space.labels)
+    codes = {label: float(i) for i, label in enumerate(space.labels)}
+    missing = float(size) if invalid else np.nan
+    data = np.array([[missing if r is None else codes[r] for r in coder] for coder in ratings], dtype=float)
     pairable = (~np.isnan(data)).sum(axis=0) >= 2
     values = data[:, pairable]
-    if values.size == 0 or len(np.unique(values[~np.isnan(values)])) < 2:
-        return 1.0 if values.size else float("nan")
-    level = "ordinal" if space.ordinal else "nominal"
-    return float(krippendorff.alpha(reliability_data=data, level_of_measurement=level))
+    if len(np.unique(values[~np.isnan(values)])) < 2:
+        return float("nan")
+    domain = np.arange(size + 1 if invalid else size, dtype=float)
+    if not space.ordinal:
+        return float(krippendorff.alpha(reliability_data=data, value_domain=domain, level_of_measurement="nominal"))
+    level = _ordinal_with_invalid if invalid else "ordinal"
+    return float(krippendorff.alpha(reliability_data=data, value_domain=domain, level_of_measurement=level))
+
+
+def _ordinal_with_invalid(
+    v1: np.ndarray, v2: np.ndarray, i1: np.ndarray, i2: np.ndarray, n_v: np.ndarray, dtype: Any = np.float64
+) -> np.ndarray:
+    """Krippendorff's ordinal distance over the labels (the last category of the domain
+    is ``INVALID``); a missing verdict is as far from any label as the two extreme labels
+    are from each other, the largest disagreement the scale has."""
+    labels = len(n_v) - 1
+    counts = np.asarray(n_v[:labels], dtype=float)
+    cumulative = np.concatenate([[0.0], np.cumsum(counts)])
+
+    def ordinal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        low, high = np.minimum(a, b), np.maximum(a, b)
+        return (cumulative[high + 1] - cumulative[low] - (counts[low] + counts[high]) / 2) ** 2
+
+    widest = ordinal(np.array(0), np.array(labels - 1))
+    first, second = np.broadcast_arrays(i1, i2)
+    between_labels = ordinal(np.minimum(first, labels - 1), np.minimum(second, labels - 1))
+    one_invalid = (first == labels) != (second == labels)
+    both_invalid = (first == labels) & (second == labels)
+    return np.where(both_invalid, 0.0, np.where(one_invalid, widest, between_labels)).astype(dtype)
 
 
 def rank_correlations(space: LabelSpace, human: Sequence[Any], judge: Sequence[Any]) -> dict[str, float]:
@@ -249,22 +283,31 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 
 
 def confidence_metrics(
-    space: LabelSpace, human: Sequence[Any], probability: Sequence[float | None]
+    space: LabelSpace,
+    human: Sequence[Any],
+    probability: Sequence[float | None],
+    *,
+    threshold: float = 0.5,
+    decisions: Sequence[bool | None] | None = None,
 ) -> dict[str, float]:
     """How well the judge's probability of the positive label (binary) tracks humans.
 
-    ``probability`` is P(positive) per row; rows without one are left out.
+    ``probability`` is P(positive) per row; rows without one are left out. Expected
+    calibration error scores the judge's confidence in the decision it made: the verdict
+    (``decisions``: whether it chose the positive label) where given, otherwise P ≥
+    ``threshold``, the judge's cut (0.5 for a judge that is not thresholded).
     """
     from sklearn.metrics import brier_score_loss, roc_auc_score
 
     if space.kind != "binary":
         raise ValueError("confidence metrics need a binary task (P of the positive label)")
-    kept = [(h == space.positive, p) for h, p in zip(human, probability, strict=True) if p is not None]
+    chosen = decisions if decisions is not None else [None] * len(human)
+    kept = [(h == space.positive, p, d) for h, p, d in zip(human, probability, chosen, strict=True) if p is not None]
     if not kept:
         return {}
-    y = np.array([k for k, _ in kept], dtype=float)
-    p = np.clip(np.array([q for _, q in kept], dtype=float), 0.0, 1.0)
-    decided = p >= 0.5
+    y = np.array([k for k, _, _ in kept], dtype=float)
+    p = np.clip(np.array([q for _, q, _ in kept], dtype=float), 0.0, 1.0)
+    decided = np.array([bool(d) if d is not None else q >= threshold for _, q, d in kept], dtype=bool)
     confidence = np.where(decided, p, 1 - p)
     out = {
         "brier": float(brier_score_loss(y, p)),

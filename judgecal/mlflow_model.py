@@ -3,18 +3,32 @@
 Loaded with ``mlflow.pyfunc.load_model(uri)``; ``predict`` takes a DataFrame whose
 columns are the judge's inputs and returns one row per input with ``label`` (JSON
 spelling: ``true``, ``A``, ...), ``confidence`` and ``error``.
+
+The bundle is loaded as :func:`judgecal.load_judge` loads it: its digest is checked and
+its endpoint is not used. ``load_model(uri, model_config={...})`` takes the same choices:
+``model``, ``api_base``, ``trust_endpoint``, ``allow_modified``.
 """
+
+import warnings
 
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+LOAD_OPTIONS = ("model", "api_base", "trust_endpoint", "allow_modified")
+
 
 class CalibratedJudgeModel(PythonModel):
     def load_context(self, context) -> None:
-        from judgecal.export import judge_from_bundle, read_bundle
+        from judgecal.export import BundleNote, open_judge
 
-        self.judge = judge_from_bundle(read_bundle(context.artifacts["bundle"]))
+        config = dict(getattr(context, "model_config", None) or {})
+        options = {key: config[key] for key in LOAD_OPTIONS if config.get(key) is not None}
+        loaded = open_judge(context.artifacts["bundle"], **options)
+        for note in loaded.notes:
+            warnings.warn(note, BundleNote, stacklevel=2)
+        self.judge = loaded.judge
+        self.digest = loaded.digest
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from judgecal.judges import answer_key

@@ -142,10 +142,25 @@ def signature_from_spec(spec: dict[str, Any]) -> Any:
     return dspy.make_signature(fields, spec.get("instructions", ""), signature_name=spec["name"])
 
 
+class UntrustedTaskError(ValueError):
+    """A bundle names code for its task but carries no description to rebuild it from."""
+
+
 def task_from_spec(reference: str, spec: dict[str, Any] | None) -> Task:
-    """A bundle's task: built-ins by name, anything else rebuilt from its stored spec."""
-    if reference in BUILTIN_SIGNATURES or spec is None:
+    """A bundle's task: built-ins by name, anything else rebuilt from its stored spec.
+
+    Never imports what the bundle names: a custom task without a stored spec is refused,
+    and the caller's own (trusted) code has to supply it.
+    """
+    if reference in BUILTIN_SIGNATURES:
         return resolve_task(reference)
+    if spec is None:
+        raise UntrustedTaskError(
+            f"the bundle's task {reference!r} is not built in and the bundle carries no signature "
+            "description; loading a bundle never imports the code it names. If you trust that code, "
+            f"resolve the task in your own code and pass it: load_judge(path, task=resolve_task({reference!r})), "
+            "or on the command line: judgecal judge --task MODULE:SIGNATURE"
+        )
     signature = signature_from_spec(spec)
     return Task(
         name=spec["name"],
@@ -153,3 +168,13 @@ def task_from_spec(reference: str, spec: dict[str, Any] | None) -> Task:
         spec=TaskSpec.from_signature(spec["name"], signature),
         reference=reference,
     )
+
+
+def task_of(value: Task | Any, reference: str) -> Task:
+    """A task given by trusted code: a :class:`Task` as it is, or a signature class wrapped."""
+    if isinstance(value, Task):
+        return value
+    name = getattr(value, "__name__", None)
+    if name is None or not hasattr(value, "fields"):
+        raise TypeError(f"task= takes a Task (resolve_task(...)) or a dspy.Signature class, got {value!r}")
+    return Task(name=name, signature=value, spec=TaskSpec.from_signature(name, value), reference=reference)

@@ -66,3 +66,81 @@ def relevance_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
         members = by_group[group]
         rows += [r for r in members if r["label"]][:2] + [r for r in members if not r["label"]][:3]
     return write_jsonl(tmp_path_factory.mktemp("slice") / "relevance_slice.jsonl", rows)
+
+
+class ChatServer:
+    """A tiny OpenAI-compatible chat server on localhost whose answers a test scripts.
+
+    ``respond(user_text, attempt)`` returns what to do with a request: ``"ok"`` answers the
+    JSON ``answer``, ``"garbage"`` answers text that is no JSON, an int is that HTTP error
+    (503, 429, ...), ``"too-long"`` is the context-length error OpenAI returns. ``attempt``
+    counts the requests seen for that user text, from 1.
+    """
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[str] = []
+        self.answer: dict = {"relevant": True}
+        self.respond = lambda text, attempt: "ok"
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                return
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                text = " ".join(str(m.get("content")) for m in body.get("messages", []) if m.get("role") == "user")
+                server.requests.append(text)
+                kind = server.respond(text, server.requests.count(text))
+                if isinstance(kind, int):
+                    self._send(kind, {"error": {"message": f"scripted HTTP {kind}", "type": "server_error"}})
+                elif kind == "too-long":
+                    error = {
+                        "message": "This model's maximum context length is 128 tokens. However, your messages "
+                        "resulted in 30000 tokens.",
+                        "type": "invalid_request_error",
+                        "code": "context_length_exceeded",
+                    }
+                    self._send(400, {"error": error})
+                else:
+                    content = json.dumps(server.answer) if kind == "ok" else "I would rather not say."
+                    message = {"role": "assistant", "content": content}
+                    self._send(
+                        200,
+                        {
+                            "id": "c",
+                            "object": "chat.completion",
+                            "created": 0,
+                            "model": "judge",
+                            "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+                            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                        },
+                    )
+
+            def _send(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def chat_server(monkeypatch: pytest.MonkeyPatch):
+    """A scripted OpenAI-compatible server; ``OPENAI_API_KEY`` is set to a dummy for it."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    server = ChatServer()
+    yield server
+    server.close()

@@ -76,3 +76,67 @@ def test_ui_comes_up_on_localhost(isolated_workspace: Path) -> None:
     finally:
         os.killpg(process.pid, 15)
         process.wait(timeout=30)
+
+
+def test_error_lines_are_not_wrapped_when_stderr_is_piped(tmp_path: Path) -> None:
+    folder = tmp_path / ("a-folder-with-a-long-name-" * 3)
+    folder.mkdir()
+    data = write_jsonl(
+        folder / "labels.jsonl", [{"id": "a", "group": "g", "prompt": "p", "attribute": "x", "label": 7}]
+    )
+    config = tmp_path / "exp.toml"
+    config.write_text('[judge]\nname = "t"\ntask = "relevance"\ndata = "elsewhere.jsonl"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "judgecal.cli", "calibrate", str(config), "--data", str(data), "--no-track"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "80"},
+        timeout=300,
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {data}:1: field 'label': ")
+
+
+def test_unknown_split_keys_are_refused_with_their_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_jsonl(
+        tmp_path / "rows.jsonl", [{"id": "a", "group": "g", "prompt": "p", "attribute": "x", "label": 1}]
+    )
+    config = tmp_path / "exp.toml"
+    config.write_text(f'[judge]\nname = "t"\ntask = "relevance"\ndata = "{data}"\n\n[split]\ntset = 0.9\n')
+    assert main(["calibrate", str(config), "--no-track"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert f"{config}: field 'split.tset': Extra inputs are not permitted" in line
+
+
+@pytest.mark.parametrize("trials", ["0", "-3", "two"])
+def test_trials_must_be_a_positive_whole_number(trials: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["calibrate", "experiments/relevance.toml", "--strategies", "all", "--trials", trials])
+    assert refused.value.code == 2
+    assert f"--trials: expected a whole number of at least 1, got {trials!r}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("confidence", ["1.5", "0", "1", "-0.1", "high"])
+def test_estimate_confidence_must_lie_between_0_and_1(
+    tmp_path: Path, confidence: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = write_jsonl(tmp_path / "rows.jsonl", [{"id": "a", "verdict": True}])
+    with pytest.raises(SystemExit) as refused:
+        main(
+            [
+                "estimate",
+                "--task",
+                "relevance",
+                "--verdicts",
+                str(rows),
+                "--labels",
+                str(rows),
+                "--confidence",
+                confidence,
+            ]
+        )
+    assert refused.value.code == 2
+    assert f"--confidence: expected a level strictly between 0 and 1 (e.g. 0.95), got {confidence!r}" in (
+        capsys.readouterr().err
+    )

@@ -148,8 +148,13 @@ def test_soft_labels_give_a_soft_agreement(tmp_path: Path) -> None:
 
     task = resolve_task("relevance")
     rows = [
-        LabeledRow(id=f"r{i}", group=f"g{i % 3}", inputs={"prompt": "p", "attribute": "a"}, label=share > 0.5,
-                   meta={"human_yes_rate": share})
+        LabeledRow(
+            id=f"r{i}",
+            group=f"g{i % 3}",
+            inputs={"prompt": "p", "attribute": "a"},
+            label=share > 0.5,
+            meta={"human_yes_rate": share},
+        )
         for i, share in enumerate([0.75, 0.25, 1.0, 0.0, 0.5, 0.25])
     ]
     verdicts = [True, True, True, False, False, False]
@@ -159,3 +164,25 @@ def test_soft_labels_give_a_soft_agreement(tmp_path: Path) -> None:
     expected = np.mean([0.75, 0.25, 1.0, 1.0, 0.5, 0.75])
     assert report.judge("raw").soft_agreement == pytest.approx(expected)
     assert "## Agreement with soft labels" in write_card(report, record, tmp_path).read_text()
+
+
+def test_report_computes_ece_at_the_cut_a_thresholded_judge_decided_at() -> None:
+    from judgecal.metrics import expected_calibration_error
+
+    human = [True, True, False, False] * 6
+    probability = [0.69, 0.39, 0.14, 0.72] * 6
+    record = EvaluationRecord(
+        judge_name="cut",
+        task="relevance",
+        labels=[True, False],
+        positive=True,
+        ids=[f"r{i}" for i in range(24)],
+        groups=[f"g{i % 6}" for i in range(24)],
+        human=human,
+        judges={"calibrated": JudgeRecord(verdicts=[p >= 0.25 for p in probability], probability=probability)},
+    )
+    ece = evaluate_record(record, n_resamples=100).judge("calibrated").confidence_metrics["ece"].value
+    p, y = np.array(probability), np.array(human)
+    at_cut, at_half = p >= 0.25, p >= 0.5
+    assert ece == pytest.approx(expected_calibration_error(np.where(at_cut, p, 1 - p), at_cut == y))
+    assert ece != pytest.approx(expected_calibration_error(np.where(at_half, p, 1 - p), at_half == y))

@@ -15,7 +15,6 @@ from judgecal.extraction import (
     GroundedAttribute,
     RefinedExtractor,
     extract_with_instructor,
-    instructor_create,
     quotes_conversation,
 )
 from judgecal.strategies import VerifierJudge
@@ -83,15 +82,45 @@ def test_instructor_re_asks_with_the_validation_error_until_the_evidence_is_real
 
 @pytest.mark.slow
 def test_embedded_model_runs_behind_instructor(embedded_lm) -> None:
-    """The 135M model rarely quotes correctly; what matters is that requests are
-    grammar-constrained, parsed and validated, and a failure says why."""
-    create = instructor_create("embedded", max_tokens=200)
+    """Whatever the 135M model says, its answer is grammar-constrained JSON of the response
+    model, and instructor's result is exactly what validation against the conversation
+    allows: the attributes when every evidence quotes the user, else a retry error saying so."""
+    from judgecal.extraction import GroundedAttributes
+    from judgecal.lm import LMConfig, openai_chat_create
+
+    complete = openai_chat_create(LMConfig(max_tokens=300))
+    answers: list[str] = []
+
+    def recording(**kwargs: object) -> object:
+        completion = complete(**kwargs)
+        answers.append(completion.choices[0].message.content)
+        return completion
+
+    create = instructor.patch(create=recording, mode=instructor.Mode.JSON_SCHEMA)
     try:
-        attributes = extract_with_instructor(CONVERSATION, create=create, max_retries=1)
-    except instructor.core.InstructorRetryException as error:
-        assert "does not quote" in str(error) or "validation error" in str(error)
+        attributes, error = extract_with_instructor(CONVERSATION, create=create, max_retries=1, max_tokens=300), None
+    except instructor.core.InstructorRetryException as raised:
+        attributes, error = None, str(raised)
+    assert 1 <= len(answers) <= 2  # max_retries=1: one re-ask at most
+    for answer in answers:
+        GroundedAttributes.model_validate_json(answer)  # the grammar held: schema-valid JSON every time
+
+    def problem(answer: str) -> str | None:
+        """Why validation against the conversation rejects ``answer`` (None: it accepts it)."""
+        try:
+            GroundedAttributes.model_validate_json(answer, context={"conversation": CONVERSATION})
+        except ValidationError as invalid:
+            return invalid.errors()[0]["msg"]
+        return None
+
+    problems = [problem(answer) for answer in answers]
+    assert None not in problems[:-1]  # the model was re-asked only after an invalid answer
+    if problems[-1] is None:
+        final = GroundedAttributes.model_validate_json(answers[-1]).attributes
+        assert attributes is not None and [a.attribute for a in attributes] == [a.attribute for a in final]
     else:
-        assert all(quotes_conversation(a.evidence, CONVERSATION) for a in attributes)
+        assert attributes is None and error is not None and len(answers) == 2
+        assert problems[-1] in error  # the failure says why
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ def test_annotation_tool_ground_truth_files_become_relevance_rows(tmp_path: Path
     path.write_text(json.dumps(item) + "\n" + json.dumps({**item, "model": "m2"}) + "\n")
     rows = import_rows("annotation-tool", path, RELEVANCE)
     assert [(r["id"], r["label"]) for r in rows] == [("u1_20-a0", True), ("u1_20-a1", False)]
-    assert rows[0]["group"] == "u1_20" and rows[0]["prompt"] == "How do I wear a long coat?"
+    assert rows[0]["prompt"] == "How do I wear a long coat?" and rows[0]["user_id"] == "u1"
 
 
 def test_annotation_tool_aggregated_rows_keep_the_soft_label(tmp_path: Path) -> None:
@@ -178,3 +178,65 @@ def test_import_command_writes_rows_that_load_and_never_overwrites(tmp_path: Pat
     assert main(["data", "import", "llmbar", str(source), "--output", str(output)]) == 0
     assert len(load_rows(output, PAIRWISE)) == 6
     assert main(["data", "import", "llmbar", str(source), "--output", str(output)]) == 2  # exists
+
+
+def _evaluation_record(user: str, prompt_index: int, prompt: str) -> dict:
+    """One record of the annotation tool's evaluation files: prompt_id is user × prompt."""
+    return {
+        "user_id": user,
+        "prompt_id": f"{user}_{prompt_index}",
+        "prompt_text": prompt,
+        "profile_attributes": [
+            {"attribute": f"{user} likes coats.", "ground_truth": True},
+            {"attribute": f"{user} owns a cat.", "ground_truth": False},
+        ],
+    }
+
+
+def test_annotation_tool_rows_of_one_prompt_share_a_group_across_users(tmp_path: Path) -> None:
+    """The paper's file holds 41 prompts answered for 47 users (164 user × prompt pairs):
+    rows of one prompt are not independent across users, so the default group is the prompt."""
+    records = [
+        _evaluation_record("u1", 25, "How to wear long coats?"),
+        _evaluation_record("u2", 25, "How to wear long coats?"),
+        _evaluation_record("u1", 3, "How do I calm an angry customer?"),
+    ]
+    path = tmp_path / "eval_results_task5_gt_attributes_m1.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    by_prompt = import_rows("annotation-tool", path, RELEVANCE)
+    groups = [row["group"] for row in by_prompt]
+    assert groups[0] == groups[1] == groups[2] == groups[3] != groups[4] == groups[5]
+    by_pair = import_rows("annotation-tool", path, RELEVANCE, group_by="user-prompt")
+    assert [row["group"] for row in by_pair] == ["u1_25"] * 2 + ["u2_25"] * 2 + ["u1_3"] * 2
+    by_user = import_rows("annotation-tool", path, RELEVANCE, group_by="user")
+    assert [row["group"] for row in by_user] == ["u1", "u1", "u2", "u2", "u1", "u1"]
+
+
+def test_import_command_takes_group_by_for_the_annotation_tool_only(tmp_path: Path) -> None:
+    path = tmp_path / "eval.jsonl"
+    path.write_text(json.dumps(_evaluation_record("u1", 25, "How to wear long coats?")) + "\n")
+    output = tmp_path / "rows.jsonl"
+    assert main(["data", "import", "annotation-tool", str(path), "--output", str(output), "--group-by", "user"]) == 0
+    assert {row.group for row in load_rows(output, RELEVANCE)} == {"u1"}
+    with pytest.raises(SystemExit) as refused:
+        main(["data", "import", "annotation-tool", str(path), "--output", str(tmp_path / "o"), "--group-by", "row"])
+    assert refused.value.code == 2
+
+
+@pytest.mark.parametrize("name", ["PandaLM", "pandalm", "MT-Bench", "mt_bench", "LLMBar"])
+def test_import_format_names_are_case_insensitive_and_need_no_task(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "empty.json"
+    path.write_text("[]")
+    assert main(["data", "import", name, str(path), "--output", str(tmp_path / "rows.jsonl")]) == 2
+    error = capsys.readouterr().err
+    assert "--task is needed" not in error and "no records to import" in error
+
+
+def test_an_unknown_import_format_is_one_line_naming_the_formats(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "x.json"
+    path.write_text("[]")
+    assert main(["data", "import", "alpacaeval", str(path), "--output", str(tmp_path / "rows.jsonl")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "unknown format 'alpacaeval'" in line and "annotation-tool, pandalm" in line

@@ -172,3 +172,56 @@ def test_a_judge_failing_on_its_first_rows_is_reported_as_misconfigured() -> Non
     rows = [LabeledRow(id=f"r{i}", group="g", inputs={"prompt": "p", "attribute": "a"}, label=False) for i in range(5)]
     with pytest.raises(JudgeFailedError, match=f"failed on its first {FAILING_START} rows.*no JSON"):
         Broken(resolve_task("relevance")).predict(rows)
+
+
+# -- LM failures: retried, never scored as a verdict ------------------------------------
+
+
+def _remote_judge(server, **retry: float) -> Judge:
+    import dspy
+
+    from judgecal.judges import RetryPolicy
+
+    lm = dspy.LM("openai/judge", api_base=server.url, num_retries=0, cache=False)
+    return Judge(resolve_task("relevance"), lm=lm, retry=RetryPolicy(first_wait=0.0, **retry))
+
+
+def _rows(*texts: str) -> list[LabeledRow]:
+    return [
+        LabeledRow(id=f"r{i}", group="g", inputs={"prompt": text, "attribute": "a"}, label=True, line=i)
+        for i, text in enumerate(texts, start=1)
+    ]
+
+
+def test_a_transient_server_error_is_retried_and_the_answer_scored(chat_server) -> None:
+    chat_server.respond = lambda text, attempt: {1: 503, 2: 429}.get(attempt, "ok")
+    [verdict] = _remote_judge(chat_server, attempts=3).predict(_rows("busy server"))
+    assert verdict.label is True and verdict.error is None
+    assert len(chat_server.requests) == 3
+
+
+def test_a_row_whose_call_keeps_failing_is_not_scored_and_is_named(chat_server) -> None:
+    from judgecal.judges import RowFailedError
+
+    chat_server.respond = lambda text, attempt: 503 if "down" in text else "ok"
+    with pytest.raises(RowFailedError, match=r"row 'r2' \(line 2\).*after 2 attempts.*LMServerError") as failed:
+        _remote_judge(chat_server, attempts=2).predict(_rows("fine", "server down", "fine"))
+    assert failed.value.row_id == "r2" and failed.value.line == 2
+    assert sum("down" in text for text in chat_server.requests) == 2
+
+
+def test_only_an_answer_that_cannot_be_parsed_is_an_invalid_verdict(chat_server) -> None:
+    chat_server.respond = lambda text, attempt: "garbage" if "odd" in text else "ok"
+    verdicts = _remote_judge(chat_server).predict(_rows("fine", "odd one"))
+    assert verdicts[0].label is True
+    assert verdicts[1].label is None and "AdapterParseError" in (verdicts[1].error or "")
+    assert sum("odd" in text for text in chat_server.requests) == 1  # an answer arrived: not retried
+
+
+def test_a_row_longer_than_the_context_is_named_not_retried(chat_server) -> None:
+    from judgecal.judges import RowFailedError
+
+    chat_server.respond = lambda text, attempt: "too-long" if "long" in text else "ok"
+    with pytest.raises(RowFailedError, match=r"row 'r1' \(line 1\) is longer than the judge model's context"):
+        _remote_judge(chat_server, attempts=3).predict(_rows("a long one"))
+    assert len(chat_server.requests) == 1

@@ -214,3 +214,50 @@ def test_mismatched_lengths_are_refused() -> None:
 def test_unknown_label_is_refused() -> None:
     with pytest.raises(ValueError, match="'C' is not one of the labels"):
         categorical_metrics(["A", "C"], ["A", "B"], labels=["A", "B", "tie"])
+
+
+# -- α and ECE keep the promise of the other metrics ------------------------------------
+
+
+def test_alpha_counts_an_invalid_verdict_as_disagreement() -> None:
+    human = [True, False, True, False, True, False]
+    judge = [True, False, None, False, True, False]
+    metrics = binary_metrics(human, judge)
+    # The invalid verdict is its own category, as in the confusion matrix of every other metric.
+    codes = {True: 0.0, False: 1.0, None: 2.0}
+    expected = krippendorff.alpha(
+        reliability_data=[[codes[h] for h in human], [codes[j] for j in judge]], level_of_measurement="nominal"
+    )
+    assert metrics["alpha"] == pytest.approx(expected, abs=1e-9)
+    assert metrics["alpha"] < 1.0 and metrics["kappa"] < 1.0
+    assert binary_metrics(human, human)["alpha"] == 1.0
+
+
+def test_ordinal_alpha_counts_an_invalid_verdict_as_the_widest_disagreement() -> None:
+    human = [1, 3, 5, 3, 2, 4]
+    perfect = label_metrics(RATING, human, human)["alpha"]
+    failed = label_metrics(RATING, human, [1, 3, 5, 3, 2, None])["alpha"]
+    farthest = label_metrics(RATING, human, [1, 3, 5, 3, 2, 1])["alpha"]
+    assert perfect == 1.0
+    assert math.isfinite(failed) and failed < 1.0
+    assert failed <= farthest + 1e-9
+
+
+def test_alpha_is_undefined_not_one_when_only_one_value_occurs() -> None:
+    # Nobody ever disagrees because only one answer was ever given: α = 1 − Do/De has De = 0.
+    assert math.isnan(binary_metrics([True, True, True], [True, True, True])["alpha"])
+    assert math.isnan(krippendorff_alpha([["A", "A", None], ["A", None, "A"]], PAIRWISE))
+    assert binary_metrics([True, True, True], [True, True, True])["kappa"] == 1.0  # κ keeps its convention
+
+
+def test_ece_is_computed_at_the_judges_own_decision_cut() -> None:
+    """A judge thresholded at 0.25 decides 'relevant' for P = 0.39; its confidence in that
+    decision is 0.39, not the 0.61 of the 'not relevant' a 0.5 cut would have given."""
+    human = [True, True, False, False]
+    probability = [0.69, 0.39, 0.14, 0.72]
+    at_cut = confidence_metrics(BINARY_SPACE, human, probability, threshold=0.25)
+    decided = np.array(probability) >= 0.25
+    confidence = np.where(decided, probability, 1 - np.array(probability))
+    expected = expected_calibration_error(confidence, decided == np.array(human))
+    assert at_cut["ece"] == pytest.approx(expected)
+    assert at_cut["ece"] != pytest.approx(confidence_metrics(BINARY_SPACE, human, probability)["ece"])

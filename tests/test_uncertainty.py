@@ -57,14 +57,25 @@ def test_group_bootstrap_covers_the_true_value_and_a_row_bootstrap_does_not() ->
 
 
 def test_resamples_are_paired_across_statistics_with_the_same_seed() -> None:
-    values = np.arange(12, dtype=float)
+    """Two different statistics (two judges' accuracies, say) bootstrapped with one seed see
+    the same group resamples in the same order, so their intervals and the interval of their
+    difference are paired; another seed draws other resamples."""
+    seen: dict[str, list[tuple[int, ...]]] = {"mean": [], "max": [], "other seed": []}
+    values = np.arange(12, dtype=float) ** 2
 
-    def mean_of_groups(sample: np.ndarray) -> np.ndarray:
-        return values[sample].mean(axis=-1)[None]
+    def recording(name: str, reduce):
+        def statistic(sample: np.ndarray) -> np.ndarray:
+            seen[name].append(tuple(int(g) for g in sample))
+            return np.array([reduce(values[sample])])
 
-    first = group_bootstrap(mean_of_groups, 12, vectorized=True, n_resamples=500, seed=7)
-    second = group_bootstrap(mean_of_groups, 12, vectorized=True, n_resamples=500, seed=7)
-    assert np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
+        return statistic
+
+    group_bootstrap(recording("mean", np.mean), 12, vectorized=False, n_resamples=200, seed=7)
+    group_bootstrap(recording("max", np.max), 12, vectorized=False, n_resamples=200, seed=7)
+    group_bootstrap(recording("other seed", np.mean), 12, vectorized=False, n_resamples=200, seed=8)
+    assert len(seen["mean"]) >= 200
+    assert seen["mean"] == seen["max"]
+    assert seen["mean"] != seen["other seed"]
 
 
 def test_group_index_keeps_rows_of_a_group_together() -> None:

@@ -1,0 +1,67 @@
+"""One rule for credentials in URLs: passwords and key-like query values never shown."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from judgecal.redact import has_credentials, redact_text, redact_url
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # A password holding "@" is cut where a server cuts it: at the last "@".
+        ("postgresql://judgecal:se@cret@db-host/optuna", "postgresql://judgecal:***@db-host/optuna"),
+        (
+            "postgresql+psycopg2://u:p%40w@h:5432/db?sslmode=require",
+            "postgresql+psycopg2://u:***@h:5432/db?sslmode=require",
+        ),
+        ("mysql://u:pw@h/db?password=x&charset=utf8", "mysql://u:***@h/db?password=***&charset=utf8"),
+        ("https://user:pw@gpu-box:8000/v1?api-key=abc&x=1", "https://user:***@gpu-box:8000/v1?api-key=***&x=1"),
+        ("http://u:p/w@host/x", "http://u:***@host/x"),
+        ("https://h/v1?access_token=abc#part", "https://h/v1?access_token=***#part"),
+        ("https://h/v1?apikey=abc&Signature=s", "https://h/v1?apikey=***&Signature=***"),
+    ],
+)
+def test_passwords_and_key_like_query_values_are_hidden(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert has_credentials(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:////home/me/mlruns/optuna.db",
+        "http://127.0.0.1:8000/v1",
+        "mysql://reader@h/db",
+        "http://host/users/@me",
+        "https://h/v1?model=x&key=",
+        "file:///tmp/judge.json",
+        "not a url",
+    ],
+)
+def test_urls_without_credentials_are_left_as_they_are(url: str) -> None:
+    assert redact_url(url) == url
+    assert not has_credentials(url)
+
+
+def test_urls_inside_an_error_message_are_redacted() -> None:
+    message = "could not reach postgresql://u:s3cr3t@db/x after 3 tries (https://a:b@c/d?token=t1); giving up"
+    shown = redact_text(message)
+    assert "s3cr3t" not in shown and ":b@" not in shown and "t1" not in shown
+    assert shown == "could not reach postgresql://u:***@db/x after 3 tries (https://a:***@c/d?token=***); giving up"
+
+
+def test_lm_settings_never_serialise_credentials_but_still_use_them() -> None:
+    """Runs record the LM settings as dumped (MLflow params) and bundles save them as JSON:
+    neither may carry the password; the LM built from the settings still needs it."""
+    from judgecal.lm import LMConfig, build_lm
+
+    config = LMConfig(model="hosted_vllm/judge", api_base="https://alice:s3cr3t@gpu-box:8000/v1?api-key=k3y")
+    for dumped in (json.dumps(config.model_dump()), config.model_dump_json()):
+        assert "s3cr3t" not in dumped and "k3y" not in dumped
+        assert "https://alice:***@gpu-box:8000/v1?api-key=***" in dumped
+    assert config.api_base == "https://alice:s3cr3t@gpu-box:8000/v1?api-key=k3y"
+    assert build_lm(config).kwargs["api_base"] == config.api_base
