@@ -123,9 +123,7 @@ def run_variant(
             highlight=False,
         )
     seconds = time.perf_counter() - started
-    judges = {
-        name: JudgeRecord(verdicts=[by_id.get(row.id) for row in rows]) for name, by_id in predictions.items()
-    }
+    judges = {name: JudgeRecord(verdicts=[by_id.get(row.id) for row in rows]) for name, by_id in predictions.items()}
     record = build_record(f"bench-{variant}", "relevance", task.spec, rows, judges)
     report = evaluate_record(record, baseline=None, candidate=None, n_resamples=args.resamples, seed=args.seed)
     return {
@@ -208,7 +206,9 @@ def main() -> int:
                         "lm_calls": r["lm_calls"],
                         "selected": r["selected"],
                         "per_fold": r["per_fold"],
-                        "pooled": {s.name: {k: v.model_dump() for k, v in s.metrics.items()} for s in r["report"].judges},
+                        "pooled": {
+                            s.name: {k: v.model_dump() for k, v in s.metrics.items()} for s in r["report"].judges
+                        },
                     }
                     for r in results
                 ],

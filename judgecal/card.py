@@ -14,6 +14,13 @@ from judgecal.metrics import confusion
 from judgecal.uncertainty import Estimate
 
 CARD_FILE = "judge_card.md"
+HTML_CARD_FILE = "judge_card.html"
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:1.5em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:0.6em 0}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+    "th:first-child,td:first-child{text-align:left}img{max-width:100%;display:block;margin:0.5em 0}"
+    "code{background:#f3f3f3;padding:0 3px}"
+)
 
 
 def _cell(estimate: Estimate | None, signed: bool = False, digits: int = 3, separator: str = " ") -> str:
@@ -195,7 +202,36 @@ def write_card(report: AgreementReport, record: EvaluationRecord, folder: str | 
         lines += [f"![{caption}]({image.name})", ""]
     path = folder / CARD_FILE
     path.write_text("\n".join(lines), encoding="utf-8")
+    write_html(path, f"Judge card: {report.judge_name}")
     return path
+
+
+def write_html(markdown_path: Path, title: str) -> Path:
+    """The card as one HTML file with its plots embedded: MLflow's artifact viewer shows
+    an HTML file whole, where it shows a markdown file's image links as text."""
+    import base64
+    import html
+    import re
+
+    from markdown_it import MarkdownIt
+
+    folder = markdown_path.parent
+    body = MarkdownIt("commonmark").enable("table").render(markdown_path.read_text(encoding="utf-8"))
+
+    def embed(match: re.Match[str]) -> str:
+        image = folder / match.group(1)
+        if not image.exists():
+            return match.group(0)
+        return 'src="data:image/png;base64,' + base64.b64encode(image.read_bytes()).decode("ascii") + '"'
+
+    body = re.sub(r'src="([^"/:]+\.png)"', embed, body)
+    page = (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body>{body}</body></html>"
+    )
+    target = folder / HTML_CARD_FILE
+    target.write_text(page, encoding="utf-8")
+    return target
 
 
 def _plots(report: AgreementReport, record: EvaluationRecord, folder: Path) -> list[tuple[str, Path]]:

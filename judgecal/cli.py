@@ -15,10 +15,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from judgecal.data import DataError
-from judgecal.redact import redact_text
+from judgecal.redact import redact_text, redact_url
 
 if TYPE_CHECKING:
-    from judgecal.experiment import ExperimentConfig
+    from judgecal.experiment import CalibrationReport, ExperimentConfig
 
 console = Console(stderr=False)
 # Errors are never wrapped: a piped or logged "file:line: field ..." must stay one line.
@@ -31,6 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    # The libraries' own progress lines (tqdm reads this when it is first imported) would
+    # interleave with judgecal's bars.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
         return int(args.handler(args) or 0)
     except (DataError, FileNotFoundError, FileExistsError, ValueError, TypeError, ImportError) as error:
@@ -237,16 +241,33 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    quiet_libraries()
     configs = [_load(path, args) for path in args.configs]  # every file is checked before any runs
+    done: list[tuple[str, CalibrationReport, str | None]] = []
     for config in configs:
-        if args.strategies or args.trials or args.worker is not None:
-            _search_one(config, args)
+        searching = args.strategies or args.trials or args.worker is not None or config.search is not None
+        if searching and not args.strategy:
+            report, run_id = _search_one(config, args)
         else:
-            _calibrate_one(config, args)
+            report, run_id = _calibrate_one(config, args)
+        if report is not None:
+            done.append((config.judge.name, report, run_id))
+    if len(done) > 1:
+        _print_summary(done, args)
     return 0
 
 
-def _search_one(config: ExperimentConfig, args: argparse.Namespace) -> None:
+def quiet_libraries() -> None:
+    """judgecal draws one progress bar per step; the libraries' own progress lines and
+    INFO logs would bury it and the results."""
+    import logging
+
+    for name in ("dspy", "mlflow", "LiteLLM", "litellm", "optuna", "httpx", "sentence_transformers", "alembic"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _search_one(config: ExperimentConfig, args: argparse.Namespace) -> tuple[CalibrationReport | None, str | None]:
+    from judgecal.experiment import SearchConfig
     from judgecal.progress import rich_progress
     from judgecal.search import run_search
 
@@ -256,7 +277,7 @@ def _search_one(config: ExperimentConfig, args: argparse.Namespace) -> None:
     for key in ("trials", "storage", "study_name", "worker"):
         if getattr(args, key) is not None:
             updates[key] = getattr(args, key)
-    search = config.search.model_copy(update=updates)
+    search = (config.search or SearchConfig()).model_copy(update=updates)
     report = run_search(
         config,
         search,
@@ -266,42 +287,105 @@ def _search_one(config: ExperimentConfig, args: argparse.Namespace) -> None:
         log=lambda message: console.print(message, highlight=False),
     )
     table = Table(
-        title=f"{config.judge.name}: {len(report.rows)} trials, scored without test rows "
-        "(CV: cross-validated over train + dev; dev: on dev)",
+        title=f"{config.judge.name}: {len([r for r in report.rows if r.duplicate_of is None])} trials, scored "
+        "without test rows (cv: cross-validated over train + dev; dev: on dev)",
         title_justify="left",
     )
-    for column in ("trial", "strategy", "state", "rule", "κ", "± SE", "LM calls", "fit s"):
+    for column in ("trial", "strategy", "state", "rule", "κ", "± SE", "LM calls", "s"):
         table.add_column(column, justify="left" if column in ("strategy", "state", "rule") else "right")
     if report.raw_dev is not None:
         table.add_row("raw", "(the judge as it is)", "–", "dev", f"{report.raw_dev:.3f}", "–", "–", "–")
     best = report.best
     for row in report.rows:
+        if row.duplicate_of is not None:
+            continue
         chosen = best is not None and row.number == best.number
         table.add_row(
             f"{row.number}{' *' if chosen else ''}",
-            row.strategy + (f" (= {row.duplicate_of})" if row.duplicate_of is not None else ""),
-            row.state.lower(),
+            row.strategy,
+            row.state.lower() + (f" after {row.pruned_after} rows" if row.pruned_after else ""),
             row.rule or "–",
             "–" if row.score is None else f"{row.score:.3f}",
             "–" if row.se is None or row.se != row.se else f"{row.se:.3f}",
             "–" if row.lm_calls is None else str(row.lm_calls),
             "–" if row.seconds is None else f"{row.seconds:.0f}",
         )
+    repeats = len([r for r in report.rows if r.duplicate_of is not None])
+    if repeats:
+        table.caption = f"{repeats} proposals repeated settings already tried; answered from those trials"
     console.print(table)
     if report.choice is not None:
         for step in report.choice.steps:
             console.print(f"selection: {step}", highlight=False)
-    if report.calibration is not None and report.calibration.agreement is not None:
-        from judgecal.card import terminal_table
+    console.print(
+        f"study {report.study_name} in {redact_url(report.storage)}; {report.new_trials} new trials this run",
+        highlight=False,
+    )
+    if report.calibration is None:
+        console.print("no trial finished, so nothing was selected", highlight=False)
+        return None, None
+    _print_result(config, report.calibration, report.parent_run_id)
+    return report.calibration, report.parent_run_id
 
-        console.print(terminal_table(report.calibration.agreement))
-        if report.calibration.agreement.comparison is not None:
-            console.print(report.calibration.agreement.comparison.statement, highlight=False)
-    console.print(f"study {report.study_name} in {report.storage}; {report.new_trials} new trials this run")
-    if report.parent_run_id:
+
+def _print_result(config: ExperimentConfig, report: CalibrationReport, run_id: str | None) -> None:
+    """One compact table (the headline measures, raw vs calibrated, with intervals), the
+    verdict in words, and where the rest is."""
+    from judgecal import summary
+
+    agreement = report.agreement
+    if agreement is not None:
+        table = Table(
+            title=f"{config.judge.name} ({report.strategy}): {agreement.rows} test rows in {agreement.groups} groups, "
+            "95% intervals over groups",
+            title_justify="left",
+        )
+        for column in ("measure", "raw", "calibrated", "Δ"):
+            table.add_column(column, justify="left" if column == "measure" else "right")
+        for row in summary.headline_rows(agreement):
+            table.add_row(*row)
+        console.print(table)
+        if agreement.comparison is not None:
+            colour = {"improved": "green", "worse": "red"}.get(agreement.comparison.outcome, "yellow")
+            console.print(f"[{colour}]{escape(agreement.comparison.statement)}[/]")
+    if report.registry is not None:
+        console.print(f"registry: {report.registry.name} v{report.registry.version}; {report.registry.reason}")
+    if run_id:
         console.print(
-            f"MLflow parent run {report.parent_run_id} (leaderboard.md, selected judge: "
-            f"runs:/{report.parent_run_id}/judge)",
+            f"MLflow run {run_id} in judgecal/{config.judge.name}: judge card card/judge_card.html, every metric "
+            f"metrics.json; the judge: runs:/{run_id}/judge",
+            highlight=False,
+        )
+
+
+def _print_summary(done: list[tuple[str, CalibrationReport, str | None]], args: argparse.Namespace) -> None:
+    from judgecal import summary
+
+    table = Table(title="Summary: raw → calibrated judge on each judge's test rows", title_justify="left")
+    for column in ("judge", "strategy", "raw κ", "calibrated κ", "Δκ [95%]", "verdict"):
+        table.add_column(column, justify="left" if column in ("judge", "strategy", "verdict") else "right")
+    for name, report, _ in done:
+        agreement = report.agreement
+        if agreement is None or agreement.comparison is None:
+            continue
+        metric = summary.KAPPA[agreement.kind]
+        raw = agreement.judge("raw").metrics[metric].value
+        calibrated = agreement.judge("calibrated").metrics[metric].value
+        delta = agreement.comparison.deltas[metric]
+        table.add_row(
+            name,
+            report.strategy,
+            f"{raw:.2f}",
+            f"{calibrated:.2f}",
+            f"{delta.value:+.2f} [{delta.low:+.2f}, {delta.high:+.2f}]",
+            agreement.comparison.outcome,
+        )
+    console.print(table)
+    if not args.no_track:
+        console.print(
+            "Browse the runs: judgecal ui (or make ui), then http://127.0.0.1:5000/#/experiments?workflowType="
+            "machine_learning; each run's name states raw → calibrated κ, its description the verdict, and "
+            "card/judge_card.html the plots.",
             highlight=False,
         )
 
@@ -325,7 +409,7 @@ def _load(path: Path, args: argparse.Namespace) -> ExperimentConfig:
     return load_config(path, overrides)
 
 
-def _calibrate_one(config: ExperimentConfig, args: argparse.Namespace) -> None:
+def _calibrate_one(config: ExperimentConfig, args: argparse.Namespace) -> tuple[CalibrationReport, str | None]:
     from judgecal.experiment import run_calibration
     from judgecal.progress import rich_progress
 
@@ -336,31 +420,13 @@ def _calibrate_one(config: ExperimentConfig, args: argparse.Namespace) -> None:
         tracking_uri=args.tracking_uri,
         log=lambda message: console.print(message, highlight=False),
     )
-    if report.agreement is not None:
-        from judgecal.card import terminal_table
-
-        console.print(terminal_table(report.agreement))
-        if report.agreement.comparison is not None:
-            console.print(report.agreement.comparison.statement, highlight=False)
-    else:
-        table = Table(title=f"{config.judge.name}: {report.split.sizes['test']} test rows", title_justify="left")
-        for column in ("metric", "raw", "calibrated", "delta"):
-            table.add_column(column, justify="left" if column == "metric" else "right")
-        for metric, raw, calibrated, delta in report.table():
-            table.add_row(metric, f"{raw:.3f}", f"{calibrated:.3f}", f"{delta:+.3f}")
-        console.print(table)
     console.print(
         f"calibration: {report.strategy}, {report.calibration_seconds:.0f} s, "
-        f"{report.calibration_lm_calls} LM calls (answers served from the cache included)"
+        f"{report.calibration_lm_calls} LM calls (answers served from the cache included)",
+        highlight=False,
     )
-    if report.run_id:
-        console.print(
-            f"MLflow run [bold]{report.run_id}[/] in experiment judgecal/{config.judge.name} "
-            f"({report.tracking_uri})\n"
-            f"judge card: card/judge_card.md in the run's artifacts (or: judgecal report {report.run_id})\n"
-            f"calibrated judge: runs:/{report.run_id}/judge   ·   browse: judgecal ui",
-            highlight=False,
-        )
+    _print_result(config, report, report.run_id)
+    return report, report.run_id
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -400,7 +466,6 @@ def _judge(args: argparse.Namespace) -> int:
     from judgecal.lm import configure_dspy_cache
     from judgecal.paths import dspy_cache_dir
     from judgecal.progress import rich_progress
-    from judgecal.redact import redact_url
 
     if str(args.judge).startswith(("runs:/", "models:/")):
         from judgecal.tracking import configure_tracking
@@ -510,7 +575,6 @@ def _import(args: argparse.Namespace) -> int:
 
 def _ui(args: argparse.Namespace) -> int:
     from judgecal.paths import store_dir
-    from judgecal.redact import redact_url
     from judgecal.tracking import tracking_uri, ui_environment
 
     uri = tracking_uri(args.tracking_uri)
@@ -533,11 +597,37 @@ def _ui(args: argparse.Namespace) -> int:
         "--workers",
         "1",
     ]
-    console.print(
-        f"MLflow UI on http://{args.host}:{args.port} for {redact_url(uri)} (Ctrl-C stops it)", highlight=False
-    )
-    environment = ui_environment()
-    return subprocess.call(command, env=environment, cwd=os.getcwd())
+    url = f"http://{args.host}:{args.port}/#/experiments?workflowType=machine_learning"
+    console.print(f"MLflow UI for {redact_url(uri)}: {url}  (Ctrl-C stops it)", highlight=False)
+    return run_until_stopped(command, ui_environment())
+
+
+def run_until_stopped(command: list[str], environment: dict[str, str]) -> int:
+    """Run a server in its own process group and stop the whole group when this process
+    is interrupted (Ctrl-C) or terminated (SIGTERM): uvicorn's workers would otherwise
+    outlive it and keep the port."""
+    import signal
+
+    server = subprocess.Popen(command, env=environment, cwd=os.getcwd(), start_new_session=True)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        except ProcessLookupError:
+            pass
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 LabelValue = bool | int | str
 RESERVED_KEYS = ("id", "group", "label", "annotator_labels", "reference_judges")
-SplitName = Literal["train", "dev", "test"]
+SplitName = Literal["train", "dev", "test", "gate"]
 
 
 class DataError(ValueError):
@@ -429,17 +429,25 @@ def load_verdicts(path: str | Path, task: TaskSpec) -> dict[str, tuple[LabelValu
 
 
 class SplitSpec(BaseModel):
-    """Fractions of groups in dev and test; the rest is train. An unknown key (a typo such
-    as ``tset``) is refused rather than silently ignored."""
+    """Fractions of groups in dev, test and gate; the rest is train. An unknown key (a typo
+    such as ``tset``) is refused rather than silently ignored."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    dev: float = Field(default=0.25, gt=0, lt=1)
-    test: float = Field(default=0.25, gt=0, lt=1)
+    dev: float = Field(default=0.25, gt=0, lt=1, description="Share of groups that selects among candidates.")
+    test: float = Field(default=0.25, gt=0, lt=1, description="Share of groups the report is computed on.")
+    gate: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Share of groups the registry's champion gate compares versions on (never fitted, selected "
+        "or reported on); 0 means no gate rows.",
+    )
     seed: int = 0
     max_train_rows: int | None = Field(default=None, gt=0, description="Cap train (LM cost control).")
     max_dev_rows: int | None = Field(default=None, gt=0, description="Cap dev (optimizer cost control).")
     max_test_rows: int | None = Field(default=None, gt=0, description="Cap test (report cost control).")
+    max_gate_rows: int | None = Field(default=None, gt=0, description="Cap gate (registry cost control).")
 
 
 @dataclass(frozen=True)
@@ -452,33 +460,40 @@ class Split:
     test: Dataset
     spec: SplitSpec
     data_fingerprint: str
+    gate: Dataset | None = None
 
     @property
     def sizes(self) -> dict[str, int]:
-        return {"train": len(self.train), "dev": len(self.dev), "test": len(self.test)}
+        return {name: len(part) for name, part in self.parts().items()}
 
     @property
     def fingerprint(self) -> str:
         """Identifies the data and which rows fell in which split."""
         digest = hashlib.sha256(self.data_fingerprint.encode())
-        for name, part in (("train", self.train), ("dev", self.dev), ("test", self.test)):
+        for name, part in self.parts().items():
             for row_id in sorted(row.id for row in part.rows):
                 digest.update(f"{name}:{row_id}\n".encode())
         return digest.hexdigest()
 
     def parts(self) -> dict[str, Dataset]:
-        return {"train": self.train, "dev": self.dev, "test": self.test}
+        parts = {"train": self.train, "dev": self.dev, "test": self.test}
+        if self.gate is not None and len(self.gate):
+            parts["gate"] = self.gate
+        return parts
 
 
 def split_by_group(dataset: Dataset, spec: SplitSpec | None = None) -> Split:
-    """Shuffle groups with a seeded generator and cut them into train / dev / test.
+    """Shuffle groups with a seeded generator and cut them into train / dev / test (and
+    gate, when asked for).
 
     Fractions count groups, not rows, because groups are the unit of independence.
     Each split must contain every label the task needs to score it (two classes at least).
     """
     spec = spec or SplitSpec()
-    if spec.dev + spec.test >= 1:
-        raise DataError(f"dev ({spec.dev}) + test ({spec.test}) fractions must leave rows for train")
+    if spec.dev + spec.test + spec.gate >= 1:
+        raise DataError(
+            f"dev ({spec.dev}) + test ({spec.test}) + gate ({spec.gate}) fractions must leave rows for train"
+        )
     groups = sorted({row.group for row in dataset.rows})
     if len(groups) < 3:
         raise DataError(
@@ -490,22 +505,39 @@ def split_by_group(dataset: Dataset, spec: SplitSpec | None = None) -> Split:
     shuffled = [groups[i] for i in order]
     n_test = max(1, round(spec.test * len(groups)))
     n_dev = max(1, round(spec.dev * len(groups)))
-    if n_test + n_dev >= len(groups):
+    n_gate = max(1, round(spec.gate * len(groups))) if spec.gate > 0 else 0
+    if n_test + n_dev >= len(groups) and not n_gate:
         n_test = n_dev = max(1, (len(groups) - 1) // 3)
+    if n_test + n_dev + n_gate >= len(groups):
+        raise DataError(
+            f"{len(groups)} groups are too few for dev {spec.dev}, test {spec.test} and gate {spec.gate} "
+            "with rows left for train; lower the fractions or add groups",
+            path=dataset.source,
+            field="group",
+        )
     assignment: dict[str, SplitName] = {}
     for position, group in enumerate(shuffled):
         if position < n_test:
             assignment[group] = "test"
         elif position < n_test + n_dev:
             assignment[group] = "dev"
+        elif position < n_test + n_dev + n_gate:
+            assignment[group] = "gate"
         else:
             assignment[group] = "train"
-    parts: dict[str, list[LabeledRow]] = {"train": [], "dev": [], "test": []}
+    parts: dict[str, list[LabeledRow]] = {"train": [], "dev": [], "test": [], "gate": []}
     for row in dataset.rows:
         parts[assignment[row.group]].append(row)
-    caps = {"train": spec.max_train_rows, "dev": spec.max_dev_rows, "test": spec.max_test_rows}
+    if not n_gate:
+        del parts["gate"]
+    caps = {
+        "train": spec.max_train_rows,
+        "dev": spec.max_dev_rows,
+        "test": spec.max_test_rows,
+        "gate": spec.max_gate_rows,
+    }
     for name, cap in caps.items():
-        if cap is not None and len(parts[name]) > cap:
+        if name in parts and cap is not None and len(parts[name]) > cap:
             parts[name] = sample_across_groups(parts[name], cap, spec.seed)
     for name, rows in parts.items():
         classes = Counter(row.label for row in rows)
@@ -524,6 +556,7 @@ def split_by_group(dataset: Dataset, spec: SplitSpec | None = None) -> Split:
         test=dataset.subset(parts["test"]),
         spec=spec,
         data_fingerprint=dataset.fingerprint,
+        gate=dataset.subset(parts["gate"]) if "gate" in parts else None,
     )
 
 

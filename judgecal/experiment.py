@@ -32,10 +32,10 @@ from judgecal.evaluation import (
     evaluate_record,
     label_space,
 )
-from judgecal.export import bundle_from_judge, log_judge_model, save_bundle
+from judgecal.export import bundle_digest, bundle_from_judge, log_judge_model, save_bundle
 from judgecal.judges import JudgeProgram, ProgressFactory, Verdict, score_verdicts
 from judgecal.lm import LMConfig, build_lm, configure_dspy_cache
-from judgecal.paths import dspy_cache_dir, workspace_root
+from judgecal.paths import dspy_cache_dir, embedding_cache_dir, workspace_root
 from judgecal.strategies import (
     FitResult,
     FittedJudge,
@@ -51,6 +51,7 @@ from judgecal.strategies import (
 )
 from judgecal.tasks import Task, resolve_task
 from judgecal.tracking import configure_tracking, ensure_experiment, flat_params
+from judgecal.verifier import configure_embedding_cache
 
 EVALUATION_FILE = "evaluation.json"
 
@@ -74,6 +75,10 @@ class JudgeSection(BaseModel):
     verdicts: Path | None = Field(
         default=None,
         description="Calibrate verdicts from a JSONL file of {id, verdict, probability?} instead of a live model.",
+    )
+    gate_data: Path | None = Field(
+        default=None,
+        description="Fresh labelled rows for the registry's champion gate, instead of a [split] gate share.",
     )
 
 
@@ -124,7 +129,9 @@ class ExperimentConfig(BaseModel):
         default=None, description="Also judge pairs with responses swapped (default: pairwise tasks)."
     )
     report: ReportConfig = Field(default_factory=ReportConfig)
-    search: SearchConfig = Field(default_factory=SearchConfig)
+    search: SearchConfig | None = Field(
+        default=None, description="A [search] section makes the calibration an Optuna search over strategies."
+    )
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
@@ -148,7 +155,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
-    for key in ("data", "verdicts"):
+    for key in ("data", "verdicts", "gate_data"):
         value = document.get("judge", {}).get(key)
         if value is not None and not Path(value).is_absolute() and (overrides or {}).get(f"judge.{key}") is None:
             document["judge"][key] = str((path.parent / value).resolve())
@@ -184,6 +191,8 @@ class Prepared:
     guard: RowGuard
     order_swap: bool
     root: Path
+    started_at: float = field(default_factory=time.time)
+    gate_rows: tuple[LabeledRow, ...] = ()
 
     @property
     def reference_judges(self) -> tuple[str, ...]:
@@ -209,10 +218,11 @@ def prepare(config: ExperimentConfig, *, root: Path | None = None, log: Any = pr
     split = split_by_group(dataset, config.split)
     sizes = split.sizes
     log(
-        f"{config.judge.name}: {len(dataset)} rows from {dataset.source} → "
+        f"{config.judge.name}: {len(dataset)} rows from {project_path(dataset.source, root)} → "
         f"train {sizes['train']}, dev {sizes['dev']}, test {sizes['test']} (grouped, seed {config.split.seed})"
     )
     configure_dspy_cache(dspy_cache_dir(root))
+    configure_embedding_cache(embedding_cache_dir(root))
     if config.judge.recorded and config.judge.verdicts:
         raise DataError("give either judge.recorded or judge.verdicts, not both", field="judge")
     lm = None
@@ -234,8 +244,27 @@ def prepare(config: ExperimentConfig, *, root: Path | None = None, log: Any = pr
         raw = ProgramJudge(task, JudgeProgram(task.signature), lm, config.judge.name)
     pairwise = {"response_a", "response_b"} <= set(task.spec.input_names)
     order_swap = config.order_swap if config.order_swap is not None else pairwise
-    guard = RowGuard.for_rows(split.test.rows, [*split.train.rows, *split.dev.rows])
-    return Prepared(config, task, dataset, split, lm, MemoJudge(raw), guard, order_swap, root)
+    gate = _gate_rows(config, task, dataset, split)
+    guard = RowGuard.for_rows([*split.test.rows, *gate], [*split.train.rows, *split.dev.rows])
+    return Prepared(config, task, dataset, split, lm, MemoJudge(raw), guard, order_swap, root, gate_rows=gate)
+
+
+def _gate_rows(config: ExperimentConfig, task: Task, dataset: Dataset, split: Split) -> tuple[LabeledRow, ...]:
+    """Rows for the champion gate: ``--gate-data`` (which must not repeat an id of the data),
+    else the split's gate share."""
+    if config.judge.gate_data is None:
+        return split.gate.rows if split.gate is not None else ()
+    fresh = load_rows(config.judge.gate_data, task.spec)
+    known = {row.id for row in dataset.rows}
+    repeated = next((row for row in fresh.rows if row.id in known), None)
+    if repeated is not None:
+        raise DataError(
+            f"id {repeated.id!r} is also in the calibration data; gate rows must be fresh",
+            path=config.judge.gate_data,
+            line=repeated.line,
+            field="id",
+        )
+    return fresh.rows
 
 
 @dataclass
@@ -257,6 +286,9 @@ class CalibrationReport:
     record: EvaluationRecord | None = None
     agreement: AgreementReport | None = None
     registry: Any = None
+    started_at: float = field(default_factory=time.time)
+    gate: EvaluationRecord | None = None
+    model_uri: str | None = None
 
     @property
     def calibrated_program(self) -> JudgeProgram | None:
@@ -326,34 +358,94 @@ def run_calibration(
 ) -> CalibrationReport:
     """Calibrate one judge with one strategy and record it; test is used only for the report."""
     prepared = prepare(config, root=root, log=log)
-    task, split = prepared.task, prepared.split
+    if track:  # a tracking store that cannot be reached fails now, not after the work
+        configure_tracking(tracking_uri, prepared.root)
+        ensure_experiment(config.judge.name, prepared.root)
     [spec] = resolve_strategies(
-        [strategy_name(config.calibration)], task, has_program=isinstance(unwrap(prepared.raw), ProgramJudge)
-    )
-    raw = judge_split(
-        prepared.raw, task, split.test.rows, order_swap=prepared.order_swap, progress=progress, label="raw"
+        [strategy_name(config.calibration)], prepared.task, has_program=isinstance(unwrap(prepared.raw), ProgramJudge)
     )
     where = "train, selecting on dev" if spec.calls_lm_to_fit else "train + dev"
     log(f"{config.judge.name}: calibrating with {spec.name} ({spec.description}) on {where}")
     result = final_fit(spec, prepared, strategy_params(spec, config.calibration), log)
+    return report_and_record(prepared, result, progress=progress, track=track, tracking_uri=tracking_uri, log=log)
+
+
+def report_and_record(
+    prepared: Prepared,
+    result: FitResult,
+    *,
+    progress: ProgressFactory | None,
+    track: bool,
+    tracking_uri: str | None,
+    log: Any,
+    run_id: str | None = None,
+    name_suffix: str = "",
+    description_extra: str = "",
+) -> CalibrationReport:
+    """The calibrated judge beside the raw one on test, its verdicts on the gate rows, and
+    (when tracking) its MLflow run and registry version."""
+    task, split, config = prepared.task, prepared.split, prepared.config
+    raw = judge_split(
+        prepared.raw, task, split.test.rows, order_swap=prepared.order_swap, progress=progress, label="raw"
+    )
     calibrated = judge_split(
         result.judge, task, split.test.rows, order_swap=prepared.order_swap, progress=progress, label="calibrated"
     )
     report = assemble_report(prepared, raw, calibrated, result)
-    if track:
-        track_calibration(report, result.judge, prepared, tracking_uri=tracking_uri)
-        if config.judge.register_as and report.run_id and report.record is not None:
-            from judgecal.registry import register_judge
+    report.gate = gate_record(prepared, result.judge, progress)
+    if not track:
+        return report
+    track_calibration(
+        report,
+        result.judge,
+        prepared,
+        tracking_uri=tracking_uri,
+        run_id=run_id,
+        name_suffix=name_suffix,
+        description_extra=description_extra,
+    )
+    if config.judge.register_as and report.run_id:
+        from judgecal import summary
+        from judgecal.registry import register_judge
 
-            report.registry = register_judge(
-                report.run_id,
-                config.judge.register_as,
-                report.record,
-                n_resamples=config.report.n_resamples,
-                seed=config.report.seed,
-            )
-            log(report.registry.reason)
+        words = report.agreement.comparison.statement if report.agreement and report.agreement.comparison else ""
+        title = summary.title(report.agreement, config.judge.name) if report.agreement else config.judge.name
+        report.registry = register_judge(
+            report.run_id,
+            report.model_uri or f"runs:/{report.run_id}/judge",
+            config.judge.register_as,
+            report.gate,
+            gate_rows=list(prepared.gate_rows),
+            summary=f"{title}. {words}",
+            n_resamples=config.report.n_resamples,
+            seed=config.report.seed,
+        )
+        log(report.registry.reason)
     return report
+
+
+def gate_record(prepared: Prepared, judge: FittedJudge, progress: ProgressFactory | None) -> EvaluationRecord | None:
+    """The calibrated judge's verdicts on the gate rows, for the registry's champion gate."""
+    rows = prepared.gate_rows
+    if not rows:
+        return None
+    verdicts = judge.predict(rows, progress=progress, description="calibrated: judging gate rows")
+    return build_record(
+        prepared.config.judge.name,
+        prepared.task.reference,
+        prepared.task.spec,
+        rows,
+        {"calibrated": JudgeRecord(verdicts=[v.label for v in verdicts])},
+        include_reference=False,
+        data_fingerprint=prepared.split.data_fingerprint,
+        split_fingerprint=gate_fingerprint(rows),
+    ).model_copy(update={"split": "gate"})
+
+
+def gate_fingerprint(rows: Sequence[LabeledRow]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(row.id for row in rows)).encode()).hexdigest()
 
 
 def assemble_report(
@@ -390,6 +482,7 @@ def assemble_report(
         calibrated_judge=result.judge,
         record=record,
         agreement=agreement,
+        started_at=prepared.started_at,
     )
 
 
@@ -410,10 +503,11 @@ def judge_record(task: Task, side: SideResult) -> JudgeRecord:
 def calibration_params(report: CalibrationReport, prepared: Prepared) -> dict[str, str]:
     config, split = report.config, report.split
     params = {
-        "model": config.judge.recorded or (str(config.judge.verdicts) if config.judge.verdicts else config.lm.model),
+        "judge.model": config.judge.recorded
+        or (project_path(config.judge.verdicts, prepared.root) if config.judge.verdicts else config.lm.model),
         "strategy": report.strategy,
         "seed": config.calibration.seed,
-        "data.path": prepared.dataset.source,
+        "data.path": project_path(prepared.dataset.source, prepared.root),
         "data.fingerprint": split.data_fingerprint,
         "split.fingerprint": split.fingerprint,
         **{f"split.{name}_rows": size for name, size in split.sizes.items()},
@@ -426,54 +520,67 @@ def calibration_params(report: CalibrationReport, prepared: Prepared) -> dict[st
     return {k: str(v) for k, v in params.items()}
 
 
+def project_path(path: str | Path, root: Path) -> str:
+    """A path as the project sees it: relative to the workspace when inside it, else only
+    the file's name (the data fingerprint identifies the content)."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(root.resolve()))
+    except ValueError:
+        return resolved.name
+
+
 def track_calibration(
     report: CalibrationReport,
     judge: FittedJudge,
     prepared: Prepared,
     *,
     tracking_uri: str | None,
-    nested: bool = False,
     run_name: str | None = None,
     extra_params: dict[str, Any] | None = None,
     run_id: str | None = None,
+    name_suffix: str = "",
+    description_extra: str = "",
 ) -> str:
-    """Record one calibration as an MLflow run (nested under the active run when asked, or
-    into the existing run ``run_id``)."""
+    """Record one calibration as an MLflow run (or into the existing run ``run_id``): named
+    by its result, described by its verdict, with headline metrics, every metric in one
+    table, the judge card, the bundle and the model."""
     import mlflow
+
+    from judgecal import summary
 
     config = report.config
     report.tracking_uri = configure_tracking(tracking_uri, prepared.root)
     experiment_id = ensure_experiment(config.judge.name, prepared.root)
-    run_name = run_name or f"{report.strategy}-seed{config.calibration.seed}"
-    started = (
-        mlflow.start_run(run_id=run_id)
-        if run_id
-        else mlflow.start_run(experiment_id=experiment_id, run_name=run_name, nested=nested)
-    )
-    with started as run:
-        mlflow.set_tags(
-            {
-                "judgecal.task": report.task.reference,
-                "judgecal.judge": config.judge.name,
-                "judgecal.strategy": report.strategy,
-            }
-        )
+    client = mlflow.MlflowClient()
+    agreement = report.agreement
+    name = (run_name or (summary.title(agreement, config.judge.name) if agreement else config.judge.name)) + name_suffix
+    if run_id is None:
+        run_id = client.create_run(experiment_id, start_time=int(report.started_at * 1000), run_name=name).info.run_id
+    else:
+        client.update_run(run_id, name=name)
+    mlflow.set_experiment(experiment_id=experiment_id)  # start_run refuses a run of another active experiment
+    with mlflow.start_run(run_id=run_id):
+        tags = {
+            "judgecal.task": report.task.reference,
+            "judgecal.judge": config.judge.name,
+            "judgecal.strategy": report.strategy,
+        }
+        if agreement is not None:
+            tags["mlflow.note.content"] = summary.description(agreement, extra=description_extra)
+            if agreement.comparison is not None:
+                tags["judgecal.outcome"] = agreement.comparison.outcome
+        mlflow.set_tags(tags)
         mlflow.log_params(
             {**calibration_params(report, prepared), **{k: str(v) for k, v in (extra_params or {}).items()}}
         )
         mlflow.log_metrics(tracked_metrics(report))
-        agreement = report.agreement
-        if agreement is not None and agreement.comparison is not None:
-            mlflow.set_tags(
-                {
-                    "judgecal.outcome": agreement.comparison.outcome,
-                    "judgecal.statement": agreement.comparison.statement[:5000],
-                }
-            )
+        if agreement is not None:
+            mlflow.log_table(summary.metric_table(agreement), "metrics.json")
         log_judge_artifacts(report, judge, prepared)
-        report.run_id = run.info.run_id
-        report.experiment_id = experiment_id
-        return run.info.run_id
+    report.run_id = run_id
+    report.experiment_id = experiment_id
+    return run_id
 
 
 def log_judge_artifacts(report: CalibrationReport, judge: FittedJudge, prepared: Prepared) -> None:
@@ -488,6 +595,13 @@ def log_judge_artifacts(report: CalibrationReport, judge: FittedJudge, prepared:
             program_path = folder / "program.json"
             program_path.write_text(json.dumps(program.dump_state(), indent=2, ensure_ascii=False))
             mlflow.log_artifact(str(program_path))
+        mlflow.log_dict(
+            {name: [row.id for row in part.rows] for name, part in report.split.parts().items()}
+            | {"gate": [row.id for row in prepared.gate_rows]},
+            "rows.json",
+        )
+        if report.gate is not None:
+            mlflow.log_dict(report.gate.model_dump(mode="json"), "gate.json")
         if report.record is not None and report.agreement is not None:
             mlflow.log_dict(report.record.model_dump(mode="json"), EVALUATION_FILE)
             mlflow.log_dict(report.agreement.model_dump(mode="json"), "report.json")
@@ -507,8 +621,10 @@ def log_judge_artifacts(report: CalibrationReport, judge: FittedJudge, prepared:
         )
         bundle_dir = folder / "bundle"
         save_bundle(bundle, bundle_dir)
+        mlflow.set_tag("judgecal.bundle_digest", bundle_digest(bundle))
         mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
-        log_judge_model(bundle_dir, input_names=list(report.task.spec.input_names))
+        info = log_judge_model(bundle_dir, input_names=list(report.task.spec.input_names))
+        report.model_uri = info.model_uri
 
 
 def bundle_evaluation(report: CalibrationReport) -> dict[str, Any] | None:
@@ -531,29 +647,14 @@ def bundle_evaluation(report: CalibrationReport) -> dict[str, Any] | None:
 
 
 def tracked_metrics(report: CalibrationReport) -> dict[str, float]:
-    """``raw.<m>``, ``calibrated.<m>``, ``delta.<m>`` with ``.low`` / ``.high`` interval ends,
-    reference judges, the human ceiling and costs, as MLflow metrics."""
+    """The headline metrics (raw, calibrated and Δ of κ and the task's main measure, the
+    p-value, ...) and the costs; every other number is in ``metrics.json`` and
+    ``report.json``."""
+    from judgecal import summary
+
     metrics: dict[str, float] = {}
-    agreement = report.agreement
-    if agreement is not None:
-        for score in agreement.judges:
-            prefix = score.name.replace(REFERENCE_PREFIX, "reference.")
-            for name, estimate in {**score.metrics, **score.confidence_metrics}.items():
-                metrics[f"{prefix}.{name}"] = estimate.value
-                metrics[f"{prefix}.{name}.low"] = estimate.low
-                metrics[f"{prefix}.{name}.high"] = estimate.high
-            if score.fraction_of_ceiling is not None:
-                metrics[f"{prefix}.fraction_of_ceiling"] = score.fraction_of_ceiling.value
-        if agreement.comparison is not None:
-            for name, estimate in agreement.comparison.deltas.items():
-                metrics[f"delta.{name}"] = estimate.value
-                metrics[f"delta.{name}.low"] = estimate.low
-                metrics[f"delta.{name}.high"] = estimate.high
-            if agreement.comparison.mcnemar is not None:
-                metrics["delta.mcnemar_p"] = agreement.comparison.mcnemar.p_value
-        if agreement.ceiling is not None:
-            metrics["human.alpha"] = agreement.ceiling.alpha.value
-            metrics["human.annotator_vs_rest_kappa"] = agreement.ceiling.annotator_vs_rest_kappa.value
+    if report.agreement is not None:
+        metrics.update(summary.headline_metrics(report.agreement))
     else:
         for name in report.metric_names:
             metrics[f"raw.{name}"] = report.raw.metrics[name]

@@ -38,6 +38,11 @@ def dspy_cache_dir(root: Path | None = None) -> Path:
     return (root or workspace_root()) / ".cache" / "dspy"
 
 
+def embedding_cache_dir(root: Path | None = None) -> Path:
+    """Sentence embeddings of the texts verifiers have seen; a repeated run loads no encoder."""
+    return (root or workspace_root()) / ".cache" / "embeddings"
+
+
 @contextmanager
 def store_lock(root: Path | None = None) -> Iterator[None]:
     """Serialise first-time set-up of the local stores (SQLite schema migrations) between

@@ -36,13 +36,12 @@ from judgecal.experiment import (
     ExperimentConfig,
     Prepared,
     SearchConfig,
-    assemble_report,
-    judge_split,
     prepare,
-    track_calibration,
+    report_and_record,
 )
 from judgecal.judges import ProgressFactory
 from judgecal.paths import store_dir, store_lock
+from judgecal.redact import redact_url as redact
 from judgecal.selection import (
     Candidate,
     Choice,
@@ -89,6 +88,7 @@ class TrialRow:
     worker: str | None
     duplicate_of: int | None = None
     error: str | None = None
+    pruned_after: int | None = None
 
 
 @dataclass
@@ -160,7 +160,7 @@ def search_prepared(
     parent_run_id = None
     if track:
         with store_lock(prepared.root):  # one parent run per study, however many workers start together
-            parent_run_id = parent_run(study, experiment_id, study_name, storage_url, config)
+            parent_run_id = parent_run(study, experiment_id, study_name, storage_url, config, prepared.root)
 
     dev = list(split.dev.rows)
     pool = [*split.train.rows, *dev]
@@ -242,16 +242,25 @@ def search_prepared(
         winner = choice.winner
         spec = specs[winner.strategy]
         result = final_judge(spec, env, winner, prepared, fitted, log)
-    raw_side = judge_split(
-        prepared.raw, task, split.test.rows, order_swap=prepared.order_swap, progress=progress, label="raw"
+    distinct = len([r for r in rows if r.duplicate_of is None])
+    steps = "\n".join(f"- {step}" for step in choice.steps)
+    report.calibration = report_and_record(
+        prepared,
+        result,
+        progress=progress,
+        track=track and parent_run_id is not None,
+        tracking_uri=tracking_uri,
+        log=log,
+        run_id=parent_run_id,
+        name_suffix=f" · search of {distinct} trials",
+        description_extra=(
+            f"Selected by a search of {distinct} distinct trials ({len(rows)} with repeats): {winner.strategy} "
+            f"(trial {winner.number}). The leaderboard: `leaderboard.md`.\n\n{steps}"
+        ),
     )
-    calibrated = judge_split(
-        result.judge, task, split.test.rows, order_swap=prepared.order_swap, progress=progress, label=spec.name
-    )
-    report.calibration = assemble_report(prepared, raw_side, calibrated, result)
     if track and parent_run_id is not None:
-        report.tracking_uri = configure_tracking(tracking_uri, prepared.root)
-        log_parent(report, prepared, tracking_uri)
+        report.tracking_uri = report.calibration.tracking_uri
+        log_leaderboard(report, prepared)
     return report
 
 
@@ -275,7 +284,7 @@ def score_trial(
 
     task, guard = prepared.task, prepared.guard
     started = time.perf_counter()
-    if spec.calls_lm_to_fit:
+    if spec.scored_on_dev:
         result = fit_judge(spec, env, params, prepared.split.train.rows, dev, guard)
         guard.check(dev, f"{spec.name}: score on dev")
 
@@ -286,6 +295,8 @@ def score_trial(
                     trial_reported.add(index)
             if trial.should_prune():
                 trial.set_user_attr("pruned_after_rows", len(indices))
+                trial.set_user_attr("lm_calls", result.lm_calls + counter.calls)
+                trial.set_user_attr("fit_seconds", round(time.perf_counter() - started, 2))
                 raise optuna.TrialPruned()
 
         trial_reported: set[int] = set()
@@ -346,7 +357,7 @@ def final_judge(
     strategy that calls the model to fit, the program its trial compiled (compiled again
     from its settings when another worker ran that trial)."""
     split = prepared.split
-    if spec.calls_lm_to_fit:
+    if spec.scored_on_dev:
         if winner.number in fitted:
             return fitted[winner.number]
         log(f"{spec.name}: compiling the program of trial {winner.number} again (another worker ran it)")
@@ -409,7 +420,7 @@ def enqueue_defaults(study: Any, specs: dict[str, StrategySpec], env: StrategyEn
         if study.user_attrs.get("defaults_enqueued") or study.trials:
             return
         study.set_user_attr("defaults_enqueued", True)
-    for spec in sorted(specs.values(), key=lambda s: (s.calls_lm_to_fit, s.complexity, s.name)):
+    for spec in sorted(specs.values(), key=lambda s: (s.scored_on_dev, s.complexity, s.name)):
         fixed = _default_params(spec, env)
         study.enqueue_trial({"strategy": spec.name, **fixed}, skip_if_exists=True)
 
@@ -527,6 +538,8 @@ def strategy_params_of(trial: Any) -> dict[str, Any]:
 
 
 def leaderboard(study: Any) -> list[TrialRow]:
+    from optuna.trial import TrialState
+
     rows = []
     run_ids = study.user_attrs
     for trial in study.get_trials(deepcopy=False):
@@ -537,8 +550,8 @@ def leaderboard(study: Any) -> list[TrialRow]:
                 state=trial.state.name,
                 strategy=str(trial.params.get("strategy", "?")),
                 params={k: v for k, v in trial.params.items() if k != "strategy"},
-                rule=attrs.get("rule"),
-                score=trial.value,
+                rule=attrs.get("rule") or ("dev" if trial.state == TrialState.PRUNED else None),
+                score=trial.value if trial.state == TrialState.COMPLETE else None,
                 se=attrs.get("se"),
                 lm_calls=attrs.get("lm_calls"),
                 seconds=attrs.get("fit_seconds"),
@@ -546,21 +559,10 @@ def leaderboard(study: Any) -> list[TrialRow]:
                 worker=attrs.get("worker"),
                 duplicate_of=attrs.get("duplicate_of"),
                 error=attrs.get("error"),
+                pruned_after=attrs.get("pruned_after_rows"),
             )
         )
     return sorted(rows, key=lambda r: (r.score is None, -(r.score or 0.0), r.number))
-
-
-def redact(url: str) -> str:
-    """Storage URLs may hold a password (postgresql://user:secret@host/db)."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        import re
-
-        return re.sub(r"//([^:/@]+):.*@", r"//\1:***@", url)
 
 
 # ---------------------------------------------------------------------------------------
@@ -568,7 +570,19 @@ def redact(url: str) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def parent_run(study: Any, experiment_id: str, study_name: str, storage_url: str, config: ExperimentConfig) -> str:
+def storage_param(url: str, root: Path) -> str:
+    """The storage as a run records it: a SQLite file relative to the project, any other URL
+    without its password."""
+    from judgecal.experiment import project_path
+
+    if url.startswith("sqlite:///"):
+        return "sqlite:///" + project_path(url.removeprefix("sqlite:///"), root)
+    return redact(url)
+
+
+def parent_run(
+    study: Any, experiment_id: str, study_name: str, storage_url: str, config: ExperimentConfig, root: Path
+) -> str:
     """The study's MLflow parent run: created by the first worker, reused by the others and
     by a resumed search."""
     import mlflow
@@ -579,10 +593,10 @@ def parent_run(study: Any, experiment_id: str, study_name: str, storage_url: str
     client = mlflow.MlflowClient()
     run = client.create_run(
         experiment_id,
-        run_name=f"search-{study_name}",
+        run_name=f"{config.judge.name}: search {study_name} (running)",
         tags={"judgecal.study": study_name, "judgecal.judge": config.judge.name, "judgecal.kind": "search"},
     )
-    client.log_param(run.info.run_id, "optuna.storage", redact(storage_url))
+    client.log_param(run.info.run_id, "optuna.storage", storage_param(storage_url, root))
     study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
     return run.info.run_id
 
@@ -652,6 +666,8 @@ def leaderboard_markdown(report: SearchReport) -> str:
         score = "–" if row.score is None else f"{row.score:.3f}"
         se = "–" if row.se is None or not math.isfinite(row.se) else f"{row.se:.3f}"
         state = row.state.lower() + (f": {row.error[:80]}" if row.error else "")
+        if row.pruned_after:
+            state += f" after {row.pruned_after} dev rows"
         lines.append(
             f"| {row.number}{marker} | {row.strategy} | {settings} | {state} | {row.rule or '–'} | {score} | {se} | "
             f"{row.lm_calls if row.lm_calls is not None else '–'} | {row.seconds if row.seconds is not None else '–'} |"
@@ -666,18 +682,14 @@ def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def log_parent(report: SearchReport, prepared: Prepared, tracking_uri: str | None) -> None:
-    """The parent run holds the selected judge's report on test (raw, calibrated, Δ, the
-    card, the bundle and the model) and the leaderboard."""
+def log_leaderboard(report: SearchReport, prepared: Prepared) -> None:
+    """The leaderboard beside the selected judge in the parent run: a table, its JSON and
+    a plot, with the raw judge as the first row."""
     import mlflow
 
     from judgecal import plots
 
-    calibration = report.calibration
-    assert calibration is not None and report.parent_run_id is not None and report.best is not None
-    judge = calibration.calibrated_judge
-    assert judge is not None
-    track_calibration(calibration, judge, prepared, tracking_uri=tracking_uri, run_id=report.parent_run_id)
+    assert report.parent_run_id is not None and report.best is not None
     client = mlflow.MlflowClient()
     run_id = report.parent_run_id
     client.log_dict(run_id, [row.__dict__ for row in report.rows], "leaderboard.json")

@@ -375,31 +375,28 @@ class RecordedJudge(FittedJudge):
 
 
 class MemoJudge(FittedJudge):
-    """Another judge whose answers are kept per row id, so that every trial of a search
-    (and the report) asks the model about a row once. Verdicts that failed are not kept."""
+    """Another judge whose answers are kept per row (id and inputs, so a row with its
+    responses swapped is another row), so that every trial of a search and the report ask
+    the model about a row once. Verdicts that failed are not kept."""
 
     kind = "memo"
 
     def __init__(self, base: FittedJudge) -> None:
         self.base = base
 
-    def _answers(self, rows: Sequence[LabeledRow], swapped: bool, progress: Any, description: str) -> list[Verdict]:
-        memo: dict[tuple[str, bool], Verdict] = self.__dict__.setdefault("_memo", {})
-        missing = [row for row in rows if (row.id, swapped) not in memo]
-        fresh: dict[tuple[str, bool], Verdict] = {}
-        if missing:
-            judge = self.base.predict_swapped if swapped else self.base.predict
-            for row, verdict in zip(missing, judge(missing, progress=progress, description=description), strict=True):
-                fresh[(row.id, swapped)] = verdict
-                if verdict.label is not None:
-                    memo[(row.id, swapped)] = verdict
-        return [memo.get((row.id, swapped)) or fresh[(row.id, swapped)] for row in rows]
-
     def predict(self, rows, *, progress=None, description=""):
-        return self._answers(rows, False, progress, description)
-
-    def predict_swapped(self, rows, *, progress=None, description=""):
-        return self._answers(rows, True, progress, description)
+        memo: dict[tuple[str, str], Verdict] = self.__dict__.setdefault("_memo", {})
+        keys = [(row.id, _inputs_key(row.inputs)) for row in rows]
+        missing = [row for row, key in zip(rows, keys, strict=True) if key not in memo]
+        fresh: dict[tuple[str, str], Verdict] = {}
+        if missing:
+            verdicts = self.base.predict(missing, progress=progress, description=description)
+            for row, verdict in zip(missing, verdicts, strict=True):
+                key = (row.id, _inputs_key(row.inputs))
+                fresh[key] = verdict
+                if verdict.label is not None:
+                    memo[key] = verdict
+        return [memo.get(key) or fresh[key] for key in keys]
 
     def state(self) -> dict[str, Any]:
         return self.base.state()
@@ -1008,6 +1005,14 @@ class StrategySpec:
     pairwise_only: bool = False
     needs_extra: str | None = None
     calls_lm_to_fit: bool = False
+    judges_twice: bool = False
+
+    @property
+    def scored_on_dev(self) -> bool:
+        """Scored on the dev hold-out rather than by cross-validation: a strategy that calls
+        the model to fit, or one that judges every row twice and has nothing to fit (order
+        swapping), which would otherwise ask the model about all of train + dev twice."""
+        return self.calls_lm_to_fit or self.judges_twice
 
     def available(self) -> bool:
         return self.needs_extra != "embeddings" or embeddings_available()
@@ -1099,6 +1104,7 @@ STRATEGIES: dict[str, StrategySpec] = {
         _no_space,
         1,
         pairwise_only=True,
+        judges_twice=True,
     ),
     "verifier": _verifier_spec("verifier", "tfidf", "TF-IDF + logistic regression on the human labels", 2, None),
     "embedding_verifier": _verifier_spec(

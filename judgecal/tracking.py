@@ -58,6 +58,11 @@ def ensure_experiment(judge_name: str, root: Path | None = None) -> str:
         return _ensure_experiment(mlflow, name, judge_name, root)
 
 
+# MLflow 3 opens an experiment in its GenAI view (traces) unless told the experiment is
+# model development; judgecal's runs are in the runs view.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _ensure_experiment(mlflow: Any, name: str, judge_name: str, root: Path | None) -> str:
     existing = mlflow.get_experiment_by_name(name)
     if existing is not None:
@@ -65,12 +70,14 @@ def _ensure_experiment(mlflow: Any, name: str, judge_name: str, root: Path | Non
             raise RuntimeError(
                 f"MLflow experiment {name!r} is deleted; restore it in the UI or pick another judge name"
             )
+        if existing.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND["mlflow.experimentKind"]:
+            mlflow.MlflowClient().set_experiment_tag(existing.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return existing.experiment_id
     artifact_location = None
     if mlflow.get_tracking_uri().startswith("sqlite:"):
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", judge_name).strip("-") or "judge"
         artifact_location = (store_dir(root) / "artifacts" / slug).resolve().as_uri()
-    return mlflow.create_experiment(name, artifact_location=artifact_location)
+    return mlflow.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
 
 
 def flat_params(prefix: str, values: dict[str, Any]) -> dict[str, str]:

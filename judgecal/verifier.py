@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import json
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -136,15 +137,18 @@ def _vectorizer(state: dict[str, Any], settings: dict[str, Any]) -> TfidfVectori
 
 
 class EmbeddingFeatures:
-    """all-MiniLM-L6-v2 embeddings. Rows: each field's embedding, and for the first two
-    fields their product, absolute difference and cosine. Pairs: the context's and each
-    response's embedding, their products with the context, the three cosines and each
-    response's log length. Nothing is fitted; the encoder's weights are pinned."""
+    """all-MiniLM-L6-v2 embeddings. Rows: each field's embedding; for the first two fields
+    their product, absolute difference and cosine, and the largest and mean cosine between
+    each field's sentences and the other field (a long prompt is about several things; an
+    attribute may matter to one sentence of it). Pairs: the context's and each response's
+    embedding, their products with the context, the three cosines and each response's log
+    length. Nothing is fitted; the encoder's weights are pinned."""
 
     kind = "embedding"
 
-    def __init__(self, pairwise: bool) -> None:
+    def __init__(self, pairwise: bool, sentence_cosines: bool = True) -> None:
         self.pairwise = pairwise
+        self.sentence_cosines = sentence_cosines
 
     def fit(self, inputs: Sequence[dict[str, Any]]) -> EmbeddingFeatures:
         return self
@@ -159,17 +163,21 @@ class EmbeddingFeatures:
             cosines = np.column_stack([(context * a).sum(1), (context * b).sum(1), (a * b).sum(1)])
             return np.hstack([context, a, b, a * context, b * context, cosines, lengths])
         names = list(inputs[0])
-        columns = [encode([_field_text(row[name]) for row in inputs]) for name in names]
+        texts = [[_field_text(row[name]) for row in inputs] for name in names]
+        columns = [encode(column) for column in texts]
         blocks = list(columns)
         if len(columns) >= 2:
             first, second = columns[0], columns[1]
             blocks += [first * second, np.abs(first - second), (first * second).sum(axis=1, keepdims=True)]
+            if self.sentence_cosines:
+                blocks += [_sentence_cosines(texts[0], second), _sentence_cosines(texts[1], first)]
         return np.hstack(blocks)
 
     def state(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "pairwise": self.pairwise,
+            "sentence_cosines": self.sentence_cosines,
             "encoder": {"package": MINILM_PACKAGE, "sha256": MINILM_SHA256},
         }
 
@@ -177,7 +185,24 @@ class EmbeddingFeatures:
     def from_state(cls, state: dict[str, Any]) -> EmbeddingFeatures:
         if state.get("encoder", {}).get("sha256") != MINILM_SHA256:
             raise ValueError("this verifier was fitted on other sentence-embedding weights than the pinned ones")
-        return cls(bool(state.get("pairwise", False)))
+        return cls(bool(state.get("pairwise", False)), bool(state.get("sentence_cosines", False)))
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def sentences(text: str) -> list[str]:
+    parts = [part.strip() for part in _SENTENCE_END.split(text) if len(part.strip()) > 3]
+    return parts or [text]
+
+
+def _sentence_cosines(texts: Sequence[str], others: np.ndarray) -> np.ndarray:
+    """Largest and mean cosine between each text's sentences and the other field."""
+    out = np.zeros((len(texts), 2))
+    for i, text in enumerate(texts):
+        cosines = encode(sentences(text)) @ others[i]
+        out[i] = cosines.max(), cosines.mean()
+    return out
 
 
 FEATURES: dict[str, Any] = {"tfidf": TfidfFeatures, "embedding": EmbeddingFeatures}
@@ -648,13 +673,42 @@ def _encoder() -> Any:
     return _encoders["minilm"]
 
 
+_disk: dict[str, Any] = {}
+
+
+def configure_embedding_cache(folder: Any) -> None:
+    """Keep sentence embeddings on disk (keyed by the text's SHA-256 and the pinned
+    weights), so a repeated run loads no encoder at all."""
+    import diskcache
+
+    _disk["cache"] = diskcache.Cache(str(folder), size_limit=2**30)
+
+
+def _text_key(text: str) -> str:
+    return hashlib.sha256(f"{MINILM_SHA256}\x1f{text}".encode()).hexdigest()
+
+
 def encode(texts: Sequence[str]) -> np.ndarray:
     """Normalised MiniLM embeddings, each distinct text encoded once per process (rows of
-    one prompt share it; a search encodes the same rows in every fold)."""
+    one prompt share it; a search encodes the same rows in every fold) and, with
+    :func:`configure_embedding_cache`, once per project."""
     if len(_embeddings) > _EMBEDDING_MEMO_LIMIT:
         _embeddings.clear()
     missing = list(dict.fromkeys(text for text in texts if text not in _embeddings))
+    disk = _disk.get("cache")
+    if missing and disk is not None:
+        for text in missing:
+            stored = disk.get(_text_key(text))
+            if stored is not None:
+                _embeddings[text] = np.frombuffer(stored, dtype=np.float32)
+        missing = [text for text in missing if text not in _embeddings]
     if missing:
-        vectors = _encoder().encode(missing, normalize_embeddings=True, batch_size=64, show_progress_bar=False)
-        _embeddings.update(zip(missing, np.asarray(vectors, dtype=np.float32), strict=True))
+        vectors = np.asarray(
+            _encoder().encode(missing, normalize_embeddings=True, batch_size=64, show_progress_bar=False),
+            dtype=np.float32,
+        )
+        _embeddings.update(zip(missing, vectors, strict=True))
+        if disk is not None:
+            for text, vector in zip(missing, vectors, strict=True):
+                disk.set(_text_key(text), vector.tobytes())
     return np.stack([_embeddings[text] for text in texts]) if texts else np.zeros((0, 384), dtype=np.float32)

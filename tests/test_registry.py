@@ -15,18 +15,29 @@ from tests.conftest import write_jsonl
 from tests.test_strategies import recorded_rows
 
 
-def calibrate(data: Path, strategy: str, recorded: str, split_seed: int = 1):
+def calibrate(data: Path, strategy: str, recorded: str, split_seed: int = 1, gate: float = 0.2, gate_data=None):
     config = ExperimentConfig(
-        judge=JudgeSection(name="gated", task="relevance", data=data, recorded=recorded, register_as="relevance-judge"),
-        split=SplitSpec(dev=0.25, test=0.25, seed=split_seed),
-        calibration=CalibrationConfig(strategy=strategy),
+        judge=JudgeSection(
+            name="gated",
+            task="relevance",
+            data=data,
+            recorded=recorded,
+            register_as="relevance-judge",
+            gate_data=gate_data,
+        ),
+        split=SplitSpec(dev=0.25, test=0.25, gate=gate, seed=split_seed),
+        calibration=CalibrationConfig(
+            strategy=strategy, params={"verifiers": ["tfidf"]} if strategy == "stacking" else {}
+        ),
         report=ReportConfig(n_resamples=500),
     )
     return run_calibration(config, log=lambda m: None)
 
 
-def test_champion_moves_only_when_the_improvement_is_significant(tmp_path: Path, isolated_workspace: Path) -> None:
-    data = write_jsonl(tmp_path / "rows.jsonl", [row.to_record() for row in recorded_rows(n_groups=24).rows])
+def test_champion_moves_only_when_the_improvement_on_gate_rows_is_significant(
+    tmp_path: Path, isolated_workspace: Path
+) -> None:
+    data = write_jsonl(tmp_path / "rows.jsonl", [row.to_record() for row in recorded_rows(n_groups=30).rows])
     first = calibrate(data, "threshold", "loose")  # the loose judge, as it is
     assert first.registry.moved and "first registered version" in first.registry.reason
     client = mlflow.MlflowClient()
@@ -34,8 +45,14 @@ def test_champion_moves_only_when_the_improvement_is_significant(tmp_path: Path,
 
     better = calibrate(data, "stacking", "loose")  # stacked with the strict judge and the verifier
     assert better.registry.moved, better.registry.reason
-    assert "interval [+" in better.registry.reason
+    assert "interval [+" in better.registry.reason and "gate rows" in better.registry.reason
     assert str(client.get_model_version_by_alias("relevance-judge", "champion").version) == better.registry.version
+    # The gate rows are neither test rows nor rows any fit or selection saw.
+    assert not set(better.gate.ids) & set(better.record.ids)
+    fitted = {row.id for row in (*better.split.train.rows, *better.split.dev.rows)}
+    assert not set(better.gate.ids) & fitted
+    version = client.get_model_version("relevance-judge", better.registry.version)
+    assert "Δ" in version.description and better.registry.reason in version.description
 
     same = calibrate(data, "stacking", "loose")  # no better than the champion
     assert not same.registry.moved
@@ -43,10 +60,25 @@ def test_champion_moves_only_when_the_improvement_is_significant(tmp_path: Path,
     run = mlflow.get_run(same.run_id)
     assert run.data.tags["judgecal.registry.champion"] == "kept"
 
-    elsewhere = calibrate(data, "stacking", "strict", split_seed=2)  # other test rows
-    assert not elsewhere.registry.moved and "other rows" in elsewhere.registry.reason
+    elsewhere = calibrate(data, "stacking", "strict", split_seed=2)  # gate rows the champion was fitted on
+    assert not elsewhere.registry.moved and "fitted or selected on" in elsewhere.registry.reason
     champion = load_judge("models:/relevance-judge@champion")
     assert champion.kind == "stacked"
+
+    ungated = calibrate(data, "stacking", "strict", gate=0.0)
+    assert not ungated.registry.moved and "no gate rows" in ungated.registry.reason
+
+
+def test_fresh_gate_rows_are_judged_by_the_champion_too(tmp_path: Path, isolated_workspace: Path) -> None:
+    rows = [row.to_record() for row in recorded_rows(n_groups=30).rows]
+    data = write_jsonl(tmp_path / "rows.jsonl", rows[:200])
+    fresh = write_jsonl(tmp_path / "fresh.jsonl", rows[200:])
+    first = calibrate(data, "threshold", "loose")  # gated on a share of its own split
+    assert first.registry.moved
+    better = calibrate(data, "stacking", "loose", gate=0.2, gate_data=fresh)
+    assert len(better.gate.ids) == 100 and set(better.gate.ids) == {r["id"] for r in rows[200:]}
+    assert better.registry.moved, better.registry.reason
+    assert "100 gate rows" in better.registry.reason
 
 
 FRESH_PROCESS = """

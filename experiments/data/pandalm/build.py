@@ -48,8 +48,19 @@ def convert(rows: list[dict]) -> list[dict]:
         new = {"id": row["id"], "group": group, "system_pair": row["group"]}
         new.update({k: v for k, v in row.items() if k not in ("id", "group", "user_attributes")})
         new["user_attributes"] = row.get("user_attributes") or []
-        order = ["id", "group", "system_pair", "source", "prompt", "user_attributes", "response_a", "response_b",
-                 "label", "annotator_labels", "reference_judges"]
+        order = [
+            "id",
+            "group",
+            "system_pair",
+            "source",
+            "prompt",
+            "user_attributes",
+            "response_a",
+            "response_b",
+            "label",
+            "annotator_labels",
+            "reference_judges",
+        ]
         out.append({k: new[k] for k in order if k in new} | {k: v for k, v in new.items() if k not in order})
     return out
 
@@ -66,7 +77,8 @@ def main() -> None:
         for row in out:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     labels = Counter(row["label"] for row in out)
-    print(f"{len(out)} rows, {len({r['group'] for r in out})} prompts, labels {dict(sorted(labels.items()))} -> {args.output}")
+    prompts = len({r["group"] for r in out})
+    print(f"{len(out)} rows, {prompts} prompts, labels {dict(sorted(labels.items()))} -> {args.output}")
 
 
 if __name__ == "__main__":
