@@ -40,6 +40,7 @@ from judgecal.strategies import (
     FitResult,
     FittedJudge,
     MemoJudge,
+    NotPortableError,
     ProgramJudge,
     RecordedJudge,
     RowGuard,
@@ -289,6 +290,7 @@ class CalibrationReport:
     started_at: float = field(default_factory=time.time)
     gate: EvaluationRecord | None = None
     model_uri: str | None = None
+    not_exported: str | None = None
 
     @property
     def calibrated_program(self) -> JudgeProgram | None:
@@ -404,7 +406,9 @@ def report_and_record(
         name_suffix=name_suffix,
         description_extra=description_extra,
     )
-    if config.judge.register_as and report.run_id:
+    if report.not_exported:
+        log(report.not_exported)
+    if config.judge.register_as and report.run_id and report.model_uri:
         from judgecal import summary
         from judgecal.registry import register_judge
 
@@ -608,17 +612,20 @@ def log_judge_artifacts(report: CalibrationReport, judge: FittedJudge, prepared:
             card_folder = folder / "card"
             write_card(report.agreement, report.record, card_folder)
             mlflow.log_artifacts(str(card_folder), artifact_path="card")
-        if isinstance(unwrap(judge), RecordedJudge) and unwrap(judge).verdicts is not None:
-            return  # verdicts from a file: nothing portable to export
-        bundle = bundle_from_judge(
-            judge,
-            config.lm,
-            calibration={"strategy": report.strategy, **config.calibration.model_dump(exclude={"strategy"})},
-            metrics={f"test.{k}": v for k, v in report.calibrated.metrics.items()},
-            evaluation=bundle_evaluation(report),
-            data_fingerprint=report.split.data_fingerprint,
-            split_fingerprint=report.split.fingerprint,
-        )
+        try:
+            bundle = bundle_from_judge(
+                judge,
+                config.lm,
+                calibration={"strategy": report.strategy, **config.calibration.model_dump(exclude={"strategy"})},
+                metrics={f"test.{k}": v for k, v in report.calibrated.metrics.items()},
+                evaluation=bundle_evaluation(report),
+                data_fingerprint=report.split.data_fingerprint,
+                split_fingerprint=report.split.fingerprint,
+            )
+        except NotPortableError as reason:
+            report.not_exported = f"no judge bundle or model was exported: {reason}"
+            mlflow.set_tag("judgecal.exported", report.not_exported)
+            return
         bundle_dir = folder / "bundle"
         save_bundle(bundle, bundle_dir)
         mlflow.set_tag("judgecal.bundle_digest", bundle_digest(bundle))

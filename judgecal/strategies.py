@@ -45,6 +45,10 @@ class LeakError(AssertionError):
     """A test row reached a fit or selection step."""
 
 
+class NotPortableError(ValueError):
+    """The judge reads verdicts that exist only for the rows it was calibrated on."""
+
+
 @dataclass
 class RowGuard:
     """Holds the test rows; every fit and selection step passes its rows through ``check``,
@@ -370,7 +374,10 @@ class RecordedJudge(FittedJudge):
 
     def state(self) -> dict[str, Any]:
         if self.verdicts is not None:
-            raise ValueError("a judge reading a verdicts file cannot be saved as a portable judge")
+            raise NotPortableError(
+                f"it reads verdicts by row id from {self.source}, which has none for new rows; calibrate verdicts "
+                "the rows carry (--recorded NAME, reference_judges.NAME) to export a judge that can judge new rows"
+            )
         return {"kind": self.kind, "source": self.source}
 
 
@@ -647,7 +654,7 @@ class VerifierJudge(FittedJudge):
         head: str = "logistic",
         C: float = 1.0,
         learning_rate: float = 0.1,
-        max_iter: int = 200,
+        max_iter: int = 100,
         max_leaf_nodes: int = 15,
         l2_regularization: float = 1.0,
         folds: int = 5,
@@ -736,7 +743,7 @@ def is_pair_task(task: Task) -> bool:
 STACK_VERIFIERS: dict[str, dict[str, Any]] = {
     "tfidf": {"features": "tfidf", "head": "logistic"},
     "embedding": {"features": "embedding", "head": "logistic"},
-    "embedding_gb": {"features": "embedding", "head": "gradient_boosting", "learning_rate": 0.05, "max_leaf_nodes": 15},
+    "embedding_gb": {"features": "embedding", "head": "gradient_boosting"},
 }
 
 

@@ -37,12 +37,41 @@ def configure_tracking(explicit: str | None = None, root: Path | None = None) ->
     uri = tracking_uri(explicit, root)
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.store.tracking.sqlalchemy_store"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:"):
         mlflow.set_registry_uri(uri)
         with store_lock(root):
             mlflow.search_experiments(max_results=1)  # creates or migrates the schema, one process at a time
     return uri
+
+
+class TrackingUnavailableError(ValueError):
+    """The MLflow tracking server does not answer: found before any model is called."""
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """One request to the server's health endpoint: an unreachable server is reported in
+    seconds, not after the work and MLflow's retries."""
+    import urllib.error
+    import urllib.request
+
+    from judgecal.redact import redact_url
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except urllib.error.HTTPError as error:
+        problem = f"HTTP {error.code}"
+    except (urllib.error.URLError, OSError) as error:
+        problem = str(getattr(error, "reason", error))
+    raise TrackingUnavailableError(
+        f"the MLflow tracking server at {redact_url(uri)} does not answer ({problem}); start it, or pass "
+        "another --tracking-uri, or --no-track"
+    )
 
 
 def experiment_name(judge_name: str) -> str:

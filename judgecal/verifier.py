@@ -280,7 +280,7 @@ class GradientBoostingHead:
     def __init__(
         self,
         learning_rate: float = 0.1,
-        max_iter: int = 200,
+        max_iter: int = 100,
         max_leaf_nodes: int = 15,
         l2_regularization: float = 1.0,
         min_samples_leaf: int = 20,
@@ -444,7 +444,7 @@ class Verifier(BaseEstimator):
         head: str = "logistic",
         C: float = 1.0,
         learning_rate: float = 0.1,
-        max_iter: int = 200,
+        max_iter: int = 100,
         max_leaf_nodes: int = 15,
         l2_regularization: float = 1.0,
         pairwise: bool = False,

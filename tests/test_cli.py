@@ -140,3 +140,24 @@ def test_estimate_confidence_must_lie_between_0_and_1(
     assert f"--confidence: expected a level strictly between 0 and 1 (e.g. 0.95), got {confidence!r}" in (
         capsys.readouterr().err
     )
+
+
+def test_an_unreachable_tracking_server_is_refused_before_any_work(capsys) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens here once the probe closes
+    repo = Path(__file__).resolve().parents[1]
+    started = time.monotonic()
+    code = main(
+        [
+            "calibrate",
+            str(repo / "experiments" / "relevance.toml"),
+            "--strategy",
+            "verifier",
+            "--tracking-uri",
+            f"http://user:secret@127.0.0.1:{port}",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and time.monotonic() - started < 30
+    assert "does not answer" in err and "secret" not in err and len(err.strip().splitlines()) == 1

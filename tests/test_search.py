@@ -346,3 +346,45 @@ def test_two_workers_share_one_study_without_duplicate_trials(tmp_path: Path) ->
     assert len(children) == len(study.trials)  # every trial, repeats included, is a child run
     artifacts = {a.path for a in mlflow.artifacts.list_artifacts(run_id=parent)}
     assert {"leaderboard.md", "leaderboard.json", "bundle"} <= artifacts
+
+
+# --- failures --------------------------------------------------------------------------------
+
+
+def test_a_leak_inside_a_trial_stops_the_whole_search(tmp_path, monkeypatch) -> None:
+    from judgecal.strategies import LeakError
+
+    class Leaking(ScriptedJudge):
+        def fit(self, train, dev=None):
+            raise LeakError("1 test rows reached 'scripted: fit', e.g. ['g0-0']")
+
+    spec = StrategySpec("leaky", "scripted", "leaks", lambda env, params: Leaking(), lambda t, e: {}, 9)
+    monkeypatch.setitem(STRATEGIES, "leaky", spec)
+    config = search_config(tmp_path, ["threshold", "leaky"], 4)
+    with pytest.raises(LeakError):
+        search(config)
+
+
+def test_calibrating_a_verdicts_file_finishes_its_runs_and_says_why_nothing_is_exported(tmp_path) -> None:
+    import mlflow
+
+    dataset = recorded_rows(n_groups=14)
+    data = write_jsonl(tmp_path / "rows.jsonl", [row.to_record() for row in dataset.rows])
+    verdicts = write_jsonl(
+        tmp_path / "verdicts.jsonl",
+        [{"id": r.id, "verdict": r.reference_judges["loose"], "probability": 0.8} for r in dataset.rows],
+    )
+    config = ExperimentConfig(
+        judge=JudgeSection(name="from-file", task="relevance", data=data, verdicts=verdicts, register_as="from-file"),
+        search=SearchConfig(strategies=["threshold", "stacking"], trials=2, storage=f"sqlite:///{tmp_path / 's.db'}"),
+    )
+    messages: list[str] = []
+    report = run_search(config, config.search, log=messages.append)
+    assert {row.state for row in report.rows} == {"COMPLETE"}
+    assert report.calibration is not None and report.calibration.not_exported
+    assert "verdicts.jsonl" in report.calibration.not_exported and "--recorded" in report.calibration.not_exported
+    assert any("no judge bundle" in m for m in messages)
+    mlflow.set_tracking_uri(report.calibration.tracking_uri)
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert runs and {run.info.status for run in runs} == {"FINISHED"}
+    assert report.calibration.registry is None  # nothing to register
