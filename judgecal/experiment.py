@@ -575,9 +575,12 @@ def track_calibration(
             if agreement.comparison is not None:
                 tags["judgecal.outcome"] = agreement.comparison.outcome
         mlflow.set_tags(tags)
-        mlflow.log_params(
-            {**calibration_params(report, prepared), **{k: str(v) for k, v in (extra_params or {}).items()}}
-        )
+        params = {**calibration_params(report, prepared), **{k: str(v) for k, v in (extra_params or {}).items()}}
+        earlier = client.get_run(run_id).data.params
+        changed = sorted(k for k, v in params.items() if k in earlier and earlier[k] != v)
+        if changed:  # a resumed search may select another strategy; MLflow keeps params as first logged
+            mlflow.set_tag("judgecal.params_now", json.dumps({k: params[k] for k in changed})[:5000])
+        mlflow.log_params({k: v for k, v in params.items() if k not in earlier})
         mlflow.log_metrics(tracked_metrics(report))
         if agreement is not None:
             mlflow.log_table(summary.metric_table(agreement), "metrics.json")

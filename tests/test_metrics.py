@@ -261,3 +261,18 @@ def test_ece_is_computed_at_the_judges_own_decision_cut() -> None:
     expected = expected_calibration_error(confidence, decided == np.array(human))
     assert at_cut["ece"] == pytest.approx(expected)
     assert at_cut["ece"] != pytest.approx(confidence_metrics(BINARY_SPACE, human, probability)["ece"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 20)), min_size=2, max_size=120))
+def test_roc_auc_and_brier_match_scikit_learn(rows: list[tuple[bool, int]]) -> None:
+    from sklearn.metrics import brier_score_loss, roc_auc_score
+
+    human = [h for h, _ in rows]
+    probability = [p / 20 for _, p in rows]
+    metrics = confidence_metrics(BINARY_SPACE, human, probability)
+    assert metrics["brier"] == pytest.approx(brier_score_loss(human, probability))
+    if len(set(human)) == 2:
+        assert metrics["roc_auc"] == pytest.approx(roc_auc_score(human, probability))
+    else:
+        assert math.isnan(metrics["roc_auc"])
