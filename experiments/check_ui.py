@@ -9,7 +9,8 @@ screenshot of each, and checks that:
 * the runs page lists each judge's run by a name stating raw → calibrated κ (MLflow shows
   no metric column by default, so the name must carry the answer);
 * the run page shows the run's description (the verdict sentence);
-* the judge card's plots load: every image of ``card/judge_card.html`` decodes as a PNG.
+* the judge card's plots load: every image of ``card/judge_card.html``, as the artifact view
+  fetches it, decodes as a PNG (and a screenshot shows the card in the artifact view).
 
 Exits 0 when every check passes, 1 when one fails, 2 when there is nothing to check (no
 runs, no browser).
@@ -57,14 +58,16 @@ def browser() -> str | None:
     return next((path for name in ("chromium", "chromium-browser") if (path := shutil.which(name))), None)
 
 
-def chromium(binary: str, url: str, *, screenshot: Path | None = None, dom: bool = False) -> str:
+def chromium(
+    binary: str, url: str, *, screenshot: Path | None = None, dom: bool = False, height: int = 1000
+) -> str:
     """Render ``url`` (its scripts run for a virtual 20 s) and return the DOM or save a PNG."""
     with tempfile.TemporaryDirectory() as profile:
         command = [
             binary,
             *BROWSER_FLAGS,
             f"--user-data-dir={profile}",
-            "--window-size=1600,1000",
+            f"--window-size=1600,{height}",
             "--virtual-time-budget=20000",
         ]
         command += ["--dump-dom"] if dom else [f"--screenshot={screenshot}"]
@@ -154,13 +157,15 @@ def main() -> int:
             shown = chromium(binary, run_page, dom=True)
             if "agreement with humans" not in shown:
                 failures.append(f"{slug}: the run page shows no verdict in its description")
+            # The artifact view fetches the card from this endpoint and shows it in a frame; the
+            # endpoint itself answers as a download, which a browser would not render.
             card = f"{base}/get-artifact?path={quote('card/judge_card.html')}&run_uuid={run_id}"
-            chromium(binary, card, screenshot=args.out / f"{slug}-card.png")
-            sizes = card_images(chromium(binary, card, dom=True))
+            with urllib.request.urlopen(card, timeout=30) as response:
+                sizes = card_images(response.read().decode("utf-8"))
             if len(sizes) < 3 or min(w * h for w, h in sizes) < 10_000:
                 failures.append(f"{slug}: the judge card's plots did not load ({sizes})")
             artifact_view = f"{base}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/card/judge_card.html"
-            chromium(binary, artifact_view, screenshot=args.out / f"{slug}-card-in-ui.png")
+            chromium(binary, artifact_view, screenshot=args.out / f"{slug}-card.png", height=2600)
             print(f"{slug}: {run_name}; card plots {len(sizes)}; screenshots in {args.out}")
     finally:
         ui.send_signal(signal.SIGTERM)

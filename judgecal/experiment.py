@@ -381,7 +381,6 @@ def report_and_record(
     tracking_uri: str | None,
     log: Any,
     run_id: str | None = None,
-    name_suffix: str = "",
     description_extra: str = "",
 ) -> CalibrationReport:
     """The calibrated judge beside the raw one on test, its verdicts on the gate rows, and
@@ -403,7 +402,6 @@ def report_and_record(
         prepared,
         tracking_uri=tracking_uri,
         run_id=run_id,
-        name_suffix=name_suffix,
         description_extra=description_extra,
     )
     if report.not_exported:
@@ -543,7 +541,6 @@ def track_calibration(
     run_name: str | None = None,
     extra_params: dict[str, Any] | None = None,
     run_id: str | None = None,
-    name_suffix: str = "",
     description_extra: str = "",
 ) -> str:
     """Record one calibration as an MLflow run (or into the existing run ``run_id``): named
@@ -558,7 +555,7 @@ def track_calibration(
     experiment_id = ensure_experiment(config.judge.name, prepared.root)
     client = mlflow.MlflowClient()
     agreement = report.agreement
-    name = (run_name or (summary.title(agreement, config.judge.name) if agreement else config.judge.name)) + name_suffix
+    name = run_name or (summary.short_title(agreement) if agreement else "") or config.judge.name
     if run_id is None:
         run_id = client.create_run(experiment_id, start_time=int(report.started_at * 1000), run_name=name).info.run_id
     else:

@@ -252,7 +252,6 @@ def search_prepared(
         tracking_uri=tracking_uri,
         log=log,
         run_id=parent_run_id,
-        name_suffix=f" · search of {distinct} trials",
         description_extra=(
             f"Selected by a search of {distinct} distinct trials ({len(rows)} with repeats): {winner.strategy} "
             f"(trial {winner.number}). The leaderboard: `leaderboard.md`.\n\n{steps}"

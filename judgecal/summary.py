@@ -29,12 +29,19 @@ def _value(report: AgreementReport, judge: str, metric: str) -> float | None:
 
 def title(report: AgreementReport, name: str | None = None) -> str:
     """``relevance: κ 0.02 → 0.41 (Δ +0.39)``."""
+    short = short_title(report)
+    name = name or report.judge_name
+    return f"{name}: {short}" if short else name
+
+
+def short_title(report: AgreementReport) -> str:
+    """``κ 0.02 → 0.41 Δ+0.39``: what fits the run list's name column, which MLflow cuts
+    at about twenty characters (the experiment already names the judge)."""
     metric = KAPPA[report.kind]
     raw, calibrated = _value(report, "raw", metric), _value(report, "calibrated", metric)
-    name = name or report.judge_name
     if raw is None or calibrated is None:
-        return name
-    return f"{name}: {SYMBOL[metric]} {raw:.2f} → {calibrated:.2f} (Δ {calibrated - raw:+.2f})"
+        return ""
+    return f"{SYMBOL[metric]} {raw:.2f} → {calibrated:.2f} Δ{calibrated - raw:+.2f}"
 
 
 def headline_metrics(report: AgreementReport) -> dict[str, float]:

@@ -52,7 +52,7 @@ def test_the_run_is_named_by_its_result_and_described_by_its_verdict(tracked_run
     report, run, _ = tracked_run
     kappa = report.agreement.judge("calibrated").metrics["kappa"].value
     raw = report.agreement.judge("raw").metrics["kappa"].value
-    assert run.info.run_name == f"tracked: κ {raw:.2f} → {kappa:.2f} (Δ {kappa - raw:+.2f})"
+    assert run.info.run_name == f"κ {raw:.2f} → {kappa:.2f} Δ{kappa - raw:+.2f}"
     note = run.data.tags["mlflow.note.content"]
     assert report.agreement.comparison.statement in note
     assert "| kappa |" in note and "| selected_rate |" in note
