@@ -18,12 +18,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from judgecal.calibration import CalibrationConfig
-from judgecal.card import terminal_table
-from judgecal.data import SplitSpec
-from judgecal.experiment import ExperimentConfig, JudgeSection, run_calibration
-from judgecal.lm import LMConfig
+from judgecal.backends.settings import LMConfig
+from judgecal.calibrate.optimizers import CalibrationConfig
+from judgecal.data.split import SplitSpec
+from judgecal.pipeline.calibration import run_calibration
+from judgecal.pipeline.config import ExperimentConfig, JudgeSection
 from judgecal.progress import rich_progress
+from judgecal.report.card import terminal_table
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "relevance" / "dev.jsonl"

@@ -32,18 +32,25 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from judgecal.calibration import CalibrationConfig, LMCallCounter
-from judgecal.data import Dataset, Split, SplitSpec, load_rows
-from judgecal.evaluation import JudgeRecord, build_record, evaluate_record
-from judgecal.experiment import ExperimentConfig, JudgeSection, Prepared, SearchConfig, final_fit
-from judgecal.judges import JudgeProgram
-from judgecal.lm import LMConfig, build_lm, configure_dspy_cache
-from judgecal.paths import dspy_cache_dir
-from judgecal.search import search_prepared
-from judgecal.selection import agreement
-from judgecal.strategies import MemoJudge, ProgramJudge, RecordedJudge, RowGuard, resolve_strategies
-from judgecal.tasks import resolve_task
-from judgecal.verifier import grouped_folds
+from judgecal.backends.calls import LMCallCounter
+from judgecal.backends.models import build_lm, configure_dspy_cache
+from judgecal.backends.settings import LMConfig
+from judgecal.calibrate.guard import RowGuard
+from judgecal.calibrate.optimizers import CalibrationConfig
+from judgecal.calibrate.selection import agreement
+from judgecal.calibrate.strategies import resolve_strategies
+from judgecal.data.rows import Dataset, load_rows
+from judgecal.data.split import Split, SplitSpec
+from judgecal.judges.fitted import MemoJudge, ProgramJudge, RecordedJudge
+from judgecal.judges.program import JudgeProgram
+from judgecal.judges.verifiers import grouped_folds
+from judgecal.pipeline.calibration import Prepared, final_fit
+from judgecal.pipeline.config import ExperimentConfig, JudgeSection, SearchConfig
+from judgecal.pipeline.search import search_prepared
+from judgecal.report.agreement import evaluate_record
+from judgecal.report.records import JudgeRecord, build_record
+from judgecal.tasks.registry import resolve_task
+from judgecal.workspace import dspy_cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "relevance" / "dev.jsonl"

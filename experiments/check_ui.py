@@ -58,9 +58,7 @@ def browser() -> str | None:
     return next((path for name in ("chromium", "chromium-browser") if (path := shutil.which(name))), None)
 
 
-def chromium(
-    binary: str, url: str, *, screenshot: Path | None = None, dom: bool = False, height: int = 1000
-) -> str:
+def chromium(binary: str, url: str, *, screenshot: Path | None = None, dom: bool = False, height: int = 1000) -> str:
     """Render ``url`` (its scripts run for a virtual 20 s) and return the DOM or save a PNG."""
     with tempfile.TemporaryDirectory() as profile:
         command = [
@@ -92,7 +90,7 @@ def newest_runs() -> list[tuple[str, str, str, str]]:
     top-level run."""
     import mlflow
 
-    from judgecal.tracking import configure_tracking
+    from judgecal.workspace import configure_tracking
 
     configure_tracking()
     found = []

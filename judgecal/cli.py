@@ -14,13 +14,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from judgecal.data import DataError
+from judgecal.data.rows import DataError
 from judgecal.redact import redact_text, redact_url
 
 if TYPE_CHECKING:
-    from judgecal.experiment import CalibrationReport, ExperimentConfig
+    from judgecal.pipeline.calibration import CalibrationReport
+    from judgecal.pipeline.config import ExperimentConfig
+
 
 console = Console(stderr=False)
+
+
 # Errors are never wrapped: a piped or logged "file:line: field ..." must stay one line.
 errors = Console(stderr=True, soft_wrap=True)
 
@@ -35,6 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # interleave with judgecal's bars.
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # MLflow draws a bar for every small artifact it moves; judgecal draws its own.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # LiteLLM fetches its model cost map from the network when imported unless told not to;
+    # offline, that leaves a retrying thread behind.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     try:
         return int(args.handler(args) or 0)
     except (DataError, FileNotFoundError, FileExistsError, ValueError, TypeError, ImportError) as error:
@@ -267,9 +276,9 @@ def quiet_libraries() -> None:
 
 
 def _search_one(config: ExperimentConfig, args: argparse.Namespace) -> tuple[CalibrationReport | None, str | None]:
-    from judgecal.experiment import SearchConfig
+    from judgecal.pipeline.config import SearchConfig
+    from judgecal.pipeline.search import run_search
     from judgecal.progress import rich_progress
-    from judgecal.search import run_search
 
     updates: dict[str, object] = {}
     if args.strategies:
@@ -331,7 +340,7 @@ def _search_one(config: ExperimentConfig, args: argparse.Namespace) -> tuple[Cal
 def _print_result(config: ExperimentConfig, report: CalibrationReport, run_id: str | None) -> None:
     """One compact table (the headline measures, raw vs calibrated, with intervals), the
     verdict in words, and where the rest is."""
-    from judgecal import summary
+    from judgecal.report import summary
 
     agreement = report.agreement
     if agreement is not None:
@@ -359,7 +368,7 @@ def _print_result(config: ExperimentConfig, report: CalibrationReport, run_id: s
 
 
 def _print_summary(done: list[tuple[str, CalibrationReport, str | None]], args: argparse.Namespace) -> None:
-    from judgecal import summary
+    from judgecal.report import summary
 
     table = Table(title="Summary: raw → calibrated judge on each judge's test rows", title_justify="left")
     for column in ("judge", "strategy", "raw κ", "calibrated κ", "Δκ [95%]", "verdict"):
@@ -391,7 +400,7 @@ def _print_summary(done: list[tuple[str, CalibrationReport, str | None]], args: 
 
 
 def _load(path: Path, args: argparse.Namespace) -> ExperimentConfig:
-    from judgecal.experiment import load_config
+    from judgecal.pipeline.config import load_config
 
     overrides = {
         "judge.data": str(args.data.resolve()) if args.data else None,
@@ -410,7 +419,7 @@ def _load(path: Path, args: argparse.Namespace) -> ExperimentConfig:
 
 
 def _calibrate_one(config: ExperimentConfig, args: argparse.Namespace) -> tuple[CalibrationReport, str | None]:
-    from judgecal.experiment import run_calibration
+    from judgecal.pipeline.calibration import run_calibration
     from judgecal.progress import rich_progress
 
     report = run_calibration(
@@ -430,8 +439,9 @@ def _calibrate_one(config: ExperimentConfig, args: argparse.Namespace) -> tuple[
 
 
 def _report(args: argparse.Namespace) -> int:
-    from judgecal.card import terminal_table, write_card
-    from judgecal.evaluation import evaluate_record, read_record
+    from judgecal.report.agreement import evaluate_record
+    from judgecal.report.card import terminal_table, write_card
+    from judgecal.report.records import read_record
 
     source = Path(args.source)
     if source.exists():
@@ -440,8 +450,8 @@ def _report(args: argparse.Namespace) -> int:
     else:
         import mlflow
 
-        from judgecal.experiment import EVALUATION_FILE
-        from judgecal.tracking import configure_tracking
+        from judgecal.pipeline.tracking import EVALUATION_FILE
+        from judgecal.workspace import configure_tracking
 
         configure_tracking(args.tracking_uri)
         try:
@@ -462,19 +472,20 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> int:
-    from judgecal.export import judge_file, open_judge
-    from judgecal.lm import configure_dspy_cache
-    from judgecal.paths import dspy_cache_dir
+    from judgecal.backends.models import configure_dspy_cache
+    from judgecal.export.adapters import judge_file
+    from judgecal.export.flavor import open_judge
     from judgecal.progress import rich_progress
+    from judgecal.workspace import dspy_cache_dir
 
     if str(args.judge).startswith(("runs:/", "models:/")):
-        from judgecal.tracking import configure_tracking
+        from judgecal.workspace import configure_tracking
 
         configure_tracking(args.tracking_uri)
     configure_dspy_cache(dspy_cache_dir())
     task = None
     if args.task:
-        from judgecal.tasks import resolve_task
+        from judgecal.tasks.registry import resolve_task
 
         task = resolve_task(args.task)
     loaded = open_judge(
@@ -504,8 +515,8 @@ def _judge(args: argparse.Namespace) -> int:
 
 
 def _estimate(args: argparse.Namespace) -> int:
-    from judgecal.estimate import estimate_from_files
-    from judgecal.tasks import resolve_task
+    from judgecal.stats.estimate import estimate_from_files
+    from judgecal.tasks.registry import resolve_task
 
     task = resolve_task(args.task)
     result = estimate_from_files(
@@ -535,8 +546,8 @@ def _estimate(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     import json
 
-    from judgecal.importers import TASK_OF_FORMAT, format_name, import_rows
-    from judgecal.tasks import resolve_task
+    from judgecal.data.importers import TASK_OF_FORMAT, format_name, import_rows
+    from judgecal.tasks.registry import resolve_task
 
     def pairs(values: list[str], flag: str) -> dict[str, str]:
         out = {}
@@ -574,8 +585,8 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from judgecal.paths import store_dir
-    from judgecal.tracking import tracking_uri, ui_environment
+    from judgecal.pipeline.tracking import ui_environment
+    from judgecal.workspace import store_dir, tracking_uri
 
     uri = tracking_uri(args.tracking_uri)
     artifacts = store_dir() / "artifacts"

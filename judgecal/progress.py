@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+# What judging loops take to show progress: called with (rows, description), it returns
+# an object with advance(n) and close().
+ProgressFactory = Callable[[int, str], Any]
 
 
 class RichTracker:

@@ -14,10 +14,15 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 HIDDEN = "***"
 
+
 # Query parameters whose value is a credential: api_key, api-key, apikey, access_token,
 # token, secret, client_secret, password, passwd, pwd, sig, signature, auth, credential...
 _SECRET_NAME = re.compile(r"(key|token|secret|passw|pwd|auth|sig|credential)", re.IGNORECASE)
+
+
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>()\[\]{},]+")
+
+
 _WEB_SCHEMES = frozenset({"http", "https", "ws", "wss"})
 
 

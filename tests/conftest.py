@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# As the judgecal command does before it imports anything: no network fetch of LiteLLM's
+# cost map (offline it retries in a thread that prints into later tests' output).
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 SHARED_DATA = Path(os.environ.get("JUDGECAL_SHARED_DATA", REPO.parent / "shared" / "data"))
 RELEVANCE_DEV = SHARED_DATA / "relevance" / "dev.jsonl"
 PANDALM_DEV = SHARED_DATA / "pairwise" / "pandalm_dev.jsonl"
@@ -31,7 +35,7 @@ def isolated_workspace(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
 
 @pytest.fixture(scope="session")
 def dspy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from judgecal.lm import configure_dspy_cache
+    from judgecal.backends.models import configure_dspy_cache
 
     folder = tmp_path_factory.mktemp("dspy-cache")
     configure_dspy_cache(folder)
@@ -41,7 +45,8 @@ def dspy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def embedded_lm(dspy_cache: Path):
     """The embedded SmolLM2 judge model, loaded once for the session."""
-    from judgecal.lm import LMConfig, build_lm
+    from judgecal.backends.models import build_lm
+    from judgecal.backends.settings import LMConfig
 
     return build_lm(LMConfig(max_tokens=48))
 

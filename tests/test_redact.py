@@ -57,7 +57,8 @@ def test_urls_inside_an_error_message_are_redacted() -> None:
 def test_lm_settings_never_serialise_credentials_but_still_use_them() -> None:
     """Runs record the LM settings as dumped (MLflow params) and bundles save them as JSON:
     neither may carry the password; the LM built from the settings still needs it."""
-    from judgecal.lm import LMConfig, build_lm
+    from judgecal.backends.models import build_lm
+    from judgecal.backends.settings import LMConfig
 
     config = LMConfig(model="hosted_vllm/judge", api_base="https://alice:s3cr3t@gpu-box:8000/v1?api-key=k3y")
     for dumped in (json.dumps(config.model_dump()), config.model_dump_json()):

@@ -1,0 +1,50 @@
+"""Building DSPy LMs: in-process models behind the llama.cpp engine, any other through
+LiteLLM; and DSPy's response cache, kept in the project rather than the home folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from judgecal.backends.llamacpp import AsyncLlamaCppEngine, LlamaCppEngine, embedded_model_path, file_digest
+from judgecal.backends.settings import EMBEDDED_ALIASES, LMConfig
+
+
+def build_lm(config: LMConfig) -> Any:
+    """A ``dspy.LM`` for the configured model; in-process models go through the engine."""
+    import dspy
+
+    common: dict[str, Any] = {
+        "temperature": config.temperature,
+        "max_tokens": config.max_tokens,
+        "cache": config.cache,
+        "num_retries": config.num_retries,
+    }
+    if config.wants_logprobs:
+        # The engine adds every allowed answer at the verdict step itself; a remote API
+        # needs a few alternatives per token for the answers to be comparable.
+        common["logprobs"] = True
+        if not config.is_in_process:
+            common["top_logprobs"] = 5
+    if config.is_in_process:
+        path = embedded_model_path() if config.model in EMBEDDED_ALIASES else Path(config.model)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such model file")
+        engine = LlamaCppEngine(path, n_ctx=config.n_ctx, n_threads=config.n_threads)
+        # The cache key is the request; the file's hash in the model name keeps a
+        # changed model file from being served answers cached for the old one.
+        name = f"llamacpp/{path.stem.lower()}-{file_digest(path)[:12]}"
+        return dspy.LM(name, engine=engine, async_engine=AsyncLlamaCppEngine(engine), seed=config.seed, **common)
+    extra: dict[str, Any] = {}
+    if config.api_base:
+        extra["api_base"] = config.api_base
+    return dspy.LM(config.model, **common, **extra)
+
+
+def configure_dspy_cache(folder: Path) -> None:
+    """Keep DSPy's response cache in the project folder rather than the user's home."""
+    import dspy
+
+    folder.mkdir(parents=True, exist_ok=True)
+    dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=True, disk_cache_dir=str(folder))

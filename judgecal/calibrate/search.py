@@ -1,0 +1,484 @@
+"""The Optuna study over strategies and their settings, selecting without touching test.
+
+Each trial picks a strategy and its settings and is scored by the rule that fits its
+cost (:mod:`judgecal.calibrate.selection`): grouped cross-validation over train + dev for
+strategies that make no LM calls to fit, dev hold-out for those that do. Only the
+second kind can be pruned, and only after a warm-up of a third of dev, judged in an
+order that interleaves groups, by a Wilcoxon test of its per-row scores against the
+best trial's (Optuna's ``WilcoxonPruner``).
+
+The budget goes to distinct questions: every strategy's default settings are tried
+first, cheapest first; settings already tried are answered from the earlier trial and do
+not count toward ``trials``. The same ``seed`` (and ``worker``) gives the same sequence of
+trials. The raw judge's answers are kept per row for the whole search (a
+:class:`~judgecal.judges.fitted.MemoJudge`), so no trial asks the model about a row
+another trial already asked about.
+
+At the end the selection rule picks the winner, which is fitted again on train + dev
+(strategies that call the model to fit keep the program their trial compiled). Studies
+live in Optuna storage (SQLite or any RDB URL), so several processes or machines can
+share one; a killed worker's trial is run again once its heartbeat lapses. Recording
+trials and the winner in MLflow is :mod:`judgecal.pipeline.search`'s job.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from judgecal.calibrate.guard import LeakError, RowGuard
+from judgecal.calibrate.selection import Candidate, Choice, SelectionScore, choose, cross_validate, holdout, row_scores
+from judgecal.calibrate.strategies import FitResult, StrategyEnv, StrategySpec, fit_judge
+from judgecal.data.rows import LabeledRow
+from judgecal.judges.verifiers import grouped_folds, memoised_fits
+from judgecal.workspace import store_dir, store_lock
+
+
+class SearchConfig(BaseModel):
+    """Which strategies to search, for how many trials, and where the study lives."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategies: list[str] = Field(default_factory=lambda: ["all"])
+    trials: int = Field(
+        default=12, ge=1, description="Distinct finished trials the study should reach (repeats do not count)."
+    )
+    storage: str | None = Field(default=None, description="Optuna storage URL (default: sqlite in mlruns/).")
+    study_name: str | None = Field(default=None, description="Default: <judge name>-<split fingerprint>.")
+    seed: int = Field(default=0, description="Sampler seed; the same seed gives the same sequence of trials.")
+    worker: int = Field(
+        default=0, ge=0, description="This worker's number in a shared study: its sampler seed is seed + worker."
+    )
+    folds: int = Field(default=5, ge=2, description="Grouped folds of train + dev for cross-validated selection.")
+    dev_chunk: int = Field(default=16, ge=1, description="Dev rows judged between pruning checks (LM strategies).")
+    prune_p: float = Field(
+        default=0.1, gt=0, lt=1, description="Wilcoxon p-value below which an LM trial worse than the best is pruned."
+    )
+    max_repeats: int = Field(
+        default=25, ge=1, description="Stop after this many proposals in a row repeat settings already tried."
+    )
+    heartbeat_interval: int = Field(default=30, ge=1, description="Seconds between a worker's heartbeats.")
+    grace_period: int = Field(default=90, ge=2, description="Seconds without heartbeat before a trial is failed.")
+
+
+class StrategyFailed(RuntimeError):
+    """A trial's strategy raised: the trial is recorded as failed and the search goes on."""
+
+
+def default_storage(root: Path) -> str:
+    store = store_dir(root)
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'optuna.db'}"
+
+
+@dataclass
+class TrialRow:
+    number: int
+    state: str
+    strategy: str
+    params: dict[str, Any]
+    rule: str | None
+    score: float | None
+    se: float | None
+    lm_calls: int | None
+    seconds: float | None
+    run_id: str | None
+    worker: str | None
+    duplicate_of: int | None = None
+    error: str | None = None
+    pruned_after: int | None = None
+
+
+def score_trial(
+    trial: Any,
+    spec: StrategySpec,
+    env: StrategyEnv,
+    params: dict[str, Any],
+    train: Sequence[LabeledRow],
+    dev: list[LabeledRow],
+    folds: list[Any],
+    guard: RowGuard,
+    search: SearchConfig,
+) -> tuple[SelectionScore, FitResult | None]:
+    """Score one trial by its rule; report per-row dev scores so the pruner can compare."""
+    import time
+
+    import optuna
+
+    from judgecal.backends.calls import LMCallCounter
+
+    task = env.task
+    pool = [*train, *dev]
+    started = time.perf_counter()
+    if spec.scored_on_dev:
+        result = fit_judge(spec, env, params, train, dev, guard)
+        guard.check(dev, f"{spec.name}: score on dev")
+
+        def on_chunk(indices: list[int], scores: Any) -> None:
+            for index, value in zip(indices, scores, strict=True):
+                if index not in trial_reported:
+                    trial.report(float(value), index)
+                    trial_reported.add(index)
+            if trial.should_prune():
+                trial.set_user_attr("pruned_after_rows", len(indices))
+                trial.set_user_attr("lm_calls", result.lm_calls + counter.calls)
+                trial.set_user_attr("fit_seconds", round(time.perf_counter() - started, 2))
+                raise optuna.TrialPruned()
+
+        trial_reported: set[int] = set()
+        counter = LMCallCounter()
+        import dspy
+
+        with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), counter]):
+            score = holdout(result.judge, task, dev, chunk=search.dev_chunk, seed=search.seed, on_chunk=on_chunk)
+        lm_calls = result.lm_calls + counter.calls
+    else:
+        result = None
+        counter = LMCallCounter()
+        import dspy
+
+        def fit(rows: Any) -> Any:
+            return fit_judge(spec, env, params, rows, None, guard, step="fit (cross-validation)").judge
+
+        with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), counter]):
+            score = cross_validate(fit, task, pool, folds)
+        lm_calls = counter.calls
+        for index, value in enumerate(row_scores(task, dev, [score.predictions[row.id] for row in dev])):
+            trial.report(float(value), index)
+    trial.set_user_attr("rule", score.rule)
+    if score.se is not None:
+        trial.set_user_attr("se", score.se)
+    if score.folds is not None:
+        trial.set_user_attr("folds", score.folds)
+    trial.set_user_attr("dev_predictions", [_plain(score.predictions.get(row.id)) for row in dev])
+    trial.set_user_attr("lm_calls", lm_calls)
+    trial.set_user_attr("fit_seconds", round(time.perf_counter() - started, 2))
+    return score, result
+
+
+def _plain(value: Any) -> Any:
+    return value if value is None or isinstance(value, bool | int | str) else str(value)
+
+
+def final_judge(
+    spec: StrategySpec,
+    env: StrategyEnv,
+    winner: Candidate,
+    train: Sequence[LabeledRow],
+    dev: Sequence[LabeledRow],
+    guard: RowGuard,
+    fitted: dict[int, FitResult],
+    log: Any,
+) -> FitResult:
+    """The winner as it is reported and exported: refitted on train + dev, or, for a
+    strategy that calls the model to fit, the program its trial compiled (compiled again
+    from its settings when another worker ran that trial)."""
+    if spec.scored_on_dev:
+        if winner.number in fitted:
+            return fitted[winner.number]
+        log(f"{spec.name}: compiling the program of trial {winner.number} again (another worker ran it)")
+        return fit_judge(spec, env, winner.params, train, dev, guard)
+    log(f"{spec.name} (trial {winner.number}): fitting again on train + dev")
+    return fit_judge(spec, env, winner.params, [*train, *dev], None, guard, step="fit on train + dev")
+
+
+def open_study(study_name: str, storage_url: str, search: SearchConfig, dev_rows: int, root: Path) -> Any:
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with store_lock(root), warnings.catch_warnings():
+        # Heartbeats are marked experimental in Optuna; they are what fails a killed worker's trial.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = RDBStorage(
+            url=storage_url,
+            heartbeat_interval=search.heartbeat_interval,
+            grace_period=search.grace_period,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+        )
+        return optuna.create_study(
+            study_name=study_name,
+            storage=storage,
+            direction="maximize",
+            load_if_exists=True,
+            # Workers of one study take seeds seed + worker, so they propose different settings.
+            sampler=optuna.samplers.TPESampler(seed=search.seed + search.worker, constant_liar=True),
+            pruner=optuna.pruners.WilcoxonPruner(
+                p_threshold=search.prune_p, n_startup_steps=max(2, math.ceil(dev_rows / 3))
+            ),
+        )
+
+
+def check_study(study: Any, fingerprint: str, strategies: list[str]) -> None:
+    """A study is bound to one data split; resuming it on other rows would mix results."""
+    attrs = study.user_attrs
+    if "split_fingerprint" not in attrs:
+        study.set_user_attr("split_fingerprint", fingerprint)
+        study.set_user_attr("strategies", strategies)
+        return
+    if attrs["split_fingerprint"] != fingerprint:
+        raise ValueError(
+            f"study {study.study_name!r} was run on another data split (fingerprint "
+            f"{attrs['split_fingerprint'][:12]} vs {fingerprint[:12]}); use another --study-name"
+        )
+
+
+def enqueue_defaults(study: Any, specs: dict[str, StrategySpec], env: StrategyEnv, root: Path) -> None:
+    """Every strategy's default settings first, cheapest first, once per study: the budget
+    answers 'which strategy?' before 'which settings?'."""
+    with store_lock(root):
+        if study.user_attrs.get("defaults_enqueued") or study.trials:
+            return
+        study.set_user_attr("defaults_enqueued", True)
+    for spec in sorted(specs.values(), key=lambda s: (s.scored_on_dev, s.complexity, s.name)):
+        fixed = _default_params(spec, env)
+        study.enqueue_trial({"strategy": spec.name, **fixed}, skip_if_exists=True)
+
+
+def _default_params(spec: StrategySpec, env: StrategyEnv) -> dict[str, Any]:
+    """The Optuna parameters that reproduce a strategy's default settings: the space is
+    sampled once with a recorder that answers each question with the default."""
+    recorder = _DefaultRecorder(spec.build(env, {}))
+    spec.space(recorder, env)
+    return recorder.params
+
+
+class _DefaultRecorder:
+    """Stands in for an Optuna trial: answers every suggestion with the estimator's
+    default setting of that name (or the first choice) and records the answers."""
+
+    def __init__(self, estimator: Any) -> None:
+        self.defaults = estimator.get_params(deep=False)
+        self.params: dict[str, Any] = {}
+
+    def _answer(self, name: str, fallback: Any) -> Any:
+        key = name.rsplit(".", 1)[-1]
+        value = self.defaults.get(key, fallback)
+        if isinstance(value, tuple):
+            value = ",".join(value)
+        self.params[name] = value
+        return value
+
+    def suggest_int(self, name: str, low: int, high: int, **_: Any) -> int:
+        return int(min(high, max(low, self._answer(name, low))))
+
+    def suggest_float(self, name: str, low: float, high: float, **_: Any) -> float:
+        value = float(min(high, max(low, self._answer(name, low))))
+        self.params[name] = value
+        return value
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        value = self._answer(name, choices[0])
+        if value not in choices:
+            value = choices[0]
+        self.params[name] = value
+        return value
+
+
+def distinct_finished(study: Any) -> int:
+    """Finished trials that count toward the budget: complete or pruned, and failed by their
+    own strategy; repeats of earlier settings and trials of killed workers do not count."""
+    from optuna.trial import TrialState
+
+    count = 0
+    for trial in study.get_trials(deepcopy=False):
+        if trial.user_attrs.get("duplicate_of") is not None:
+            continue
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+            trial.state == TrialState.FAIL and "error" in trial.user_attrs
+        ):
+            count += 1
+    return count
+
+
+def same_settings(trial: Any) -> Any:
+    """An earlier finished trial of this study with exactly these settings, if any (a
+    trial whose strategy failed counts; one of a killed worker does not)."""
+    from optuna.trial import TrialState
+
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    for other in trial.study.get_trials(deepcopy=False, states=states):
+        if other.state == TrialState.FAIL and "error" not in other.user_attrs:
+            continue
+        if other.number != trial.number and other.params == trial.params:
+            return other
+    return None
+
+
+def finished_candidates(study: Any, specs: dict[str, StrategySpec]) -> list[Any]:
+    from optuna.trial import TrialState
+
+    return [
+        trial
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if trial.user_attrs.get("duplicate_of") is None
+        and trial.params.get("strategy") in specs
+        and "rule" in trial.user_attrs
+    ]
+
+
+def candidate_of(trial: Any, specs: dict[str, StrategySpec], dev: list[Any]) -> Candidate:
+    spec = specs[trial.params["strategy"]]
+    attrs = trial.user_attrs
+    predictions = attrs.get("dev_predictions") or [None] * len(dev)
+    return Candidate(
+        number=trial.number,
+        strategy=spec.name,
+        complexity=spec.complexity,
+        params=strategy_params_of(trial),
+        score=SelectionScore(
+            rule=attrs["rule"],
+            value=float(trial.value),
+            se=attrs.get("se"),
+            folds=attrs.get("folds"),
+            predictions={row.id: label for row, label in zip(dev, predictions, strict=True)},
+        ),
+    )
+
+
+def strategy_params_of(trial: Any) -> dict[str, Any]:
+    """A trial's Optuna parameters as the strategy's settings (``stacking.C`` → ``C``)."""
+    params: dict[str, Any] = {}
+    for key, value in trial.params.items():
+        if key == "strategy":
+            continue
+        name = key.rsplit(".", 1)[-1]
+        params[name] = tuple(value.split(",")) if name == "verifiers" else value
+    return params
+
+
+def leaderboard(study: Any) -> list[TrialRow]:
+    from optuna.trial import TrialState
+
+    rows = []
+    run_ids = study.user_attrs
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        rows.append(
+            TrialRow(
+                number=trial.number,
+                state=trial.state.name,
+                strategy=str(trial.params.get("strategy", "?")),
+                params={k: v for k, v in trial.params.items() if k != "strategy"},
+                rule=attrs.get("rule") or ("dev" if trial.state == TrialState.PRUNED else None),
+                score=trial.value if trial.state == TrialState.COMPLETE else None,
+                se=attrs.get("se"),
+                lm_calls=attrs.get("lm_calls"),
+                seconds=attrs.get("fit_seconds"),
+                run_id=run_ids.get(f"run_id.{trial.number}"),
+                worker=attrs.get("worker"),
+                duplicate_of=attrs.get("duplicate_of"),
+                error=attrs.get("error"),
+                pruned_after=attrs.get("pruned_after_rows"),
+            )
+        )
+    return sorted(rows, key=lambda r: (r.score is None, -(r.score or 0.0), r.number))
+
+
+@dataclass
+class StudyOutcome:
+    """What a search found: every trial, the choice among them and the chosen judge,
+    fitted as it will be reported and exported."""
+
+    rows: list[TrialRow]
+    choice: Choice | None
+    winner: FitResult | None
+    new_trials: int
+    complete: bool
+
+
+def run_study(
+    study: Any,
+    specs: dict[str, StrategySpec],
+    env: StrategyEnv,
+    train: Sequence[LabeledRow],
+    dev: Sequence[LabeledRow],
+    guard: RowGuard,
+    search: SearchConfig,
+    *,
+    on_trial: Callable[[Any, Any], None] | None = None,
+    log: Any = print,
+) -> StudyOutcome:
+    """Run trials until the study holds ``search.trials`` distinct finished ones (or
+    proposals only repeat), then choose and refit the winner. ``on_trial(study, trial)``
+    sees every finished trial, repeats, pruned and failed ones included."""
+    import optuna
+    from optuna.trial import TrialState
+
+    dev = list(dev)
+    folds = grouped_folds([*train, *dev], search.folds, search.seed)
+    fitted: dict[int, FitResult] = {}
+    worker = f"{os.uname().nodename}:{os.getpid()}"
+    last: dict[str, bool] = {"repeat": False}
+
+    def objective(trial: optuna.Trial) -> float:
+        name = trial.suggest_categorical("strategy", sorted(specs))
+        spec = specs[name]
+        params = spec.space(trial, env)
+        trial.set_user_attr("worker", worker)
+        earlier = same_settings(trial)
+        last["repeat"] = earlier is not None
+        if earlier is not None:  # deterministic fits: the same settings give the same judge
+            trial.set_user_attr("duplicate_of", earlier.number)
+            for key in ("rule", "se", "lm_calls", "fit_seconds"):
+                if key in earlier.user_attrs:
+                    trial.set_user_attr(key, earlier.user_attrs[key])
+            log(f"trial {trial.number}: {name} {params} = trial {earlier.number}, answered from it")
+            if earlier.state == TrialState.PRUNED:
+                raise optuna.TrialPruned()
+            if earlier.state == TrialState.FAIL:
+                raise StrategyFailed(earlier.user_attrs["error"])
+            return float(earlier.value)
+        log(f"trial {trial.number}: {name} {params}")
+        try:
+            score, result = score_trial(trial, spec, env, params, train, dev, folds, guard, search)
+        except (LeakError, optuna.TrialPruned, KeyboardInterrupt):
+            raise
+        except Exception as error:
+            reason = f"{type(error).__name__}: {error}"
+            trial.set_user_attr("error", reason[:1000])
+            log(f"trial {trial.number}: {name} failed: {reason[:300]}")
+            raise StrategyFailed(reason) from None
+        if result is not None:
+            fitted[trial.number] = result
+        log(f"trial {trial.number}: {name} κ {score.describe()}")
+        return score.value
+
+    callbacks = [on_trial] if on_trial is not None else []
+    new_trials = 0
+    with memoised_fits(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        repeats = 0
+        while distinct_finished(study) < search.trials:
+            study.optimize(objective, n_trials=1, catch=(StrategyFailed,), callbacks=callbacks, gc_after_trial=False)
+            new_trials += 1
+            repeats = repeats + 1 if last["repeat"] else 0
+            if repeats >= search.max_repeats:
+                log(
+                    f"the last {repeats} trials proposed settings already tried: the search space is exhausted "
+                    f"after {distinct_finished(study)} distinct trials"
+                )
+                break
+        rows = leaderboard(study)
+        candidates = [candidate_of(trial, specs, dev) for trial in finished_candidates(study, specs)]
+        choice = choose(candidates, env.task, dev) if candidates else None
+        winner = None
+        if choice is not None:
+            for step in choice.steps:
+                log(f"selection: {step}")
+            spec = specs[choice.winner.strategy]
+            winner = final_judge(spec, env, choice.winner, train, dev, guard, fitted, log)
+    return StudyOutcome(
+        rows=rows,
+        choice=choice,
+        winner=winner,
+        new_trials=new_trials,
+        complete=distinct_finished(study) >= search.trials,
+    )

@@ -1,0 +1,307 @@
+"""Strategies by name: how each is built from the raw judge, its search space, what it
+needs, and how a fitted judge is rebuilt from its saved state.
+
+To add a strategy: write an estimator class (settings in ``__init__``, ``fit(train,
+dev=None)`` returning self, fitted state in ``*_`` attributes, ``state()`` as plain JSON,
+``search_space`` beside it), teach :func:`judge_from_state` its state, and add a
+:class:`StrategySpec` to :data:`STRATEGIES`. ARCHITECTURE.md walks through it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from judgecal.calibrate.guard import RowGuard
+from judgecal.calibrate.optimizers import CalibrationConfig, PromptOptimizer
+from judgecal.calibrate.posthoc import OrderSwapJudge, ThresholdJudge
+from judgecal.calibrate.trained import StackingJudge, VerifierJudge, default_stack_verifiers, is_pair_task
+from judgecal.data.rows import LabeledRow
+from judgecal.judges.fitted import FittedJudge, ProgramJudge, RecordedJudge, _without_lms, unwrap
+from judgecal.judges.program import JudgeProgram
+from judgecal.judges.verifiers import (
+    embeddings_available,
+    head_from_state,
+    verifier_from_state,
+)
+from judgecal.tasks.registry import Task
+
+
+def judge_from_state(state: dict[str, Any], task: Task, lm: Any, name: str) -> FittedJudge:
+    """Rebuild a fitted judge from its plain-JSON state (no code is loaded from it)."""
+    kind = state.get("kind")
+    if kind == "program":
+        program = JudgeProgram(task.signature, verbalized=bool(state.get("verbalized")))
+        program.load_state(_without_lms(state["program"]))
+        return ProgramJudge(task, program, lm, name)
+    if kind == "recorded":
+        return RecordedJudge(task, state["source"], name)
+    if kind == "threshold":
+        threshold = ThresholdJudge(
+            base=judge_from_state(state["base"], task, lm, name), rule=state.get("rule", "kappa")
+        )
+        threshold.base_, threshold.threshold_ = threshold.base, float(state["threshold"])
+        return threshold
+    if kind == "order_swap":
+        return OrderSwapJudge(judge_from_state(state["base"], task, lm, name))
+    if kind == "verifier":
+        verifier = VerifierJudge(task=task, name=name)
+        verifier.verifier_, verifier.threshold_ = verifier_from_state(state["verifier"]), state.get("threshold")
+        return verifier
+    if kind == "stacked":
+        stack = StackingJudge(base=None)
+        stack.task = task
+        stack.components_ = [judge_from_state(c, task, lm, name) for c in state["components"]]
+        if "verifiers" in state:
+            stack.verifiers_ = [verifier_from_state(v) for v in state["verifiers"]]
+            stack.head_ = head_from_state(state["head"])
+        else:  # earlier versions: one verifier, a logistic model of P(positive) as class 1
+            stack.verifiers_ = [verifier_from_state(state["verifier"])] if state.get("verifier") else []
+            stack.head_ = head_from_state(
+                {"kind": "logistic", "classes": [1, 0], "coef": [state["coef"]], "intercept": [state["intercept"]]}
+            )
+        stack.threshold_ = state.get("threshold")
+        return stack
+    raise ValueError(f"unknown judge state kind {kind!r}")
+
+
+@dataclass
+class StrategyEnv:
+    """What strategies are built from: the task, the raw judge (answers kept per row), the
+    judge's LM, the DSPy settings and the names of the judges the rows already hold."""
+
+    task: Task
+    raw: FittedJudge
+    lm: Any = None
+    settings: CalibrationConfig = field(default_factory=CalibrationConfig)
+    references: tuple[str, ...] = ()
+    log: Callable[[str], None] = print
+
+    @property
+    def base_is_live(self) -> bool:
+        return isinstance(unwrap(self.raw), ProgramJudge)
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A strategy by name: how to build its estimator, its search space, what it needs.
+
+    ``complexity`` orders strategies for the selection rule (the simpler one wins when two
+    are within one standard error): post-hoc 1, TF-IDF verifier 2, embedding verifier 3,
+    stacking 4, DSPy optimizers 5 and up."""
+
+    name: str
+    family: str
+    description: str
+    build: Callable[[StrategyEnv, dict[str, Any]], FittedJudge]
+    space: Callable[[Any, StrategyEnv], dict[str, Any]]
+    complexity: int
+    needs_program: bool = False
+    binary_only: bool = False
+    pairwise_only: bool = False
+    needs_extra: str | None = None
+    calls_lm_to_fit: bool = False
+    judges_twice: bool = False
+
+    @property
+    def scored_on_dev(self) -> bool:
+        """Scored on the dev hold-out rather than by cross-validation: a strategy that calls
+        the model to fit, or one that judges every row twice and has nothing to fit (order
+        swapping), which would otherwise ask the model about all of train + dev twice."""
+        return self.calls_lm_to_fit or self.judges_twice
+
+    def available(self) -> bool:
+        return self.needs_extra != "embeddings" or embeddings_available()
+
+    def applies_to(self, task: Task, has_program: bool) -> bool:
+        if self.needs_program and not has_program:
+            return False
+        if self.binary_only and not task.spec.is_binary:
+            return False
+        return not (self.pairwise_only and not is_pair_task(task))
+
+
+def _dspy_spec(name: str, description: str, complexity: int) -> StrategySpec:
+    def build(env: StrategyEnv, params: dict[str, Any]) -> FittedJudge:
+        settings = env.settings
+        defaults = {
+            "seed": settings.seed,
+            "max_labeled_demos": settings.max_labeled_demos,
+            "max_bootstrapped_demos": settings.max_bootstrapped_demos,
+            "num_candidate_programs": settings.num_candidate_programs,
+        }
+        return PromptOptimizer(base=env.raw, optimizer=name, settings=settings, **{**defaults, **params})
+
+    return StrategySpec(
+        name,
+        "dspy",
+        description,
+        build,
+        lambda trial, env: PromptOptimizer.search_space(trial, name),
+        complexity,
+        needs_program=True,
+        calls_lm_to_fit=True,
+    )
+
+
+def _verifier_spec(name: str, features: str, description: str, complexity: int, extra: str | None) -> StrategySpec:
+    def build(env: StrategyEnv, params: dict[str, Any]) -> FittedJudge:
+        return VerifierJudge(task=env.task, features=features, name=env.raw.name, **params)
+
+    return StrategySpec(
+        name,
+        "verifier",
+        description,
+        build,
+        lambda trial, env: VerifierJudge.search_space(trial, name, features=features),
+        complexity,
+        needs_extra=extra,
+    )
+
+
+def _stacking_build(env: StrategyEnv, params: dict[str, Any]) -> FittedJudge:
+    params = {"verifiers": default_stack_verifiers(), **params}
+    return StackingJudge(base=env.raw, references=env.references, **params)
+
+
+def _stacking_space(trial: Any, env: StrategyEnv) -> dict[str, Any]:
+    options = ("tfidf", "embedding", "embedding_gb") if embeddings_available() else ("tfidf",)
+    return StackingJudge.search_space(trial, "stacking", verifiers=options, base_is_live=env.base_is_live)
+
+
+def _no_space(trial: Any, env: StrategyEnv) -> dict[str, Any]:
+    return {}
+
+
+STRATEGIES: dict[str, StrategySpec] = {
+    "threshold": StrategySpec(
+        "threshold",
+        "post-hoc",
+        "cut on P(positive) maximising κ",
+        lambda env, params: ThresholdJudge(base=env.raw, rule="kappa"),
+        _no_space,
+        1,
+        binary_only=True,
+    ),
+    "base_rate": StrategySpec(
+        "base_rate",
+        "post-hoc",
+        "cut selecting the human rate",
+        lambda env, params: ThresholdJudge(base=env.raw, rule="base_rate"),
+        _no_space,
+        1,
+        binary_only=True,
+    ),
+    "order_swap": StrategySpec(
+        "order_swap",
+        "post-hoc",
+        "judge both orders and reconcile",
+        lambda env, params: OrderSwapJudge(base=env.raw),
+        _no_space,
+        1,
+        pairwise_only=True,
+        judges_twice=True,
+    ),
+    "verifier": _verifier_spec("verifier", "tfidf", "TF-IDF + logistic regression on the human labels", 2, None),
+    "embedding_verifier": _verifier_spec(
+        "embedding_verifier",
+        "embedding",
+        "all-MiniLM-L6-v2 embeddings + logistic regression or gradient boosting (extra: embeddings)",
+        3,
+        "embeddings",
+    ),
+    "stacking": StrategySpec(
+        "stacking",
+        "stacking",
+        "judge probability + recorded judges + verifiers' out-of-fold scores, stacked",
+        _stacking_build,
+        _stacking_space,
+        4,
+    ),
+    **{
+        name: _dspy_spec(name, description, complexity)
+        for complexity, (name, description) in enumerate(
+            (
+                ("labeled_few_shot", "DSPy LabeledFewShot: labelled train rows as demos"),
+                ("bootstrap_few_shot", "DSPy BootstrapFewShot: demos the judge itself got right"),
+                ("bootstrap_random_search", "DSPy BootstrapFewShotWithRandomSearch: demo sets selected on dev"),
+                ("mipro", "DSPy MIPROv2: proposed instructions and demos, Bayesian search on dev"),
+                ("copro", "DSPy COPRO: instruction refinement scored on dev"),
+                ("simba", "DSPy SIMBA: stochastic introspective mini-batch ascent"),
+                ("gepa", "DSPy GEPA: reflective instruction evolution (reflection model configurable)"),
+            ),
+            start=5,
+        )
+    },
+}
+
+
+def resolve_strategies(names: Sequence[str] | str, task: Task, *, has_program: bool) -> list[StrategySpec]:
+    """Strategy specs by name (``"all"`` = every strategy that applies to this task)."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    if list(names) == ["all"]:
+        return [spec for spec in STRATEGIES.values() if spec.applies_to(task, has_program) and spec.available()]
+    chosen = []
+    for name in names:
+        if name not in STRATEGIES:
+            raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)} or 'all'")
+        spec = STRATEGIES[name]
+        if not spec.available():
+            raise ValueError(f'strategy {name!r} needs the optional extra: pip install "judgecal[{spec.needs_extra}]"')
+        if not spec.applies_to(task, has_program):
+            reason = (
+                "needs an LLM judge program (the raw judge is recorded verdicts)"
+                if spec.needs_program and not has_program
+                else "applies to binary tasks only"
+                if spec.binary_only
+                else "applies to pairwise tasks only"
+            )
+            raise ValueError(f"strategy {name!r} {reason}")
+        chosen.append(spec)
+    return chosen
+
+
+@dataclass
+class FitResult:
+    judge: FittedJudge
+    strategy: str
+    params: dict[str, Any]
+    seconds: float
+    lm_calls: int
+
+
+def fit_judge(
+    spec: StrategySpec,
+    env: StrategyEnv,
+    params: dict[str, Any],
+    train: Sequence[LabeledRow],
+    dev: Sequence[LabeledRow] | None,
+    guard: RowGuard,
+    *,
+    step: str = "fit",
+) -> FitResult:
+    """Build and fit one strategy, checking every row it sees against the test rows and
+    counting every LM call it makes (cached answers included)."""
+    import dspy
+
+    from judgecal.backends.calls import LMCallCounter
+
+    guard.check(train, f"{spec.name}: {step}")
+    if dev:
+        guard.check(dev, f"{spec.name}: select on dev")
+    counter = LMCallCounter()
+    started = time.perf_counter()
+    judge = spec.build(env, dict(params))
+    with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), counter]):
+        judge.fit(train, dev)
+    guard.check_demos(judge, env.task.spec.input_names, f"{spec.name}: demos")
+    return FitResult(
+        judge=judge,
+        strategy=spec.name,
+        params=dict(params),
+        seconds=time.perf_counter() - started,
+        lm_calls=counter.calls,
+    )

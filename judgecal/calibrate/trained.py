@@ -1,0 +1,315 @@
+"""Strategies that learn from the human labels: trained verifiers and stacking.
+
+A :class:`VerifierJudge` is a verifier (:mod:`judgecal.judges.verifiers`) with a decision
+cut chosen where κ is highest. A :class:`StackingJudge` fits one head over everything that
+predicts the label: the judge's probability, every recorded judge's verdict and the
+out-of-fold scores of the verifiers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from judgecal.calibrate.posthoc import kappa_threshold
+from judgecal.data.rows import LabeledRow
+from judgecal.judges.fitted import FittedJudge, RecordedJudge, _verdict_from_proba, label_probabilities, logit, unwrap
+from judgecal.judges.verifiers import (
+    FLIP,
+    Verifier,
+    embeddings_available,
+    grouped_folds,
+)
+from judgecal.progress import ProgressFactory
+from judgecal.tasks.registry import Task
+
+HEAD_SETTINGS = ("C", "learning_rate", "max_iter", "max_leaf_nodes", "l2_regularization")
+
+
+def _choose_cut(task: Task, proba: np.ndarray, rows: Sequence[LabeledRow]) -> float | None:
+    """Binary tasks: the κ-maximising cut on these predictions; other tasks take the argmax."""
+    if task.spec.positive is None:
+        return None
+    column = task.spec.labels.index(task.spec.positive)
+    return kappa_threshold(proba[:, column], np.array([row.label == task.spec.positive for row in rows]))
+
+
+class VerifierJudge(FittedJudge):
+    """A trained verifier. For binary tasks its P(positive) is cut where κ is highest: on
+    dev when given, else on grouped out-of-fold predictions over the training rows."""
+
+    kind = "verifier"
+
+    def __init__(
+        self,
+        task: Task | None = None,
+        features: str = "tfidf",
+        head: str = "logistic",
+        C: float = 1.0,
+        learning_rate: float = 0.1,
+        max_iter: int = 100,
+        max_leaf_nodes: int = 15,
+        l2_regularization: float = 1.0,
+        folds: int = 5,
+        seed: int = 0,
+        name: str = "",
+    ) -> None:
+        self.task = task
+        self.features = features
+        self.head = head
+        self.C = C
+        self.learning_rate = learning_rate
+        self.max_iter = max_iter
+        self.max_leaf_nodes = max_leaf_nodes
+        self.l2_regularization = l2_regularization
+        self.folds = folds
+        self.seed = seed
+        self.name = name
+
+    @classmethod
+    def search_space(cls, trial: Any, prefix: str, *, features: str) -> dict[str, Any]:
+        if features == "tfidf":
+            return {"C": trial.suggest_float(f"{prefix}.C", 0.05, 20.0, log=True)}
+        head = trial.suggest_categorical(f"{prefix}.head", ["logistic", "gradient_boosting"])
+        if head == "logistic":
+            return {"head": head, "C": trial.suggest_float(f"{prefix}.C", 0.01, 10.0, log=True)}
+        return {
+            "head": head,
+            "learning_rate": trial.suggest_float(f"{prefix}.learning_rate", 0.03, 0.3, log=True),
+            "max_leaf_nodes": trial.suggest_int(f"{prefix}.max_leaf_nodes", 4, 31, log=True),
+            "l2_regularization": trial.suggest_float(f"{prefix}.l2_regularization", 0.01, 10.0, log=True),
+        }
+
+    def make_verifier(self) -> Verifier:
+        spec = self.task.spec
+        return Verifier(
+            labels=spec.labels,
+            features=self.features,
+            head=self.head,
+            C=self.C,
+            learning_rate=self.learning_rate,
+            max_iter=self.max_iter,
+            max_leaf_nodes=self.max_leaf_nodes,
+            l2_regularization=self.l2_regularization,
+            pairwise=is_pair_task(self.task),
+        )
+
+    def fit(self, train, dev=None):
+        from judgecal.judges.verifiers import out_of_fold_proba
+
+        self.verifier_ = self.make_verifier().fit(train)
+        if self.task.spec.positive is None:
+            self.threshold_ = None
+        elif dev:
+            self.threshold_ = _choose_cut(self.task, self.verifier_.predict_proba([r.inputs for r in dev]), dev)
+        else:
+            proba = out_of_fold_proba(train, self.make_verifier(), folds=self.folds, seed=self.seed)
+            self.threshold_ = _choose_cut(self.task, proba, train)
+        return self
+
+    def probabilities(self, rows: Sequence[LabeledRow]) -> np.ndarray:
+        return self.verifier_.predict_proba([row.inputs for row in rows])
+
+    def predict(self, rows, *, progress=None, description=""):
+        return [_verdict_from_proba(self.task, p, self.threshold_) for p in self.probabilities(rows)]
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "threshold": self.threshold_, "verifier": self.verifier_.state()}
+
+    @property
+    def verifier(self) -> Verifier:
+        return self.verifier_
+
+    @property
+    def threshold(self) -> float | None:
+        return self.threshold_
+
+
+def is_pair_task(task: Task) -> bool:
+    return {"response_a", "response_b"} <= set(task.spec.input_names) and {"A", "B"} <= set(task.spec.labels)
+
+
+STACK_VERIFIERS: dict[str, dict[str, Any]] = {
+    "tfidf": {"features": "tfidf", "head": "logistic"},
+    "embedding": {"features": "embedding", "head": "logistic"},
+    "embedding_gb": {"features": "embedding", "head": "gradient_boosting"},
+}
+
+
+def default_stack_verifiers() -> tuple[str, ...]:
+    return ("tfidf", "embedding") if embeddings_available() else ("tfidf",)
+
+
+class StackingJudge(FittedJudge):
+    """One head over everything that predicts the human label: the judge's P(positive)
+    (``use_base``), every recorded reference judge's verdict, and the out-of-fold scores of
+    trained verifiers (grouped folds, so no verifier scores a row it was fitted on).
+
+    Binary tasks are cut where κ is highest on the head's own out-of-fold predictions (on
+    dev when given); other tasks take the most likely label. For pairwise tasks the
+    judge's probabilities are averaged over both orders and the head is trained on both
+    orders of every pair, so the stacked judge is symmetric under swapping A and B."""
+
+    kind = "stacked"
+
+    def __init__(
+        self,
+        base: FittedJudge | None = None,
+        references: tuple[str, ...] = (),
+        verifiers: tuple[str, ...] = ("tfidf",),
+        use_base: bool = True,
+        head: str = "logistic",
+        C: float = 1.0,
+        learning_rate: float = 0.1,
+        max_iter: int = 100,
+        max_leaf_nodes: int = 7,
+        l2_regularization: float = 1.0,
+        folds: int = 5,
+        seed: int = 0,
+    ) -> None:
+        self.base = base
+        self.references = references
+        self.verifiers = verifiers
+        self.use_base = use_base
+        self.head = head
+        self.C = C
+        self.learning_rate = learning_rate
+        self.max_iter = max_iter
+        self.max_leaf_nodes = max_leaf_nodes
+        self.l2_regularization = l2_regularization
+        self.folds = folds
+        self.seed = seed
+
+    @classmethod
+    def search_space(cls, trial: Any, prefix: str, *, verifiers: Sequence[str], base_is_live: bool) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        options = [",".join(combo) for combo in _verifier_subsets(verifiers)]
+        params["verifiers"] = tuple(trial.suggest_categorical(f"{prefix}.verifiers", options).split(","))
+        if base_is_live:
+            params["use_base"] = trial.suggest_categorical(f"{prefix}.use_base", [True, False])
+        head = trial.suggest_categorical(f"{prefix}.head", ["logistic", "gradient_boosting"])
+        params["head"] = head
+        if head == "logistic":
+            params["C"] = trial.suggest_float(f"{prefix}.C", 0.01, 10.0, log=True)
+        else:
+            params["learning_rate"] = trial.suggest_float(f"{prefix}.learning_rate", 0.02, 0.2, log=True)
+            params["max_leaf_nodes"] = trial.suggest_int(f"{prefix}.max_leaf_nodes", 3, 15)
+        return params
+
+    def _components(self) -> list[FittedJudge]:
+        assert self.base is not None
+        raw = unwrap(self.base)
+        components: list[FittedJudge] = [self.base] if self.use_base else []
+        for name in self.references:
+            if isinstance(raw, RecordedJudge) and raw.verdicts is None and raw.source == name and self.use_base:
+                continue  # the raw judge is this reference already
+            components.append(RecordedJudge(self.task, name, f"reference:{name}"))
+        return components
+
+    def _verifier(self, name: str) -> Verifier:
+        spec = self.task.spec
+        return Verifier(labels=spec.labels, pairwise=is_pair_task(self.task), **STACK_VERIFIERS[name])
+
+    def _make_head(self) -> Any:
+        from judgecal.judges.verifiers import GradientBoostingHead, LogisticHead
+
+        if self.head == "logistic":
+            return LogisticHead(C=self.C)
+        return GradientBoostingHead(
+            learning_rate=self.learning_rate,
+            max_iter=self.max_iter,
+            max_leaf_nodes=self.max_leaf_nodes,
+            l2_regularization=self.l2_regularization,
+        )
+
+    def _block(self, proba: np.ndarray) -> np.ndarray:
+        """A component's columns: logit P(positive) for binary tasks, log-probabilities otherwise."""
+        if self.task.spec.positive is not None:
+            return logit(proba[:, self.task.spec.labels.index(self.task.spec.positive)])[:, None]
+        return np.log(np.clip(proba, 0.02, 1.0))
+
+    def _judge_block(self, judge: FittedJudge, rows: Sequence[LabeledRow], progress: Any) -> np.ndarray:
+        proba = label_probabilities(judge.predict(rows, progress=progress, description="stacking"), self.task)
+        if is_pair_task(self.task) and not isinstance(unwrap(judge), RecordedJudge):
+            swapped = label_probabilities(judge.predict_swapped(rows, progress=progress), self.task)
+            proba = (proba + swapped[:, self._flip()]) / 2
+        return self._block(proba)
+
+    def _flip(self) -> np.ndarray:
+        labels = list(self.task.spec.labels)
+        return np.array([labels.index(FLIP.get(str(label), label)) for label in labels])
+
+    def _features(
+        self, rows: Sequence[LabeledRow], verifier_proba: list[np.ndarray], progress: Any = None
+    ) -> np.ndarray:
+        blocks = [self._judge_block(c, rows, progress) for c in self.components_]
+        blocks += [self._block(proba) for proba in verifier_proba]
+        if not blocks:
+            raise ValueError("stacking needs at least one component: the judge, a recorded judge or a verifier")
+        return np.hstack(blocks)
+
+    def _fit_head(self, features: np.ndarray, y: np.ndarray) -> Any:
+        if is_pair_task(self.task):  # both orders of every pair
+            flipped = features.reshape(len(features), -1, len(self.task.spec.labels))[:, :, self._flip()]
+            features = np.vstack([features, flipped.reshape(len(features), -1)])
+            y = np.concatenate([y, self._flip()[y]])
+        return self._make_head().fit(features, y)
+
+    def fit(self, train, dev=None, *, progress: ProgressFactory | None = None):
+        from judgecal.judges.verifiers import out_of_fold_proba
+
+        labels = list(self.task.spec.labels)
+        self.components_ = self._components()
+        out_of_fold = [
+            out_of_fold_proba(train, self._verifier(name), folds=self.folds, seed=self.seed) for name in self.verifiers
+        ]
+        features = self._features(train, out_of_fold, progress)
+        y = np.array([labels.index(row.label) for row in train])
+        if len(set(y)) < 2:
+            raise ValueError("stacking needs rows of at least two labels to learn from")
+        self.head_ = self._fit_head(features, y)
+        self.verifiers_ = [self._verifier(name).fit(train) for name in self.verifiers]
+        self.threshold_ = None
+        if self.task.spec.positive is not None:
+            if dev:
+                self.threshold_ = _choose_cut(self.task, self._proba(dev, progress), dev)
+            else:
+                held_out = np.zeros((len(train), len(labels)))
+                for held in grouped_folds(train, self.folds, self.seed):
+                    keep = np.setdiff1d(np.arange(len(train)), held)
+                    if len(set(y[keep])) < 2:
+                        held_out[held] = np.bincount(y[keep], minlength=len(labels)) / len(keep)
+                        continue
+                    part = self._fit_head(features[keep], y[keep])
+                    held_out[held] = part.predict_proba(features[held], len(labels))
+                self.threshold_ = _choose_cut(self.task, held_out, train)
+        return self
+
+    def _proba(self, rows: Sequence[LabeledRow], progress: Any = None) -> np.ndarray:
+        inputs = [row.inputs for row in rows]
+        features = self._features(rows, [v.predict_proba(inputs) for v in self.verifiers_], progress)
+        return self.head_.predict_proba(features, len(self.task.spec.labels))
+
+    def predict(self, rows, *, progress=None, description=""):
+        return [_verdict_from_proba(self.task, p, self.threshold_) for p in self._proba(rows, progress)]
+
+    @property
+    def uses_lm(self) -> bool:
+        return any(c.uses_lm for c in getattr(self, "components_", self._components()))
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "components": [c.state() for c in self.components_],
+            "verifiers": [v.state() for v in self.verifiers_],
+            "head": self.head_.state(),
+            "threshold": self.threshold_,
+        }
+
+
+def _verifier_subsets(names: Sequence[str]) -> list[tuple[str, ...]]:
+    from itertools import combinations
+
+    return [combo for size in range(len(names), 0, -1) for combo in combinations(names, size)]

@@ -1,0 +1,285 @@
+"""A calibrated judge in other people's pipelines: called on inputs, over many rows with a
+progress bar, as a DSPy metric, as an MLflow GenAI scorer, and over a whole file
+(resumable, failed rows kept apart and judged again on the next run).
+
+:func:`judgecal.load_judge` returns a :class:`CalibratedJudge`: the fitted judge with these
+adapters, which the domain classes (:mod:`judgecal.judges`, :mod:`judgecal.calibrate`)
+know nothing about.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from judgecal.data.rows import LabeledRow
+from judgecal.judges.fitted import FittedJudge
+from judgecal.judges.verdict import Verdict
+
+
+class CalibratedJudge:
+    """A fitted judge, ready for use: ``judge(**inputs)``, ``judge.batch(rows)``,
+    ``judge.as_dspy_metric()``, ``judge.as_mlflow_scorer()``. Everything else (``task``,
+    ``name``, ``kind``, ``predict``, ``state``) is the fitted judge's own (``.fitted``)."""
+
+    def __init__(self, judge: FittedJudge | CalibratedJudge, *, digest: str | None = None) -> None:
+        self.fitted = judge.fitted if isinstance(judge, CalibratedJudge) else judge
+        self.digest = digest
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["fitted"], name)
+
+    def __repr__(self) -> str:
+        return f"CalibratedJudge({self.fitted.name!r}, kind={self.fitted.kind!r}, digest={self.digest!r})"
+
+    def __call__(self, **inputs: Any) -> Verdict:
+        return self.fitted(**inputs)
+
+    def batch(
+        self, items: Sequence[LabeledRow | dict[str, Any]], *, num_threads: int = 1, progress: bool = True
+    ) -> list[Verdict]:
+        """Verdicts for many rows (or dicts of inputs), in order, with a progress bar.
+        Threads help with remote models; an in-process model judges one row at a time."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from judgecal.progress import rich_progress
+
+        judge = self.fitted
+        rows = [judge._row(item, i) for i, item in enumerate(items)]
+        factory = rich_progress() if progress else None
+        if num_threads <= 1 or len(rows) <= 1:
+            return judge.predict(rows, progress=factory, description=judge.name)
+        tracker = factory(len(rows), judge.name) if factory else None
+        size = max(1, len(rows) // (num_threads * 4))
+        chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
+
+        def work(chunk: list[LabeledRow]) -> list[Verdict]:
+            verdicts = judge.predict(chunk)
+            if tracker is not None:
+                tracker.advance(len(chunk))
+            return verdicts
+
+        try:
+            with ThreadPoolExecutor(max_workers=num_threads) as pool:
+                return [v for part in pool.map(work, chunks) for v in part]
+        finally:
+            if tracker is not None:
+                tracker.close()
+
+    def as_dspy_metric(self, *, probability: bool = False) -> Callable[..., float]:
+        """This judge as a DSPy metric: each input field is taken from the prediction when it
+        has one, else from the example. Returns 1.0 when the verdict is the positive label
+        (binary) or, with ``probability=True``, the judge's P(positive); for other tasks,
+        1.0 when the verdict equals the example's own label field."""
+        spec = self.fitted.task.spec
+
+        def metric(example: Any, prediction: Any, trace: Any = None) -> float:
+            inputs = {}
+            for name in spec.input_names:
+                value = _field(prediction, name)
+                inputs[name] = value if value is not None else _field(example, name)
+            verdict = self(**{k: v for k, v in inputs.items() if v is not None})
+            if spec.positive is not None:
+                if probability and verdict.probabilities:
+                    return float(verdict.probability_of(spec.positive) or 0.0)
+                return float(verdict.label == spec.positive)
+            return float(verdict.label is not None and verdict.label == _field(example, spec.decision_field))
+
+        metric.__name__ = f"judgecal_{self.fitted.name}"
+        return metric
+
+    def as_mlflow_scorer(self, name: str | None = None) -> Any:
+        """This judge as an MLflow GenAI scorer for ``mlflow.genai.evaluate(scorers=[...])``."""
+        return mlflow_scorer(self.fitted, name=name)
+
+
+def _field(obj: Any, name: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, dict):
+        return obj.get(name)
+    try:
+        return obj.get(name) if hasattr(obj, "get") else getattr(obj, name, None)
+    except Exception:
+        return None
+
+
+def mlflow_scorer(judge: FittedJudge, *, name: str | None = None) -> Any:
+    """A calibrated judge as an MLflow GenAI scorer. Each judge input is looked up by name
+    in the evaluation row's ``outputs`` (when a dict), then ``inputs``, then
+    ``expectations``; an ``outputs`` string fills the single input still missing. The
+    feedback value is the verdict (a bool for yes/no judges, so MLflow averages it), with
+    the confidence as metadata."""
+    from mlflow.entities import Feedback
+    from mlflow.genai.scorers import scorer
+
+    from judgecal.judges.program import RowFailedError
+
+    names = judge.task.spec.input_names
+
+    def judge_row(inputs: Any = None, outputs: Any = None, expectations: Any = None) -> Feedback:
+        fields: dict[str, Any] = {}
+        for source in (outputs, inputs, expectations):
+            if isinstance(source, dict):
+                for key in names:
+                    if key not in fields and key in source:
+                        fields[key] = source[key]
+        missing = [key for key in names if key not in fields]
+        if isinstance(outputs, str) and len(missing) == 1:
+            fields[missing[0]] = outputs
+        try:
+            verdict = judge(**fields)
+        except RowFailedError as error:
+            return Feedback(value=None, error=error.reason)
+        if verdict.label is None:
+            return Feedback(value=None, error=verdict.error or "no verdict")
+        return Feedback(
+            value=verdict.label,
+            rationale=verdict.rationale,
+            metadata={"confidence": verdict.confidence, "judge": judge.name},
+        )
+
+    return scorer(judge_row, name=name or judge.name.replace("/", "_"))
+
+
+class JudgeFileResult(BaseModel):
+    """What one run of :func:`judge_file` did."""
+
+    judged: int = Field(description="Rows judged and written in this run.")
+    already_done: int = Field(description="Rows found in the output from earlier runs.")
+    failed: int = Field(default=0, description="Rows without a verdict this run, listed in the errors file.")
+    errors_file: Path | None = Field(default=None, description="Where the failed rows are listed, if any failed.")
+
+
+def errors_file_of(output: Path) -> Path:
+    """``verdicts.jsonl`` → ``verdicts.errors.jsonl``: the rows the last run could not judge."""
+    return output.with_name(f"{output.stem if output.suffix else output.name}.errors.jsonl")
+
+
+def judge_file(
+    judge: FittedJudge,
+    source: Path,
+    output: Path,
+    *,
+    num_threads: int = 1,
+    chunk: int = 16,
+    progress: Any = None,
+) -> JudgeFileResult:
+    """Judge every row of ``source`` into ``output`` (JSONL), resuming where an earlier run
+    stopped. Each verdict is one ``write`` of one whole line, synced per chunk; a line cut
+    short by a crash is dropped on resume. Lines read back as a verdicts file
+    (``{"id", "verdict", "probability"}``), so they can be calibrated in turn.
+
+    Only verdicts are written there. A row the judge gave none for (its call kept
+    failing, its answer could not be read, it is longer than the model's context) goes to
+    :func:`errors_file_of` instead, with its id, input line and the error, so the next run
+    judges it again. The errors file lists the failures of the latest run only."""
+    import os
+
+    from judgecal.data.rows import load_rows
+    from judgecal.judges.program import FAILING_START, JudgeFailedError, RowFailedError
+
+    rows = load_rows(source, judge.task.spec, labelled=False).rows
+    done = _completed_ids(output)
+    todo = [row for row in rows if row.id not in done]
+    positive = judge.task.spec.positive
+    errors_path = errors_file_of(output)
+    errors_path.unlink(missing_ok=True)
+    tracker = progress(len(todo), f"{judge.name}: judging") if progress and todo else None
+
+    def judge_rows(part: list[LabeledRow]) -> Iterator[tuple[Verdict | None, str | None]]:
+        """(verdict, None) or (None, why) per row, in order. An LM judge is called row by
+        row, so that one failed row costs only itself; other judges make no calls and run
+        as a batch."""
+        if not judge.uses_lm:
+            yield from ((v, None) for v in CalibratedJudge(judge).batch(part, num_threads=num_threads, progress=False))
+            return
+
+        def one(row: LabeledRow) -> tuple[Verdict | None, str | None]:
+            try:
+                return judge.predict([row])[0], None
+            except RowFailedError as error:
+                return None, error.reason
+
+        if num_threads <= 1:
+            yield from (one(row) for row in part)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=num_threads)
+        try:
+            yield from pool.map(one, part)
+        finally:  # a stop (a misconfigured judge, Ctrl-C) cancels the rows not started
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    judged = failed = 0
+    output.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    errors_descriptor: int | None = None
+    try:
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            for row, (verdict, why) in zip(part, judge_rows(part), strict=True):
+                if verdict is not None and verdict.label is None:
+                    why = f"no valid verdict: {verdict.error or 'the answer could not be read'}"
+                if why is None and verdict is not None:
+                    record = {
+                        "id": row.id,
+                        "verdict": verdict.label,
+                        "probability": verdict.probability_of(positive) if positive is not None else None,
+                        "confidence": verdict.confidence,
+                        "probabilities": verdict.probabilities,
+                        "judge": judge.name,
+                    }
+                    os.write(descriptor, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+                    judged += 1
+                else:
+                    failed += 1
+                    if errors_descriptor is None:
+                        errors_descriptor = os.open(errors_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                    line = json.dumps({"id": row.id, "line": row.line, "error": why}, ensure_ascii=False)
+                    os.write(errors_descriptor, (line + "\n").encode("utf-8"))
+                    if judged == 0 and failed >= FAILING_START:
+                        raise JudgeFailedError(
+                            f"judge '{judge.name}' failed on its first {failed} rows (listed in {errors_path}); "
+                            f"the last error: {why}"
+                        )
+                if tracker is not None:
+                    tracker.advance()
+            os.fsync(descriptor)
+            if errors_descriptor is not None:
+                os.fsync(errors_descriptor)
+    finally:
+        os.close(descriptor)
+        if errors_descriptor is not None:
+            os.close(errors_descriptor)
+        if tracker is not None:
+            tracker.close()
+    return JudgeFileResult(
+        judged=judged, already_done=len(done), failed=failed, errors_file=errors_path if failed else None
+    )
+
+
+def _completed_ids(output: Path) -> set[str]:
+    """Ids already judged in ``output``; a trailing partial line (a crash mid-write) is cut."""
+    if not output.exists():
+        return set()
+    data = output.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        with output.open("r+b") as handle:
+            handle.truncate(cut)
+        data = data[:cut]
+    done = set()
+    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            done.add(str(json.loads(line)["id"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f"{output}:{number}: not a verdict line; refusing to append to it") from None
+    return done

@@ -1,0 +1,199 @@
+"""A calibrated judge as an MLflow model, with MLflow's flavor verbs: ``save_model``,
+``log_model`` and ``load_model`` (``load_judge`` is the friendly name).
+
+The MLflow model is a pyfunc defined from code (``mlflow_model.py``, not a pickle) around
+the judge bundle, so ``mlflow.pyfunc.load_model`` and :func:`load_judge` read the same
+file and loading runs no code from the model. ``runs:/``, ``models:/`` and local paths are
+accepted; the project's own store is the default.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from judgecal.backends.settings import LMConfig
+from judgecal.export.adapters import CalibratedJudge
+from judgecal.export.bundle import (
+    BUNDLE_FILE,
+    BundleNote,
+    JudgeBundle,
+    _uses_lm,
+    bundle_from_judge,
+    judge_from_bundle,
+    lm_settings,
+    open_bundle,
+    package_versions,
+    read_bundle,
+    save_bundle,
+)
+from judgecal.judges.fitted import FittedJudge
+from judgecal.redact import redact_url
+from judgecal.tasks.registry import Task
+
+MODEL_ARTIFACT = "judge"
+
+
+@dataclass
+class LoadedJudge:
+    """A judge loaded from a bundle, with the bundle's identity and the notes for the user."""
+
+    judge: FittedJudge
+    bundle: JudgeBundle
+    digest: str
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+
+def open_judge(
+    reference: str | Path,
+    *,
+    lm: Any = None,
+    model: str | None = None,
+    api_base: str | None = None,
+    trust_endpoint: bool = False,
+    allow_modified: bool = False,
+    task: Task | Any = None,
+) -> LoadedJudge:
+    """:func:`load_judge`, returning the bundle, its digest and the notes instead of warning them."""
+    opened = open_bundle(_local_bundle_path(reference), allow_modified=allow_modified)
+    config, notes = lm_settings(opened.bundle, model=model, api_base=api_base, trust_endpoint=trust_endpoint)
+    if lm is not None or not _uses_lm(opened.bundle.judge):
+        notes = []  # the bundle's LM settings are not used at all
+    judge = judge_from_bundle(opened.bundle, lm=lm, lm_config=config, task=task)
+    return LoadedJudge(
+        judge=judge, bundle=opened.bundle, digest=opened.digest, source=str(reference), notes=opened.notes + notes
+    )
+
+
+def load_judge(
+    reference: str | Path,
+    *,
+    lm: Any = None,
+    model: str | None = None,
+    api_base: str | None = None,
+    trust_endpoint: bool = False,
+    allow_modified: bool = False,
+    task: Task | Any = None,
+) -> CalibratedJudge:
+    """Load a judge from a bundle folder or file, or an MLflow ``runs:/`` or ``models:/`` URI.
+
+    ``model`` swaps the judge model (e.g. to a served copy) while keeping the calibration;
+    ``api_base`` sets its server. The bundle's own endpoint is used only with
+    ``trust_endpoint=True``; a bundle edited after saving loads only with
+    ``allow_modified=True``; a custom task the bundle does not describe must come from
+    the caller as ``task=``. Notes (an ignored endpoint, an unchecked old bundle) are
+    :class:`BundleNote` warnings.
+    """
+    loaded = open_judge(
+        reference,
+        lm=lm,
+        model=model,
+        api_base=api_base,
+        trust_endpoint=trust_endpoint,
+        allow_modified=allow_modified,
+        task=task,
+    )
+    for note in loaded.notes:
+        warnings.warn(note, BundleNote, stacklevel=2)
+    return CalibratedJudge(loaded.judge, digest=loaded.digest)
+
+
+def _local_bundle_path(reference: str | Path) -> Path:
+    text = str(reference)
+    folder = Path(text)
+    if (folder / "artifacts" / BUNDLE_FILE).exists():  # a folder written by save_model
+        return folder / "artifacts" / BUNDLE_FILE
+    if text.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=tempfile.mkdtemp()))
+        except (MlflowException, OSError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise FileNotFoundError(
+                f"{text}: no such judge in the MLflow store {redact_url(mlflow.get_tracking_uri())} ({reason}); "
+                "check the run id or model name and alias (judgecal ui lists them), or pass --tracking-uri"
+            ) from None
+        candidates = [local / BUNDLE_FILE, *local.glob(f"**/{BUNDLE_FILE}")]
+        for candidate in candidates:
+            if candidate.exists():
+                return candidate
+        raise FileNotFoundError(f"{text}: the MLflow model holds no {BUNDLE_FILE}")
+    return Path(text)
+
+
+def _pyfunc_settings(bundle: JudgeBundle, bundle_file: Path) -> dict[str, Any]:
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from judgecal.tasks.registry import task_from_spec
+
+    names = list(task_from_spec(bundle.task, bundle.signature).spec.input_names)
+    example = pd.DataFrame([dict.fromkeys(names, "")])
+    output = pd.DataFrame([{"label": "", "confidence": 0.0, "error": ""}])
+    return {
+        "python_model": str(Path(__file__).with_name("mlflow_model.py")),
+        "artifacts": {"bundle": str(bundle_file)},
+        "signature": infer_signature(example, output),
+        "pip_requirements": [f"judgecal=={package_versions().get('judgecal', '0')}"],
+        # Declared so that load_model(uri, model_config={...}) may set them (MLflow ignores
+        # keys a model did not declare when it was saved).
+        "model_config": {"model": None, "api_base": None, "trust_endpoint": False, "allow_modified": False},
+    }
+
+
+Savable = FittedJudge | CalibratedJudge | JudgeBundle | Path
+
+
+@contextmanager
+def _bundle_file(judge: Savable, lm_config: LMConfig | None) -> Iterator[tuple[JudgeBundle, Path]]:
+    """The bundle to save and a ``judge.json`` holding it: a bundle file given as a path
+    is used as it is (digest and all); anything else is written to a temporary folder."""
+    if isinstance(judge, Path):
+        file = judge / BUNDLE_FILE if judge.is_dir() else judge
+        yield read_bundle(file, allow_modified=True), file
+        return
+    if isinstance(judge, JudgeBundle):
+        bundle = judge
+    else:
+        fitted = judge.fitted if isinstance(judge, CalibratedJudge) else judge
+        bundle = bundle_from_judge(fitted, lm_config or LMConfig())
+    with tempfile.TemporaryDirectory() as scratch:
+        yield bundle, save_bundle(bundle, scratch)
+
+
+def save_model(judge: Savable, path: str | Path, *, lm_config: LMConfig | None = None) -> Path:
+    """Save a judge (a fitted judge, a bundle, or a bundle file) as an MLflow pyfunc model
+    folder at ``path``: the bundle and the code file that loads it, nothing pickled.
+    ``lm_config``: the judge model's settings, saved without secrets (default: the
+    embedded model)."""
+    import mlflow
+
+    with _bundle_file(judge, lm_config) as (bundle, file), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+        mlflow.pyfunc.save_model(str(path), **_pyfunc_settings(bundle, file))
+    return Path(path)
+
+
+def log_model(judge: Savable, name: str = MODEL_ARTIFACT, *, lm_config: LMConfig | None = None) -> Any:
+    """Log a judge (as :func:`save_model` takes it) as an MLflow pyfunc model named
+    ``name`` in the active run. Returns MLflow's ``ModelInfo``."""
+    import mlflow
+
+    with _bundle_file(judge, lm_config) as (bundle, file), warnings.catch_warnings():
+        # An input example would make MLflow run the judge (and its LM) while logging.
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+        return mlflow.pyfunc.log_model(name=name, **_pyfunc_settings(bundle, file))
+
+
+def load_model(reference: str | Path, **options: Any) -> CalibratedJudge:
+    """The flavor's third verb: :func:`load_judge` (a model folder, a bundle, ``runs:/`` or
+    ``models:/``); loading runs no code from the model."""
+    return load_judge(reference, **options)

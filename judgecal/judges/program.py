@@ -1,0 +1,367 @@
+"""Judges: a DSPy program for a task, run over rows to give verdicts.
+
+``JudgeProgram`` is the small DSPy module optimizers compile (instructions and demos
+live on its ``predict``). ``Judge`` pairs a program with the LM that runs it and a
+decision rule, and turns rows into :class:`Verdict` objects, scikit-learn style:
+``judge.predict(rows)`` and ``judge.score(rows)``.
+
+A verdict is invalid only when an answer arrived and could not be read. A call that
+failed (rate limit, server error, timeout, lost connection) is retried with backoff; if it
+still fails, or the row does not fit the model's context, the row raises
+:class:`RowFailedError` naming it: it is never scored as a wrong answer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import dspy
+from pydantic import BaseModel, ConfigDict, Field
+
+from judgecal.data.rows import LabeledRow, LabelValue
+from judgecal.judges.verdict import Verdict, answer_key
+from judgecal.progress import ProgressFactory
+from judgecal.stats.metrics import LabelSpace, label_metrics, order_consistency
+from judgecal.tasks.registry import Task
+
+FAILING_START = 3
+
+
+class JudgeFailedError(RuntimeError):
+    """A judge that fails on every one of its first rows is misconfigured, not wrong."""
+
+
+class RowFailedError(RuntimeError):
+    """The judge model gave no answer for one row: its call kept failing, or the row is
+    longer than the model's context. Nothing was scored for the row."""
+
+    def __init__(self, message: str, *, row_id: str, line: int | None, reason: str) -> None:
+        super().__init__(message)
+        self.row_id = row_id
+        self.line = line
+        self.reason = reason
+
+
+class RetryPolicy(BaseModel):
+    """How a judge retries a call that failed for a transient reason (HTTP 429 or 5xx, a
+    timeout, a lost connection), on top of the LM's own retries: outages outlast those."""
+
+    model_config = ConfigDict(frozen=True)
+
+    attempts: int = Field(default=2, ge=1, description="Calls per row, the first included.")
+    first_wait: float = Field(default=2.0, ge=0, description="Seconds before the first retry; doubled each time.")
+    max_wait: float = Field(default=60.0, ge=0, description="Longest wait, also for a server's Retry-After.")
+
+    def wait(self, attempt: int, error: BaseException | None) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (from 1): exponential backoff,
+        or longer when the server asked for it (``retry_after``)."""
+        backoff = self.first_wait * 2 ** (attempt - 1)
+        hint = getattr(error, "retry_after", None)
+        if isinstance(hint, int | float) and hint > backoff:
+            backoff = float(hint)
+        return min(backoff, self.max_wait)
+
+
+class JudgeProgram(dspy.Module):
+    """One ``Predict`` over the task's signature: the unit DSPy optimizers tune.
+
+    ``verbalized=True`` adds an output where the judge states how likely the positive
+    answer is (0–100): the confidence to threshold on when the backend gives no token
+    probabilities.
+    """
+
+    def __init__(self, signature: Any, *, verbalized: bool = False) -> None:
+        super().__init__()
+        self.verbalized = verbalized
+        self.predict = dspy.Predict(verbalized_signature(signature) if verbalized else signature)
+
+    def forward(self, **inputs: Any) -> dspy.Prediction:
+        return self.predict(**inputs)
+
+
+VERBALIZED_FIELD = "probability_percent"
+
+
+def verbalized_signature(signature: Any) -> Any:
+    """The signature plus an integer 0–100 output: the judge's stated chance of the positive
+    answer. Appended after the decision so the decision is made first."""
+    from typing import Annotated
+
+    from pydantic import Field as PydanticField
+
+    return signature.append(
+        VERBALIZED_FIELD,
+        dspy.OutputField(desc="How likely the answer above is true, from 0 (surely not) to 100 (surely)."),
+        type_=Annotated[int, PydanticField(ge=0, le=100)],
+    )
+
+
+def answer_probabilities(logprobs: Any, field: str, answers: Sequence[LabelValue]) -> dict[str, float] | None:
+    """Probability of each allowed answer of ``field``, read from token logprobs.
+
+    Works on any OpenAI-shaped ``logprobs.content``: finds the first token where the
+    field's value begins to differ between answers and compares the answers' tokens
+    among that step's alternatives. Returns None when the logprobs do not show it.
+    """
+    content = _content_of(logprobs)
+    if not content:
+        return None
+    keys = [answer_key(a) for a in answers]
+    texts = [str(_get(token, "token") or "") for token in content]
+    joined = "".join(texts)
+    match = re.search(r'"' + re.escape(field) + r'"\s*:\s*', joined)
+    if match is None:
+        return None
+    value_at = match.end()
+    offset = 0
+    for token, text in zip(content, texts, strict=True):
+        end = offset + len(text)
+        if end <= value_at:
+            offset = end
+            continue
+        lead = text[: max(0, value_at - offset)]
+        chosen_rest = text[len(lead) :].lstrip(' "')
+        if not chosen_rest:
+            offset = end
+            continue
+        scores: dict[str, float] = {}
+        seen: set[str] = set()
+        alternatives = [(text, _get(token, "logprob"))]
+        alternatives += [(_get(alt, "token"), _get(alt, "logprob")) for alt in _get(token, "top_logprobs") or []]
+        for alt_text, logprob in alternatives:
+            if alt_text is None or logprob is None or alt_text in seen or not alt_text.startswith(lead):
+                continue
+            seen.add(alt_text)
+            rest = alt_text[len(lead) :].lstrip(' "')
+            if not rest:
+                continue
+            matching = [key for key in keys if key.startswith(rest) or rest.startswith(key)]
+            if len(matching) != 1:
+                continue
+            scores[matching[0]] = _logsumexp(scores.get(matching[0]), float(logprob))
+        if not scores:
+            return None
+        top = max(scores.values())
+        weights = {key: _exp(scores[key] - top) if key in scores else 0.0 for key in keys}
+        total = sum(weights.values())
+        return {key: weight / total for key, weight in weights.items()}
+    return None
+
+
+def _content_of(logprobs: Any) -> list[Any] | None:
+    if logprobs is None:
+        return None
+    content = _get(logprobs, "content")
+    return list(content) if content else None
+
+
+def _get(obj: Any, key: str) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def _exp(value: float) -> float:
+    import math
+
+    return math.exp(value)
+
+
+def _logsumexp(current: float | None, value: float) -> float:
+    import math
+
+    if current is None:
+        return value
+    top = max(current, value)
+    return top + math.log(math.exp(current - top) + math.exp(value - top))
+
+
+class Judge:
+    """A task's program bound to an LM: rows in, verdicts out.
+
+    Rows are judged in group order, one at a time, so consecutive prompts share their
+    instructions, demos and often the first input: a local model reuses that prefix.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        program: JudgeProgram | None = None,
+        *,
+        lm: Any = None,
+        adapter: Any = None,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.task = task
+        self.program = program if program is not None else JudgeProgram(task.signature)
+        self.lm = lm
+        self.adapter = adapter if adapter is not None else dspy.JSONAdapter()
+        self.name = name or task.name
+        self.retry = retry if retry is not None else RetryPolicy()
+
+    # -- one row ---------------------------------------------------------------------
+
+    def judge_inputs(self, inputs: dict[str, Any]) -> Verdict:
+        """Judge one set of inputs. An answer that cannot be read becomes an invalid
+        verdict; a failed call is retried (see :class:`RetryPolicy`) and, if it still
+        fails, raises the LM's error (``dspy.utils.exceptions.LMError``)."""
+        from dspy.utils.exceptions import LMError
+
+        field = self.task.decision_field
+        try:
+            prediction = self._call(inputs)
+        except (LMError, FileNotFoundError):
+            raise
+        except Exception as error:  # the answer arrived but the adapter could not read it
+            return Verdict(label=None, error=f"{type(error).__name__}: {error}"[:500])
+        raw = prediction.get(field) if hasattr(prediction, "get") else getattr(prediction, field, None)
+        try:
+            label = self.task.spec.parse_label(raw)
+        except ValueError as error:
+            return Verdict(label=None, error=str(error))
+        probabilities = answer_probabilities(getattr(prediction, "logprobs", None), field, self.task.spec.labels)
+        stated = prediction.get(VERBALIZED_FIELD) if hasattr(prediction, "get") else None
+        positive = self.task.spec.positive
+        if probabilities is None and positive is not None and isinstance(stated, int | float):
+            p = min(1.0, max(0.0, float(stated) / 100))
+            negative = next(v for v in self.task.spec.labels if v != positive)
+            probabilities = {answer_key(positive): p, answer_key(negative): 1 - p}
+        confidence = probabilities.get(answer_key(label)) if probabilities else None
+        return Verdict(label=label, confidence=confidence, probabilities=probabilities)
+
+    def _call(self, inputs: dict[str, Any]) -> Any:
+        """The program's prediction, retrying transient LM failures with backoff."""
+        from dspy.utils.exceptions import is_retryable_lm_error
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt
+
+        policy = self.retry
+        retrying = Retrying(
+            stop=stop_after_attempt(policy.attempts),
+            wait=lambda state: policy.wait(state.attempt_number, state.outcome.exception() if state.outcome else None),
+            retry=retry_if_exception(is_retryable_lm_error),
+            reraise=True,
+        )
+        prediction = None
+        for attempt in retrying:
+            with attempt, dspy.context(lm=self.lm, adapter=self.adapter):
+                prediction = self.program(**inputs)
+        return prediction
+
+    def __call__(self, **inputs: Any) -> Verdict:
+        return self.judge_inputs(inputs)
+
+    # -- many rows -------------------------------------------------------------------
+
+    def predict(
+        self, rows: Sequence[LabeledRow], *, progress: ProgressFactory | None = None, description: str = ""
+    ) -> list[Verdict]:
+        """Verdicts in the order of ``rows``; computed in group order for prefix reuse.
+        A row the model gave no answer for stops with :class:`RowFailedError`."""
+        order = sorted(range(len(rows)), key=lambda i: (rows[i].group, i))
+        verdicts: list[Verdict | None] = [None] * len(rows)
+        tracker = progress(len(rows), description or self.name) if progress else None
+        try:
+            for done, index in enumerate(order, start=1):
+                verdict = self._judge_row(rows[index])
+                verdicts[index] = verdict
+                if tracker is not None:
+                    tracker.advance()
+                if done == FAILING_START and all(verdicts[i] and verdicts[i].error for i in order[:done]):
+                    raise JudgeFailedError(
+                        f"judge '{self.name}' failed on its first {done} rows; the last error: {verdict.error}"
+                    )
+        finally:
+            if tracker is not None:
+                tracker.close()
+        return [v for v in verdicts if v is not None]
+
+    def _judge_row(self, row: LabeledRow) -> Verdict:
+        from dspy.utils.exceptions import ContextWindowExceededError, LMError
+
+        try:
+            return self.judge_inputs(row.inputs)
+        except ContextWindowExceededError as error:
+            reason = f"longer than the judge model's context ({_first_line(error)})"
+            raise RowFailedError(
+                f"judge '{self.name}': row {row.id!r}{_at_line(row)} is {reason}; shorten its inputs or use a "
+                "model with a longer context",
+                row_id=row.id,
+                line=row.line,
+                reason=reason,
+            ) from error
+        except LMError as error:
+            if _is_configuration_error(error):
+                raise
+            reason = f"the LM call failed after {self.retry.attempts} attempts: {_first_line(error)}"
+            raise RowFailedError(
+                f"judge '{self.name}': row {row.id!r}{_at_line(row)}: {reason}; nothing was scored for it. "
+                "Check the judge model's server and run again",
+                row_id=row.id,
+                line=row.line,
+                reason=reason,
+            ) from error
+
+    def predict_swapped(
+        self, rows: Sequence[LabeledRow], *, progress: ProgressFactory | None = None, description: str = ""
+    ) -> list[Verdict]:
+        """Pairwise only: verdicts with the two responses swapped (in the swapped pair's terms)."""
+        swapped = [row.model_copy(update={"inputs": swap_pair(row.inputs)}) for row in rows]
+        return self.predict(swapped, progress=progress, description=description)
+
+    def score(
+        self,
+        rows: Sequence[LabeledRow],
+        verdicts: Sequence[Verdict] | None = None,
+        swapped: Sequence[Verdict] | None = None,
+    ) -> dict[str, float]:
+        """Agreement with the human labels of ``rows``."""
+        verdicts = list(verdicts) if verdicts is not None else self.predict(rows)
+        return score_verdicts(self.task, rows, verdicts, swapped)
+
+
+def score_verdicts(
+    task: Task, rows: Sequence[LabeledRow], verdicts: Sequence[Verdict], swapped: Sequence[Verdict] | None = None
+) -> dict[str, float]:
+    """Point estimates; :mod:`judgecal.evaluation` adds intervals and comparisons."""
+    space = LabelSpace(labels=task.spec.labels, positive=task.spec.positive, ordinal=task.spec.is_ordinal)
+    metrics = label_metrics(space, [row.label for row in rows], [v.label for v in verdicts])
+    if swapped is not None:
+        metrics["order_consistency"] = order_consistency(
+            [None if v.label is None else str(v.label) for v in verdicts],
+            [None if v.label is None else str(v.label) for v in swapped],
+        )
+    return metrics
+
+
+def swap_pair(inputs: dict[str, Any]) -> dict[str, Any]:
+    if "response_a" not in inputs or "response_b" not in inputs:
+        raise ValueError("order swapping needs inputs 'response_a' and 'response_b'")
+    return {**inputs, "response_a": inputs["response_b"], "response_b": inputs["response_a"]}
+
+
+def _is_configuration_error(error: Exception) -> bool:
+    """LM errors that mean the judge cannot run at all (bad key, billing, unknown model,
+    an unsupported setting): they stop the run as they are, for every row alike."""
+    import dspy.utils.exceptions as lm_errors
+
+    names = (
+        "LMAuthError",
+        "LMBillingError",
+        "LMConfigurationError",
+        "LMUnsupportedFeatureError",
+        "LMUnsupportedModelError",
+    )
+    return isinstance(error, tuple(getattr(lm_errors, name) for name in names))
+
+
+def _first_line(error: BaseException) -> str:
+    """``Type: message`` on one line (DSPy appends lines of generic advice)."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def _at_line(row: LabeledRow) -> str:
+    return f" (line {row.line})" if row.line is not None else ""

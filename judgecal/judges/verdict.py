@@ -1,0 +1,35 @@
+"""What a judge said about one row: the verdict, its probability and any error."""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from judgecal.data.rows import LabelValue
+
+
+class Verdict(BaseModel):
+    """What a judge said about one row."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: LabelValue | None = Field(description="The verdict; None when the judge gave no valid answer.")
+    confidence: float | None = Field(
+        default=None, description="Probability the judge put on its verdict, from token probabilities."
+    )
+    probabilities: dict[str, float] | None = Field(
+        default=None, description="Probability of each allowed answer (JSON spelling: 'true', 'A', ...)."
+    )
+    rationale: str | None = None
+    error: str | None = None
+
+    def probability_of(self, label: LabelValue) -> float | None:
+        if self.probabilities is None:
+            return None
+        return self.probabilities.get(answer_key(label))
+
+
+def answer_key(label: LabelValue) -> str:
+    """How an answer is spelled in JSON output: ``true``, ``false``, ``A``, ``tie``."""
+    return json.dumps(label) if isinstance(label, bool) else str(label)

@@ -1,0 +1,366 @@
+"""One calibration, end to end: data → split → raw judge → calibrated judge → test
+metrics → MLflow run with the judge bundle and model.
+
+An experiment is described by a TOML file (see ``experiments/*.toml``); every field can
+be overridden from the command line.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from judgecal.backends.models import build_lm, configure_dspy_cache
+from judgecal.calibrate.guard import RowGuard
+from judgecal.calibrate.optimizers import CalibrationConfig, strategy_name
+from judgecal.calibrate.strategies import FitResult, StrategyEnv, StrategySpec, fit_judge, resolve_strategies
+from judgecal.data.rows import DataError, Dataset, LabeledRow, load_rows, load_verdicts
+from judgecal.data.split import Split, split_by_group
+from judgecal.judges.fitted import FittedJudge, MemoJudge, ProgramJudge, RecordedJudge, unwrap
+from judgecal.judges.program import JudgeProgram, score_verdicts
+from judgecal.judges.verdict import Verdict
+from judgecal.judges.verifiers import configure_embedding_cache
+from judgecal.pipeline.config import ExperimentConfig
+from judgecal.pipeline.tracking import ensure_experiment, project_path, track_calibration
+from judgecal.progress import ProgressFactory
+from judgecal.report.agreement import AgreementReport, evaluate_record
+from judgecal.report.records import REFERENCE_PREFIX, EvaluationRecord, JudgeRecord, build_record, label_space
+from judgecal.tasks.registry import Task, resolve_task
+from judgecal.workspace import configure_tracking, dspy_cache_dir, embedding_cache_dir, workspace_root
+
+
+@dataclass
+class SideResult:
+    """One judge's verdicts on the test split and their agreement with humans."""
+
+    verdicts: list[Verdict]
+    swapped: list[Verdict] | None
+    metrics: dict[str, float]
+    seconds: float
+
+
+@dataclass
+class Prepared:
+    """Everything a calibration starts from: rows split by group, the raw judge, the guard
+    that keeps test rows out of fitting and selection."""
+
+    config: ExperimentConfig
+    task: Task
+    dataset: Dataset
+    split: Split
+    lm: Any
+    raw: FittedJudge
+    guard: RowGuard
+    order_swap: bool
+    root: Path
+    started_at: float = field(default_factory=time.time)
+    gate_rows: tuple[LabeledRow, ...] = ()
+
+    @property
+    def reference_judges(self) -> tuple[str, ...]:
+        return tuple(sorted({name for row in self.dataset.rows for name in row.reference_judges}))
+
+    def env(self, log: Any = print) -> StrategyEnv:
+        """What strategies are built from; the raw judge's answers are kept per row."""
+        return StrategyEnv(
+            task=self.task,
+            raw=self.raw,
+            lm=self.lm,
+            settings=self.config.calibration,
+            references=self.reference_judges,
+            log=log,
+        )
+
+
+def prepare(config: ExperimentConfig, *, root: Path | None = None, log: Any = print) -> Prepared:
+    """Load and split the rows, build the LM (unless verdicts are recorded) and the raw judge."""
+    root = root or workspace_root()
+    task = resolve_task(config.judge.task)
+    dataset = load_rows(config.judge.data, task.spec, limit=config.judge.limit)
+    split = split_by_group(dataset, config.split)
+    sizes = split.sizes
+    log(
+        f"{config.judge.name}: {len(dataset)} rows from {project_path(dataset.source, root)} → "
+        f"train {sizes['train']}, dev {sizes['dev']}, test {sizes['test']} (grouped, seed {config.split.seed})"
+    )
+    configure_dspy_cache(dspy_cache_dir(root))
+    configure_embedding_cache(embedding_cache_dir(root))
+    if config.judge.recorded and config.judge.verdicts:
+        raise DataError("give either judge.recorded or judge.verdicts, not both", field="judge")
+    lm = None
+    if config.judge.verdicts is not None:
+        verdicts = load_verdicts(config.judge.verdicts, task.spec)
+        raw: FittedJudge = RecordedJudge(task, str(config.judge.verdicts), config.judge.name, verdicts)
+    elif config.judge.recorded is not None:
+        known = {name for row in dataset.rows for name in row.reference_judges}
+        if config.judge.recorded not in known:
+            found = ", ".join(sorted(known)) or "none"
+            raise DataError(
+                f"no recorded judge {config.judge.recorded!r} in the rows (found: {found})",
+                path=dataset.source,
+                field="reference_judges",
+            )
+        raw = RecordedJudge(task, config.judge.recorded, config.judge.name)
+    else:
+        lm = build_lm(config.lm)
+        raw = ProgramJudge(task, JudgeProgram(task.signature), lm, config.judge.name)
+    pairwise = {"response_a", "response_b"} <= set(task.spec.input_names)
+    order_swap = config.order_swap if config.order_swap is not None else pairwise
+    gate = _gate_rows(config, task, dataset, split)
+    guard = RowGuard.for_rows([*split.test.rows, *gate], [*split.train.rows, *split.dev.rows])
+    return Prepared(config, task, dataset, split, lm, MemoJudge(raw), guard, order_swap, root, gate_rows=gate)
+
+
+def _gate_rows(config: ExperimentConfig, task: Task, dataset: Dataset, split: Split) -> tuple[LabeledRow, ...]:
+    """Rows for the champion gate: ``--gate-data`` (which must not repeat an id of the data),
+    else the split's gate share."""
+    if config.judge.gate_data is None:
+        return split.gate.rows if split.gate is not None else ()
+    fresh = load_rows(config.judge.gate_data, task.spec)
+    known = {row.id for row in dataset.rows}
+    repeated = next((row for row in fresh.rows if row.id in known), None)
+    if repeated is not None:
+        raise DataError(
+            f"id {repeated.id!r} is also in the calibration data; gate rows must be fresh",
+            path=config.judge.gate_data,
+            line=repeated.line,
+            field="id",
+        )
+    return fresh.rows
+
+
+@dataclass
+class CalibrationReport:
+    config: ExperimentConfig
+    task: Task
+    split: Split
+    raw: SideResult
+    calibrated: SideResult
+    calibration_seconds: float
+    calibration_lm_calls: int
+    strategy: str = ""
+    run_id: str | None = None
+    experiment_id: str | None = None
+    tracking_uri: str | None = None
+    metric_names: list[str] = field(default_factory=list)
+    lm: Any = None
+    calibrated_judge: FittedJudge | None = None
+    record: EvaluationRecord | None = None
+    agreement: AgreementReport | None = None
+    registry: Any = None
+    started_at: float = field(default_factory=time.time)
+    gate: EvaluationRecord | None = None
+    model_uri: str | None = None
+    not_exported: str | None = None
+
+    @property
+    def calibrated_program(self) -> JudgeProgram | None:
+        return self.calibrated_judge.program if isinstance(self.calibrated_judge, ProgramJudge) else None
+
+    @property
+    def delta(self) -> dict[str, float]:
+        return {
+            name: self.calibrated.metrics[name] - self.raw.metrics[name]
+            for name in self.metric_names
+            if name in self.raw.metrics and name in self.calibrated.metrics
+        }
+
+    def table(self) -> list[tuple[str, float, float, float]]:
+        delta = self.delta
+        return [(m, self.raw.metrics[m], self.calibrated.metrics[m], delta[m]) for m in self.metric_names if m in delta]
+
+
+def judge_split(
+    judge: FittedJudge,
+    task: Task,
+    rows: Sequence[LabeledRow],
+    *,
+    order_swap: bool,
+    progress: ProgressFactory | None,
+    label: str,
+) -> SideResult:
+    started = time.perf_counter()
+    verdicts = judge.predict(rows, progress=progress, description=f"{label}: judging test")
+    swapped = None
+    if order_swap:
+        swapped = judge.predict_swapped(rows, progress=progress, description=f"{label}: judging swapped")
+    metrics = score_verdicts(task, rows, verdicts, swapped)
+    return SideResult(verdicts, swapped, metrics, time.perf_counter() - started)
+
+
+def strategy_params(spec: StrategySpec, config: CalibrationConfig) -> dict[str, Any]:
+    """Settings a strategy takes from the experiment file (the search suggests its own):
+    ``[calibration] params``, and ``C`` for the verifiers."""
+    params: dict[str, Any] = {}
+    if spec.family == "verifier" and "C" in config.model_fields_set:
+        params["C"] = config.C
+    params.update(config.params)
+    return params
+
+
+def final_fit(spec: StrategySpec, prepared: Prepared, params: dict[str, Any], log: Any = print) -> FitResult:
+    """The judge that is reported on test and exported. A strategy that calls the model to
+    fit is compiled on train and selects its candidates on dev; any other is fitted on
+    train + dev together (its own decision cut chosen on out-of-fold predictions)."""
+    split = prepared.split
+    env = prepared.env(log)
+    if spec.calls_lm_to_fit:
+        return fit_judge(spec, env, params, split.train.rows, split.dev.rows, prepared.guard)
+    rows = [*split.train.rows, *split.dev.rows]
+    return fit_judge(spec, env, params, rows, None, prepared.guard, step="fit on train + dev")
+
+
+def run_calibration(
+    config: ExperimentConfig,
+    *,
+    progress: ProgressFactory | None = None,
+    track: bool = True,
+    tracking_uri: str | None = None,
+    root: Path | None = None,
+    log: Any = print,
+) -> CalibrationReport:
+    """Calibrate one judge with one strategy and record it; test is used only for the report."""
+    prepared = prepare(config, root=root, log=log)
+    if track:  # a tracking store that cannot be reached fails now, not after the work
+        configure_tracking(tracking_uri, prepared.root)
+        ensure_experiment(config.judge.name, prepared.root)
+    [spec] = resolve_strategies(
+        [strategy_name(config.calibration)], prepared.task, has_program=isinstance(unwrap(prepared.raw), ProgramJudge)
+    )
+    where = "train, selecting on dev" if spec.calls_lm_to_fit else "train + dev"
+    log(f"{config.judge.name}: calibrating with {spec.name} ({spec.description}) on {where}")
+    result = final_fit(spec, prepared, strategy_params(spec, config.calibration), log)
+    return report_and_record(prepared, result, progress=progress, track=track, tracking_uri=tracking_uri, log=log)
+
+
+def report_and_record(
+    prepared: Prepared,
+    result: FitResult,
+    *,
+    progress: ProgressFactory | None,
+    track: bool,
+    tracking_uri: str | None,
+    log: Any,
+    run_id: str | None = None,
+    description_extra: str = "",
+) -> CalibrationReport:
+    """The calibrated judge beside the raw one on test, its verdicts on the gate rows, and
+    (when tracking) its MLflow run and registry version."""
+    task, split, config = prepared.task, prepared.split, prepared.config
+    raw = judge_split(
+        prepared.raw, task, split.test.rows, order_swap=prepared.order_swap, progress=progress, label="raw"
+    )
+    calibrated = judge_split(
+        result.judge, task, split.test.rows, order_swap=prepared.order_swap, progress=progress, label="calibrated"
+    )
+    report = assemble_report(prepared, raw, calibrated, result)
+    report.gate = gate_record(prepared, result.judge, progress)
+    if not track:
+        return report
+    track_calibration(
+        report,
+        result.judge,
+        prepared,
+        tracking_uri=tracking_uri,
+        run_id=run_id,
+        description_extra=description_extra,
+    )
+    if report.not_exported:
+        log(report.not_exported)
+    if config.judge.register_as and report.run_id and report.model_uri:
+        from judgecal.export.registry import register_judge
+        from judgecal.report import summary
+
+        words = report.agreement.comparison.statement if report.agreement and report.agreement.comparison else ""
+        title = summary.title(report.agreement, config.judge.name) if report.agreement else config.judge.name
+        report.registry = register_judge(
+            report.run_id,
+            report.model_uri or f"runs:/{report.run_id}/judge",
+            config.judge.register_as,
+            report.gate,
+            gate_rows=list(prepared.gate_rows),
+            summary=f"{title}. {words}",
+            n_resamples=config.report.n_resamples,
+            seed=config.report.seed,
+        )
+        log(report.registry.reason)
+    return report
+
+
+def gate_record(prepared: Prepared, judge: FittedJudge, progress: ProgressFactory | None) -> EvaluationRecord | None:
+    """The calibrated judge's verdicts on the gate rows, for the registry's champion gate."""
+    rows = prepared.gate_rows
+    if not rows:
+        return None
+    verdicts = judge.predict(rows, progress=progress, description="calibrated: judging gate rows")
+    return build_record(
+        prepared.config.judge.name,
+        prepared.task.reference,
+        prepared.task.spec,
+        rows,
+        {"calibrated": JudgeRecord(verdicts=[v.label for v in verdicts])},
+        include_reference=False,
+        data_fingerprint=prepared.split.data_fingerprint,
+        split_fingerprint=gate_fingerprint(rows),
+    ).model_copy(update={"split": "gate"})
+
+
+def gate_fingerprint(rows: Sequence[LabeledRow]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(row.id for row in rows)).encode()).hexdigest()
+
+
+def assemble_report(
+    prepared: Prepared, raw: SideResult, calibrated: SideResult, result: FitResult
+) -> CalibrationReport:
+    config, task, split = prepared.config, prepared.task, prepared.split
+    metric_names = list(label_space(task.spec).metric_names())
+    if prepared.order_swap:
+        metric_names.append("order_consistency")
+    record = build_record(
+        config.judge.name,
+        task.reference,
+        task.spec,
+        split.test.rows,
+        {"raw": judge_record(task, raw), "calibrated": judge_record(task, calibrated)},
+        data_fingerprint=split.data_fingerprint,
+        split_fingerprint=split.fingerprint,
+    )
+    raw_judge = unwrap(prepared.raw)
+    if isinstance(raw_judge, RecordedJudge) and raw_judge.verdicts is None:
+        record.judges.pop(f"{REFERENCE_PREFIX}{raw_judge.source}", None)  # the same verdicts as "raw"
+    agreement = evaluate_record(record, n_resamples=config.report.n_resamples, seed=config.report.seed)
+    return CalibrationReport(
+        config=config,
+        task=task,
+        split=split,
+        raw=raw,
+        calibrated=calibrated,
+        calibration_seconds=result.seconds,
+        calibration_lm_calls=result.lm_calls,
+        strategy=result.strategy,
+        metric_names=metric_names,
+        lm=prepared.lm,
+        calibrated_judge=result.judge,
+        record=record,
+        agreement=agreement,
+        started_at=prepared.started_at,
+    )
+
+
+def judge_record(task: Task, side: SideResult) -> JudgeRecord:
+    """A judge's verdicts with P(positive) (binary) and P(verdict), for the record."""
+    positive = task.spec.positive
+    probability = None
+    if positive is not None:
+        probability = [v.probability_of(positive) for v in side.verdicts]
+    return JudgeRecord(
+        verdicts=[v.label for v in side.verdicts],
+        probability=probability,
+        confidence=[v.confidence for v in side.verdicts],
+        swapped=[v.label for v in side.swapped] if side.swapped is not None else None,
+    )

@@ -1,0 +1,303 @@
+"""A search end to end: the rows split, the Optuna study run (:mod:`judgecal.calibrate.search`),
+every trial a child run in MLflow (repeated, pruned and failed ones included, with their
+state), and the selected judge reported on test beside the raw one in the study's parent
+run with the leaderboard (a raw row first), its card, bundle and model.
+
+The parent run is created by the first worker of a study and reused by the others and by
+a resumed search; its name states the selected judge's result.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from judgecal.calibrate.search import (
+    SearchConfig,
+    TrialRow,
+    check_study,
+    default_storage,
+    distinct_finished,
+    enqueue_defaults,
+    open_study,
+    run_study,
+)
+from judgecal.calibrate.selection import Choice
+from judgecal.calibrate.strategies import resolve_strategies
+from judgecal.pipeline.calibration import CalibrationReport, Prepared, prepare, report_and_record
+from judgecal.pipeline.config import ExperimentConfig
+from judgecal.pipeline.tracking import ensure_experiment
+from judgecal.progress import ProgressFactory
+from judgecal.redact import redact_url as redact
+from judgecal.workspace import configure_tracking, store_lock
+
+
+@dataclass
+class SearchReport:
+    study_name: str
+    storage: str
+    rows: list[TrialRow]
+    choice: Choice | None
+    calibration: CalibrationReport | None
+    raw_dev: float | None = None
+    parent_run_id: str | None = None
+    tracking_uri: str | None = None
+    new_trials: int = 0
+    complete: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best(self) -> TrialRow | None:
+        if self.choice is None:
+            return None
+        return next((row for row in self.rows if row.number == self.choice.winner.number), None)
+
+
+def run_search(
+    config: ExperimentConfig,
+    search: SearchConfig,
+    *,
+    progress: ProgressFactory | None = None,
+    track: bool = True,
+    tracking_uri: str | None = None,
+    root: Path | None = None,
+    log: Any = print,
+) -> SearchReport:
+    prepared = prepare(config, root=root, log=log)
+    return search_prepared(prepared, search, progress=progress, track=track, tracking_uri=tracking_uri, log=log)
+
+
+def search_prepared(
+    prepared: Prepared,
+    search: SearchConfig,
+    *,
+    progress: ProgressFactory | None = None,
+    track: bool = True,
+    tracking_uri: str | None = None,
+    log: Any = print,
+) -> SearchReport:
+    """The search on rows already split: trials see train and dev, the winner is reported
+    on test and recorded in the study's parent run with the leaderboard."""
+    config = prepared.config
+    task, split = prepared.task, prepared.split
+    env = prepared.env(log)
+    specs = {spec.name: spec for spec in resolve_strategies(search.strategies, task, has_program=env.base_is_live)}
+    storage_url = search.storage or default_storage(prepared.root)
+    study_name = search.study_name or f"{config.judge.name}-{split.fingerprint[:12]}"
+    if track:  # a tracking store that cannot be reached fails now, not after the work
+        configure_tracking(tracking_uri, prepared.root)
+        experiment_id = ensure_experiment(config.judge.name, prepared.root)
+    study = open_study(study_name, storage_url, search, len(split.dev.rows), prepared.root)
+    check_study(study, split.fingerprint, sorted(specs))
+    enqueue_defaults(study, specs, env, prepared.root)
+    log(
+        f"study {study_name} in {redact(storage_url)}: {distinct_finished(study)} of {search.trials} trials "
+        f"finished; strategies: {', '.join(specs)}"
+    )
+    parent_run_id = None
+    if track:
+        with store_lock(prepared.root):  # one parent run per study, however many workers start together
+            parent_run_id = parent_run(study, experiment_id, study_name, storage_url, config, prepared.root)
+
+    def record(study: Any, frozen: Any) -> None:
+        if parent_run_id is not None:
+            log_trial(frozen, study, parent_run_id, experiment_id, tracking_uri, prepared)
+
+    outcome = run_study(
+        study, specs, env, split.train.rows, split.dev.rows, prepared.guard, search, on_trial=record, log=log
+    )
+    report = SearchReport(
+        study_name=study_name,
+        storage=redact(storage_url),
+        rows=outcome.rows,
+        choice=outcome.choice,
+        calibration=None,
+        raw_dev=_raw_dev_score(prepared, list(split.dev.rows)),
+        parent_run_id=parent_run_id,
+        new_trials=outcome.new_trials,
+        complete=outcome.complete,
+    )
+    if outcome.choice is None or outcome.winner is None:
+        return report
+    winner = outcome.choice.winner
+    distinct = len([r for r in outcome.rows if r.duplicate_of is None])
+    steps = "\n".join(f"- {step}" for step in outcome.choice.steps)
+    report.calibration = report_and_record(
+        prepared,
+        outcome.winner,
+        progress=progress,
+        track=track and parent_run_id is not None,
+        tracking_uri=tracking_uri,
+        log=log,
+        run_id=parent_run_id,
+        description_extra=(
+            f"Selected by a search of {distinct} distinct trials ({len(outcome.rows)} with repeats): "
+            f"{winner.strategy} (trial {winner.number}). The leaderboard: `leaderboard.md`.\n\n{steps}"
+        ),
+    )
+    if track and parent_run_id is not None:
+        report.tracking_uri = report.calibration.tracking_uri
+        log_leaderboard(report, prepared)
+    return report
+
+
+def _raw_dev_score(prepared: Prepared, dev: list[Any]) -> float | None:
+    """The raw judge's κ on dev, for the leaderboard's first row (its answers are kept)."""
+    from judgecal.calibrate.selection import agreement
+
+    try:
+        verdicts = prepared.raw.predict(dev, description="raw: judging dev")
+    except Exception:
+        return None
+    return agreement(prepared.task, [row.label for row in dev], [v.label for v in verdicts])
+
+
+def storage_param(url: str, root: Path) -> str:
+    """The storage as a run records it: a SQLite file relative to the project, any other URL
+    without its password."""
+    from judgecal.pipeline.tracking import project_path
+
+    if url.startswith("sqlite:///"):
+        return "sqlite:///" + project_path(url.removeprefix("sqlite:///"), root)
+    return redact(url)
+
+
+def parent_run(
+    study: Any, experiment_id: str, study_name: str, storage_url: str, config: ExperimentConfig, root: Path
+) -> str:
+    """The study's MLflow parent run: created by the first worker, reused by the others and
+    by a resumed search."""
+    import mlflow
+
+    existing = study.user_attrs.get("mlflow_parent_run_id")
+    if existing:
+        return str(existing)
+    client = mlflow.MlflowClient()
+    run = client.create_run(
+        experiment_id,
+        run_name=f"{config.judge.name}: search {study_name} (running)",
+        tags={"judgecal.study": study_name, "judgecal.judge": config.judge.name, "judgecal.kind": "search"},
+    )
+    client.log_param(run.info.run_id, "optuna.storage", storage_param(storage_url, root))
+    study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
+    return run.info.run_id
+
+
+def log_trial(
+    frozen: Any, study: Any, parent_run_id: str, experiment_id: str, tracking_uri: str | None, prepared: Prepared
+) -> None:
+    """Every trial is a child run, repeated, pruned and failed ones included, with its state."""
+    import mlflow
+
+    configure_tracking(tracking_uri, prepared.root)
+    client = mlflow.MlflowClient()
+    attrs = frozen.user_attrs
+    strategy = str(frozen.params.get("strategy", "?"))
+    tags = {
+        "mlflow.parentRunId": parent_run_id,
+        "judgecal.strategy": strategy,
+        "judgecal.trial": str(frozen.number),
+        "judgecal.trial_state": frozen.state.name,
+    }
+    if attrs.get("duplicate_of") is not None:
+        tags["judgecal.repeat_of"] = str(attrs["duplicate_of"])
+    if attrs.get("error"):
+        tags["judgecal.error"] = str(attrs["error"])[:5000]
+    run = client.create_run(experiment_id, run_name=f"trial-{frozen.number}-{strategy}", tags=tags)
+    run_id = run.info.run_id
+    params = {f"trial.{k}": str(v)[:500] for k, v in frozen.params.items()}
+    if attrs.get("rule"):
+        params["selection.rule"] = attrs["rule"]
+    client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
+    metrics = {}
+    if frozen.value is not None:
+        metrics["selection.kappa"] = float(frozen.value)
+    if attrs.get("se") is not None and math.isfinite(attrs["se"]):
+        metrics["selection.kappa_se"] = float(attrs["se"])
+    for key in ("lm_calls", "fit_seconds", "pruned_after_rows"):
+        if attrs.get(key) is not None:
+            metrics[f"cost.{key}"] = float(attrs[key])
+    import time
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, now, 0) for k, v in metrics.items()])
+    status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}.get(frozen.state.name, "FINISHED")
+    client.set_terminated(run_id, status=status)
+    study.set_user_attr(f"run_id.{frozen.number}", run_id)  # a finished trial's own attributes are frozen
+
+
+def leaderboard_markdown(report: SearchReport) -> str:
+    lines = [
+        f"# Search {report.study_name}",
+        "",
+        "Trials are scored without test rows: cross-validated κ (mean ± standard error over grouped folds of "
+        "train + dev) for strategies that make no LM calls to fit, dev κ for those that do. "
+        "Repeated settings are answered from the earlier trial and do not count toward the budget.",
+        "",
+        "| trial | strategy | settings | state | rule | κ | ± SE | LM calls | fit s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    if report.raw_dev is not None:
+        lines.append(f"| raw | (the judge as it is) | – | – | dev | {report.raw_dev:.3f} | – | – | – |")
+    best = report.best
+    for row in report.rows:
+        settings = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in row.params.items()) or "–"
+        if row.duplicate_of is not None:
+            settings += f" (repeat of trial {row.duplicate_of})"
+        marker = " **selected**" if best is not None and row.number == best.number else ""
+        score = "–" if row.score is None else f"{row.score:.3f}"
+        se = "–" if row.se is None or not math.isfinite(row.se) else f"{row.se:.3f}"
+        state = row.state.lower() + (f": {row.error[:80]}" if row.error else "")
+        if row.pruned_after:
+            state += f" after {row.pruned_after} dev rows"
+        lines.append(
+            f"| {row.number}{marker} | {row.strategy} | {settings} | {state} | {row.rule or '–'} | {score} | {se} | "
+            f"{row.lm_calls if row.lm_calls is not None else '–'} | {row.seconds if row.seconds is not None else '–'} |"
+        )
+    if report.choice is not None:
+        lines += ["", "## Selection", "", report.choice.rule + ".", ""]
+        lines += [f"- {step}" for step in report.choice.steps]
+    return "\n".join(lines) + "\n"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def log_leaderboard(report: SearchReport, prepared: Prepared) -> None:
+    """The leaderboard beside the selected judge in the parent run: a table, its JSON and
+    a plot, with the raw judge as the first row."""
+    import mlflow
+
+    from judgecal.report import plots
+
+    assert report.parent_run_id is not None and report.best is not None
+    client = mlflow.MlflowClient()
+    run_id = report.parent_run_id
+    client.log_dict(run_id, [row.__dict__ for row in report.rows], "leaderboard.json")
+    client.log_text(run_id, leaderboard_markdown(report), "leaderboard.md")
+    client.set_tag(run_id, "judgecal.best_trial", str(report.best.number))
+    client.set_tag(run_id, "judgecal.best_strategy", report.best.strategy)
+    scored = [r for r in report.rows if r.score is not None and r.duplicate_of is None]
+    with tempfile.TemporaryDirectory() as scratch:
+        estimates = {
+            f"#{r.number} {r.strategy}": {
+                "selection κ": (r.score, r.score - (r.se or 0.0), r.score + (r.se or 0.0))
+                if r.se is not None and math.isfinite(r.se)
+                else (r.score, r.score, r.score)
+            }
+            for r in scored[:12]
+        }
+        if report.raw_dev is not None:
+            estimates = {"raw judge (dev)": {"selection κ": (report.raw_dev,) * 3}, **estimates}
+        path = plots.metric_intervals(
+            ["selection κ"],
+            estimates,
+            Path(scratch) / "leaderboard.png",
+            title=f"{prepared.config.judge.name}: trials by selection κ (± one standard error; no test rows)",
+            xlabel="selection κ: cross-validated over train + dev, or on dev",
+        )
+        client.log_artifact(run_id, str(path))

@@ -1,0 +1,273 @@
+"""MLflow tracking: one experiment per judge, one run per calibration.
+
+By default the store is local and self-contained: ``mlruns/mlflow.db`` (SQLite) with
+artifacts under ``mlruns/artifacts/``, both resolved from the workspace rather than the
+working directory. Point ``MLFLOW_TRACKING_URI`` (or ``--tracking-uri``) at an MLflow
+server to share runs between machines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from judgecal.export.bundle import bundle_digest, bundle_from_judge, save_bundle
+from judgecal.export.flavor import log_model
+from judgecal.judges.fitted import FittedJudge, NotPortableError
+from judgecal.report.card import write_card
+from judgecal.workspace import (
+    configure_tracking,
+    store_dir,
+    store_lock,
+)
+
+if TYPE_CHECKING:
+    from judgecal.pipeline.calibration import CalibrationReport, Prepared
+
+EVALUATION_FILE = "evaluation.json"
+
+
+def calibration_params(report: CalibrationReport, prepared: Prepared) -> dict[str, str]:
+    config, split = report.config, report.split
+    params = {
+        "judge.model": config.judge.recorded
+        or (project_path(config.judge.verdicts, prepared.root) if config.judge.verdicts else config.lm.model),
+        "strategy": report.strategy,
+        "seed": config.calibration.seed,
+        "data.path": project_path(prepared.dataset.source, prepared.root),
+        "data.fingerprint": split.data_fingerprint,
+        "split.fingerprint": split.fingerprint,
+        **{f"split.{name}_rows": size for name, size in split.sizes.items()},
+        "split.seed": config.split.seed,
+        "split.dev_fraction": config.split.dev,
+        "split.test_fraction": config.split.test,
+        **flat_params("lm", config.lm.model_dump(exclude={"model"})),
+        **flat_params("calibration", config.calibration.model_dump(exclude={"strategy", "seed"})),
+    }
+    return {k: str(v) for k, v in params.items()}
+
+
+def project_path(path: str | Path, root: Path) -> str:
+    """A path as the project sees it: relative to the workspace when inside it, else only
+    the file's name (the data fingerprint identifies the content)."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(root.resolve()))
+    except ValueError:
+        return resolved.name
+
+
+def track_calibration(
+    report: CalibrationReport,
+    judge: FittedJudge,
+    prepared: Prepared,
+    *,
+    tracking_uri: str | None,
+    run_name: str | None = None,
+    extra_params: dict[str, Any] | None = None,
+    run_id: str | None = None,
+    description_extra: str = "",
+) -> str:
+    """Record one calibration as an MLflow run (or into the existing run ``run_id``): named
+    by its result, described by its verdict, with headline metrics, every metric in one
+    table, the judge card, the bundle and the model."""
+    import mlflow
+
+    from judgecal.report import summary
+
+    config = report.config
+    report.tracking_uri = configure_tracking(tracking_uri, prepared.root)
+    experiment_id = ensure_experiment(config.judge.name, prepared.root)
+    client = mlflow.MlflowClient()
+    agreement = report.agreement
+    name = run_name or (summary.short_title(agreement) if agreement else "") or config.judge.name
+    if run_id is None:
+        run_id = client.create_run(experiment_id, start_time=int(report.started_at * 1000), run_name=name).info.run_id
+    else:
+        client.update_run(run_id, name=name)
+    mlflow.set_experiment(experiment_id=experiment_id)  # start_run refuses a run of another active experiment
+    with mlflow.start_run(run_id=run_id):
+        tags = {
+            "judgecal.task": report.task.reference,
+            "judgecal.judge": config.judge.name,
+            "judgecal.strategy": report.strategy,
+        }
+        if agreement is not None:
+            tags["mlflow.note.content"] = summary.description(agreement, extra=description_extra)
+            if agreement.comparison is not None:
+                tags["judgecal.outcome"] = agreement.comparison.outcome
+        mlflow.set_tags(tags)
+        params = {**calibration_params(report, prepared), **{k: str(v) for k, v in (extra_params or {}).items()}}
+        earlier = client.get_run(run_id).data.params
+        changed = sorted(k for k, v in params.items() if k in earlier and earlier[k] != v)
+        if changed:  # a resumed search may select another strategy; MLflow keeps params as first logged
+            mlflow.set_tag("judgecal.params_now", json.dumps({k: params[k] for k in changed})[:5000])
+        mlflow.log_params({k: v for k, v in params.items() if k not in earlier})
+        mlflow.log_metrics(tracked_metrics(report))
+        if agreement is not None:
+            mlflow.log_table(summary.metric_table(agreement), "metrics.json")
+        log_judge_artifacts(report, judge, prepared)
+    report.run_id = run_id
+    report.experiment_id = experiment_id
+    return run_id
+
+
+def log_judge_artifacts(report: CalibrationReport, judge: FittedJudge, prepared: Prepared) -> None:
+    """Program, evaluation record, report, judge card, bundle and MLflow model of the active run."""
+    import mlflow
+
+    config = report.config
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        program = getattr(judge, "program", None)
+        if program is not None:
+            program_path = folder / "program.json"
+            program_path.write_text(json.dumps(program.dump_state(), indent=2, ensure_ascii=False))
+            mlflow.log_artifact(str(program_path))
+        mlflow.log_dict(
+            {name: [row.id for row in part.rows] for name, part in report.split.parts().items()}
+            | {"gate": [row.id for row in prepared.gate_rows]},
+            "rows.json",
+        )
+        if report.gate is not None:
+            mlflow.log_dict(report.gate.model_dump(mode="json"), "gate.json")
+        if report.record is not None and report.agreement is not None:
+            mlflow.log_dict(report.record.model_dump(mode="json"), EVALUATION_FILE)
+            mlflow.log_dict(report.agreement.model_dump(mode="json"), "report.json")
+            card_folder = folder / "card"
+            write_card(report.agreement, report.record, card_folder)
+            mlflow.log_artifacts(str(card_folder), artifact_path="card")
+        try:
+            bundle = bundle_from_judge(
+                judge,
+                config.lm,
+                calibration={"strategy": report.strategy, **config.calibration.model_dump(exclude={"strategy"})},
+                metrics={f"test.{k}": v for k, v in report.calibrated.metrics.items()},
+                evaluation=bundle_evaluation(report),
+                data_fingerprint=report.split.data_fingerprint,
+                split_fingerprint=report.split.fingerprint,
+            )
+        except NotPortableError as reason:
+            report.not_exported = f"no judge bundle or model was exported: {reason}"
+            mlflow.set_tag("judgecal.exported", report.not_exported)
+            return
+        bundle_dir = folder / "bundle"
+        save_bundle(bundle, bundle_dir)
+        mlflow.set_tag("judgecal.bundle_digest", bundle_digest(bundle))
+        mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
+        info = log_model(bundle)
+        report.model_uri = info.model_uri
+
+
+def bundle_evaluation(report: CalibrationReport) -> dict[str, Any] | None:
+    """What a bundle says about its own quality: test metrics with intervals, the
+    comparison with the raw judge, the human ceiling."""
+    agreement = report.agreement
+    if agreement is None:
+        return None
+    calibrated = agreement.judge("calibrated")
+    return {
+        "split": agreement.split,
+        "rows": agreement.rows,
+        "groups": agreement.groups,
+        "metrics": {name: estimate.model_dump() for name, estimate in calibrated.metrics.items()},
+        "confidence": {name: estimate.model_dump() for name, estimate in calibrated.confidence_metrics.items()},
+        "comparison": agreement.comparison.model_dump() if agreement.comparison else None,
+        "human_ceiling": agreement.ceiling.model_dump() if agreement.ceiling else None,
+        "fraction_of_ceiling": calibrated.fraction_of_ceiling.model_dump() if calibrated.fraction_of_ceiling else None,
+    }
+
+
+def tracked_metrics(report: CalibrationReport) -> dict[str, float]:
+    """The headline metrics (raw, calibrated and Δ of κ and the task's main measure, the
+    p-value, ...) and the costs; every other number is in ``metrics.json`` and
+    ``report.json``."""
+    from judgecal.report import summary
+
+    metrics: dict[str, float] = {}
+    if report.agreement is not None:
+        metrics.update(summary.headline_metrics(report.agreement))
+    else:
+        for name in report.metric_names:
+            metrics[f"raw.{name}"] = report.raw.metrics[name]
+            metrics[f"calibrated.{name}"] = report.calibrated.metrics[name]
+        metrics.update({f"delta.{name}": value for name, value in report.delta.items()})
+    metrics.update(
+        {
+            "cost.fit_seconds": report.calibration_seconds,
+            "cost.fit_lm_calls": float(report.calibration_lm_calls),
+            "cost.raw_test_seconds": report.raw.seconds,
+            "cost.calibrated_test_seconds": report.calibrated.seconds,
+        }
+    )
+    stats = getattr(getattr(report.lm, "engine", None), "stats", None)
+    if stats is not None:
+        metrics["cost.prompt_tokens"] = float(stats.prompt_tokens)
+        metrics["cost.prompt_tokens_reused_rate"] = stats.reuse_rate
+    return {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
+
+
+EXPERIMENT_PREFIX = "judgecal"
+
+
+def experiment_name(judge_name: str) -> str:
+    return f"{EXPERIMENT_PREFIX}/{judge_name}"
+
+
+def ensure_experiment(judge_name: str, root: Path | None = None) -> str:
+    """The judge's experiment id; a new local experiment keeps artifacts under ``mlruns/``."""
+    import mlflow
+
+    name = experiment_name(judge_name)
+    with store_lock(root):
+        return _ensure_experiment(mlflow, name, judge_name, root)
+
+
+# MLflow 3 opens an experiment in its GenAI view (traces) unless told the experiment is
+# model development; judgecal's runs are in the runs view.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def _ensure_experiment(mlflow: Any, name: str, judge_name: str, root: Path | None) -> str:
+    existing = mlflow.get_experiment_by_name(name)
+    if existing is not None:
+        if existing.lifecycle_stage == "deleted":
+            raise RuntimeError(
+                f"MLflow experiment {name!r} is deleted; restore it in the UI or pick another judge name"
+            )
+        if existing.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND["mlflow.experimentKind"]:
+            mlflow.MlflowClient().set_experiment_tag(existing.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+        return existing.experiment_id
+    artifact_location = None
+    if mlflow.get_tracking_uri().startswith("sqlite:"):
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", judge_name).strip("-") or "judge"
+        artifact_location = (store_dir(root) / "artifacts" / slug).resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
+
+
+def flat_params(prefix: str, values: dict[str, Any]) -> dict[str, str]:
+    """Nested settings as dotted MLflow params (values truncated to MLflow's limit)."""
+    flat: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            flat.update(flat_params(name, value))
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+def ui_environment() -> dict[str, str]:
+    """Settings without which ``mlflow ui`` hangs at start-up on an offline machine
+    (MLflow's job runner and LiteLLM's cost-map fetch deadlock on an import lock)."""
+    return {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    }

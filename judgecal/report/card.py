@@ -1,0 +1,347 @@
+"""The judge card: a calibration's numbers in one markdown file with its plots, and the
+same table for the terminal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from judgecal.report import plots
+from judgecal.report.agreement import AgreementReport
+from judgecal.report.records import EvaluationRecord, JudgeRecord
+from judgecal.stats.metrics import confusion
+from judgecal.stats.uncertainty import Estimate
+
+CARD_FILE = "judge_card.md"
+
+
+HTML_CARD_FILE = "judge_card.html"
+
+
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:1.5em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:0.6em 0}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+    "th:first-child,td:first-child{text-align:left}img{max-width:100%;display:block;margin:0.5em 0}"
+    "code{background:#f3f3f3;padding:0 3px}"
+)
+
+
+def _cell(estimate: Estimate | None, signed: bool = False, digits: int = 3, separator: str = " ") -> str:
+    if estimate is None or np.isnan(estimate.value):
+        return "–"
+    fmt = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
+    if np.isnan(estimate.low):
+        return fmt.format(estimate.value)
+    return f"{fmt.format(estimate.value)}{separator}[{fmt.format(estimate.low)}, {fmt.format(estimate.high)}]"
+
+
+def _number(value: float | None) -> str:
+    return "–" if value is None or np.isnan(value) else f"{value:.3f}"
+
+
+def metric_rows(report: AgreementReport) -> list[str]:
+    names: list[str] = []
+    for score in report.judges:
+        names += [m for m in score.metrics if m not in names]
+    return names
+
+
+def terminal_table(report: AgreementReport) -> Table:
+    """Metric | each judge [95% interval] | Δ candidate − baseline [interval]."""
+    table = Table(
+        title=f"{report.judge_name}: {report.rows} {report.split} rows in {report.groups} groups "
+        f"(95% intervals, bootstrap over groups)",
+        title_justify="left",
+        show_lines=True,
+    )
+    table.add_column("metric", no_wrap=True)
+    for score in report.judges:
+        table.add_column(score.name, justify="right", no_wrap=True)
+    if report.comparison is not None:
+        table.add_column("Δ", justify="right", no_wrap=True)
+    for metric in metric_rows(report):
+        cells = [_cell(score.metrics.get(metric), digits=2, separator="\n") for score in report.judges]
+        if report.comparison is not None:
+            delta = report.comparison.deltas.get(metric)
+            text = _cell(delta, signed=True, digits=2, separator="\n")
+            if delta is not None and metric == report.comparison.metric:
+                colour = {"improved": "green", "worse": "red"}.get(report.comparison.outcome)
+                text = f"[bold {colour}]{text}[/]" if colour else f"[bold]{text}[/]"
+            cells.append(text)
+        table.add_row(metric, *cells)
+    return table
+
+
+def write_card(report: AgreementReport, record: EvaluationRecord, folder: str | Path) -> Path:
+    """Write ``judge_card.md`` and its PNG plots into ``folder``; returns the markdown path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    images = _plots(report, record, folder)
+    lines = [f"# Judge card: {report.judge_name}", ""]
+    if report.comparison is not None:
+        lines += [f"**{report.comparison.statement}**", ""]
+    rates = ", ".join(f"{label} {share:.1%}" for label, share in report.human_rates.items())
+    lines += [
+        f"Task `{report.task}` ({report.kind}). Measured on the {report.split} split: {report.rows} rows in "
+        f"{report.groups} groups, which the optimizer never saw. Human labels: {rates}.",
+        "",
+        f"Intervals are 95% percentile intervals from {report.n_resamples} bootstrap resamples of whole groups "
+        f"(seed {report.seed}); differences are paired (both judges on the same resample).",
+        "",
+    ]
+    if record.data_fingerprint:
+        lines += [
+            f"Data fingerprint `{record.data_fingerprint[:16]}`, split fingerprint "
+            f"`{(record.split_fingerprint or '')[:16]}`.",
+            "",
+        ]
+
+    lines += ["## Agreement with humans", ""]
+    header = ["metric", *[score.name for score in report.judges]]
+    if report.comparison is not None:
+        header.append(f"Δ {report.comparison.candidate} − {report.comparison.baseline}")
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for metric in metric_rows(report):
+        cells = [_cell(score.metrics.get(metric)) for score in report.judges]
+        if report.comparison is not None:
+            cells.append(_cell(report.comparison.deltas.get(metric), signed=True))
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    lines.append("")
+    rows_note = [f"{score.name}: {score.rows}" for score in report.judges if score.rows != report.rows]
+    if rows_note:
+        lines += ["Recorded judges are scored on the rows they answered (" + ", ".join(rows_note) + ").", ""]
+    if report.comparison is not None and report.comparison.mcnemar is not None:
+        test = report.comparison.mcnemar
+        lines += [
+            f"McNemar's exact test on which rows each judge got right: {test.only_second_correct} right only for "
+            f"{report.comparison.candidate}, {test.only_first_correct} right only for "
+            f"{report.comparison.baseline}, p = {test.p_value:.3g} (treats rows as independent; the group "
+            "interval above is the criterion).",
+            "",
+        ]
+
+    if report.ceiling is not None:
+        ceiling = report.ceiling
+        lines += [
+            "## Human ceiling",
+            "",
+            f"{ceiling.rows} rows carry {ceiling.annotators_per_row:.1f} annotators' labels on average.",
+            "",
+            "| human–human agreement | value |",
+            "|---|---|",
+            f"| Krippendorff's α | {_cell(ceiling.alpha)} |",
+            f"| Fleiss' κ | {_number(ceiling.fleiss_kappa)} |",
+            f"| each annotator vs the majority of the others: κ | {_cell(ceiling.annotator_vs_rest_kappa)} |",
+            f"| each annotator vs the majority of the others: agreement | "
+            f"{_cell(ceiling.annotator_vs_rest_agreement)} |",
+            f"| soft agreement (share of other annotators agreeing) | {_number(ceiling.soft_agreement)} |",
+            "",
+            "| judge | κ vs majority | fraction of the human ceiling (κ ÷ annotator-vs-rest κ) | soft agreement |",
+            "|---|---|---|---|",
+        ]
+        for score in report.judges:
+            lines.append(
+                f"| {score.name} | {_cell(score.metrics.get('kappa') or score.metrics.get('weighted_kappa'))} | "
+                f"{_cell(score.fraction_of_ceiling)} | {_number(score.soft_agreement)} |"
+            )
+        lines.append("")
+
+    if report.ceiling is None and any(score.soft_agreement is not None for score in report.judges):
+        lines += [
+            "## Agreement with soft labels",
+            "",
+            "Mean share of annotators who agree with each verdict (from the rows' soft labels).",
+            "",
+            "| judge | soft agreement |",
+            "|---|---|",
+        ]
+        lines += [f"| {score.name} | {_number(score.soft_agreement)} |" for score in report.judges]
+        lines.append("")
+
+    confident = [score for score in report.judges if score.confidence_metrics]
+    if confident:
+        lines += [
+            "## Confidence",
+            "",
+            "How well the judge's P(positive) tracks the human labels.",
+            "",
+            "| judge | Brier (lower is better) | ECE (lower is better) | ROC-AUC |",
+            "|---|---|---|---|",
+        ]
+        for score in confident:
+            c = score.confidence_metrics
+            lines.append(
+                f"| {score.name} | {_cell(c.get('brier'))} | {_cell(c.get('ece'))} | {_cell(c.get('roc_auc'))} |"
+            )
+        lines.append("")
+
+    measures: list[str] = []
+    for score in report.judges:
+        measures += [b.name for b in score.bias if b.name not in measures]
+    if measures:
+        lines += [
+            "## Biases",
+            "",
+            "| measure | humans | " + " | ".join(s.name for s in report.judges) + " |",
+            "|" + "---|" * (2 + len(report.judges)),
+        ]
+        descriptions = {}
+        for measure in measures:
+            human_value = None
+            cells = []
+            for score in report.judges:
+                found = next((b for b in score.bias if b.name == measure), None)
+                cells.append(_number(found.judge) if found else "–")
+                if found is not None:
+                    descriptions[measure] = found.description
+                    human_value = found.human if human_value is None else human_value
+            lines.append(f"| {measure} | {_number(human_value)} | " + " | ".join(cells) + " |")
+        lines.append("")
+        lines += [f"- `{name}`: {text}" for name, text in descriptions.items()]
+        lines.append("")
+
+    lines += ["## Plots", ""]
+    for caption, image in images:
+        lines += [f"![{caption}]({image.name})", ""]
+    path = folder / CARD_FILE
+    path.write_text("\n".join(lines), encoding="utf-8")
+    write_html(path, f"Judge card: {report.judge_name}")
+    return path
+
+
+def write_html(markdown_path: Path, title: str) -> Path:
+    """The card as one HTML file with its plots embedded: MLflow's artifact viewer shows
+    an HTML file whole, where it shows a markdown file's image links as text."""
+    import base64
+    import html
+    import re
+
+    from markdown_it import MarkdownIt
+
+    folder = markdown_path.parent
+    body = MarkdownIt("commonmark").enable("table").render(markdown_path.read_text(encoding="utf-8"))
+
+    def embed(match: re.Match[str]) -> str:
+        image = folder / match.group(1)
+        if not image.exists():
+            return match.group(0)
+        return 'src="data:image/png;base64,' + base64.b64encode(image.read_bytes()).decode("ascii") + '"'
+
+    body = re.sub(r'src="([^"/:]+\.png)"', embed, body)
+    page = (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body>{body}</body></html>"
+    )
+    target = folder / HTML_CARD_FILE
+    target.write_text(page, encoding="utf-8")
+    return target
+
+
+def _plots(report: AgreementReport, record: EvaluationRecord, folder: Path) -> list[tuple[str, Path]]:
+    space = record.space
+    labels = [str(label) for label in space.labels]
+    live = {name: judge for name, judge in record.judges.items() if not judge.recorded}
+    shown = live or record.judges
+    images: list[tuple[str, Path]] = []
+    human_idx = space.index(record.human)
+
+    matrices = {}
+    for name, judge in shown.items():
+        cm = confusion(human_idx, space.index(judge.verdicts), space.size)[: len(labels)]
+        if not cm[:, -1].any():
+            cm = cm[:, : len(labels)]
+        matrices[name] = cm
+    images.append(
+        (
+            "Confusion matrices",
+            plots.confusion_matrices(
+                matrices,
+                labels,
+                folder / "confusion_matrices.png",
+                title=f"{report.judge_name}: human label vs verdict ({report.rows} {report.split} rows)",
+            ),
+        )
+    )
+
+    curves = {}
+    if space.kind == "binary":
+        outcome = (human_idx == space.labels.index(space.positive)).astype(float)
+        for name, judge in shown.items():
+            if judge.probability is not None and any(p is not None for p in judge.probability):
+                kept = np.array([p is not None for p in judge.probability])
+                probability = np.array([p for p in judge.probability if p is not None], float)
+                curves[name] = (probability, outcome[kept])
+    if curves:
+        images.append(
+            (
+                "Reliability diagram",
+                plots.reliability_diagram(
+                    curves,
+                    folder / "reliability.png",
+                    title=f"{report.judge_name}: are the judge's probabilities calibrated?",
+                ),
+            )
+        )
+
+    group_names = list(dict.fromkeys(record.groups))
+    sizes = np.array([record.groups.count(g) for g in group_names])
+    per_group = {name: _group_agreement(record, judge, group_names) for name, judge in shown.items()}
+    images.append(
+        (
+            "Agreement per group",
+            plots.per_group_agreement(
+                group_names,
+                per_group,
+                sizes,
+                folder / "per_group_agreement.png",
+                title=f"{report.judge_name}: agreement with humans per group",
+            ),
+        )
+    )
+
+    headline = [
+        m
+        for m in (
+            "kappa",
+            "weighted_kappa",
+            "alpha",
+            "mcc",
+            "balanced_accuracy",
+            "f1",
+            "agreement",
+            "order_consistency",
+        )
+        if any(m in s.metrics for s in report.judges)
+    ]
+    estimates = {s.name: {m: (e.value, e.low, e.high) for m, e in s.metrics.items()} for s in report.judges}
+    references = {}
+    if report.ceiling is not None:
+        references["human κ ceiling"] = report.ceiling.annotator_vs_rest_kappa.value
+    images.append(
+        (
+            "Metrics with intervals",
+            plots.metric_intervals(
+                headline,
+                estimates,
+                folder / "metric_intervals.png",
+                title=f"{report.judge_name}: agreement with 95% group-bootstrap intervals",
+                references=references,
+            ),
+        )
+    )
+    return images
+
+
+def _group_agreement(record: EvaluationRecord, judge: JudgeRecord, group_names: list[str]) -> np.ndarray:
+    values = []
+    for group in group_names:
+        rows = [
+            i
+            for i, g in enumerate(record.groups)
+            if g == group and (not judge.recorded or judge.verdicts[i] is not None)
+        ]
+        values.append(np.mean([judge.verdicts[i] == record.human[i] for i in rows]) if rows else np.nan)
+    return np.array(values)

@@ -1,0 +1,160 @@
+"""Plots people compare runs by; written as PNG files and logged to MLflow.
+
+Each function takes plain numbers (no judgecal objects beyond the report) and writes
+one PNG whose title says what it shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+
+matplotlib.use("Agg")
+
+
+COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860")
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def confusion_matrices(matrices: dict[str, np.ndarray], labels: Sequence[str], path: Path, *, title: str) -> Path:
+    """Side-by-side confusion matrices (rows: human label, columns: verdict), shaded by the
+    share of each human row and annotated with counts."""
+    figure, axes = plt.subplots(
+        1, len(matrices), figsize=(3.6 * len(matrices) + 0.6, 3.8), squeeze=False, layout="constrained"
+    )
+    for axis, (name, matrix) in zip(axes[0], matrices.items(), strict=True):
+        shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+        axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        for i in range(matrix.shape[0]):
+            for j in range(matrix.shape[1]):
+                axis.text(
+                    j,
+                    i,
+                    f"{int(matrix[i, j])}",
+                    ha="center",
+                    va="center",
+                    color="white" if shares[i, j] > 0.6 else "black",
+                    fontsize=9,
+                )
+        columns = [*labels, "no verdict"] if matrix.shape[1] > len(labels) else list(labels)
+        axis.set_xticks(range(matrix.shape[1]), columns, rotation=30, ha="right")
+        axis.set_yticks(range(matrix.shape[0]), list(labels)[: matrix.shape[0]])
+        axis.set_xlabel("judge verdict")
+        axis.set_ylabel("human label")
+        axis.set_title(name, fontsize=10)
+    figure.suptitle(title, fontsize=11)
+    return _save(figure, path)
+
+
+def reliability_diagram(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, *, title: str, bins: int = 10
+) -> Path:
+    """Observed share of positive human labels against the judge's P(positive), per bin;
+    points on the diagonal are calibrated probabilities. Marker area shows the bin's rows."""
+    figure, axis = plt.subplots(figsize=(5.2, 4.6), layout="constrained")
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    edges = np.linspace(0, 1, bins + 1)
+    for colour, (name, (probability, outcome)) in zip(COLOURS, curves.items(), strict=False):
+        which = np.clip(np.digitize(probability, edges[1:-1], right=True), 0, bins - 1)
+        xs, ys, sizes = [], [], []
+        for b in range(bins):
+            members = which == b
+            if members.any():
+                xs.append(probability[members].mean())
+                ys.append(outcome[members].mean())
+                sizes.append(members.sum())
+        axis.plot(xs, ys, color=colour, marker="o", linewidth=1.2, markersize=3, label=name)
+        axis.scatter(xs, ys, s=np.array(sizes) * 200 / max(1, len(probability)) + 8, color=colour, alpha=0.35)
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_xlabel("judge's P(positive)")
+    axis.set_ylabel("share of rows humans labelled positive")
+    axis.set_title(title, fontsize=10)
+    axis.legend(fontsize=8, loc="upper left")
+    return _save(figure, path)
+
+
+def per_group_agreement(
+    groups: Sequence[str],
+    values: dict[str, np.ndarray],
+    sizes: np.ndarray,
+    path: Path,
+    *,
+    title: str,
+    metric: str = "agreement",
+) -> Path:
+    """One row per group: each judge's agreement with humans on that group's rows."""
+    order = np.argsort(-np.asarray(sizes))
+    height = max(3.0, 0.28 * len(groups) + 1.2)
+    figure, axis = plt.subplots(figsize=(6.4, height), layout="constrained")
+    positions = np.arange(len(groups))
+    for offset, (colour, (name, series)) in enumerate(zip(COLOURS, values.items(), strict=False)):
+        shift = (offset - (len(values) - 1) / 2) * 0.18
+        axis.scatter(np.asarray(series)[order], positions + shift, color=colour, s=22, label=name, zorder=3)
+    axis.set_yticks(positions, [f"{groups[i]} (n={int(sizes[i])})" for i in order], fontsize=7)
+    axis.invert_yaxis()
+    axis.set_xlim(-0.02, 1.02)
+    axis.set_xlabel(f"{metric} with humans within the group")
+    axis.grid(axis="x", alpha=0.3)
+    axis.set_title(title, fontsize=10)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(figure, path)
+
+
+def metric_intervals(
+    metrics: Sequence[str],
+    estimates: dict[str, dict[str, tuple[float, float, float]]],
+    path: Path,
+    *,
+    title: str,
+    references: dict[str, float] | None = None,
+    xlabel: str = "value on the test split (95% group-bootstrap interval)",
+) -> Path:
+    """Point estimates and 95% intervals of each metric for each judge (a forest plot);
+    dashed lines mark reference values such as the human ceiling."""
+    figure, axis = plt.subplots(
+        figsize=(7.6, 0.55 * len(metrics) * max(1, len(estimates)) / 1.6 + 1.8), layout="constrained"
+    )
+    positions = np.arange(len(metrics))
+    for offset, (colour, (name, values)) in enumerate(zip(COLOURS, estimates.items(), strict=False)):
+        shift = (offset - (len(estimates) - 1) / 2) * 0.2
+        labelled = False
+        for i, metric in enumerate(metrics):
+            if metric not in values:
+                continue
+            value, low, high = values[metric]
+            if np.isnan(value):
+                continue
+            axis.errorbar(
+                value,
+                i + shift,
+                xerr=[[max(0, value - low)], [max(0, high - value)]],
+                fmt="o",
+                color=colour,
+                markersize=4,
+                capsize=3,
+                label=None if labelled else name,
+            )
+            labelled = True
+    for label, value in (references or {}).items():
+        axis.axvline(value, color="grey", linestyle="--", linewidth=1)
+        axis.text(value, -0.55, label, fontsize=7, color="grey", ha="center", va="bottom")
+    axis.set_yticks(positions, list(metrics))
+    axis.invert_yaxis()
+    axis.axvline(0, color="black", linewidth=0.6)
+    axis.grid(axis="x", alpha=0.3)
+    axis.set_xlabel(xlabel)
+    axis.set_title(title, fontsize=10)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(figure, path)

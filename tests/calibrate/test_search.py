@@ -1,0 +1,393 @@
+"""Optuna search: a winner is never pruned on a noisy prefix, repeats do not spend the
+budget, a seed reproduces the trials, the winner is refitted on train + dev, selection
+follows its rule; a killed study resumes and two workers share a study."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+
+from judgecal.calibrate.guard import RowGuard
+from judgecal.calibrate.selection import Candidate, SelectionScore, choose
+from judgecal.calibrate.strategies import STRATEGIES, StrategySpec
+from judgecal.judges.fitted import FittedJudge
+from judgecal.judges.verdict import Verdict
+from judgecal.pipeline.config import ExperimentConfig, JudgeSection, SearchConfig
+from judgecal.pipeline.search import run_search
+from judgecal.tasks.registry import resolve_task
+from tests.conftest import write_jsonl
+from tests.helpers import recorded_rows
+
+RELEVANCE = resolve_task("relevance")
+
+
+def write_study_config(folder: Path, *, heartbeat: int = 1, grace: int = 2, n_groups: int = 14) -> Path:
+    rows = write_jsonl(folder / "rows.jsonl", [row.to_record() for row in recorded_rows(n_groups=n_groups).rows])
+    config = folder / "search.toml"
+    config.write_text(
+        f"""
+[judge]
+name = "searched"
+task = "relevance"
+data = "{rows}"
+recorded = "loose"
+
+[split]
+dev = 0.25
+test = 0.25
+seed = 1
+
+[search]
+heartbeat_interval = {heartbeat}
+grace_period = {grace}
+"""
+    )
+    return config
+
+
+def search_config(tmp_path: Path, strategies: list[str], trials: int, **search: Any) -> ExperimentConfig:
+    data = write_study_config(tmp_path, n_groups=search.pop("n_groups", 14)).parent / "rows.jsonl"
+    return ExperimentConfig(
+        judge=JudgeSection(name="searched", task="relevance", data=data, recorded="loose"),
+        search=SearchConfig(
+            strategies=strategies, trials=trials, storage=f"sqlite:///{tmp_path / 'optuna.db'}", **search
+        ),
+    )
+
+
+def search(config: ExperimentConfig, **kwargs: Any):
+    return run_search(config, config.search, track=False, log=lambda m: None, **kwargs)
+
+
+# --- pruning -------------------------------------------------------------------------------------
+
+
+class ScriptedJudge(FittedJudge):
+    """Stands in for a judge that calls a model: right on every row except those of the
+    groups it is told to get wrong."""
+
+    kind = "scripted"
+
+    def __init__(self, wrong_groups: tuple[str, ...] = (), every_row_wrong: bool = False) -> None:
+        self.wrong_groups = wrong_groups
+        self.every_row_wrong = every_row_wrong
+
+    @property
+    def task(self):
+        return RELEVANCE
+
+    def predict(self, rows, *, progress=None, description=""):
+        wrong = [self.every_row_wrong or row.group in self.wrong_groups for row in rows]
+        return [Verdict(label=(not row.label) if bad else row.label) for row, bad in zip(rows, wrong, strict=True)]
+
+
+def scripted_spec(name: str, complexity: int, **settings: Any) -> StrategySpec:
+    return StrategySpec(
+        name,
+        "scripted",
+        "a scripted judge that calls no model but is scored like one",
+        lambda env, params: ScriptedJudge(**settings),
+        lambda trial, env: {},
+        complexity,
+        calls_lm_to_fit=True,
+    )
+
+
+def test_a_trial_whose_first_prompt_goes_badly_is_not_pruned_but_a_hopeless_one_is(tmp_path, monkeypatch) -> None:
+    config = search_config(tmp_path, ["threshold"], 3, n_groups=40, dev_chunk=8)
+    from judgecal.data.rows import load_rows
+    from judgecal.data.split import split_by_group
+
+    split = split_by_group(load_rows(config.judge.data, RELEVANCE.spec), config.split)
+    first_group = sorted({row.group for row in split.dev.rows})[0]
+    monkeypatch.setitem(STRATEGIES, "late_bloomer", scripted_spec("late_bloomer", 8, wrong_groups=(first_group,)))
+    monkeypatch.setitem(STRATEGIES, "hopeless", scripted_spec("hopeless", 9, every_row_wrong=True))
+    config = config.model_copy(
+        update={"search": config.search.model_copy(update={"strategies": ["threshold", "late_bloomer", "hopeless"]})}
+    )
+    report = search(config)
+    states = {row.strategy: row.state for row in report.rows}
+    assert states["hopeless"] == "PRUNED"  # the pruner works...
+    assert states["late_bloomer"] == "COMPLETE"  # ...but not on one prompt's worth of rows
+    [bloomer] = [row for row in report.rows if row.strategy == "late_bloomer"]
+    [threshold] = [row for row in report.rows if row.strategy == "threshold"]
+    assert bloomer.score is not None and threshold.score is not None and bloomer.score > threshold.score
+    assert report.best is not None and report.best.strategy == "late_bloomer"
+
+
+def test_strategies_that_make_no_lm_calls_are_scored_on_every_fold_and_never_pruned(tmp_path) -> None:
+    config = search_config(tmp_path, ["verifier", "threshold"], 3, folds=4)
+    report = search(config)
+    scored = [row for row in report.rows if row.duplicate_of is None]
+    assert {row.state for row in scored} == {"COMPLETE"}
+    assert {row.rule for row in scored} == {"cv"}
+    assert all(row.se is not None and row.se >= 0 for row in scored)
+
+
+# --- the budget ------------------------------------------------------------------------------------
+
+
+def test_repeated_settings_are_answered_and_do_not_count_toward_the_budget(tmp_path) -> None:
+    config = search_config(tmp_path, ["threshold", "base_rate", "verifier"], 5, max_repeats=50)
+    report = search(config)
+    distinct = [row for row in report.rows if row.duplicate_of is None]
+    repeats = [row for row in report.rows if row.duplicate_of is not None]
+    assert len(distinct) == 5
+    assert len({row.strategy for row in distinct if row.strategy != "verifier"}) == 2  # each tried once
+    by_number = {row.number: row for row in report.rows}
+    for row in repeats:
+        assert row.score == by_number[row.duplicate_of].score
+
+
+def test_a_search_space_with_nothing_new_left_stops(tmp_path) -> None:
+    config = search_config(tmp_path, ["threshold", "base_rate"], 6, max_repeats=4)
+    report = search(config)
+    assert len([row for row in report.rows if row.duplicate_of is None]) == 2
+    assert len([row for row in report.rows if row.duplicate_of is not None]) == 4
+    assert not report.complete
+
+
+def trial_sequence(report) -> list[tuple[str, tuple]]:
+    return [(row.strategy, tuple(sorted(row.params.items()))) for row in sorted(report.rows, key=lambda r: r.number)]
+
+
+def test_the_same_seed_gives_the_same_sequence_of_trials(tmp_path) -> None:
+    runs = []
+    for name, worker in (("a", 0), ("b", 0), ("c", 1)):
+        folder = tmp_path / name
+        folder.mkdir()
+        config = search_config(folder, ["verifier", "threshold"], 8, seed=3, worker=worker)
+        runs.append(trial_sequence(search(config)))
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]  # another worker of the study samples other settings
+
+
+# --- the winner --------------------------------------------------------------------------------------
+
+
+def test_the_winner_is_refitted_on_train_and_dev_and_only_then_judged_on_test(tmp_path, monkeypatch) -> None:
+    guards: list[RowGuard] = []
+    original = RowGuard.check
+
+    def spy(self: RowGuard, rows, step):
+        if self not in guards:
+            guards.append(self)
+        return original(self, rows, step)
+
+    monkeypatch.setattr(RowGuard, "check", spy)
+    config = search_config(tmp_path, ["verifier"], 2)
+    report = search(config)
+    [guard] = guards
+    assert report.calibration is not None and report.best is not None
+    split = report.calibration.split
+    refit = guard.seen["verifier: fit on train + dev"]
+    assert refit == {row.id for row in (*split.train.rows, *split.dev.rows)}
+    for step, ids in guard.seen.items():
+        assert not (ids & guard.forbidden), step
+    assert report.calibration.agreement is not None
+    assert report.calibration.agreement.rows == len(split.test.rows)
+
+
+# --- the selection rule ------------------------------------------------------------------------
+
+
+def candidate(number: int, strategy: str, complexity: int, folds: list[float] | None, value=None, preds=None):
+    rule = "cv" if folds is not None else "dev"
+    score = SelectionScore(
+        rule=rule,
+        value=float(np.mean(folds)) if folds is not None else value,
+        se=float(np.std(folds, ddof=1) / np.sqrt(len(folds))) if folds is not None else None,
+        folds=folds,
+        predictions=preds or {},
+    )
+    return Candidate(number, strategy, complexity, {}, score)
+
+
+def test_the_best_cross_validated_strategy_wins_when_clearly_ahead_on_every_fold() -> None:
+    dev = recorded_rows().rows[:40]
+    stack = candidate(0, "stacking", 4, [0.50, 0.40, 0.55, 0.45, 0.52])
+    verifier = candidate(1, "verifier", 2, [0.40, 0.31, 0.46, 0.36, 0.43])  # 0.09 behind on every fold
+    assert choose([stack, verifier], RELEVANCE, dev).winner is stack
+
+
+def test_a_simpler_strategy_within_one_paired_standard_error_wins() -> None:
+    dev = recorded_rows().rows[:40]
+    stack = candidate(0, "stacking", 4, [0.50, 0.40, 0.55, 0.45, 0.52])
+    verifier = candidate(1, "verifier", 2, [0.52, 0.38, 0.56, 0.43, 0.51])  # behind by 0.004, noisily
+    choice = choose([stack, verifier], RELEVANCE, dev)
+    assert choice.winner is verifier
+    assert any("simpler" in step for step in choice.steps)
+
+
+def test_a_dev_scored_strategy_must_beat_the_cross_validated_choice_on_the_same_rows() -> None:
+    dev = list(recorded_rows(n_groups=12).rows)
+    truth = {row.id: row.label for row in dev}
+    rng = np.random.default_rng(0)
+    noisy = {k: (v if rng.uniform() < 0.8 else not v) for k, v in truth.items()}
+    cheap = candidate(0, "verifier", 2, [0.5] * 5, preds=noisy)
+    close = candidate(
+        1, "mipro", 8, None, value=0.6, preds={k: (v if rng.uniform() < 0.8 else not v) for k, v in truth.items()}
+    )
+    assert choose([cheap, close], RELEVANCE, dev).winner is cheap
+    perfect = candidate(2, "mipro", 8, None, value=1.0, preds=truth)
+    assert choose([cheap, perfect], RELEVANCE, dev).winner is perfect
+
+
+# --- studies that outlive a process ------------------------------------------------------------------
+
+
+def search_command(config: Path, storage: str, trials: int, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "judgecal.cli",
+        "calibrate",
+        str(config),
+        "--strategies",
+        "verifier,threshold,base_rate",
+        "--trials",
+        str(trials),
+        "--storage",
+        storage,
+        "--study-name",
+        "shared",
+        *extra,
+    ]
+
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def finished(storage: str) -> list[optuna.trial.FrozenTrial]:
+    """Trials that count toward the study's total: complete or pruned, not repeats."""
+    study = optuna.load_study(study_name="shared", storage=storage)
+    return [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED and "duplicate_of" not in t.user_attrs]
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_and_runs_only_the_remaining_trials(tmp_path: Path) -> None:
+    config = write_study_config(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    env = {**os.environ, "JUDGECAL_HOME": str(tmp_path)}
+    (tmp_path / "mlruns").mkdir(exist_ok=True)
+    worker = subprocess.Popen(
+        search_command(config, storage, 10, "--no-track"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if len(finished(storage)) >= 3:
+                    break
+            except Exception:  # the study does not exist yet
+                pass
+            time.sleep(0.3)
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    before = {t.number: t.value for t in finished(storage)}
+    assert 3 <= len(before) < 10
+    time.sleep(3)  # past the grace period: the killed worker's running trial is stale
+    subprocess.run(
+        search_command(config, storage, 10, "--no-track"),
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=900,
+    )
+    after = finished(storage)
+    assert len(after) == 10
+    # Trials finished before the kill are kept as they were, not run again.
+    assert {t.number: t.value for t in after if t.number in before} == before
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_without_duplicate_trials(tmp_path: Path) -> None:
+    config = write_study_config(tmp_path, heartbeat=5, grace=20)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    env = {**os.environ, "JUDGECAL_HOME": str(tmp_path)}
+    (tmp_path / "mlruns").mkdir(exist_ok=True)
+    workers = [
+        subprocess.Popen(
+            [*search_command(config, storage, 8), "--worker", str(number)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for number in range(2)
+    ]
+    outputs = [w.communicate(timeout=900)[0].decode() for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    study = optuna.load_study(study_name="shared", storage=storage)
+    done = finished(storage)
+    assert 8 <= len(done) <= 9  # each worker stops at 8; one may have started its last trial at 7
+    settings = [tuple(sorted(t.params.items())) for t in done]
+    assert len(settings) == len(set(settings))  # no settings were fitted twice
+    assert len({t.user_attrs["worker"] for t in done}) == 2  # both workers contributed
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    children = mlflow.search_runs(
+        search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{parent}'", output_format="list"
+    )
+    assert len(children) == len(study.trials)  # every trial, repeats included, is a child run
+    artifacts = {a.path for a in mlflow.artifacts.list_artifacts(run_id=parent)}
+    assert {"leaderboard.md", "leaderboard.json", "bundle"} <= artifacts
+
+
+# --- failures --------------------------------------------------------------------------------
+
+
+def test_a_leak_inside_a_trial_stops_the_whole_search(tmp_path, monkeypatch) -> None:
+    from judgecal.calibrate.guard import LeakError
+
+    class Leaking(ScriptedJudge):
+        def fit(self, train, dev=None):
+            raise LeakError("1 test rows reached 'scripted: fit', e.g. ['g0-0']")
+
+    spec = StrategySpec("leaky", "scripted", "leaks", lambda env, params: Leaking(), lambda t, e: {}, 9)
+    monkeypatch.setitem(STRATEGIES, "leaky", spec)
+    config = search_config(tmp_path, ["threshold", "leaky"], 4)
+    with pytest.raises(LeakError):
+        search(config)
+
+
+def test_calibrating_a_verdicts_file_finishes_its_runs_and_says_why_nothing_is_exported(tmp_path) -> None:
+    import mlflow
+
+    dataset = recorded_rows(n_groups=14)
+    data = write_jsonl(tmp_path / "rows.jsonl", [row.to_record() for row in dataset.rows])
+    verdicts = write_jsonl(
+        tmp_path / "verdicts.jsonl",
+        [{"id": r.id, "verdict": r.reference_judges["loose"], "probability": 0.8} for r in dataset.rows],
+    )
+    config = ExperimentConfig(
+        judge=JudgeSection(name="from-file", task="relevance", data=data, verdicts=verdicts, register_as="from-file"),
+        search=SearchConfig(strategies=["threshold", "stacking"], trials=2, storage=f"sqlite:///{tmp_path / 's.db'}"),
+    )
+    messages: list[str] = []
+    report = run_search(config, config.search, log=messages.append)
+    assert {row.state for row in report.rows} == {"COMPLETE"}
+    assert report.calibration is not None and report.calibration.not_exported
+    assert "verdicts.jsonl" in report.calibration.not_exported and "--recorded" in report.calibration.not_exported
+    assert any("no judge bundle" in m for m in messages)
+    mlflow.set_tracking_uri(report.calibration.tracking_uri)
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert runs and {run.info.status for run in runs} == {"FINISHED"}
+    assert report.calibration.registry is None  # nothing to register

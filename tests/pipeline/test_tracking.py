@@ -1,0 +1,147 @@
+"""What a person sees in MLflow: a run named by its result, a description with the
+verdict, a handful of headline metrics, every metric in one table, a card whose plots are
+embedded, paths that belong to the project, and a UI that stops when asked."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from judgecal.calibrate.optimizers import CalibrationConfig
+from judgecal.data.split import SplitSpec
+from judgecal.pipeline.calibration import run_calibration
+from judgecal.pipeline.config import ExperimentConfig, JudgeSection
+from tests.conftest import write_jsonl
+from tests.helpers import recorded_rows
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory):
+    import mlflow
+
+    root = tmp_path_factory.mktemp("tracked")
+    (root / "mlruns").mkdir()
+    old = os.environ.get("JUDGECAL_HOME")
+    os.environ["JUDGECAL_HOME"] = str(root)
+    try:
+        data = write_jsonl(root / "rows.jsonl", [row.to_record() for row in recorded_rows(n_groups=16).rows])
+        config = ExperimentConfig(
+            judge=JudgeSection(name="tracked", task="relevance", data=data, recorded="loose"),
+            split=SplitSpec(dev=0.25, test=0.25, seed=1),
+            calibration=CalibrationConfig(strategy="verifier"),
+        )
+        report = run_calibration(config, root=root, log=lambda m: None)
+        mlflow.set_tracking_uri(report.tracking_uri)
+        yield report, mlflow.MlflowClient().get_run(report.run_id), root
+    finally:
+        if old is None:
+            os.environ.pop("JUDGECAL_HOME", None)
+        else:
+            os.environ["JUDGECAL_HOME"] = old
+
+
+def test_the_run_is_named_by_its_result_and_described_by_its_verdict(tracked_run) -> None:
+    report, run, _ = tracked_run
+    kappa = report.agreement.judge("calibrated").metrics["kappa"].value
+    raw = report.agreement.judge("raw").metrics["kappa"].value
+    assert run.info.run_name == f"κ {raw:.2f} → {kappa:.2f} Δ{kappa - raw:+.2f}"
+    note = run.data.tags["mlflow.note.content"]
+    assert report.agreement.comparison.statement in note
+    assert "| kappa |" in note and "| selected_rate |" in note
+
+
+def test_only_headline_metrics_are_top_level_and_every_metric_is_in_one_table(tracked_run) -> None:
+    import mlflow
+
+    _, run, _ = tracked_run
+    metrics = run.data.metrics
+    assert {"raw.kappa", "calibrated.kappa", "delta.kappa", "delta.kappa.low", "delta.kappa.high", "p_value"} <= set(
+        metrics
+    )
+    assert len([m for m in metrics if not m.startswith("cost.")]) <= 16
+    mlflow.set_experiment(experiment_id=run.info.experiment_id)
+    table = mlflow.load_table("metrics.json", run_ids=[run.info.run_id])
+    assert {"raw", "calibrated", "Δ calibrated − raw"} <= set(table["judge"])
+    assert {"mcc", "alpha", "brier"} <= set(table["metric"])
+
+
+def test_the_run_lasts_as_long_as_the_calibration(tracked_run) -> None:
+    report, run, _ = tracked_run
+    assert run.info.start_time == int(report.started_at * 1000)
+    assert run.info.end_time is not None and run.info.end_time >= run.info.start_time
+
+
+def test_the_judge_card_embeds_its_plots(tracked_run) -> None:
+    import mlflow
+
+    _, run, _ = tracked_run
+    local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="card"))
+    page = (local / "judge_card.html").read_text()
+    images = [part.split('"')[0] for part in page.split('src="data:image/png;base64,')[1:]]
+    assert len(images) >= 3
+    assert all(base64.b64decode(image)[:8] == b"\x89PNG\r\n\x1a\n" for image in images)
+    assert page.count("<tr>") >= 12  # the agreement table is whole
+
+
+def test_params_hold_no_path_of_this_machine(tracked_run) -> None:
+    _, run, root = tracked_run
+    assert run.data.params["data.path"] == "rows.jsonl"
+    assert not [k for k, v in run.data.params.items() if str(root) in v or v.startswith("/")]
+
+
+def test_experiments_open_in_the_runs_view(tracked_run) -> None:
+    import mlflow
+
+    _, run, _ = tracked_run
+    experiment = mlflow.MlflowClient().get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_judgecal_ui_stops_its_server_when_stopped(tmp_path: Path, stop: signal.Signals) -> None:
+    (tmp_path / "mlruns").mkdir()
+    port = free_port()
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "judgecal.cli", "ui", "--port", str(port)],
+        env={**os.environ, "JUDGECAL_HOME": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not port_open(port):
+            time.sleep(0.5)
+        assert port_open(port), "the UI did not start"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
+            assert response.status == 200
+        ui.send_signal(stop)
+        ui.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and port_open(port):
+            time.sleep(0.3)
+        assert not port_open(port), "the MLflow server outlived judgecal ui"
+        assert "#/experiments?workflowType=machine_learning" in ui.stdout.read().decode()
+    finally:
+        if ui.poll() is None:
+            ui.kill()
