@@ -351,8 +351,9 @@ def _print_result(config: ExperimentConfig, report: CalibrationReport, run_id: s
         )
         for column in ("measure", "raw", "calibrated", "Δ"):
             table.add_column(column, justify="left" if column == "measure" else "right")
-        for row in summary.headline_rows(agreement):
-            table.add_row(*row)
+        for measure, *cells in summary.headline_rows(agreement):
+            # value over interval: the table stays within an 80-column terminal
+            table.add_row(measure, *(cell.replace(" [", "\n[", 1) for cell in cells))
         console.print(table)
         if agreement.comparison is not None:
             colour = {"improved": "green", "worse": "red"}.get(agreement.comparison.outcome, "yellow")
@@ -371,8 +372,8 @@ def _print_summary(done: list[tuple[str, CalibrationReport, str | None]], args: 
     from judgecal.report import summary
 
     table = Table(title="Summary: raw → calibrated judge on each judge's test rows", title_justify="left")
-    for column in ("judge", "strategy", "raw κ", "calibrated κ", "Δκ [95%]", "verdict"):
-        table.add_column(column, justify="left" if column in ("judge", "strategy", "verdict") else "right")
+    for column in ("judge", "strategy", "κ raw → calibrated", "Δκ [95% interval]"):
+        table.add_column(column, justify="left" if column in ("judge", "strategy") else "right")
     for name, report, _ in done:
         agreement = report.agreement
         if agreement is None or agreement.comparison is None:
@@ -381,14 +382,14 @@ def _print_summary(done: list[tuple[str, CalibrationReport, str | None]], args: 
         raw = agreement.judge("raw").metrics[metric].value
         calibrated = agreement.judge("calibrated").metrics[metric].value
         delta = agreement.comparison.deltas[metric]
+        colour = {"improved": "green", "worse": "red"}.get(agreement.comparison.outcome, "yellow")
         table.add_row(
             name,
             report.strategy,
-            f"{raw:.2f}",
-            f"{calibrated:.2f}",
-            f"{delta.value:+.2f} [{delta.low:+.2f}, {delta.high:+.2f}]",
-            agreement.comparison.outcome,
+            f"{raw:.2f} → {calibrated:.2f}",
+            f"[{colour}]{delta.value:+.2f} [{delta.low:+.2f}, {delta.high:+.2f}][/]",
         )
+    table.caption = "Δκ interval: green above 0, yellow includes 0, red below 0"
     console.print(table)
     if not args.no_track:
         console.print(
