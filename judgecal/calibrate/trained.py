@@ -15,7 +15,16 @@ import numpy as np
 
 from judgecal.calibrate.posthoc import kappa_threshold
 from judgecal.data.rows import LabeledRow
-from judgecal.judges.fitted import FittedJudge, RecordedJudge, _verdict_from_proba, label_probabilities, logit, unwrap
+from judgecal.judges.fitted import (
+    FittedJudge,
+    RecordedJudge,
+    _verdict_from_proba,
+    label_probabilities,
+    logit,
+    missing_reference,
+    unwrap,
+)
+from judgecal.judges.verdict import Verdict
 from judgecal.judges.verifiers import (
     FLIP,
     Verifier,
@@ -293,11 +302,34 @@ class StackingJudge(FittedJudge):
         return self.head_.predict_proba(features, len(self.task.spec.labels))
 
     def predict(self, rows, *, progress=None, description=""):
-        return [_verdict_from_proba(self.task, p, self.threshold_) for p in self._proba(rows, progress)]
+        """Verdicts from the head. A row without a recorded verdict the head reads gets no
+        verdict (its error names the missing field), rather than a guess in its place."""
+        refused: dict[int, Verdict] = {}
+        for i, row in enumerate(rows):
+            missing = next((name for name in self.reference_fields if name not in row.reference_judges), None)
+            if missing is not None:
+                refused[i] = Verdict(label=None, error=missing_reference(row, missing))
+        complete = [row for i, row in enumerate(rows) if i not in refused]
+        judged = iter(self._proba(complete, progress) if complete else [])
+        return [
+            refused[i] if i in refused else _verdict_from_proba(self.task, next(judged), self.threshold_)
+            for i in range(len(rows))
+        ]
+
+    def _current_components(self) -> list[FittedJudge]:
+        """The fitted components, or those it will fit (a loaded judge has no base)."""
+        components = getattr(self, "components_", None)
+        if components is None:
+            components = self._components() if self.base is not None else []
+        return components
 
     @property
     def uses_lm(self) -> bool:
-        return any(c.uses_lm for c in getattr(self, "components_", self._components()))
+        return any(c.uses_lm for c in self._current_components())
+
+    @property
+    def reference_fields(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(name for c in self._current_components() for name in c.reference_fields))
 
     def state(self) -> dict[str, Any]:
         return {

@@ -4,7 +4,9 @@
 The MLflow model is a pyfunc defined from code (``mlflow_model.py``, not a pickle) around
 the judge bundle, so ``mlflow.pyfunc.load_model`` and :func:`load_judge` read the same
 file and loading runs no code from the model. ``runs:/``, ``models:/`` and local paths are
-accepted; the project's own store is the default.
+accepted; ``runs:/`` and ``models:/`` resolve against the project's own store (``mlruns/``
+found from the working directory up, or ``JUDGECAL_HOME``) unless ``tracking_uri=`` or
+``MLFLOW_TRACKING_URI`` names another, as ``judgecal judge`` does.
 """
 
 from __future__ import annotations
@@ -59,9 +61,10 @@ def open_judge(
     trust_endpoint: bool = False,
     allow_modified: bool = False,
     task: Task | Any = None,
+    tracking_uri: str | None = None,
 ) -> LoadedJudge:
     """:func:`load_judge`, returning the bundle, its digest and the notes instead of warning them."""
-    opened = open_bundle(_local_bundle_path(reference), allow_modified=allow_modified)
+    opened = open_bundle(_local_bundle_path(reference, tracking_uri), allow_modified=allow_modified)
     config, notes = lm_settings(opened.bundle, model=model, api_base=api_base, trust_endpoint=trust_endpoint)
     if lm is not None or not _uses_lm(opened.bundle.judge):
         notes = []  # the bundle's LM settings are not used at all
@@ -80,8 +83,13 @@ def load_judge(
     trust_endpoint: bool = False,
     allow_modified: bool = False,
     task: Task | Any = None,
+    tracking_uri: str | None = None,
 ) -> CalibratedJudge:
     """Load a judge from a bundle folder or file, or an MLflow ``runs:/`` or ``models:/`` URI.
+
+    ``runs:/`` and ``models:/`` resolve against ``tracking_uri``, else the store MLflow was
+    pointed at (``MLFLOW_TRACKING_URI``, ``mlflow.set_tracking_uri``), else the project's own
+    ``mlruns/mlflow.db``, so a plain Python session finds what ``judgecal calibrate`` recorded.
 
     ``model`` swaps the judge model (e.g. to a served copy) while keeping the calibration;
     ``api_base`` sets its server. The bundle's own endpoint is used only with
@@ -98,28 +106,40 @@ def load_judge(
         trust_endpoint=trust_endpoint,
         allow_modified=allow_modified,
         task=task,
+        tracking_uri=tracking_uri,
     )
     for note in loaded.notes:
         warnings.warn(note, BundleNote, stacklevel=2)
     return CalibratedJudge(loaded.judge, digest=loaded.digest)
 
 
-def _local_bundle_path(reference: str | Path) -> Path:
+def _local_bundle_path(reference: str | Path, tracking_uri: str | None = None) -> Path:
     text = str(reference)
     folder = Path(text)
     if (folder / "artifacts" / BUNDLE_FILE).exists():  # a folder written by save_model
         return folder / "artifacts" / BUNDLE_FILE
     if text.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
+        import os
+
         import mlflow
         from mlflow.exceptions import MlflowException
 
+        from judgecal.workspace import tracking_uri as store_uri
+
+        uri = store_uri(tracking_uri)
+        registry = tracking_uri or os.environ.get("MLFLOW_REGISTRY_URI") or uri
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=tempfile.mkdtemp()))
+            location = _artifact_location(text, uri, registry)
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=location, dst_path=tempfile.mkdtemp(), tracking_uri=uri, registry_uri=registry
+                )
+            )
         except (MlflowException, OSError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise FileNotFoundError(
-                f"{text}: no such judge in the MLflow store {redact_url(mlflow.get_tracking_uri())} ({reason}); "
-                "check the run id or model name and alias (judgecal ui lists them), or pass --tracking-uri"
+                f"{text}: no such judge in the MLflow store {redact_url(uri)} ({reason}); check the run id or "
+                "model name and alias (judgecal ui lists them), or pass --tracking-uri (tracking_uri=)"
             ) from None
         candidates = [local / BUNDLE_FILE, *local.glob(f"**/{BUNDLE_FILE}")]
         for candidate in candidates:
@@ -127,6 +147,37 @@ def _local_bundle_path(reference: str | Path) -> Path:
                 return candidate
         raise FileNotFoundError(f"{text}: the MLflow model holds no {BUNDLE_FILE}")
     return Path(text)
+
+
+def _artifact_location(reference: str, tracking_uri: str, registry_uri: str) -> str:
+    """Where a ``models:/`` or ``runs:/`` reference's files are, asked of the given stores:
+    MLflow resolves both against its process-wide tracking and registry URIs (a logged
+    model behind ``runs:/<id>/<name>`` included) whatever store a download names."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+    if reference.startswith("runs:/"):
+        run_id, _, path = reference.removeprefix("runs:/").partition("/")
+        name, _, rest = path.partition("/")
+        run = client.get_run(run_id)
+        logged = client.search_logged_models(experiment_ids=[run.info.experiment_id], filter_string=f"name = '{name}'")
+        match = next((model for model in logged if model.source_run_id == run_id), None)
+        if match is None:  # a plain run artifact
+            return f"{run.info.artifact_uri.rstrip('/')}/{path}" if path else run.info.artifact_uri
+        return f"{match.artifact_location.rstrip('/')}/{rest}" if rest else match.artifact_location
+    if not reference.startswith("models:/"):
+        return reference
+    body, _, path = reference.removeprefix("models:/").partition("/")
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias).version
+    else:
+        name, version = body, path.split("/", 1)[0]
+        path = path.partition("/")[2]
+    location = client.get_model_version_download_uri(name, str(version))
+    if location.startswith("models:/m-"):  # a logged model: its own artifact location
+        location = client.get_logged_model(location.removeprefix("models:/").split("/", 1)[0]).artifact_location
+    return f"{location.rstrip('/')}/{path}" if path else location
 
 
 def _pyfunc_settings(bundle: JudgeBundle, bundle_file: Path) -> dict[str, Any]:

@@ -73,6 +73,13 @@ class FittedJudge(BaseEstimator):
         base = getattr(self, "base", None)
         return bool(base is not None and base.uses_lm)
 
+    @property
+    def reference_fields(self) -> tuple[str, ...]:
+        """Names of the recorded verdicts (``reference_judges.<name>``) every row it judges
+        must carry: a judge calibrated on them cannot judge a row without them."""
+        base = getattr(self, "base_", None) or getattr(self, "base", None)
+        return base.reference_fields if base is not None else ()
+
     def fit(self, train: Sequence[LabeledRow], dev: Sequence[LabeledRow] | None = None) -> FittedJudge:
         return self
 
@@ -94,19 +101,39 @@ class FittedJudge(BaseEstimator):
         return self.predict([self._row(inputs)])[0]
 
     def _row(self, item: LabeledRow | dict[str, Any], index: int = 0) -> LabeledRow:
+        """A row from a dict of inputs (plus ``reference_judges``, which a judge calibrated
+        on recorded verdicts reads)."""
         if isinstance(item, LabeledRow):
             return item
         spec = self.task.spec
+        item = dict(item)
+        references = item.pop("reference_judges", None) or {}
         unknown = set(item) - set(spec.input_names)
         if unknown:
-            raise ValueError(f"judge '{self.name}' takes {', '.join(spec.input_names)}; got also {sorted(unknown)}")
+            raise ValueError(
+                f"judge '{self.name}' takes {', '.join(spec.input_names)} (and reference_judges); "
+                f"got also {sorted(unknown)}"
+            )
+        if not isinstance(references, dict):
+            raise ValueError(f"reference_judges: expected a dict of judge name -> verdict, got {references!r}")
         validated = spec.inputs_model.model_validate(item)
         inputs = {name: getattr(validated, name) for name in spec.input_names}
-        return LabeledRow(id=str(index), group="-", inputs=inputs, label=None)
+        recorded = {str(name): spec.parse_label(value) for name, value in references.items() if value is not None}
+        return LabeledRow(id=str(index), group="-", inputs=inputs, label=None, reference_judges=recorded)
 
 
 def _negative(task: Task) -> LabelValue:
     return next(label for label in task.spec.labels if label != task.spec.positive)
+
+
+def missing_reference(row: LabeledRow, name: str) -> str:
+    """Why a row cannot be judged by a judge that reads ``reference_judges.<name>``: the
+    field, the row's id and line, and what to add."""
+    where = f"row {row.id!r}" + (f" (line {row.line})" if row.line is not None else "")
+    return (
+        f"{where}: field 'reference_judges.{name}' is missing; this judge was calibrated on {name}'s recorded "
+        f"verdicts and needs one in every row it judges: add {name}'s verdict to the row"
+    )
 
 
 def positive_probability(verdicts: Sequence[Verdict], task: Task) -> np.ndarray:
@@ -209,7 +236,11 @@ class RecordedJudge(FittedJudge):
             else:
                 label, probability = row.reference_judges.get(self.source), None
             if label is None:
-                out.append(Verdict(label=None, error=f"no recorded verdict of {self.source!r} for row {row.id!r}"))
+                if self.verdicts is None:
+                    why = missing_reference(row, self.source)
+                else:
+                    why = f"no recorded verdict of {self.source!r} for row {row.id!r}"
+                out.append(Verdict(label=None, error=why))
                 continue
             if positive is not None:
                 p = probability if probability is not None else float(label == positive)
@@ -220,6 +251,10 @@ class RecordedJudge(FittedJudge):
                 Verdict(label=label, confidence=probabilities.get(answer_key(label)), probabilities=probabilities)
             )
         return out
+
+    @property
+    def reference_fields(self) -> tuple[str, ...]:
+        return (self.source,) if self.verdicts is None else ()
 
     def state(self) -> dict[str, Any]:
         if self.verdicts is not None:
