@@ -13,7 +13,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF 
 	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 DEMO_CONFIGS := experiments/relevance.toml experiments/pairwise.toml experiments/attribute.toml
 
-.PHONY: install demo test lint ui bench clean
+.PHONY: install demo test lint docs ui bench clean
 
 install: $(STAMP)
 
@@ -43,6 +43,9 @@ test: install
 lint: install
 	$(BIN)/ruff check judgecal signatures tests experiments
 	$(BIN)/ruff format --check judgecal signatures tests experiments
+
+docs: install
+	$(BIN)/python -m judgecal.pipeline.reference > docs/configuration.md
 
 ui: install
 	$(BIN)/judgecal ui

@@ -130,8 +130,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("--data", type=Path, help="labelled rows (JSONL or CSV) instead of the config's")
     calibrate.add_argument("--name", help="judge name (MLflow experiment judgecal/<name>)")
+    calibrate.add_argument("--task", help="task of the rows: relevance, pairwise, attribute or module:Signature")
     calibrate.add_argument("--model", help="judge model: 'embedded', a .gguf path, or a LiteLLM model string")
     calibrate.add_argument("--api-base", help="base URL of an OpenAI-compatible server (vLLM, llama.cpp)")
+    calibrate.add_argument("--temperature", type=float, help="sampling temperature of the judge model")
+    calibrate.add_argument(
+        "--max-tokens",
+        type=_positive_int("--max-tokens"),
+        help="most tokens per judge answer (reasoning models such as openai/o4-mini need 16000)",
+    )
     calibrate.add_argument(
         "--strategy",
         help="one strategy: a DSPy optimizer (labeled_few_shot, bootstrap_few_shot, bootstrap_random_search, "
@@ -151,12 +158,41 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument(
         "--register", help="register the judge under this MLflow model name (champion moves only if it is better)"
     )
+    calibrate.add_argument(
+        "--gate-data", type=Path, help="fresh labelled rows for the registry's champion gate (instead of a gate share)"
+    )
     calibrate.add_argument("--seed", type=int, help="optimizer seed")
     calibrate.add_argument("--split-seed", type=int, help="seed of the grouped train/dev/test split")
+    for part in ("train", "dev", "test", "gate"):
+        calibrate.add_argument(
+            f"--max-{part}-rows",
+            type=_positive_int(f"--max-{part}-rows"),
+            help=f"cap the {part} rows, drawn evenly across groups",
+        )
     calibrate.add_argument("--limit", type=int, help="use only the first N rows")
+    calibrate.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="settings",
+        metavar="SECTION.KEY=VALUE",
+        help="set any other key of the experiment file for this run; VALUE is read as TOML "
+        "(e.g. --set report.n_resamples=500); repeatable",
+    )
     calibrate.add_argument("--tracking-uri", help="MLflow tracking URI (default: mlruns/mlflow.db)")
     calibrate.add_argument("--no-track", action="store_true", help="do not record an MLflow run")
     calibrate.set_defaults(handler=_calibrate)
+
+    init = commands.add_parser(
+        "init", help="write a starter experiment file: every key present, the required ones set, a row template"
+    )
+    init.add_argument("name", help="judge name: the MLflow experiment judgecal/<NAME> and the registered model")
+    init.add_argument(
+        "--task", required=True, help="relevance, pairwise, attribute, or your own module:Signature / file.py:Signature"
+    )
+    init.add_argument("--data", help="the labelled rows, relative to the experiment file (default: NAME.jsonl)")
+    init.add_argument("--output", type=Path, help="the experiment file to write (default: NAME.toml)")
+    init.set_defaults(handler=_init)
 
     report = commands.add_parser("report", help="print a calibration's agreement table and write its judge card")
     report.add_argument("source", help="an MLflow run id, or a path to evaluation.json (or a folder holding it)")
@@ -402,21 +438,36 @@ def _print_summary(done: list[tuple[str, CalibrationReport, str | None]], args: 
 
 def _load(path: Path, args: argparse.Namespace) -> ExperimentConfig:
     from judgecal.pipeline.config import load_config
+    from judgecal.pipeline.reference import FLAGS
 
-    overrides = {
-        "judge.data": str(args.data.resolve()) if args.data else None,
-        "judge.name": args.name,
-        "judge.limit": args.limit,
-        "lm.model": args.model,
-        "lm.api_base": args.api_base,
-        "calibration.strategy": args.strategy,
-        "judge.recorded": args.recorded,
-        "judge.register_as": args.register,
-        "judge.verdicts": str(args.verdicts.resolve()) if args.verdicts else None,
-        "calibration.seed": args.seed,
-        "split.seed": args.split_seed,
-    }
+    overrides: dict[str, object] = dict(_settings(args.settings))
+    for dotted, flag in FLAGS.items():
+        if dotted.startswith("search."):
+            continue  # a search's flags are applied where the search starts
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"), None)
+        if isinstance(value, Path):
+            value = str(value.resolve())
+        if value is not None:
+            overrides[dotted] = value
     return load_config(path, overrides)
+
+
+def _settings(values: list[str]) -> list[tuple[str, object]]:
+    """``--set section.key=VALUE`` pairs, the value read as TOML (a bare word is a string)."""
+    import tomllib
+
+    out = []
+    for text in values:
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ValueError(f"--set takes SECTION.KEY=VALUE (e.g. report.n_resamples=500), got {text!r}")
+        try:
+            value = tomllib.loads(f"value = {raw.strip()}")["value"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        out.append((key, value))
+    return out
 
 
 def _calibrate_one(config: ExperimentConfig, args: argparse.Namespace) -> tuple[CalibrationReport, str | None]:
@@ -437,6 +488,28 @@ def _calibrate_one(config: ExperimentConfig, args: argparse.Namespace) -> tuple[
     )
     _print_result(config, report, report.run_id)
     return report, report.run_id
+
+
+def _init(args: argparse.Namespace) -> int:
+    import re
+
+    from judgecal.pipeline.reference import starter_experiment
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.name):
+        raise ValueError(f"name {args.name!r}: use letters, digits, '-', '_' or '.' (it names an MLflow experiment)")
+    output = args.output or Path(f"{args.name}.toml")
+    if output.exists():
+        raise FileExistsError(f"{output} exists; choose another --output (nothing was overwritten)")
+    text = starter_experiment(args.name, args.task, args.data or f"{args.name}.jsonl")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    console.print(
+        f"wrote {output}: judge {args.name!r}, task {args.task}, rows from {args.data or args.name + '.jsonl'} "
+        f"(beside it). Next: put your labelled rows there (the row template is at the top of {output}), then\n"
+        f"  judgecal calibrate {output} --model openai/gpt-4o-mini",
+        highlight=False,
+    )
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -26,9 +26,14 @@ class LMConfig(BaseModel):
         description="'embedded' (SmolLM2-135M in-process), a path to a .gguf file, or a "
         "LiteLLM model string such as 'openai/gpt-4o-mini' or 'hosted_vllm/<name>'.",
     )
-    temperature: float = Field(default=0.0, ge=0, le=2)
-    max_tokens: int = Field(default=256, gt=0)
-    seed: int = 0
+    temperature: float = Field(default=0.0, ge=0, le=2, description="Sampling temperature; 0 decodes greedily.")
+    max_tokens: int = Field(
+        default=256,
+        gt=0,
+        description="Most tokens a judge answer may take. DSPy refuses OpenAI's reasoning models (o-series, "
+        "gpt-5) below 16000.",
+    )
+    seed: int = Field(default=0, description="Sampling seed, for backends that take one.")
     api_base: str | None = Field(default=None, description="Server URL for OpenAI-compatible servers.")
     logprobs: bool | None = Field(
         default=None,
@@ -37,7 +42,10 @@ class LMConfig(BaseModel):
     )
     n_ctx: int = Field(default=4096, gt=0, description="Context length of an in-process model.")
     n_threads: int | None = Field(default=None, description="CPU threads of an in-process model.")
-    cache: bool = True
+    cache: bool = Field(
+        default=True,
+        description="Keep every answer in DSPy's disk cache (.cache/dspy/); a repeated run is served from it.",
+    )
     num_retries: int = Field(
         default=3,
         ge=0,

@@ -37,13 +37,15 @@ class CalibrationConfig(BaseModel):
 
     strategy: str | None = Field(
         default=None,
-        description="A strategy name from judgecal.strategies (a DSPy optimizer, threshold, base_rate, "
-        "order_swap, verifier, stacking); default: the optimizer below.",
+        description="A strategy by name: a DSPy optimizer, threshold, base_rate, order_swap, verifier, "
+        "embedding_verifier or stacking; default: the optimizer below.",
     )
-    optimizer: OptimizerName = "bootstrap_random_search"
-    seed: int = 0
-    max_bootstrapped_demos: int = Field(default=2, ge=0)
-    max_labeled_demos: int = Field(default=4, ge=0)
+    optimizer: OptimizerName = Field(
+        default="bootstrap_random_search", description="The DSPy optimizer used when no strategy is named."
+    )
+    seed: int = Field(default=0, description="Seed of the optimizer and of the strategies that draw at random.")
+    max_bootstrapped_demos: int = Field(default=2, ge=0, description="Demos the optimizer bootstraps from train.")
+    max_labeled_demos: int = Field(default=4, ge=0, description="Labelled train rows shown as demos.")
     num_candidate_programs: int = Field(default=4, ge=1, description="Random-search candidates.")
     num_candidates: int = Field(default=3, ge=1, description="MIPROv2 instruction/demo candidates.")
     num_trials: int = Field(default=6, ge=1, description="MIPROv2 trials.")

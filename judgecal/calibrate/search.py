@@ -46,7 +46,9 @@ class SearchConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    strategies: list[str] = Field(default_factory=lambda: ["all"])
+    strategies: list[str] = Field(
+        default_factory=lambda: ["all"], description='Strategies to search, or ["all"]: every one that applies.'
+    )
     trials: int = Field(
         default=12, ge=1, description="Distinct finished trials the study should reach (repeats do not count)."
     )

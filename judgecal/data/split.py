@@ -36,11 +36,19 @@ class SplitSpec(BaseModel):
         description="Share of groups the registry's champion gate compares versions on (never fitted, selected "
         "or reported on); 0 means no gate rows.",
     )
-    seed: int = 0
-    max_train_rows: int | None = Field(default=None, gt=0, description="Cap train (LM cost control).")
-    max_dev_rows: int | None = Field(default=None, gt=0, description="Cap dev (optimizer cost control).")
-    max_test_rows: int | None = Field(default=None, gt=0, description="Cap test (report cost control).")
-    max_gate_rows: int | None = Field(default=None, gt=0, description="Cap gate (registry cost control).")
+    seed: int = Field(default=0, description="Seed of the shuffle that assigns groups to parts.")
+    max_train_rows: int | None = Field(
+        default=None, gt=0, description="Cap train, drawn evenly across groups (LM cost control)."
+    )
+    max_dev_rows: int | None = Field(
+        default=None, gt=0, description="Cap dev, drawn evenly across groups (optimizer cost control)."
+    )
+    max_test_rows: int | None = Field(
+        default=None, gt=0, description="Cap test, drawn evenly across groups (report cost control)."
+    )
+    max_gate_rows: int | None = Field(
+        default=None, gt=0, description="Cap gate, drawn evenly across groups (registry cost control)."
+    )
 
 
 @dataclass(frozen=True)

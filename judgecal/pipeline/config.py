@@ -27,7 +27,7 @@ class JudgeSection(BaseModel):
     name: str = Field(description="Names the MLflow experiment (judgecal/<name>) and the bundle.")
     task: str = Field(description="'relevance', 'pairwise', 'attribute' or 'module:Signature'.")
     data: Path = Field(description="Labelled rows (JSONL or CSV); relative to the config file.")
-    limit: int | None = Field(default=None, gt=0, description="Use only the first N rows.")
+    limit: int | None = Field(default=None, gt=0, description="Use only the first N rows of the file.")
     recorded: str | None = Field(
         default=None,
         description="Calibrate verdicts the rows already hold (reference_judges.<name>) instead of a live model.",
@@ -35,7 +35,7 @@ class JudgeSection(BaseModel):
     register_as: str | None = Field(
         default=None,
         description="Register the calibrated judge under this MLflow model name; 'champion' moves to it only "
-        "when it beats the current champion significantly on the same test rows.",
+        "when it beats the current champion significantly on the gate rows.",
     )
     verdicts: Path | None = Field(
         default=None,
@@ -53,7 +53,7 @@ class ReportConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     n_resamples: int = Field(default=2000, ge=100, description="Group-bootstrap resamples.")
-    seed: int = 0
+    seed: int = Field(default=0, description="Seed of the bootstrap resamples.")
 
 
 class ExperimentConfig(BaseModel):

@@ -1,0 +1,134 @@
+"""The configuration page and the starter file are generated from the config models; the
+flags `judgecal calibrate` documents set the keys they name; `judgecal init` writes a
+file that loads, holds every key, and is its own experiment."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from judgecal.cli import _load, _parser, main
+from judgecal.pipeline.config import load_config
+from judgecal.pipeline.reference import FLAGS, config_keys, configuration_markdown
+from tests.conftest import REPO
+
+# A value for each flag, and what the key reads after it.
+FLAG_VALUES = {
+    "--name": ("other", "other"),
+    "--task": ("pairwise", "pairwise"),
+    "--limit": ("40", 40),
+    "--recorded": ("gpt-4", "gpt-4"),
+    "--register": ("mine", "mine"),
+    "--model": ("openai/o4-mini", "openai/o4-mini"),
+    "--api-base": ("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1"),
+    "--temperature": ("0.7", 0.7),
+    "--max-tokens": ("16000", 16000),
+    "--split-seed": ("3", 3),
+    "--max-train-rows": ("50", 50),
+    "--max-dev-rows": ("20", 20),
+    "--max-test-rows": ("30", 30),
+    "--max-gate-rows": ("10", 10),
+    "--strategy": ("verifier", "verifier"),
+    "--seed": ("5", 5),
+}
+
+
+def test_the_configuration_page_is_the_one_the_config_models_generate() -> None:
+    committed = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert committed == configuration_markdown(), (
+        "docs/configuration.md is out of date: run `make docs` (python -m judgecal.pipeline.reference)"
+    )
+
+
+def test_every_key_says_what_it_means() -> None:
+    assert [key.dotted for key in config_keys() if not key.description] == []
+
+
+def test_every_documented_flag_exists_and_sets_its_key(tmp_path: Path) -> None:
+    rows, verdicts, gate = (tmp_path / name for name in ("rows.jsonl", "verdicts.jsonl", "gate.jsonl"))
+    config = tmp_path / "exp.toml"
+    config.write_text('[judge]\nname = "t"\ntask = "relevance"\ndata = "x.jsonl"\n')
+    parser = _parser()
+    for dotted, flag in FLAGS.items():
+        if dotted.startswith("search."):
+            assert flag in parser._subparsers._group_actions[0].choices["calibrate"]._option_string_actions
+            continue
+        if flag in ("--data", "--verdicts", "--gate-data"):
+            path = {"--data": rows, "--verdicts": verdicts, "--gate-data": gate}[flag]
+            text, expected = str(path), path
+        else:
+            text, expected = FLAG_VALUES[flag]
+        args = parser.parse_args(["calibrate", str(config), flag, text])
+        loaded = _load(config, args)
+        section, key = dotted.split(".")
+        assert getattr(getattr(loaded, section), key) == expected, flag
+
+
+def test_set_reaches_any_other_key_and_a_misspelt_one_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "exp.toml"
+    config.write_text('[judge]\nname = "t"\ntask = "relevance"\ndata = "x.jsonl"\n')
+    args = _parser().parse_args(
+        ["calibrate", str(config), "--set", "report.n_resamples=500", "--set", 'calibration.params={head = "logistic"}']
+    )
+    loaded = _load(config, args)
+    assert loaded.report.n_resamples == 500
+    assert loaded.calibration.params == {"head": "logistic"}
+    assert main(["calibrate", str(config), "--set", "report.n_resampels=500", "--no-track"]) == 2
+    assert "field 'report.n_resampels'" in capsys.readouterr().err
+
+
+SIGNATURE = '''
+from typing import Literal
+
+import dspy
+
+
+class RateHelpfulness(dspy.Signature):
+    """Rate how helpful the answer is."""
+
+    question: str = dspy.InputField()
+    answer: str = dspy.InputField()
+    rating: Literal[1, 2, 3, 4, 5] = dspy.OutputField()
+'''
+
+
+@pytest.mark.parametrize("task", ["relevance", "pairwise", "attribute", "custom"])
+def test_init_writes_its_own_experiment_with_every_key(tmp_path: Path, task: str, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    if task == "custom":
+        (tmp_path / "judges.py").write_text(SIGNATURE)
+        task = "judges.py:RateHelpfulness"
+    assert main(["init", "my-judge", "--task", task]) == 0
+    text = (tmp_path / "my-judge.toml").read_text()
+    document = tomllib.loads(text)
+    assert document["judge"] == {
+        "name": "my-judge",
+        "task": task,
+        "data": "my-judge.jsonl",
+        "register_as": "my-judge",
+    }
+    assert document["split"] == {"gate": 0.15}
+    assert "search" not in document  # a [search] section would start a search
+    for key in config_keys():
+        assert f"\n{key.name} = " in text or f"\n# {key.name} = " in text, key.dotted
+    # the row template at the top is a valid row of the task
+    template = next(line for line in text.splitlines() if line.startswith("#   {"))
+    (tmp_path / "my-judge.jsonl").write_text(template.removeprefix("#   ") + "\n")
+    from judgecal.data.rows import load_rows
+    from judgecal.tasks.registry import resolve_task
+
+    config = load_config(tmp_path / "my-judge.toml")
+    [row] = load_rows(config.judge.data, resolve_task(task).spec).rows
+    assert row.id == "row-1"
+
+
+def test_init_never_overwrites(tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.toml").write_text("# my own\n")
+    assert main(["init", "mine", "--task", "relevance"]) == 2
+    assert (tmp_path / "mine.toml").read_text() == "# my own\n"
+    assert "mine.toml exists" in capsys.readouterr().err
