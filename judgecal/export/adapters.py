@@ -111,7 +111,8 @@ def _field(obj: Any, name: str) -> Any:
 def mlflow_scorer(judge: FittedJudge, *, name: str | None = None) -> Any:
     """A calibrated judge as an MLflow GenAI scorer. Each judge input is looked up by name
     in the evaluation row's ``outputs`` (when a dict), then ``inputs``, then
-    ``expectations``; an ``outputs`` string fills the single input still missing. The
+    ``expectations``, and so are ``reference_judges`` (which a judge calibrated on recorded
+    verdicts reads); an ``outputs`` string fills the single input still missing. The
     feedback value is the verdict (a bool for yes/no judges, so MLflow averages it), with
     the confidence as metadata."""
     from mlflow.entities import Feedback
@@ -125,7 +126,7 @@ def mlflow_scorer(judge: FittedJudge, *, name: str | None = None) -> Any:
         fields: dict[str, Any] = {}
         for source in (outputs, inputs, expectations):
             if isinstance(source, dict):
-                for key in names:
+                for key in (*names, "reference_judges"):
                     if key not in fields and key in source:
                         fields[key] = source[key]
         missing = [key for key in names if key not in fields]

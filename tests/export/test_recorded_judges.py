@@ -84,3 +84,15 @@ def test_judge_command_lists_rows_without_the_recorded_verdict_by_id_and_line(
     assert (error["id"], error["line"]) == (rows[1]["id"], 2)
     assert "field 'reference_judges.loose' is missing" in error["error"]
     assert "1 rows got no verdict" in capsys.readouterr().err
+
+
+def test_the_mlflow_scorer_passes_recorded_verdicts_on(stacked) -> None:
+    from judgecal.export.adapters import mlflow_scorer
+
+    judge, _ = stacked
+    scorer = mlflow_scorer(judge)
+    inputs = {"prompt": "Help me with cooking.", "attribute": "The user cares about cooking."}
+    judged = scorer(inputs={**inputs, "reference_judges": {"strict": True, "loose": True}})
+    assert judged.value in (True, False) and judged.error is None
+    refused = scorer(inputs=inputs)
+    assert refused.value is None and "'reference_judges.strict' is missing" in str(refused.error)
