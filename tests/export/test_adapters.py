@@ -37,7 +37,7 @@ def test_batch_keeps_order_with_threads_and_takes_plain_dicts(verifier_judge) ->
     many = judge.batch(rows, num_threads=4, progress=False)
     assert one == many
     assert judge.batch([row.inputs for row in rows[:3]], progress=False) == one[:3]
-    with pytest.raises(ValueError, match="takes prompt, attribute; got also"):
+    with pytest.raises(ValueError, match=r"takes prompt, attribute \(and reference_judges\); got also"):
         judge.batch([{"prompt": "p", "attribute": "a", "colour": "red"}], progress=False)
 
 
