@@ -299,6 +299,10 @@ class StackingJudge(FittedJudge):
     def uses_lm(self) -> bool:
         return any(c.uses_lm for c in getattr(self, "components_", self._components()))
 
+    @property
+    def in_process(self) -> bool:
+        return any(c.in_process for c in getattr(self, "components_", self._components()))
+
     def state(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
