@@ -159,6 +159,10 @@ class JudgeFileResult(BaseModel):
     )
 
 
+NO_MODEL_CHUNK = 2048
+"""Rows a judge that calls no model judges (and ``judge_file`` syncs) at once."""
+
+
 def errors_file_of(output: Path) -> Path:
     """``verdicts.jsonl`` → ``verdicts.errors.jsonl``: the rows the last run could not judge."""
     return output.with_name(f"{output.stem if output.suffix else output.name}.errors.jsonl")
@@ -201,6 +205,8 @@ def judge_file(
     threads = 1 if judge.in_process else num_threads
     if judge.uses_lm and threads > 1:
         chunk = max(chunk, threads * 4)  # every thread busy between two syncs
+    elif not judge.uses_lm:
+        chunk = max(chunk, NO_MODEL_CHUNK)  # a crash costs a second of work; a sync per 16 rows cost a quarter
 
     def judge_rows(part: list[LabeledRow]) -> Iterator[tuple[Verdict | None, str | None]]:
         """(verdict, None) or (None, why) per row, in order. An LM judge is called row by
