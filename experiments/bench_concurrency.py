@@ -26,14 +26,6 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from judgecal.backends.settings import LMConfig
-from judgecal.export.adapters import judge_file
-from judgecal.export.bundle import bundle_from_judge, save_bundle
-from judgecal.export.flavor import load_judge
-from judgecal.judges.fitted import ProgramJudge
-from judgecal.judges.program import JudgeProgram, RetryPolicy
-from judgecal.tasks.registry import resolve_task
-
 
 class SlowServer:
     """An OpenAI-compatible chat server with a fixed latency and some HTTP 429s."""
@@ -105,6 +97,17 @@ def main() -> None:
     parser.add_argument("--threads", default="1,4,16")
     args = parser.parse_args()
     os.environ.setdefault("OPENAI_API_KEY", "sk-benchmark-not-a-real-key")
+    # As the judgecal command does: LiteLLM and DSPy read their model tables from the
+    # installed package, not the network (set before either is imported).
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    from judgecal.backends.settings import LMConfig
+    from judgecal.export.adapters import judge_file
+    from judgecal.export.bundle import bundle_from_judge, save_bundle
+    from judgecal.export.flavor import load_judge
+    from judgecal.judges.fitted import ProgramJudge
+    from judgecal.judges.program import JudgeProgram, RetryPolicy
+    from judgecal.tasks.registry import resolve_task
+
     console = Console()
     task = resolve_task("relevance")
     server = SlowServer(args.latency, args.rate_limited)
