@@ -57,16 +57,13 @@ def postgres_server(database: str = "optuna") -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def service_environment() -> dict[str, str]:
-    """As ``judgecal ui`` starts MLflow: without these, ``mlflow server`` hangs at start-up
-    on an offline machine (its job runner and LiteLLM's cost-map fetch deadlock)."""
-    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-
-
 @contextmanager
 def mlflow_server(folder: Path, *, timeout: float = 120) -> Iterator[str]:
     """``mlflow server`` with its own SQLite backend store and proxied artifacts in
-    ``folder``; yields its URL once ``/health`` answers."""
+    ``folder``; yields its URL once ``/health`` answers. Started as ``judgecal ui`` starts
+    MLflow (:func:`ui_environment`), without which it hangs at start-up offline."""
+    from judgecal.pipeline.tracking import ui_environment
+
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [
@@ -87,7 +84,7 @@ def mlflow_server(folder: Path, *, timeout: float = 120) -> Iterator[str]:
     ]
     log = (folder / "server.log").open("wb")
     server = subprocess.Popen(
-        command, env=service_environment(), cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        command, env=ui_environment(), cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     url = f"http://127.0.0.1:{port}"
     try:
