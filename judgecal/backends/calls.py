@@ -1,5 +1,6 @@
 """Counting the LM calls a fit or a trial makes (cached answers included), across the
-LM copies DSPy's optimizers create, which keep their own histories.
+LM copies DSPy's optimizers create, which keep their own histories; and the calls a judge
+retried after a transient failure (rate limits above all).
 """
 
 from __future__ import annotations
@@ -21,3 +22,40 @@ class LMCallCounter(BaseCallback):
     def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         with self._lock:
             self.calls += 1
+
+
+class RetryCounter(BaseCallback):
+    """Counts the calls a judge retried after a transient failure, by reason (``HTTP 429``
+    for a rate limit, ``server error``, ...). Put it among DSPy's callbacks
+    (``dspy.context(callbacks=[...])``); DSPy's parallel executor carries it into every
+    thread, and each judge reports its retries to the callbacks that have ``on_retry``."""
+
+    def __init__(self) -> None:
+        from collections import Counter
+
+        self.retries: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def on_retry(self, error: BaseException) -> None:
+        with self._lock:
+            self.retries[retry_reason(error)] += 1
+
+    @property
+    def rate_limited(self) -> int:
+        """Calls retried after HTTP 429."""
+        return self.retries.get(RATE_LIMITED, 0)
+
+
+RATE_LIMITED = "HTTP 429"
+
+
+def retry_reason(error: BaseException) -> str:
+    """Why a call was retried, in a word: ``HTTP 429``, ``HTTP 503``, ``timeout``, ..."""
+    from dspy.utils import exceptions
+
+    if isinstance(error, exceptions.LMRateLimitError):
+        return RATE_LIMITED
+    status = getattr(error, "status", None)
+    if isinstance(status, int):
+        return f"HTTP {status}"
+    return type(error).__name__

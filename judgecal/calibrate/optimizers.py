@@ -342,7 +342,7 @@ class PromptOptimizer(FittedJudge):
         )
         result = calibrate_program(raw.task, raw.lm, train, dev, config)
         self.program_ = result.program
-        self.judge_ = ProgramJudge(raw.task, result.program, raw.lm, raw.name)
+        self.judge_ = ProgramJudge(raw.task, result.program, raw.lm, raw.name, num_threads=raw.num_threads)
         return self
 
     @property

@@ -108,7 +108,8 @@ def _scored_base(base: FittedJudge, rows: Sequence[LabeledRow]) -> tuple[FittedJ
     verdicts = base.predict(rows, description="threshold: scoring")
     raw = unwrap(base)
     if isinstance(raw, ProgramJudge) and all(v.probabilities is None for v in verdicts):
-        stated = ProgramJudge(raw.task, JudgeProgram(raw.task.signature, verbalized=True), raw.lm, raw.name)
+        program = JudgeProgram(raw.task.signature, verbalized=True)
+        stated = ProgramJudge(raw.task, program, raw.lm, raw.name, num_threads=raw.num_threads)
         base = MemoJudge(stated)
         verdicts = base.predict(rows, description="threshold: stated scores")
     return base, positive_probability(verdicts, raw.task)

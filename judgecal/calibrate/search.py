@@ -26,7 +26,8 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,19 +192,86 @@ def final_judge(
     return fit_judge(spec, env, winner.params, [*train, *dev], None, guard, step="fit on train + dev")
 
 
-def open_study(study_name: str, storage_url: str, search: SearchConfig, dev_rows: int, root: Path) -> Any:
+@contextmanager
+def study_lock(storage_url: str, study_name: str, root: Path) -> Iterator[None]:
+    """One worker at a time, on every machine that shares the study: creating the study's
+    tables, enqueueing its first trials and its MLflow parent run happen once. In PostgreSQL
+    an advisory lock, in MySQL a named lock; a SQLite study lives on one machine, where a
+    lock file in ``mlruns/`` serves."""
+    import hashlib
+
+    if not storage_url.startswith(("postgresql", "mysql")):
+        with store_lock(root):
+            yield
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    digest = hashlib.sha256(f"judgecal-study:{study_name}".encode()).digest()
+    key = int.from_bytes(digest[:8], "big", signed=True)
+    postgres = storage_url.startswith("postgresql")
+    take, release = (
+        ("SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)")
+        if postgres
+        else ("SELECT GET_LOCK(:key, -1)", "SELECT RELEASE_LOCK(:key)")
+    )
+    engine = sqlalchemy.create_engine(storage_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            bind = {"key": key if postgres else f"judgecal-{key}"}
+            connection.execute(sqlalchemy.text(take), bind)
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text(release), bind)
+    finally:
+        engine.dispose()
+
+
+class LostTrialCallback:
+    """Run when a worker finds a trial whose worker stopped sending heartbeats (killed, its
+    machine gone): the trial is queued again with its settings (Optuna's
+    ``RetryHeartbeatStaleTrialCallback``) and ``on_lost(study, trial)`` records it. Optuna
+    calls this in the one worker that failed the trial."""
+
+    def __init__(self, max_retry: int = 2, on_lost: Callable[[Any, Any], None] | None = None) -> None:
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        self.on_lost = on_lost
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        self.retry(study, trial)
+        if self.on_lost is not None:
+            self.on_lost(study, trial)
+
+
+LOST_TRIAL = "its worker stopped sending heartbeats (killed, or its machine is gone); its settings were queued again"
+
+
+def open_study(
+    study_name: str,
+    storage_url: str,
+    search: SearchConfig,
+    dev_rows: int,
+    root: Path,
+    *,
+    on_lost: Callable[[Any, Any], None] | None = None,
+) -> Any:
+    """Create or load the study. ``on_lost(study, trial)`` sees each trial of a lost worker
+    that this process fails, once the grace period has passed; the trial is retried."""
     import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RDBStorage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with store_lock(root), warnings.catch_warnings():
+    with study_lock(storage_url, study_name, root), warnings.catch_warnings():
         # Heartbeats are marked experimental in Optuna; they are what fails a killed worker's trial.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = RDBStorage(
             url=storage_url,
             heartbeat_interval=search.heartbeat_interval,
             grace_period=search.grace_period,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+            heartbeat_stale_trial_callback=LostTrialCallback(max_retry=2, on_lost=on_lost),
         )
         return optuna.create_study(
             study_name=study_name,
@@ -232,13 +300,12 @@ def check_study(study: Any, fingerprint: str, strategies: list[str]) -> None:
         )
 
 
-def enqueue_defaults(study: Any, specs: dict[str, StrategySpec], env: StrategyEnv, root: Path) -> None:
+def enqueue_defaults(study: Any, specs: dict[str, StrategySpec], env: StrategyEnv) -> None:
     """Every strategy's default settings first, cheapest first, once per study: the budget
-    answers 'which strategy?' before 'which settings?'."""
-    with store_lock(root):
-        if study.user_attrs.get("defaults_enqueued") or study.trials:
-            return
-        study.set_user_attr("defaults_enqueued", True)
+    answers 'which strategy?' before 'which settings?'. Call it under :func:`study_lock`."""
+    if study.user_attrs.get("defaults_enqueued") or study.trials:
+        return
+    study.set_user_attr("defaults_enqueued", True)
     for spec in sorted(specs.values(), key=lambda s: (s.scored_on_dev, s.complexity, s.name)):
         fixed = _default_params(spec, env)
         study.enqueue_trial({"strategy": spec.name, **fixed}, skip_if_exists=True)
@@ -377,7 +444,7 @@ def leaderboard(study: Any) -> list[TrialRow]:
                 run_id=run_ids.get(f"run_id.{trial.number}"),
                 worker=attrs.get("worker"),
                 duplicate_of=attrs.get("duplicate_of"),
-                error=attrs.get("error"),
+                error=attrs.get("error") or (LOST_TRIAL if trial.state == TrialState.FAIL else None),
                 pruned_after=attrs.get("pruned_after_rows"),
             )
         )

@@ -331,6 +331,10 @@ class StackingJudge(FittedJudge):
     def reference_fields(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(name for c in self._current_components() for name in c.reference_fields))
 
+    @property
+    def in_process(self) -> bool:
+        return any(c.in_process for c in getattr(self, "components_", self._components()))
+
     def state(self) -> dict[str, Any]:
         return {
             "kind": self.kind,

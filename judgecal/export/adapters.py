@@ -42,19 +42,21 @@ class CalibratedJudge:
     def batch(
         self, items: Sequence[LabeledRow | dict[str, Any]], *, num_threads: int = 1, progress: bool = True
     ) -> list[Verdict]:
-        """Verdicts for many rows (or dicts of inputs), in order, with a progress bar.
-        Threads help with remote models; an in-process model judges one row at a time."""
-        from concurrent.futures import ThreadPoolExecutor
-
+        """Verdicts for many rows (or dicts of inputs), in order, with a progress bar. A
+        remote model is sent ``num_threads`` rows at once (DSPy's parallel executor); an
+        in-process model judges one row at a time."""
+        from judgecal.judges.program import run_concurrently
         from judgecal.progress import rich_progress
 
         judge = self.fitted
         rows = [judge._row(item, i) for i, item in enumerate(items)]
         factory = rich_progress() if progress else None
-        if num_threads <= 1 or len(rows) <= 1:
+        threads = 1 if judge.in_process else num_threads
+        if threads <= 1 or len(rows) <= 1:
             return judge.predict(rows, progress=factory, description=judge.name)
         tracker = factory(len(rows), judge.name) if factory else None
-        size = max(1, len(rows) // (num_threads * 4))
+        # Judges that call no model judge a chunk at once; model calls go one row per task.
+        size = 1 if judge.uses_lm else max(1, len(rows) // (threads * 4))
         chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
 
         def work(chunk: list[LabeledRow]) -> list[Verdict]:
@@ -64,8 +66,7 @@ class CalibratedJudge:
             return verdicts
 
         try:
-            with ThreadPoolExecutor(max_workers=num_threads) as pool:
-                return [v for part in pool.map(work, chunks) for v in part]
+            return [v for part in run_concurrently(work, chunks, threads) for v in part]
         finally:
             if tracker is not None:
                 tracker.close()
@@ -154,6 +155,13 @@ class JudgeFileResult(BaseModel):
     already_done: int = Field(description="Rows found in the output from earlier runs.")
     failed: int = Field(default=0, description="Rows without a verdict this run, listed in the errors file.")
     errors_file: Path | None = Field(default=None, description="Where the failed rows are listed, if any failed.")
+    retried: dict[str, int] = Field(
+        default_factory=dict, description="Calls retried after a transient failure, by reason ('HTTP 429', ...)."
+    )
+
+
+NO_MODEL_CHUNK = 2048
+"""Rows a judge that calls no model judges (and ``judge_file`` syncs) at once."""
 
 
 def errors_file_of(output: Path) -> Path:
@@ -181,8 +189,11 @@ def judge_file(
     judges it again. The errors file lists the failures of the latest run only."""
     import os
 
+    import dspy
+
+    from judgecal.backends.calls import RetryCounter
     from judgecal.data.rows import load_rows
-    from judgecal.judges.program import FAILING_START, JudgeFailedError, RowFailedError
+    from judgecal.judges.program import FAILING_START, JudgeFailedError, RowFailedError, run_concurrently
 
     rows = load_rows(source, judge.task.spec, labelled=False).rows
     done = _completed_ids(output)
@@ -192,10 +203,16 @@ def judge_file(
     errors_path.unlink(missing_ok=True)
     tracker = progress(len(todo), f"{judge.name}: judging") if progress and todo else None
 
+    threads = 1 if judge.in_process else num_threads
+    if judge.uses_lm and threads > 1:
+        chunk = max(chunk, threads * 4)  # every thread busy between two syncs
+    elif not judge.uses_lm:
+        chunk = max(chunk, NO_MODEL_CHUNK)  # a crash costs a second of work; a sync per 16 rows cost a quarter
+
     def judge_rows(part: list[LabeledRow]) -> Iterator[tuple[Verdict | None, str | None]]:
         """(verdict, None) or (None, why) per row, in order. An LM judge is called row by
-        row, so that one failed row costs only itself; other judges make no calls and run
-        as a batch."""
+        row (``num_threads`` rows at once for a remote model), so that one failed row costs
+        only itself; other judges make no calls and run as a batch."""
         if not judge.uses_lm:
             yield from ((v, None) for v in CalibratedJudge(judge).batch(part, num_threads=num_threads, progress=False))
             return
@@ -206,54 +223,50 @@ def judge_file(
             except RowFailedError as error:
                 return None, error.reason
 
-        if num_threads <= 1:
-            yield from (one(row) for row in part)
-            return
-        from concurrent.futures import ThreadPoolExecutor
-
-        pool = ThreadPoolExecutor(max_workers=num_threads)
-        try:
-            yield from pool.map(one, part)
-        finally:  # a stop (a misconfigured judge, Ctrl-C) cancels the rows not started
-            pool.shutdown(wait=True, cancel_futures=True)
+        if threads <= 1:
+            yield from (one(row) for row in part)  # one at a time: a failing judge stops after its first rows
+        else:
+            yield from run_concurrently(one, part, threads)
 
     judged = failed = 0
     output.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     errors_descriptor: int | None = None
+    retries = RetryCounter()
     try:
-        for start in range(0, len(todo), chunk):
-            part = todo[start : start + chunk]
-            for row, (verdict, why) in zip(part, judge_rows(part), strict=True):
-                if verdict is not None and verdict.label is None:
-                    why = f"no valid verdict: {verdict.error or 'the answer could not be read'}"
-                if why is None and verdict is not None:
-                    record = {
-                        "id": row.id,
-                        "verdict": verdict.label,
-                        "probability": verdict.probability_of(positive) if positive is not None else None,
-                        "confidence": verdict.confidence,
-                        "probabilities": verdict.probabilities,
-                        "judge": judge.name,
-                    }
-                    os.write(descriptor, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-                    judged += 1
-                else:
-                    failed += 1
-                    if errors_descriptor is None:
-                        errors_descriptor = os.open(errors_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                    line = json.dumps({"id": row.id, "line": row.line, "error": why}, ensure_ascii=False)
-                    os.write(errors_descriptor, (line + "\n").encode("utf-8"))
-                    if judged == 0 and failed >= FAILING_START:
-                        raise JudgeFailedError(
-                            f"judge '{judge.name}' failed on its first {failed} rows (listed in {errors_path}); "
-                            f"the last error: {why}"
-                        )
-                if tracker is not None:
-                    tracker.advance()
-            os.fsync(descriptor)
-            if errors_descriptor is not None:
-                os.fsync(errors_descriptor)
+        with dspy.context(callbacks=[*(dspy.settings.get("callbacks", None) or []), retries]):
+            for start in range(0, len(todo), chunk):
+                part = todo[start : start + chunk]
+                for row, (verdict, why) in zip(part, judge_rows(part), strict=True):
+                    if verdict is not None and verdict.label is None:
+                        why = f"no valid verdict: {verdict.error or 'the answer could not be read'}"
+                    if why is None and verdict is not None:
+                        record = {
+                            "id": row.id,
+                            "verdict": verdict.label,
+                            "probability": verdict.probability_of(positive) if positive is not None else None,
+                            "confidence": verdict.confidence,
+                            "probabilities": verdict.probabilities,
+                            "judge": judge.name,
+                        }
+                        os.write(descriptor, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+                        judged += 1
+                    else:
+                        failed += 1
+                        if errors_descriptor is None:
+                            errors_descriptor = os.open(errors_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                        line = json.dumps({"id": row.id, "line": row.line, "error": why}, ensure_ascii=False)
+                        os.write(errors_descriptor, (line + "\n").encode("utf-8"))
+                        if judged == 0 and failed >= FAILING_START:
+                            raise JudgeFailedError(
+                                f"judge '{judge.name}' failed on its first {failed} rows (listed in {errors_path}); "
+                                f"the last error: {why}"
+                            )
+                    if tracker is not None:
+                        tracker.advance()
+                os.fsync(descriptor)
+                if errors_descriptor is not None:
+                    os.fsync(errors_descriptor)
     finally:
         os.close(descriptor)
         if errors_descriptor is not None:
@@ -261,7 +274,11 @@ def judge_file(
         if tracker is not None:
             tracker.close()
     return JudgeFileResult(
-        judged=judged, already_done=len(done), failed=failed, errors_file=errors_path if failed else None
+        judged=judged,
+        already_done=len(done),
+        failed=failed,
+        errors_file=errors_path if failed else None,
+        retried=dict(retries.retries),
     )
 
 

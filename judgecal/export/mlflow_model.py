@@ -1,14 +1,19 @@
 """MLflow pyfunc model defined from code: MLflow logs this file, not a pickle.
 
-Loaded with ``mlflow.pyfunc.load_model(uri)``; ``predict`` takes a DataFrame whose
-columns are the judge's inputs and returns one row per input with ``label`` (JSON
-spelling: ``true``, ``A``, ...), ``confidence`` and ``error``.
+Loaded with ``mlflow.pyfunc.load_model(uri)`` or as a Spark UDF
+(``mlflow.pyfunc.spark_udf(spark, uri, result_type="label string, confidence double, error
+string")``); ``predict`` takes a DataFrame whose columns are the judge's inputs and returns
+one row per input with ``label`` (JSON spelling: ``true``, ``A``, ...; empty when the judge
+gave none), ``confidence`` (NaN when it has none) and ``error`` (empty when there is none).
+Empty strings rather than missing values, because MLflow's Spark UDF turns a missing value
+in a string column into the text ``None``.
 
 The bundle is loaded as :func:`judgecal.load_judge` loads it: its digest is checked and
 its endpoint is not used. ``load_model(uri, model_config={...})`` takes the same choices:
 ``model``, ``api_base``, ``trust_endpoint``, ``allow_modified``.
 """
 
+import math
 import warnings
 
 import mlflow
@@ -32,24 +37,45 @@ class CalibratedJudgeModel(PythonModel):
         self.digest = loaded.digest
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        """One row out per row in. A judge that calls no model judges the whole frame at once;
+        a model-calling judge goes row by row, and a row its model gave no answer for (the
+        call kept failing, the row is longer than the context) carries the error in its
+        ``error`` column instead of failing the batch (or the Spark task) it is part of."""
+        from judgecal.data.rows import LabeledRow
+        from judgecal.judges.program import RowFailedError
         from judgecal.judges.verdict import answer_key
 
         spec = self.judge.task.spec
         rows = []
-        for record in model_input.to_dict(orient="records"):
+        for index, record in enumerate(model_input.to_dict(orient="records")):
             validated = spec.inputs_model.model_validate(
                 {name: value for name, value in record.items() if name in spec.input_names}
             )
             inputs = {name: getattr(validated, name) for name in spec.input_names}
-            verdict = self.judge(**inputs)
-            rows.append(
+            rows.append(LabeledRow(id=str(index), group="-", inputs=inputs, label=None))
+        if not self.judge.uses_lm:
+            verdicts = self.judge.predict(rows)
+            out = [(v.label, v.confidence, v.error) for v in verdicts]
+        else:
+            out = []
+            for row in rows:
+                try:
+                    verdict = self.judge.predict([row])[0]
+                except RowFailedError as error:
+                    out.append((None, None, error.reason))
+                    continue
+                out.append((verdict.label, verdict.confidence, verdict.error))
+        return pd.DataFrame(
+            [
                 {
-                    "label": None if verdict.label is None else answer_key(verdict.label),
-                    "confidence": verdict.confidence,
-                    "error": verdict.error,
+                    "label": "" if label is None else answer_key(label),
+                    "confidence": math.nan if confidence is None else confidence,
+                    "error": error or "",
                 }
-            )
-        return pd.DataFrame(rows, columns=["label", "confidence", "error"])
+                for label, confidence, error in out
+            ],
+            columns=["label", "confidence", "error"],
+        )
 
 
 mlflow.models.set_model(CalibratedJudgeModel())

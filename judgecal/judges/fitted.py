@@ -80,6 +80,13 @@ class FittedJudge(BaseEstimator):
         base = getattr(self, "base_", None) or getattr(self, "base", None)
         return base.reference_fields if base is not None else ()
 
+    @property
+    def in_process(self) -> bool:
+        """The model this judge calls runs in this process (llama.cpp), one call at a time:
+        judging rows on several threads gains nothing."""
+        base = getattr(self, "base", None)
+        return bool(base is not None and base.in_process)
+
     def fit(self, train: Sequence[LabeledRow], dev: Sequence[LabeledRow] | None = None) -> FittedJudge:
         return self
 
@@ -187,20 +194,26 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 class ProgramJudge(FittedJudge):
-    """The LLM judge: a DSPy program run by an LM (raw, or compiled by an optimizer)."""
+    """The LLM judge: a DSPy program run by an LM (raw, or compiled by an optimizer).
+    ``num_threads`` rows go to a remote model at once; an in-process one takes one."""
 
     kind = "program"
 
-    def __init__(self, task: Task, program: JudgeProgram, lm: Any, name: str) -> None:
+    def __init__(self, task: Task, program: JudgeProgram, lm: Any, name: str, num_threads: int = 1) -> None:
         self.task = task
         self.program = program
         self.lm = lm
         self.name = name
-        self.judge = Judge(task, program, lm=lm, name=name)
+        self.num_threads = num_threads
+        self.judge = Judge(task, program, lm=lm, name=name, num_threads=num_threads)
 
     @property
     def uses_lm(self) -> bool:
         return True
+
+    @property
+    def in_process(self) -> bool:
+        return self.judge.in_process
 
     def predict(self, rows, *, progress=None, description=""):
         return self.judge.predict(rows, progress=progress, description=description or self.name)

@@ -14,8 +14,8 @@ still fails, or the row does not fit the model's context, the row raises
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import dspy
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,6 +27,9 @@ from judgecal.stats.metrics import LabelSpace, label_metrics, order_consistency
 from judgecal.tasks.registry import Task
 
 FAILING_START = 3
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class JudgeFailedError(RuntimeError):
@@ -181,8 +184,10 @@ def _logsumexp(current: float | None, value: float) -> float:
 class Judge:
     """A task's program bound to an LM: rows in, verdicts out.
 
-    Rows are judged in group order, one at a time, so consecutive prompts share their
-    instructions, demos and often the first input: a local model reuses that prefix.
+    Rows are judged in group order, so consecutive prompts share their instructions, demos
+    and often the first input: a local model reuses that prefix. A remote model is sent
+    ``num_threads`` rows at once through DSPy's parallel executor; an in-process model
+    judges one row at a time whatever ``num_threads`` says.
     """
 
     def __init__(
@@ -194,6 +199,7 @@ class Judge:
         adapter: Any = None,
         name: str | None = None,
         retry: RetryPolicy | None = None,
+        num_threads: int = 1,
     ) -> None:
         self.task = task
         self.program = program if program is not None else JudgeProgram(task.signature)
@@ -201,6 +207,14 @@ class Judge:
         self.adapter = adapter if adapter is not None else dspy.JSONAdapter()
         self.name = name or task.name
         self.retry = retry if retry is not None else RetryPolicy()
+        self.num_threads = num_threads
+
+    @property
+    def in_process(self) -> bool:
+        """The model runs in this process (an engine object such as judgecal's llama.cpp one):
+        one call at a time. A LiteLLM model names its engine with a string."""
+        engine = getattr(self.lm, "engine", None)
+        return engine is not None and not isinstance(engine, str)
 
     # -- one row ---------------------------------------------------------------------
 
@@ -242,6 +256,7 @@ class Judge:
             stop=stop_after_attempt(policy.attempts),
             wait=lambda state: policy.wait(state.attempt_number, state.outcome.exception() if state.outcome else None),
             retry=retry_if_exception(is_retryable_lm_error),
+            before_sleep=_report_retry,
             reraise=True,
         )
         prediction = None
@@ -263,16 +278,29 @@ class Judge:
         order = sorted(range(len(rows)), key=lambda i: (rows[i].group, i))
         verdicts: list[Verdict | None] = [None] * len(rows)
         tracker = progress(len(rows), description or self.name) if progress else None
+        threads = 1 if self.in_process else self.num_threads
+        # Rows go out in chunks, so that a judge failing on its first rows stops early.
+        size = 1 if threads <= 1 else threads * 4
         try:
-            for done, index in enumerate(order, start=1):
-                verdict = self._judge_row(rows[index])
-                verdicts[index] = verdict
-                if tracker is not None:
-                    tracker.advance()
-                if done == FAILING_START and all(verdicts[i] and verdicts[i].error for i in order[:done]):
-                    raise JudgeFailedError(
-                        f"judge '{self.name}' failed on its first {done} rows; the last error: {verdict.error}"
-                    )
+            for start in range(0, len(order), size):
+                part = order[start : start + size]
+
+                def judge(index: int) -> Verdict:
+                    verdict = self._judge_row(rows[index])
+                    if tracker is not None:
+                        tracker.advance()
+                    return verdict
+
+                for index, verdict in zip(part, run_concurrently(judge, part, threads), strict=True):
+                    verdicts[index] = verdict
+                done = order[: min(len(order), start + size)]
+                if len(done) >= FAILING_START and start < FAILING_START:
+                    first = done[:FAILING_START]
+                    if all(verdicts[i] and verdicts[i].error for i in first):
+                        raise JudgeFailedError(
+                            f"judge '{self.name}' failed on its first {FAILING_START} rows; the last error: "
+                            f"{verdicts[first[-1]].error}"
+                        )
         finally:
             if tracker is not None:
                 tracker.close()
@@ -320,6 +348,40 @@ class Judge:
         """Agreement with the human labels of ``rows``."""
         verdicts = list(verdicts) if verdicts is not None else self.predict(rows)
         return score_verdicts(self.task, rows, verdicts, swapped)
+
+
+def run_concurrently(function: Callable[[T], R], items: Sequence[T], num_threads: int) -> list[R]:
+    """``function`` over ``items`` with DSPy's parallel executor, results in order: DSPy's
+    settings and callbacks (call counters, the LM in context) follow each call into its
+    thread. The first exception a call raised, by item order, is raised again once the
+    others are done; no call is sent twice (the executor's straggler resubmission is off)."""
+    if num_threads <= 1 or len(items) <= 1:
+        return [function(item) for item in items]
+    from dspy.utils.parallelizer import ParallelExecutor
+
+    def captured(item: T) -> tuple[R | None, BaseException | None]:
+        try:
+            return function(item), None
+        except Exception as error:
+            return None, error
+
+    executor = ParallelExecutor(num_threads=num_threads, disable_progress_bar=True, timeout=0)
+    outcomes = executor.execute(captured, list(items))
+    for _, error in outcomes:
+        if error is not None:
+            raise error
+    return [value for value, _ in outcomes]  # type: ignore[misc]
+
+
+def _report_retry(state: Any) -> None:
+    """Tell the callbacks in DSPy's context that count retries (``on_retry``) about this one."""
+    error = state.outcome.exception() if state.outcome is not None else None
+    if error is None:
+        return
+    for callback in dspy.settings.get("callbacks", None) or []:
+        on_retry = getattr(callback, "on_retry", None)
+        if on_retry is not None:
+            on_retry(error)
 
 
 def score_verdicts(

@@ -106,7 +106,8 @@ def prepare(config: ExperimentConfig, *, root: Path | None = None, log: Any = pr
         raw = RecordedJudge(task, config.judge.recorded, config.judge.name)
     else:
         lm = build_lm(config.lm)
-        raw = ProgramJudge(task, JudgeProgram(task.signature), lm, config.judge.name)
+        threads = config.calibration.num_threads  # rows judged at once by a remote model
+        raw = ProgramJudge(task, JudgeProgram(task.signature), lm, config.judge.name, num_threads=threads)
     pairwise = {"response_a", "response_b"} <= set(task.spec.input_names)
     order_swap = config.order_swap if config.order_swap is not None else pairwise
     gate = _gate_rows(config, task, dataset, split)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from judgecal.calibrate.search import (
+    LOST_TRIAL,
     SearchConfig,
     TrialRow,
     check_study,
@@ -24,6 +25,7 @@ from judgecal.calibrate.search import (
     enqueue_defaults,
     open_study,
     run_study,
+    study_lock,
 )
 from judgecal.calibrate.selection import Choice
 from judgecal.calibrate.strategies import resolve_strategies
@@ -32,7 +34,7 @@ from judgecal.pipeline.config import ExperimentConfig
 from judgecal.pipeline.tracking import ensure_experiment
 from judgecal.progress import ProgressFactory
 from judgecal.redact import redact_url as redact
-from judgecal.workspace import configure_tracking, store_lock
+from judgecal.workspace import configure_tracking
 
 
 @dataclass
@@ -90,21 +92,24 @@ def search_prepared(
     if track:  # a tracking store that cannot be reached fails now, not after the work
         configure_tracking(tracking_uri, prepared.root)
         experiment_id = ensure_experiment(config.judge.name, prepared.root)
-    study = open_study(study_name, storage_url, search, len(split.dev.rows), prepared.root)
-    check_study(study, split.fingerprint, sorted(specs))
-    enqueue_defaults(study, specs, env, prepared.root)
-    log(
-        f"study {study_name} in {redact(storage_url)}: {distinct_finished(study)} of {search.trials} trials "
-        f"finished; strategies: {', '.join(specs)}"
-    )
-    parent_run_id = None
-    if track:
-        with store_lock(prepared.root):  # one parent run per study, however many workers start together
-            parent_run_id = parent_run(study, experiment_id, study_name, storage_url, config, prepared.root)
+    parent_run_id: str | None = None
 
     def record(study: Any, frozen: Any) -> None:
         if parent_run_id is not None:
             log_trial(frozen, study, parent_run_id, experiment_id, tracking_uri, prepared)
+
+    study = open_study(study_name, storage_url, search, len(split.dev.rows), prepared.root, on_lost=record)
+    check_study(study, split.fingerprint, sorted(specs))
+    # One worker at a time, whichever machine it runs on: the first trials are enqueued and
+    # the parent run created once, however many workers start together.
+    with study_lock(storage_url, study_name, prepared.root):
+        enqueue_defaults(study, specs, env)
+        if track:
+            parent_run_id = parent_run(study, experiment_id, study_name, storage_url, config, prepared.root)
+    log(
+        f"study {study_name} in {redact(storage_url)}: {distinct_finished(study)} of {search.trials} trials "
+        f"finished; strategies: {', '.join(specs)}"
+    )
 
     outcome = run_study(
         study, specs, env, split.train.rows, split.dev.rows, prepared.guard, search, on_trial=record, log=log
@@ -204,8 +209,9 @@ def log_trial(
     }
     if attrs.get("duplicate_of") is not None:
         tags["judgecal.repeat_of"] = str(attrs["duplicate_of"])
-    if attrs.get("error"):
-        tags["judgecal.error"] = str(attrs["error"])[:5000]
+    error = attrs.get("error") or (LOST_TRIAL if frozen.state.name == "FAIL" else None)
+    if error:
+        tags["judgecal.error"] = str(error)[:5000]
     run = client.create_run(experiment_id, run_name=f"trial-{frozen.number}-{strategy}", tags=tags)
     run_id = run.info.run_id
     params = {f"trial.{k}": str(v)[:500] for k, v in frozen.params.items()}

@@ -248,7 +248,15 @@ def _ensure_experiment(mlflow: Any, name: str, judge_name: str, root: Path | Non
     if mlflow.get_tracking_uri().startswith("sqlite:"):
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", judge_name).strip("-") or "judge"
         artifact_location = (store_dir(root) / "artifacts" / slug).resolve().as_uri()
-    return mlflow.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
+    except MlflowException as error:  # a worker on another machine created it a moment ago
+        created = mlflow.get_experiment_by_name(name)
+        if error.error_code != "RESOURCE_ALREADY_EXISTS" or created is None:
+            raise
+        return created.experiment_id
 
 
 def flat_params(prefix: str, values: dict[str, Any]) -> dict[str, str]:

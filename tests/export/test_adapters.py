@@ -308,3 +308,37 @@ def test_the_mlflow_model_checks_the_digest_and_takes_the_same_choices(
 
     frame = pd.DataFrame([row.inputs for row in dataset.rows[:4]])
     assert model.predict(frame)["label"].tolist() == ["true"] * 4  # the edited threshold took effect
+
+
+# -- remote models, several rows at once -------------------------------------------------
+
+
+def test_judge_command_sends_num_threads_rows_at_once_and_counts_the_429s_it_retried(
+    chat_server, tmp_path: Path, capsys
+) -> None:
+    chat_server.delay = 0.2
+    chat_server.respond = lambda text, attempt: 429 if attempt == 1 and text.count("busy") else "ok"
+    texts = [f"row {i}" + (" busy" if i % 4 == 0 else "") for i in range(12)]
+    source = write_jsonl(
+        tmp_path / "rows.jsonl", [{"id": f"r{i}", "prompt": t, "attribute": "a"} for i, t in enumerate(texts)]
+    )
+    output = tmp_path / "verdicts.jsonl"
+    command = ["judge", "--judge", str(_remote_bundle(tmp_path)), "--input", str(source), "--output", str(output)]
+    assert main([*command, "--api-base", chat_server.url, "--num-threads", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "12 rows judged now" in out
+    assert "3 calls retried after HTTP 429" in out
+    assert chat_server.most_at_once == 4
+    assert len(output.read_text().splitlines()) == 12
+
+
+def test_the_in_process_model_judges_one_row_at_a_time_whatever_num_threads_says(embedded_lm) -> None:
+    from judgecal.judges.fitted import ProgramJudge
+    from judgecal.judges.program import JudgeProgram
+
+    judge = CalibratedJudge(ProgramJudge(RELEVANCE, JudgeProgram(RELEVANCE.signature), embedded_lm, "embedded"))
+    assert judge.in_process
+    rows = [{"prompt": f"Plan a trip to city {i}.", "attribute": "The user is vegan."} for i in range(2)]
+    calls = embedded_lm.engine.stats.calls
+    assert len(judge.batch(rows, num_threads=4, progress=False)) == 2
+    assert embedded_lm.engine.stats.calls - calls <= 2

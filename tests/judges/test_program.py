@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import dspy
 import pytest
 
 from judgecal.data.rows import LabeledRow
@@ -226,3 +227,30 @@ def test_a_row_longer_than_the_context_is_named_not_retried(chat_server) -> None
     with pytest.raises(RowFailedError, match=r"row 'r1' \(line 1\) is longer than the judge model's context"):
         _remote_judge(chat_server, attempts=3).predict(_rows("a long one"))
     assert len(chat_server.requests) == 1
+
+
+def test_a_remote_judge_sends_num_threads_rows_at_once_and_dspy_callbacks_see_every_call(chat_server) -> None:
+    """Calibration's judging: DSPy's parallel executor carries the call counter into the
+    threads, and verdicts come back in row order."""
+    from judgecal.backends.calls import LMCallCounter, RetryCounter
+    from judgecal.backends.models import build_lm
+    from judgecal.backends.settings import LMConfig
+    from judgecal.data.rows import LabeledRow
+    from judgecal.judges.program import RetryPolicy
+
+    chat_server.delay = 0.2
+    chat_server.respond = lambda text, attempt: 429 if attempt == 1 and "row 5" in text else "ok"
+    task = resolve_task("relevance")
+    lm = build_lm(LMConfig(model="openai/judge", api_base=chat_server.url, cache=False, num_retries=0))
+    judge = Judge(task, lm=lm, num_threads=4, retry=RetryPolicy(first_wait=0.1))
+    rows = [
+        LabeledRow(id=f"r{i}", group=f"g{i % 3}", inputs={"prompt": f"row {i}", "attribute": "a"}, label=None)
+        for i in range(8)
+    ]
+    calls, retries = LMCallCounter(), RetryCounter()
+    with dspy.context(callbacks=[calls, retries]):
+        verdicts = judge.predict(rows)
+    assert [v.label for v in verdicts] == [True] * 8
+    assert chat_server.most_at_once == 4
+    assert calls.calls == 9  # eight rows, one of them asked twice
+    assert retries.retries == {"HTTP 429": 1}
