@@ -333,7 +333,7 @@ class StackingJudge(FittedJudge):
 
     @property
     def in_process(self) -> bool:
-        return any(c.in_process for c in getattr(self, "components_", self._components()))
+        return any(c.in_process for c in self._current_components())
 
     def state(self) -> dict[str, Any]:
         return {
