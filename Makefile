@@ -38,7 +38,8 @@ demo: install
 	@echo "Runs recorded in mlruns/mlflow.db; browse them with: make ui"
 
 test: install
-	$(BIN)/python -m pytest -q
+	@# One pytest-xdist worker per core, at most 4 (each loads its own models).
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4
 
 lint: install
 	$(BIN)/ruff check judgecal signatures tests experiments
