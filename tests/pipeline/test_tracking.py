@@ -122,26 +122,31 @@ def port_open(port: int) -> bool:
 def test_judgecal_ui_stops_its_server_when_stopped(tmp_path: Path, stop: signal.Signals) -> None:
     (tmp_path / "mlruns").mkdir()
     port = free_port()
-    ui = subprocess.Popen(
-        [sys.executable, "-m", "judgecal.cli", "ui", "--port", str(port)],
-        env={**os.environ, "JUDGECAL_HOME": str(tmp_path)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    log = tmp_path / "ui.log"  # a file, not a pipe: nothing can block on a full pipe buffer
+    with log.open("wb") as output:
+        ui = subprocess.Popen(
+            [sys.executable, "-m", "judgecal.cli", "ui", "--port", str(port)],
+            env={**os.environ, "JUDGECAL_HOME": str(tmp_path)},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not port_open(port):
             time.sleep(0.5)
-        assert port_open(port), "the UI did not start"
+        assert port_open(port), f"the UI did not start:\n{log.read_text()}"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
             assert response.status == 200
         ui.send_signal(stop)
-        ui.wait(timeout=30)
+        try:
+            ui.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"judgecal ui did not stop on {stop.name}:\n{log.read_text()[-3000:]}")
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and port_open(port):
             time.sleep(0.3)
         assert not port_open(port), "the MLflow server outlived judgecal ui"
-        assert "#/experiments?workflowType=machine_learning" in ui.stdout.read().decode()
+        assert "#/experiments?workflowType=machine_learning" in log.read_text()
     finally:
         if ui.poll() is None:
             ui.kill()
