@@ -706,7 +706,9 @@ def run_until_stopped(command: list[str], environment: dict[str, str]) -> int:
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    # SIGINT too: a process started in the background by a script inherits SIGINT ignored,
+    # and Python then never raises KeyboardInterrupt for it.
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         return server.wait()
     except KeyboardInterrupt:
@@ -720,7 +722,8 @@ def run_until_stopped(command: list[str], environment: dict[str, str]) -> int:
             pass
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":
