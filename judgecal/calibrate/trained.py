@@ -222,16 +222,9 @@ class StackingJudge(FittedJudge):
         return Verifier(labels=spec.labels, pairwise=is_pair_task(self.task), **STACK_VERIFIERS[name])
 
     def _make_head(self) -> Any:
-        from judgecal.judges.verifiers import GradientBoostingHead, LogisticHead
+        from judgecal.judges.verifiers import make_head
 
-        if self.head == "logistic":
-            return LogisticHead(C=self.C)
-        return GradientBoostingHead(
-            learning_rate=self.learning_rate,
-            max_iter=self.max_iter,
-            max_leaf_nodes=self.max_leaf_nodes,
-            l2_regularization=self.l2_regularization,
-        )
+        return make_head(self)
 
     def _block(self, proba: np.ndarray) -> np.ndarray:
         """A component's columns: logit P(positive) for binary tasks, log-probabilities otherwise."""

@@ -385,6 +385,21 @@ class GradientBoostingHead:
 HEADS: dict[str, Any] = {"logistic": LogisticHead, "gradient_boosting": GradientBoostingHead}
 
 
+def make_head(settings: Any) -> LogisticHead | GradientBoostingHead:
+    """The head an estimator's settings name (``head``, ``C``, ``learning_rate``,
+    ``max_iter``, ``max_leaf_nodes``, ``l2_regularization``): verifiers and stacks share it."""
+    if settings.head == "logistic":
+        return LogisticHead(C=settings.C)
+    if settings.head == "gradient_boosting":
+        return GradientBoostingHead(
+            learning_rate=settings.learning_rate,
+            max_iter=settings.max_iter,
+            max_leaf_nodes=settings.max_leaf_nodes,
+            l2_regularization=settings.l2_regularization,
+        )
+    raise ValueError(f"unknown head {settings.head!r}; choose logistic or gradient_boosting")
+
+
 def head_from_state(state: dict[str, Any]) -> LogisticHead | GradientBoostingHead:
     kind = state.get("kind", "logistic")
     if kind not in HEADS:
@@ -453,18 +468,9 @@ class Verifier(BaseEstimator):
         self.pairwise = pairwise
 
     def _make_head(self) -> LogisticHead | GradientBoostingHead:
-        if self.head == "logistic":
-            return LogisticHead(C=self.C)
-        if self.head == "gradient_boosting":
-            if self.features == "tfidf":
-                raise ValueError("the gradient-boosting head takes embedding features, not sparse TF-IDF")
-            return GradientBoostingHead(
-                learning_rate=self.learning_rate,
-                max_iter=self.max_iter,
-                max_leaf_nodes=self.max_leaf_nodes,
-                l2_regularization=self.l2_regularization,
-            )
-        raise ValueError(f"unknown head {self.head!r}; choose logistic or gradient_boosting")
+        if self.head == "gradient_boosting" and self.features == "tfidf":
+            raise ValueError("the gradient-boosting head takes embedding features, not sparse TF-IDF")
+        return make_head(self)
 
     def _label_flip(self) -> np.ndarray:
         labels = list(self.labels)
