@@ -393,7 +393,11 @@ def finished_candidates(study: Any, specs: dict[str, StrategySpec]) -> list[Any]
     ]
 
 
-def candidate_of(trial: Any, specs: dict[str, StrategySpec], dev: list[Any]) -> Candidate:
+def candidate_of(
+    trial: Any, specs: dict[str, StrategySpec], dev: list[Any], defaults: dict[str, dict[str, Any]]
+) -> Candidate:
+    """A finished trial as a selection candidate; ``defaults`` holds each strategy's default
+    Optuna parameters, to tell the trial of its default settings from tuned ones."""
     spec = specs[trial.params["strategy"]]
     attrs = trial.user_attrs
     predictions = attrs.get("dev_predictions") or [None] * len(dev)
@@ -402,6 +406,7 @@ def candidate_of(trial: Any, specs: dict[str, StrategySpec], dev: list[Any]) -> 
         strategy=spec.name,
         complexity=spec.complexity,
         params=strategy_params_of(trial),
+        default=trial.params == {"strategy": spec.name, **defaults[spec.name]},
         score=SelectionScore(
             rule=attrs["rule"],
             value=float(trial.value),
@@ -536,7 +541,8 @@ def run_study(
                 )
                 break
         rows = leaderboard(study)
-        candidates = [candidate_of(trial, specs, dev) for trial in finished_candidates(study, specs)]
+        defaults = {name: _default_params(spec, env) for name, spec in specs.items()}
+        candidates = [candidate_of(trial, specs, dev, defaults) for trial in finished_candidates(study, specs)]
         choice = choose(candidates, env.task, dev) if candidates else None
         winner = None
         if choice is not None:

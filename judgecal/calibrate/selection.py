@@ -10,7 +10,9 @@ Two rules, by what a candidate costs:
   train, scored on dev, in an order that interleaves groups so that any prefix of dev
   covers many of them (a pruner looking at a prefix sees a fair sample).
 
-:func:`choose` picks the winner: the best cross-validated candidate, replaced by a simpler
+:func:`choose` picks the winner. Within a strategy, its default settings stand for it
+unless tuned settings beat them by more than one paired standard error. Across strategies,
+the best cross-validated candidate, replaced by a simpler
 strategy whose score is within one standard error of it (the standard error of their
 paired difference over the same folds); a dev-scored candidate wins only when it beats
 that choice on the same dev rows by more than one standard error.
@@ -154,6 +156,7 @@ class Candidate:
     complexity: int
     params: dict[str, Any]
     score: SelectionScore
+    default: bool = False  # the strategy's default settings (the first trial the search runs of it)
 
 
 @dataclass
@@ -189,22 +192,50 @@ def dev_difference(
     return point, float(np.std(draws, ddof=1))
 
 
-def best_per_strategy(candidates: Sequence[Candidate]) -> list[Candidate]:
+def best_per_strategy(
+    task: Task, dev: Sequence[LabeledRow], candidates: Sequence[Candidate]
+) -> tuple[list[Candidate], list[str]]:
+    """Each strategy's representative: its best-scoring settings, unless its default settings
+    are within one paired standard error of them. Tuned settings that win by less than the
+    noise of the score are as likely to lose on new prompts as to win, and the defaults were
+    not selected on these rows."""
     best: dict[str, Candidate] = {}
+    defaults: dict[str, Candidate] = {}
     for candidate in candidates:
         held = best.get(candidate.strategy)
         if held is None or candidate.score.value > held.score.value:
             best[candidate.strategy] = candidate
-    return list(best.values())
+        if candidate.default:
+            defaults[candidate.strategy] = candidate
+    steps: list[str] = []
+    for name, top in best.items():
+        default = defaults.get(name)
+        if default is None or default is top:
+            continue
+        if top.score.rule == CV:
+            gain, se = (
+                top.score.value - default.score.value,
+                paired_se(top.score.folds or [], default.score.folds or []),
+            )
+        else:
+            gain, se = dev_difference(task, dev, default.score, top.score)
+        if gain <= se:
+            steps.append(
+                f"{name}: default settings (trial {default.number}) kept over trial {top.number}, which is ahead by "
+                f"{gain:+.3f}, not more than one paired standard error {se:.3f}"
+            )
+            best[name] = default
+    return list(best.values()), steps
 
 
 def choose(candidates: Sequence[Candidate], task: Task, dev: Sequence[LabeledRow]) -> Choice:
     """The selection rule described in the module docstring, with each step in words."""
     if not candidates:
         raise ValueError("no trial finished, so there is nothing to choose from")
-    steps: list[str] = []
-    by_cv = [c for c in best_per_strategy([c for c in candidates if c.score.rule == CV]) if np.isfinite(c.score.value)]
-    by_dev = [c for c in best_per_strategy([c for c in candidates if c.score.rule == HOLDOUT])]
+    by_cv, steps = best_per_strategy(task, dev, [c for c in candidates if c.score.rule == CV])
+    by_cv = [c for c in by_cv if np.isfinite(c.score.value)]
+    by_dev, dev_steps = best_per_strategy(task, dev, [c for c in candidates if c.score.rule == HOLDOUT])
+    steps += dev_steps
     choice = None
     if by_cv:
         top = max(by_cv, key=lambda c: c.score.value)
@@ -244,6 +275,7 @@ def choose(candidates: Sequence[Candidate], task: Task, dev: Sequence[LabeledRow
     assert choice is not None
     rule = (
         "cross-validated κ over train + dev (grouped folds) for strategies that make no LM calls to fit, "
-        "dev κ for those that do; the simpler strategy wins within one standard error"
+        "dev κ for those that do; within one standard error, default settings win over tuned ones "
+        "and the simpler strategy wins"
     )
     return Choice(winner=choice, rule=rule, steps=steps)

@@ -171,6 +171,19 @@ def test_the_same_seed_gives_the_same_sequence_of_trials(tmp_path) -> None:
     assert runs[0] != runs[2]  # another worker of the study samples other settings
 
 
+def test_the_search_knows_which_trial_ran_a_strategys_default_settings(tmp_path) -> None:
+    report = search(search_config(tmp_path, ["stacking"], 4))
+    assert report.choice is not None
+    first = min(report.rows, key=lambda row: row.number)  # the enqueued default settings
+    if report.choice.winner.number == first.number:
+        assert report.choice.winner.default
+    else:  # a tuned trial won, so it beat the defaults by more than one standard error
+        assert not report.choice.winner.default
+        assert not any("default settings" in step for step in report.choice.steps)
+    tuned = [row for row in report.rows if row.number != first.number and row.duplicate_of is None]
+    assert tuned and all(row.params != first.params for row in tuned)
+
+
 # --- the winner --------------------------------------------------------------------------------------
 
 
@@ -200,7 +213,9 @@ def test_the_winner_is_refitted_on_train_and_dev_and_only_then_judged_on_test(tm
 # --- the selection rule ------------------------------------------------------------------------
 
 
-def candidate(number: int, strategy: str, complexity: int, folds: list[float] | None, value=None, preds=None):
+def candidate(
+    number: int, strategy: str, complexity: int, folds: list[float] | None, value=None, preds=None, default=False
+):
     rule = "cv" if folds is not None else "dev"
     score = SelectionScore(
         rule=rule,
@@ -209,7 +224,7 @@ def candidate(number: int, strategy: str, complexity: int, folds: list[float] | 
         folds=folds,
         predictions=preds or {},
     )
-    return Candidate(number, strategy, complexity, {}, score)
+    return Candidate(number, strategy, complexity, {}, score, default=default)
 
 
 def test_the_best_cross_validated_strategy_wins_when_clearly_ahead_on_every_fold() -> None:
@@ -226,6 +241,17 @@ def test_a_simpler_strategy_within_one_paired_standard_error_wins() -> None:
     choice = choose([stack, verifier], RELEVANCE, dev)
     assert choice.winner is verifier
     assert any("simpler" in step for step in choice.steps)
+
+
+def test_a_strategys_default_settings_win_over_tuned_ones_within_one_paired_standard_error() -> None:
+    dev = recorded_rows().rows[:40]
+    default = candidate(0, "stacking", 4, [0.50, 0.40, 0.55, 0.45, 0.52], default=True)
+    tuned = candidate(5, "stacking", 4, [0.53, 0.38, 0.58, 0.44, 0.54])  # ahead by 0.01, noisily
+    choice = choose([default, tuned], RELEVANCE, dev)
+    assert choice.winner is default
+    assert any("default settings" in step for step in choice.steps)
+    clearly = candidate(6, "stacking", 4, [0.56, 0.46, 0.61, 0.50, 0.58])  # ahead on every fold
+    assert choose([default, tuned, clearly], RELEVANCE, dev).winner is clearly
 
 
 def test_a_dev_scored_strategy_must_beat_the_cross_validated_choice_on_the_same_rows() -> None:

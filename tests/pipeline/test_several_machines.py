@@ -46,6 +46,21 @@ def trials_of(storage: str) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
+def still_running_once_frozen(worker: subprocess.Popen[bytes], storage: str, number: int) -> bool:
+    """Stop the worker (SIGSTOP), then read the trial again: a fast trial can finish between
+    the first read and the signal, and killing the worker then would kill it between trials."""
+    os.killpg(worker.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        state = Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state in ("T", "t", "Z"):
+            break
+        time.sleep(0.01)
+    time.sleep(0.3)  # a commit already sent reaches the server
+    trial = next(t for t in trials_of(storage) if t.number == number)
+    return trial.state == optuna.trial.TrialState.RUNNING
+
+
 @pytest.mark.slow
 def test_two_machines_share_a_postgresql_study_and_an_mlflow_server(
     tmp_path: Path, postgres: str, tracking_server: str
@@ -75,8 +90,11 @@ def test_two_machines_share_a_postgresql_study_and_an_mlflow_server(
             for trial in trials_of(postgres):
                 worker = str(trial.user_attrs.get("worker", ""))
                 if trial.state == optuna.trial.TrialState.RUNNING and worker.endswith(f":{victim.pid}"):
-                    os.killpg(victim.pid, signal.SIGKILL)
-                    killed = trial.number
+                    if still_running_once_frozen(victim, postgres, trial.number):
+                        os.killpg(victim.pid, signal.SIGKILL)
+                        killed = trial.number
+                    else:  # the trial ended between the read and the freeze: let the worker go on
+                        os.killpg(victim.pid, signal.SIGCONT)
                     break
             time.sleep(0.05)
         victim.wait()
