@@ -177,10 +177,12 @@ class StackingJudge(FittedJudge):
         l2_regularization: float = 1.0,
         folds: int = 5,
         seed: int = 0,
+        verifier_C: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
     ) -> None:
         self.base = base
         self.references = references
         self.verifiers = verifiers
+        self.verifier_C = verifier_C
         self.use_base = use_base
         self.head = head
         self.C = C
@@ -217,9 +219,27 @@ class StackingJudge(FittedJudge):
             components.append(RecordedJudge(self.task, name, f"reference:{name}"))
         return components
 
-    def _verifier(self, name: str) -> Verifier:
+    def _verifier(self, name: str, C: float = 1.0) -> Verifier:
         spec = self.task.spec
-        return Verifier(labels=spec.labels, pairwise=is_pair_task(self.task), **STACK_VERIFIERS[name])
+        return Verifier(labels=spec.labels, pairwise=is_pair_task(self.task), **{"C": C, **STACK_VERIFIERS[name]})
+
+    def _out_of_fold(self, name: str, train: Sequence[LabeledRow], y: np.ndarray) -> tuple[float, np.ndarray]:
+        """A logistic verifier's C, chosen by the log loss of its grouped out-of-fold scores
+        (which the stack needs anyway), and those scores. A fixed C fits some data badly:
+        how much to regularise depends on how many rows and how many words there are."""
+        from sklearn.metrics import log_loss
+
+        from judgecal.judges.verifiers import out_of_fold_proba
+
+        grid = self.verifier_C if STACK_VERIFIERS[name]["head"] == "logistic" else (1.0,)
+        best: tuple[float, float, np.ndarray] | None = None
+        for C in grid:
+            proba = out_of_fold_proba(train, self._verifier(name, C), folds=self.folds, seed=self.seed)
+            loss = float(log_loss(y, np.clip(proba, 1e-6, 1.0), labels=list(range(proba.shape[1]))))
+            if best is None or loss < best[0]:
+                best = (loss, C, proba)
+        assert best is not None, "verifier_C holds no value"
+        return best[1], best[2]
 
     def _make_head(self) -> Any:
         from judgecal.judges.verifiers import make_head
@@ -260,19 +280,20 @@ class StackingJudge(FittedJudge):
         return self._make_head().fit(features, y)
 
     def fit(self, train, dev=None, *, progress: ProgressFactory | None = None):
-        from judgecal.judges.verifiers import out_of_fold_proba
+
+        from judgecal.judges.verifiers import fit_memo
 
         labels = list(self.task.spec.labels)
-        self.components_ = self._components()
-        out_of_fold = [
-            out_of_fold_proba(train, self._verifier(name), folds=self.folds, seed=self.seed) for name in self.verifiers
-        ]
-        features = self._features(train, out_of_fold, progress)
         y = np.array([labels.index(row.label) for row in train])
         if len(set(y)) < 2:
             raise ValueError("stacking needs rows of at least two labels to learn from")
+        self.components_ = self._components()
+        with fit_memo():  # each fold's features are computed once for every C
+            chosen = {name: self._out_of_fold(name, train, y) for name in self.verifiers}
+        self.verifier_C_ = {name: C for name, (C, _) in chosen.items()}
+        features = self._features(train, [proba for _, proba in chosen.values()], progress)
         self.head_ = self._fit_head(features, y)
-        self.verifiers_ = [self._verifier(name).fit(train) for name in self.verifiers]
+        self.verifiers_ = [self._verifier(name, self.verifier_C_[name]).fit(train) for name in self.verifiers]
         self.threshold_ = None
         if self.task.spec.positive is not None:
             if dev:

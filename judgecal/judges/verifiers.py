@@ -429,6 +429,17 @@ def memoised_fits() -> Iterator[dict[str, Any]]:
         _FIT_MEMO.reset(token)
 
 
+@contextmanager
+def fit_memo() -> Iterator[dict[str, Any]]:
+    """The memo of the enclosing :func:`memoised_fits` block, or a new one for this block."""
+    memo = _FIT_MEMO.get()
+    if memo is not None:
+        yield memo
+        return
+    with memoised_fits() as memo:
+        yield memo
+
+
 def _rows_key(rows: Sequence[LabeledRow]) -> str:
     digest = hashlib.sha256()
     for row in rows:

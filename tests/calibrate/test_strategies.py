@@ -143,6 +143,25 @@ def test_stacking_with_a_gradient_boosting_head_and_cut_on_out_of_fold_predictio
     assert [v.label for v in reloaded.predict(rows)] == [v.label for v in stack.predict(rows)]
 
 
+def test_stacking_chooses_each_verifiers_c_by_its_out_of_fold_log_loss() -> None:
+    from sklearn.metrics import log_loss
+
+    from judgecal.judges.verifiers import out_of_fold_proba
+
+    rows = recorded_rows(n_groups=16).rows[:120]
+    raw = RecordedJudge(RELEVANCE, "loose", "loose")
+    grid = (0.01, 1.0, 100.0)
+    stack = StackingJudge(base=raw, verifiers=("tfidf",), verifier_C=grid).fit(rows)
+    y = [0 if row.label else 1 for row in rows]  # label order (True, False)
+    losses = {C: log_loss(y, out_of_fold_proba(rows, stack._verifier("tfidf", C)), labels=[0, 1]) for C in grid}
+    assert stack.verifier_C_ == {"tfidf": min(losses, key=losses.get)}
+    assert len(set(np.round(list(losses.values()), 6))) == 3  # the grid's choices differ
+    [verifier] = stack.state()["verifiers"]
+    assert verifier["params"]["C"] == stack.verifier_C_["tfidf"]
+    fixed = StackingJudge(base=raw, verifiers=("tfidf",), verifier_C=(100.0,)).fit(rows)
+    assert fixed.verifier_C_ == {"tfidf": 100.0}
+
+
 def test_stacked_state_of_earlier_versions_still_loads() -> None:
     dataset = recorded_rows()
     verifier = Verifier(RELEVANCE.spec.labels).fit(dataset.rows[:80])
