@@ -110,10 +110,12 @@ def run_variant(
         )
         fold_started = time.perf_counter()
         with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), counter]):
-            report = search_prepared(prepared, search, track=False, log=log)
-            assert report.calibration is not None and report.choice is not None
-            judged = {"selected by the search": report.calibration.calibrated.verdicts}
-            selected.append(f"{report.choice.winner.strategy} (trial {report.choice.winner.number})")
+            judged = {}
+            if args.search:
+                report = search_prepared(prepared, search, track=False, log=log)
+                assert report.calibration is not None and report.choice is not None
+                judged["selected by the search"] = report.calibration.calibrated.verdicts
+                selected.append(f"{report.choice.winner.strategy} (trial {report.choice.winner.number})")
             specs = resolve_strategies("all", task, has_program=lm is not None)
             for spec in specs:
                 if spec.calls_lm_to_fit and not args.lm_singles:
@@ -124,9 +126,14 @@ def run_variant(
             labels = [v.label for v in verdicts]
             predictions.setdefault(name, {}).update({row.id: label for row, label in zip(test, labels, strict=True)})
             per_fold.setdefault(name, []).append(agreement(task, [r.label for r in test], labels))
+        outcome = (
+            f"selected {selected[-1]}, outer κ {per_fold['selected by the search'][-1]:.3f}, "
+            if args.search
+            else "single strategies only, "
+        )
         console.print(
-            f"{variant} fold {k + 1}/{len(folds)}: {len(test)} rows, selected {selected[-1]}, "
-            f"outer κ {per_fold['selected by the search'][-1]:.3f}, {time.perf_counter() - fold_started:.0f} s",
+            f"{variant} fold {k + 1}/{len(folds)}: {len(test)} rows, {outcome}"
+            f"{time.perf_counter() - fold_started:.0f} s",
             highlight=False,
         )
     seconds = time.perf_counter() - started
@@ -165,7 +172,7 @@ def table(result: dict[str, Any]) -> Table:
             f"{score.metrics['selected_rate'].value:.3f}",
         )
     human = report.human_rates.get("True", float("nan"))
-    out.caption = f"human rate {human:.3f}; selected per fold: " + "; ".join(result["selected"])
+    out.caption = f"human rate {human:.3f}; selected per fold: " + ("; ".join(result["selected"]) or "no search")
     return out
 
 
@@ -183,6 +190,12 @@ def main() -> int:
         dest="lm_singles",
         action="store_false",
         help="skip the single-strategy rows of the DSPy optimizers (each judges every row with the model)",
+    )
+    parser.add_argument(
+        "--no-search",
+        dest="search",
+        action="store_false",
+        help="only the single strategies with their default settings, and the recorded verdicts (no search)",
     )
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
