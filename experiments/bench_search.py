@@ -153,9 +153,10 @@ def run_variant(
 
 def table(result: dict[str, Any]) -> Table:
     report = result["report"]
+    searched = f"{result['trials']} trials per search" if result["selected"] else "no search"
     out = Table(
         title=f"{result['variant']}: {report.rows} rows, {report.groups} prompts; pooled outer-fold verdicts "
-        f"(95% intervals over prompts); {result['trials']} trials per search; "
+        f"(95% intervals over prompts); {searched}; "
         f"{result['seconds'] / 60:.1f} min, {result['lm_calls']} LM calls",
         title_justify="left",
     )
