@@ -12,10 +12,10 @@ Two rules, by what a candidate costs:
 
 :func:`choose` picks the winner. Within a strategy, its default settings stand for it
 unless tuned settings beat them by more than one paired standard error. Across strategies,
-the best cross-validated candidate, replaced by a simpler
-strategy whose score is within one standard error of it (the standard error of their
-paired difference over the same folds); a dev-scored candidate wins only when it beats
-that choice on the same dev rows by more than one standard error.
+the best cross-validated candidate, replaced by a simpler strategy whose score is within
+one standard error of it (the standard error of their paired difference over the same
+folds); a dev-scored candidate wins only when it beats that choice on the same dev rows
+by more than one standard error.
 """
 
 from __future__ import annotations

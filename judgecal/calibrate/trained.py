@@ -280,15 +280,14 @@ class StackingJudge(FittedJudge):
         return self._make_head().fit(features, y)
 
     def fit(self, train, dev=None, *, progress: ProgressFactory | None = None):
-
-        from judgecal.judges.verifiers import fit_memo
+        from judgecal.judges.verifiers import memoised_fits
 
         labels = list(self.task.spec.labels)
         y = np.array([labels.index(row.label) for row in train])
         if len(set(y)) < 2:
             raise ValueError("stacking needs rows of at least two labels to learn from")
         self.components_ = self._components()
-        with fit_memo():  # each fold's features are computed once for every C
+        with memoised_fits():  # each fold's features are computed once for every C
             chosen = {name: self._out_of_fold(name, train, y) for name in self.verifiers}
         self.verifier_C_ = {name: C for name, (C, _) in chosen.items()}
         features = self._features(train, [proba for _, proba in chosen.values()], progress)

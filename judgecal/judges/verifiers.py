@@ -420,24 +420,18 @@ _FIT_MEMO: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVa
 def memoised_fits() -> Iterator[dict[str, Any]]:
     """Within this block, fitting a verifier with the same settings on the same rows
     returns the verifier fitted before: fits are deterministic, and a search asks for the
-    same fold again and again (cross-validation, out-of-fold stacking features)."""
+    same fold again and again (cross-validation, out-of-fold stacking features). A block
+    inside another shares the outer block's memo."""
+    outer = _FIT_MEMO.get()
+    if outer is not None:
+        yield outer
+        return
     memo: dict[str, Any] = {}
     token = _FIT_MEMO.set(memo)
     try:
         yield memo
     finally:
         _FIT_MEMO.reset(token)
-
-
-@contextmanager
-def fit_memo() -> Iterator[dict[str, Any]]:
-    """The memo of the enclosing :func:`memoised_fits` block, or a new one for this block."""
-    memo = _FIT_MEMO.get()
-    if memo is not None:
-        yield memo
-        return
-    with memoised_fits() as memo:
-        yield memo
 
 
 def _rows_key(rows: Sequence[LabeledRow]) -> str:
