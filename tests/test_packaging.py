@@ -12,7 +12,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_the_wheel_holds_every_module_and_signature(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(REPO), "-w", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            str(REPO),
+            "-w",
+            str(tmp_path),
+        ],
         check=True,
         capture_output=True,
         text=True,
