@@ -1,6 +1,6 @@
 """Counting the LM calls a fit or a trial makes (cached answers included), across the
-LM copies DSPy's optimizers create, which keep their own histories; and the calls a judge
-retried after a transient failure (rate limits above all).
+LM copies DSPy's optimizers create, which keep their own histories, and those of them that
+failed; and the calls a judge retried after a transient failure (rate limits above all).
 """
 
 from __future__ import annotations
@@ -13,15 +13,27 @@ from dspy.utils.callback import BaseCallback
 
 class LMCallCounter(BaseCallback):
     """Counts every LM call a program makes (cached answers included), across the LM
-    copies optimizers create, which keep their own histories."""
+    copies optimizers create, which keep their own histories; ``failed`` counts the calls
+    that raised (a server error, a timeout, ... after the LM's own retries) and
+    ``last_error`` keeps the last of those errors. DSPy's optimizers catch such errors and
+    score the call as a wrong answer, so this is where they can still be seen."""
 
     def __init__(self) -> None:
         self.calls = 0
+        self.failed = 0
+        self.last_error: BaseException | None = None
         self._lock = threading.Lock()
 
     def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         with self._lock:
             self.calls += 1
+
+    def on_lm_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
+        if exception is None:
+            return
+        with self._lock:
+            self.failed += 1
+            self.last_error = exception
 
 
 class RetryCounter(BaseCallback):

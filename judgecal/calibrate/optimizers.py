@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from judgecal.backends.calls import LMCallCounter
 from judgecal.data.rows import LabeledRow, LabelValue
 from judgecal.judges.fitted import FittedJudge, ProgramJudge, unwrap
-from judgecal.judges.program import JudgeProgram
+from judgecal.judges.program import JudgeFailedError, JudgeProgram, _first_line
 from judgecal.tasks.registry import Task
 
 OptimizerName = Literal[
@@ -141,7 +141,11 @@ def calibrate_program(
     *,
     adapter: Any = None,
 ) -> CalibrationResult:
-    """Compile the task's zero-shot program on train, selecting candidates on dev."""
+    """Compile the task's zero-shot program on train, selecting candidates on dev.
+
+    An LM call that fails while compiling (after the LM's own retries) would be scored by
+    DSPy as a wrong answer, or the row skipped; the calibration stops instead with
+    :class:`JudgeFailedError`, saying how many calls failed."""
     from judgecal.data.split import sample_across_groups
 
     student = JudgeProgram(task.signature)
@@ -154,8 +158,15 @@ def calibrate_program(
     counter = LMCallCounter()
     callbacks = [*dspy.settings.get("callbacks", []), counter]
     started = time.perf_counter()
-    with dspy.context(lm=lm, adapter=adapter, callbacks=callbacks):
-        program = _compile(student, trainset, devset, metric, config, lm)
+    try:
+        with dspy.context(lm=lm, adapter=adapter, callbacks=callbacks):
+            program = _compile(student, trainset, devset, metric, config, lm)
+    except Exception as error:
+        if counter.failed:  # the optimizer gave up on the failed calls: say why
+            raise failed_calls(counter, config.optimizer) from error
+        raise
+    if counter.failed:
+        raise failed_calls(counter, config.optimizer)
     seconds = time.perf_counter() - started
     calls = counter.calls
     return CalibrationResult(
@@ -164,6 +175,16 @@ def calibrate_program(
         seconds=seconds,
         lm_calls=calls,
         settings=config.model_dump(),
+    )
+
+
+def failed_calls(counter: LMCallCounter, optimizer: str) -> JudgeFailedError:
+    """The error for a compilation during which LM calls failed: they were not answers."""
+    last = _first_line(counter.last_error) if counter.last_error is not None else "unknown"
+    return JudgeFailedError(
+        f"{counter.failed} of {counter.calls} LM calls failed during {optimizer} even after the LM's retries "
+        f"(the last: {last}); they were not scored as answers, and no program was chosen on them. Check the "
+        "judge model's server (or raise lm.num_retries) and run again"
     )
 
 

@@ -33,7 +33,8 @@ R = TypeVar("R")
 
 
 class JudgeFailedError(RuntimeError):
-    """A judge that fails on every one of its first rows is misconfigured, not wrong."""
+    """A judge that fails on every one of its first rows is misconfigured, not wrong; a
+    compilation during which LM calls failed chose its program on calls that gave no answer."""
 
 
 class RowFailedError(RuntimeError):

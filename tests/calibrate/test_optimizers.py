@@ -57,3 +57,35 @@ def test_examples_keep_row_ids_and_come_in_group_order() -> None:
     examples = to_examples(RELEVANCE, rows)
     assert [e.row_id for e in examples] == ["a1", "b1"]
     assert set(examples[0].inputs().keys()) == {"prompt", "attribute"}
+
+
+# -- LM failures while compiling: counted, never scored ----------------------------------
+
+
+@pytest.mark.parametrize("optimizer", ["bootstrap_few_shot", "bootstrap_random_search"])
+def test_an_lm_call_that_keeps_failing_while_compiling_stops_the_calibration(chat_server, optimizer: str) -> None:
+    """DSPy's optimizers score a failed call as a wrong answer (``failure_score=0``) or skip
+    it; the calibration counts those calls and refuses to return a program chosen on them."""
+    from judgecal.calibrate.optimizers import CalibrationConfig, calibrate_program
+    from judgecal.judges.program import JudgeFailedError
+
+    chat_server.respond = lambda text, attempt: 503 if "down" in text else "ok"
+    lm = dspy.LM("openai/judge", api_base=chat_server.url, num_retries=0, cache=False)
+
+    def rows(part: str, prompts: list[str]) -> list[LabeledRow]:
+        return [
+            LabeledRow(id=f"{part}{i}", group=f"{part}{i}", inputs={"prompt": p, "attribute": "a"}, label=i % 2 == 0)
+            for i, p in enumerate(prompts)
+        ]
+
+    train = rows("t", ["one", "two", "three", "four"])
+    dev = rows("d", ["server down", "five", "six", "seven"])
+    config = CalibrationConfig(optimizer=optimizer, max_bootstrapped_demos=1, max_labeled_demos=1)
+    config = config.model_copy(update={"num_candidate_programs": 1})
+    if optimizer == "bootstrap_few_shot":
+        train, dev = dev, train  # BootstrapFewShot only runs the program on train
+    with pytest.raises(JudgeFailedError, match=rf"LM calls failed during {optimizer}") as failed:
+        calibrate_program(RELEVANCE, lm, train, dev, config)
+    message = str(failed.value)
+    assert "were not scored" in message and "LMServerError" in message and "run again" in message
+    assert any("down" in text for text in chat_server.requests)
