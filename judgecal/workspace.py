@@ -37,6 +37,8 @@ def configure_tracking(explicit: str | None = None, root: Path | None = None) ->
         logging.getLogger(name).setLevel(logging.WARNING)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
+    elif is_database_url(uri) and not uri.startswith("sqlite"):
+        check_database(uri, "the MLflow tracking store", "start it, or pass another --tracking-uri, or --no-track")
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:"):
         mlflow.set_registry_uri(uri)
@@ -45,7 +47,12 @@ def configure_tracking(explicit: str | None = None, root: Path | None = None) ->
     return uri
 
 
-class TrackingUnavailableError(ValueError):
+class StoreUnavailableError(ValueError):
+    """A store a run writes to (the MLflow tracking store, an Optuna storage) cannot be
+    reached: found before any model is called."""
+
+
+class TrackingUnavailableError(StoreUnavailableError):
     """The MLflow tracking server does not answer: found before any model is called."""
 
 
@@ -70,6 +77,48 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
         f"the MLflow tracking server at {redact_url(uri)} does not answer ({problem}); start it, or pass "
         "another --tracking-uri, or --no-track"
     )
+
+
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def is_database_url(url: str) -> bool:
+    """A SQLAlchemy database URL (``postgresql://``, ``mysql+pymysql://``, ``sqlite:///``, ...)."""
+    scheme = url.partition("://")[0].partition("+")[0].lower()
+    return "://" in url and scheme in DATABASE_SCHEMES
+
+
+def check_database(url: str, what: str, remedy: str, timeout: int = 5) -> None:
+    """Connect once to a database URL with SQLAlchemy: a store that cannot be reached is
+    reported in seconds, in one line without its password, not as a traceback after the
+    work. ``what`` names the store in the message, ``remedy`` says what to do."""
+    import sqlalchemy
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+    from sqlalchemy.pool import NullPool
+
+    from judgecal.redact import redact_url
+
+    scheme = url.partition("://")[0].partition("+")[0].lower()
+    connect_args = {"connect_timeout": timeout} if scheme in ("postgresql", "mysql") else {}
+    shown = redact_url(url)
+    try:
+        engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    except ImportError as error:
+        raise StoreUnavailableError(
+            f"{what} at {shown} needs a database driver that is not installed ({error}); install it "
+            "(e.g. pip install psycopg for postgresql://, pymysql for mysql+pymysql://)"
+        ) from None
+    except ArgumentError as error:
+        raise StoreUnavailableError(f"{what}: {shown} is not a database URL ({error})") from None
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", None) or error).strip()
+        problem = reason.splitlines()[0] if reason else type(error).__name__
+        raise StoreUnavailableError(f"{what} at {shown} cannot be reached ({problem}); {remedy}") from None
+    finally:
+        engine.dispose()
 
 
 STORE_DIR = "mlruns"

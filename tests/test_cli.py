@@ -161,3 +161,34 @@ def test_an_unreachable_tracking_server_is_refused_before_any_work(capsys) -> No
     err = capsys.readouterr().err
     assert code == 2 and time.monotonic() - started < 30
     assert "does not answer" in err and "secret" not in err and len(err.strip().splitlines()) == 1
+
+
+def _recorded_experiment(folder: Path) -> Path:
+    from tests.helpers import recorded_rows
+
+    data = write_jsonl(folder / "rows.jsonl", [row.to_record() for row in recorded_rows(n_groups=12).rows])
+    config = folder / "exp.toml"
+    config.write_text(f'[judge]\nname = "t"\ntask = "relevance"\ndata = "{data}"\nrecorded = "loose"\n')
+    return config
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--strategies", "threshold", "--trials", "1", "--no-track", "--storage"],
+        ["--strategy", "threshold", "--tracking-uri"],
+    ],
+    ids=["optuna-storage", "tracking-store"],
+)
+def test_an_unreachable_database_is_refused_in_one_line_before_any_work(
+    tmp_path: Path, flags: list[str], capsys
+) -> None:
+    port = _free_port()  # nothing listens here once the probe closes
+    started = time.monotonic()
+    code = main(["calibrate", str(_recorded_experiment(tmp_path)), *flags, f"postgresql://u:secret@127.0.0.1:{port}/x"])
+    captured = capsys.readouterr()
+    assert code == 2 and time.monotonic() - started < 30
+    [line] = captured.err.strip().splitlines()
+    assert "cannot be reached" in line and f"postgresql://u:***@127.0.0.1:{port}/x" in line
+    assert "secret" not in captured.err + captured.out
+    assert "train" in captured.out and "trial" not in captured.out  # the rows were read; no trial ran

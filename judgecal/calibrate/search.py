@@ -39,7 +39,7 @@ from judgecal.calibrate.selection import Candidate, Choice, SelectionScore, choo
 from judgecal.calibrate.strategies import FitResult, StrategyEnv, StrategySpec, fit_judge
 from judgecal.data.rows import LabeledRow
 from judgecal.judges.verifiers import grouped_folds, memoised_fits
-from judgecal.workspace import store_dir, store_lock
+from judgecal.workspace import check_database, store_dir, store_lock
 
 
 class SearchConfig(BaseModel):
@@ -190,6 +190,14 @@ def final_judge(
         return fit_judge(spec, env, winner.params, train, dev, guard)
     log(f"{spec.name} (trial {winner.number}): fitting again on train + dev")
     return fit_judge(spec, env, winner.params, [*train, *dev], None, guard, step="fit on train + dev")
+
+
+def check_storage(storage_url: str) -> None:
+    """A database storage (PostgreSQL, MySQL) that cannot be reached stops the search now,
+    in one line without its password, before any trial; a SQLite file needs no probe."""
+    if storage_url.startswith("sqlite"):
+        return
+    check_database(storage_url, "the Optuna storage", "start the database, or pass another --storage")
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from judgecal.calibrate.search import (
     LOST_TRIAL,
     SearchConfig,
     TrialRow,
+    check_storage,
     check_study,
     default_storage,
     distinct_finished,
@@ -85,9 +86,10 @@ def search_prepared(
     on test and recorded in the study's parent run with the leaderboard."""
     config = prepared.config
     task, split = prepared.task, prepared.split
+    storage_url = search.storage or default_storage(prepared.root)
+    check_storage(storage_url)  # an unreachable database fails now, not after the first trial
     env = prepared.env(log)
     specs = {spec.name: spec for spec in resolve_strategies(search.strategies, task, has_program=env.base_is_live)}
-    storage_url = search.storage or default_storage(prepared.root)
     study_name = search.study_name or f"{config.judge.name}-{split.fingerprint[:12]}"
     if track:  # a tracking store that cannot be reached fails now, not after the work
         configure_tracking(tracking_uri, prepared.root)
