@@ -391,6 +391,53 @@ def test_a_leak_inside_a_trial_stops_the_whole_search(tmp_path, monkeypatch) -> 
         search(config)
 
 
+@pytest.mark.parametrize("lm_to_fit", [False, True], ids=["cross-validated", "scored-on-dev"])
+def test_a_demo_copied_from_a_test_row_inside_a_trial_stops_the_whole_search(
+    tmp_path, monkeypatch, lm_to_fit: bool
+) -> None:
+    """The guard checks every fit of a trial (each cross-validation fold's included) and the
+    demos of what it fitted, recognised by their inputs: bootstrapped demos carry no row id."""
+    import dspy
+
+    from judgecal.calibrate.guard import LeakError
+    from judgecal.data.rows import load_rows
+    from judgecal.data.split import split_by_group
+    from judgecal.judges.program import JudgeProgram
+
+    config = search_config(tmp_path, ["copier"], 2)
+    rows = recorded_rows(n_groups=14).rows  # the rows search_config wrote, each prompt made unique
+    unique = [
+        row.model_copy(update={"inputs": {**row.inputs, "prompt": f"{row.id}: {row.inputs['prompt']}"}}) for row in rows
+    ]
+    write_jsonl(config.judge.data, [row.to_record() for row in unique])
+    split = split_by_group(load_rows(config.judge.data, RELEVANCE.spec), config.split)
+    leaked = split.test.rows[0]
+
+    class Copier(ScriptedJudge):
+        def fit(self, train, dev=None):
+            self.program = JudgeProgram(RELEVANCE.signature)
+            self.program.predict.demos = [dspy.Example(**leaked.inputs, relevant=leaked.label)]  # no row_id
+            return self
+
+    build = lambda env, params: Copier()  # noqa: E731
+    spec = StrategySpec("copier", "scripted", "copies a test row", build, lambda t, e: {}, 9, calls_lm_to_fit=lm_to_fit)
+    monkeypatch.setitem(STRATEGIES, "copier", spec)
+    guards: list[RowGuard] = []
+    original = RowGuard.check
+
+    def spy(self: RowGuard, rows, step):
+        if self not in guards:
+            guards.append(self)
+        return original(self, rows, step)
+
+    monkeypatch.setattr(RowGuard, "check", spy)
+    with pytest.raises(LeakError, match=r"reached 'copier: demos' as a demo"):
+        search(config)
+    [guard] = guards
+    fitted = guard.seen["copier: fit" if lm_to_fit else "copier: fit (cross-validation)"]
+    assert fitted and fitted <= {row.id for row in (*split.train.rows, *split.dev.rows)}
+
+
 def test_calibrating_a_verdicts_file_finishes_its_runs_and_says_why_nothing_is_exported(tmp_path) -> None:
     import mlflow
 
