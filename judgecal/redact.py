@@ -20,7 +20,10 @@ HIDDEN = "***"
 _SECRET_NAME = re.compile(r"(key|token|secret|passw|pwd|auth|sig|credential)", re.IGNORECASE)
 
 
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>()\[\]{},]+")
+# A URL inside text: it ends at white space, a bracket, a quote or a comma, except in its
+# user info, which runs to the last "@" before white space (or the query), as redact_url
+# reads it: a password holding any of those characters is hidden whole.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://(?:[^\s?#]*@)?[^\s'\"<>()\[\]{},]+")
 
 
 _WEB_SCHEMES = frozenset({"http", "https", "ws", "wss"})

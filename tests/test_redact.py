@@ -66,3 +66,19 @@ def test_lm_settings_never_serialise_credentials_but_still_use_them() -> None:
         assert "https://alice:***@gpu-box:8000/v1?api-key=***" in dumped
     assert config.api_base == "https://alice:s3cr3t@gpu-box:8000/v1?api-key=k3y"
     assert build_lm(config).kwargs["api_base"] == config.api_base
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:p(a)ss@db/x", "postgresql://u:***@db/x"),
+        ("postgresql://u:pa,ss@db/x", "postgresql://u:***@db/x"),
+        ("mysql://u:p[a]{s}s@db:3306/x", "mysql://u:***@db:3306/x"),
+        ('https://u:it\'s"q"@gpu-box/v1?token=t1', "https://u:***@gpu-box/v1?token=***"),
+        ("https://u:p@ss(1)<2>@gpu-box", "https://u:***@gpu-box"),
+    ],
+)
+def test_a_password_holding_brackets_quotes_or_commas_is_hidden_whole_inside_text(url: str, shown: str) -> None:
+    """Inside free text a URL ends at a bracket, quote or comma, but its user info runs to
+    the last '@' before the host, as a server reads it: none of the password shows."""
+    assert redact_text(f"could not reach ({url}), giving up") == f"could not reach ({shown}), giving up"
