@@ -82,3 +82,11 @@ def test_a_password_holding_brackets_quotes_or_commas_is_hidden_whole_inside_tex
     """Inside free text a URL ends at a bracket, quote or comma, but its user info runs to
     the last '@' before the host, as a server reads it: none of the password shows."""
     assert redact_text(f"could not reach ({url}), giving up") == f"could not reach ({shown}), giving up"
+
+
+def test_the_storage_a_search_records_hides_its_password(tmp_path) -> None:
+    from judgecal.pipeline.search import storage_param
+
+    assert storage_param("postgresql://u:s3cr3t@h/db", tmp_path) == "postgresql://u:***@h/db"
+    assert storage_param("mysql+pymysql://u:s3(cr)3t@h:3306/db", tmp_path) == "mysql+pymysql://u:***@h:3306/db"
+    assert storage_param(f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}", tmp_path) == "sqlite:///mlruns/optuna.db"

@@ -106,6 +106,46 @@ def test_experiments_open_in_the_runs_view(tracked_run) -> None:
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+def test_the_bundle_digest_tag_is_the_digest_of_the_judge_the_run_logged(tracked_run) -> None:
+    from judgecal import load_judge
+
+    report, run, _ = tracked_run
+    judge = load_judge(f"runs:/{run.info.run_id}/judge", tracking_uri=report.tracking_uri)
+    assert run.data.tags["judgecal.bundle_digest"] == judge.digest
+    assert judge.digest.startswith("sha256:")
+
+
+def test_no_credential_of_the_judge_models_url_reaches_mlflow(isolated_workspace: Path) -> None:
+    """A password and a key inside lm.api_base are hidden in every param, tag and artifact
+    of the run, the logged model included: nothing in the store holds them."""
+    import mlflow
+
+    from judgecal.backends.settings import LMConfig
+
+    root = isolated_workspace
+    data = write_jsonl(root / "rows.jsonl", [row.to_record() for row in recorded_rows(n_groups=16).rows])
+    config = ExperimentConfig(
+        judge=JudgeSection(name="credentials", task="relevance", data=data, recorded="loose"),
+        lm=LMConfig(model="openai/judge", api_base="https://u:s3cr3t@gpu-box/v1?api-key=k3y-9a7f"),
+        split=SplitSpec(dev=0.25, test=0.25, seed=1),
+        calibration=CalibrationConfig(strategy="verifier"),
+    )
+    report = run_calibration(config, root=root, log=lambda m: None)
+    assert report.run_id is not None and report.model_uri is not None
+    mlflow.set_tracking_uri(report.tracking_uri)
+    run = mlflow.MlflowClient().get_run(report.run_id)
+    recorded = [*run.data.params.items(), *run.data.tags.items()]
+    assert run.data.params["lm.api_base"] == "https://u:***@gpu-box/v1?api-key=***"
+    assert not [(k, v) for k, v in recorded if "s3cr3t" in v or "k3y-9a7f" in v]
+    bundle = Path(mlflow.artifacts.download_artifacts(run_id=report.run_id, artifact_path="bundle"))
+    text = (bundle / "judge.json").read_text()
+    assert "https://u:***@gpu-box/v1?api-key=***" in text and "s3cr3t" not in text and "k3y-9a7f" not in text
+    files = [path for path in (root / "mlruns").rglob("*") if path.is_file()]
+    assert any(path.name == "MLmodel" for path in files)  # the logged model is in the store too
+    leaking = [path for path in files if b"s3cr3t" in path.read_bytes() or b"k3y-9a7f" in path.read_bytes()]
+    assert not leaking
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
