@@ -6,9 +6,9 @@ import argparse
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
@@ -88,37 +88,40 @@ def _reported_to_user(error: Exception) -> bool:
     return False
 
 
-def _positive_int(flag: str) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least 1, refused by name and value otherwise."""
+class _Parser(argparse.ArgumentParser):
+    """argparse with judgecal's refusals: one line on stderr (not the usage block) and exit
+    code 2. Its sub-commands' parsers are of the same class."""
 
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{flag}: expected a whole number of at least 1, got {text!r}")
-        return value
+    def error(self, message: str) -> NoReturn:
+        _print_error(f"{message} (see {self.prog} --help)")
+        raise SystemExit(2)
 
-    return parse
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (argparse names the flag)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _level(text: str) -> float:
-    """An argparse type: a confidence level strictly between 0 and 1."""
+    """An argparse type: a confidence level strictly between 0 and 1 (argparse names the flag)."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
     if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(
-            f"--confidence: expected a level strictly between 0 and 1 (e.g. 0.95), got {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"expected a level strictly between 0 and 1 (e.g. 0.95), got {text!r}")
     return value
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="judgecal", description="Calibrate LLM-as-judge models against human labels.")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = _Parser(prog="judgecal", description="Calibrate LLM-as-judge models against human labels.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     calibrate = commands.add_parser("calibrate", help="calibrate a judge on labelled rows and record the run in MLflow")
     calibrate.add_argument(
@@ -136,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--temperature", type=float, help="sampling temperature of the judge model")
     calibrate.add_argument(
         "--max-tokens",
-        type=_positive_int("--max-tokens"),
+        type=_positive_int,
         help="most tokens per judge answer (reasoning models such as openai/o4-mini need 16000)",
     )
     calibrate.add_argument(
@@ -146,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("--strategies", help="search these strategies with Optuna: comma-separated names or 'all'")
     calibrate.add_argument(
-        "--trials", type=_positive_int("--trials"), help="search: finished trials the study should reach (at least 1)"
+        "--trials", type=_positive_int, help="search: finished trials the study should reach (at least 1)"
     )
     calibrate.add_argument("--storage", help="search: Optuna storage URL (default: sqlite:///mlruns/optuna.db)")
     calibrate.add_argument("--study-name", help="search: study to create or resume")
@@ -166,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     for part in ("train", "dev", "test", "gate"):
         calibrate.add_argument(
             f"--max-{part}-rows",
-            type=_positive_int(f"--max-{part}-rows"),
+            type=_positive_int,
             help=f"cap the {part} rows, drawn evenly across groups",
         )
     calibrate.add_argument("--limit", type=int, help="use only the first N rows")
@@ -208,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
     judge.add_argument("--output", type=Path, required=True, help="verdicts JSONL; appended to, never rewritten")
     judge.add_argument(
         "--num-threads",
-        type=_positive_int("--num-threads"),
+        type=_positive_int,
         default=1,
         help="rows sent to a remote model at once (DSPy's parallel executor); an in-process model takes one at a time",
     )
@@ -249,7 +252,7 @@ def _parser() -> argparse.ArgumentParser:
     estimate.set_defaults(handler=_estimate)
 
     data = commands.add_parser("data", help="convert published human-judgment data into judgecal rows")
-    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
     data.set_defaults(handler=lambda _: (data.print_help(), 2)[1])
     importer = data_commands.add_parser(
         "import", help="convert a file: annotation-tool, pandalm, llmbar, mt-bench, or table (any CSV/JSONL with --map)"

@@ -109,12 +109,58 @@ def test_unknown_split_keys_are_refused_with_their_name(tmp_path: Path, capsys: 
     assert f"{config}: field 'split.tset': Extra inputs are not permitted" in line
 
 
+def refusal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line of stderr a refused command line prints, once it exited with code 2."""
+    with pytest.raises(SystemExit) as refused:
+        main(argv)
+    assert refused.value.code == 2
+    captured = capsys.readouterr()
+    [line] = captured.err.strip().splitlines()
+    assert not captured.out and "usage:" not in line
+    return line
+
+
 @pytest.mark.parametrize("trials", ["0", "-3", "two"])
 def test_trials_must_be_a_positive_whole_number(trials: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as refused:
-        main(["calibrate", "experiments/relevance.toml", "--strategies", "all", "--trials", trials])
-    assert refused.value.code == 2
-    assert f"--trials: expected a whole number of at least 1, got {trials!r}" in capsys.readouterr().err
+    line = refusal(["calibrate", "experiments/relevance.toml", "--strategies", "all", "--trials", trials], capsys)
+    assert line == (
+        f"error: argument --trials: expected a whole number of at least 1, got {trials!r} "
+        "(see judgecal calibrate --help)"
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["judge", "--judge", "b", "--input", "i", "--output", "o", "--num-threads", "0"],
+        ["calibrate", "x.toml", "--max-test-rows", "-1"],
+        ["calibrate", "x.toml", "--max-tokens", "lots"],
+    ],
+)
+def test_every_count_flag_is_refused_in_one_line_naming_the_flag_once(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = refusal(argv, capsys)
+    flag = argv[-2]
+    assert f"argument {flag}: expected a whole number of at least 1, got {argv[-1]!r}" in line
+    assert line.count(flag) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["calibrate"], "the following arguments are required: CONFIG"),
+        (["judge", "--input", "i", "--output", "o"], "the following arguments are required: --judge"),
+        (["calibrate", "x.toml", "--seed", "one"], "argument --seed: invalid int value: 'one'"),
+        (["calibrate", "x.toml", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
+        (["data", "convert"], "argument ACTION: invalid choice: 'convert'"),
+    ],
+)
+def test_every_refused_command_line_is_one_line_with_exit_2(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert says in refusal(argv, capsys)
 
 
 @pytest.mark.parametrize("confidence", ["1.5", "0", "1", "-0.1", "high"])
@@ -137,8 +183,10 @@ def test_estimate_confidence_must_lie_between_0_and_1(
             ]
         )
     assert refused.value.code == 2
-    assert f"--confidence: expected a level strictly between 0 and 1 (e.g. 0.95), got {confidence!r}" in (
-        capsys.readouterr().err
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        f"error: argument --confidence: expected a level strictly between 0 and 1 (e.g. 0.95), got {confidence!r} "
+        "(see judgecal estimate --help)"
     )
 
 

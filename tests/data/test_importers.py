@@ -212,15 +212,19 @@ def test_annotation_tool_rows_of_one_prompt_share_a_group_across_users(tmp_path:
     assert [row["group"] for row in by_user] == ["u1", "u1", "u2", "u2", "u1", "u1"]
 
 
-def test_import_command_takes_group_by_for_the_annotation_tool_only(tmp_path: Path) -> None:
+def test_import_command_takes_group_by_for_the_annotation_tool_only(tmp_path: Path, capsys) -> None:
     path = tmp_path / "eval.jsonl"
     path.write_text(json.dumps(_evaluation_record("u1", 25, "How to wear long coats?")) + "\n")
     output = tmp_path / "rows.jsonl"
     assert main(["data", "import", "annotation-tool", str(path), "--output", str(output), "--group-by", "user"]) == 0
     assert {row.group for row in load_rows(output, RELEVANCE)} == {"u1"}
+    capsys.readouterr()
     with pytest.raises(SystemExit) as refused:
         main(["data", "import", "annotation-tool", str(path), "--output", str(tmp_path / "o"), "--group-by", "row"])
     assert refused.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: argument --group-by: invalid choice: 'row' (choose from ")
+    assert line.count("--group-by") == 1 and "usage:" not in line
 
 
 @pytest.mark.parametrize("name", ["PandaLM", "pandalm", "MT-Bench", "mt_bench", "LLMBar"])
