@@ -3,7 +3,9 @@
 
 The MLflow model is a pyfunc defined from code (``mlflow_model.py``, not a pickle) around
 the judge bundle, so ``mlflow.pyfunc.load_model`` and :func:`load_judge` read the same
-file and loading runs no code from the model. ``runs:/``, ``models:/`` and local paths are
+``judge.json``. :func:`load_judge` reads nothing else and runs no code from the model;
+``mlflow.pyfunc.load_model`` executes the model folder's copy of ``mlflow_model.py``, which
+the bundle's digest does not cover (SECURITY.md). ``runs:/``, ``models:/`` and local paths are
 accepted; ``runs:/`` and ``models:/`` resolve against the project's own store (``mlruns/``
 found from the working directory up, or ``JUDGECAL_HOME``) unless ``tracking_uri=`` or
 ``MLFLOW_TRACKING_URI`` names another, as ``judgecal judge`` does.
@@ -246,5 +248,5 @@ def log_model(judge: Savable, name: str = MODEL_ARTIFACT, *, lm_config: LMConfig
 
 def load_model(reference: str | Path, **options: Any) -> CalibratedJudge:
     """The flavor's third verb: :func:`load_judge` (a model folder, a bundle, ``runs:/`` or
-    ``models:/``); loading runs no code from the model."""
+    ``models:/``); only its ``judge.json`` is read, and no code from the model runs."""
     return load_judge(reference, **options)

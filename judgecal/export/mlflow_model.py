@@ -1,5 +1,9 @@
 """MLflow pyfunc model defined from code: MLflow logs this file, not a pickle.
 
+MLflow copies this file into every model folder it saves and executes that copy when the
+model is loaded (``mlflow.pyfunc.load_model``, ``spark_udf``); the bundle's digest does not
+cover it. So it does nothing but hand ``judge.json`` to judgecal's own loader.
+
 Loaded with ``mlflow.pyfunc.load_model(uri)`` or as a Spark UDF
 (``mlflow.pyfunc.spark_udf(spark, uri, result_type="label string, confidence double, error
 string")``); ``predict`` takes a DataFrame whose columns are the judge's inputs and returns
