@@ -332,13 +332,21 @@ def test_judge_command_sends_num_threads_rows_at_once_and_counts_the_429s_it_ret
     assert len(output.read_text().splitlines()) == 12
 
 
-def test_the_in_process_model_judges_one_row_at_a_time_whatever_num_threads_says(embedded_lm) -> None:
+def test_the_in_process_model_judges_one_row_at_a_time_whatever_num_threads_says(embedded_lm, monkeypatch) -> None:
+    from judgecal.judges import program
     from judgecal.judges.fitted import ProgramJudge
     from judgecal.judges.program import JudgeProgram
 
+    asked: list[int] = []
+    run_concurrently = program.run_concurrently
+
+    def recording(function, items, num_threads):
+        asked.append(num_threads)
+        return run_concurrently(function, items, num_threads)
+
+    monkeypatch.setattr(program, "run_concurrently", recording)
     judge = CalibratedJudge(ProgramJudge(RELEVANCE, JudgeProgram(RELEVANCE.signature), embedded_lm, "embedded"))
     assert judge.in_process
-    rows = [{"prompt": f"Plan a trip to city {i}.", "attribute": "The user is vegan."} for i in range(2)]
-    calls = embedded_lm.engine.stats.calls
-    assert len(judge.batch(rows, num_threads=4, progress=False)) == 2
-    assert embedded_lm.engine.stats.calls - calls <= 2
+    rows = [{"prompt": f"Plan a trip to city {i}.", "attribute": "The user is vegan."} for i in range(3)]
+    assert len(judge.batch(rows, num_threads=4, progress=False)) == 3
+    assert asked and max(asked) == 1, f"rows were sent {max(asked)} at a time to the in-process model"
