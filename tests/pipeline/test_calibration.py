@@ -128,3 +128,33 @@ def test_calibration_on_shared_relevance_slice_writes_a_complete_mlflow_run(
     assert [label == "true" for label in predicted["label"]] == expected
     judge = load_judge(f"runs:/{report.run_id}/judge")
     assert [judge(**row.inputs).label for row in test_rows] == expected
+
+
+def test_calibration_sends_a_remote_judge_num_threads_rows_at_once(tmp_path: Path, chat_server) -> None:
+    """``[calibration] num_threads`` reaches the raw judge a calibration builds."""
+    import json
+
+    from judgecal.pipeline.calibration import prepare
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps(
+                {"id": f"r{i}", "group": f"g{i % 8}", "prompt": f"row {i}", "attribute": "a", "label": i % 3 == 0}
+            )
+            + "\n"
+            for i in range(24)
+        )
+    )
+    chat_server.delay = 0.2
+    chat_server.respond = lambda text, attempt: "ok"
+    path = write_config(tmp_path, data, num_threads=4)
+    path.write_text(
+        path.read_text().replace(
+            "[lm]\n", f'[lm]\nmodel = "openai/judge"\napi_base = "{chat_server.url}"\ncache = false\n'
+        )
+    )
+    prepared = prepare(load_config(path), root=tmp_path, log=lambda message: None)
+    verdicts = prepared.raw.predict(list(prepared.split.train.rows)[:8])
+    assert [v.error for v in verdicts] == [None] * 8
+    assert chat_server.most_at_once == 4
