@@ -1,12 +1,15 @@
-"""Progress bars for long judging loops (rich), usable from library code and the CLI."""
+"""Progress bars for long judging loops (rich), usable from library code and the CLI.
+
+``ProgressFactory`` is the type judging loops accept; rich itself is imported only when
+a bar is made, so code that merely accepts a factory does not load it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+if TYPE_CHECKING:
+    from rich.console import Console
 
 # What judging loops take to show progress: called with (rows, description), it returns
 # an object with advance(n) and close().
@@ -17,6 +20,8 @@ class RichTracker:
     """One bar; ``advance()`` per row, ``close()`` when done."""
 
     def __init__(self, total: int, description: str, console: Console | None = None) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),

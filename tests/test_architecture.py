@@ -129,3 +129,15 @@ def test_importing_every_module_leaves_the_environment_alone(tmp_path: Path) -> 
     # Only the OpenMP runtime that scikit-learn loads sets variables (KMP_*) on import.
     assert not {name for name in changed if not name.startswith("KMP_")}
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / ".cache").exists()
+
+
+def test_fitted_judges_import_neither_rich_nor_mlflow() -> None:
+    """The fitted-judge classes are domain code: progress bars and tracking are adapters
+    the CLI and the pipeline bring."""
+    code = (
+        "import json, sys\n"
+        "import judgecal.judges.fitted, judgecal.judges.program, judgecal.calibrate.trained\n"
+        "print(json.dumps(sorted(m for m in ('rich', 'mlflow') if m in sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []

@@ -26,17 +26,20 @@ import json
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import dspy
 import numpy as np
 from scipy.sparse import csr_matrix, hstack
 from sklearn.base import BaseEstimator
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 
 from judgecal.data.rows import LabeledRow, LabelValue
 from judgecal.tasks.spec import TaskSpec
+
+if TYPE_CHECKING:
+    # Imported where they are built: scikit-learn's estimators load its progress bars (rich).
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
 
 WORD = {"analyzer": "word", "ngram_range": (1, 2), "sublinear_tf": True, "min_df": 1, "lowercase": True}
 
@@ -92,6 +95,8 @@ class TfidfFeatures:
         self.char: TfidfVectorizer | None = None
 
     def fit(self, inputs: Sequence[dict[str, Any]]) -> TfidfFeatures:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
         texts = [text for row in inputs for text in _blocks(row, self.pairwise)]
         self.word = TfidfVectorizer(max_features=self.max_features, **WORD).fit(texts)
         self.char = TfidfVectorizer(max_features=self.max_features, **CHAR).fit(texts)
@@ -133,6 +138,8 @@ class TfidfFeatures:
 
 
 def _vectorizer(state: dict[str, Any], settings: dict[str, Any]) -> TfidfVectorizer:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
     vectorizer = TfidfVectorizer(vocabulary=state["vocabulary"], **settings)
     vectorizer.idf_ = np.asarray(state["idf"], dtype=float)
     return vectorizer
@@ -220,6 +227,8 @@ class LogisticHead:
         self.model: LogisticRegression | None = None
 
     def fit(self, features: Any, y: np.ndarray) -> LogisticHead:
+        from sklearn.linear_model import LogisticRegression
+
         self.model = LogisticRegression(C=self.C, class_weight="balanced", max_iter=3000).fit(features, y)
         return self
 
@@ -243,6 +252,8 @@ class LogisticHead:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> LogisticHead:
         """A fitted logistic regression from its coefficients: nothing to unpickle."""
+        from sklearn.linear_model import LogisticRegression
+
         head = cls(float(state.get("C", 1.0)))
         model = LogisticRegression()
         model.classes_ = np.asarray(state["classes"])
