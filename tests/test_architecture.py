@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,18 +117,30 @@ def test_importing_every_module_leaves_the_environment_alone(tmp_path: Path) -> 
     names = sorted(f"judgecal.{m}" for m in modules() if m != "export.mlflow_model")
     code = (
         "import importlib, json, os\n"
+        "import matplotlib\n"
+        "backend = matplotlib.get_backend()\n"
         "before = dict(os.environ)\n"
         f"for name in {names!r}:\n"
         "    importlib.import_module(name)\n"
         "after = dict(os.environ)\n"
-        "print(json.dumps(sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))))\n"
+        "changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))\n"
+        "print(json.dumps({'environment': changed, 'backend': [backend, matplotlib.get_backend()]}))\n"
     )
+    # A backend the plots do not use, so that switching it on import shows.
+    environment = {**os.environ, "MPLBACKEND": "svg"}
     done = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=True
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
     )
-    changed = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    result = json.loads(done.stdout.strip().splitlines()[-1])
     # Only the OpenMP runtime that scikit-learn loads sets variables (KMP_*) on import.
-    assert not {name for name in changed if not name.startswith("KMP_")}
+    assert not {name for name in result["environment"] if not name.startswith("KMP_")}
+    assert result["backend"] == ["svg", "svg"], "importing judgecal changed matplotlib's backend"
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / ".cache").exists()
 
 

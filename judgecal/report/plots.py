@@ -1,7 +1,8 @@
 """Plots people compare runs by; written as PNG files and logged to MLflow.
 
 Each function takes plain numbers (no judgecal objects beyond the report) and writes
-one PNG whose title says what it shows.
+one PNG whose title says what it shows. Figures are drawn on matplotlib's Agg canvas
+directly, without pyplot, so the process's backend stays whatever it was.
 """
 
 from __future__ import annotations
@@ -9,29 +10,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
-
-matplotlib.use("Agg")
-
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860")
 
 
-def _save(figure: plt.Figure, path: Path) -> Path:
+def _figure(**settings: object) -> Figure:
+    """A figure on its own Agg canvas: nothing registered with pyplot, nothing to close."""
+    figure = Figure(**settings)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path
 
 
 def confusion_matrices(matrices: dict[str, np.ndarray], labels: Sequence[str], path: Path, *, title: str) -> Path:
     """Side-by-side confusion matrices (rows: human label, columns: verdict), shaded by the
     share of each human row and annotated with counts."""
-    figure, axes = plt.subplots(
-        1, len(matrices), figsize=(3.6 * len(matrices) + 0.6, 3.8), squeeze=False, layout="constrained"
-    )
+    figure = _figure(figsize=(3.6 * len(matrices) + 0.6, 3.8), layout="constrained")
+    axes = figure.subplots(1, len(matrices), squeeze=False)
     for axis, (name, matrix) in zip(axes[0], matrices.items(), strict=True):
         shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
         axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
@@ -61,7 +64,8 @@ def reliability_diagram(
 ) -> Path:
     """Observed share of positive human labels against the judge's P(positive), per bin;
     points on the diagonal are calibrated probabilities. Marker area shows the bin's rows."""
-    figure, axis = plt.subplots(figsize=(5.2, 4.6), layout="constrained")
+    figure = _figure(figsize=(5.2, 4.6), layout="constrained")
+    axis = figure.subplots()
     axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
     edges = np.linspace(0, 1, bins + 1)
     for colour, (name, (probability, outcome)) in zip(COLOURS, curves.items(), strict=False):
@@ -96,7 +100,8 @@ def per_group_agreement(
     """One row per group: each judge's agreement with humans on that group's rows."""
     order = np.argsort(-np.asarray(sizes))
     height = max(3.0, 0.28 * len(groups) + 1.2)
-    figure, axis = plt.subplots(figsize=(6.4, height), layout="constrained")
+    figure = _figure(figsize=(6.4, height), layout="constrained")
+    axis = figure.subplots()
     positions = np.arange(len(groups))
     for offset, (colour, (name, series)) in enumerate(zip(COLOURS, values.items(), strict=False)):
         shift = (offset - (len(values) - 1) / 2) * 0.18
@@ -122,9 +127,8 @@ def metric_intervals(
 ) -> Path:
     """Point estimates and 95% intervals of each metric for each judge (a forest plot);
     dashed lines mark reference values such as the human ceiling."""
-    figure, axis = plt.subplots(
-        figsize=(7.6, 0.55 * len(metrics) * max(1, len(estimates)) / 1.6 + 1.8), layout="constrained"
-    )
+    figure = _figure(figsize=(7.6, 0.55 * len(metrics) * max(1, len(estimates)) / 1.6 + 1.8), layout="constrained")
+    axis = figure.subplots()
     positions = np.arange(len(metrics))
     for offset, (colour, (name, values)) in enumerate(zip(COLOURS, estimates.items(), strict=False)):
         shift = (offset - (len(estimates) - 1) / 2) * 0.2
