@@ -5,13 +5,18 @@ another that imports it back, and importing judgecal changes nothing about the p
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "judgecal"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "judgecal"
+# Where each part of the package lives: the top-level signatures/ folder installs as
+# judgecal.signatures (see pyproject.toml).
+FOLDERS = {"": PACKAGE, "signatures": ROOT / "signatures"}
 
 # A package may import its own modules, the utilities, and packages of a lower rank.
 RANKS = {
@@ -30,58 +35,136 @@ RANKS = {
 UTILITIES = {"workspace", "redact", "progress"}
 
 
+@functools.cache
 def modules() -> dict[str, Path]:
+    """Every module of judgecal by its name inside the package (``report.plots``; a
+    package by its folder, ``report``), the signatures folder included."""
     found = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = path.relative_to(PACKAGE).with_suffix("").parts
-        if parts == ("__init__",):
-            continue
-        name = ".".join(p for p in parts if p != "__init__")
-        found[name] = path
+    for prefix, folder in FOLDERS.items():
+        for path in folder.rglob("*.py"):
+            parts = [prefix, *path.relative_to(folder).with_suffix("").parts]
+            name = ".".join(p for p in parts if p and p != "__init__")
+            if name:
+                found[name] = path
     return found
 
 
-def judgecal_imports(path: Path, *, top_level_only: bool) -> set[str]:
-    """Modules of judgecal a file imports (relative to the package), leaving out imports
-    that exist only for type checkers."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+@functools.cache
+def lazy_exports() -> dict[str, str]:
+    """The module ``from judgecal import NAME`` loads, for each name judgecal/__init__.py
+    exports lazily."""
+    tree = ast.parse((PACKAGE / "__init__.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_EXPORTS" for t in node.targets):
+            return {name: where.removeprefix("judgecal.") for name, where in ast.literal_eval(node.value).items()}
+    return {}
+
+
+def judgecal_imports(module: str, source: str, *, is_package: bool = False) -> set[str]:
+    """The modules of judgecal that a module's source imports, named inside the package.
+
+    ``from judgecal.report import plots`` is ``report.plots`` (the submodule, not the
+    package); relative imports are resolved against the module's package; ``from judgecal
+    import load_judge`` is the module the name is loaded from. Imports count wherever
+    they sit, inside functions too, except under ``if TYPE_CHECKING:``, which only type
+    checkers read. A name that is no module of judgecal comes back as written, so a check
+    can report it."""
+    known = modules()
+    package = module if is_package else module.rpartition(".")[0]
     found: set[str] = set()
 
-    def visit(node: ast.AST, nested: bool) -> None:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            return
-        if isinstance(node, ast.ImportFrom) and node.module and not (top_level_only and nested):
-            if node.module == "judgecal":
-                found.update(alias.name for alias in node.names)
-            elif node.module.startswith("judgecal."):
-                found.add(node.module.removeprefix("judgecal."))
-        if isinstance(node, ast.Import) and not (top_level_only and nested):
-            found.update(a.name.removeprefix("judgecal.") for a in node.names if a.name.startswith("judgecal."))
-        for child in ast.iter_child_nodes(node):
-            visit(child, nested or isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef))
+    def resolve(base: str, name: str) -> str:
+        full = f"{base}.{name}" if base else name
+        if full in known:
+            return full
+        return base or lazy_exports().get(name, name)
 
-    visit(tree, False)
+    def base_of(node: ast.ImportFrom) -> str | None:
+        if node.level:
+            parts = package.split(".") if package else []
+            if node.level - 1 > len(parts):
+                return None
+            parts = parts[: len(parts) - (node.level - 1)]
+            return ".".join([*parts, *([node.module] if node.module else [])])
+        if node.module == "judgecal":
+            return ""
+        if node.module and node.module.startswith("judgecal."):
+            return node.module.removeprefix("judgecal.")
+        return None
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(a.name.removeprefix("judgecal.") for a in node.names if a.name.startswith("judgecal."))
+        elif isinstance(node, ast.ImportFrom) and (base := base_of(node)) is not None:
+            found.update(resolve(base, alias.name) for alias in node.names if alias.name != "*")
+            if base and any(alias.name == "*" for alias in node.names):
+                found.add(base)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(source))
     return found
+
+
+def imports_of(module: str) -> set[str]:
+    path = modules()[module]
+    return judgecal_imports(module, path.read_text(encoding="utf-8"), is_package=path.name == "__init__.py")
 
 
 def package_of(module: str) -> str:
     return module.split(".")[0]
 
 
+def test_imports_are_resolved_to_the_modules_they_load() -> None:
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "from judgecal.report import plots\n"
+        "from . import records\n"
+        "from .agreement import AgreementReport\n"
+        "from ..judges.verdict import Verdict\n"
+        "from judgecal import load_judge, stats\n"
+        "import judgecal.data.rows\n"
+        "if TYPE_CHECKING:\n"
+        "    from judgecal.pipeline.config import ExperimentConfig\n"
+        "def later():\n"
+        "    from judgecal.judges import verifiers\n"
+    )
+    assert judgecal_imports("report.card", source) == {
+        "report.plots",
+        "report.records",
+        "report.agreement",
+        "judges.verdict",
+        "export.flavor",
+        "stats",
+        "data.rows",
+        "judges.verifiers",
+    }
+    assert judgecal_imports("report", "from . import plots\n", is_package=True) == {"report.plots"}
+    assert judgecal_imports("cli", "from judgecal import no_such_thing\n") == {"no_such_thing"}
+
+
 def test_every_module_belongs_to_a_ranked_package_or_is_a_utility() -> None:
     unknown = {m for m in modules() if package_of(m) not in RANKS and m not in UTILITIES}
     assert not unknown
+    assert "signatures.relevance" in modules()
 
 
 def test_imports_flow_one_way() -> None:
+    known = modules()
     wrong = []
-    for module, path in modules().items():
+    for module in known:
         source = package_of(module)
-        for imported in judgecal_imports(path, top_level_only=False):
+        for imported in imports_of(module):
             target = package_of(imported)
-            if target == source or imported in UTILITIES or target in UTILITIES:
+            if imported not in known:
+                wrong.append(f"{module} imports {imported}, which is no module of judgecal")
+            elif target == source or imported in UTILITIES or target in UTILITIES:
                 continue
-            if source in UTILITIES:
+            elif source in UTILITIES:
                 wrong.append(f"utility {module} imports {imported}")
             elif RANKS[target] >= RANKS[source]:
                 wrong.append(f"{module} ({source}) imports {imported} ({target})")
@@ -89,12 +172,12 @@ def test_imports_flow_one_way() -> None:
 
 
 def test_nothing_imports_the_command_line() -> None:
-    assert not [m for m, p in modules().items() if m != "cli" and "cli" in judgecal_imports(p, top_level_only=False)]
+    assert not [m for m in modules() if m != "cli" and "cli" in imports_of(m)]
 
 
 def test_no_import_cycles() -> None:
     known = modules()
-    graph = {m: {i for i in judgecal_imports(p, top_level_only=True) if i in known} for m, p in known.items()}
+    graph = {m: {i for i in imports_of(m) if i in known} for m in known}
     cycles = []
     state: dict[str, int] = {}
 
