@@ -145,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument(
         "--strategy",
         help="one strategy: a DSPy optimizer (labeled_few_shot, bootstrap_few_shot, bootstrap_random_search, "
-        "mipro, copro, simba, gepa), threshold, base_rate, order_swap, verifier or stacking",
+        "mipro, copro, simba, gepa), threshold, base_rate, order_swap, verifier, embedding_verifier or stacking",
     )
     calibrate.add_argument("--strategies", help="search these strategies with Optuna: comma-separated names or 'all'")
     calibrate.add_argument(

@@ -240,3 +240,16 @@ def test_an_unreachable_database_is_refused_in_one_line_before_any_work(
     assert "cannot be reached" in line and f"postgresql://u:***@127.0.0.1:{port}/x" in line
     assert "secret" not in captured.err + captured.out
     assert "train" in captured.out and "trial" not in captured.out  # the rows were read; no trial ran
+
+
+def test_the_strategy_flag_and_setting_name_every_strategy(capsys: pytest.CaptureFixture[str]) -> None:
+    from judgecal.calibrate.optimizers import CalibrationConfig
+    from judgecal.calibrate.strategies import STRATEGIES
+
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--help"])
+    flag_help = " ".join(capsys.readouterr().out.split())
+    setting = CalibrationConfig.model_fields["strategy"].description or ""
+    for name in STRATEGIES:
+        assert name in flag_help, f"judgecal calibrate --help does not name the strategy {name!r}"
+        assert name in setting, f"[calibration] strategy's description does not name {name!r}"
