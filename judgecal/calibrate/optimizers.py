@@ -37,7 +37,8 @@ class CalibrationConfig(BaseModel):
 
     strategy: str | None = Field(
         default=None,
-        description="A strategy by name: a DSPy optimizer, threshold, base_rate, order_swap, verifier, "
+        description="A strategy by name: a DSPy optimizer (labeled_few_shot, bootstrap_few_shot, "
+        "bootstrap_random_search, mipro, copro, simba, gepa), threshold, base_rate, order_swap, verifier, "
         "embedding_verifier or stacking; default: the optimizer below.",
     )
     optimizer: OptimizerName = Field(
