@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from judgecal.backends.llamacpp import LlamaCppEngine, bound_schema, embedded_model_path
+from judgecal.backends.files import embedded_model_path
+from judgecal.backends.llamacpp import LlamaCppEngine, bound_schema
 from judgecal.backends.settings import EMBEDDED_ALIASES, LMConfig
 
 

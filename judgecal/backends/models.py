@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from judgecal.backends.llamacpp import AsyncLlamaCppEngine, LlamaCppEngine, embedded_model_path, file_digest
+from judgecal.backends.files import embedded_model_path, file_digest
+from judgecal.backends.llamacpp import AsyncLlamaCppEngine, LlamaCppEngine
 from judgecal.backends.settings import EMBEDDED_ALIASES, LMConfig
 
 
