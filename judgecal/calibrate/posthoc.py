@@ -13,12 +13,10 @@ from typing import Any
 import numpy as np
 
 from judgecal.data.rows import LabeledRow
+from judgecal.judges.features import FLIP
 from judgecal.judges.fitted import FittedJudge, MemoJudge, ProgramJudge, _negative, positive_probability, unwrap
 from judgecal.judges.program import JudgeProgram
 from judgecal.judges.verdict import Verdict
-from judgecal.judges.verifiers import (
-    FLIP,
-)
 from judgecal.stats.metrics import kappa_from_confusion
 
 EPSILON = 1e-3

@@ -19,13 +19,11 @@ from judgecal.calibrate.optimizers import CalibrationConfig, PromptOptimizer
 from judgecal.calibrate.posthoc import OrderSwapJudge, ThresholdJudge
 from judgecal.calibrate.trained import StackingJudge, VerifierJudge, default_stack_verifiers, is_pair_task
 from judgecal.data.rows import LabeledRow
+from judgecal.judges.embeddings import embeddings_available
 from judgecal.judges.fitted import FittedJudge, ProgramJudge, RecordedJudge, _without_lms, unwrap
+from judgecal.judges.heads import head_from_state
 from judgecal.judges.program import JudgeProgram
-from judgecal.judges.verifiers import (
-    embeddings_available,
-    head_from_state,
-    verifier_from_state,
-)
+from judgecal.judges.verifiers import verifier_from_state
 from judgecal.tasks.registry import Task
 
 

@@ -15,6 +15,8 @@ import numpy as np
 
 from judgecal.calibrate.posthoc import kappa_threshold
 from judgecal.data.rows import LabeledRow
+from judgecal.judges.embeddings import embeddings_available
+from judgecal.judges.features import FLIP
 from judgecal.judges.fitted import (
     FittedJudge,
     RecordedJudge,
@@ -25,12 +27,7 @@ from judgecal.judges.fitted import (
     unwrap,
 )
 from judgecal.judges.verdict import Verdict
-from judgecal.judges.verifiers import (
-    FLIP,
-    Verifier,
-    embeddings_available,
-    grouped_folds,
-)
+from judgecal.judges.verifiers import Verifier, grouped_folds
 from judgecal.progress import ProgressFactory
 from judgecal.tasks.registry import Task
 
@@ -242,7 +239,7 @@ class StackingJudge(FittedJudge):
         return best[1], best[2]
 
     def _make_head(self) -> Any:
-        from judgecal.judges.verifiers import make_head
+        from judgecal.judges.heads import make_head
 
         return make_head(self)
 

@@ -19,17 +19,11 @@ from judgecal.calibrate.strategies import STRATEGIES, StrategyEnv, fit_judge, ju
 from judgecal.calibrate.trained import StackingJudge, VerifierJudge
 from judgecal.data.rows import LabeledRow
 from judgecal.data.split import SplitSpec, split_by_group
+from judgecal.judges.embeddings import MINILM_SHA256, embeddings_available, minilm_folder
 from judgecal.judges.fitted import MemoJudge, ProgramJudge, RecordedJudge, logit, sigmoid
+from judgecal.judges.heads import GradientBoostingHead
 from judgecal.judges.program import JudgeProgram
-from judgecal.judges.verifiers import (
-    MINILM_SHA256,
-    GradientBoostingHead,
-    Verifier,
-    VerifierModule,
-    embeddings_available,
-    minilm_folder,
-    verifier_from_state,
-)
+from judgecal.judges.verifiers import Verifier, VerifierModule, verifier_from_state
 from tests.conftest import write_jsonl
 from tests.helpers import PAIRWISE, RELEVANCE, demo_split, pair_rows, recorded_rows
 

@@ -1,0 +1,203 @@
+"""What a verifier sees of a row: features of its inputs.
+
+* TF-IDF: word 1–2-grams and character 3–5-grams, one vocabulary shared by every text
+  block; its fitted state is the vocabularies and idf weights, as JSON.
+* Embeddings: all-MiniLM-L6-v2 sentence embeddings of each input (with the product,
+  difference and cosine of the first two), from the optional ``embeddings`` extra
+  (:mod:`judgecal.judges.embeddings`); nothing is fitted.
+
+Pairwise rows (``response_a`` / ``response_b``) are featurised as their context and each
+response, and :func:`swapped_inputs` / ``FLIP`` give the same pair in the other order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy.sparse import csr_matrix, hstack
+
+from judgecal.judges.embeddings import MINILM_PACKAGE, MINILM_SHA256, encode
+
+if TYPE_CHECKING:
+    # Imported where they are built: scikit-learn's estimators load its progress bars (rich).
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+
+WORD = {"analyzer": "word", "ngram_range": (1, 2), "sublinear_tf": True, "min_df": 1, "lowercase": True}
+
+
+CHAR = {"analyzer": "char_wb", "ngram_range": (3, 5), "sublinear_tf": True, "min_df": 2, "lowercase": True}
+
+
+RESPONSES = ("response_a", "response_b")
+
+
+FLIP = {"A": "B", "B": "A"}
+
+
+def inputs_text(inputs: dict[str, Any]) -> str:
+    """One string per row: each input field named, so the same words in different fields
+    ('prompt: python' vs 'attribute: python') still land in one shared vocabulary."""
+    return "\n".join(f"{name}: {_field_text(value)}" for name, value in inputs.items())
+
+
+def _field_text(value: Any) -> str:
+    if hasattr(value, "model_dump"):
+        value = value.model_dump()
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False, default=lambda v: getattr(v, "model_dump", lambda: v)())
+    return str(value)
+
+
+def is_pairwise(names: Sequence[str]) -> bool:
+    return set(RESPONSES) <= set(names)
+
+
+def swapped_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    return {**inputs, "response_a": inputs["response_b"], "response_b": inputs["response_a"]}
+
+
+def _blocks(inputs: dict[str, Any], pairwise: bool) -> list[str]:
+    """Texts featurised separately: the whole row, or for a pair its context and each response."""
+    if not pairwise:
+        return [inputs_text(inputs)]
+    context = {k: v for k, v in inputs.items() if k not in RESPONSES}
+    return [inputs_text(context), _field_text(inputs["response_a"]), _field_text(inputs["response_b"])]
+
+
+class TfidfFeatures:
+    """Word and character TF-IDF, one vocabulary shared by every text block."""
+
+    kind = "tfidf"
+
+    def __init__(self, pairwise: bool, max_features: int = 40000) -> None:
+        self.pairwise = pairwise
+        self.max_features = max_features
+        self.word: TfidfVectorizer | None = None
+        self.char: TfidfVectorizer | None = None
+
+    def fit(self, inputs: Sequence[dict[str, Any]]) -> TfidfFeatures:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        texts = [text for row in inputs for text in _blocks(row, self.pairwise)]
+        self.word = TfidfVectorizer(max_features=self.max_features, **WORD).fit(texts)
+        self.char = TfidfVectorizer(max_features=self.max_features, **CHAR).fit(texts)
+        return self
+
+    def transform(self, inputs: Sequence[dict[str, Any]]) -> Any:
+        if self.word is None or self.char is None:
+            raise RuntimeError("fit the features before transforming")
+        blocks = [_blocks(row, self.pairwise) for row in inputs]
+        parts = []
+        for position in range(len(blocks[0]) if blocks else 1):
+            texts = [row[position] for row in blocks]
+            parts += [self.word.transform(texts), self.char.transform(texts)]
+        return hstack(parts).tocsr() if blocks else csr_matrix((0, 0))
+
+    def state(self) -> dict[str, Any]:
+        if self.word is None or self.char is None:
+            raise RuntimeError("fit the features before saving them")
+        return {
+            "kind": self.kind,
+            "pairwise": self.pairwise,
+            "max_features": self.max_features,
+            "word": {
+                "vocabulary": {k: int(v) for k, v in self.word.vocabulary_.items()},
+                "idf": self.word.idf_.tolist(),
+            },
+            "char": {
+                "vocabulary": {k: int(v) for k, v in self.char.vocabulary_.items()},
+                "idf": self.char.idf_.tolist(),
+            },
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> TfidfFeatures:
+        features = cls(bool(state.get("pairwise", False)), int(state.get("max_features", 40000)))
+        features.word = _vectorizer(state["word"], WORD)
+        features.char = _vectorizer(state["char"], CHAR)
+        return features
+
+
+def _vectorizer(state: dict[str, Any], settings: dict[str, Any]) -> TfidfVectorizer:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vectorizer = TfidfVectorizer(vocabulary=state["vocabulary"], **settings)
+    vectorizer.idf_ = np.asarray(state["idf"], dtype=float)
+    return vectorizer
+
+
+class EmbeddingFeatures:
+    """all-MiniLM-L6-v2 embeddings. Rows: each field's embedding; for the first two fields
+    their product, absolute difference and cosine, and the largest and mean cosine between
+    each field's sentences and the other field (a long prompt is about several things; an
+    attribute may matter to one sentence of it). Pairs: the context's and each response's
+    embedding, their products with the context, the three cosines and each response's log
+    length. Nothing is fitted; the encoder's weights are pinned."""
+
+    kind = "embedding"
+
+    def __init__(self, pairwise: bool, sentence_cosines: bool = True) -> None:
+        self.pairwise = pairwise
+        self.sentence_cosines = sentence_cosines
+
+    def fit(self, inputs: Sequence[dict[str, Any]]) -> EmbeddingFeatures:
+        return self
+
+    def transform(self, inputs: Sequence[dict[str, Any]]) -> np.ndarray:
+        if not inputs:
+            return np.zeros((0, 0))
+        if self.pairwise:
+            blocks = [_blocks(row, True) for row in inputs]
+            context, a, b = (encode([row[i] for row in blocks]) for i in range(3))
+            lengths = np.log1p([[len(row[1]), len(row[2])] for row in blocks])
+            cosines = np.column_stack([(context * a).sum(1), (context * b).sum(1), (a * b).sum(1)])
+            return np.hstack([context, a, b, a * context, b * context, cosines, lengths])
+        names = list(inputs[0])
+        texts = [[_field_text(row[name]) for row in inputs] for name in names]
+        columns = [encode(column) for column in texts]
+        blocks = list(columns)
+        if len(columns) >= 2:
+            first, second = columns[0], columns[1]
+            blocks += [first * second, np.abs(first - second), (first * second).sum(axis=1, keepdims=True)]
+            if self.sentence_cosines:
+                blocks += [_sentence_cosines(texts[0], second), _sentence_cosines(texts[1], first)]
+        return np.hstack(blocks)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "pairwise": self.pairwise,
+            "sentence_cosines": self.sentence_cosines,
+            "encoder": {"package": MINILM_PACKAGE, "sha256": MINILM_SHA256},
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EmbeddingFeatures:
+        if state.get("encoder", {}).get("sha256") != MINILM_SHA256:
+            raise ValueError("this verifier was fitted on other sentence-embedding weights than the pinned ones")
+        return cls(bool(state.get("pairwise", False)), bool(state.get("sentence_cosines", False)))
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def sentences(text: str) -> list[str]:
+    parts = [part.strip() for part in _SENTENCE_END.split(text) if len(part.strip()) > 3]
+    return parts or [text]
+
+
+def _sentence_cosines(texts: Sequence[str], others: np.ndarray) -> np.ndarray:
+    """Largest and mean cosine between each text's sentences and the other field."""
+    out = np.zeros((len(texts), 2))
+    for i, text in enumerate(texts):
+        cosines = encode(sentences(text)) @ others[i]
+        out[i] = cosines.max(), cosines.mean()
+    return out
+
+
+FEATURES: dict[str, Any] = {"tfidf": TfidfFeatures, "embedding": EmbeddingFeatures}
