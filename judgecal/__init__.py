@@ -1,8 +1,9 @@
 """judgecal: calibrate LLM-as-judge models against human labels.
 
 The package is laid out as the pipeline (see ARCHITECTURE.md): ``data`` → ``tasks`` →
-``backends`` → ``judges`` → ``calibrate`` → ``stats`` / ``report`` → ``export`` →
-``pipeline`` → ``cli``. Public entry points are imported lazily, so ``import judgecal``
+``backends`` → ``judges`` → ``calibrate`` → ``report`` → ``export`` → ``pipeline`` →
+``cli``, with ``stats`` beside them (it imports only ``data``; ``judges``, ``calibrate``
+and ``report`` use it). Public entry points are imported lazily, so ``import judgecal``
 loads nothing heavy and changes nothing about the process.
 """
 
