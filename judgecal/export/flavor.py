@@ -13,6 +13,7 @@ found from the working directory up, or ``JUDGECAL_HOME``) unless ``tracking_uri
 
 from __future__ import annotations
 
+import os
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -115,14 +116,27 @@ def load_judge(
     return CalibratedJudge(loaded.judge, digest=loaded.digest)
 
 
+@contextmanager
+def _without_download_bar() -> Iterator[None]:
+    """MLflow prints a progress bar per download of a few kilobytes; a judge loaded in a
+    notebook or a script should print nothing. The caller's own setting wins."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
 def _local_bundle_path(reference: str | Path, tracking_uri: str | None = None) -> Path:
     text = str(reference)
     folder = Path(text)
     if (folder / "artifacts" / BUNDLE_FILE).exists():  # a folder written by save_model
         return folder / "artifacts" / BUNDLE_FILE
     if text.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
-        import os
-
         import mlflow
         from mlflow.exceptions import MlflowException
 
@@ -132,11 +146,12 @@ def _local_bundle_path(reference: str | Path, tracking_uri: str | None = None) -
         registry = tracking_uri or os.environ.get("MLFLOW_REGISTRY_URI") or uri
         try:
             location = _artifact_location(text, uri, registry)
-            local = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=location, dst_path=tempfile.mkdtemp(), tracking_uri=uri, registry_uri=registry
+            with _without_download_bar():
+                local = Path(
+                    mlflow.artifacts.download_artifacts(
+                        artifact_uri=location, dst_path=tempfile.mkdtemp(), tracking_uri=uri, registry_uri=registry
+                    )
                 )
-            )
         except (MlflowException, OSError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise FileNotFoundError(
