@@ -31,9 +31,6 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from judgecal.data.rows import LabeledRow, LabelValue
-
-# configure_embedding_cache is re-exported: the pipeline sets the cache up through this module.
-from judgecal.judges.embeddings import configure_embedding_cache as configure_embedding_cache
 from judgecal.judges.features import FEATURES, FLIP, EmbeddingFeatures, TfidfFeatures, swapped_inputs
 from judgecal.judges.heads import GradientBoostingHead, LogisticHead, head_from_state, make_head
 from judgecal.tasks.spec import TaskSpec

@@ -19,10 +19,10 @@ from judgecal.calibrate.optimizers import CalibrationConfig, strategy_name
 from judgecal.calibrate.strategies import FitResult, StrategyEnv, StrategySpec, fit_judge, resolve_strategies
 from judgecal.data.rows import DataError, Dataset, LabeledRow, load_rows, load_verdicts
 from judgecal.data.split import Split, split_by_group
+from judgecal.judges.embeddings import configure_embedding_cache
 from judgecal.judges.fitted import FittedJudge, MemoJudge, ProgramJudge, RecordedJudge, unwrap
 from judgecal.judges.program import JudgeProgram, score_verdicts
 from judgecal.judges.verdict import Verdict
-from judgecal.judges.verifiers import configure_embedding_cache
 from judgecal.pipeline.config import ExperimentConfig
 from judgecal.pipeline.tracking import ensure_experiment, project_path, track_calibration
 from judgecal.progress import ProgressFactory
