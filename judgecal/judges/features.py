@@ -53,10 +53,6 @@ def _field_text(value: Any) -> str:
     return str(value)
 
 
-def is_pairwise(names: Sequence[str]) -> bool:
-    return set(RESPONSES) <= set(names)
-
-
 def swapped_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
     return {**inputs, "response_a": inputs["response_b"], "response_b": inputs["response_a"]}
 
