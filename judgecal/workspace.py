@@ -37,7 +37,7 @@ def configure_tracking(explicit: str | None = None, root: Path | None = None) ->
         logging.getLogger(name).setLevel(logging.WARNING)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
-    elif is_database_url(uri) and not uri.startswith("sqlite"):
+    elif is_database_url(uri):
         check_database(uri, "the MLflow tracking store", "start it, or pass another --tracking-uri, or --no-track")
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:"):
@@ -82,23 +82,30 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
 
+def _scheme(url: str) -> str:
+    """``postgresql`` for ``postgresql+psycopg://...``: the database, without the driver."""
+    return url.partition("://")[0].partition("+")[0].lower()
+
+
 def is_database_url(url: str) -> bool:
     """A SQLAlchemy database URL (``postgresql://``, ``mysql+pymysql://``, ``sqlite:///``, ...)."""
-    scheme = url.partition("://")[0].partition("+")[0].lower()
-    return "://" in url and scheme in DATABASE_SCHEMES
+    return "://" in url and _scheme(url) in DATABASE_SCHEMES
 
 
 def check_database(url: str, what: str, remedy: str, timeout: int = 5) -> None:
     """Connect once to a database URL with SQLAlchemy: a store that cannot be reached is
     reported in seconds, in one line without its password, not as a traceback after the
-    work. ``what`` names the store in the message, ``remedy`` says what to do."""
+    work. ``what`` names the store in the message, ``remedy`` says what to do. A SQLite
+    file is local and needs no probe."""
+    scheme = _scheme(url)
+    if scheme == "sqlite":
+        return
     import sqlalchemy
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
     from sqlalchemy.pool import NullPool
 
     from judgecal.redact import redact_url
 
-    scheme = url.partition("://")[0].partition("+")[0].lower()
     connect_args = {"connect_timeout": timeout} if scheme in ("postgresql", "mysql") else {}
     shown = redact_url(url)
     try:

@@ -195,8 +195,6 @@ def final_judge(
 def check_storage(storage_url: str) -> None:
     """A database storage (PostgreSQL, MySQL) that cannot be reached stops the search now,
     in one line without its password, before any trial; a SQLite file needs no probe."""
-    if storage_url.startswith("sqlite"):
-        return
     check_database(storage_url, "the Optuna storage", "start the database, or pass another --storage")
 
 
