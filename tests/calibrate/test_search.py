@@ -181,19 +181,25 @@ def test_the_search_knows_which_trial_ran_a_strategys_default_settings(tmp_path)
     assert tuned and all(row.params != first.params for row in tuned)
 
 
-# --- the winner --------------------------------------------------------------------------------------
-
-
-def test_the_winner_is_refitted_on_train_and_dev_and_only_then_judged_on_test(tmp_path, monkeypatch) -> None:
-    guards: list[RowGuard] = []
+@pytest.fixture
+def guards(monkeypatch) -> list[RowGuard]:
+    """Every RowGuard that checks rows during the test, in the order they first do."""
+    seen: list[RowGuard] = []
     original = RowGuard.check
 
     def spy(self: RowGuard, rows, step):
-        if self not in guards:
-            guards.append(self)
+        if self not in seen:
+            seen.append(self)
         return original(self, rows, step)
 
     monkeypatch.setattr(RowGuard, "check", spy)
+    return seen
+
+
+# --- the winner --------------------------------------------------------------------------------------
+
+
+def test_the_winner_is_refitted_on_train_and_dev_and_only_then_judged_on_test(tmp_path, guards) -> None:
     config = search_config(tmp_path, ["verifier"], 2)
     report = search(config)
     [guard] = guards
@@ -393,7 +399,7 @@ def test_a_leak_inside_a_trial_stops_the_whole_search(tmp_path, monkeypatch) -> 
 
 @pytest.mark.parametrize("lm_to_fit", [False, True], ids=["cross-validated", "scored-on-dev"])
 def test_a_demo_copied_from_a_test_row_inside_a_trial_stops_the_whole_search(
-    tmp_path, monkeypatch, lm_to_fit: bool
+    tmp_path, monkeypatch, guards, lm_to_fit: bool
 ) -> None:
     """The guard checks every fit of a trial (each cross-validation fold's included) and the
     demos of what it fitted, recognised by their inputs: bootstrapped demos carry no row id."""
@@ -422,15 +428,6 @@ def test_a_demo_copied_from_a_test_row_inside_a_trial_stops_the_whole_search(
     build = lambda env, params: Copier()  # noqa: E731
     spec = StrategySpec("copier", "scripted", "copies a test row", build, lambda t, e: {}, 9, calls_lm_to_fit=lm_to_fit)
     monkeypatch.setitem(STRATEGIES, "copier", spec)
-    guards: list[RowGuard] = []
-    original = RowGuard.check
-
-    def spy(self: RowGuard, rows, step):
-        if self not in guards:
-            guards.append(self)
-        return original(self, rows, step)
-
-    monkeypatch.setattr(RowGuard, "check", spy)
     with pytest.raises(LeakError, match=r"reached 'copier: demos' as a demo"):
         search(config)
     [guard] = guards
