@@ -15,13 +15,16 @@ fits it) and the reference judges' recorded verdicts. Two variants:
 
 Each row of the pooled table is a judge's verdicts on all rows, each from the fold that
 held the row out: κ, F1 and selected rate with 95% group-bootstrap intervals over the
-prompts, and the mean κ over folds. Wall time and LM calls are per variant.
+prompts, and the mean κ over folds. Wall time and LM calls are per variant (summed over
+folds). With ``--checkpoint DIR`` each finished outer fold is saved, and a later run with
+the same settings reads it back and goes on with the next: the offline variant takes hours.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -93,11 +96,30 @@ def run_variant(
     selected: list[str] = []
     per_fold: dict[str, list[float]] = {}
     counter = LMCallCounter()
-    started = time.perf_counter()
     log = (lambda m: console.print(f"  {m}", highlight=False)) if args.verbose else (lambda m: None)
+    settings = {
+        "variant": variant,
+        "data": dataset.fingerprint,
+        **{key: getattr(args, key) for key in ("outer_folds", "seed", "recorded", "max_select_rows", "search")},
+        "lm_singles": args.lm_singles,
+        "trials": trials,
+    }
+    seconds = 0.0
     for k, held in enumerate(folds):
-        held_set = set(held.tolist())
         test = [rows[i] for i in held]
+        saved = load_fold(args.checkpoint, settings, k)
+        if saved is not None:
+            for name, by_id in saved["predictions"].items():
+                predictions.setdefault(name, {}).update(by_id)
+            for name, kappa in saved["kappa"].items():
+                per_fold.setdefault(name, []).append(kappa)
+            selected.extend([saved["selected"]] if saved["selected"] else [])
+            seconds += saved["seconds"]
+            counter.calls += saved["lm_calls"]
+            console.print(f"{variant} fold {k + 1}/{len(folds)}: read from {args.checkpoint}", highlight=False)
+            continue
+        calls_before = counter.calls
+        held_set = set(held.tolist())
         split = inner_split([r for i, r in enumerate(rows) if i not in held_set], test, dataset, args.seed + k)
         guard = RowGuard.for_rows(test, [*split.train.rows, *split.dev.rows])
         prepared = Prepared(config, task, dataset, split, lm, raw, guard, False, storage_dir)
@@ -122,21 +144,30 @@ def run_variant(
                     continue
                 result = final_fit(spec, prepared, {}, log)
                 judged[spec.name] = result.judge.predict(test)
+        fold: dict[str, Any] = {"predictions": {}, "kappa": {}}
         for name, verdicts in judged.items():
             labels = [v.label for v in verdicts]
-            predictions.setdefault(name, {}).update({row.id: label for row, label in zip(test, labels, strict=True)})
-            per_fold.setdefault(name, []).append(agreement(task, [r.label for r in test], labels))
+            fold["predictions"][name] = {row.id: label for row, label in zip(test, labels, strict=True)}
+            fold["kappa"][name] = agreement(task, [r.label for r in test], labels)
+            predictions.setdefault(name, {}).update(fold["predictions"][name])
+            per_fold.setdefault(name, []).append(fold["kappa"][name])
+        fold_seconds = time.perf_counter() - fold_started
+        seconds += fold_seconds
+        fold |= {
+            "selected": selected[-1] if args.search else None,
+            "seconds": fold_seconds,
+            "lm_calls": counter.calls - calls_before,
+        }
+        save_fold(args.checkpoint, settings, k, fold)
         outcome = (
             f"selected {selected[-1]}, outer κ {per_fold['selected by the search'][-1]:.3f}, "
             if args.search
             else "single strategies only, "
         )
         console.print(
-            f"{variant} fold {k + 1}/{len(folds)}: {len(test)} rows, {outcome}"
-            f"{time.perf_counter() - fold_started:.0f} s",
+            f"{variant} fold {k + 1}/{len(folds)}: {len(test)} rows, {outcome}{fold_seconds:.0f} s",
             highlight=False,
         )
-    seconds = time.perf_counter() - started
     judges = {name: JudgeRecord(verdicts=[by_id.get(row.id) for row in rows]) for name, by_id in predictions.items()}
     record = build_record(f"bench-{variant}", "relevance", task.spec, rows, judges)
     report = evaluate_record(record, baseline=None, candidate=None, n_resamples=args.resamples, seed=args.seed)
@@ -149,6 +180,44 @@ def run_variant(
         "lm_calls": counter.calls,
         "trials": trials,
     }
+
+
+def fold_path(checkpoint: Path, settings: dict[str, Any], k: int) -> Path:
+    return checkpoint / f"{settings['variant']}-fold{k}.json"
+
+
+def load_fold(checkpoint: Path | None, settings: dict[str, Any], k: int) -> dict[str, Any] | None:
+    """A finished outer fold from an earlier run with the same settings, or None.
+
+    Folds are independent, so a run that stops (or a machine that is needed elsewhere)
+    loses only the fold under way; the wall time reported is the sum over folds."""
+    if checkpoint is None or not fold_path(checkpoint, settings, k).exists():
+        return None
+    saved = json.loads(fold_path(checkpoint, settings, k).read_text())
+    if saved["settings"] != settings:
+        raise SystemExit(
+            f"{fold_path(checkpoint, settings, k)} was written with other settings "
+            f"({saved['settings']}); use another --checkpoint folder"
+        )
+    return saved
+
+
+def save_fold(checkpoint: Path | None, settings: dict[str, Any], k: int, fold: dict[str, Any]) -> None:
+    if checkpoint is None:
+        return
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    path = fold_path(checkpoint, settings, k)
+    path.with_suffix(".tmp").write_text(json.dumps({"settings": settings, "commit": commit(), **fold}, indent=1))
+    path.with_suffix(".tmp").replace(path)
+
+
+def commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def table(result: dict[str, Any]) -> Table:
@@ -202,6 +271,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true", help="print every trial")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="folder where each finished outer fold is saved; a run with the same settings reads them "
+        "back and goes on with the next fold",
+    )
     args = parser.parse_args()
     console = Console()
     if not args.data.exists():
