@@ -21,36 +21,46 @@ _SECRET_NAME = re.compile(r"(key|token|secret|passw|pwd|auth|sig|credential)", r
 
 
 # A URL inside text: it ends at white space, a bracket, a quote or a comma, except in its
-# user info, which runs to the last "@" before white space (or the query), as redact_url
-# reads it: a password holding any of those characters is hidden whole.
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://(?:[^\s?#]*@)?[^\s'\"<>()\[\]{},]+")
+# user info, which runs to the last "@" before white space, as redact_url reads it: a
+# password holding any of those characters (or "?", "#") is hidden whole.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://(?:[^\s@]*@)*[^\s'\"<>()\[\]{},]+")
 
 
 _WEB_SCHEMES = frozenset({"http", "https", "ws", "wss"})
+
+# "user:password@" at the start of what follows "://". SQLAlchemy's own reading for
+# databases: a user without ":" or "/", then anything but "@". For web URLs the user holds
+# no "?" or "#" either, and digits ending at "/", "?" or "#" after the colon are a port.
+_DATABASE_PASSWORD = re.compile(r"[^:/@]*:[^@]*@")
+_WEB_PASSWORD = re.compile(r"[^:/?#@]*:(?!\d+(?:[/?#]|$))[^@]*@")
 
 
 def redact_url(url: str) -> str:
     """``url`` with any password and any credential-like query value replaced by ``***``.
 
-    The user name and host stay, so the URL still says where it points. A password
-    containing ``@`` is cut at the last ``@`` of the authority, where a server reads it.
-    Database URLs are rendered by SQLAlchemy (``make_url(...).render_as_string(
-    hide_password=True)``); anything that does not parse as a URL is returned unchanged.
+    The user name and host stay, so the URL still says where it points. A password is
+    read the way its consumer reads it, and hidden whole: in a database URL up to the
+    ``@`` before the host, ``?``, ``#`` and ``/`` included (SQLAlchemy's reading); in a web
+    URL the same, unless what follows the colon is a port. A password containing ``@`` is
+    cut at the last ``@``. Database URLs are rendered by SQLAlchemy
+    (``make_url(...).render_as_string(hide_password=True)``); anything that does not parse
+    as a URL is returned unchanged.
     """
     scheme, separator, rest = url.partition("://")
     if not separator or not scheme:
         return url
-    head, mark, tail = _split_query(rest)
-    authority, path = _split_authority(head)
-    userinfo, at, hostport = authority.rpartition("@")
-    if at:
-        user, colon, password = userinfo.partition(":")
-        if colon and scheme.lower() not in _WEB_SCHEMES:
-            rendered = _sqlalchemy_render(f"{scheme}://{user}:{quote(password, safe='')}@{hostport}{path}")
-            if rendered is not None:
-                return rendered + _redact_query(mark, tail)
-        authority = f"{user}:{HIDDEN}@{hostport}" if colon else f"{user}@{hostport}"
-    return f"{scheme}://{authority}{path}{_redact_query(mark, tail)}"
+    at = _password_end(scheme, rest)
+    if at < 0:
+        return f"{scheme}://{_redact_after_authority(rest)}"
+    user, _, password = rest[:at].partition(":")
+    head, mark, tail = _split_query(rest[at + 1 :])
+    slash = head.find("/")
+    hostport, path = (head, "") if slash < 0 else (head[:slash], head[slash:])
+    if scheme.lower() not in _WEB_SCHEMES:
+        rendered = _sqlalchemy_render(f"{scheme}://{user}:{quote(password, safe='')}@{hostport}{path}")
+        if rendered is not None:
+            return rendered + _redact_query(mark, tail)
+    return f"{scheme}://{user}:{HIDDEN}@{hostport}{path}{_redact_query(mark, tail)}"
 
 
 def redact_text(text: str) -> str:
@@ -71,15 +81,20 @@ def _split_query(rest: str) -> tuple[str, str, str]:
     return rest[:cut], rest[cut], rest[cut + 1 :]
 
 
-def _split_authority(head: str) -> tuple[str, str]:
-    """(authority, path). The authority runs to the last ``@`` when there is one, so that
-    a password holding ``@`` or ``/`` is not mistaken for the host or the path."""
-    at = head.rfind("@")
-    if at < 0:
-        slash = head.find("/")
-        return (head, "") if slash < 0 else (head[:slash], head[slash:])
-    slash = head.find("/", at)
-    return (head, "") if slash < 0 else (head[:slash], head[slash:])
+def _password_end(scheme: str, rest: str) -> int:
+    """Index in ``rest`` (the URL after ``://``) of the ``@`` that ends a ``user:password``,
+    or -1 when the URL holds no password. The password starts at the first colon and runs
+    to the last ``@``: a password may hold ``@`` (where SQLAlchemy would cut it unless it is
+    percent-encoded), and hiding too much beats showing part of one; a query value holding
+    ``@`` is hidden with it."""
+    pattern = _WEB_PASSWORD if scheme.lower() in _WEB_SCHEMES else _DATABASE_PASSWORD
+    return rest.rfind("@") if pattern.match(rest) else -1
+
+
+def _redact_after_authority(rest: str) -> str:
+    """A URL without a password: only key-like query values to hide."""
+    head, mark, tail = _split_query(rest)
+    return head + _redact_query(mark, tail)
 
 
 def _redact_query(mark: str, tail: str) -> str:

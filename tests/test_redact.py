@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from judgecal.redact import has_credentials, redact_text, redact_url
 
@@ -23,6 +25,13 @@ from judgecal.redact import has_credentials, redact_text, redact_url
         ("http://u:p/w@host/x", "http://u:***@host/x"),
         ("https://h/v1?access_token=abc#part", "https://h/v1?access_token=***#part"),
         ("https://h/v1?apikey=abc&Signature=s", "https://h/v1?apikey=***&Signature=***"),
+        # SQLAlchemy reads a database password up to its "@", "?" and "#" included.
+        ("postgresql://u:pa?ss@db-host/optuna", "postgresql://u:***@db-host/optuna"),
+        ("postgresql://u:p#1@h:5432/db?sslmode=require", "postgresql://u:***@h:5432/db?sslmode=require"),
+        ("mysql://u:a/b?c@h/db", "mysql://u:***@h/db"),
+        # Not a valid web URL, but the text after the colon is no port: hidden all the same.
+        ("https://u:pa?ss#1@gpu-box/v1", "https://u:***@gpu-box/v1"),
+        ("https://u:p@ss/w@gpu-box/v1?token=t", "https://u:***@gpu-box/v1?token=***"),
     ],
 )
 def test_passwords_and_key_like_query_values_are_hidden(url: str, shown: str) -> None:
@@ -37,6 +46,8 @@ def test_passwords_and_key_like_query_values_are_hidden(url: str, shown: str) ->
         "http://127.0.0.1:8000/v1",
         "mysql://reader@h/db",
         "http://host/users/@me",
+        "https://gpu-box:8000/v1?contact=ops@example.com",
+        "http://host:8080#top@x",
         "https://h/v1?model=x&key=",
         "file:///tmp/judge.json",
         "not a url",
@@ -76,6 +87,7 @@ def test_lm_settings_never_serialise_credentials_but_still_use_them() -> None:
         ("mysql://u:p[a]{s}s@db:3306/x", "mysql://u:***@db:3306/x"),
         ('https://u:it\'s"q"@gpu-box/v1?token=t1', "https://u:***@gpu-box/v1?token=***"),
         ("https://u:p@ss(1)<2>@gpu-box", "https://u:***@gpu-box"),
+        ("postgresql://u:p?a#s(s)@db/x", "postgresql://u:***@db/x"),
     ],
 )
 def test_a_password_holding_brackets_quotes_or_commas_is_hidden_whole_inside_text(url: str, shown: str) -> None:
@@ -90,3 +102,14 @@ def test_the_storage_a_search_records_hides_its_password(tmp_path) -> None:
     assert storage_param("postgresql://u:s3cr3t@h/db", tmp_path) == "postgresql://u:***@h/db"
     assert storage_param("mysql+pymysql://u:s3(cr)3t@h:3306/db", tmp_path) == "mysql+pymysql://u:***@h:3306/db"
     assert storage_param(f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}", tmp_path) == "sqlite:///mlruns/optuna.db"
+
+
+@given(password=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=24))
+@example(password="pa?ss#1")
+@example(password="se@cr/et")
+def test_a_database_password_is_hidden_whole_whatever_it_holds(password: str) -> None:
+    """SQLAlchemy reads everything between the first colon and the "@" before the host as
+    the password: whatever characters it holds, none of them is shown."""
+    assert redact_url(f"postgresql://judgecal:{password}@db-host:5432/optuna") == (
+        "postgresql://judgecal:***@db-host:5432/optuna"
+    )
