@@ -533,11 +533,12 @@ def _report(args: argparse.Namespace) -> int:
         import mlflow
 
         from judgecal.pipeline.tracking import EVALUATION_FILE
-        from judgecal.workspace import configure_tracking
+        from judgecal.workspace import configure_tracking, quiet_artifact_downloads
 
         configure_tracking(args.tracking_uri)
         try:
-            local = mlflow.artifacts.download_artifacts(run_id=args.source, artifact_path=EVALUATION_FILE)
+            with quiet_artifact_downloads():
+                local = mlflow.artifacts.download_artifacts(run_id=args.source, artifact_path=EVALUATION_FILE)
         except Exception as error:  # MLflow raises several types for a missing run or artifact
             raise FileNotFoundError(
                 f"{args.source}: neither a file nor an MLflow run with {EVALUATION_FILE} ({error})"

@@ -56,6 +56,22 @@ class TrackingUnavailableError(StoreUnavailableError):
     """The MLflow tracking server does not answer: found before any model is called."""
 
 
+@contextmanager
+def quiet_artifact_downloads() -> Iterator[None]:
+    """MLflow prints a progress bar for every artifact download, even of a few kilobytes;
+    loading a judge or reading a record back should print nothing. The caller's own
+    ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` wins."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
 def check_server(uri: str, timeout: float = 5.0) -> None:
     """One request to the server's health endpoint: an unreachable server is reported in
     seconds, not after the work and MLflow's retries."""

@@ -40,6 +40,7 @@ from judgecal.export.bundle import (
 from judgecal.judges.fitted import FittedJudge
 from judgecal.redact import redact_url
 from judgecal.tasks.registry import Task
+from judgecal.workspace import quiet_artifact_downloads
 
 MODEL_ARTIFACT = "judge"
 
@@ -116,21 +117,6 @@ def load_judge(
     return CalibratedJudge(loaded.judge, digest=loaded.digest)
 
 
-@contextmanager
-def _without_download_bar() -> Iterator[None]:
-    """MLflow prints a progress bar per download of a few kilobytes; a judge loaded in a
-    notebook or a script should print nothing. The caller's own setting wins."""
-    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    if name in os.environ:
-        yield
-        return
-    os.environ[name] = "false"
-    try:
-        yield
-    finally:
-        os.environ.pop(name, None)
-
-
 def _local_bundle_path(reference: str | Path, tracking_uri: str | None = None) -> Path:
     text = str(reference)
     folder = Path(text)
@@ -146,7 +132,7 @@ def _local_bundle_path(reference: str | Path, tracking_uri: str | None = None) -
         registry = tracking_uri or os.environ.get("MLFLOW_REGISTRY_URI") or uri
         try:
             location = _artifact_location(text, uri, registry)
-            with _without_download_bar():
+            with quiet_artifact_downloads():
                 local = Path(
                     mlflow.artifacts.download_artifacts(
                         artifact_uri=location, dst_path=tempfile.mkdtemp(), tracking_uri=uri, registry_uri=registry
@@ -244,7 +230,7 @@ def save_model(judge: Savable, path: str | Path, *, lm_config: LMConfig | None =
     embedded model)."""
     import mlflow
 
-    with _bundle_file(judge, lm_config) as (bundle, file), warnings.catch_warnings():
+    with _bundle_file(judge, lm_config) as (bundle, file), warnings.catch_warnings(), quiet_artifact_downloads():
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
         mlflow.pyfunc.save_model(str(path), **_pyfunc_settings(bundle, file))
     return Path(path)
@@ -255,8 +241,9 @@ def log_model(judge: Savable, name: str = MODEL_ARTIFACT, *, lm_config: LMConfig
     ``name`` in the active run. Returns MLflow's ``ModelInfo``."""
     import mlflow
 
-    with _bundle_file(judge, lm_config) as (bundle, file), warnings.catch_warnings():
-        # An input example would make MLflow run the judge (and its LM) while logging.
+    with _bundle_file(judge, lm_config) as (bundle, file), warnings.catch_warnings(), quiet_artifact_downloads():
+        # An input example would make MLflow run the judge (and its LM) while logging; and
+        # MLflow copies the bundle in by "downloading" it, with a progress bar.
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
         return mlflow.pyfunc.log_model(name=name, **_pyfunc_settings(bundle, file))
 

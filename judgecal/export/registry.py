@@ -24,6 +24,7 @@ from judgecal.data.rows import LabeledRow
 from judgecal.report.agreement import compare_judges
 from judgecal.report.records import EvaluationRecord, JudgeRecord, read_record
 from judgecal.stats.uncertainty import DEFAULT_RESAMPLES, GroupIndex
+from judgecal.workspace import quiet_artifact_downloads
 
 CHAMPION = "champion"
 
@@ -106,7 +107,8 @@ def register_judge(
 def _download_json(run_id: str, path: str) -> Any:
     import mlflow
 
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
+    with quiet_artifact_downloads():
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
     return Path(local)
 
 

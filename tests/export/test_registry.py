@@ -36,7 +36,7 @@ def calibrate(data: Path, strategy: str, recorded: str, split_seed: int = 1, gat
 
 
 def test_champion_moves_only_when_the_improvement_on_gate_rows_is_significant(
-    tmp_path: Path, isolated_workspace: Path
+    tmp_path: Path, isolated_workspace: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     data = write_jsonl(tmp_path / "rows.jsonl", [row.to_record() for row in recorded_rows(n_groups=30).rows])
     first = calibrate(data, "threshold", "loose")  # the loose judge, as it is
@@ -44,7 +44,10 @@ def test_champion_moves_only_when_the_improvement_on_gate_rows_is_significant(
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias("relevance-judge", "champion").version) == first.registry.version
 
+    capfd.readouterr()
     better = calibrate(data, "stacking", "loose")  # stacked with the strict judge and the verifier
+    # The gate reads the champion's gate rows back from MLflow without MLflow's download bar.
+    assert "Downloading artifacts" not in capfd.readouterr().err
     assert better.registry.moved, better.registry.reason
     assert "interval [+" in better.registry.reason and "gate rows" in better.registry.reason
     assert str(client.get_model_version_by_alias("relevance-judge", "champion").version) == better.registry.version
