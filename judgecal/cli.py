@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from judgecal.data.rows import DataError
-from judgecal.redact import redact_text, redact_url
+from judgecal.redact import error_line, redact_text, redact_url
 
 if TYPE_CHECKING:
     from judgecal.pipeline.calibration import CalibrationReport
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as error:
         if _reported_to_user(error):
-            _print_error(f"{type(error).__name__}: {_first_line(error)}")
+            _print_error(error_line(error, with_type=True))
             return 1
         # A bug: the traceback is for its report, without the credentials of any URL in it.
         import traceback
@@ -68,12 +68,6 @@ def _print_error(message: str) -> None:
     password or key in any URL it quotes is hidden."""
     text = " ".join(part.strip() for part in message.splitlines() if part.strip())
     errors.print(f"[bold red]error:[/] {escape(redact_text(text))}", highlight=False, markup=True)
-
-
-def _first_line(error: BaseException) -> str:
-    """An LM error's first line; DSPy appends several lines of generic advice."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _reported_to_user(error: Exception) -> bool:

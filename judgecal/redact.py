@@ -25,6 +25,10 @@ _SECRET_NAME = re.compile(r"(key|token|secret|passw|pwd|auth|sig|credential)", r
 # password holding any of those characters (or "?", "#") is hidden whole.
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://(?:[^\s@]*@)*[^\s'\"<>()\[\]{},]+")
 
+# "user:password@host" without a scheme, starting a word ("failed to connect to
+# alice:s3cr3t@gpu-box:8000"); the password runs to the last "@" before a host.
+_AUTHORITY_IN_TEXT = re.compile(r"(?<![^\s(\[{<'\",=])([\w.~%+-]+):(?!//)\S*@(?=[\w\[])")
+
 
 _WEB_SCHEMES = frozenset({"http", "https", "ws", "wss"})
 
@@ -64,8 +68,21 @@ def redact_url(url: str) -> str:
 
 
 def redact_text(text: str) -> str:
-    """Every URL inside ``text`` (an error message, a log line) passed through :func:`redact_url`."""
-    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+    """Every URL inside ``text`` (an error message, a log line) passed through
+    :func:`redact_url`, and every ``user:password@host`` quoted without a scheme (as HTTP
+    clients name the server they failed to reach) with its password hidden."""
+    text = _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+    return _AUTHORITY_IN_TEXT.sub(lambda match: f"{match.group(1)}:{HIDDEN}@", text)
+
+
+def error_line(error: BaseException, *, with_type: bool = False) -> str:
+    """An error as one line fit to show or save: its first line (DSPy and LiteLLM append
+    lines of generic advice), credentials hidden; ``Type: message`` with ``with_type``."""
+    text = str(error).strip()
+    first = redact_text(text.splitlines()[0]) if text else ""
+    if with_type:
+        return f"{type(error).__name__}: {first}".rstrip(": ")
+    return first or type(error).__name__
 
 
 def has_credentials(url: str) -> bool:

@@ -120,7 +120,7 @@ def check_database(url: str, what: str, remedy: str, timeout: int = 5) -> None:
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
     from sqlalchemy.pool import NullPool
 
-    from judgecal.redact import redact_url
+    from judgecal.redact import error_line, redact_url
 
     connect_args = {"connect_timeout": timeout} if scheme in ("postgresql", "mysql") else {}
     shown = redact_url(url)
@@ -137,8 +137,7 @@ def check_database(url: str, what: str, remedy: str, timeout: int = 5) -> None:
         with engine.connect():
             pass
     except SQLAlchemyError as error:
-        reason = str(getattr(error, "orig", None) or error).strip()
-        problem = reason.splitlines()[0] if reason else type(error).__name__
+        problem = error_line(getattr(error, "orig", None) or error)
         raise StoreUnavailableError(f"{what} at {shown} cannot be reached ({problem}); {remedy}") from None
     finally:
         engine.dispose()

@@ -253,3 +253,30 @@ def test_the_strategy_flag_and_setting_name_every_strategy(capsys: pytest.Captur
     for name in STRATEGIES:
         assert name in flag_help, f"judgecal calibrate --help does not name the strategy {name!r}"
         assert name in setting, f"[calibration] strategy's description does not name {name!r}"
+
+
+def test_an_unreachable_judge_server_is_named_without_its_password(tmp_path: Path, capsys, monkeypatch) -> None:
+    """HTTP clients quote the authority they failed to reach without its scheme
+    (``alice:s3cr3t@127.0.0.1:PORT``): the message hides that password too."""
+    monkeypatch.setenv("OPENAI_API_KEY", "unused")
+    config = _recorded_experiment(tmp_path)
+    config.write_text(config.read_text().replace('recorded = "loose"\n', ""))
+    port = _free_port()
+    code = main(
+        [
+            "calibrate",
+            str(config),
+            "--model",
+            "openai/judge",
+            "--api-base",
+            f"http://alice:s3cr3t@127.0.0.1:{port}/v1",
+            "--strategy",
+            "threshold",
+            "--no-track",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 1
+    [line] = captured.err.strip().splitlines()
+    assert "alice:***@127.0.0.1" in line
+    assert "s3cr3t" not in captured.err + captured.out

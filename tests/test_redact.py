@@ -113,3 +113,29 @@ def test_a_database_password_is_hidden_whole_whatever_it_holds(password: str) ->
     assert redact_url(f"postgresql://judgecal:{password}@db-host:5432/optuna") == (
         "postgresql://judgecal:***@db-host:5432/optuna"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (
+            "[openai/judge] failed to connect to alice:s3cr3t@127.0.0.1:8000: [Errno 111]",
+            "[openai/judge] failed to connect to alice:***@127.0.0.1:8000: [Errno 111]",
+        ),
+        ("proxy (bob:p@ss/w0rd@gpu-box) refused", "proxy (bob:***@gpu-box) refused"),
+        ("at 12:30 the run ended; mail ops@example.com", "at 12:30 the run ended; mail ops@example.com"),
+        ("see postgresql://u:***@db/x", "see postgresql://u:***@db/x"),
+    ],
+)
+def test_a_password_quoted_without_a_scheme_is_hidden(text: str, shown: str) -> None:
+    """HTTP clients name the server they failed to reach as ``user:password@host``."""
+    assert redact_text(text) == shown
+
+
+def test_an_error_line_is_its_first_line_with_credentials_hidden() -> None:
+    from judgecal.redact import error_line
+
+    error = ConnectionError("cannot reach https://u:s3cr3t@h/v1\nTry checking your settings.\nMore advice.")
+    assert error_line(error) == "cannot reach https://u:***@h/v1"
+    assert error_line(error, with_type=True) == "ConnectionError: cannot reach https://u:***@h/v1"
+    assert error_line(ValueError()) == "ValueError" and error_line(ValueError(), with_type=True) == "ValueError"

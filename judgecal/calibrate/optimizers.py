@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from judgecal.backends.calls import LMCallCounter
 from judgecal.data.rows import LabeledRow, LabelValue
 from judgecal.judges.fitted import FittedJudge, ProgramJudge, unwrap
-from judgecal.judges.program import JudgeFailedError, JudgeProgram, _first_line
+from judgecal.judges.program import JudgeFailedError, JudgeProgram
+from judgecal.redact import error_line
 from judgecal.tasks.registry import Task
 
 OptimizerName = Literal[
@@ -181,7 +182,7 @@ def calibrate_program(
 
 def failed_calls(counter: LMCallCounter, optimizer: str) -> JudgeFailedError:
     """The error for a compilation during which LM calls failed: they were not answers."""
-    last = _first_line(counter.last_error) if counter.last_error is not None else "unknown"
+    last = error_line(counter.last_error, with_type=True) if counter.last_error is not None else "unknown"
     return JudgeFailedError(
         f"{counter.failed} of {counter.calls} LM calls failed during {optimizer} even after the LM's retries "
         f"(the last: {last}); they were not scored as answers, and no program was chosen on them. Check the "

@@ -38,7 +38,7 @@ from judgecal.export.bundle import (
     save_bundle,
 )
 from judgecal.judges.fitted import FittedJudge
-from judgecal.redact import redact_url
+from judgecal.redact import error_line, redact_url
 from judgecal.tasks.registry import Task
 from judgecal.workspace import quiet_artifact_downloads
 
@@ -139,7 +139,7 @@ def _local_bundle_path(reference: str | Path, tracking_uri: str | None = None) -
                     )
                 )
         except (MlflowException, OSError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = error_line(error)
             raise FileNotFoundError(
                 f"{text}: no such judge in the MLflow store {redact_url(uri)} ({reason}); check the run id or "
                 "model name and alias (judgecal ui lists them), or pass --tracking-uri (tracking_uri=)"

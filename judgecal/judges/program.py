@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from judgecal.data.rows import LabeledRow, LabelValue
 from judgecal.judges.verdict import Verdict, answer_key
 from judgecal.progress import ProgressFactory
+from judgecal.redact import error_line, redact_text
 from judgecal.stats.metrics import LabelSpace, label_metrics, order_consistency
 from judgecal.tasks.registry import Task
 
@@ -231,7 +232,7 @@ class Judge:
         except (LMError, FileNotFoundError):
             raise
         except Exception as error:  # the answer arrived but the adapter could not read it
-            return Verdict(label=None, error=f"{type(error).__name__}: {error}"[:500])
+            return Verdict(label=None, error=redact_text(f"{type(error).__name__}: {error}")[:500])
         raw = prediction.get(field) if hasattr(prediction, "get") else getattr(prediction, field, None)
         try:
             label = self.task.spec.parse_label(raw)
@@ -313,7 +314,7 @@ class Judge:
         try:
             return self.judge_inputs(row.inputs)
         except ContextWindowExceededError as error:
-            reason = f"longer than the judge model's context ({_first_line(error)})"
+            reason = f"longer than the judge model's context ({error_line(error, with_type=True)})"
             raise RowFailedError(
                 f"judge '{self.name}': row {row.id!r}{_at_line(row)} is {reason}; shorten its inputs or use a "
                 "model with a longer context",
@@ -324,7 +325,7 @@ class Judge:
         except LMError as error:
             if _is_configuration_error(error):
                 raise
-            reason = f"the LM call failed after {self.retry.attempts} attempts: {_first_line(error)}"
+            reason = f"the LM call failed after {self.retry.attempts} attempts: {error_line(error, with_type=True)}"
             raise RowFailedError(
                 f"judge '{self.name}': row {row.id!r}{_at_line(row)}: {reason}; nothing was scored for it. "
                 "Check the judge model's server and run again",
@@ -418,12 +419,6 @@ def _is_configuration_error(error: Exception) -> bool:
         "LMUnsupportedModelError",
     )
     return isinstance(error, tuple(getattr(lm_errors, name) for name in names))
-
-
-def _first_line(error: BaseException) -> str:
-    """``Type: message`` on one line (DSPy appends lines of generic advice)."""
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
 
 
 def _at_line(row: LabeledRow) -> str:
