@@ -4,8 +4,8 @@ Each trial picks a strategy and its settings and is scored by the rule that fits
 cost (:mod:`judgecal.calibrate.selection`): grouped cross-validation over train + dev for
 strategies that make no LM calls to fit, dev hold-out for those that do. Only the
 second kind can be pruned, and only after a warm-up of a third of dev, judged in an
-order that interleaves groups, by a Wilcoxon test of its per-row scores against the
-best trial's (Optuna's ``WilcoxonPruner``).
+order that interleaves groups, by a paired test of its per-row scores against the best
+trial's (:class:`~judgecal.calibrate.pruning.PairedMeanPruner`).
 
 The budget goes to distinct questions: every strategy's default settings are tried
 first, cheapest first; settings already tried are answered from the earlier trial and do
@@ -39,6 +39,7 @@ from judgecal.calibrate.selection import Candidate, Choice, SelectionScore, choo
 from judgecal.calibrate.strategies import FitResult, StrategyEnv, StrategySpec, fit_judge
 from judgecal.data.rows import LabeledRow
 from judgecal.judges.verifiers import grouped_folds, memoised_fits
+from judgecal.redact import redact_text
 from judgecal.workspace import check_database, store_dir, store_lock
 
 
@@ -62,7 +63,10 @@ class SearchConfig(BaseModel):
     folds: int = Field(default=5, ge=2, description="Grouped folds of train + dev for cross-validated selection.")
     dev_chunk: int = Field(default=16, ge=1, description="Dev rows judged between pruning checks (LM strategies).")
     prune_p: float = Field(
-        default=0.1, gt=0, lt=1, description="Wilcoxon p-value below which an LM trial worse than the best is pruned."
+        default=0.1,
+        gt=0,
+        lt=1,
+        description="p-value of the paired one-sided test below which an LM trial worse than the best is pruned.",
     )
     max_repeats: int = Field(
         default=25, ge=1, description="Stop after this many proposals in a row repeat settings already tried."
@@ -269,6 +273,8 @@ def open_study(
     import optuna
     from optuna.storages import RDBStorage
 
+    from judgecal.calibrate.pruning import PairedMeanPruner
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with study_lock(storage_url, study_name, root), warnings.catch_warnings():
         # Heartbeats are marked experimental in Optuna; they are what fails a killed worker's trial.
@@ -286,9 +292,7 @@ def open_study(
             load_if_exists=True,
             # Workers of one study take seeds seed + worker, so they propose different settings.
             sampler=optuna.samplers.TPESampler(seed=search.seed + search.worker, constant_liar=True),
-            pruner=optuna.pruners.WilcoxonPruner(
-                p_threshold=search.prune_p, n_startup_steps=max(2, math.ceil(dev_rows / 3))
-            ),
+            pruner=PairedMeanPruner(p_threshold=search.prune_p, n_startup_steps=max(2, math.ceil(dev_rows / 3))),
         )
 
 
@@ -522,7 +526,7 @@ def run_study(
         except (LeakError, optuna.TrialPruned, KeyboardInterrupt):
             raise
         except Exception as error:
-            reason = f"{type(error).__name__}: {error}"
+            reason = redact_text(f"{type(error).__name__}: {error}")  # kept in the study and the run
             trial.set_user_attr("error", reason[:1000])
             log(f"trial {trial.number}: {name} failed: {reason[:300]}")
             raise StrategyFailed(reason) from None

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 from judgecal.calibrate.guard import RowGuard
 from judgecal.calibrate.selection import Candidate, SelectionScore, choose
 from judgecal.calibrate.strategies import STRATEGIES, StrategySpec
+from judgecal.data.rows import LabeledRow
 from judgecal.judges.fitted import FittedJudge
 from judgecal.judges.verdict import Verdict
 from judgecal.pipeline.config import ExperimentConfig, JudgeSection, SearchConfig
@@ -77,16 +79,29 @@ class ScriptedJudge(FittedJudge):
 
     kind = "scripted"
 
-    def __init__(self, wrong_groups: tuple[str, ...] = (), every_row_wrong: bool = False) -> None:
+    def __init__(
+        self,
+        wrong_groups: tuple[str, ...] = (),
+        every_row_wrong: bool = False,
+        always: bool | None = None,
+        wrong_if: Callable[[LabeledRow], bool] | None = None,
+    ) -> None:
         self.wrong_groups = wrong_groups
         self.every_row_wrong = every_row_wrong
+        self.always = always  # one answer for every row, as a small model at chance gives
+        self.wrong_if = wrong_if
 
     @property
     def task(self):
         return RELEVANCE
 
     def predict(self, rows, *, progress=None, description=""):
-        wrong = [self.every_row_wrong or row.group in self.wrong_groups for row in rows]
+        if self.always is not None:
+            return [Verdict(label=self.always) for _ in rows]
+        wrong = [
+            self.every_row_wrong or row.group in self.wrong_groups or (self.wrong_if is not None and self.wrong_if(row))
+            for row in rows
+        ]
         return [Verdict(label=(not row.label) if bad else row.label) for row, bad in zip(rows, wrong, strict=True)]
 
 
@@ -122,6 +137,34 @@ def test_a_trial_whose_first_prompt_goes_badly_is_not_pruned_but_a_hopeless_one_
     [threshold] = [row for row in report.rows if row.strategy == "threshold"]
     assert bloomer.score is not None and threshold.score is not None and bloomer.score > threshold.score
     assert report.best is not None and report.best.strategy == "late_bloomer"
+
+
+@pytest.mark.parametrize("answer", [False, True], ids=["always-no", "always-yes"])
+def test_a_trial_giving_one_answer_to_every_row_is_pruned_after_the_warm_up(tmp_path, monkeypatch, answer) -> None:
+    """A model at chance often answers the same on every row: right on one class only.
+    Per-row scores then take two values, and a rank test on the paired differences sees
+    about as many small gains (the class it gets right) as large losses: it is the mean
+    difference that shows the trial is worse, and the pruner tests that."""
+    config = search_config(tmp_path, ["threshold"], 2, n_groups=40, dev_chunk=8)
+
+    def half_right(row: LabeledRow) -> bool:
+        """Finds half the positives and says yes to about as many negatives: κ about 0.4."""
+        g, i = (int(part) for part in row.id[1:].split("-"))
+        return (g + i) % 2 == 0 if row.label else (g + i) % 8 == 0
+
+    monkeypatch.setitem(STRATEGIES, "decent", scripted_spec("decent", 8, wrong_if=half_right))
+    monkeypatch.setitem(STRATEGIES, "constant", scripted_spec("constant", 9, always=answer))
+    config = config.model_copy(
+        update={"search": config.search.model_copy(update={"strategies": ["decent", "constant"]})}
+    )
+    from judgecal.data.rows import load_rows
+    from judgecal.data.split import split_by_group
+
+    dev = split_by_group(load_rows(config.judge.data, RELEVANCE.spec), config.split).dev.rows
+    report = search(config)
+    [constant] = [row for row in report.rows if row.strategy == "constant"]
+    assert constant.state == "PRUNED", constant
+    assert constant.pruned_after is not None and constant.pruned_after < len(dev)  # stopped before the end
 
 
 def test_strategies_that_make_no_lm_calls_are_scored_on_every_fold_and_never_pruned(tmp_path) -> None:
@@ -395,6 +438,28 @@ def test_a_leak_inside_a_trial_stops_the_whole_search(tmp_path, monkeypatch) -> 
     config = search_config(tmp_path, ["threshold", "leaky"], 4)
     with pytest.raises(LeakError):
         search(config)
+
+
+def test_a_failed_trial_keeps_its_reason_without_the_servers_password(tmp_path, monkeypatch) -> None:
+    """A trial's error is saved in the study and tagged on its MLflow run; an LM error
+    names the server as ``user:password@host``, and the password is hidden there."""
+    import mlflow
+
+    class Unreachable(ScriptedJudge):
+        def fit(self, train, dev=None):
+            raise ConnectionError("[openai/judge] failed to connect to alice:s3cr3t@gpu-box:8000: refused")
+
+    spec = StrategySpec("unreachable", "scripted", "fails", lambda env, params: Unreachable(), lambda t, e: {}, 9)
+    monkeypatch.setitem(STRATEGIES, "unreachable", spec)
+    config = search_config(tmp_path, ["threshold", "unreachable"], 2)
+    report = run_search(config, config.search, log=lambda m: None)
+    [failed] = [row for row in report.rows if row.strategy == "unreachable"]
+    assert failed.state == "FAIL" and "alice:***@gpu-box:8000" in (failed.error or "")
+    assert b"s3cr3t" not in (tmp_path / "optuna.db").read_bytes()
+    mlflow.set_tracking_uri(report.calibration.tracking_uri)
+    tags = [run.data.tags for run in mlflow.search_runs(search_all_experiments=True, output_format="list")]
+    assert any("alice:***@" in t.get("judgecal.error", "") for t in tags)
+    assert not [t for t in tags if "s3cr3t" in str(t)]
 
 
 @pytest.mark.parametrize("lm_to_fit", [False, True], ids=["cross-validated", "scored-on-dev"])
