@@ -54,7 +54,7 @@ def agreement(task: Task, human: Sequence[LabelValue], verdicts: Sequence[LabelV
 def row_scores(task: Task, rows: Sequence[LabeledRow], verdicts: Sequence[LabelValue | None]) -> np.ndarray:
     """Per-row class-balanced correctness: a right answer on a row of class y is worth
     1 / (K · share of y), so the mean over rows is balanced accuracy. These are the paired
-    values a Wilcoxon pruner compares between trials."""
+    values the pruner compares between trials (their mean difference)."""
     labels = [row.label for row in rows]
     classes = len(task.spec.labels)
     shares = {label: labels.count(label) / len(labels) for label in set(labels)}
