@@ -275,7 +275,9 @@ def open_study(
 
     from judgecal.calibrate.pruning import PairedMeanPruner
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # The search logs each trial's outcome in one line (a failed one with its reason);
+    # Optuna's own warning for a failed trial would add the traceback.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     with study_lock(storage_url, study_name, root), warnings.catch_warnings():
         # Heartbeats are marked experimental in Optuna; they are what fails a killed worker's trial.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

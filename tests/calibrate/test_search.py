@@ -4,6 +4,7 @@ follows its rule; a killed study resumes and two workers share a study."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -440,9 +441,10 @@ def test_a_leak_inside_a_trial_stops_the_whole_search(tmp_path, monkeypatch) -> 
         search(config)
 
 
-def test_a_failed_trial_keeps_its_reason_without_the_servers_password(tmp_path, monkeypatch) -> None:
+def test_a_failed_trial_keeps_its_reason_without_the_servers_password(tmp_path, monkeypatch, capfd) -> None:
     """A trial's error is saved in the study and tagged on its MLflow run; an LM error
-    names the server as ``user:password@host``, and the password is hidden there."""
+    names the server as ``user:password@host``, and the password is hidden there. The
+    search says it in one line: Optuna's own warning with a traceback is not printed."""
     import mlflow
 
     class Unreachable(ScriptedJudge):
@@ -452,9 +454,19 @@ def test_a_failed_trial_keeps_its_reason_without_the_servers_password(tmp_path, 
     spec = StrategySpec("unreachable", "scripted", "fails", lambda env, params: Unreachable(), lambda t, e: {}, 9)
     monkeypatch.setitem(STRATEGIES, "unreachable", spec)
     config = search_config(tmp_path, ["threshold", "unreachable"], 2)
-    report = run_search(config, config.search, log=lambda m: None)
+    optuna_records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = optuna_records.append  # type: ignore[method-assign]
+    logging.getLogger("optuna").addHandler(handler)
+    try:
+        report = run_search(config, config.search, log=lambda m: None)
+    finally:
+        logging.getLogger("optuna").removeHandler(handler)
+    assert not [record.getMessage() for record in optuna_records if "failed" in record.getMessage()]
     [failed] = [row for row in report.rows if row.strategy == "unreachable"]
     assert failed.state == "FAIL" and "alice:***@gpu-box:8000" in (failed.error or "")
+    printed = capfd.readouterr()
+    assert "s3cr3t" not in printed.err + printed.out
     assert b"s3cr3t" not in (tmp_path / "optuna.db").read_bytes()
     mlflow.set_tracking_uri(report.calibration.tracking_uri)
     tags = [run.data.tags for run in mlflow.search_runs(search_all_experiments=True, output_format="list")]
