@@ -16,11 +16,16 @@ class LMCallCounter(BaseCallback):
     copies optimizers create, which keep their own histories; ``failed`` counts the calls
     that raised (a server error, a timeout, ... after the LM's own retries) and
     ``last_error`` keeps the last of those errors. DSPy's optimizers catch such errors and
-    score the call as a wrong answer, so this is where they can still be seen."""
+    score the call as a wrong answer, so this is where they can still be seen.
+
+    A prompt longer than the model's context is counted apart, in ``too_long``: it fails
+    the same way every time, so no answer was lost; the candidate program (or an
+    optimizer's instruction proposal) that made it cannot be used on that row."""
 
     def __init__(self) -> None:
         self.calls = 0
         self.failed = 0
+        self.too_long = 0
         self.last_error: BaseException | None = None
         self._lock = threading.Lock()
 
@@ -31,7 +36,12 @@ class LMCallCounter(BaseCallback):
     def on_lm_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
         if exception is None:
             return
+        from dspy.utils.exceptions import ContextWindowExceededError
+
         with self._lock:
+            if isinstance(exception, ContextWindowExceededError):
+                self.too_long += 1
+                return
             self.failed += 1
             self.last_error = exception
 

@@ -62,6 +62,29 @@ def test_examples_keep_row_ids_and_come_in_group_order() -> None:
 # -- LM failures while compiling: counted, never scored ----------------------------------
 
 
+def test_a_prompt_too_long_for_the_model_while_compiling_does_not_stop_the_calibration(chat_server) -> None:
+    """A call whose prompt does not fit the model's context fails the same way every time:
+    no answer was lost to the server, the candidate (or proposal) that made it just cannot
+    be used on that row. MIPROv2's instruction proposals on a small model's 4,096 tokens
+    hit this; the calibration goes on, and a server failure still stops it (above)."""
+    from judgecal.calibrate.optimizers import CalibrationConfig, calibrate_program
+
+    chat_server.respond = lambda text, attempt: "too-long" if "very long" in text else "ok"
+    lm = dspy.LM("openai/judge", api_base=chat_server.url, num_retries=0, cache=False)
+    train = [
+        LabeledRow(id=f"t{i}", group=f"t{i}", inputs={"prompt": p, "attribute": "a"}, label=i % 2 == 0)
+        for i, p in enumerate(["one", "a very long prompt", "three", "four"])
+    ]
+    dev = [
+        LabeledRow(id=f"d{i}", group=f"d{i}", inputs={"prompt": p, "attribute": "a"}, label=i % 2 == 0)
+        for i, p in enumerate(["five", "six", "seven", "eight"])
+    ]
+    config = CalibrationConfig(optimizer="bootstrap_few_shot", max_bootstrapped_demos=2, max_labeled_demos=0)
+    result = calibrate_program(RELEVANCE, lm, train, dev, config)
+    assert any("very long" in text for text in chat_server.requests)
+    assert result.program is not None and result.lm_calls >= 2
+
+
 @pytest.mark.parametrize("optimizer", ["bootstrap_few_shot", "bootstrap_random_search"])
 def test_an_lm_call_that_keeps_failing_while_compiling_stops_the_calibration(chat_server, optimizer: str) -> None:
     """DSPy's optimizers score a failed call as a wrong answer (``failure_score=0``) or skip
