@@ -248,7 +248,7 @@ def _compile(
         from dspy.teleprompt import COPRO
 
         optimizer = COPRO(
-            prompt_model=lm.copy(max_tokens=config.proposer_max_tokens),
+            prompt_model=_without_printed_history(lm.copy(max_tokens=config.proposer_max_tokens)),
             metric=metric,
             breadth=config.breadth,
             depth=config.depth,
@@ -290,6 +290,13 @@ def _compile(
             track_stats=False,
         ).compile(student, trainset=trainset, valset=devset)
     raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def _without_printed_history(lm: Any) -> Any:
+    """``lm`` whose ``inspect_history`` returns instead of printing: COPRO formats it into a
+    debug message, which prints the whole last prompt whatever the log level."""
+    lm.inspect_history = lambda n=1: ""
+    return lm
 
 
 def feedback_metric(metric: Callable[..., float], student: JudgeProgram) -> Callable[..., Any]:

@@ -112,3 +112,25 @@ def test_an_lm_call_that_keeps_failing_while_compiling_stops_the_calibration(cha
     message = str(failed.value)
     assert "were not scored" in message and "LMServerError" in message and "run again" in message
     assert any("down" in text for text in chat_server.requests)
+
+
+def test_copro_prints_nothing_of_its_own(chat_server, capsys: pytest.CaptureFixture[str]) -> None:
+    """COPRO builds a debug message from ``prompt_model.inspect_history``, which prints the
+    whole last prompt to stdout whatever the log level: the proposer's history stays quiet."""
+    from judgecal.calibrate.optimizers import CalibrationConfig, calibrate_program
+
+    chat_server.answer = {
+        "relevant": True,
+        "proposed_instruction": "Say whether the attribute matters.",
+        "proposed_prefix_for_output_field": "Relevant:",
+    }
+    lm = dspy.LM("openai/judge", api_base=chat_server.url, num_retries=0, cache=False)
+    rows = [
+        LabeledRow(id=f"r{i}", group=f"r{i}", inputs={"prompt": p, "attribute": "a"}, label=i % 2 == 0)
+        for i, p in enumerate(["one", "two", "three", "four"])
+    ]
+    config = CalibrationConfig(optimizer="copro", breadth=2, depth=1)
+    calibrate_program(RELEVANCE, lm, rows[:2], rows[2:], config)
+    assert any("basic_instruction" in text or "instruction" in text for text in chat_server.requests)
+    out = capsys.readouterr().out
+    assert "System message" not in out and "User message" not in out, out[:300]
