@@ -525,7 +525,14 @@ def run_study(
         log(f"trial {trial.number}: {name} {params}")
         try:
             score, result = score_trial(trial, spec, env, params, train, dev, folds, guard, search)
-        except (LeakError, optuna.TrialPruned, KeyboardInterrupt):
+        except optuna.TrialPruned:
+            judged = trial.user_attrs.get("pruned_after_rows")
+            log(
+                f"trial {trial.number}: {name} pruned after {judged} of {len(dev)} dev rows: its per-row scores "
+                "are clearly below the best trial's on them"
+            )
+            raise
+        except (LeakError, KeyboardInterrupt):
             raise
         except Exception as error:
             reason = redact_text(f"{type(error).__name__}: {error}")  # kept in the study and the run

@@ -162,10 +162,14 @@ def test_a_trial_giving_one_answer_to_every_row_is_pruned_after_the_warm_up(tmp_
     from judgecal.data.split import split_by_group
 
     dev = split_by_group(load_rows(config.judge.data, RELEVANCE.spec), config.split).dev.rows
-    report = search(config)
+    messages: list[str] = []
+    report = run_search(config, config.search, track=False, log=messages.append)
     [constant] = [row for row in report.rows if row.strategy == "constant"]
     assert constant.state == "PRUNED", constant
     assert constant.pruned_after is not None and constant.pruned_after < len(dev)  # stopped before the end
+    assert f"trial {constant.number}: constant pruned after {constant.pruned_after} of {len(dev)} dev rows" in (
+        "\n".join(messages)
+    )
 
 
 def test_strategies_that_make_no_lm_calls_are_scored_on_every_fold_and_never_pruned(tmp_path) -> None:
