@@ -76,7 +76,8 @@ class CalibrationConfig(BaseModel):
         default=100,
         gt=0,
         description="DSPy optimizers choose among their candidates on at most this many dev rows, drawn across "
-        "groups (each candidate costs one LM call per row); the calibrated judge is still scored on all of dev.",
+        "groups (each candidate costs one LM call per row); SIMBA, which chooses on the rows it learns from, gets "
+        "this many train rows. The calibrated judge is still scored on all of dev.",
     )
 
 
@@ -153,6 +154,9 @@ def calibrate_program(
     student = JudgeProgram(task.signature)
     if config.max_select_rows is not None and len(dev) > config.max_select_rows:
         dev = sample_across_groups(list(dev), config.max_select_rows, config.seed)
+    if config.optimizer == "simba" and config.max_select_rows is not None and len(train) > config.max_select_rows:
+        # SIMBA scores every candidate on every row it learns from: it chooses on train.
+        train = sample_across_groups(list(train), config.max_select_rows, config.seed)
     trainset = to_examples(task, train)
     devset = to_examples(task, dev)
     metric = class_balanced_metric(task, [row.label for row in dev])

@@ -134,3 +134,28 @@ def test_copro_prints_nothing_of_its_own(chat_server, capsys: pytest.CaptureFixt
     assert any("basic_instruction" in text or "instruction" in text for text in chat_server.requests)
     out = capsys.readouterr().out
     assert "System message" not in out and "User message" not in out, out[:300]
+
+
+def test_simba_chooses_on_at_most_max_select_rows_of_train(chat_server) -> None:
+    """SIMBA scores every candidate program on every row it is given to learn from, at the
+    end: on a train set of thousands that is thousands of calls per candidate. It gets a
+    sample of train across groups, as large as the optimizers' selection on dev."""
+    from judgecal.calibrate.optimizers import CalibrationConfig, calibrate_program
+
+    lm = dspy.LM("openai/judge", api_base=chat_server.url, num_retries=0, cache=False)
+    train = [
+        LabeledRow(id=f"t{i}", group=f"g{i % 8}", inputs={"prompt": f"train {i}", "attribute": "a"}, label=i % 3 == 0)
+        for i in range(48)
+    ]
+    dev = [
+        LabeledRow(id=f"d{i}", group=f"d{i}", inputs={"prompt": f"dev {i}", "attribute": "a"}, label=i % 2 == 0)
+        for i in range(4)
+    ]
+    config = CalibrationConfig(optimizer="simba", max_steps=1, batch_size=4, max_labeled_demos=1, max_select_rows=12)
+    calibrate_program(RELEVANCE, lm, train, dev, config)
+    asked = {
+        f"train {i}"
+        for i in range(48)
+        if any(f"train {i}\n" in t or t.endswith(f"train {i}") for t in chat_server.requests)
+    }
+    assert 4 <= len(asked) <= 12, sorted(asked)
