@@ -59,7 +59,11 @@ class CalibrationConfig(BaseModel):
     depth: int = Field(default=2, ge=1, description="COPRO: rounds of refinement.")
     max_steps: int = Field(default=3, ge=1, description="SIMBA: optimization steps.")
     batch_size: int = Field(default=16, ge=2, description="SIMBA: mini-batch size.")
-    max_metric_calls: int = Field(default=60, ge=1, description="GEPA: budget of metric evaluations.")
+    max_metric_calls: int = Field(
+        default=60,
+        ge=1,
+        description="GEPA: budget of metric evaluations; it tracks candidates on a third of this many dev rows.",
+    )
     reflection_model: str | None = Field(
         default=None,
         description="GEPA: model that reflects on failures and rewrites instructions (default: the judge's own). "
@@ -154,6 +158,10 @@ def calibrate_program(
     student = JudgeProgram(task.signature)
     if config.max_select_rows is not None and len(dev) > config.max_select_rows:
         dev = sample_across_groups(list(dev), config.max_select_rows, config.seed)
+    if config.optimizer == "gepa" and len(dev) > config.max_metric_calls // 3:
+        # GEPA first scores the starting program on all of its validation rows, against its
+        # budget: two thirds of the budget stay for reflecting and trying new instructions.
+        dev = sample_across_groups(list(dev), max(1, config.max_metric_calls // 3), config.seed)
     if config.optimizer == "simba" and config.max_select_rows is not None and len(train) > config.max_select_rows:
         # SIMBA scores every candidate on every row it learns from: it chooses on train.
         train = sample_across_groups(list(train), config.max_select_rows, config.seed)

@@ -159,3 +159,24 @@ def test_simba_chooses_on_at_most_max_select_rows_of_train(chat_server) -> None:
         if any(f"train {i}\n" in t or t.endswith(f"train {i}") for t in chat_server.requests)
     }
     assert 4 <= len(asked) <= 12, sorted(asked)
+
+
+def test_gepa_has_budget_left_after_scoring_its_starting_program(chat_server) -> None:
+    """GEPA first scores the starting program on its whole validation set, against the
+    metric-call budget: with 100 dev rows and the default budget of 60 it stopped there
+    and returned the program it was given. It gets a validation sample that leaves two
+    thirds of the budget to reflect and try new instructions."""
+    from judgecal.calibrate.optimizers import CalibrationConfig, calibrate_program
+
+    lm = dspy.LM("openai/judge", api_base=chat_server.url, num_retries=0, cache=False)
+    chat_server.answer = {"relevant": False}  # wrong on every positive row: there is feedback to reflect on
+    train = [
+        LabeledRow(id=f"t{i}", group=f"t{i % 5}", inputs={"prompt": f"train {i}", "attribute": "a"}, label=i % 2 == 0)
+        for i in range(20)
+    ]
+    dev = [
+        LabeledRow(id=f"d{i}", group=f"d{i % 10}", inputs={"prompt": f"dev {i}", "attribute": "a"}, label=i % 2 == 0)
+        for i in range(100)
+    ]
+    calibrate_program(RELEVANCE, lm, train, dev, CalibrationConfig(optimizer="gepa"))
+    assert any("[[ ## current_instruction ## ]]" in text for text in chat_server.requests)  # it reflected
