@@ -156,15 +156,14 @@ def calibrate_program(
     from judgecal.data.split import sample_across_groups
 
     student = JudgeProgram(task.signature)
-    if config.max_select_rows is not None and len(dev) > config.max_select_rows:
-        dev = sample_across_groups(list(dev), config.max_select_rows, config.seed)
-    if config.optimizer == "gepa" and len(dev) > config.max_metric_calls // 3:
+    dev = sample_across_groups(dev, config.max_select_rows, config.seed)
+    if config.optimizer == "gepa":
         # GEPA first scores the starting program on all of its validation rows, against its
         # budget: two thirds of the budget stay for reflecting and trying new instructions.
-        dev = sample_across_groups(list(dev), max(1, config.max_metric_calls // 3), config.seed)
-    if config.optimizer == "simba" and config.max_select_rows is not None and len(train) > config.max_select_rows:
+        dev = sample_across_groups(dev, max(1, config.max_metric_calls // 3), config.seed)
+    if config.optimizer == "simba":
         # SIMBA scores every candidate on every row it learns from: it chooses on train.
-        train = sample_across_groups(list(train), config.max_select_rows, config.seed)
+        train = sample_across_groups(train, config.max_select_rows, config.seed)
     trainset = to_examples(task, train)
     devset = to_examples(task, dev)
     metric = class_balanced_metric(task, [row.label for row in dev])

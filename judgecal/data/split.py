@@ -138,7 +138,7 @@ def split_by_group(dataset: Dataset, spec: SplitSpec | None = None) -> Split:
         "gate": spec.max_gate_rows,
     }
     for name, cap in caps.items():
-        if name in parts and cap is not None and len(parts[name]) > cap:
+        if name in parts:
             parts[name] = sample_across_groups(parts[name], cap, spec.seed)
     for name, rows in parts.items():
         classes = Counter(row.label for row in rows)
@@ -161,9 +161,12 @@ def split_by_group(dataset: Dataset, spec: SplitSpec | None = None) -> Split:
     )
 
 
-def sample_across_groups(rows: list[LabeledRow], cap: int, seed: int) -> list[LabeledRow]:
+def sample_across_groups(rows: Sequence[LabeledRow], cap: int | None, seed: int) -> list[LabeledRow]:
     """Keep ``cap`` rows, drawn round-robin over the groups in a seeded order, so every
-    group keeps a share and the kept rows stay in file order."""
+    group keeps a share and the kept rows stay in file order. No cap, or no more rows
+    than it: all of them."""
+    if cap is None or len(rows) <= cap:
+        return list(rows)
     rng = np.random.default_rng(seed)
     by_group: dict[str, list[int]] = {}
     for index, row in enumerate(rows):
