@@ -92,10 +92,6 @@ def run_variant(
     )
     rows = list(dataset.rows)
     folds = grouped_folds(rows, args.outer_folds, args.seed)
-    predictions: dict[str, dict[str, Any]] = {}
-    selected: list[str] = []
-    per_fold: dict[str, list[float]] = {}
-    counter = LMCallCounter()
     log = (lambda m: console.print(f"  {m}", highlight=False)) if args.verbose else (lambda m: None)
     settings = {
         "variant": variant,
@@ -104,21 +100,14 @@ def run_variant(
         "lm_singles": args.lm_singles,
         "trials": trials,
     }
-    seconds = 0.0
+    finished: list[dict[str, Any]] = []  # each outer fold: read back from --checkpoint, or run now
     for k, held in enumerate(folds):
-        test = [rows[i] for i in held]
         saved = load_fold(args.checkpoint, settings, k)
         if saved is not None:
-            for name, by_id in saved["predictions"].items():
-                predictions.setdefault(name, {}).update(by_id)
-            for name, kappa in saved["kappa"].items():
-                per_fold.setdefault(name, []).append(kappa)
-            selected.extend([saved["selected"]] if saved["selected"] else [])
-            seconds += saved["seconds"]
-            counter.calls += saved["lm_calls"]
             console.print(f"{variant} fold {k + 1}/{len(folds)}: read from {args.checkpoint}", highlight=False)
+            finished.append(saved)
             continue
-        calls_before = counter.calls
+        test = [rows[i] for i in held]
         held_set = set(held.tolist())
         split = inner_split([r for i, r in enumerate(rows) if i not in held_set], test, dataset, args.seed + k)
         guard = RowGuard.for_rows(test, [*split.train.rows, *split.dev.rows])
@@ -130,6 +119,8 @@ def run_variant(
             study_name=f"{variant}-fold{k}",
             seed=args.seed,
         )
+        counter = LMCallCounter()
+        selected = None
         fold_started = time.perf_counter()
         with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), counter]):
             judged = {}
@@ -137,37 +128,38 @@ def run_variant(
                 report = search_prepared(prepared, search, track=False, log=log)
                 assert report.calibration is not None and report.choice is not None
                 judged["selected by the search"] = report.calibration.calibrated.verdicts
-                selected.append(f"{report.choice.winner.strategy} (trial {report.choice.winner.number})")
+                selected = f"{report.choice.winner.strategy} (trial {report.choice.winner.number})"
             specs = resolve_strategies("all", task, has_program=lm is not None)
             for spec in specs:
                 if spec.calls_lm_to_fit and not args.lm_singles:
                     continue
                 result = final_fit(spec, prepared, {}, log)
                 judged[spec.name] = result.judge.predict(test)
-        fold: dict[str, Any] = {"predictions": {}, "kappa": {}}
-        for name, verdicts in judged.items():
-            labels = [v.label for v in verdicts]
-            fold["predictions"][name] = {row.id: label for row, label in zip(test, labels, strict=True)}
-            fold["kappa"][name] = agreement(task, [r.label for r in test], labels)
-            predictions.setdefault(name, {}).update(fold["predictions"][name])
-            per_fold.setdefault(name, []).append(fold["kappa"][name])
-        fold_seconds = time.perf_counter() - fold_started
-        seconds += fold_seconds
-        fold |= {
-            "selected": selected[-1] if args.search else None,
-            "seconds": fold_seconds,
-            "lm_calls": counter.calls - calls_before,
+        labels = {name: [v.label for v in verdicts] for name, verdicts in judged.items()}
+        fold = {
+            "predictions": {name: dict(zip([r.id for r in test], got, strict=True)) for name, got in labels.items()},
+            "kappa": {name: agreement(task, [r.label for r in test], got) for name, got in labels.items()},
+            "selected": selected,
+            "seconds": time.perf_counter() - fold_started,
+            "lm_calls": counter.calls,
         }
         save_fold(args.checkpoint, settings, k, fold)
+        finished.append(fold)
         outcome = (
-            f"selected {selected[-1]}, outer κ {per_fold['selected by the search'][-1]:.3f}, "
-            if args.search
+            f"selected {selected}, outer κ {fold['kappa']['selected by the search']:.3f}, "
+            if selected
             else "single strategies only, "
         )
         console.print(
-            f"{variant} fold {k + 1}/{len(folds)}: {len(test)} rows, {outcome}{fold_seconds:.0f} s",
+            f"{variant} fold {k + 1}/{len(folds)}: {len(test)} rows, {outcome}{fold['seconds']:.0f} s",
             highlight=False,
         )
+    predictions: dict[str, dict[str, Any]] = {}
+    per_fold: dict[str, list[float]] = {}
+    for fold in finished:
+        for name, by_id in fold["predictions"].items():
+            predictions.setdefault(name, {}).update(by_id)
+            per_fold.setdefault(name, []).append(fold["kappa"][name])
     judges = {name: JudgeRecord(verdicts=[by_id.get(row.id) for row in rows]) for name, by_id in predictions.items()}
     record = build_record(f"bench-{variant}", "relevance", task.spec, rows, judges)
     report = evaluate_record(record, baseline=None, candidate=None, n_resamples=args.resamples, seed=args.seed)
@@ -175,9 +167,9 @@ def run_variant(
         "variant": variant,
         "report": report,
         "per_fold": per_fold,
-        "selected": selected,
-        "seconds": seconds,
-        "lm_calls": counter.calls,
+        "selected": [fold["selected"] for fold in finished if fold["selected"]],
+        "seconds": sum(fold["seconds"] for fold in finished),
+        "lm_calls": sum(fold["lm_calls"] for fold in finished),
         "trials": trials,
     }
 
@@ -191,13 +183,15 @@ def load_fold(checkpoint: Path | None, settings: dict[str, Any], k: int) -> dict
 
     Folds are independent, so a run that stops (or a machine that is needed elsewhere)
     loses only the fold under way; the wall time reported is the sum over folds."""
-    if checkpoint is None or not fold_path(checkpoint, settings, k).exists():
+    if checkpoint is None:
         return None
-    saved = json.loads(fold_path(checkpoint, settings, k).read_text())
+    path = fold_path(checkpoint, settings, k)
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
     if saved["settings"] != settings:
         raise SystemExit(
-            f"{fold_path(checkpoint, settings, k)} was written with other settings "
-            f"({saved['settings']}); use another --checkpoint folder"
+            f"{path} was written with other settings ({saved['settings']}); use another --checkpoint folder"
         )
     return saved
 
