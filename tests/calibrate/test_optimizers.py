@@ -16,6 +16,22 @@ from judgecal.tasks.registry import resolve_task
 RELEVANCE = resolve_task("relevance")
 
 
+def relevance_rows(
+    part: str, prompts: list[str], *, groups: int | None = None, positive_every: int = 2
+) -> list[LabeledRow]:
+    """Rows ``{part}0``, ``{part}1``, ... with these prompts: a group each, or ``groups``
+    groups shared in turn; every ``positive_every``-th row relevant."""
+    return [
+        LabeledRow(
+            id=f"{part}{i}",
+            group=f"{part}{i if groups is None else i % groups}",
+            inputs={"prompt": prompt, "attribute": "a"},
+            label=i % positive_every == 0,
+        )
+        for i, prompt in enumerate(prompts)
+    ]
+
+
 def score(metric, labels: list[bool], answers: list[bool | None]) -> float:
     examples = [dspy.Example(prompt="p", attribute="a", relevant=label) for label in labels]
     predictions = [dspy.Prediction(relevant=answer) for answer in answers]
@@ -71,14 +87,8 @@ def test_a_prompt_too_long_for_the_model_while_compiling_does_not_stop_the_calib
 
     chat_server.respond = lambda text, attempt: "too-long" if "very long" in text else "ok"
     lm = dspy.LM("openai/judge", api_base=chat_server.url, num_retries=0, cache=False)
-    train = [
-        LabeledRow(id=f"t{i}", group=f"t{i}", inputs={"prompt": p, "attribute": "a"}, label=i % 2 == 0)
-        for i, p in enumerate(["one", "a very long prompt", "three", "four"])
-    ]
-    dev = [
-        LabeledRow(id=f"d{i}", group=f"d{i}", inputs={"prompt": p, "attribute": "a"}, label=i % 2 == 0)
-        for i, p in enumerate(["five", "six", "seven", "eight"])
-    ]
+    train = relevance_rows("t", ["one", "a very long prompt", "three", "four"])
+    dev = relevance_rows("d", ["five", "six", "seven", "eight"])
     config = CalibrationConfig(optimizer="bootstrap_few_shot", max_bootstrapped_demos=2, max_labeled_demos=0)
     result = calibrate_program(RELEVANCE, lm, train, dev, config)
     assert any("very long" in text for text in chat_server.requests)
@@ -95,14 +105,8 @@ def test_an_lm_call_that_keeps_failing_while_compiling_stops_the_calibration(cha
     chat_server.respond = lambda text, attempt: 503 if "down" in text else "ok"
     lm = dspy.LM("openai/judge", api_base=chat_server.url, num_retries=0, cache=False)
 
-    def rows(part: str, prompts: list[str]) -> list[LabeledRow]:
-        return [
-            LabeledRow(id=f"{part}{i}", group=f"{part}{i}", inputs={"prompt": p, "attribute": "a"}, label=i % 2 == 0)
-            for i, p in enumerate(prompts)
-        ]
-
-    train = rows("t", ["one", "two", "three", "four"])
-    dev = rows("d", ["server down", "five", "six", "seven"])
+    train = relevance_rows("t", ["one", "two", "three", "four"])
+    dev = relevance_rows("d", ["server down", "five", "six", "seven"])
     config = CalibrationConfig(optimizer=optimizer, max_bootstrapped_demos=1, max_labeled_demos=1)
     config = config.model_copy(update={"num_candidate_programs": 1})
     if optimizer == "bootstrap_few_shot":
@@ -125,10 +129,7 @@ def test_copro_prints_nothing_of_its_own(chat_server, capsys: pytest.CaptureFixt
         "proposed_prefix_for_output_field": "Relevant:",
     }
     lm = dspy.LM("openai/judge", api_base=chat_server.url, num_retries=0, cache=False)
-    rows = [
-        LabeledRow(id=f"r{i}", group=f"r{i}", inputs={"prompt": p, "attribute": "a"}, label=i % 2 == 0)
-        for i, p in enumerate(["one", "two", "three", "four"])
-    ]
+    rows = relevance_rows("r", ["one", "two", "three", "four"])
     config = CalibrationConfig(optimizer="copro", breadth=2, depth=1)
     calibrate_program(RELEVANCE, lm, rows[:2], rows[2:], config)
     assert any("basic_instruction" in text or "instruction" in text for text in chat_server.requests)
@@ -143,14 +144,8 @@ def test_simba_chooses_on_at_most_max_select_rows_of_train(chat_server) -> None:
     from judgecal.calibrate.optimizers import CalibrationConfig, calibrate_program
 
     lm = dspy.LM("openai/judge", api_base=chat_server.url, num_retries=0, cache=False)
-    train = [
-        LabeledRow(id=f"t{i}", group=f"g{i % 8}", inputs={"prompt": f"train {i}", "attribute": "a"}, label=i % 3 == 0)
-        for i in range(48)
-    ]
-    dev = [
-        LabeledRow(id=f"d{i}", group=f"d{i}", inputs={"prompt": f"dev {i}", "attribute": "a"}, label=i % 2 == 0)
-        for i in range(4)
-    ]
+    train = relevance_rows("t", [f"train {i}" for i in range(48)], groups=8, positive_every=3)
+    dev = relevance_rows("d", [f"dev {i}" for i in range(4)])
     config = CalibrationConfig(optimizer="simba", max_steps=1, batch_size=4, max_labeled_demos=1, max_select_rows=12)
     calibrate_program(RELEVANCE, lm, train, dev, config)
     asked = {
@@ -170,13 +165,7 @@ def test_gepa_has_budget_left_after_scoring_its_starting_program(chat_server) ->
 
     lm = dspy.LM("openai/judge", api_base=chat_server.url, num_retries=0, cache=False)
     chat_server.answer = {"relevant": False}  # wrong on every positive row: there is feedback to reflect on
-    train = [
-        LabeledRow(id=f"t{i}", group=f"t{i % 5}", inputs={"prompt": f"train {i}", "attribute": "a"}, label=i % 2 == 0)
-        for i in range(20)
-    ]
-    dev = [
-        LabeledRow(id=f"d{i}", group=f"d{i % 10}", inputs={"prompt": f"dev {i}", "attribute": "a"}, label=i % 2 == 0)
-        for i in range(100)
-    ]
+    train = relevance_rows("t", [f"train {i}" for i in range(20)], groups=5)
+    dev = relevance_rows("d", [f"dev {i}" for i in range(100)], groups=10)
     calibrate_program(RELEVANCE, lm, train, dev, CalibrationConfig(optimizer="gepa"))
     assert any("[[ ## current_instruction ## ]]" in text for text in chat_server.requests)  # it reflected
