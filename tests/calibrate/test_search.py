@@ -431,15 +431,21 @@ def test_two_workers_share_one_study_without_duplicate_trials(tmp_path: Path) ->
 # --- failures --------------------------------------------------------------------------------
 
 
+def failing_strategy(monkeypatch, name: str, error: Exception) -> None:
+    """Registers strategy ``name``, whose fit raises ``error``, for this test."""
+
+    class Failing(ScriptedJudge):
+        def fit(self, train, dev=None):
+            raise error
+
+    spec = StrategySpec(name, "scripted", "fails to fit", lambda env, params: Failing(), lambda t, e: {}, 9)
+    monkeypatch.setitem(STRATEGIES, name, spec)
+
+
 def test_a_leak_inside_a_trial_stops_the_whole_search(tmp_path, monkeypatch) -> None:
     from judgecal.calibrate.guard import LeakError
 
-    class Leaking(ScriptedJudge):
-        def fit(self, train, dev=None):
-            raise LeakError("1 test rows reached 'scripted: fit', e.g. ['g0-0']")
-
-    spec = StrategySpec("leaky", "scripted", "leaks", lambda env, params: Leaking(), lambda t, e: {}, 9)
-    monkeypatch.setitem(STRATEGIES, "leaky", spec)
+    failing_strategy(monkeypatch, "leaky", LeakError("1 test rows reached 'scripted: fit', e.g. ['g0-0']"))
     config = search_config(tmp_path, ["threshold", "leaky"], 4)
     with pytest.raises(LeakError):
         search(config)
@@ -451,12 +457,8 @@ def test_a_failed_trial_keeps_its_reason_without_the_servers_password(tmp_path, 
     search says it in one line: Optuna's own warning with a traceback is not printed."""
     import mlflow
 
-    class Unreachable(ScriptedJudge):
-        def fit(self, train, dev=None):
-            raise ConnectionError("[openai/judge] failed to connect to alice:s3cr3t@gpu-box:8000: refused")
-
-    spec = StrategySpec("unreachable", "scripted", "fails", lambda env, params: Unreachable(), lambda t, e: {}, 9)
-    monkeypatch.setitem(STRATEGIES, "unreachable", spec)
+    error = ConnectionError("[openai/judge] failed to connect to alice:s3cr3t@gpu-box:8000: refused")
+    failing_strategy(monkeypatch, "unreachable", error)
     config = search_config(tmp_path, ["threshold", "unreachable"], 2)
     optuna_records: list[logging.LogRecord] = []
     handler = logging.Handler()
