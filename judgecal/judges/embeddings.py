@@ -78,14 +78,21 @@ def configure_embedding_cache(folder: Any) -> None:
     _disk["cache"] = diskcache.Cache(str(folder), size_limit=2**30)
 
 
+# How a vector was made, part of its disk-cache key: vectors encoded in padded batches,
+# which depend on their batch mates, are never served as the one-text-per-pass kind.
+_ENCODING = "one text per forward pass"
+
+
 def _text_key(text: str) -> str:
-    return hashlib.sha256(f"{MINILM_SHA256}\x1f{text}".encode()).hexdigest()
+    return hashlib.sha256(f"{MINILM_SHA256}\x1f{_ENCODING}\x1f{text}".encode()).hexdigest()
 
 
 def encode(texts: Sequence[str]) -> np.ndarray:
     """Normalised MiniLM embeddings, each distinct text encoded once per process (rows of
     one prompt share it; a search encodes the same rows in every fold) and, with
-    :func:`configure_embedding_cache`, once per project."""
+    :func:`configure_embedding_cache`, once per project. Each text gets a forward pass of
+    its own: in a padded batch its vector would depend, in the last digits, on the texts
+    beside it, and a verifier's cut can move on such a difference."""
     if len(_embeddings) > _EMBEDDING_MEMO_LIMIT:
         _embeddings.clear()
     missing = list(dict.fromkeys(text for text in texts if text not in _embeddings))
@@ -98,7 +105,7 @@ def encode(texts: Sequence[str]) -> np.ndarray:
         missing = [text for text in missing if text not in _embeddings]
     if missing:
         vectors = np.asarray(
-            _encoder().encode(missing, normalize_embeddings=True, batch_size=64, show_progress_bar=False),
+            _encoder().encode(missing, normalize_embeddings=True, batch_size=1, show_progress_bar=False),
             dtype=np.float32,
         )
         _embeddings.update(zip(missing, vectors, strict=True))
