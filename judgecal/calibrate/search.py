@@ -480,6 +480,16 @@ class StudyOutcome:
     complete: bool
 
 
+def taken_for_lost(study: Any, number: int | None) -> int | None:
+    """``number`` when this worker's trial was finished by another worker while it ran:
+    a peer that saw no heartbeat for longer than the grace period fails the trial and
+    queues its settings again, and Optuna then refuses this worker's result for it."""
+    if number is None:
+        return None
+    [trial] = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    return number if trial.state.is_finished() else None
+
+
 def run_study(
     study: Any,
     specs: dict[str, StrategySpec],
@@ -503,8 +513,10 @@ def run_study(
     fitted: dict[int, FitResult] = {}
     worker = f"{os.uname().nodename}:{os.getpid()}"
     last: dict[str, bool] = {"repeat": False}
+    started: list[int] = []  # the trials this worker ran, to tell its own from a peer's
 
     def objective(trial: optuna.Trial) -> float:
+        started.append(trial.number)
         name = trial.suggest_categorical("strategy", sorted(specs))
         spec = specs[name]
         params = spec.space(trial, env)
@@ -550,7 +562,22 @@ def run_study(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         repeats = 0
         while distinct_finished(study) < search.trials:
-            study.optimize(objective, n_trials=1, catch=(StrategyFailed,), callbacks=callbacks, gc_after_trial=False)
+            try:
+                study.optimize(
+                    objective, n_trials=1, catch=(StrategyFailed,), callbacks=callbacks, gc_after_trial=False
+                )
+            except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as error:
+                # Optuna's words when it refuses a result for a trial that is already finished.
+                refused = isinstance(error, optuna.exceptions.UpdateFinishedTrialError) or str(error).startswith(
+                    "Cannot tell a "
+                )
+                lost = taken_for_lost(study, started[-1] if started else None) if refused else None
+                if lost is None:
+                    raise
+                log(
+                    f"trial {lost}: another worker took it for lost (no heartbeat from here within the grace "
+                    "period), failed it and queued its settings again; its result here is dropped"
+                )
             new_trials += 1
             repeats = repeats + 1 if last["repeat"] else 0
             if repeats >= search.max_repeats:

@@ -172,6 +172,47 @@ def test_a_trial_giving_one_answer_to_every_row_is_pruned_after_the_warm_up(tmp_
     )
 
 
+class TakenForLostJudge(ScriptedJudge):
+    """Judges like a scripted judge, but the first time it is asked, another worker takes
+    its trial for lost, as a peer does when this worker sent no heartbeat for longer than
+    the grace period (swapped out, suspended, starved of CPU): the trial is failed."""
+
+    def __init__(self, storage: str, taken: list[int]) -> None:
+        super().__init__()
+        self.storage = storage
+        self.taken = taken
+
+    def predict(self, rows, *, progress=None, description=""):
+        if not self.taken:
+            [name] = optuna.get_all_study_names(self.storage)
+            peer = optuna.load_study(study_name=name, storage=self.storage)
+            [running] = peer.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            peer._storage.set_trial_state_values(running._trial_id, optuna.trial.TrialState.FAIL)
+            self.taken.append(running.number)
+        return super().predict(rows, progress=progress, description=description)
+
+
+def test_a_worker_whose_trial_was_taken_for_lost_drops_its_result_and_goes_on(tmp_path, monkeypatch) -> None:
+    config = search_config(tmp_path, ["threshold", "stalled"], 2)
+    taken: list[int] = []
+    spec = StrategySpec(
+        "stalled",
+        "scripted",
+        "a judge whose trial another worker takes for lost",
+        lambda env, params: TakenForLostJudge(config.search.storage, taken),
+        lambda trial, env: {},
+        8,
+        calls_lm_to_fit=True,
+    )
+    monkeypatch.setitem(STRATEGIES, "stalled", spec)
+    messages: list[str] = []
+    report = run_search(config, config.search, track=False, log=messages.append)
+    [lost] = taken
+    assert {row.number: row.state for row in report.rows}[lost] == "FAIL"
+    assert len([row for row in report.rows if row.state == "COMPLETE" and row.duplicate_of is None]) == 2
+    assert any(f"trial {lost}" in message and "lost" in message for message in messages), messages
+
+
 def test_strategies_that_make_no_lm_calls_are_scored_on_every_fold_and_never_pruned(tmp_path) -> None:
     config = search_config(tmp_path, ["verifier", "threshold"], 3, folds=4)
     report = search(config)
