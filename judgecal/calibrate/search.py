@@ -480,11 +480,14 @@ class StudyOutcome:
     complete: bool
 
 
-def taken_for_lost(study: Any, number: int | None) -> int | None:
-    """``number`` when this worker's trial was finished by another worker while it ran:
-    a peer that saw no heartbeat for longer than the grace period fails the trial and
-    queues its settings again, and Optuna then refuses this worker's result for it."""
-    if number is None:
+def taken_for_lost(study: Any, number: int | None, error: Exception) -> int | None:
+    """``number`` when ``error`` is Optuna refusing this worker's result because another
+    worker finished its trial while it ran: a peer that saw no heartbeat for longer than
+    the grace period fails the trial and queues its settings again."""
+    import optuna
+
+    refused = isinstance(error, optuna.exceptions.UpdateFinishedTrialError) or str(error).startswith("Cannot tell a ")
+    if number is None or not refused:
         return None
     [trial] = [t for t in study.get_trials(deepcopy=False) if t.number == number]
     return number if trial.state.is_finished() else None
@@ -567,11 +570,7 @@ def run_study(
                     objective, n_trials=1, catch=(StrategyFailed,), callbacks=callbacks, gc_after_trial=False
                 )
             except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as error:
-                # Optuna's words when it refuses a result for a trial that is already finished.
-                refused = isinstance(error, optuna.exceptions.UpdateFinishedTrialError) or str(error).startswith(
-                    "Cannot tell a "
-                )
-                lost = taken_for_lost(study, started[-1] if started else None) if refused else None
+                lost = taken_for_lost(study, started[-1] if started else None, error)
                 if lost is None:
                     raise
                 log(
