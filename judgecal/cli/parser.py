@@ -2,7 +2,7 @@
 one line on stderr (not argparse's usage block) and exit code 2.
 
 What each sub-command does lives in :mod:`judgecal.cli`, which hands its handlers to
-:func:`build_parser`; this module imports nothing of it.
+:func:`build_parser`, so the flags need none of that code.
 """
 
 from __future__ import annotations
