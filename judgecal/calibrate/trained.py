@@ -31,8 +31,6 @@ from judgecal.judges.verifiers import Verifier, grouped_folds
 from judgecal.progress import ProgressFactory
 from judgecal.tasks.registry import Task
 
-HEAD_SETTINGS = ("C", "learning_rate", "max_iter", "max_leaf_nodes", "l2_regularization")
-
 
 def _choose_cut(task: Task, proba: np.ndarray, rows: Sequence[LabeledRow]) -> float | None:
     """Binary tasks: the κ-maximising cut on these predictions; other tasks take the argmax."""

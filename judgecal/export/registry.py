@@ -185,7 +185,3 @@ def _judge_gate_with(champion: Any, name: str, gate: EvaluationRecord, rows: lis
     judge = load_judge(f"models:/{name}/{champion.version}")
     verdicts = judge.predict(rows)
     return gate.model_copy(update={"judges": {"calibrated": JudgeRecord(verdicts=[v.label for v in verdicts])}})
-
-
-def decision_json(decision: RegistryDecision) -> str:
-    return json.dumps(decision.model_dump(), indent=2)

@@ -60,8 +60,6 @@ FLAG_RULE = (
     "(the value is read as TOML: `--set report.n_resamples=500`, `--set 'calibration.params={C = 0.5}'`)."
 )
 
-REQUIRED_NOTE = "required"
-
 SECTION_NOTES = {
     "judge": "What is judged, where the rows are, and where the result goes.",
     "lm": "The judge model. API keys come from the provider's environment variables, never from this file.",

@@ -15,20 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from judgecal.calibrate.search import (
-    LOST_TRIAL,
-    SearchConfig,
-    TrialRow,
-    check_storage,
-    check_study,
-    default_storage,
-    distinct_finished,
-    enqueue_defaults,
-    open_study,
-    run_study,
-    study_lock,
-)
+from judgecal.calibrate.search import SearchConfig, TrialRow, distinct_finished, enqueue_defaults, run_study
 from judgecal.calibrate.selection import Choice
+from judgecal.calibrate.storage import LOST_TRIAL, check_storage, check_study, default_storage, open_study, study_lock
 from judgecal.calibrate.strategies import resolve_strategies
 from judgecal.pipeline.calibration import CalibrationReport, Prepared, prepare, report_and_record
 from judgecal.pipeline.config import ExperimentConfig

@@ -147,7 +147,7 @@ def test_the_study_lock_holds_workers_on_every_machine_back(postgres: str, tmp_p
     """Two workers with nothing on disk in common wait for each other in PostgreSQL."""
     import threading
 
-    from judgecal.calibrate.search import study_lock
+    from judgecal.calibrate.storage import study_lock
 
     order: list[str] = []
 
