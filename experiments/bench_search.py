@@ -47,8 +47,9 @@ from judgecal.data.split import Split, SplitSpec
 from judgecal.judges.fitted import MemoJudge, ProgramJudge, RecordedJudge
 from judgecal.judges.program import JudgeProgram
 from judgecal.judges.verifiers import grouped_folds
-from judgecal.pipeline.calibration import Prepared, final_fit
+from judgecal.pipeline.calibration import final_fit
 from judgecal.pipeline.config import ExperimentConfig, JudgeSection, SearchConfig
+from judgecal.pipeline.results import Prepared
 from judgecal.pipeline.search import search_prepared
 from judgecal.report.agreement import evaluate_record
 from judgecal.report.records import JudgeRecord, build_record

@@ -18,8 +18,8 @@ from judgecal.data.rows import DataError
 from judgecal.redact import error_line, redact_text, redact_url
 
 if TYPE_CHECKING:
-    from judgecal.pipeline.calibration import CalibrationReport
     from judgecal.pipeline.config import ExperimentConfig
+    from judgecal.pipeline.results import CalibrationReport
 
 
 console = Console(stderr=False)

@@ -9,70 +9,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from judgecal.backends.models import build_lm, configure_dspy_cache
 from judgecal.calibrate.guard import RowGuard
 from judgecal.calibrate.optimizers import CalibrationConfig, strategy_name
-from judgecal.calibrate.strategies import FitResult, StrategyEnv, StrategySpec, fit_judge, resolve_strategies
+from judgecal.calibrate.strategies import FitResult, StrategySpec, fit_judge, resolve_strategies
 from judgecal.data.rows import DataError, Dataset, LabeledRow, load_rows, load_verdicts
 from judgecal.data.split import Split, split_by_group
 from judgecal.judges.embeddings import configure_embedding_cache
 from judgecal.judges.fitted import FittedJudge, MemoJudge, ProgramJudge, RecordedJudge, unwrap
 from judgecal.judges.program import JudgeProgram, score_verdicts
-from judgecal.judges.verdict import Verdict
 from judgecal.pipeline.config import ExperimentConfig
+from judgecal.pipeline.results import CalibrationReport, Prepared, SideResult
 from judgecal.pipeline.tracking import ensure_experiment, project_path, track_calibration
 from judgecal.progress import ProgressFactory
-from judgecal.report.agreement import AgreementReport, evaluate_record
+from judgecal.report.agreement import evaluate_record
 from judgecal.report.records import REFERENCE_PREFIX, EvaluationRecord, JudgeRecord, build_record, label_space
 from judgecal.tasks.registry import Task, resolve_task
 from judgecal.workspace import configure_tracking, dspy_cache_dir, embedding_cache_dir, workspace_root
-
-
-@dataclass
-class SideResult:
-    """One judge's verdicts on the test split and their agreement with humans."""
-
-    verdicts: list[Verdict]
-    swapped: list[Verdict] | None
-    metrics: dict[str, float]
-    seconds: float
-
-
-@dataclass
-class Prepared:
-    """Everything a calibration starts from: rows split by group, the raw judge, the guard
-    that keeps test rows out of fitting and selection."""
-
-    config: ExperimentConfig
-    task: Task
-    dataset: Dataset
-    split: Split
-    lm: Any
-    raw: FittedJudge
-    guard: RowGuard
-    order_swap: bool
-    root: Path
-    started_at: float = field(default_factory=time.time)
-    gate_rows: tuple[LabeledRow, ...] = ()
-
-    @property
-    def reference_judges(self) -> tuple[str, ...]:
-        return tuple(sorted({name for row in self.dataset.rows for name in row.reference_judges}))
-
-    def env(self, log: Any = print) -> StrategyEnv:
-        """What strategies are built from; the raw judge's answers are kept per row."""
-        return StrategyEnv(
-            task=self.task,
-            raw=self.raw,
-            lm=self.lm,
-            settings=self.config.calibration,
-            references=self.reference_judges,
-            log=log,
-        )
 
 
 def prepare(config: ExperimentConfig, *, root: Path | None = None, log: Any = print) -> Prepared:
@@ -131,47 +87,6 @@ def _gate_rows(config: ExperimentConfig, task: Task, dataset: Dataset, split: Sp
             field="id",
         )
     return fresh.rows
-
-
-@dataclass
-class CalibrationReport:
-    config: ExperimentConfig
-    task: Task
-    split: Split
-    raw: SideResult
-    calibrated: SideResult
-    calibration_seconds: float
-    calibration_lm_calls: int
-    strategy: str = ""
-    run_id: str | None = None
-    experiment_id: str | None = None
-    tracking_uri: str | None = None
-    metric_names: list[str] = field(default_factory=list)
-    lm: Any = None
-    calibrated_judge: FittedJudge | None = None
-    record: EvaluationRecord | None = None
-    agreement: AgreementReport | None = None
-    registry: Any = None
-    started_at: float = field(default_factory=time.time)
-    gate: EvaluationRecord | None = None
-    model_uri: str | None = None
-    not_exported: str | None = None
-
-    @property
-    def calibrated_program(self) -> JudgeProgram | None:
-        return self.calibrated_judge.program if isinstance(self.calibrated_judge, ProgramJudge) else None
-
-    @property
-    def delta(self) -> dict[str, float]:
-        return {
-            name: self.calibrated.metrics[name] - self.raw.metrics[name]
-            for name in self.metric_names
-            if name in self.raw.metrics and name in self.calibrated.metrics
-        }
-
-    def table(self) -> list[tuple[str, float, float, float]]:
-        delta = self.delta
-        return [(m, self.raw.metrics[m], self.calibrated.metrics[m], delta[m]) for m in self.metric_names if m in delta]
 
 
 def judge_split(

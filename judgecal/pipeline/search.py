@@ -30,8 +30,9 @@ from judgecal.calibrate.search import (
 )
 from judgecal.calibrate.selection import Choice
 from judgecal.calibrate.strategies import resolve_strategies
-from judgecal.pipeline.calibration import CalibrationReport, Prepared, prepare, report_and_record
+from judgecal.pipeline.calibration import prepare, report_and_record
 from judgecal.pipeline.config import ExperimentConfig
+from judgecal.pipeline.results import CalibrationReport, Prepared
 from judgecal.pipeline.tracking import ensure_experiment
 from judgecal.progress import ProgressFactory
 from judgecal.redact import redact_url as redact

@@ -13,22 +13,20 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from judgecal.export.bundle import bundle_digest, bundle_from_judge, save_bundle
 from judgecal.export.flavor import log_model
 from judgecal.judges.fitted import FittedJudge, NotPortableError
+from judgecal.pipeline.results import CalibrationReport, Prepared
 from judgecal.report.card import write_card
 from judgecal.workspace import (
     configure_tracking,
     store_dir,
     store_lock,
 )
-
-if TYPE_CHECKING:
-    from judgecal.pipeline.calibration import CalibrationReport, Prepared
 
 EVALUATION_FILE = "evaluation.json"
 

@@ -1,0 +1,108 @@
+"""What the steps of a calibration hand each other: the prepared rows and judges
+(:class:`Prepared`), one judge's verdicts on test (:class:`SideResult`) and the whole
+(:class:`CalibrationReport`). The steps (``calibration``, ``tracking``, ``search``) import
+this module, and none imports another step to learn its types.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from judgecal.calibrate.guard import RowGuard
+from judgecal.calibrate.strategies import StrategyEnv
+from judgecal.data.rows import Dataset, LabeledRow
+from judgecal.data.split import Split
+from judgecal.judges.fitted import FittedJudge, ProgramJudge
+from judgecal.judges.program import JudgeProgram
+from judgecal.judges.verdict import Verdict
+from judgecal.pipeline.config import ExperimentConfig
+from judgecal.report.agreement import AgreementReport
+from judgecal.report.records import EvaluationRecord
+from judgecal.tasks.registry import Task
+
+
+@dataclass
+class SideResult:
+    """One judge's verdicts on the test split and their agreement with humans."""
+
+    verdicts: list[Verdict]
+    swapped: list[Verdict] | None
+    metrics: dict[str, float]
+    seconds: float
+
+
+@dataclass
+class Prepared:
+    """Everything a calibration starts from: rows split by group, the raw judge, the guard
+    that keeps test rows out of fitting and selection."""
+
+    config: ExperimentConfig
+    task: Task
+    dataset: Dataset
+    split: Split
+    lm: Any
+    raw: FittedJudge
+    guard: RowGuard
+    order_swap: bool
+    root: Path
+    started_at: float = field(default_factory=time.time)
+    gate_rows: tuple[LabeledRow, ...] = ()
+
+    @property
+    def reference_judges(self) -> tuple[str, ...]:
+        return tuple(sorted({name for row in self.dataset.rows for name in row.reference_judges}))
+
+    def env(self, log: Any = print) -> StrategyEnv:
+        """What strategies are built from; the raw judge's answers are kept per row."""
+        return StrategyEnv(
+            task=self.task,
+            raw=self.raw,
+            lm=self.lm,
+            settings=self.config.calibration,
+            references=self.reference_judges,
+            log=log,
+        )
+
+
+@dataclass
+class CalibrationReport:
+    config: ExperimentConfig
+    task: Task
+    split: Split
+    raw: SideResult
+    calibrated: SideResult
+    calibration_seconds: float
+    calibration_lm_calls: int
+    strategy: str = ""
+    run_id: str | None = None
+    experiment_id: str | None = None
+    tracking_uri: str | None = None
+    metric_names: list[str] = field(default_factory=list)
+    lm: Any = None
+    calibrated_judge: FittedJudge | None = None
+    record: EvaluationRecord | None = None
+    agreement: AgreementReport | None = None
+    registry: Any = None
+    started_at: float = field(default_factory=time.time)
+    gate: EvaluationRecord | None = None
+    model_uri: str | None = None
+    not_exported: str | None = None
+
+    @property
+    def calibrated_program(self) -> JudgeProgram | None:
+        return self.calibrated_judge.program if isinstance(self.calibrated_judge, ProgramJudge) else None
+
+    @property
+    def delta(self) -> dict[str, float]:
+        return {
+            name: self.calibrated.metrics[name] - self.raw.metrics[name]
+            for name in self.metric_names
+            if name in self.raw.metrics and name in self.calibrated.metrics
+        }
+
+    def table(self) -> list[tuple[str, float, float, float]]:
+        delta = self.delta
+        return [(m, self.raw.metrics[m], self.calibrated.metrics[m], delta[m]) for m in self.metric_names if m in delta]
