@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from judgecal.artifacts import CARD_DIR, EVALUATION_FILE, HTML_CARD_FILE, METRICS_TABLE, MODEL_NAME
 from judgecal.data.rows import DataError
 from judgecal.redact import error_line, redact_text, redact_url
 
@@ -400,8 +401,8 @@ def _print_result(config: ExperimentConfig, report: CalibrationReport, run_id: s
         console.print(f"registry: {report.registry.name} v{report.registry.version}; {report.registry.reason}")
     if run_id:
         console.print(
-            f"MLflow run {run_id} in judgecal/{config.judge.name}: judge card card/judge_card.html, every metric "
-            f"metrics.json; the judge: runs:/{run_id}/judge",
+            f"MLflow run {run_id} in judgecal/{config.judge.name}: judge card {CARD_DIR}/{HTML_CARD_FILE}, every "
+            f"metric {METRICS_TABLE}; the judge: runs:/{run_id}/{MODEL_NAME}",
             highlight=False,
         )
 
@@ -433,7 +434,7 @@ def _print_summary(done: list[tuple[str, CalibrationReport, str | None]], args: 
         console.print(
             "Browse the runs: judgecal ui (or make ui), then http://127.0.0.1:5000/#/experiments?workflowType="
             "machine_learning; each run's name states raw → calibrated κ, its description the verdict, and "
-            "card/judge_card.html the plots.",
+            f"{CARD_DIR}/{HTML_CARD_FILE} the plots.",
             highlight=False,
         )
 
@@ -488,8 +489,8 @@ def _calibrate_one(config: ExperimentConfig, args: argparse.Namespace) -> tuple[
         f"{report.calibration_lm_calls} LM calls (answers served from the cache included)",
         highlight=False,
     )
-    _print_result(config, report, report.run_id)
-    return report, report.run_id
+    _print_result(config, report, run_id := report.tracked.run_id if report.tracked else None)
+    return report, run_id
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -526,7 +527,6 @@ def _report(args: argparse.Namespace) -> int:
     else:
         import mlflow
 
-        from judgecal.pipeline.tracking import EVALUATION_FILE
         from judgecal.workspace import configure_tracking, quiet_artifact_downloads
 
         configure_tracking(args.tracking_uri)

@@ -32,7 +32,7 @@ RANKS = {
     "pipeline": 8,
     "cli": 9,
 }
-UTILITIES = {"workspace", "redact", "progress"}
+UTILITIES = {"workspace", "redact", "progress", "artifacts"}
 
 
 @functools.cache

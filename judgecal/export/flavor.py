@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from judgecal.artifacts import MODEL_NAME
 from judgecal.backends.settings import LMConfig
 from judgecal.export.adapters import CalibratedJudge
 from judgecal.export.bundle import (
@@ -42,7 +43,7 @@ from judgecal.redact import error_line, redact_url
 from judgecal.tasks.registry import Task
 from judgecal.workspace import quiet_artifact_downloads
 
-MODEL_ARTIFACT = "judge"
+MODEL_ARTIFACT = MODEL_NAME
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from judgecal.artifacts import GATE_FILE, REGISTRY_DECISION_FILE, ROWS_FILE
 from judgecal.data.rows import LabeledRow
 from judgecal.report.agreement import compare_judges
 from judgecal.report.records import EvaluationRecord, JudgeRecord, read_record
@@ -27,12 +28,6 @@ from judgecal.stats.uncertainty import DEFAULT_RESAMPLES, GroupIndex
 from judgecal.workspace import quiet_artifact_downloads
 
 CHAMPION = "champion"
-
-
-GATE_FILE = "gate.json"
-
-
-ROWS_FILE = "rows.json"
 
 
 class RegistryDecision(BaseModel):
@@ -98,7 +93,7 @@ def register_judge(
     client.set_tag(run_id, "judgecal.registry", f"{name} v{version}")
     client.set_tag(run_id, "judgecal.registry.champion", "moved" if decision.moved else "kept")
     with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / "registry_decision.json"
+        path = Path(scratch) / REGISTRY_DECISION_FILE
         path.write_text(decision.model_dump_json(indent=2))
         client.log_artifact(run_id, str(path))
     return decision

@@ -2,11 +2,16 @@
 metrics → MLflow run with the judge bundle and model.
 
 An experiment is described by a TOML file (see ``experiments/*.toml``); every field can
-be overridden from the command line.
+be overridden from the command line. Each step returns what it made (the types are in
+:mod:`judgecal.pipeline.results`): :func:`prepare`, :func:`final_fit`, :func:`evaluate`,
+then, when tracking, :func:`~judgecal.pipeline.tracking.track_calibration` and
+:func:`~judgecal.pipeline.publish.export_judge`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +27,7 @@ from judgecal.judges.embeddings import configure_embedding_cache
 from judgecal.judges.fitted import FittedJudge, MemoJudge, ProgramJudge, RecordedJudge, unwrap
 from judgecal.judges.program import JudgeProgram, score_verdicts
 from judgecal.pipeline.config import ExperimentConfig
+from judgecal.pipeline.publish import export_judge
 from judgecal.pipeline.results import CalibrationReport, Prepared, SideResult
 from judgecal.pipeline.tracking import ensure_experiment, project_path, track_calibration
 from judgecal.progress import ProgressFactory
@@ -164,46 +170,28 @@ def report_and_record(
     description_extra: str = "",
 ) -> CalibrationReport:
     """The calibrated judge beside the raw one on test, its verdicts on the gate rows, and
-    (when tracking) its MLflow run and registry version."""
-    task, split, config = prepared.task, prepared.split, prepared.config
+    (when tracking) its MLflow run, exported judge and registry version."""
+    report = evaluate(prepared, result, progress)
+    if not track:
+        return report
+    tracked = track_calibration(
+        report, prepared, tracking_uri=tracking_uri, run_id=run_id, description_extra=description_extra
+    )
+    tracked, registry = export_judge(report, prepared, tracked, log=log)
+    return dataclasses.replace(report, tracked=tracked, registry=registry)
+
+
+def evaluate(prepared: Prepared, result: FitResult, progress: ProgressFactory | None) -> CalibrationReport:
+    """The raw and the calibrated judge on the test rows (the only use of them), their
+    agreement with humans, and the calibrated judge's verdicts on the gate rows."""
+    task, split = prepared.task, prepared.split
     raw = judge_split(
         prepared.raw, task, split.test.rows, order_swap=prepared.order_swap, progress=progress, label="raw"
     )
     calibrated = judge_split(
         result.judge, task, split.test.rows, order_swap=prepared.order_swap, progress=progress, label="calibrated"
     )
-    report = assemble_report(prepared, raw, calibrated, result)
-    report.gate = gate_record(prepared, result.judge, progress)
-    if not track:
-        return report
-    track_calibration(
-        report,
-        result.judge,
-        prepared,
-        tracking_uri=tracking_uri,
-        run_id=run_id,
-        description_extra=description_extra,
-    )
-    if report.not_exported:
-        log(report.not_exported)
-    if config.judge.register_as and report.run_id and report.model_uri:
-        from judgecal.export.registry import register_judge
-        from judgecal.report import summary
-
-        words = report.agreement.comparison.statement if report.agreement and report.agreement.comparison else ""
-        title = summary.title(report.agreement, config.judge.name) if report.agreement else config.judge.name
-        report.registry = register_judge(
-            report.run_id,
-            report.model_uri or f"runs:/{report.run_id}/judge",
-            config.judge.register_as,
-            report.gate,
-            gate_rows=list(prepared.gate_rows),
-            summary=f"{title}. {words}",
-            n_resamples=config.report.n_resamples,
-            seed=config.report.seed,
-        )
-        log(report.registry.reason)
-    return report
+    return assemble_report(prepared, raw, calibrated, result, gate_record(prepared, result.judge, progress))
 
 
 def gate_record(prepared: Prepared, judge: FittedJudge, progress: ProgressFactory | None) -> EvaluationRecord | None:
@@ -225,13 +213,15 @@ def gate_record(prepared: Prepared, judge: FittedJudge, progress: ProgressFactor
 
 
 def gate_fingerprint(rows: Sequence[LabeledRow]) -> str:
-    import hashlib
-
     return hashlib.sha256("\n".join(sorted(row.id for row in rows)).encode()).hexdigest()
 
 
 def assemble_report(
-    prepared: Prepared, raw: SideResult, calibrated: SideResult, result: FitResult
+    prepared: Prepared,
+    raw: SideResult,
+    calibrated: SideResult,
+    result: FitResult,
+    gate: EvaluationRecord | None = None,
 ) -> CalibrationReport:
     config, task, split = prepared.config, prepared.task, prepared.split
     metric_names = list(label_space(task.spec).metric_names())
@@ -265,6 +255,7 @@ def assemble_report(
         record=record,
         agreement=agreement,
         started_at=prepared.started_at,
+        gate=gate,
     )
 
 

@@ -1,7 +1,10 @@
 """What the steps of a calibration hand each other: the prepared rows and judges
-(:class:`Prepared`), one judge's verdicts on test (:class:`SideResult`) and the whole
-(:class:`CalibrationReport`). The steps (``calibration``, ``tracking``, ``search``) import
-this module, and none imports another step to learn its types.
+(:class:`Prepared`), one judge's verdicts on test (:class:`SideResult`), the MLflow run
+that recorded it (:class:`TrackedRun`) and the whole (:class:`CalibrationReport`).
+
+Each step returns one of these and the next reads it; no step writes into an object it
+was given. The steps (``calibration``, ``tracking``, ``publish``, ``search``) import this
+module, and none imports another step to learn its types.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from judgecal.calibrate.guard import RowGuard
 from judgecal.calibrate.strategies import StrategyEnv
 from judgecal.data.rows import Dataset, LabeledRow
 from judgecal.data.split import Split
+from judgecal.export.registry import RegistryDecision
 from judgecal.judges.fitted import FittedJudge, ProgramJudge
 from judgecal.judges.program import JudgeProgram
 from judgecal.judges.verdict import Verdict
@@ -24,7 +28,7 @@ from judgecal.report.records import EvaluationRecord
 from judgecal.tasks.registry import Task
 
 
-@dataclass
+@dataclass(frozen=True)
 class SideResult:
     """One judge's verdicts on the test split and their agreement with humans."""
 
@@ -67,8 +71,24 @@ class Prepared:
         )
 
 
-@dataclass
+@dataclass(frozen=True)
+class TrackedRun:
+    """The MLflow run a calibration was recorded in, and what was exported into it: the
+    model's URI, or why nothing was (a judge that cannot judge new rows)."""
+
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    model_uri: str | None = None
+    not_exported: str | None = None
+
+
+@dataclass(frozen=True)
 class CalibrationReport:
+    """A calibration's outcome: the raw and the calibrated judge on test, the evaluation
+    record and agreement behind them, the gate record, and (when tracked) the run and the
+    registry's decision."""
+
     config: ExperimentConfig
     task: Task
     split: Split
@@ -77,19 +97,15 @@ class CalibrationReport:
     calibration_seconds: float
     calibration_lm_calls: int
     strategy: str = ""
-    run_id: str | None = None
-    experiment_id: str | None = None
-    tracking_uri: str | None = None
     metric_names: list[str] = field(default_factory=list)
     lm: Any = None
     calibrated_judge: FittedJudge | None = None
     record: EvaluationRecord | None = None
     agreement: AgreementReport | None = None
-    registry: Any = None
     started_at: float = field(default_factory=time.time)
     gate: EvaluationRecord | None = None
-    model_uri: str | None = None
-    not_exported: str | None = None
+    tracked: TrackedRun | None = None
+    registry: RegistryDecision | None = None
 
     @property
     def calibrated_program(self) -> JudgeProgram | None:

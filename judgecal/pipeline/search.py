@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from judgecal.artifacts import LEADERBOARD_FILE, LEADERBOARD_PLOT, LEADERBOARD_TABLE
 from judgecal.calibrate.search import (
     LOST_TRIAL,
     SearchConfig,
@@ -143,11 +144,11 @@ def search_prepared(
         run_id=parent_run_id,
         description_extra=(
             f"Selected by a search of {distinct} distinct trials ({len(outcome.rows)} with repeats): "
-            f"{winner.strategy} (trial {winner.number}). The leaderboard: `leaderboard.md`.\n\n{steps}"
+            f"{winner.strategy} (trial {winner.number}). The leaderboard: `{LEADERBOARD_FILE}`.\n\n{steps}"
         ),
     )
-    if track and parent_run_id is not None:
-        report.tracking_uri = report.calibration.tracking_uri
+    if report.calibration.tracked is not None:
+        report.tracking_uri = report.calibration.tracked.tracking_uri
         log_leaderboard(report, prepared)
     return report
 
@@ -286,8 +287,8 @@ def log_leaderboard(report: SearchReport, prepared: Prepared) -> None:
     assert report.parent_run_id is not None and report.best is not None
     client = mlflow.MlflowClient()
     run_id = report.parent_run_id
-    client.log_dict(run_id, [row.__dict__ for row in report.rows], "leaderboard.json")
-    client.log_text(run_id, leaderboard_markdown(report), "leaderboard.md")
+    client.log_dict(run_id, [row.__dict__ for row in report.rows], LEADERBOARD_TABLE)
+    client.log_text(run_id, leaderboard_markdown(report), LEADERBOARD_FILE)
     client.set_tag(run_id, "judgecal.best_trial", str(report.best.number))
     client.set_tag(run_id, "judgecal.best_strategy", report.best.strategy)
     scored = [r for r in report.rows if r.score is not None and r.duplicate_of is None]
@@ -305,7 +306,7 @@ def log_leaderboard(report: SearchReport, prepared: Prepared) -> None:
         path = plots.metric_intervals(
             ["selection κ"],
             estimates,
-            Path(scratch) / "leaderboard.png",
+            Path(scratch) / LEADERBOARD_PLOT,
             title=f"{prepared.config.judge.name}: trials by selection κ (± one standard error; no test rows)",
             xlabel="selection κ: cross-validated over train + dev, or on dev",
         )

@@ -4,6 +4,9 @@ By default the store is local and self-contained: ``mlruns/mlflow.db`` (SQLite) 
 artifacts under ``mlruns/artifacts/``, both resolved from the workspace rather than the
 working directory. Point ``MLFLOW_TRACKING_URI`` (or ``--tracking-uri``) at an MLflow
 server to share runs between machines.
+
+:func:`track_calibration` records a calibration and returns the :class:`TrackedRun`; what
+is exported into the run (bundle, model, registry) is :mod:`judgecal.pipeline.publish`'s.
 """
 
 from __future__ import annotations
@@ -17,18 +20,22 @@ from typing import Any
 
 import numpy as np
 
-from judgecal.export.bundle import bundle_digest, bundle_from_judge, save_bundle
-from judgecal.export.flavor import log_model
-from judgecal.judges.fitted import FittedJudge, NotPortableError
-from judgecal.pipeline.results import CalibrationReport, Prepared
+from judgecal.artifacts import (
+    CARD_DIR,
+    EVALUATION_FILE,
+    GATE_FILE,
+    METRICS_TABLE,
+    PROGRAM_FILE,
+    REPORT_FILE,
+    ROWS_FILE,
+)
+from judgecal.pipeline.results import CalibrationReport, Prepared, TrackedRun
 from judgecal.report.card import write_card
 from judgecal.workspace import (
     configure_tracking,
     store_dir,
     store_lock,
 )
-
-EVALUATION_FILE = "evaluation.json"
 
 
 def calibration_params(report: CalibrationReport, prepared: Prepared) -> dict[str, str]:
@@ -63,28 +70,25 @@ def project_path(path: str | Path, root: Path) -> str:
 
 def track_calibration(
     report: CalibrationReport,
-    judge: FittedJudge,
     prepared: Prepared,
     *,
     tracking_uri: str | None,
-    run_name: str | None = None,
-    extra_params: dict[str, Any] | None = None,
     run_id: str | None = None,
     description_extra: str = "",
-) -> str:
+) -> TrackedRun:
     """Record one calibration as an MLflow run (or into the existing run ``run_id``): named
     by its result, described by its verdict, with headline metrics, every metric in one
-    table, the judge card, the bundle and the model."""
+    table, the program, the rows of each part, the records and the judge card."""
     import mlflow
 
     from judgecal.report import summary
 
     config = report.config
-    report.tracking_uri = configure_tracking(tracking_uri, prepared.root)
+    uri = configure_tracking(tracking_uri, prepared.root)
     experiment_id = ensure_experiment(config.judge.name, prepared.root)
     client = mlflow.MlflowClient()
     agreement = report.agreement
-    name = run_name or (summary.short_title(agreement) if agreement else "") or config.judge.name
+    name = (summary.short_title(agreement) if agreement else "") or config.judge.name
     if run_id is None:
         run_id = client.create_run(experiment_id, start_time=int(report.started_at * 1000), run_name=name).info.run_id
     else:
@@ -101,7 +105,7 @@ def track_calibration(
             if agreement.comparison is not None:
                 tags["judgecal.outcome"] = agreement.comparison.outcome
         mlflow.set_tags(tags)
-        params = {**calibration_params(report, prepared), **{k: str(v) for k, v in (extra_params or {}).items()}}
+        params = calibration_params(report, prepared)
         earlier = client.get_run(run_id).data.params
         changed = sorted(k for k, v in params.items() if k in earlier and earlier[k] != v)
         if changed:  # a resumed search may select another strategy; MLflow keeps params as first logged
@@ -109,77 +113,36 @@ def track_calibration(
         mlflow.log_params({k: v for k, v in params.items() if k not in earlier})
         mlflow.log_metrics(tracked_metrics(report))
         if agreement is not None:
-            mlflow.log_table(summary.metric_table(agreement), "metrics.json")
-        log_judge_artifacts(report, judge, prepared)
-    report.run_id = run_id
-    report.experiment_id = experiment_id
-    return run_id
+            mlflow.log_table(summary.metric_table(agreement), METRICS_TABLE)
+        log_run_artifacts(report, prepared)
+    return TrackedRun(run_id=run_id, experiment_id=experiment_id, tracking_uri=uri)
 
 
-def log_judge_artifacts(report: CalibrationReport, judge: FittedJudge, prepared: Prepared) -> None:
-    """Program, evaluation record, report, judge card, bundle and MLflow model of the active run."""
+def log_run_artifacts(report: CalibrationReport, prepared: Prepared) -> None:
+    """Program, rows of each part, gate record, evaluation record, report and judge card,
+    into the active run."""
     import mlflow
 
-    config = report.config
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        program = getattr(judge, "program", None)
+        program = getattr(report.calibrated_judge, "program", None)
         if program is not None:
-            program_path = folder / "program.json"
+            program_path = folder / PROGRAM_FILE
             program_path.write_text(json.dumps(program.dump_state(), indent=2, ensure_ascii=False))
             mlflow.log_artifact(str(program_path))
         mlflow.log_dict(
             {name: [row.id for row in part.rows] for name, part in report.split.parts().items()}
             | {"gate": [row.id for row in prepared.gate_rows]},
-            "rows.json",
+            ROWS_FILE,
         )
         if report.gate is not None:
-            mlflow.log_dict(report.gate.model_dump(mode="json"), "gate.json")
+            mlflow.log_dict(report.gate.model_dump(mode="json"), GATE_FILE)
         if report.record is not None and report.agreement is not None:
             mlflow.log_dict(report.record.model_dump(mode="json"), EVALUATION_FILE)
-            mlflow.log_dict(report.agreement.model_dump(mode="json"), "report.json")
-            card_folder = folder / "card"
+            mlflow.log_dict(report.agreement.model_dump(mode="json"), REPORT_FILE)
+            card_folder = folder / CARD_DIR
             write_card(report.agreement, report.record, card_folder)
-            mlflow.log_artifacts(str(card_folder), artifact_path="card")
-        try:
-            bundle = bundle_from_judge(
-                judge,
-                config.lm,
-                calibration={"strategy": report.strategy, **config.calibration.model_dump(exclude={"strategy"})},
-                metrics={f"test.{k}": v for k, v in report.calibrated.metrics.items()},
-                evaluation=bundle_evaluation(report),
-                data_fingerprint=report.split.data_fingerprint,
-                split_fingerprint=report.split.fingerprint,
-            )
-        except NotPortableError as reason:
-            report.not_exported = f"no judge bundle or model was exported: {reason}"
-            mlflow.set_tag("judgecal.exported", report.not_exported)
-            return
-        bundle_dir = folder / "bundle"
-        save_bundle(bundle, bundle_dir)
-        mlflow.set_tag("judgecal.bundle_digest", bundle_digest(bundle))
-        mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
-        info = log_model(bundle)
-        report.model_uri = info.model_uri
-
-
-def bundle_evaluation(report: CalibrationReport) -> dict[str, Any] | None:
-    """What a bundle says about its own quality: test metrics with intervals, the
-    comparison with the raw judge, the human ceiling."""
-    agreement = report.agreement
-    if agreement is None:
-        return None
-    calibrated = agreement.judge("calibrated")
-    return {
-        "split": agreement.split,
-        "rows": agreement.rows,
-        "groups": agreement.groups,
-        "metrics": {name: estimate.model_dump() for name, estimate in calibrated.metrics.items()},
-        "confidence": {name: estimate.model_dump() for name, estimate in calibrated.confidence_metrics.items()},
-        "comparison": agreement.comparison.model_dump() if agreement.comparison else None,
-        "human_ceiling": agreement.ceiling.model_dump() if agreement.ceiling else None,
-        "fraction_of_ceiling": calibrated.fraction_of_ceiling.model_dump() if calibrated.fraction_of_ceiling else None,
-    }
+            mlflow.log_artifacts(str(card_folder), artifact_path=CARD_DIR)
 
 
 def tracked_metrics(report: CalibrationReport) -> dict[str, float]:

@@ -519,7 +519,7 @@ def test_a_failed_trial_keeps_its_reason_without_the_servers_password(tmp_path, 
     printed = capfd.readouterr()
     assert "s3cr3t" not in printed.err + printed.out
     assert b"s3cr3t" not in (tmp_path / "optuna.db").read_bytes()
-    mlflow.set_tracking_uri(report.calibration.tracking_uri)
+    mlflow.set_tracking_uri(report.tracking_uri)
     tags = [run.data.tags for run in mlflow.search_runs(search_all_experiments=True, output_format="list")]
     assert any("alice:***@" in t.get("judgecal.error", "") for t in tags)
     assert not [t for t in tags if "s3cr3t" in str(t)]
@@ -579,10 +579,11 @@ def test_calibrating_a_verdicts_file_finishes_its_runs_and_says_why_nothing_is_e
     messages: list[str] = []
     report = run_search(config, config.search, log=messages.append)
     assert {row.state for row in report.rows} == {"COMPLETE"}
-    assert report.calibration is not None and report.calibration.not_exported
-    assert "verdicts.jsonl" in report.calibration.not_exported and "--recorded" in report.calibration.not_exported
+    assert report.calibration is not None and report.calibration.tracked is not None
+    not_exported = report.calibration.tracked.not_exported
+    assert not_exported and "verdicts.jsonl" in not_exported and "--recorded" in not_exported
     assert any("no judge bundle" in m for m in messages)
-    mlflow.set_tracking_uri(report.calibration.tracking_uri)
+    mlflow.set_tracking_uri(report.tracking_uri)
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert runs and {run.info.status for run in runs} == {"FINISHED"}
     assert report.calibration.registry is None  # nothing to register

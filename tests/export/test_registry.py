@@ -61,7 +61,7 @@ def test_champion_moves_only_when_the_improvement_on_gate_rows_is_significant(
     same = calibrate(data, "stacking", "loose")  # no better than the champion
     assert not same.registry.moved
     assert "stays with" in same.registry.reason
-    run = mlflow.get_run(same.run_id)
+    run = mlflow.get_run(same.tracked.run_id)
     assert run.data.tags["judgecal.registry.champion"] == "kept"
 
     elsewhere = calibrate(data, "stacking", "strict", split_seed=2)  # gate rows the champion was fitted on
@@ -127,11 +127,11 @@ def test_demo_judge_loads_by_path_run_and_champion_alias_in_a_fresh_process(isol
     expected = record.judges["calibrated"].verdicts
     bundle = Path(
         mlflow.artifacts.download_artifacts(
-            run_id=report.run_id, artifact_path="bundle", dst_path=str(isolated_workspace / "downloaded")
+            run_id=report.tracked.run_id, artifact_path="bundle", dst_path=str(isolated_workspace / "downloaded")
         )
     )
     env = {**os.environ, "JUDGECAL_HOME": str(isolated_workspace)}
-    for uri in (str(bundle), f"runs:/{report.run_id}/judge", "models:/relevance-demo@champion"):
+    for uri in (str(bundle), f"runs:/{report.tracked.run_id}/judge", "models:/relevance-demo@champion"):
         out = subprocess.run(
             [sys.executable, "-c", FRESH_PROCESS, uri, str(config.judge.data), json.dumps(record.ids)],
             env=env,
