@@ -93,9 +93,9 @@ def newest_runs() -> list[tuple[str, str, str, str]]:
     top-level run."""
     import mlflow
 
-    from judgecal.workspace import configure_tracking
+    from judgecal.workspace import Workspace
 
-    configure_tracking()
+    Workspace.find().open_tracking()
     found = []
     for experiment in mlflow.search_experiments(filter_string="name LIKE 'judgecal/%'"):
         runs = mlflow.search_runs(

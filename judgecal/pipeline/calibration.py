@@ -2,10 +2,10 @@
 metrics → MLflow run with the judge bundle and model.
 
 An experiment is described by a TOML file (see ``experiments/*.toml``); every field can
-be overridden from the command line. Each step returns what it made (the types are in
-:mod:`judgecal.pipeline.results`): :func:`prepare`, :func:`final_fit`, :func:`evaluate`,
-then, when tracking, :func:`~judgecal.pipeline.tracking.track_calibration` and
-:func:`~judgecal.pipeline.publish.export_judge`.
+be overridden from the command line. The steps, in order (ARCHITECTURE.md lists them):
+:func:`prepare`, :func:`final_fit`, :func:`evaluate`, then, when tracking,
+:func:`~judgecal.pipeline.tracking.track_calibration` and
+:func:`~judgecal.pipeline.publish.export_judge`. Each returns what it made.
 """
 
 from __future__ import annotations
@@ -14,42 +14,40 @@ import dataclasses
 import hashlib
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from judgecal.backends.models import build_lm, configure_dspy_cache
+from judgecal.backends.models import build_lm
 from judgecal.calibrate.guard import RowGuard
 from judgecal.calibrate.optimizers import CalibrationConfig, strategy_name
 from judgecal.calibrate.strategies import FitResult, StrategySpec, fit_judge, resolve_strategies
 from judgecal.data.rows import DataError, Dataset, LabeledRow, load_rows, load_verdicts
 from judgecal.data.split import Split, split_by_group
-from judgecal.judges.embeddings import configure_embedding_cache
 from judgecal.judges.fitted import FittedJudge, MemoJudge, ProgramJudge, RecordedJudge, unwrap
 from judgecal.judges.program import JudgeProgram, score_verdicts
 from judgecal.pipeline.config import ExperimentConfig
 from judgecal.pipeline.publish import export_judge
 from judgecal.pipeline.results import CalibrationReport, Prepared, SideResult
-from judgecal.pipeline.tracking import ensure_experiment, project_path, track_calibration
+from judgecal.pipeline.tracking import ensure_experiment, track_calibration
 from judgecal.progress import ProgressFactory
 from judgecal.report.agreement import evaluate_record
 from judgecal.report.records import REFERENCE_PREFIX, EvaluationRecord, JudgeRecord, build_record, label_space
 from judgecal.tasks.registry import Task, resolve_task
-from judgecal.workspace import configure_tracking, dspy_cache_dir, embedding_cache_dir, workspace_root
+from judgecal.workspace import Workspace, set_process_environment
 
 
-def prepare(config: ExperimentConfig, *, root: Path | None = None, log: Any = print) -> Prepared:
-    """Load and split the rows, build the LM (unless verdicts are recorded) and the raw judge."""
-    root = root or workspace_root()
+def prepare(config: ExperimentConfig, workspace: Workspace, *, log: Any = print) -> Prepared:
+    """Load and split the rows, build the LM (unless verdicts are recorded; an in-process
+    model is loaded in the workspace) and the raw judge; DSPy's response cache goes to the
+    workspace."""
     task = resolve_task(config.judge.task)
     dataset = load_rows(config.judge.data, task.spec, limit=config.judge.limit)
     split = split_by_group(dataset, config.split)
     sizes = split.sizes
     log(
-        f"{config.judge.name}: {len(dataset)} rows from {project_path(dataset.source, root)} → "
+        f"{config.judge.name}: {len(dataset)} rows from {workspace.project_path(dataset.source)} → "
         f"train {sizes['train']}, dev {sizes['dev']}, test {sizes['test']} (grouped, seed {config.split.seed})"
     )
-    configure_dspy_cache(dspy_cache_dir(root))
-    configure_embedding_cache(embedding_cache_dir(root))
+    workspace.use_dspy_cache()
     if config.judge.recorded and config.judge.verdicts:
         raise DataError("give either judge.recorded or judge.verdicts, not both", field="judge")
     lm = None
@@ -67,14 +65,14 @@ def prepare(config: ExperimentConfig, *, root: Path | None = None, log: Any = pr
             )
         raw = RecordedJudge(task, config.judge.recorded, config.judge.name)
     else:
-        lm = build_lm(config.lm)
+        lm = build_lm(config.lm, workspace.models)
         threads = config.calibration.num_threads  # rows judged at once by a remote model
         raw = ProgramJudge(task, JudgeProgram(task.signature), lm, config.judge.name, num_threads=threads)
     pairwise = {"response_a", "response_b"} <= set(task.spec.input_names)
     order_swap = config.order_swap if config.order_swap is not None else pairwise
     gate = _gate_rows(config, task, dataset, split)
     guard = RowGuard.for_rows([*split.test.rows, *gate], [*split.train.rows, *split.dev.rows])
-    return Prepared(config, task, dataset, split, lm, MemoJudge(raw), guard, order_swap, root, gate_rows=gate)
+    return Prepared(config, task, dataset, split, lm, MemoJudge(raw), guard, order_swap, workspace, gate_rows=gate)
 
 
 def _gate_rows(config: ExperimentConfig, task: Task, dataset: Dataset, split: Split) -> tuple[LabeledRow, ...]:
@@ -138,24 +136,26 @@ def final_fit(spec: StrategySpec, prepared: Prepared, params: dict[str, Any], lo
 def run_calibration(
     config: ExperimentConfig,
     *,
+    workspace: Workspace | None = None,
     progress: ProgressFactory | None = None,
     track: bool = True,
-    tracking_uri: str | None = None,
-    root: Path | None = None,
     log: Any = print,
 ) -> CalibrationReport:
-    """Calibrate one judge with one strategy and record it; test is used only for the report."""
-    prepared = prepare(config, root=root, log=log)
-    if track:  # a tracking store that cannot be reached fails now, not after the work
-        configure_tracking(tracking_uri, prepared.root)
-        ensure_experiment(config.judge.name, prepared.root)
+    """Calibrate one judge with one strategy and record it; test is used only for the report.
+    ``workspace``: where the run's store, caches and loaded models are (default: the
+    project's, :meth:`Workspace.find`)."""
+    set_process_environment()
+    workspace = workspace or Workspace.find()
+    prepared = prepare(config, workspace, log=log)
+    # A tracking store that cannot be reached fails now, not after the work.
+    experiment_id = ensure_experiment(workspace, config.judge.name) if track else None
     [spec] = resolve_strategies(
         [strategy_name(config.calibration)], prepared.task, has_program=isinstance(unwrap(prepared.raw), ProgramJudge)
     )
     where = "train, selecting on dev" if spec.calls_lm_to_fit else "train + dev"
     log(f"{config.judge.name}: calibrating with {spec.name} ({spec.description}) on {where}")
     result = final_fit(spec, prepared, strategy_params(spec, config.calibration), log)
-    return report_and_record(prepared, result, progress=progress, track=track, tracking_uri=tracking_uri, log=log)
+    return report_and_record(prepared, result, progress=progress, experiment_id=experiment_id, log=log)
 
 
 def report_and_record(
@@ -163,20 +163,18 @@ def report_and_record(
     result: FitResult,
     *,
     progress: ProgressFactory | None,
-    track: bool,
-    tracking_uri: str | None,
+    experiment_id: str | None,
     log: Any,
     run_id: str | None = None,
     description_extra: str = "",
 ) -> CalibrationReport:
     """The calibrated judge beside the raw one on test, its verdicts on the gate rows, and
-    (when tracking) its MLflow run, exported judge and registry version."""
+    (with an ``experiment_id`` to record it in) its MLflow run, exported judge and registry
+    version."""
     report = evaluate(prepared, result, progress)
-    if not track:
+    if experiment_id is None:
         return report
-    tracked = track_calibration(
-        report, prepared, tracking_uri=tracking_uri, run_id=run_id, description_extra=description_extra
-    )
+    tracked = track_calibration(report, prepared, experiment_id, run_id=run_id, description_extra=description_extra)
     tracked, registry = export_judge(report, prepared, tracked, log=log)
     return dataclasses.replace(report, tracked=tracked, registry=registry)
 

@@ -103,4 +103,5 @@ def register(report: CalibrationReport, prepared: Prepared, tracked: TrackedRun,
         summary=f"{title}. {words}",
         n_resamples=config.report.n_resamples,
         seed=config.report.seed,
+        workspace=prepared.workspace,
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from judgecal.calibrate.guard import RowGuard
@@ -19,6 +18,7 @@ from judgecal.calibrate.strategies import StrategyEnv
 from judgecal.data.rows import Dataset, LabeledRow
 from judgecal.data.split import Split
 from judgecal.export.registry import RegistryDecision
+from judgecal.judges.embeddings import SentenceEncoder
 from judgecal.judges.fitted import FittedJudge, ProgramJudge
 from judgecal.judges.program import JudgeProgram
 from judgecal.judges.verdict import Verdict
@@ -26,6 +26,7 @@ from judgecal.pipeline.config import ExperimentConfig
 from judgecal.report.agreement import AgreementReport
 from judgecal.report.records import EvaluationRecord
 from judgecal.tasks.registry import Task
+from judgecal.workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class SideResult:
 @dataclass
 class Prepared:
     """Everything a calibration starts from: rows split by group, the raw judge, the guard
-    that keeps test rows out of fitting and selection."""
+    that keeps test rows out of fitting and selection, and the run's workspace."""
 
     config: ExperimentConfig
     task: Task
@@ -51,7 +52,7 @@ class Prepared:
     raw: FittedJudge
     guard: RowGuard
     order_swap: bool
-    root: Path
+    workspace: Workspace
     started_at: float = field(default_factory=time.time)
     gate_rows: tuple[LabeledRow, ...] = ()
 
@@ -60,7 +61,8 @@ class Prepared:
         return tuple(sorted({name for row in self.dataset.rows for name in row.reference_judges}))
 
     def env(self, log: Any = print) -> StrategyEnv:
-        """What strategies are built from; the raw judge's answers are kept per row."""
+        """What strategies are built from; the raw judge's answers are kept per row, and
+        sentence embeddings in the workspace."""
         return StrategyEnv(
             task=self.task,
             raw=self.raw,
@@ -68,6 +70,7 @@ class Prepared:
             settings=self.config.calibration,
             references=self.reference_judges,
             log=log,
+            encoder=SentenceEncoder.for_workspace(self.workspace),
         )
 
 

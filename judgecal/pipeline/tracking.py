@@ -3,7 +3,9 @@
 By default the store is local and self-contained: ``mlruns/mlflow.db`` (SQLite) with
 artifacts under ``mlruns/artifacts/``, both resolved from the workspace rather than the
 working directory. Point ``MLFLOW_TRACKING_URI`` (or ``--tracking-uri``) at an MLflow
-server to share runs between machines.
+server to share runs between machines. The workspace points MLflow at the store, once per
+run (:meth:`~judgecal.workspace.Workspace.open_tracking`); :func:`ensure_experiment` does
+it before anything else touches the store.
 
 :func:`track_calibration` records a calibration and returns the :class:`TrackedRun`; what
 is exported into the run (bundle, model, registry) is :mod:`judgecal.pipeline.publish`'s.
@@ -31,21 +33,17 @@ from judgecal.artifacts import (
 )
 from judgecal.pipeline.results import CalibrationReport, Prepared, TrackedRun
 from judgecal.report.card import write_card
-from judgecal.workspace import (
-    configure_tracking,
-    store_dir,
-    store_lock,
-)
+from judgecal.workspace import Workspace
 
 
 def calibration_params(report: CalibrationReport, prepared: Prepared) -> dict[str, str]:
-    config, split = report.config, report.split
+    config, split, workspace = report.config, report.split, prepared.workspace
     params = {
         "judge.model": config.judge.recorded
-        or (project_path(config.judge.verdicts, prepared.root) if config.judge.verdicts else config.lm.model),
+        or (workspace.project_path(config.judge.verdicts) if config.judge.verdicts else config.lm.model),
         "strategy": report.strategy,
         "seed": config.calibration.seed,
-        "data.path": project_path(prepared.dataset.source, prepared.root),
+        "data.path": workspace.project_path(prepared.dataset.source),
         "data.fingerprint": split.data_fingerprint,
         "split.fingerprint": split.fingerprint,
         **{f"split.{name}_rows": size for name, size in split.sizes.items()},
@@ -58,34 +56,23 @@ def calibration_params(report: CalibrationReport, prepared: Prepared) -> dict[st
     return {k: str(v) for k, v in params.items()}
 
 
-def project_path(path: str | Path, root: Path) -> str:
-    """A path as the project sees it: relative to the workspace when inside it, else only
-    the file's name (the data fingerprint identifies the content)."""
-    resolved = Path(path).resolve()
-    try:
-        return str(resolved.relative_to(root.resolve()))
-    except ValueError:
-        return resolved.name
-
-
 def track_calibration(
     report: CalibrationReport,
     prepared: Prepared,
+    experiment_id: str,
     *,
-    tracking_uri: str | None,
     run_id: str | None = None,
     description_extra: str = "",
 ) -> TrackedRun:
-    """Record one calibration as an MLflow run (or into the existing run ``run_id``): named
-    by its result, described by its verdict, with headline metrics, every metric in one
-    table, the program, the rows of each part, the records and the judge card."""
+    """Record one calibration as an MLflow run of the experiment (or into the existing run
+    ``run_id``): named by its result, described by its verdict, with headline metrics,
+    every metric in one table, the program, the rows of each part, the records and the
+    judge card. The store and the active experiment are those :func:`ensure_experiment` set."""
     import mlflow
 
     from judgecal.report import summary
 
     config = report.config
-    uri = configure_tracking(tracking_uri, prepared.root)
-    experiment_id = ensure_experiment(config.judge.name, prepared.root)
     client = mlflow.MlflowClient()
     agreement = report.agreement
     name = (summary.short_title(agreement) if agreement else "") or config.judge.name
@@ -93,7 +80,6 @@ def track_calibration(
         run_id = client.create_run(experiment_id, start_time=int(report.started_at * 1000), run_name=name).info.run_id
     else:
         client.update_run(run_id, name=name)
-    mlflow.set_experiment(experiment_id=experiment_id)  # start_run refuses a run of another active experiment
     with mlflow.start_run(run_id=run_id):
         tags = {
             "judgecal.task": report.task.reference,
@@ -115,7 +101,7 @@ def track_calibration(
         if agreement is not None:
             mlflow.log_table(summary.metric_table(agreement), METRICS_TABLE)
         log_run_artifacts(report, prepared)
-    return TrackedRun(run_id=run_id, experiment_id=experiment_id, tracking_uri=uri)
+    return TrackedRun(run_id=run_id, experiment_id=experiment_id, tracking_uri=prepared.workspace.tracking_uri)
 
 
 def log_run_artifacts(report: CalibrationReport, prepared: Prepared) -> None:
@@ -181,13 +167,19 @@ def experiment_name(judge_name: str) -> str:
     return f"{EXPERIMENT_PREFIX}/{judge_name}"
 
 
-def ensure_experiment(judge_name: str, root: Path | None = None) -> str:
-    """The judge's experiment id; a new local experiment keeps artifacts under ``mlruns/``."""
+def ensure_experiment(workspace: Workspace, judge_name: str) -> str:
+    """The judge's experiment id, in the workspace's store (MLflow is pointed at it here,
+    once per run); a new local experiment keeps artifacts under ``mlruns/``."""
     import mlflow
 
+    workspace.open_tracking()
     name = experiment_name(judge_name)
-    with store_lock(root):
-        return _ensure_experiment(mlflow, name, judge_name, root)
+    with workspace.store_lock():
+        experiment_id = _ensure_experiment(mlflow, name, judge_name, workspace)
+    # MLflow's active experiment, set here at the start of the run: start_run refuses a run
+    # of another experiment, and log_model files the model under the active one.
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
 
 
 # MLflow 3 opens an experiment in its GenAI view (traces) unless told the experiment is
@@ -195,7 +187,7 @@ def ensure_experiment(judge_name: str, root: Path | None = None) -> str:
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
-def _ensure_experiment(mlflow: Any, name: str, judge_name: str, root: Path | None) -> str:
+def _ensure_experiment(mlflow: Any, name: str, judge_name: str, workspace: Workspace) -> str:
     existing = mlflow.get_experiment_by_name(name)
     if existing is not None:
         if existing.lifecycle_stage == "deleted":
@@ -206,9 +198,9 @@ def _ensure_experiment(mlflow: Any, name: str, judge_name: str, root: Path | Non
             mlflow.MlflowClient().set_experiment_tag(existing.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return existing.experiment_id
     artifact_location = None
-    if mlflow.get_tracking_uri().startswith("sqlite:"):
+    if workspace.tracking_uri.startswith("sqlite:"):
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", judge_name).strip("-") or "judge"
-        artifact_location = (store_dir(root) / "artifacts" / slug).resolve().as_uri()
+        artifact_location = (workspace.artifacts_dir / slug).resolve().as_uri()
     from mlflow.exceptions import MlflowException
 
     try:
@@ -230,6 +222,34 @@ def flat_params(prefix: str, values: dict[str, Any]) -> dict[str, str]:
         else:
             flat[name] = str(value)[:6000]
     return flat
+
+
+def ui_command(workspace: Workspace, host: str, port: int) -> list[str]:
+    """``mlflow ui`` on the workspace's store, with its artifacts where runs put them (a
+    new local store's folder is made first)."""
+    import sys
+
+    uri, artifacts = workspace.tracking_uri, workspace.artifacts_dir.resolve()
+    if uri.startswith("sqlite:"):
+        workspace.store_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--default-artifact-root",
+        artifacts.as_uri(),
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
 
 
 def ui_environment() -> dict[str, str]:

@@ -36,8 +36,10 @@ def calibrate(data: Path, strategy: str, recorded: str, split_seed: int = 1, gat
 
 
 def test_champion_moves_only_when_the_improvement_on_gate_rows_is_significant(
-    tmp_path: Path, isolated_workspace: Path, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path, isolated_workspace: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Unset, as in a Python session: the calibration sets MLflow's own switch before it starts.
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
     data = write_jsonl(tmp_path / "rows.jsonl", [row.to_record() for row in recorded_rows(n_groups=30).rows])
     first = calibrate(data, "threshold", "loose")  # the loose judge, as it is
     assert first.registry.moved and "first registered version" in first.registry.reason
@@ -89,8 +91,6 @@ FRESH_PROCESS = """
 import json, sys
 import judgecal
 from judgecal.data.rows import load_rows
-from judgecal.workspace import configure_tracking
-configure_tracking()
 uri, rows_path, ids = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 judge = judgecal.load_judge(uri)
 rows = [r for r in load_rows(rows_path, judge.task.spec).rows if r.id in set(ids)]

@@ -9,6 +9,7 @@ import pytest
 from judgecal.data.rows import DataError
 from judgecal.pipeline.calibration import run_calibration
 from judgecal.pipeline.config import load_config
+from judgecal.workspace import Workspace
 
 
 def write_config(folder: Path, data: Path, **calibration: object) -> Path:
@@ -60,7 +61,7 @@ def test_relative_data_path_is_read_from_the_config_folder_and_flags_override(tm
 
 @pytest.mark.slow
 def test_calibration_on_shared_relevance_slice_writes_a_complete_mlflow_run(
-    relevance_slice: Path, tmp_path: Path, dspy_cache: Path, isolated_workspace: Path
+    relevance_slice: Path, tmp_path: Path, dspy_cache: Path, isolated_workspace: Path, workspace
 ) -> None:
     import mlflow
 
@@ -76,7 +77,7 @@ def test_calibration_on_shared_relevance_slice_writes_a_complete_mlflow_run(
             max_labeled_demos=2,
         )
     )
-    report = run_calibration(config, log=lambda message: None)
+    report = run_calibration(config, workspace=workspace, log=lambda message: None)
 
     assert report.tracked is not None
     run_id = report.tracked.run_id
@@ -127,7 +128,7 @@ def test_calibration_on_shared_relevance_slice_writes_a_complete_mlflow_run(
     predicted = pyfunc.predict(frame)
     expected = [v.label for v in report.calibrated.verdicts[:3]]
     assert [label == "true" for label in predicted["label"]] == expected
-    judge = load_judge(f"runs:/{run_id}/judge")
+    judge = load_judge(f"runs:/{run_id}/judge", workspace=workspace)
     assert [judge(**row.inputs).label for row in test_rows] == expected
 
 
@@ -155,7 +156,7 @@ def test_calibration_sends_a_remote_judge_num_threads_rows_at_once(tmp_path: Pat
             "[lm]\n", f'[lm]\nmodel = "openai/judge"\napi_base = "{chat_server.url}"\ncache = false\n'
         )
     )
-    prepared = prepare(load_config(path), root=tmp_path, log=lambda message: None)
+    prepared = prepare(load_config(path), Workspace(tmp_path), log=lambda message: None)
     verdicts = prepared.raw.predict(list(prepared.split.train.rows)[:8])
     assert [v.error for v in verdicts] == [None] * 8
     assert chat_server.most_at_once == 4

@@ -20,6 +20,7 @@ from judgecal.calibrate.optimizers import CalibrationConfig
 from judgecal.data.split import SplitSpec
 from judgecal.pipeline.calibration import run_calibration
 from judgecal.pipeline.config import ExperimentConfig, JudgeSection
+from judgecal.workspace import Workspace
 from tests.conftest import write_jsonl
 from tests.helpers import recorded_rows
 
@@ -39,7 +40,7 @@ def tracked_run(tmp_path_factory):
             split=SplitSpec(dev=0.25, test=0.25, seed=1),
             calibration=CalibrationConfig(strategy="verifier"),
         )
-        report = run_calibration(config, root=root, log=lambda m: None)
+        report = run_calibration(config, workspace=Workspace(root), log=lambda m: None)
         mlflow.set_tracking_uri(report.tracked.tracking_uri)
         yield report, mlflow.MlflowClient().get_run(report.tracked.run_id), root
     finally:
@@ -130,7 +131,7 @@ def test_no_credential_of_the_judge_models_url_reaches_mlflow(isolated_workspace
         split=SplitSpec(dev=0.25, test=0.25, seed=1),
         calibration=CalibrationConfig(strategy="verifier"),
     )
-    report = run_calibration(config, root=root, log=lambda m: None)
+    report = run_calibration(config, workspace=Workspace(root), log=lambda m: None)
     tracked = report.tracked
     assert tracked is not None and tracked.model_uri is not None
     mlflow.set_tracking_uri(tracked.tracking_uri)
