@@ -147,7 +147,7 @@ def run_calibration(
     set_process_environment()
     workspace = workspace or Workspace.find()
     prepared = prepare(config, workspace, log=log)
-    # A tracking store that cannot be reached fails now, not after the work.
+    # A tracking store that cannot be reached, or a deleted experiment, fails now, not after the work.
     experiment_id = ensure_experiment(workspace, config.judge.name) if track else None
     [spec] = resolve_strategies(
         [strategy_name(config.calibration)], prepared.task, has_program=isinstance(unwrap(prepared.raw), ProgramJudge)

@@ -31,6 +31,7 @@ from judgecal.calibrate.search import (
 )
 from judgecal.calibrate.selection import Choice
 from judgecal.calibrate.strategies import resolve_strategies
+from judgecal.judges.program import JudgeFailedError, RowFailedError
 from judgecal.pipeline.calibration import prepare, report_and_record
 from judgecal.pipeline.config import ExperimentConfig
 from judgecal.pipeline.results import CalibrationReport, Prepared
@@ -94,7 +95,7 @@ def search_prepared(
     env = prepared.env(log)
     specs = {spec.name: spec for spec in resolve_strategies(search.strategies, task, has_program=env.base_is_live)}
     study_name = search.study_name or f"{config.judge.name}-{split.fingerprint[:12]}"
-    # A tracking store that cannot be reached fails now, not after the work.
+    # A tracking store that cannot be reached, or a deleted experiment, fails now, not after the work.
     experiment_id = ensure_experiment(workspace, config.judge.name) if track else None
     parent_run_id: str | None = None
 
@@ -124,7 +125,7 @@ def search_prepared(
         rows=outcome.rows,
         choice=outcome.choice,
         calibration=None,
-        raw_dev=_raw_dev_score(prepared, list(split.dev.rows)),
+        raw_dev=_raw_dev_score(prepared, list(split.dev.rows), log),
         parent_run_id=parent_run_id,
         new_trials=outcome.new_trials,
         complete=outcome.complete,
@@ -152,13 +153,16 @@ def search_prepared(
     return report
 
 
-def _raw_dev_score(prepared: Prepared, dev: list[Any]) -> float | None:
-    """The raw judge's κ on dev, for the leaderboard's first row (its answers are kept)."""
+def _raw_dev_score(prepared: Prepared, dev: list[Any], log: Any) -> float | None:
+    """The raw judge's κ on dev, for the leaderboard's first row (its answers are kept).
+    A judge model that gives no answer leaves the row out, and says so; anything else is
+    not the leaderboard's to hide."""
     from judgecal.calibrate.selection import agreement
 
     try:
         verdicts = prepared.raw.predict(dev, description="raw: judging dev")
-    except Exception:
+    except (JudgeFailedError, RowFailedError) as error:
+        log(f"raw judge on dev: no score for the leaderboard ({error})")
         return None
     return agreement(prepared.task, [row.label for row in dev], [v.label for v in verdicts])
 

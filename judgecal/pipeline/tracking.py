@@ -167,9 +167,15 @@ def experiment_name(judge_name: str) -> str:
     return f"{EXPERIMENT_PREFIX}/{judge_name}"
 
 
+class DeletedExperimentError(ValueError):
+    """The judge's MLflow experiment exists but was deleted: MLflow keeps the name, so a new
+    one cannot take it until the old one is restored or removed for good."""
+
+
 def ensure_experiment(workspace: Workspace, judge_name: str) -> str:
     """The judge's experiment id, in the workspace's store (MLflow is pointed at it here,
-    once per run); a new local experiment keeps artifacts under ``mlruns/``."""
+    once per run); a new local experiment keeps artifacts under ``mlruns/``. A deleted
+    experiment stops the run before any work, saying how to restore it."""
     import mlflow
 
     workspace.open_tracking()
@@ -191,8 +197,13 @@ def _ensure_experiment(mlflow: Any, name: str, judge_name: str, workspace: Works
     existing = mlflow.get_experiment_by_name(name)
     if existing is not None:
         if existing.lifecycle_stage == "deleted":
-            raise RuntimeError(
-                f"MLflow experiment {name!r} is deleted; restore it in the UI or pick another judge name"
+            from judgecal.redact import redact_url
+
+            raise DeletedExperimentError(
+                f"MLflow experiment {name!r} (id {existing.experiment_id}) is deleted in the store "
+                f"{redact_url(workspace.tracking_uri)}; restore it with `mlflow experiments restore "
+                f"--experiment-id {existing.experiment_id}` (MLFLOW_TRACKING_URI set to that store), or "
+                "calibrate under another judge name (--name)"
             )
         if existing.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND["mlflow.experimentKind"]:
             mlflow.MlflowClient().set_experiment_tag(existing.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
