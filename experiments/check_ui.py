@@ -34,7 +34,10 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
+from judgecal.artifacts import CARD_DIR, HTML_CARD_FILE
+
 REPO = Path(__file__).resolve().parents[1]
+CARD_PAGE = f"{CARD_DIR}/{HTML_CARD_FILE}"
 BROWSER_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -90,9 +93,9 @@ def newest_runs() -> list[tuple[str, str, str, str]]:
     top-level run."""
     import mlflow
 
-    from judgecal.workspace import configure_tracking
+    from judgecal.workspace import Workspace
 
-    configure_tracking()
+    Workspace.find().open_tracking()
     found = []
     for experiment in mlflow.search_experiments(filter_string="name LIKE 'judgecal/%'"):
         runs = mlflow.search_runs(
@@ -157,12 +160,12 @@ def main() -> int:
                 failures.append(f"{slug}: the run page shows no verdict in its description")
             # The artifact view fetches the card from this endpoint and shows it in a frame; the
             # endpoint itself answers as a download, which a browser would not render.
-            card = f"{base}/get-artifact?path={quote('card/judge_card.html')}&run_uuid={run_id}"
+            card = f"{base}/get-artifact?path={quote(CARD_PAGE)}&run_uuid={run_id}"
             with urllib.request.urlopen(card, timeout=30) as response:
                 sizes = card_images(response.read().decode("utf-8"))
             if len(sizes) < 3 or min(w * h for w, h in sizes) < 10_000:
                 failures.append(f"{slug}: the judge card's plots did not load ({sizes})")
-            artifact_view = f"{base}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/card/judge_card.html"
+            artifact_view = f"{base}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/{CARD_PAGE}"
             chromium(binary, artifact_view, screenshot=args.out / f"{slug}-card.png", height=2600)
             print(f"{slug}: {run_name}; card plots {len(sizes)}; screenshots in {args.out}")
     finally:

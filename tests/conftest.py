@@ -9,11 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from judgecal.workspace import LoadedModels, Workspace, set_process_environment
+
 REPO = Path(__file__).resolve().parents[1]
 
 # As the judgecal command does before it imports anything: no network fetch of LiteLLM's
-# cost map (offline it retries in a thread that prints into later tests' output).
+# cost map (offline it retries in a thread that prints into later tests' output), and the
+# settings a run sets before it starts a thread (OpenMP's wait policy for llama.cpp).
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+set_process_environment()
 SHARED_DATA = Path(os.environ.get("JUDGECAL_SHARED_DATA", REPO.parent / "shared" / "data"))
 RELEVANCE_DEV = SHARED_DATA / "relevance" / "dev.jsonl"
 PANDALM_DEV = SHARED_DATA / "pairwise" / "pandalm_dev.jsonl"
@@ -34,21 +38,33 @@ def isolated_workspace(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
 
 
 @pytest.fixture(scope="session")
-def dspy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from judgecal.backends.models import configure_dspy_cache
+def loaded_models() -> LoadedModels:
+    """The models this pytest worker has loaded (the embedded judge, the sentence encoder),
+    shared by every workspace the tests build, so each is loaded once per worker."""
+    return LoadedModels()
 
-    folder = tmp_path_factory.mktemp("dspy-cache")
-    configure_dspy_cache(folder)
-    return folder
+
+@pytest.fixture
+def workspace(isolated_workspace: Path, loaded_models: LoadedModels) -> Workspace:
+    """The test's workspace, with the worker's loaded models."""
+    return Workspace(isolated_workspace, models=loaded_models)
 
 
 @pytest.fixture(scope="session")
-def embedded_lm(dspy_cache: Path):
+def dspy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DSPy's response cache in a folder of the session (DSPy's own process-wide setting)."""
+    folder = tmp_path_factory.mktemp("dspy-cache")
+    Workspace(folder).use_dspy_cache()
+    return folder / ".cache" / "dspy"
+
+
+@pytest.fixture(scope="session")
+def embedded_lm(dspy_cache: Path, loaded_models: LoadedModels):
     """The embedded SmolLM2 judge model, loaded once for the session."""
     from judgecal.backends.models import build_lm
     from judgecal.backends.settings import LMConfig
 
-    return build_lm(LMConfig(max_tokens=48))
+    return build_lm(LMConfig(max_tokens=48), loaded_models)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -33,7 +33,7 @@ RANKS = {
     "pipeline": 8,
     "cli": 9,
 }
-UTILITIES = {"workspace", "redact", "progress"}
+UTILITIES = {"workspace", "redact", "progress", "artifacts"}
 # A module or a function longer than these is split into named parts: a reviewer reads
 # a function at once and a module in one sitting.
 MODULE_MOST_LINES = 600
@@ -71,9 +71,9 @@ def judgecal_imports(module: str, source: str, *, is_package: bool = False) -> s
     ``from judgecal.report import plots`` is ``report.plots`` (the submodule, not the
     package); relative imports are resolved against the module's package; ``from judgecal
     import load_judge`` is the module the name is loaded from. Imports count wherever
-    they sit, inside functions too, except under ``if TYPE_CHECKING:``, which only type
-    checkers read. A name that is no module of judgecal comes back as written, so a check
-    can report it."""
+    they sit, inside functions and under ``if TYPE_CHECKING:`` too: a type checker follows
+    those, so two modules that name each other's types there are a cycle all the same. A
+    name that is no module of judgecal comes back as written, so a check can report it."""
     known = modules()
     package = module if is_package else module.rpartition(".")[0]
     found: set[str] = set()
@@ -98,10 +98,6 @@ def judgecal_imports(module: str, source: str, *, is_package: bool = False) -> s
         return None
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for child in node.orelse:
-                visit(child)
-            return
         if isinstance(node, ast.Import):
             found.update(a.name.removeprefix("judgecal.") for a in node.names if a.name.startswith("judgecal."))
         elif isinstance(node, ast.ImportFrom) and (base := base_of(node)) is not None:
@@ -143,6 +139,7 @@ def test_imports_are_resolved_to_the_modules_they_load() -> None:
         "report.records",
         "report.agreement",
         "judges.verdict",
+        "pipeline.config",
         "export.flavor",
         "stats",
         "data.rows",

@@ -42,6 +42,32 @@ def test_unknown_task_is_explained(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "unknown task 'sentiment'" in capsys.readouterr().err
 
 
+def test_a_deleted_experiment_is_one_line_saying_how_to_restore_it(
+    tmp_path: Path, isolated_workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MLflow keeps a deleted experiment's name: the calibration stops before any work with
+    the experiment's id and the command that restores it, not a traceback."""
+    import mlflow
+
+    from judgecal.workspace import Workspace
+    from tests.helpers import recorded_rows
+
+    data = write_jsonl(tmp_path / "rows.jsonl", [row.to_record() for row in recorded_rows(n_groups=8).rows])
+    config = tmp_path / "exp.toml"
+    config.write_text(f'[judge]\nname = "gone"\ntask = "relevance"\ndata = "{data}"\nrecorded = "loose"\n')
+    Workspace(isolated_workspace).open_tracking()
+    experiment_id = mlflow.create_experiment("judgecal/gone")
+    mlflow.delete_experiment(experiment_id)
+    code = main(["calibrate", str(config)])
+    captured = capsys.readouterr()
+    assert code == 2
+    [line] = captured.err.strip().splitlines()
+    assert line.startswith("error: MLflow experiment 'judgecal/gone' (id ")
+    assert f"mlflow experiments restore --experiment-id {experiment_id}" in line and "--name" in line
+    assert "Traceback" not in captured.err + captured.out
+    assert "calibrating with" not in captured.out  # it stopped before the work
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

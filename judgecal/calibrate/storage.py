@@ -10,12 +10,10 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from judgecal.calibrate.search_config import SearchConfig
 from judgecal.workspace import check_database, store_dir, store_lock
-
-if TYPE_CHECKING:
-    from judgecal.calibrate.search import SearchConfig
 
 
 def default_storage(root: Path) -> str:

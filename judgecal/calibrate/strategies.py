@@ -19,7 +19,7 @@ from judgecal.calibrate.optimizers import CalibrationConfig, PromptOptimizer
 from judgecal.calibrate.posthoc import OrderSwapJudge, ThresholdJudge
 from judgecal.calibrate.trained import StackingJudge, VerifierJudge, default_stack_verifiers, is_pair_task
 from judgecal.data.rows import LabeledRow
-from judgecal.judges.embeddings import embeddings_available
+from judgecal.judges.embeddings import SentenceEncoder, embeddings_available
 from judgecal.judges.fitted import FittedJudge, ProgramJudge, RecordedJudge, _without_lms, unwrap
 from judgecal.judges.heads import head_from_state
 from judgecal.judges.program import JudgeProgram
@@ -27,8 +27,12 @@ from judgecal.judges.verifiers import verifier_from_state
 from judgecal.tasks.registry import Task
 
 
-def judge_from_state(state: dict[str, Any], task: Task, lm: Any, name: str) -> FittedJudge:
-    """Rebuild a fitted judge from its plain-JSON state (no code is loaded from it)."""
+def judge_from_state(
+    state: dict[str, Any], task: Task, lm: Any, name: str, encoder: SentenceEncoder | None = None
+) -> FittedJudge:
+    """Rebuild a fitted judge from its plain-JSON state (no code is loaded from it); its
+    embedding verifiers, if any, encode with ``encoder`` (one shared by all of them)."""
+    encoder = encoder if encoder is not None else SentenceEncoder()
     kind = state.get("kind")
     if kind == "program":
         program = JudgeProgram(task.signature, verbalized=bool(state.get("verbalized")))
@@ -38,25 +42,26 @@ def judge_from_state(state: dict[str, Any], task: Task, lm: Any, name: str) -> F
         return RecordedJudge(task, state["source"], name)
     if kind == "threshold":
         threshold = ThresholdJudge(
-            base=judge_from_state(state["base"], task, lm, name), rule=state.get("rule", "kappa")
+            base=judge_from_state(state["base"], task, lm, name, encoder), rule=state.get("rule", "kappa")
         )
         threshold.base_, threshold.threshold_ = threshold.base, float(state["threshold"])
         return threshold
     if kind == "order_swap":
-        return OrderSwapJudge(judge_from_state(state["base"], task, lm, name))
+        return OrderSwapJudge(judge_from_state(state["base"], task, lm, name, encoder))
     if kind == "verifier":
-        verifier = VerifierJudge(task=task, name=name)
-        verifier.verifier_, verifier.threshold_ = verifier_from_state(state["verifier"]), state.get("threshold")
+        verifier = VerifierJudge(task=task, name=name, encoder=encoder)
+        verifier.verifier_ = verifier_from_state(state["verifier"], encoder)
+        verifier.threshold_ = state.get("threshold")
         return verifier
     if kind == "stacked":
-        stack = StackingJudge(base=None)
+        stack = StackingJudge(base=None, encoder=encoder)
         stack.task = task
-        stack.components_ = [judge_from_state(c, task, lm, name) for c in state["components"]]
+        stack.components_ = [judge_from_state(c, task, lm, name, encoder) for c in state["components"]]
         if "verifiers" in state:
-            stack.verifiers_ = [verifier_from_state(v) for v in state["verifiers"]]
+            stack.verifiers_ = [verifier_from_state(v, encoder) for v in state["verifiers"]]
             stack.head_ = head_from_state(state["head"])
         else:  # earlier versions: one verifier, a logistic model of P(positive) as class 1
-            stack.verifiers_ = [verifier_from_state(state["verifier"])] if state.get("verifier") else []
+            stack.verifiers_ = [verifier_from_state(state["verifier"], encoder)] if state.get("verifier") else []
             stack.head_ = head_from_state(
                 {"kind": "logistic", "classes": [1, 0], "coef": [state["coef"]], "intercept": [state["intercept"]]}
             )
@@ -68,7 +73,8 @@ def judge_from_state(state: dict[str, Any], task: Task, lm: Any, name: str) -> F
 @dataclass
 class StrategyEnv:
     """What strategies are built from: the task, the raw judge (answers kept per row), the
-    judge's LM, the DSPy settings and the names of the judges the rows already hold."""
+    judge's LM, the DSPy settings, the names of the judges the rows already hold, and the
+    run's sentence encoder (the workspace's: its model and embeddings loaded once)."""
 
     task: Task
     raw: FittedJudge
@@ -76,6 +82,7 @@ class StrategyEnv:
     settings: CalibrationConfig = field(default_factory=CalibrationConfig)
     references: tuple[str, ...] = ()
     log: Callable[[str], None] = print
+    encoder: SentenceEncoder = field(default_factory=SentenceEncoder)
 
     @property
     def base_is_live(self) -> bool:
@@ -146,7 +153,7 @@ def _dspy_spec(name: str, description: str, complexity: int) -> StrategySpec:
 
 def _verifier_spec(name: str, features: str, description: str, complexity: int, extra: str | None) -> StrategySpec:
     def build(env: StrategyEnv, params: dict[str, Any]) -> FittedJudge:
-        return VerifierJudge(task=env.task, features=features, name=env.raw.name, **params)
+        return VerifierJudge(task=env.task, features=features, name=env.raw.name, encoder=env.encoder, **params)
 
     return StrategySpec(
         name,
@@ -161,7 +168,7 @@ def _verifier_spec(name: str, features: str, description: str, complexity: int, 
 
 def _stacking_build(env: StrategyEnv, params: dict[str, Any]) -> FittedJudge:
     params = {"verifiers": default_stack_verifiers(), **params}
-    return StackingJudge(base=env.raw, references=env.references, **params)
+    return StackingJudge(base=env.raw, references=env.references, encoder=env.encoder, **params)
 
 
 def _stacking_space(trial: Any, env: StrategyEnv) -> dict[str, Any]:

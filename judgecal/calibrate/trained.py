@@ -15,7 +15,7 @@ import numpy as np
 
 from judgecal.calibrate.posthoc import kappa_threshold
 from judgecal.data.rows import LabeledRow
-from judgecal.judges.embeddings import embeddings_available
+from judgecal.judges.embeddings import SentenceEncoder, embeddings_available
 from judgecal.judges.features import FLIP
 from judgecal.judges.fitted import (
     FittedJudge,
@@ -42,7 +42,9 @@ def _choose_cut(task: Task, proba: np.ndarray, rows: Sequence[LabeledRow]) -> fl
 
 class VerifierJudge(FittedJudge):
     """A trained verifier. For binary tasks its P(positive) is cut where κ is highest: on
-    dev when given, else on grouped out-of-fold predictions over the training rows."""
+    dev when given, else on grouped out-of-fold predictions over the training rows.
+    ``encoder``: the run's sentence encoder for embedding features (without one, each fit
+    loads its own)."""
 
     kind = "verifier"
 
@@ -59,6 +61,7 @@ class VerifierJudge(FittedJudge):
         folds: int = 5,
         seed: int = 0,
         name: str = "",
+        encoder: SentenceEncoder | None = None,
     ) -> None:
         self.task = task
         self.features = features
@@ -71,6 +74,7 @@ class VerifierJudge(FittedJudge):
         self.folds = folds
         self.seed = seed
         self.name = name
+        self.encoder = encoder
 
     @classmethod
     def search_space(cls, trial: Any, prefix: str, *, features: str) -> dict[str, Any]:
@@ -86,7 +90,7 @@ class VerifierJudge(FittedJudge):
             "l2_regularization": trial.suggest_float(f"{prefix}.l2_regularization", 0.01, 10.0, log=True),
         }
 
-    def make_verifier(self) -> Verifier:
+    def make_verifier(self, encoder: SentenceEncoder | None = None) -> Verifier:
         spec = self.task.spec
         return Verifier(
             labels=spec.labels,
@@ -98,18 +102,20 @@ class VerifierJudge(FittedJudge):
             max_leaf_nodes=self.max_leaf_nodes,
             l2_regularization=self.l2_regularization,
             pairwise=is_pair_task(self.task),
+            encoder=encoder if encoder is not None else self.encoder,
         )
 
     def fit(self, train, dev=None):
         from judgecal.judges.verifiers import out_of_fold_proba
 
-        self.verifier_ = self.make_verifier().fit(train)
+        encoder = self.encoder if self.encoder is not None else SentenceEncoder()  # one for every fold
+        self.verifier_ = self.make_verifier(encoder).fit(train)
         if self.task.spec.positive is None:
             self.threshold_ = None
         elif dev:
             self.threshold_ = _choose_cut(self.task, self.verifier_.predict_proba([r.inputs for r in dev]), dev)
         else:
-            proba = out_of_fold_proba(train, self.make_verifier(), folds=self.folds, seed=self.seed)
+            proba = out_of_fold_proba(train, self.make_verifier(encoder), folds=self.folds, seed=self.seed)
             self.threshold_ = _choose_cut(self.task, proba, train)
         return self
 
@@ -154,7 +160,9 @@ class StackingJudge(FittedJudge):
     Binary tasks are cut where κ is highest on the head's own out-of-fold predictions (on
     dev when given); other tasks take the most likely label. For pairwise tasks the
     judge's probabilities are averaged over both orders and the head is trained on both
-    orders of every pair, so the stacked judge is symmetric under swapping A and B."""
+    orders of every pair, so the stacked judge is symmetric under swapping A and B.
+    ``encoder``: the run's sentence encoder for embedding verifiers (without one, each fit
+    loads its own)."""
 
     kind = "stacked"
 
@@ -173,6 +181,7 @@ class StackingJudge(FittedJudge):
         folds: int = 5,
         seed: int = 0,
         verifier_C: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
+        encoder: SentenceEncoder | None = None,
     ) -> None:
         self.base = base
         self.references = references
@@ -187,6 +196,7 @@ class StackingJudge(FittedJudge):
         self.l2_regularization = l2_regularization
         self.folds = folds
         self.seed = seed
+        self.encoder = encoder
 
     @classmethod
     def search_space(cls, trial: Any, prefix: str, *, verifiers: Sequence[str], base_is_live: bool) -> dict[str, Any]:
@@ -214,11 +224,14 @@ class StackingJudge(FittedJudge):
             components.append(RecordedJudge(self.task, name, f"reference:{name}"))
         return components
 
-    def _verifier(self, name: str, C: float = 1.0) -> Verifier:
+    def _verifier(self, name: str, C: float = 1.0, encoder: SentenceEncoder | None = None) -> Verifier:
         spec = self.task.spec
-        return Verifier(labels=spec.labels, pairwise=is_pair_task(self.task), **{"C": C, **STACK_VERIFIERS[name]})
+        settings = {"C": C, **STACK_VERIFIERS[name]}
+        return Verifier(labels=spec.labels, pairwise=is_pair_task(self.task), encoder=encoder, **settings)
 
-    def _out_of_fold(self, name: str, train: Sequence[LabeledRow], y: np.ndarray) -> tuple[float, np.ndarray]:
+    def _out_of_fold(
+        self, name: str, train: Sequence[LabeledRow], y: np.ndarray, encoder: SentenceEncoder | None
+    ) -> tuple[float, np.ndarray]:
         """A logistic verifier's C, chosen by the log loss of its grouped out-of-fold scores
         (which the stack needs anyway), and those scores. A fixed C fits some data badly:
         how much to regularise depends on how many rows and how many words there are."""
@@ -229,7 +242,7 @@ class StackingJudge(FittedJudge):
         grid = self.verifier_C if STACK_VERIFIERS[name]["head"] == "logistic" else (1.0,)
         best: tuple[float, float, np.ndarray] | None = None
         for C in grid:
-            proba = out_of_fold_proba(train, self._verifier(name, C), folds=self.folds, seed=self.seed)
+            proba = out_of_fold_proba(train, self._verifier(name, C, encoder), folds=self.folds, seed=self.seed)
             loss = float(log_loss(y, np.clip(proba, 1e-6, 1.0), labels=list(range(proba.shape[1]))))
             if best is None or loss < best[0]:
                 best = (loss, C, proba)
@@ -282,12 +295,13 @@ class StackingJudge(FittedJudge):
         if len(set(y)) < 2:
             raise ValueError("stacking needs rows of at least two labels to learn from")
         self.components_ = self._components()
+        encoder = self.encoder if self.encoder is not None else SentenceEncoder()  # one for every verifier
         with memoised_fits():  # each fold's features are computed once for every C
-            chosen = {name: self._out_of_fold(name, train, y) for name in self.verifiers}
+            chosen = {name: self._out_of_fold(name, train, y, encoder) for name in self.verifiers}
         self.verifier_C_ = {name: C for name, (C, _) in chosen.items()}
         features = self._features(train, [proba for _, proba in chosen.values()], progress)
         self.head_ = self._fit_head(features, y)
-        self.verifiers_ = [self._verifier(name, self.verifier_C_[name]).fit(train) for name in self.verifiers]
+        self.verifiers_ = [self._verifier(name, self.verifier_C_[name], encoder).fit(train) for name in self.verifiers]
         self.threshold_ = None
         if self.task.spec.positive is not None:
             if dev:

@@ -14,14 +14,16 @@ from typing import TYPE_CHECKING
 from rich.markup import escape
 from rich.table import Table
 
+from judgecal.artifacts import CARD_DIR, EVALUATION_FILE, HTML_CARD_FILE, METRICS_TABLE, MODEL_NAME
 from judgecal.cli.output import console, errors, print_error
 from judgecal.cli.parser import build_parser
 from judgecal.data.rows import DataError
 from judgecal.redact import error_line, redact_text, redact_url
+from judgecal.workspace import Workspace, set_process_environment
 
 if TYPE_CHECKING:
-    from judgecal.pipeline.calibration import CalibrationReport
     from judgecal.pipeline.config import ExperimentConfig
+    from judgecal.pipeline.results import CalibrationReport
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,12 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    # The libraries' own progress lines (tqdm reads this when it is first imported) would
-    # interleave with judgecal's bars.
+    # Set once, before anything starts a thread. The libraries' own progress lines (tqdm
+    # reads this when it is first imported) would interleave with judgecal's bars.
+    set_process_environment()
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    # MLflow draws a bar for every small artifact it moves; judgecal draws its own.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # LiteLLM fetches its model cost map from the network when imported unless told not to;
     # offline, that leaves a retrying thread behind.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -87,13 +88,14 @@ def _parser() -> argparse.ArgumentParser:
 def _calibrate(args: argparse.Namespace) -> int:
     quiet_libraries()
     configs = [_load(path, args) for path in args.configs]  # every file is checked before any runs
+    workspace = Workspace.find(tracking_uri=args.tracking_uri)  # one for every file: models load once
     done: list[tuple[str, CalibrationReport, str | None]] = []
     for config in configs:
         searching = args.strategies or args.trials or args.worker is not None or config.search is not None
         if searching and not args.strategy:
-            report, run_id = _search_one(config, args)
+            report, run_id = _search_one(config, args, workspace)
         else:
-            report, run_id = _calibrate_one(config, args)
+            report, run_id = _calibrate_one(config, args, workspace)
         if report is not None:
             done.append((config.judge.name, report, run_id))
     if len(done) > 1:
@@ -110,7 +112,9 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _search_one(config: ExperimentConfig, args: argparse.Namespace) -> tuple[CalibrationReport | None, str | None]:
+def _search_one(
+    config: ExperimentConfig, args: argparse.Namespace, workspace: Workspace
+) -> tuple[CalibrationReport | None, str | None]:
     from judgecal.pipeline.config import SearchConfig
     from judgecal.pipeline.search import run_search
     from judgecal.progress import rich_progress
@@ -125,9 +129,9 @@ def _search_one(config: ExperimentConfig, args: argparse.Namespace) -> tuple[Cal
     report = run_search(
         config,
         search,
+        workspace=workspace,
         progress=rich_progress(console),
         track=not args.no_track,
-        tracking_uri=args.tracking_uri,
         log=lambda message: console.print(message, highlight=False),
     )
     table = Table(
@@ -197,8 +201,8 @@ def _print_result(config: ExperimentConfig, report: CalibrationReport, run_id: s
         console.print(f"registry: {report.registry.name} v{report.registry.version}; {report.registry.reason}")
     if run_id:
         console.print(
-            f"MLflow run {run_id} in judgecal/{config.judge.name}: judge card card/judge_card.html, every metric "
-            f"metrics.json; the judge: runs:/{run_id}/judge",
+            f"MLflow run {run_id} in judgecal/{config.judge.name}: judge card {CARD_DIR}/{HTML_CARD_FILE}, every "
+            f"metric {METRICS_TABLE}; the judge: runs:/{run_id}/{MODEL_NAME}",
             highlight=False,
         )
 
@@ -230,7 +234,7 @@ def _print_summary(done: list[tuple[str, CalibrationReport, str | None]], args: 
         console.print(
             "Browse the runs: judgecal ui (or make ui), then http://127.0.0.1:5000/#/experiments?workflowType="
             "machine_learning; each run's name states raw → calibrated κ, its description the verdict, and "
-            "card/judge_card.html the plots.",
+            f"{CARD_DIR}/{HTML_CARD_FILE} the plots.",
             highlight=False,
         )
 
@@ -269,15 +273,17 @@ def _settings(values: list[str]) -> list[tuple[str, object]]:
     return out
 
 
-def _calibrate_one(config: ExperimentConfig, args: argparse.Namespace) -> tuple[CalibrationReport, str | None]:
+def _calibrate_one(
+    config: ExperimentConfig, args: argparse.Namespace, workspace: Workspace
+) -> tuple[CalibrationReport, str | None]:
     from judgecal.pipeline.calibration import run_calibration
     from judgecal.progress import rich_progress
 
     report = run_calibration(
         config,
+        workspace=workspace,
         progress=rich_progress(console),
         track=not args.no_track,
-        tracking_uri=args.tracking_uri,
         log=lambda message: console.print(message, highlight=False),
     )
     console.print(
@@ -285,8 +291,8 @@ def _calibrate_one(config: ExperimentConfig, args: argparse.Namespace) -> tuple[
         f"{report.calibration_lm_calls} LM calls (answers served from the cache included)",
         highlight=False,
     )
-    _print_result(config, report, report.run_id)
-    return report, report.run_id
+    _print_result(config, report, run_id := report.tracked.run_id if report.tracked else None)
+    return report, run_id
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -323,13 +329,9 @@ def _report(args: argparse.Namespace) -> int:
     else:
         import mlflow
 
-        from judgecal.pipeline.tracking import EVALUATION_FILE
-        from judgecal.workspace import configure_tracking, quiet_artifact_downloads
-
-        configure_tracking(args.tracking_uri)
+        Workspace.find(tracking_uri=args.tracking_uri).open_tracking()
         try:
-            with quiet_artifact_downloads():
-                local = mlflow.artifacts.download_artifacts(run_id=args.source, artifact_path=EVALUATION_FILE)
+            local = mlflow.artifacts.download_artifacts(run_id=args.source, artifact_path=EVALUATION_FILE)
         except Exception as error:  # MLflow raises several types for a missing run or artifact
             raise FileNotFoundError(
                 f"{args.source}: neither a file nor an MLflow run with {EVALUATION_FILE} ({error})"
@@ -346,17 +348,14 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> int:
-    from judgecal.backends.models import configure_dspy_cache
     from judgecal.export.adapters import judge_file
     from judgecal.export.flavor import open_judge
     from judgecal.progress import rich_progress
-    from judgecal.workspace import dspy_cache_dir
 
+    workspace = Workspace.find(tracking_uri=args.tracking_uri)
     if str(args.judge).startswith(("runs:/", "models:/")):
-        from judgecal.workspace import configure_tracking
-
-        configure_tracking(args.tracking_uri)
-    configure_dspy_cache(dspy_cache_dir())
+        workspace.open_tracking()
+    workspace.use_dspy_cache()
     task = None
     if args.task:
         from judgecal.tasks.registry import resolve_task
@@ -369,6 +368,7 @@ def _judge(args: argparse.Namespace) -> int:
         trust_endpoint=args.trust_endpoint,
         allow_modified=args.allow_modified,
         task=task,
+        workspace=workspace,
     )
     for note in loaded.notes:
         errors.print(f"[bold yellow]warning:[/] {note}", highlight=False, markup=True)
@@ -462,32 +462,12 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from judgecal.pipeline.tracking import ui_environment
-    from judgecal.workspace import store_dir, tracking_uri
+    from judgecal.pipeline.tracking import ui_command, ui_environment
 
-    uri = tracking_uri(args.tracking_uri)
-    artifacts = store_dir() / "artifacts"
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--default-artifact-root",
-        artifacts.resolve().as_uri(),
-        "--artifacts-destination",
-        str(artifacts.resolve()),
-        "--host",
-        args.host,
-        "--port",
-        str(args.port),
-        "--workers",
-        "1",
-    ]
+    workspace = Workspace.find(tracking_uri=args.tracking_uri)
     url = f"http://{args.host}:{args.port}/#/experiments?workflowType=machine_learning"
-    console.print(f"MLflow UI for {redact_url(uri)}: {url}  (Ctrl-C stops it)", highlight=False)
-    return run_until_stopped(command, ui_environment())
+    console.print(f"MLflow UI for {redact_url(workspace.tracking_uri)}: {url}  (Ctrl-C stops it)", highlight=False)
+    return run_until_stopped(ui_command(workspace, args.host, args.port), ui_environment())
 
 
 def run_until_stopped(command: list[str], environment: dict[str, str]) -> int:

@@ -8,7 +8,9 @@ the judge bundle, so ``mlflow.pyfunc.load_model`` and :func:`load_judge` read th
 the bundle's digest does not cover (SECURITY.md). ``runs:/``, ``models:/`` and local paths are
 accepted; ``runs:/`` and ``models:/`` resolve against the project's own store (``mlruns/``
 found from the working directory up, or ``JUDGECAL_HOME``) unless ``tracking_uri=`` or
-``MLFLOW_TRACKING_URI`` names another, as ``judgecal judge`` does.
+``MLFLOW_TRACKING_URI`` names another, as ``judgecal judge`` does. A loaded judge's models
+are kept in its :class:`~judgecal.workspace.Workspace` (``workspace=``; by default the
+project's, found as above).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from judgecal.artifacts import MODEL_NAME
 from judgecal.backends.settings import LMConfig
 from judgecal.export.adapters import CalibratedJudge
 from judgecal.export.bundle import (
@@ -40,9 +43,9 @@ from judgecal.export.bundle import (
 from judgecal.judges.fitted import FittedJudge
 from judgecal.redact import error_line, redact_url
 from judgecal.tasks.registry import Task
-from judgecal.workspace import quiet_artifact_downloads
+from judgecal.workspace import Workspace, set_process_environment
 
-MODEL_ARTIFACT = "judge"
+MODEL_ARTIFACT = MODEL_NAME
 
 
 @dataclass
@@ -66,13 +69,16 @@ def open_judge(
     allow_modified: bool = False,
     task: Task | Any = None,
     tracking_uri: str | None = None,
+    workspace: Workspace | None = None,
 ) -> LoadedJudge:
     """:func:`load_judge`, returning the bundle, its digest and the notes instead of warning them."""
-    opened = open_bundle(_local_bundle_path(reference, tracking_uri), allow_modified=allow_modified)
+    set_process_environment()
+    workspace = workspace or Workspace.find(tracking_uri=tracking_uri)
+    opened = open_bundle(_local_bundle_path(reference, workspace, tracking_uri), allow_modified=allow_modified)
     config, notes = lm_settings(opened.bundle, model=model, api_base=api_base, trust_endpoint=trust_endpoint)
     if lm is not None or not _uses_lm(opened.bundle.judge):
         notes = []  # the bundle's LM settings are not used at all
-    judge = judge_from_bundle(opened.bundle, lm=lm, lm_config=config, task=task)
+    judge = judge_from_bundle(opened.bundle, lm=lm, lm_config=config, task=task, models=workspace.models)
     return LoadedJudge(
         judge=judge, bundle=opened.bundle, digest=opened.digest, source=str(reference), notes=opened.notes + notes
     )
@@ -88,12 +94,15 @@ def load_judge(
     allow_modified: bool = False,
     task: Task | Any = None,
     tracking_uri: str | None = None,
+    workspace: Workspace | None = None,
 ) -> CalibratedJudge:
     """Load a judge from a bundle folder or file, or an MLflow ``runs:/`` or ``models:/`` URI.
 
     ``runs:/`` and ``models:/`` resolve against ``tracking_uri``, else the store MLflow was
     pointed at (``MLFLOW_TRACKING_URI``, ``mlflow.set_tracking_uri``), else the project's own
     ``mlruns/mlflow.db``, so a plain Python session finds what ``judgecal calibrate`` recorded.
+    ``workspace``: where the project is and the models it has loaded (pass one to several
+    loads to load an in-process model once); by default the project's.
 
     ``model`` swaps the judge model (e.g. to a served copy) while keeping the calibration;
     ``api_base`` sets its server. The bundle's own endpoint is used only with
@@ -111,13 +120,14 @@ def load_judge(
         allow_modified=allow_modified,
         task=task,
         tracking_uri=tracking_uri,
+        workspace=workspace,
     )
     for note in loaded.notes:
         warnings.warn(note, BundleNote, stacklevel=2)
     return CalibratedJudge(loaded.judge, digest=loaded.digest)
 
 
-def _local_bundle_path(reference: str | Path, tracking_uri: str | None = None) -> Path:
+def _local_bundle_path(reference: str | Path, workspace: Workspace, tracking_uri: str | None = None) -> Path:
     text = str(reference)
     folder = Path(text)
     if (folder / "artifacts" / BUNDLE_FILE).exists():  # a folder written by save_model
@@ -126,18 +136,15 @@ def _local_bundle_path(reference: str | Path, tracking_uri: str | None = None) -
         import mlflow
         from mlflow.exceptions import MlflowException
 
-        from judgecal.workspace import tracking_uri as store_uri
-
-        uri = store_uri(tracking_uri)
+        uri = tracking_uri or workspace.tracking_uri
         registry = tracking_uri or os.environ.get("MLFLOW_REGISTRY_URI") or uri
         try:
             location = _artifact_location(text, uri, registry)
-            with quiet_artifact_downloads():
-                local = Path(
-                    mlflow.artifacts.download_artifacts(
-                        artifact_uri=location, dst_path=tempfile.mkdtemp(), tracking_uri=uri, registry_uri=registry
-                    )
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=location, dst_path=tempfile.mkdtemp(), tracking_uri=uri, registry_uri=registry
                 )
+            )
         except (MlflowException, OSError) as error:
             reason = error_line(error)
             raise FileNotFoundError(
@@ -230,7 +237,8 @@ def save_model(judge: Savable, path: str | Path, *, lm_config: LMConfig | None =
     embedded model)."""
     import mlflow
 
-    with _bundle_file(judge, lm_config) as (bundle, file), warnings.catch_warnings(), quiet_artifact_downloads():
+    set_process_environment()
+    with _bundle_file(judge, lm_config) as (bundle, file), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
         mlflow.pyfunc.save_model(str(path), **_pyfunc_settings(bundle, file))
     return Path(path)
@@ -241,9 +249,9 @@ def log_model(judge: Savable, name: str = MODEL_ARTIFACT, *, lm_config: LMConfig
     ``name`` in the active run. Returns MLflow's ``ModelInfo``."""
     import mlflow
 
-    with _bundle_file(judge, lm_config) as (bundle, file), warnings.catch_warnings(), quiet_artifact_downloads():
-        # An input example would make MLflow run the judge (and its LM) while logging; and
-        # MLflow copies the bundle in by "downloading" it, with a progress bar.
+    set_process_environment()  # MLflow copies the bundle in by "downloading" it, with a progress bar
+    with _bundle_file(judge, lm_config) as (bundle, file), warnings.catch_warnings():
+        # An input example would make MLflow run the judge (and its LM) while logging.
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
         return mlflow.pyfunc.log_model(name=name, **_pyfunc_settings(bundle, file))
 

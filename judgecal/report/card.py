@@ -9,17 +9,12 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
+from judgecal.artifacts import CARD_FILE, HTML_CARD_FILE
 from judgecal.report import plots
 from judgecal.report.agreement import AgreementReport
 from judgecal.report.records import EvaluationRecord, JudgeRecord
 from judgecal.stats.metrics import confusion
 from judgecal.stats.uncertainty import Estimate
-
-CARD_FILE = "judge_card.md"
-
-
-HTML_CARD_FILE = "judge_card.html"
-
 
 STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:1.5em auto;padding:0 1em;color:#222}"

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from judgecal.artifacts import EVALUATION_FILE
 from judgecal.data.rows import LabeledRow, LabelValue
 from judgecal.stats.metrics import (
     LabelSpace,
@@ -79,7 +80,7 @@ def read_record(path: Path) -> EvaluationRecord:
     from pydantic import ValidationError
 
     if path.is_dir():
-        path = path / "evaluation.json"
+        path = path / EVALUATION_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such evaluation record")
     try:

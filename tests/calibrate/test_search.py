@@ -519,7 +519,7 @@ def test_a_failed_trial_keeps_its_reason_without_the_servers_password(tmp_path, 
     printed = capfd.readouterr()
     assert "s3cr3t" not in printed.err + printed.out
     assert b"s3cr3t" not in (tmp_path / "optuna.db").read_bytes()
-    mlflow.set_tracking_uri(report.calibration.tracking_uri)
+    mlflow.set_tracking_uri(report.tracking_uri)
     tags = [run.data.tags for run in mlflow.search_runs(search_all_experiments=True, output_format="list")]
     assert any("alice:***@" in t.get("judgecal.error", "") for t in tags)
     assert not [t for t in tags if "s3cr3t" in str(t)]
@@ -579,10 +579,69 @@ def test_calibrating_a_verdicts_file_finishes_its_runs_and_says_why_nothing_is_e
     messages: list[str] = []
     report = run_search(config, config.search, log=messages.append)
     assert {row.state for row in report.rows} == {"COMPLETE"}
-    assert report.calibration is not None and report.calibration.not_exported
-    assert "verdicts.jsonl" in report.calibration.not_exported and "--recorded" in report.calibration.not_exported
+    assert report.calibration is not None and report.calibration.tracked is not None
+    not_exported = report.calibration.tracked.not_exported
+    assert not_exported and "verdicts.jsonl" in not_exported and "--recorded" in not_exported
     assert any("no judge bundle" in m for m in messages)
-    mlflow.set_tracking_uri(report.calibration.tracking_uri)
+    mlflow.set_tracking_uri(report.tracking_uri)
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert runs and {run.info.status for run in runs} == {"FINISHED"}
     assert report.calibration.registry is None  # nothing to register
+
+
+class FailsOnDev(FittedJudge):
+    """The recorded judge, except that asking it about any dev row raises ``error``."""
+
+    def __init__(self, dev_ids: frozenset[str], error: Exception) -> None:
+        from judgecal.judges.fitted import RecordedJudge
+
+        self.dev_ids = dev_ids
+        self.error = error
+        self.recorded = RecordedJudge(RELEVANCE, "loose", "searched")
+
+    @property
+    def task(self):
+        return RELEVANCE
+
+    def predict(self, rows, *, progress=None, description=""):
+        if any(row.id in self.dev_ids for row in rows):
+            raise self.error
+        return self.recorded.predict(rows)
+
+
+def prepared_with_raw_failing_on_dev(tmp_path: Path, error: Exception):
+    import dataclasses
+
+    from judgecal.judges.fitted import MemoJudge
+    from judgecal.pipeline.calibration import prepare
+    from judgecal.workspace import Workspace
+
+    config = search_config(tmp_path, ["verifier"], 2)
+    prepared = prepare(config, Workspace(tmp_path), log=lambda m: None)
+    dev_ids = frozenset(row.id for row in prepared.split.dev.rows)
+    return config, dataclasses.replace(prepared, raw=MemoJudge(FailsOnDev(dev_ids, error)))
+
+
+def test_a_raw_judge_without_answers_on_dev_leaves_the_leaderboards_raw_row_out(tmp_path) -> None:
+    """The raw judge's dev score is the leaderboard's first row; a judge model that gives
+    no answer there leaves that row out and says so, and the search goes on."""
+    from judgecal.judges.program import JudgeFailedError
+    from judgecal.pipeline.search import search_prepared
+
+    error = JudgeFailedError("judge 'searched' failed on its first 3 rows; the last error: refused")
+    config, prepared = prepared_with_raw_failing_on_dev(tmp_path, error)
+    messages: list[str] = []
+    report = search_prepared(prepared, config.search, track=False, log=messages.append)
+    assert report.raw_dev is None
+    assert report.calibration is not None and report.best is not None
+    assert any(m.startswith("raw judge on dev: no score") and "failed on its first 3 rows" in m for m in messages)
+
+
+def test_any_other_error_while_scoring_the_raw_judge_on_dev_propagates(tmp_path) -> None:
+    """Only a judge model that gives no answer is the leaderboard's to leave out: a bug
+    (here a TypeError) stops the search instead of quietly dropping a row."""
+    from judgecal.pipeline.search import search_prepared
+
+    config, prepared = prepared_with_raw_failing_on_dev(tmp_path, TypeError("a bug in a judge"))
+    with pytest.raises(TypeError, match="a bug in a judge"):
+        search_prepared(prepared, config.search, track=False, log=lambda m: None)

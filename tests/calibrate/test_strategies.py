@@ -19,7 +19,7 @@ from judgecal.calibrate.strategies import STRATEGIES, StrategyEnv, fit_judge, ju
 from judgecal.calibrate.trained import StackingJudge, VerifierJudge
 from judgecal.data.rows import LabeledRow
 from judgecal.data.split import SplitSpec, split_by_group
-from judgecal.judges.embeddings import MINILM_SHA256, embeddings_available, minilm_folder
+from judgecal.judges.embeddings import MINILM_SHA256, SentenceEncoder, embeddings_available, minilm_folder
 from judgecal.judges.fitted import MemoJudge, ProgramJudge, RecordedJudge, logit, sigmoid
 from judgecal.judges.heads import GradientBoostingHead
 from judgecal.judges.program import JudgeProgram
@@ -43,8 +43,16 @@ QUICK = CalibrationConfig(
 )
 
 
-def environment(task, raw, lm=None, references=()) -> StrategyEnv:
-    return StrategyEnv(task=task, raw=MemoJudge(raw), lm=lm, settings=QUICK, references=references, log=lambda m: None)
+def environment(task, raw, lm=None, references=(), encoder=None) -> StrategyEnv:
+    return StrategyEnv(
+        task=task,
+        raw=MemoJudge(raw),
+        lm=lm,
+        settings=QUICK,
+        references=references,
+        log=lambda m: None,
+        encoder=encoder or SentenceEncoder(),
+    )
 
 
 def fit(name, env, split, params=None, guard=None):
@@ -254,12 +262,13 @@ def test_embedding_weights_are_safetensors_with_the_pinned_hash() -> None:
 
 @needs_embeddings
 @pytest.mark.parametrize("head", ["logistic", "gradient_boosting"])
-def test_embedding_verifier_fits_saves_as_json_and_reloads(head: str) -> None:
+def test_embedding_verifier_fits_saves_as_json_and_reloads(head: str, loaded_models) -> None:
     dataset = recorded_rows()
     split = split_by_group(dataset, SplitSpec(dev=0.25, test=0.25, seed=1))
-    env = environment(RELEVANCE, RecordedJudge(RELEVANCE, "loose", "loose"))
+    encoder = SentenceEncoder(loaded_models)
+    env = environment(RELEVANCE, RecordedJudge(RELEVANCE, "loose", "loose"), encoder=encoder)
     judge = fit("embedding_verifier", env, split, {"head": head}).judge
-    reloaded = judge_from_state(json.loads(json.dumps(judge.state())), RELEVANCE, None, "reloaded")
+    reloaded = judge_from_state(json.loads(json.dumps(judge.state())), RELEVANCE, None, "reloaded", encoder)
     assert [v.label for v in reloaded.predict(split.test.rows)] == [v.label for v in judge.predict(split.test.rows)]
 
 
@@ -396,11 +405,11 @@ def test_order_swap_reconciles_both_orders_on_the_embedded_model(embedded_lm) ->
 
 
 @pytest.mark.slow
-def test_threshold_without_token_probabilities_uses_a_stated_score(dspy_cache) -> None:
+def test_threshold_without_token_probabilities_uses_a_stated_score(dspy_cache, loaded_models) -> None:
     from judgecal.backends.models import build_lm
     from judgecal.backends.settings import LMConfig
 
-    lm = build_lm(LMConfig(logprobs=False, max_tokens=48))
+    lm = build_lm(LMConfig(logprobs=False, max_tokens=48), loaded_models)
     _, split = demo_split("relevance", "relevance_demo.jsonl", 8)
     raw = ProgramJudge(RELEVANCE, JudgeProgram(RELEVANCE.signature), lm, "relevance")
     assert all(v.probabilities is None for v in raw.predict(split.dev.rows[:2]))

@@ -64,10 +64,10 @@ def test_judge_is_a_dspy_metric(verifier_judge) -> None:
 def test_judge_runs_as_a_scorer_in_mlflow_genai_evaluate(verifier_judge, isolated_workspace: Path) -> None:
     import mlflow
 
-    from judgecal.workspace import configure_tracking
+    from judgecal.workspace import Workspace
 
     judge, _ = verifier_judge
-    configure_tracking(root=isolated_workspace)
+    Workspace(isolated_workspace).open_tracking()
     mlflow.set_experiment("scorer")
     data = [
         {"inputs": {"prompt": "Help me with cooking."}, "outputs": {"attribute": "The user cares about cooking."}},
@@ -287,7 +287,7 @@ def test_the_mlflow_model_checks_the_digest_and_takes_the_same_choices(
     import mlflow
 
     from judgecal.export.flavor import log_model
-    from judgecal.workspace import configure_tracking
+    from judgecal.workspace import Workspace
 
     judge, dataset = verifier_judge
     folder = tmp_path / "bundle"
@@ -295,7 +295,7 @@ def test_the_mlflow_model_checks_the_digest_and_takes_the_same_choices(
     document = json.loads(path.read_text())
     document["judge"]["threshold"] = 0.0
     path.write_text(json.dumps(document))
-    configure_tracking(root=isolated_workspace)
+    Workspace(isolated_workspace).open_tracking()
     mlflow.set_experiment("bundle-model")
     with mlflow.start_run() as run:
         log_model(folder)

@@ -55,9 +55,9 @@ def register_champion(judge, name: str, lm_config: LMConfig | None = None) -> st
     import mlflow
 
     from judgecal.export.flavor import log_model
-    from judgecal.workspace import configure_tracking
+    from judgecal.workspace import Workspace
 
-    configure_tracking()
+    Workspace.find().open_tracking()
     mlflow.set_experiment(name)
     with mlflow.start_run():
         info = log_model(judge, lm_config=lm_config)

@@ -20,6 +20,7 @@ from judgecal.calibrate.optimizers import CalibrationConfig
 from judgecal.data.split import SplitSpec
 from judgecal.pipeline.calibration import run_calibration
 from judgecal.pipeline.config import ExperimentConfig, JudgeSection
+from judgecal.workspace import Workspace
 from tests.conftest import write_jsonl
 from tests.helpers import recorded_rows
 
@@ -39,9 +40,9 @@ def tracked_run(tmp_path_factory):
             split=SplitSpec(dev=0.25, test=0.25, seed=1),
             calibration=CalibrationConfig(strategy="verifier"),
         )
-        report = run_calibration(config, root=root, log=lambda m: None)
-        mlflow.set_tracking_uri(report.tracking_uri)
-        yield report, mlflow.MlflowClient().get_run(report.run_id), root
+        report = run_calibration(config, workspace=Workspace(root), log=lambda m: None)
+        mlflow.set_tracking_uri(report.tracked.tracking_uri)
+        yield report, mlflow.MlflowClient().get_run(report.tracked.run_id), root
     finally:
         if old is None:
             os.environ.pop("JUDGECAL_HOME", None)
@@ -110,7 +111,7 @@ def test_the_bundle_digest_tag_is_the_digest_of_the_judge_the_run_logged(tracked
     from judgecal import load_judge
 
     report, run, _ = tracked_run
-    judge = load_judge(f"runs:/{run.info.run_id}/judge", tracking_uri=report.tracking_uri)
+    judge = load_judge(f"runs:/{run.info.run_id}/judge", tracking_uri=report.tracked.tracking_uri)
     assert run.data.tags["judgecal.bundle_digest"] == judge.digest
     assert judge.digest.startswith("sha256:")
 
@@ -130,14 +131,15 @@ def test_no_credential_of_the_judge_models_url_reaches_mlflow(isolated_workspace
         split=SplitSpec(dev=0.25, test=0.25, seed=1),
         calibration=CalibrationConfig(strategy="verifier"),
     )
-    report = run_calibration(config, root=root, log=lambda m: None)
-    assert report.run_id is not None and report.model_uri is not None
-    mlflow.set_tracking_uri(report.tracking_uri)
-    run = mlflow.MlflowClient().get_run(report.run_id)
+    report = run_calibration(config, workspace=Workspace(root), log=lambda m: None)
+    tracked = report.tracked
+    assert tracked is not None and tracked.model_uri is not None
+    mlflow.set_tracking_uri(tracked.tracking_uri)
+    run = mlflow.MlflowClient().get_run(tracked.run_id)
     recorded = [*run.data.params.items(), *run.data.tags.items()]
     assert run.data.params["lm.api_base"] == "https://u:***@gpu-box/v1?api-key=***"
     assert not [(k, v) for k, v in recorded if "s3cr3t" in v or "k3y-9a7f" in v]
-    bundle = Path(mlflow.artifacts.download_artifacts(run_id=report.run_id, artifact_path="bundle"))
+    bundle = Path(mlflow.artifacts.download_artifacts(run_id=tracked.run_id, artifact_path="bundle"))
     text = (bundle / "judge.json").read_text()
     assert "https://u:***@gpu-box/v1?api-key=***" in text and "s3cr3t" not in text and "k3y-9a7f" not in text
     files = [path for path in (root / "mlruns").rglob("*") if path.is_file()]
