@@ -28,15 +28,14 @@ from judgecal.export.bundle import (
     BUNDLE_FILE,
     BundleNote,
     JudgeBundle,
-    _uses_lm,
     bundle_from_judge,
     judge_from_bundle,
     lm_settings,
     open_bundle,
-    package_versions,
     read_bundle,
     save_bundle,
 )
+from judgecal.export.environment import judge_requirements, package_code, uses_lm
 from judgecal.judges.fitted import FittedJudge
 from judgecal.redact import error_line, redact_url
 from judgecal.tasks.registry import Task
@@ -70,7 +69,7 @@ def open_judge(
     """:func:`load_judge`, returning the bundle, its digest and the notes instead of warning them."""
     opened = open_bundle(_local_bundle_path(reference, tracking_uri), allow_modified=allow_modified)
     config, notes = lm_settings(opened.bundle, model=model, api_base=api_base, trust_endpoint=trust_endpoint)
-    if lm is not None or not _uses_lm(opened.bundle.judge):
+    if lm is not None or not uses_lm(opened.bundle.judge):
         notes = []  # the bundle's LM settings are not used at all
     judge = judge_from_bundle(opened.bundle, lm=lm, lm_config=config, task=task)
     return LoadedJudge(
@@ -183,7 +182,9 @@ def _artifact_location(reference: str, tracking_uri: str, registry_uri: str) -> 
     return f"{location.rstrip('/')}/{path}" if path else location
 
 
-def _pyfunc_settings(bundle: JudgeBundle, bundle_file: Path) -> dict[str, Any]:
+def _pyfunc_settings(bundle: JudgeBundle, bundle_file: Path, code: Path) -> dict[str, Any]:
+    """The model's files: the bundle, the code file that loads it, this project's package
+    (``code/judgecal``) and the requirements by name; see :mod:`judgecal.export.environment`."""
     import pandas as pd
     from mlflow.models import infer_signature
 
@@ -195,8 +196,9 @@ def _pyfunc_settings(bundle: JudgeBundle, bundle_file: Path) -> dict[str, Any]:
     return {
         "python_model": str(Path(__file__).with_name("mlflow_model.py")),
         "artifacts": {"bundle": str(bundle_file)},
+        "code_paths": [str(code)],
         "signature": infer_signature(example, output),
-        "pip_requirements": [f"judgecal=={package_versions().get('judgecal', '0')}"],
+        "pip_requirements": judge_requirements(bundle.judge, bundle.lm.model),
         # Declared so that load_model(uri, model_config={...}) may set them (MLflow ignores
         # keys a model did not declare when it was saved).
         "model_config": {"model": None, "api_base": None, "trust_endpoint": False, "allow_modified": False},
@@ -230,9 +232,14 @@ def save_model(judge: Savable, path: str | Path, *, lm_config: LMConfig | None =
     embedded model)."""
     import mlflow
 
-    with _bundle_file(judge, lm_config) as (bundle, file), warnings.catch_warnings(), quiet_artifact_downloads():
+    with (
+        _bundle_file(judge, lm_config) as (bundle, file),
+        package_code() as code,
+        warnings.catch_warnings(),
+        quiet_artifact_downloads(),
+    ):
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-        mlflow.pyfunc.save_model(str(path), **_pyfunc_settings(bundle, file))
+        mlflow.pyfunc.save_model(str(path), **_pyfunc_settings(bundle, file, code))
     return Path(path)
 
 
@@ -241,11 +248,16 @@ def log_model(judge: Savable, name: str = MODEL_ARTIFACT, *, lm_config: LMConfig
     ``name`` in the active run. Returns MLflow's ``ModelInfo``."""
     import mlflow
 
-    with _bundle_file(judge, lm_config) as (bundle, file), warnings.catch_warnings(), quiet_artifact_downloads():
+    with (
+        _bundle_file(judge, lm_config) as (bundle, file),
+        package_code() as code,
+        warnings.catch_warnings(),
+        quiet_artifact_downloads(),
+    ):
         # An input example would make MLflow run the judge (and its LM) while logging; and
         # MLflow copies the bundle in by "downloading" it, with a progress bar.
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-        return mlflow.pyfunc.log_model(name=name, **_pyfunc_settings(bundle, file))
+        return mlflow.pyfunc.log_model(name=name, **_pyfunc_settings(bundle, file, code))
 
 
 def load_model(reference: str | Path, **options: Any) -> CalibratedJudge:
