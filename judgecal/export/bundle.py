@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from judgecal.backends.models import build_lm
 from judgecal.backends.settings import LMConfig
 from judgecal.calibrate.strategies import judge_from_state
+from judgecal.export.environment import uses_lm
 from judgecal.judges.embeddings import SentenceEncoder
 from judgecal.judges.fitted import FittedJudge
 from judgecal.redact import redact_url
@@ -278,7 +279,7 @@ def judge_from_bundle(
             f"bundle '{bundle.name}' decides '{bundle.decision_field}' but task {bundle.task!r} "
             f"now decides '{resolved.decision_field}'"
         )
-    if lm is None and _uses_lm(bundle.judge):
+    if lm is None and uses_lm(bundle.judge):
         if lm_config is None:
             lm_config, notes = lm_settings(bundle)
             for note in notes:
@@ -306,10 +307,3 @@ def lm_settings(
             "or --trust-endpoint (trust_endpoint=True) to send rows to the bundle's"
         )
     return config, notes
-
-
-def _uses_lm(state: dict[str, Any]) -> bool:
-    if state.get("kind") == "program":
-        return True
-    children = [state.get("base"), *list(state.get("components") or [])]
-    return any(_uses_lm(child) for child in children if isinstance(child, dict))

@@ -31,15 +31,14 @@ from judgecal.export.bundle import (
     BUNDLE_FILE,
     BundleNote,
     JudgeBundle,
-    _uses_lm,
     bundle_from_judge,
     judge_from_bundle,
     lm_settings,
     open_bundle,
-    package_versions,
     read_bundle,
     save_bundle,
 )
+from judgecal.export.environment import judge_requirements, package_code, uses_lm
 from judgecal.judges.fitted import FittedJudge
 from judgecal.redact import error_line, redact_url
 from judgecal.tasks.registry import Task
@@ -76,7 +75,7 @@ def open_judge(
     workspace = workspace or Workspace.find(tracking_uri=tracking_uri)
     opened = open_bundle(_local_bundle_path(reference, workspace, tracking_uri), allow_modified=allow_modified)
     config, notes = lm_settings(opened.bundle, model=model, api_base=api_base, trust_endpoint=trust_endpoint)
-    if lm is not None or not _uses_lm(opened.bundle.judge):
+    if lm is not None or not uses_lm(opened.bundle.judge):
         notes = []  # the bundle's LM settings are not used at all
     judge = judge_from_bundle(opened.bundle, lm=lm, lm_config=config, task=task, models=workspace.models)
     return LoadedJudge(
@@ -190,7 +189,9 @@ def _artifact_location(reference: str, tracking_uri: str, registry_uri: str) -> 
     return f"{location.rstrip('/')}/{path}" if path else location
 
 
-def _pyfunc_settings(bundle: JudgeBundle, bundle_file: Path) -> dict[str, Any]:
+def _pyfunc_settings(bundle: JudgeBundle, bundle_file: Path, code: Path) -> dict[str, Any]:
+    """The model's files: the bundle, the code file that loads it, this project's package
+    (``code/judgecal``) and the requirements by name; see :mod:`judgecal.export.environment`."""
     import pandas as pd
     from mlflow.models import infer_signature
 
@@ -202,8 +203,9 @@ def _pyfunc_settings(bundle: JudgeBundle, bundle_file: Path) -> dict[str, Any]:
     return {
         "python_model": str(Path(__file__).with_name("mlflow_model.py")),
         "artifacts": {"bundle": str(bundle_file)},
+        "code_paths": [str(code)],
         "signature": infer_signature(example, output),
-        "pip_requirements": [f"judgecal=={package_versions().get('judgecal', '0')}"],
+        "pip_requirements": judge_requirements(bundle.judge, bundle.lm.model),
         # Declared so that load_model(uri, model_config={...}) may set them (MLflow ignores
         # keys a model did not declare when it was saved).
         "model_config": {"model": None, "api_base": None, "trust_endpoint": False, "allow_modified": False},
@@ -238,9 +240,9 @@ def save_model(judge: Savable, path: str | Path, *, lm_config: LMConfig | None =
     import mlflow
 
     set_process_environment()
-    with _bundle_file(judge, lm_config) as (bundle, file), warnings.catch_warnings():
+    with _bundle_file(judge, lm_config) as (bundle, file), package_code() as code, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-        mlflow.pyfunc.save_model(str(path), **_pyfunc_settings(bundle, file))
+        mlflow.pyfunc.save_model(str(path), **_pyfunc_settings(bundle, file, code))
     return Path(path)
 
 
@@ -250,10 +252,10 @@ def log_model(judge: Savable, name: str = MODEL_ARTIFACT, *, lm_config: LMConfig
     import mlflow
 
     set_process_environment()  # MLflow copies the bundle in by "downloading" it, with a progress bar
-    with _bundle_file(judge, lm_config) as (bundle, file), warnings.catch_warnings():
+    with _bundle_file(judge, lm_config) as (bundle, file), package_code() as code, warnings.catch_warnings():
         # An input example would make MLflow run the judge (and its LM) while logging.
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-        return mlflow.pyfunc.log_model(name=name, **_pyfunc_settings(bundle, file))
+        return mlflow.pyfunc.log_model(name=name, **_pyfunc_settings(bundle, file, code))
 
 
 def load_model(reference: str | Path, **options: Any) -> CalibratedJudge:
