@@ -4,7 +4,7 @@ import pytest
 from judgecal.judges import embeddings
 
 pytestmark = pytest.mark.skipif(
-    not embeddings.embeddings_available(), reason='needs pip install "judgecal[embeddings]"'
+    not embeddings.embeddings_available(), reason='needs the embeddings extra: pip install -e ".[embeddings]"'
 )
 
 
