@@ -398,10 +398,13 @@ def _print_result(config: ExperimentConfig, report: CalibrationReport, run_id: s
             console.print(f"[{colour}]{escape(agreement.comparison.statement)}[/]")
     if report.registry is not None:
         console.print(f"registry: {report.registry.name} v{report.registry.version}; {report.registry.reason}")
+    elif config.judge.register_as and report.not_exported:
+        console.print(f"not registered as {config.judge.register_as}: no judge was exported", highlight=False)
     if run_id:
+        judge = f"the judge: runs:/{run_id}/judge" if report.model_uri else "no judge was exported"
         console.print(
             f"MLflow run {run_id} in judgecal/{config.judge.name}: judge card card/judge_card.html, every metric "
-            f"metrics.json; the judge: runs:/{run_id}/judge",
+            f"metrics.json; {judge}",
             highlight=False,
         )
 

@@ -280,3 +280,27 @@ def test_an_unreachable_judge_server_is_named_without_its_password(tmp_path: Pat
     [line] = captured.err.strip().splitlines()
     assert "alice:***@127.0.0.1" in line
     assert "s3cr3t" not in captured.err + captured.out
+
+
+def test_a_verdicts_file_calibration_names_no_judge_uri_and_says_it_registered_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing is exported for a judge that reads a verdicts file by row id, so the command
+    must not point at a judge model that does not exist, nor stay silent about --register."""
+    from tests.helpers import recorded_rows
+
+    dataset = recorded_rows(n_groups=12)
+    data = write_jsonl(tmp_path / "rows.jsonl", [row.to_record() for row in dataset.rows])
+    verdicts = write_jsonl(
+        tmp_path / "verdicts.jsonl", [{"id": r.id, "verdict": r.reference_judges["loose"]} for r in dataset.rows]
+    )
+    config = tmp_path / "exp.toml"
+    config.write_text(
+        f'[judge]\nname = "from-file"\ntask = "relevance"\ndata = "{data}"\nverdicts = "{verdicts}"\n'
+        'register_as = "from-file"\n'
+    )
+    assert main(["calibrate", str(config), "--strategy", "threshold"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "no judge bundle or model was exported" in out
+    assert "runs:/" not in out and "no judge was exported" in out
+    assert "not registered as from-file" in out
