@@ -231,6 +231,7 @@ def _recorded_experiment(folder: Path) -> Path:
 def test_an_unreachable_database_is_refused_in_one_line_before_any_work(
     tmp_path: Path, flags: list[str], capsys
 ) -> None:
+    pytest.importorskip("psycopg", reason='the PostgreSQL driver: pip install -e ".[postgres]"')
     port = _free_port()  # nothing listens here once the probe closes
     started = time.monotonic()
     code = main(["calibrate", str(_recorded_experiment(tmp_path)), *flags, f"postgresql://u:secret@127.0.0.1:{port}/x"])
