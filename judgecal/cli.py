@@ -691,8 +691,11 @@ def _ui(args: argparse.Namespace) -> int:
         "--workers",
         "1",
     ]
-    url = f"http://{args.host}:{args.port}/#/experiments?workflowType=machine_learning"
-    console.print(f"MLflow UI for {redact_url(uri)}: {url}  (Ctrl-C stops it)", highlight=False)
+    # MLflow 3.17 opens on its GenAI view; this address is the runs view. A server listening
+    # on every interface is browsed at 127.0.0.1 from this machine.
+    browsed = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{browsed}:{args.port}/#/experiments?workflowType=machine_learning"
+    console.print(f"MLflow UI for {redact_url(uri)}, the runs: {url}  (Ctrl-C stops it)", highlight=False)
     return run_until_stopped(command, ui_environment())
 
 

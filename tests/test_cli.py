@@ -305,3 +305,19 @@ def test_a_verdicts_file_calibration_names_no_judge_uri_and_says_it_registered_n
     assert "no judge bundle or model was exported" in out
     assert "runs:/" not in out and "no judge was exported" in out
     assert "not registered as from-file" in out
+
+
+@pytest.mark.parametrize(
+    ("host", "shown"), [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1"), ("judge-box", "judge-box")]
+)
+def test_ui_prints_the_address_of_the_runs_view(
+    host: str, shown: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow 3.17's UI opens on its GenAI view; the runs are one URL parameter away."""
+    started: list[list[str]] = []
+    monkeypatch.setattr("judgecal.cli.run_until_stopped", lambda command, environment: started.append(command) or 0)
+    assert main(["ui", "--host", host, "--port", "5123"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"http://{shown}:5123/#/experiments?workflowType=machine_learning" in out
+    [command] = started
+    assert command[command.index("--host") + 1] == host
