@@ -72,7 +72,7 @@ def main() -> int:
     args = parser.parse_args()
     console = Console()
     if not embeddings_available():
-        console.print('needs the embeddings extra: pip install "judgecal[embeddings]"')
+        console.print('needs the embeddings extra: pip install -e ".[embeddings]" in the clone')
         return 2
     texts = verifier_texts(args.data)[: args.max_texts]
     encoder = load_minilm()

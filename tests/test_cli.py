@@ -257,6 +257,7 @@ def _recorded_experiment(folder: Path) -> Path:
 def test_an_unreachable_database_is_refused_in_one_line_before_any_work(
     tmp_path: Path, flags: list[str], capsys
 ) -> None:
+    pytest.importorskip("psycopg", reason='the PostgreSQL driver: pip install -e ".[postgres]"')
     port = _free_port()  # nothing listens here once the probe closes
     started = time.monotonic()
     code = main(["calibrate", str(_recorded_experiment(tmp_path)), *flags, f"postgresql://u:secret@127.0.0.1:{port}/x"])
@@ -306,3 +307,43 @@ def test_an_unreachable_judge_server_is_named_without_its_password(tmp_path: Pat
     [line] = captured.err.strip().splitlines()
     assert "alice:***@127.0.0.1" in line
     assert "s3cr3t" not in captured.err + captured.out
+
+
+def test_a_verdicts_file_calibration_names_no_judge_uri_and_says_it_registered_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing is exported for a judge that reads a verdicts file by row id, so the command
+    must not point at a judge model that does not exist, nor stay silent about --register."""
+    from tests.helpers import recorded_rows
+
+    dataset = recorded_rows(n_groups=12)
+    data = write_jsonl(tmp_path / "rows.jsonl", [row.to_record() for row in dataset.rows])
+    verdicts = write_jsonl(
+        tmp_path / "verdicts.jsonl", [{"id": r.id, "verdict": r.reference_judges["loose"]} for r in dataset.rows]
+    )
+    config = tmp_path / "exp.toml"
+    config.write_text(
+        f'[judge]\nname = "from-file"\ntask = "relevance"\ndata = "{data}"\nverdicts = "{verdicts}"\n'
+        'register_as = "from-file"\n'
+    )
+    assert main(["calibrate", str(config), "--strategy", "threshold"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "no judge bundle or model was exported" in out
+    assert "runs:/" not in out and "no judge was exported" in out
+    assert "not registered as from-file" in out
+
+
+@pytest.mark.parametrize(
+    ("host", "shown"), [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1"), ("judge-box", "judge-box")]
+)
+def test_ui_prints_the_address_of_the_runs_view(
+    host: str, shown: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow 3.17's UI opens on its GenAI view; the runs are one URL parameter away."""
+    started: list[list[str]] = []
+    monkeypatch.setattr("judgecal.cli.run_until_stopped", lambda command, environment: started.append(command) or 0)
+    assert main(["ui", "--host", host, "--port", "5123"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"http://{shown}:5123/#/experiments?workflowType=machine_learning" in out
+    [command] = started
+    assert command[command.index("--host") + 1] == host

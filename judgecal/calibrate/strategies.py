@@ -255,7 +255,10 @@ def resolve_strategies(names: Sequence[str] | str, task: Task, *, has_program: b
             raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)} or 'all'")
         spec = STRATEGIES[name]
         if not spec.available():
-            raise ValueError(f'strategy {name!r} needs the optional extra: pip install "judgecal[{spec.needs_extra}]"')
+            raise ValueError(
+                f"strategy {name!r} needs the optional extra {spec.needs_extra!r}: in a clone of judgecal, "
+                f'pip install -e ".[{spec.needs_extra}]" (make install installs every extra)'
+            )
         if not spec.applies_to(task, has_program):
             reason = (
                 "needs an LLM judge program (the raw judge is recorded verdicts)"

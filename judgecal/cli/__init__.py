@@ -199,10 +199,14 @@ def _print_result(config: ExperimentConfig, report: CalibrationReport, run_id: s
             console.print(f"[{colour}]{escape(agreement.comparison.statement)}[/]")
     if report.registry is not None:
         console.print(f"registry: {report.registry.name} v{report.registry.version}; {report.registry.reason}")
+    elif config.judge.register_as and report.tracked is not None and report.tracked.not_exported:
+        console.print(f"not registered as {config.judge.register_as}: no judge was exported", highlight=False)
     if run_id:
+        exported = report.tracked is not None and report.tracked.model_uri
+        judge = f"the judge: runs:/{run_id}/{MODEL_NAME}" if exported else "no judge was exported"
         console.print(
             f"MLflow run {run_id} in judgecal/{config.judge.name}: judge card {CARD_DIR}/{HTML_CARD_FILE}, every "
-            f"metric {METRICS_TABLE}; the judge: runs:/{run_id}/{MODEL_NAME}",
+            f"metric {METRICS_TABLE}; {judge}",
             highlight=False,
         )
 
@@ -465,8 +469,13 @@ def _ui(args: argparse.Namespace) -> int:
     from judgecal.pipeline.tracking import ui_command, ui_environment
 
     workspace = Workspace.find(tracking_uri=args.tracking_uri)
-    url = f"http://{args.host}:{args.port}/#/experiments?workflowType=machine_learning"
-    console.print(f"MLflow UI for {redact_url(workspace.tracking_uri)}: {url}  (Ctrl-C stops it)", highlight=False)
+    # MLflow 3.17 opens on its GenAI view; this address is the runs view. A server listening
+    # on every interface is browsed at 127.0.0.1 from this machine.
+    browsed = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{browsed}:{args.port}/#/experiments?workflowType=machine_learning"
+    console.print(
+        f"MLflow UI for {redact_url(workspace.tracking_uri)}, the runs: {url}  (Ctrl-C stops it)", highlight=False
+    )
     return run_until_stopped(ui_command(workspace, args.host, args.port), ui_environment())
 
 

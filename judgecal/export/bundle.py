@@ -68,7 +68,8 @@ class JudgeBundle(BaseModel):
     labels: list[bool | int | str]
     judge: dict[str, Any] = Field(
         description="The calibrated judge's plain-JSON state: DSPy program (instructions and demos), "
-        "decision threshold, verifier weights, stacking coefficients."
+        "decision threshold, verifier weights (TF-IDF, logistic coefficients, gradient-boosted trees), stacking "
+        "heads; an embedding verifier names its encoder's package and weights' SHA-256, not the weights."
     )
     lm: LMConfig
     calibration: dict[str, Any] = Field(default_factory=dict)

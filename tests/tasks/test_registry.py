@@ -3,6 +3,7 @@ rebuilt from a plain-JSON description without importing anything."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,18 @@ def test_a_signature_that_is_not_a_judge_or_not_there_is_refused(tmp_path: Path)
         resolve_task(f"{tmp_path / 'judges.py'}:Missing")
     with pytest.raises(ValueError, match="unknown task 'sentiment'"):
         resolve_task("sentiment")
+
+
+def test_a_module_not_on_the_import_path_is_refused_saying_how_to_make_it_importable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "local_judges.py").write_text(RATING)
+    monkeypatch.chdir(tmp_path)  # the judgecal command does not import from the working directory
+    monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry not in ("", ".", str(tmp_path))])
+    with pytest.raises(ImportError) as refused:
+        resolve_task("local_judges:RateHelpfulness")
+    message = str(refused.value)
+    assert "task 'local_judges:RateHelpfulness'" in message and "PYTHONPATH" in message and "pip install -e" in message
 
 
 def test_a_task_rebuilt_from_its_description_has_the_same_rows_and_labels(tmp_path: Path) -> None:
