@@ -73,14 +73,21 @@ def relevance_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("slice") / "relevance_slice.jsonl", rows)
 
 
+HOLD_TIMEOUT = 120.0
+
+
 class ChatServer:
     """A tiny OpenAI-compatible chat server on localhost whose answers a test scripts.
 
     ``respond(user_text, attempt)`` returns what to do with a request: ``"ok"`` answers the
     JSON ``answer``, ``"garbage"`` answers text that is no JSON, an int is that HTTP error
     (503, 429, ...), ``"too-long"`` is the context-length error OpenAI returns. ``attempt``
-    counts the requests seen for that user text, from 1. ``delay`` seconds pass before each
-    answer; ``most_at_once`` is the largest number of requests it was answering together.
+    counts the requests seen for that user text, from 1. ``most_at_once`` is the largest
+    number of requests it was answering together. With ``hold_until = N`` each request waits,
+    before it is answered, until N requests have been in the server at once: a client that
+    sends N at a time is seen doing so however slowly its threads start, and one that sends
+    fewer fails the test once ``HOLD_TIMEOUT`` (a guard against a hang, never reached by a
+    passing test) has passed.
     """
 
     def __init__(self) -> None:
@@ -90,10 +97,11 @@ class ChatServer:
         self.requests: list[str] = []
         self.answer: dict = {"relevant": True}
         self.respond = lambda text, attempt: "ok"
-        self.delay = 0.0
+        self.hold_until = 0
         self.most_at_once = 0
         self._at_once = 0
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -101,8 +109,6 @@ class ChatServer:
                 return
 
             def do_POST(self) -> None:
-                import time
-
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 text = " ".join(str(m.get("content")) for m in body.get("messages", []) if m.get("role") == "user")
                 with server._lock:
@@ -110,8 +116,9 @@ class ChatServer:
                     attempt = server.requests.count(text)
                     server._at_once += 1
                     server.most_at_once = max(server.most_at_once, server._at_once)
+                    server._arrived.notify_all()
+                    server._arrived.wait_for(lambda: server.most_at_once >= server.hold_until, HOLD_TIMEOUT)
                 try:
-                    time.sleep(server.delay)
                     self._answer(text, attempt)
                 finally:
                     with server._lock:

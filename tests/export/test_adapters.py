@@ -316,7 +316,7 @@ def test_the_mlflow_model_checks_the_digest_and_takes_the_same_choices(
 def test_judge_command_sends_num_threads_rows_at_once_and_counts_the_429s_it_retried(
     chat_server, tmp_path: Path, capsys
 ) -> None:
-    chat_server.delay = 0.2
+    chat_server.hold_until = 4
     chat_server.respond = lambda text, attempt: 429 if attempt == 1 and text.count("busy") else "ok"
     texts = [f"row {i}" + (" busy" if i % 4 == 0 else "") for i in range(12)]
     source = write_jsonl(
