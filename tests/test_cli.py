@@ -190,25 +190,18 @@ def test_estimate_confidence_must_lie_between_0_and_1(
     )
 
 
-def test_an_unreachable_tracking_server_is_refused_before_any_work(capsys) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # nothing listens here once the probe closes
-    repo = Path(__file__).resolve().parents[1]
-    started = time.monotonic()
-    code = main(
-        [
-            "calibrate",
-            str(repo / "experiments" / "relevance.toml"),
-            "--strategy",
-            "verifier",
-            "--tracking-uri",
-            f"http://user:secret@127.0.0.1:{port}",
-        ]
-    )
-    err = capsys.readouterr().err
-    assert code == 2 and time.monotonic() - started < 30
-    assert "does not answer" in err and "secret" not in err and len(err.strip().splitlines()) == 1
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Every ``time.sleep`` during the test, each refused: a client that retries (MLflow's
+    REST client, with backoff) sleeps between attempts, a single probe never does."""
+    asked: list[float] = []
+
+    def refuse(seconds: float) -> None:
+        asked.append(seconds)
+        raise AssertionError(f"something waited {seconds} s to try again")
+
+    monkeypatch.setattr(time, "sleep", refuse)
+    return asked
 
 
 def _recorded_experiment(folder: Path) -> Path:
@@ -220,6 +213,25 @@ def _recorded_experiment(folder: Path) -> Path:
     return config
 
 
+def test_an_unreachable_tracking_server_is_refused_before_any_work(tmp_path: Path, capsys, waits) -> None:
+    port = _free_port()  # nothing listens here once the probe closes
+    code = main(
+        [
+            "calibrate",
+            str(_recorded_experiment(tmp_path)),
+            "--strategy",
+            "verifier",
+            "--tracking-uri",
+            f"http://user:secret@127.0.0.1:{port}",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 2 and not waits  # one probe, no retries
+    assert "does not answer" in captured.err and "secret" not in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+    assert "calibrating" not in captured.out  # no strategy was fitted
+
+
 @pytest.mark.parametrize(
     "flags",
     [
@@ -229,13 +241,12 @@ def _recorded_experiment(folder: Path) -> Path:
     ids=["optuna-storage", "tracking-store"],
 )
 def test_an_unreachable_database_is_refused_in_one_line_before_any_work(
-    tmp_path: Path, flags: list[str], capsys
+    tmp_path: Path, flags: list[str], capsys, waits
 ) -> None:
     port = _free_port()  # nothing listens here once the probe closes
-    started = time.monotonic()
     code = main(["calibrate", str(_recorded_experiment(tmp_path)), *flags, f"postgresql://u:secret@127.0.0.1:{port}/x"])
     captured = capsys.readouterr()
-    assert code == 2 and time.monotonic() - started < 30
+    assert code == 2 and not waits  # one probe, no retries
     [line] = captured.err.strip().splitlines()
     assert "cannot be reached" in line and f"postgresql://u:***@127.0.0.1:{port}/x" in line
     assert "secret" not in captured.err + captured.out
