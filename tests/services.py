@@ -5,6 +5,7 @@ on a free port of 127.0.0.1 with its data in a temporary folder, stopped afterwa
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import socket
@@ -14,7 +15,8 @@ import tempfile
 import time
 import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -114,3 +116,80 @@ def mlflow_server(folder: Path, *, timeout: float = 120) -> Iterator[str]:
 
 def log_text(folder: Path) -> str:
     return (folder / "server.log").read_text(errors="replace")[-3000:]
+
+
+class Output:
+    """What child processes print (stdout, stderr folded in), read line by line as it
+    comes: a test waits for the line saying that something happened instead of polling
+    for it. ``timeout`` only turns a hang into a failure; a passing test never reaches it."""
+
+    def __init__(self, processes: list[subprocess.Popen[bytes]], timeout: float = 600) -> None:
+        self.processes = processes
+        self.timeout = timeout
+        self.lines: list[list[str]] = [[] for _ in processes]
+        self._unread: deque[tuple[int, str]] = deque()
+        self._partial = [b"" for _ in processes]
+        self._open = {process.stdout.fileno(): index for index, process in enumerate(processes)}
+
+    def next_line(self) -> tuple[int, str] | None:
+        """The next line any of the processes printed, with the process's index; None once
+        all of them closed their output."""
+        while not self._unread and self._open:
+            self._read()
+        return self._unread.popleft() if self._unread else None
+
+    def wait_for(self, wanted: Callable[[int, str], bool]) -> tuple[int, str]:
+        """The first line from now on for which ``wanted(index, line)`` holds."""
+        while (found := self.next_line()) is not None:
+            if wanted(*found):
+                return found
+        codes = [process.wait() for process in self.processes]
+        raise AssertionError(f"the processes ended (exit codes {codes}) without the line awaited:\n{self.text()}")
+
+    def rest(self, index: int) -> str:
+        """Everything process ``index`` printed, once it closed its output."""
+        while index in self._open.values():
+            self._read()
+        return "\n".join(self.lines[index])
+
+    def text(self) -> str:
+        return "\n".join(f"[{n}] {line}" for n, lines in enumerate(self.lines) for line in lines[-60:])
+
+    def _read(self) -> None:
+        ready, _, _ = select.select(list(self._open), [], [], self.timeout)
+        if not ready:
+            raise TimeoutError(f"nothing printed in {self.timeout} s; so far:\n{self.text()}")
+        for descriptor in ready:
+            index = self._open[descriptor]
+            chunk = os.read(descriptor, 65536)
+            if not chunk:  # closed: a last line without its newline counts too
+                del self._open[descriptor]
+                chunk = b"\n" if self._partial[index] else b""
+            *whole, self._partial[index] = (self._partial[index] + chunk).split(b"\n")
+            for line in whole:
+                text = line.decode(errors="replace")
+                self.lines[index].append(text)
+                self._unread.append((index, text))
+
+
+def freeze(process: subprocess.Popen[bytes]) -> None:
+    """Stop ``process`` (SIGSTOP to its group) and return once it is stopped."""
+    os.killpg(process.pid, signal.SIGSTOP)
+    _, status = os.waitpid(process.pid, os.WUNTRACED)
+    if not os.WIFSTOPPED(status):
+        raise AssertionError(f"process {process.pid} ended instead of stopping (wait status {status})")
+
+
+def thaw(process: subprocess.Popen[bytes]) -> None:
+    os.killpg(process.pid, signal.SIGCONT)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    """Return once ``condition()`` holds, checking it every 20 ms: for a state another
+    process reaches that it cannot signal (a server waiting on a lock). ``timeout`` only
+    turns a hang into a failure."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not so after {timeout} s")
+        time.sleep(0.02)
