@@ -14,6 +14,11 @@ REPO = Path(__file__).resolve().parents[1]
 # As the judgecal command does before it imports anything: no network fetch of LiteLLM's
 # cost map (offline it retries in a thread that prints into later tests' output).
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# pytest-xdist runs one worker per core already. A BLAS or OpenMP pool of its own in each
+# worker (and in each judgecal process a test starts) spins on the cores the others need:
+# a verifier's fit took five times the CPU with OpenBLAS's two threads than with one.
+for _pool in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_pool, "1")
 SHARED_DATA = Path(os.environ.get("JUDGECAL_SHARED_DATA", REPO.parent / "shared" / "data"))
 RELEVANCE_DEV = SHARED_DATA / "relevance" / "dev.jsonl"
 PANDALM_DEV = SHARED_DATA / "pairwise" / "pandalm_dev.jsonl"

@@ -270,6 +270,7 @@ def test_an_unreachable_judge_server_is_named_without_its_password(tmp_path: Pat
     """HTTP clients quote the authority they failed to reach without its scheme
     (``alice:s3cr3t@127.0.0.1:PORT``): the message hides that password too."""
     monkeypatch.setenv("OPENAI_API_KEY", "unused")
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)  # the client's and the judge's retries: 16 s of waits
     config = _recorded_experiment(tmp_path)
     config.write_text(config.read_text().replace('recorded = "loose"\n', ""))
     port = _free_port()
