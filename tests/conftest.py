@@ -28,6 +28,22 @@ def needs(path: Path) -> pytest.MarkDecorator:
     return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent (shared benchmark data)")
 
 
+# What a test using the fixture runs, and so the mark it needs: `make test-fast` leaves out
+# the tests marked slow or service, and must not be slowed down by one left unmarked.
+MARK_OF_FIXTURE = {"embedded_lm": "slow", "spark": "service", "postgres": "service", "tracking_server": "service"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [
+        f"{item.nodeid} uses the fixture {fixture!r} but is not marked {mark!r}"
+        for item in items
+        for fixture, mark in MARK_OF_FIXTURE.items()
+        if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(mark) is None
+    ]
+    if unmarked:
+        raise pytest.UsageError("\n".join(unmarked))
+
+
 @pytest.fixture(autouse=True)
 def isolated_workspace(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own workspace: MLflow store and run artifacts stay out of the repo."""

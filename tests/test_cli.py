@@ -49,6 +49,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.service
 def test_ui_comes_up_on_localhost(isolated_workspace: Path) -> None:
     port = _free_port()
     command = [sys.executable, "-m", "judgecal.cli", "ui", "--port", str(port)]

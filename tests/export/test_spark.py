@@ -18,7 +18,10 @@ from judgecal.judges.verdict import answer_key
 from judgecal.tasks.registry import resolve_task
 from tests.helpers import recorded_rows
 
-pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="Java is absent: Spark needs Java 17 or newer")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("java") is None, reason="Java is absent: Spark needs Java 17 or newer"),
+    pytest.mark.service,  # a JVM for the module
+]
 
 RELEVANCE = resolve_task("relevance")
 VERDICT = "label string, confidence double, error string"

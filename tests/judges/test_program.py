@@ -62,6 +62,7 @@ def test_swap_pair_exchanges_the_responses_only() -> None:
 # --- the embedded model ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_verdicts_come_back_in_row_order_whatever_the_judging_order(embedded_lm) -> None:
     task = resolve_task("relevance")
     judge = Judge(task, lm=embedded_lm)

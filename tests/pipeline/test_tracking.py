@@ -158,6 +158,7 @@ def port_open(port: int) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.service
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
 def test_judgecal_ui_stops_its_server_when_stopped(tmp_path: Path, stop: signal.Signals) -> None:
     (tmp_path / "mlruns").mkdir()
