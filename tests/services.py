@@ -60,7 +60,7 @@ def postgres_server(database: str = "optuna") -> Iterator[str]:
 
 
 @contextmanager
-def mlflow_server(folder: Path, *, timeout: float = 120) -> Iterator[str]:
+def mlflow_server(folder: Path, *, timeout: float = 600) -> Iterator[str]:
     """``mlflow server`` with its own SQLite backend store and proxied artifacts in
     ``folder``; yields its URL once ``/health`` answers. Started as ``judgecal ui`` starts
     MLflow (:func:`ui_environment`), without which it hangs at start-up offline."""
@@ -90,19 +90,9 @@ def mlflow_server(folder: Path, *, timeout: float = 120) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {server.returncode}: {log_text(folder)}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"mlflow server did not answer in {timeout} s: {log_text(folder)}")
-            time.sleep(0.5)
+        wait_until(lambda: server.poll() is not None or answers(url + "/health"), "mlflow server answers", timeout)
+        if server.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {server.returncode}: {log_text(folder)}")
         yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -112,6 +102,20 @@ def mlflow_server(folder: Path, *, timeout: float = 120) -> Iterator[str]:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         log.close()
+
+
+def answers(url: str) -> bool:
+    """``url`` answers HTTP 200 now."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def log_text(folder: Path) -> str:
@@ -184,7 +188,7 @@ def thaw(process: subprocess.Popen[bytes]) -> None:
     os.killpg(process.pid, signal.SIGCONT)
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 600) -> None:
     """Return once ``condition()`` holds, checking it every 20 ms: for a state another
     process reaches that it cannot signal (a server waiting on a lock). ``timeout`` only
     turns a hang into a failure."""

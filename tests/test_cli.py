@@ -14,6 +14,7 @@ import pytest
 
 from judgecal.cli import main
 from tests.conftest import write_jsonl
+from tests.services import answers, wait_until
 
 
 def test_calibrate_with_bad_data_exits_2_and_names_file_line_and_field(
@@ -62,16 +63,9 @@ def test_ui_comes_up_on_localhost(isolated_workspace: Path) -> None:
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 90
-        status = None
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    status = response.status
-                    break
-            except OSError:
-                time.sleep(0.5)
-        assert status == 200, process.stdout.read().decode() if process.poll() is not None else "UI did not answer"
+        health = f"http://127.0.0.1:{port}/health"
+        wait_until(lambda: process.poll() is not None or answers(health), "the UI answers or exits")
+        assert process.poll() is None, process.stdout.read().decode()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
             assert b"MLflow" in response.read()
     finally:
