@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,6 +20,10 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # a verifier's fit took five times the CPU with OpenBLAS's two threads than with one.
 for _pool in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_pool, "1")
+# Property tests check values, never time: a stalled example on a busy machine fails
+# neither Hypothesis's 200 ms deadline nor its check of slow data generation.
+settings.register_profile("judgecal", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("judgecal")
 SHARED_DATA = Path(os.environ.get("JUDGECAL_SHARED_DATA", REPO.parent / "shared" / "data"))
 RELEVANCE_DEV = SHARED_DATA / "relevance" / "dev.jsonl"
 PANDALM_DEV = SHARED_DATA / "pairwise" / "pandalm_dev.jsonl"
