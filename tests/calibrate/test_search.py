@@ -256,14 +256,14 @@ def test_the_same_seed_gives_the_same_sequence_of_trials(tmp_path) -> None:
     for name, worker in (("a", 0), ("b", 0), ("c", 1)):
         folder = tmp_path / name
         folder.mkdir()
-        config = search_config(folder, ["verifier", "threshold"], 8, seed=3, worker=worker)
+        config = search_config(folder, ["verifier", "threshold"], 4, seed=3, worker=worker)  # 2 defaults, 2 sampled
         runs.append(trial_sequence(search(config)))
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]  # another worker of the study samples other settings
 
 
 def test_the_search_knows_which_trial_ran_a_strategys_default_settings(tmp_path) -> None:
-    report = search(search_config(tmp_path, ["stacking"], 4))
+    report = search(search_config(tmp_path, ["stacking"], 2))  # the defaults, then one tuned trial
     assert report.choice is not None
     first = min(report.rows, key=lambda row: row.number)  # the enqueued default settings
     # every trial scores κ 1 on these rows, so no tuned one beats the defaults
