@@ -13,7 +13,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF 
 	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 DEMO_CONFIGS := experiments/relevance.toml experiments/pairwise.toml experiments/attribute.toml
 
-.PHONY: install demo test lint docs ui bench clean
+.PHONY: install demo test test-fast lint docs ui bench clean
 
 install: $(STAMP)
 
@@ -38,8 +38,14 @@ demo: install
 	@echo "Runs recorded in mlruns/mlflow.db; browse them with: make ui"
 
 test: install
-	@# One pytest-xdist worker per core, at most 4 (each loads its own models).
-	$(BIN)/python -m pytest -q -n auto --maxprocesses 4
+	@# One pytest-xdist worker per core, at most 4 (each loads its own models). loadgroup
+	@# keeps a module that starts a server (xdist_group: Spark's JVM, PostgreSQL) on one worker.
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadgroup
+
+test-fast: install
+	@# The inner loop: every test but those marked slow (the embedded model, several judgecal
+	@# processes) or service (PostgreSQL, an mlflow server or UI, Spark). CI runs make test.
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadgroup -m "not slow and not service"
 
 lint: install
 	$(BIN)/ruff check judgecal signatures tests experiments

@@ -40,6 +40,10 @@ MARK_OF_FIXTURE = {"embedded_lm": "slow", "spark": "service", "postgres": "servi
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a test missing its mark; run the tests marked service, then slow, first: on
+    pytest-xdist's workers the long tests then start early, on both workers, and the
+    short ones fill in at the end instead of one long test finishing last."""
+    items.sort(key=lambda item: (item.get_closest_marker("service") is None, item.get_closest_marker("slow") is None))
     unmarked = [
         f"{item.nodeid} uses the fixture {fixture!r} but is not marked {mark!r}"
         for item in items

@@ -21,6 +21,7 @@ from tests.helpers import recorded_rows
 pytestmark = [
     pytest.mark.skipif(shutil.which("java") is None, reason="Java is absent: Spark needs Java 17 or newer"),
     pytest.mark.service,  # a JVM for the module
+    pytest.mark.xdist_group("spark"),  # on one pytest-xdist worker: one JVM
 ]
 
 RELEVANCE = resolve_task("relevance")

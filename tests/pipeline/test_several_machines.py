@@ -16,7 +16,8 @@ import pytest
 from tests.calibrate.test_search import age_heartbeats, search_command, started, worker_environment, write_study_config
 from tests.services import Output, freeze, mlflow_server, postgres_server, thaw, wait_until
 
-pytestmark = pytest.mark.service  # a PostgreSQL server for the module, and an mlflow server
+# A PostgreSQL server for the module, and an mlflow server; on one pytest-xdist worker.
+pytestmark = [pytest.mark.service, pytest.mark.xdist_group("postgres")]
 
 TRIALS = 8
 
