@@ -17,7 +17,7 @@ LLAMA_KEY := $(shell printf '%s|%s|%s' '$(LLAMA_VERSION)' '$(LLAMA_CMAKE_ARGS)' 
 LLAMA_WHEELS := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_VERSION)-$(LLAMA_KEY)
 DEMO_CONFIGS := experiments/relevance.toml experiments/pairwise.toml experiments/attribute.toml
 
-.PHONY: install venv llama-wheel llama-check llama-build demo test lint docs ui bench clean
+.PHONY: install venv llama-wheel llama-check llama-build demo test test-fast lint docs ui bench clean
 
 install: $(STAMP)
 
@@ -86,8 +86,14 @@ demo: install
 	@echo "Runs recorded in mlruns/mlflow.db; browse them with: make ui"
 
 test: install
-	@# One pytest-xdist worker per core, at most 4 (each loads its own models).
-	$(BIN)/python -m pytest -q -n auto --maxprocesses 4
+	@# One pytest-xdist worker per core, at most 4 (each loads its own models). loadgroup
+	@# keeps a module that starts a server (xdist_group: Spark's JVM, PostgreSQL) on one worker.
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadgroup
+
+test-fast: install
+	@# The inner loop: every test but those marked slow (the embedded model, several judgecal
+	@# processes) or service (PostgreSQL, an mlflow server or UI, Spark). CI runs make test.
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadgroup -m "not slow and not service"
 
 lint: install
 	$(BIN)/ruff check judgecal signatures tests experiments

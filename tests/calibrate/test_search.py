@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import pytest
 from judgecal.calibrate.guard import RowGuard
 from judgecal.calibrate.selection import Candidate, SelectionScore, choose
 from judgecal.calibrate.strategies import STRATEGIES, StrategySpec
+from judgecal.cli import main
 from judgecal.data.rows import LabeledRow
 from judgecal.judges.embeddings import embeddings_available
 from judgecal.judges.fitted import FittedJudge
@@ -30,6 +31,7 @@ from judgecal.pipeline.search import run_search
 from judgecal.tasks.registry import resolve_task
 from tests.conftest import write_jsonl
 from tests.helpers import recorded_rows
+from tests.services import Output, freeze, thaw
 
 RELEVANCE = resolve_task("relevance")
 
@@ -255,7 +257,7 @@ def test_the_same_seed_gives_the_same_sequence_of_trials(tmp_path) -> None:
     for name, worker in (("a", 0), ("b", 0), ("c", 1)):
         folder = tmp_path / name
         folder.mkdir()
-        config = search_config(folder, ["verifier", "threshold"], 8, seed=3, worker=worker)
+        config = search_config(folder, ["verifier", "threshold"], 4, seed=3, worker=worker)  # 2 defaults, 2 sampled
         runs.append(trial_sequence(search(config)))
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]  # another worker of the study samples other settings
@@ -267,7 +269,7 @@ def test_the_same_seed_gives_the_same_sequence_of_trials(tmp_path) -> None:
     "without its verifier the default stack scores below κ 1 here",
 )
 def test_the_search_knows_which_trial_ran_a_strategys_default_settings(tmp_path) -> None:
-    report = search(search_config(tmp_path, ["stacking"], 4))
+    report = search(search_config(tmp_path, ["stacking"], 2))  # the defaults, then one tuned trial
     assert report.choice is not None
     first = min(report.rows, key=lambda row: row.number)  # the enqueued default settings
     # every trial scores κ 1 on these rows, so no tuned one beats the defaults
@@ -388,6 +390,52 @@ def search_command(config: Path, storage: str, trials: int, *extra: str) -> list
     ]
 
 
+def worker_environment(home: Path) -> dict[str, str]:
+    """A search worker's environment: its own workspace, and lines printed whole, unwrapped
+    and at once, so that a test can follow the search by what it prints."""
+    (home / "mlruns").mkdir(parents=True, exist_ok=True)
+    return {
+        **os.environ,
+        "JUDGECAL_HOME": str(home),
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "PYTHONUNBUFFERED": "1",
+        "COLUMNS": "1000",
+    }
+
+
+STARTED = re.compile(r"trial (\d+): \S+ \{.*\}$")  # 'trial 4: verifier {'C': 0.69}': fitting begins
+
+
+def started(line: str) -> int | None:
+    """The trial whose fitting a worker's line says has begun (not a repeat answered from an
+    earlier trial, which the line also ends with)."""
+    match = STARTED.match(line)
+    return int(match.group(1)) if match else None
+
+
+def age_heartbeats(storage: str, numbers: list[int]) -> None:
+    """Date the last heartbeat of these trials of study ``shared`` to 2000, as if their
+    worker had been gone for longer than any grace period: a fake clock for Optuna's check
+    of stale trials, which compares heartbeats with the database's time."""
+    import datetime
+
+    import sqlalchemy
+
+    study = optuna.load_study(study_name="shared", storage=storage)
+    ids = [trial._trial_id for trial in study.get_trials(deepcopy=False) if trial.number in numbers]
+    engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.begin() as connection:
+            for trial_id in ids:
+                aged = connection.execute(
+                    sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = :then WHERE trial_id = :id"),
+                    {"then": datetime.datetime(2000, 1, 1), "id": trial_id},
+                )
+                assert aged.rowcount == 1, f"trial id {trial_id} has no heartbeat"
+    finally:
+        engine.dispose()
+
+
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
@@ -401,38 +449,28 @@ def finished(storage: str) -> list[optuna.trial.FrozenTrial]:
 def test_a_killed_study_resumes_and_runs_only_the_remaining_trials(tmp_path: Path) -> None:
     config = write_study_config(tmp_path)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    env = {**os.environ, "JUDGECAL_HOME": str(tmp_path)}
-    (tmp_path / "mlruns").mkdir(exist_ok=True)
     worker = subprocess.Popen(
         search_command(config, storage, 10, "--no-track"),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        env=worker_environment(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if len(finished(storage)) >= 3:
-                    break
-            except Exception:  # the study does not exist yet
-                pass
-            time.sleep(0.3)
+        # Killed once three trials are stored: when the trial after the third begins.
+        output, scored, line = Output([worker]), 0, ""
+        while scored < 3 or started(line) is None:
+            _, line = output.wait_for(lambda _, line: " κ " in line or started(line) is not None)
+            scored += " κ " in line
     finally:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
     before = {t.number: t.value for t in finished(storage)}
     assert 3 <= len(before) < 10
-    time.sleep(3)  # past the grace period: the killed worker's running trial is stale
-    subprocess.run(
-        search_command(config, storage, 10, "--no-track"),
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        timeout=900,
-    )
+    study = optuna.load_study(study_name="shared", storage=storage)
+    running = [t.number for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    age_heartbeats(storage, running)  # past the grace period: the killed worker's running trial is stale
+    assert main([*search_command(config, storage, 10, "--no-track")[3:]]) == 0
     after = finished(storage)
     assert len(after) == 10
     # Trials finished before the kill are kept as they were, not run again.
@@ -441,25 +479,38 @@ def test_a_killed_study_resumes_and_runs_only_the_remaining_trials(tmp_path: Pat
 
 @pytest.mark.slow
 def test_two_workers_share_one_study_without_duplicate_trials(tmp_path: Path) -> None:
-    config = write_study_config(tmp_path, heartbeat=5, grace=20)
+    config = write_study_config(tmp_path, heartbeat=5, grace=120)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    env = {**os.environ, "JUDGECAL_HOME": str(tmp_path)}
-    (tmp_path / "mlruns").mkdir(exist_ok=True)
     workers = [
         subprocess.Popen(
             [*search_command(config, storage, 8), "--worker", str(number)],
-            env=env,
+            env=worker_environment(tmp_path),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         for number in range(2)
     ]
-    outputs = [w.communicate(timeout=900)[0].decode() for w in workers]
-    print(
-        *(f"worker {n}, exit {w.returncode}:\n{out}" for n, (w, out) in enumerate(zip(workers, outputs, strict=True))),
-        sep="\n",
-    )
-    assert [w.returncode for w in workers] == [0, 0]  # their whole output is in the captured stdout
+    try:
+        # Both take part however their start-ups differ: the first to begin fitting a trial
+        # is stopped until the other begins one too.
+        output = Output(workers)
+        first, _ = output.wait_for(lambda _, line: started(line) is not None)
+        freeze(workers[first])
+        try:
+            output.wait_for(lambda index, line: index != first and started(line) is not None)
+        finally:
+            thaw(workers[first])
+        outputs = [output.rest(number) for number in range(2)]
+        codes = [worker.wait() for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+    for number, (code, out) in enumerate(zip(codes, outputs, strict=True)):
+        print(f"worker {number}, exit {code}:\n{out}")
+    assert codes == [0, 0]  # their whole output is in the captured stdout
     study = optuna.load_study(study_name="shared", storage=storage)
     done = finished(storage)
     assert 8 <= len(done) <= 9  # each worker stops at 8; one may have started its last trial at 7

@@ -40,6 +40,7 @@ def test_bundle_round_trips_instructions_demos_and_settings(tmp_path: Path) -> N
     assert read_bundle(path).metrics == {"test.kappa": 0.3}
 
 
+@pytest.mark.slow
 def test_loaded_bundle_gives_the_same_verdicts(tmp_path: Path, embedded_lm) -> None:
     judge = calibrated_judge(embedded_lm)
     save_bundle(bundle_from_judge(judge, LMConfig(max_tokens=48)), tmp_path / "judge")

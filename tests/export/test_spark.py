@@ -18,7 +18,11 @@ from judgecal.judges.verdict import answer_key
 from judgecal.tasks.registry import resolve_task
 from tests.helpers import recorded_rows
 
-pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="Java is absent: Spark needs Java 17 or newer")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("java") is None, reason="Java is absent: Spark needs Java 17 or newer"),
+    pytest.mark.service,  # a JVM for the module
+    pytest.mark.xdist_group("spark"),  # on one pytest-xdist worker: one JVM
+]
 pytest.importorskip("pyspark", reason='needs the spark extra: pip install -e ".[spark]"')
 
 RELEVANCE = resolve_task("relevance")

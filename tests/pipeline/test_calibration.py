@@ -148,7 +148,7 @@ def test_calibration_sends_a_remote_judge_num_threads_rows_at_once(tmp_path: Pat
             for i in range(24)
         )
     )
-    chat_server.delay = 0.2
+    chat_server.hold_until = 4
     chat_server.respond = lambda text, attempt: "ok"
     path = write_config(tmp_path, data, num_threads=4)
     path.write_text(
