@@ -14,7 +14,7 @@ import numpy as np
 
 from judgecal.data.rows import LabeledRow
 from judgecal.judges.features import FLIP
-from judgecal.judges.fitted import FittedJudge, MemoJudge, ProgramJudge, _negative, positive_probability, unwrap
+from judgecal.judges.fitted import FittedJudge, MemoJudge, ProgramJudge, positive_probability, unwrap
 from judgecal.judges.program import JudgeProgram
 from judgecal.judges.verdict import Verdict
 from judgecal.stats.metrics import kappa_from_confusion
@@ -80,7 +80,7 @@ class ThresholdJudge(FittedJudge):
     def predict(self, rows, *, progress=None, description=""):
         base = self.base_.predict(rows, progress=progress, description=description)
         p = positive_probability(base, self.task)
-        positive, negative = self.task.spec.positive, _negative(self.task)
+        positive, negative = self.task.spec.positive, self.task.spec.negative
         out = []
         for verdict, probability in zip(base, p, strict=True):
             if verdict.label is None:

@@ -20,11 +20,11 @@ from judgecal.judges.features import FLIP
 from judgecal.judges.fitted import (
     FittedJudge,
     RecordedJudge,
-    _verdict_from_proba,
     label_probabilities,
     logit,
     missing_reference,
     unwrap,
+    verdict_from_proba,
 )
 from judgecal.judges.verdict import Verdict
 from judgecal.judges.verifiers import Verifier, grouped_folds
@@ -123,7 +123,7 @@ class VerifierJudge(FittedJudge):
         return self.verifier_.predict_proba([row.inputs for row in rows])
 
     def predict(self, rows, *, progress=None, description=""):
-        return [_verdict_from_proba(self.task, p, self.threshold_) for p in self.probabilities(rows)]
+        return [verdict_from_proba(self.task, p, self.threshold_) for p in self.probabilities(rows)]
 
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "threshold": self.threshold_, "verifier": self.verifier_.state()}
@@ -334,7 +334,7 @@ class StackingJudge(FittedJudge):
         complete = [row for i, row in enumerate(rows) if i not in refused]
         judged = iter(self._proba(complete, progress) if complete else [])
         return [
-            refused[i] if i in refused else _verdict_from_proba(self.task, next(judged), self.threshold_)
+            refused[i] if i in refused else verdict_from_proba(self.task, next(judged), self.threshold_)
             for i in range(len(rows))
         ]
 

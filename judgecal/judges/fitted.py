@@ -20,6 +20,7 @@ from sklearn.base import BaseEstimator
 from judgecal.data.rows import LabeledRow, LabelValue
 from judgecal.judges.program import Judge, JudgeProgram, swap_pair
 from judgecal.judges.verdict import Verdict, answer_key
+from judgecal.judges.verifiers import decide
 from judgecal.progress import ProgressFactory
 from judgecal.stats.metrics import LabelSpace
 from judgecal.tasks.registry import Task
@@ -105,11 +106,12 @@ class FittedJudge(BaseEstimator):
         raise NotImplementedError
 
     def __call__(self, **inputs: Any) -> Verdict:
-        return self.predict([self._row(inputs)])[0]
+        return self.predict([self.row_from_inputs(inputs)])[0]
 
-    def _row(self, item: LabeledRow | dict[str, Any], index: int = 0) -> LabeledRow:
-        """A row from a dict of inputs (plus ``reference_judges``, which a judge calibrated
-        on recorded verdicts reads)."""
+    def row_from_inputs(self, item: LabeledRow | dict[str, Any], index: int = 0) -> LabeledRow:
+        """A row this judge can judge, from a dict of its task's inputs (plus
+        ``reference_judges``, which a judge calibrated on recorded verdicts reads), validated
+        against the task; a row is returned as it is. ``index`` becomes the row's id."""
         if isinstance(item, LabeledRow):
             return item
         spec = self.task.spec
@@ -127,10 +129,6 @@ class FittedJudge(BaseEstimator):
         inputs = {name: getattr(validated, name) for name in spec.input_names}
         recorded = {str(name): spec.parse_label(value) for name, value in references.items() if value is not None}
         return LabeledRow(id=str(index), group="-", inputs=inputs, label=None, reference_judges=recorded)
-
-
-def _negative(task: Task) -> LabelValue:
-    return next(label for label in task.spec.labels if label != task.spec.positive)
 
 
 def missing_reference(row: LabeledRow, name: str) -> str:
@@ -172,14 +170,12 @@ def label_probabilities(verdicts: Sequence[Verdict], task: Task) -> np.ndarray:
     return out
 
 
-def _verdict_from_proba(task: Task, proba: np.ndarray, threshold: float | None) -> Verdict:
-    labels = task.spec.labels
-    keys = [answer_key(label) for label in labels]
-    if threshold is not None and task.spec.positive is not None:
-        p = float(proba[labels.index(task.spec.positive)])
-        label = task.spec.positive if p >= threshold else _negative(task)
-    else:
-        label = labels[int(np.argmax(proba))]
+def verdict_from_proba(task: Task, proba: np.ndarray, threshold: float | None) -> Verdict:
+    """The verdict of a judge that predicts P(each label), columns in label order: the label
+    :func:`~judgecal.judges.verifiers.decide` picks (a binary task's cut, else the most
+    likely label), with the distribution and the chosen label's probability as confidence."""
+    keys = [answer_key(label) for label in task.spec.labels]
+    label = decide(proba, task.spec, threshold)
     distribution = {k: float(v) for k, v in zip(keys, proba, strict=True)}
     return Verdict(label=label, confidence=distribution[answer_key(label)], probabilities=distribution)
 
@@ -257,7 +253,7 @@ class RecordedJudge(FittedJudge):
                 continue
             if positive is not None:
                 p = probability if probability is not None else float(label == positive)
-                probabilities = {answer_key(positive): p, answer_key(_negative(self.task)): 1 - p}
+                probabilities = {answer_key(positive): p, answer_key(self.task.spec.negative): 1 - p}
             else:
                 probabilities = {answer_key(v): float(v == label) for v in self.task.spec.labels}
             out.append(

@@ -258,9 +258,5 @@ class VerifierModule(dspy.Module):
 def decide(proba: np.ndarray, spec: TaskSpec, threshold: float | None) -> LabelValue:
     """Binary with a threshold: positive when P(positive) ≥ threshold; otherwise the argmax."""
     if threshold is not None and spec.positive is not None:
-        return (
-            spec.positive
-            if proba[spec.labels.index(spec.positive)] >= threshold
-            else next(label for label in spec.labels if label != spec.positive)
-        )
+        return spec.positive if proba[spec.labels.index(spec.positive)] >= threshold else spec.negative
     return spec.labels[int(np.argmax(proba))]
