@@ -20,14 +20,16 @@ from judgecal.judges.features import FLIP
 from judgecal.judges.fitted import (
     FittedJudge,
     RecordedJudge,
+    StateLoader,
     label_probabilities,
     logit,
     missing_reference,
     unwrap,
     verdict_from_proba,
 )
+from judgecal.judges.heads import head_from_state
 from judgecal.judges.verdict import Verdict
-from judgecal.judges.verifiers import Verifier, grouped_folds
+from judgecal.judges.verifiers import Verifier, grouped_folds, verifier_from_state
 from judgecal.progress import ProgressFactory
 from judgecal.tasks.registry import Task
 
@@ -127,6 +129,14 @@ class VerifierJudge(FittedJudge):
 
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "threshold": self.threshold_, "verifier": self.verifier_.state()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], loader: StateLoader) -> VerifierJudge:
+        """The saved verifier and cut; embedding features encode with the loader's encoder."""
+        judge = cls(task=loader.task, name=loader.name, encoder=loader.encoder)
+        judge.verifier_ = verifier_from_state(state["verifier"], loader.encoder)
+        judge.threshold_ = state.get("threshold")
+        return judge
 
     @property
     def verifier(self) -> Verifier:
@@ -365,6 +375,26 @@ class StackingJudge(FittedJudge):
             "head": self.head_.state(),
             "threshold": self.threshold_,
         }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], loader: StateLoader) -> StackingJudge:
+        """The saved components, verifiers, head and cut. A state saved before stacks had
+        several verifiers holds one ``verifier`` (or none) and a logistic model of
+        P(positive) as class 1 (``coef``, ``intercept``); it loads as that."""
+        stack = cls(base=None, encoder=loader.encoder)
+        stack.task = loader.task
+        stack.components_ = [loader.judge(component) for component in state["components"]]
+        if "verifiers" in state:
+            stack.verifiers_ = [verifier_from_state(v, loader.encoder) for v in state["verifiers"]]
+            stack.head_ = head_from_state(state["head"])
+        else:
+            one = state.get("verifier")
+            stack.verifiers_ = [verifier_from_state(one, loader.encoder)] if one else []
+            stack.head_ = head_from_state(
+                {"kind": "logistic", "classes": [1, 0], "coef": [state["coef"]], "intercept": [state["intercept"]]}
+            )
+        stack.threshold_ = state.get("threshold")
+        return stack
 
 
 def _verifier_subsets(names: Sequence[str]) -> list[tuple[str, ...]]:

@@ -11,8 +11,9 @@ whose answers are kept per row). The strategies that learn live in :mod:`judgeca
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -25,6 +26,9 @@ from judgecal.progress import ProgressFactory
 from judgecal.stats.metrics import LabelSpace
 from judgecal.tasks.registry import Task
 
+if TYPE_CHECKING:
+    from judgecal.judges.embeddings import SentenceEncoder
+
 
 class NotPortableError(ValueError):
     """The judge reads verdicts that exist only for the rows it was calibrated on."""
@@ -32,7 +36,8 @@ class NotPortableError(ValueError):
 
 class FittedJudge(BaseEstimator):
     """A judge: rows in, verdicts out, state to save. Strategies subclass it; a judge with
-    nothing to learn fits as a no-op."""
+    nothing to learn fits as a no-op. A judge whose ``state()`` carries its own ``kind``
+    rebuilds itself from that state with :meth:`from_state`."""
 
     kind: ClassVar[str] = "abstract"
 
@@ -105,6 +110,14 @@ class FittedJudge(BaseEstimator):
     def state(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    @classmethod
+    def from_state(cls, state: dict[str, Any], loader: StateLoader) -> FittedJudge:
+        """The fitted judge ``state()`` describes, from plain JSON (no code is loaded from
+        it): its settings and learned attributes as they were, with the task, LM, name and
+        sentence encoder ``loader`` gives; a judge the state holds (a base, a stack's
+        components) is rebuilt through ``loader.judge``."""
+        raise NotImplementedError(f"{cls.__name__} is saved as the judge it wraps, not on its own")
+
     def __call__(self, **inputs: Any) -> Verdict:
         return self.predict([self.row_from_inputs(inputs)])[0]
 
@@ -129,6 +142,30 @@ class FittedJudge(BaseEstimator):
         inputs = {name: getattr(validated, name) for name in spec.input_names}
         recorded = {str(name): spec.parse_label(value) for name, value in references.items() if value is not None}
         return LabeledRow(id=str(index), group="-", inputs=inputs, label=None, reference_judges=recorded)
+
+
+@dataclass(frozen=True)
+class StateLoader:
+    """What a saved judge is rebuilt with besides its state: the task, the LM, the judge's
+    name, the sentence encoder its embedding verifiers share, and the judge classes by
+    ``kind`` (the registry, ``JUDGE_KINDS`` in :mod:`judgecal.calibrate.strategies`), so
+    that a judge holding another in its state rebuilds that one through the same registry."""
+
+    task: Task
+    lm: Any
+    name: str
+    encoder: SentenceEncoder
+    kinds: Mapping[str, type[FittedJudge]]
+
+    def judge(self, state: dict[str, Any]) -> FittedJudge:
+        """The judge of this state's ``kind``, rebuilt by its class's ``from_state``."""
+        kind = state.get("kind")
+        if kind not in self.kinds:
+            raise ValueError(
+                f"unknown judge state kind {kind!r}; this judgecal rebuilds {', '.join(map(repr, self.kinds))}. "
+                "A judge saved by a newer judgecal loads with that version: upgrade judgecal"
+            )
+        return self.kinds[kind].from_state(state, self)
 
 
 def missing_reference(row: LabeledRow, name: str) -> str:
@@ -221,6 +258,13 @@ class ProgramJudge(FittedJudge):
             "verbalized": bool(getattr(self.program, "verbalized", False)),
         }
 
+    @classmethod
+    def from_state(cls, state: dict[str, Any], loader: StateLoader) -> ProgramJudge:
+        """The saved program (instructions, demos) run by the loader's LM."""
+        program = JudgeProgram(loader.task.signature, verbalized=bool(state.get("verbalized")))
+        program.load_state(_without_lms(state["program"]))
+        return cls(loader.task, program, loader.lm, loader.name)
+
 
 class RecordedJudge(FittedJudge):
     """Verdicts that already exist: a ``reference_judges`` field of the rows, or a verdicts
@@ -272,6 +316,11 @@ class RecordedJudge(FittedJudge):
                 "the rows carry (--recorded NAME, reference_judges.NAME) to export a judge that can judge new rows"
             )
         return {"kind": self.kind, "source": self.source}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], loader: StateLoader) -> RecordedJudge:
+        """Verdicts read from each row's ``reference_judges`` (only those are saved)."""
+        return cls(loader.task, state["source"], loader.name)
 
 
 class MemoJudge(FittedJudge):
