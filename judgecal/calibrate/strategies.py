@@ -18,7 +18,7 @@ from typing import Any
 from judgecal.calibrate.guard import RowGuard
 from judgecal.calibrate.optimizers import CalibrationConfig, PromptOptimizer
 from judgecal.calibrate.posthoc import OrderSwapJudge, ThresholdJudge
-from judgecal.calibrate.trained import StackingJudge, VerifierJudge, default_stack_verifiers, is_pair_task
+from judgecal.calibrate.trained import StackingJudge, VerifierJudge, default_stack_verifiers
 from judgecal.data.rows import LabeledRow
 from judgecal.judges.embeddings import SentenceEncoder, embeddings_available
 from judgecal.judges.fitted import FittedJudge, ProgramJudge, RecordedJudge, StateLoader, unwrap
@@ -98,7 +98,7 @@ class StrategySpec:
             return False
         if self.binary_only and not task.spec.is_binary:
             return False
-        return not (self.pairwise_only and not is_pair_task(task))
+        return not (self.pairwise_only and not task.spec.is_pairwise)
 
 
 def _dspy_spec(name: str, description: str, complexity: int) -> StrategySpec:

@@ -103,7 +103,7 @@ class VerifierJudge(FittedJudge):
             max_iter=self.max_iter,
             max_leaf_nodes=self.max_leaf_nodes,
             l2_regularization=self.l2_regularization,
-            pairwise=is_pair_task(self.task),
+            pairwise=self.task.spec.is_pairwise,
             encoder=encoder if encoder is not None else self.encoder,
         )
 
@@ -145,10 +145,6 @@ class VerifierJudge(FittedJudge):
     @property
     def threshold(self) -> float | None:
         return self.threshold_
-
-
-def is_pair_task(task: Task) -> bool:
-    return {"response_a", "response_b"} <= set(task.spec.input_names) and {"A", "B"} <= set(task.spec.labels)
 
 
 STACK_VERIFIERS: dict[str, dict[str, Any]] = {
@@ -237,7 +233,7 @@ class StackingJudge(FittedJudge):
     def _verifier(self, name: str, C: float = 1.0, encoder: SentenceEncoder | None = None) -> Verifier:
         spec = self.task.spec
         settings = {"C": C, **STACK_VERIFIERS[name]}
-        return Verifier(labels=spec.labels, pairwise=is_pair_task(self.task), encoder=encoder, **settings)
+        return Verifier(labels=spec.labels, pairwise=self.task.spec.is_pairwise, encoder=encoder, **settings)
 
     def _out_of_fold(
         self, name: str, train: Sequence[LabeledRow], y: np.ndarray, encoder: SentenceEncoder | None
@@ -272,7 +268,7 @@ class StackingJudge(FittedJudge):
 
     def _judge_block(self, judge: FittedJudge, rows: Sequence[LabeledRow], progress: Any) -> np.ndarray:
         proba = label_probabilities(judge.predict(rows, progress=progress, description="stacking"), self.task)
-        if is_pair_task(self.task) and not isinstance(unwrap(judge), RecordedJudge):
+        if self.task.spec.is_pairwise and not isinstance(unwrap(judge), RecordedJudge):
             swapped = label_probabilities(judge.predict_swapped(rows, progress=progress), self.task)
             proba = (proba + swapped[:, self._flip()]) / 2
         return self._block(proba)
@@ -291,7 +287,7 @@ class StackingJudge(FittedJudge):
         return np.hstack(blocks)
 
     def _fit_head(self, features: np.ndarray, y: np.ndarray) -> Any:
-        if is_pair_task(self.task):  # both orders of every pair
+        if self.task.spec.is_pairwise:  # both orders of every pair
             flipped = features.reshape(len(features), -1, len(self.task.spec.labels))[:, :, self._flip()]
             features = np.vstack([features, flipped.reshape(len(features), -1)])
             y = np.concatenate([y, self._flip()[y]])

@@ -68,8 +68,7 @@ def prepare(config: ExperimentConfig, workspace: Workspace, *, log: Any = print)
         lm = build_lm(config.lm, workspace.models)
         threads = config.calibration.num_threads  # rows judged at once by a remote model
         raw = ProgramJudge(task, JudgeProgram(task.signature), lm, config.judge.name, num_threads=threads)
-    pairwise = {"response_a", "response_b"} <= set(task.spec.input_names)
-    order_swap = config.order_swap if config.order_swap is not None else pairwise
+    order_swap = config.order_swap if config.order_swap is not None else task.spec.is_pairwise
     gate = _gate_rows(config, task, dataset, split)
     guard = RowGuard.for_rows([*split.test.rows, *gate], [*split.train.rows, *split.dev.rows])
     return Prepared(config, task, dataset, split, lm, MemoJudge(raw), guard, order_swap, workspace, gate_rows=gate)
