@@ -90,6 +90,15 @@ class StrategySpec:
         swapping), which would otherwise ask the model about all of train + dev twice."""
         return self.calls_lm_to_fit or self.judges_twice
 
+    @property
+    def selects_on_dev(self) -> bool:
+        """How the judge that is reported and exported is fitted: a strategy that calls the
+        model to fit is compiled on train and selects its candidates on dev (a search keeps
+        the program its winning trial compiled); any other is fitted again on train + dev,
+        its own cut chosen on out-of-fold predictions. Order swapping fits nothing, so it
+        is fitted again like the others although the search scores it on dev."""
+        return self.calls_lm_to_fit
+
     def available(self) -> bool:
         return self.needs_extra != "embeddings" or embeddings_available()
 
