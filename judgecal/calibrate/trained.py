@@ -27,7 +27,7 @@ from judgecal.judges.fitted import (
     unwrap,
     verdict_from_proba,
 )
-from judgecal.judges.heads import head_from_state
+from judgecal.judges.heads import HEAD_DEFAULTS, HeadSettings, head_from_state
 from judgecal.judges.verdict import Verdict
 from judgecal.judges.verifiers import Verifier, grouped_folds, verifier_from_state
 from judgecal.progress import ProgressFactory
@@ -54,12 +54,12 @@ class VerifierJudge(FittedJudge):
         self,
         task: Task | None = None,
         features: str = "tfidf",
-        head: str = "logistic",
-        C: float = 1.0,
-        learning_rate: float = 0.1,
-        max_iter: int = 100,
-        max_leaf_nodes: int = 15,
-        l2_regularization: float = 1.0,
+        head: str = HEAD_DEFAULTS.head,
+        C: float = HEAD_DEFAULTS.C,
+        learning_rate: float = HEAD_DEFAULTS.learning_rate,
+        max_iter: int = HEAD_DEFAULTS.max_iter,
+        max_leaf_nodes: int = HEAD_DEFAULTS.max_leaf_nodes,
+        l2_regularization: float = HEAD_DEFAULTS.l2_regularization,
         folds: int = 5,
         seed: int = 0,
         name: str = "",
@@ -97,14 +97,9 @@ class VerifierJudge(FittedJudge):
         return Verifier(
             labels=spec.labels,
             features=self.features,
-            head=self.head,
-            C=self.C,
-            learning_rate=self.learning_rate,
-            max_iter=self.max_iter,
-            max_leaf_nodes=self.max_leaf_nodes,
-            l2_regularization=self.l2_regularization,
-            pairwise=self.task.spec.is_pairwise,
+            pairwise=spec.is_pairwise,
             encoder=encoder if encoder is not None else self.encoder,
+            **HeadSettings.of(self).model_dump(),
         )
 
     def fit(self, train, dev=None):
@@ -178,12 +173,12 @@ class StackingJudge(FittedJudge):
         references: tuple[str, ...] = (),
         verifiers: tuple[str, ...] = ("tfidf",),
         use_base: bool = True,
-        head: str = "logistic",
-        C: float = 1.0,
-        learning_rate: float = 0.1,
-        max_iter: int = 100,
-        max_leaf_nodes: int = 7,
-        l2_regularization: float = 1.0,
+        head: str = HEAD_DEFAULTS.head,
+        C: float = HEAD_DEFAULTS.C,
+        learning_rate: float = HEAD_DEFAULTS.learning_rate,
+        max_iter: int = HEAD_DEFAULTS.max_iter,
+        max_leaf_nodes: int = 7,  # the stack's own default: its head reads a few columns, not an embedding
+        l2_regularization: float = HEAD_DEFAULTS.l2_regularization,
         folds: int = 5,
         seed: int = 0,
         verifier_C: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
@@ -256,9 +251,7 @@ class StackingJudge(FittedJudge):
         return best[1], best[2]
 
     def _make_head(self) -> Any:
-        from judgecal.judges.heads import make_head
-
-        return make_head(self)
+        return HeadSettings.of(self).make()
 
     def _block(self, proba: np.ndarray) -> np.ndarray:
         """A component's columns: logit P(positive) for binary tasks, log-probabilities otherwise."""

@@ -219,6 +219,30 @@ def test_an_unknown_state_kind_names_the_kinds_this_version_rebuilds() -> None:
         judge_from_state({"kind": "order_swap", "base": {"kind": "conformal"}}, RELEVANCE, None, "j")
 
 
+def test_head_settings_have_one_set_of_defaults_and_one_validation() -> None:
+    import inspect
+
+    from judgecal.judges.heads import HEAD_DEFAULTS, GradientBoostingHead, LogisticHead
+
+    for estimator in (Verifier, VerifierJudge, StackingJudge, GradientBoostingHead, LogisticHead):
+        parameters = inspect.signature(estimator).parameters
+        for name, default in HEAD_DEFAULTS.model_dump().items():
+            if name in parameters and (estimator, name) != (StackingJudge, "max_leaf_nodes"):
+                assert parameters[name].default == default, (estimator, name)
+    judge = VerifierJudge(task=RELEVANCE).set_params(C=3.0, head="logistic")
+    assert judge.get_params()["C"] == 3.0 and judge.make_verifier().C == 3.0
+    rows = recorded_rows().rows[:60]
+    with pytest.raises(ValueError, match=r"^VerifierJudge: setting 'head': .*'forest'"):
+        VerifierJudge(task=RELEVANCE, head="forest").fit(rows)
+    with pytest.raises(ValueError, match=r"^StackingJudge: setting 'C': .*greater than 0, got -1"):
+        StackingJudge(base=RecordedJudge(RELEVANCE, "loose", "loose"), C=-1).fit(rows)
+    encoder = SentenceEncoder()
+    trees = Verifier(RELEVANCE.spec.labels, features="embedding", head="gradient_boosting", encoder=encoder)
+    with pytest.raises(ValueError, match=r"^Verifier: setting 'max_leaf_nodes'"):
+        trees.set_params(max_leaf_nodes=1).fit(rows)
+    assert len(encoder.models) == 0  # refused before the encoder was loaded
+
+
 def test_verifier_state_is_plain_json_and_predicts_identically() -> None:
     dataset = recorded_rows()
     verifier = Verifier(RELEVANCE.spec.labels, C=2.0).fit(dataset.rows[:80])
