@@ -34,6 +34,10 @@ class NotPortableError(ValueError):
     """The judge reads verdicts that exist only for the rows it was calibrated on."""
 
 
+class UnknownJudgeKindError(ValueError):
+    """A saved judge state names a kind of judge this version cannot rebuild."""
+
+
 class FittedJudge(BaseEstimator):
     """A judge: rows in, verdicts out, state to save. Strategies subclass it; a judge with
     nothing to learn fits as a no-op. A judge whose ``state()`` carries its own ``kind``
@@ -161,7 +165,7 @@ class StateLoader:
         """The judge of this state's ``kind``, rebuilt by its class's ``from_state``."""
         kind = state.get("kind")
         if kind not in self.kinds:
-            raise ValueError(
+            raise UnknownJudgeKindError(
                 f"unknown judge state kind {kind!r}; this judgecal rebuilds {', '.join(map(repr, self.kinds))}. "
                 "A judge saved by a newer judgecal loads with that version: upgrade judgecal"
             )
