@@ -149,6 +149,121 @@ def test_imports_are_resolved_to_the_modules_they_load() -> None:
     assert judgecal_imports("cli", "from judgecal import no_such_thing\n") == {"no_such_thing"}
 
 
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_names_used(
+    module: str, source: str, *, is_package: bool = False, elsewhere: dict[str, tuple[str, ...]] | None = None
+) -> list[str]:
+    """Private names (``_name``) a module takes from another module of judgecal: imported
+    (``from judgecal.x import _y``, relative imports too), read off an imported module
+    (``x._y``), or called on another class's objects (``judge._row``, when ``_row`` is
+    defined in some other module of judgecal and not in this one; ``elsewhere`` maps such
+    names to the modules defining them, judgecal's own by default). What one module shares
+    with another has a public name and a docstring."""
+    package = module if is_package else module.rpartition(".")[0]
+    tree = ast.parse(source)
+    found = []
+    module_aliases: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("judgecal.") and alias.asname:
+                    module_aliases.add(alias.asname)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".") if package else []
+                parts = parts[: len(parts) - (node.level - 1)]
+                base = ".".join([*parts, *([node.module] if node.module else [])])
+            elif node.module == "judgecal" or (node.module or "").startswith("judgecal."):
+                base = (node.module or "").removeprefix("judgecal").removeprefix(".")
+            else:
+                continue
+            for alias in node.names:
+                full = f"{base}.{alias.name}" if base else alias.name
+                if full in modules():
+                    module_aliases.add(alias.asname or alias.name)
+                elif _is_private(alias.name) and base != module:
+                    found.append(f"{module} imports {alias.name} from {base or 'judgecal'}")
+    own = _private_names_defined(tree)
+    elsewhere = defined_elsewhere(module) if elsewhere is None else elsewhere
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute) or not _is_private(node.attr):
+            continue
+        receiver = node.value.id if isinstance(node.value, ast.Name) else None
+        if receiver in module_aliases:
+            found.append(f"{module} reads {receiver}.{node.attr}")
+        elif receiver not in ("self", "cls") and node.attr in elsewhere and node.attr not in own:
+            found.append(f"{module} uses {ast.unparse(node)}, private to {', '.join(elsewhere[node.attr])}")
+    return found
+
+
+def _private_names_defined(tree: ast.AST) -> set[str]:
+    """Private functions, classes and attributes a module defines (``self._x = ...`` too)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and _is_private(node.name):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and _is_private(node.attr):
+            names.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and _is_private(node.id):
+            names.add(node.id)
+    return names
+
+
+@functools.cache
+def _private_definitions() -> dict[str, tuple[str, ...]]:
+    """Each private name defined in judgecal, and the modules that define it."""
+    where: dict[str, list[str]] = {}
+    for module, path in modules().items():
+        for name in _private_names_defined(ast.parse(path.read_text(encoding="utf-8"))):
+            where.setdefault(name, []).append(module)
+    return {name: tuple(sorted(found)) for name, found in where.items()}
+
+
+def defined_elsewhere(module: str) -> dict[str, tuple[str, ...]]:
+    """Private names other modules of judgecal define, by name."""
+    return {
+        name: tuple(m for m in found if m != module)
+        for name, found in _private_definitions().items()
+        if any(m != module for m in found)
+    }
+
+
+def test_private_names_are_found_however_they_are_taken() -> None:
+    source = (
+        "from judgecal.judges.fitted import FittedJudge, _negative\n"
+        "from ..judges import fitted as f\n"
+        "from .posthoc import _scored_base\n"
+        "import judgecal.judges.verifiers as v\n"
+        "def use(judge, row):\n"
+        "    f._without_lms(row)\n"
+        "    v._rows_key([row])\n"
+        "    return judge._row(row), row._own\n"
+        "_own = 1\n"
+    )
+    found = private_names_used("calibrate.trained", source, elsewhere={"_row": ("judges.fitted",)})
+    assert found[:3] == [
+        "calibrate.trained imports _negative from judges.fitted",
+        "calibrate.trained imports _scored_base from calibrate.posthoc",
+        "calibrate.trained reads f._without_lms",
+    ]
+    assert "calibrate.trained reads v._rows_key" in found
+    assert "calibrate.trained uses judge._row, private to judges.fitted" in found
+    assert not any("_own" in line for line in found)
+    assert private_names_used("judges.fitted", "from judgecal.judges.fitted import _negative\n") == []
+
+
+def test_no_module_uses_another_modules_private_names() -> None:
+    found = [
+        line
+        for module, path in modules().items()
+        for line in private_names_used(module, path.read_text(encoding="utf-8"), is_package=path.name == "__init__.py")
+    ]
+    assert not found, "\n".join(found)
+
+
 def test_every_module_belongs_to_a_ranked_package_or_is_a_utility() -> None:
     unknown = {m for m in modules() if package_of(m) not in RANKS and m not in UTILITIES}
     assert not unknown

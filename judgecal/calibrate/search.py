@@ -146,7 +146,7 @@ def final_judge(
     """The winner as it is reported and exported: refitted on train + dev, or, for a
     strategy that calls the model to fit, the program its trial compiled (compiled again
     from its settings when another worker ran that trial)."""
-    if spec.scored_on_dev:
+    if spec.selects_on_dev:
         if winner.number in fitted:
             return fitted[winner.number]
         log(f"{spec.name}: compiling the program of trial {winner.number} again (another worker ran it)")

@@ -20,14 +20,16 @@ from judgecal.judges.features import FLIP
 from judgecal.judges.fitted import (
     FittedJudge,
     RecordedJudge,
-    _verdict_from_proba,
+    StateLoader,
     label_probabilities,
     logit,
     missing_reference,
     unwrap,
+    verdict_from_proba,
 )
+from judgecal.judges.heads import HEAD_DEFAULTS, HeadSettings, head_from_state
 from judgecal.judges.verdict import Verdict
-from judgecal.judges.verifiers import Verifier, grouped_folds
+from judgecal.judges.verifiers import Verifier, grouped_folds, verifier_from_state
 from judgecal.progress import ProgressFactory
 from judgecal.tasks.registry import Task
 
@@ -52,12 +54,12 @@ class VerifierJudge(FittedJudge):
         self,
         task: Task | None = None,
         features: str = "tfidf",
-        head: str = "logistic",
-        C: float = 1.0,
-        learning_rate: float = 0.1,
-        max_iter: int = 100,
-        max_leaf_nodes: int = 15,
-        l2_regularization: float = 1.0,
+        head: str = HEAD_DEFAULTS.head,
+        C: float = HEAD_DEFAULTS.C,
+        learning_rate: float = HEAD_DEFAULTS.learning_rate,
+        max_iter: int = HEAD_DEFAULTS.max_iter,
+        max_leaf_nodes: int = HEAD_DEFAULTS.max_leaf_nodes,
+        l2_regularization: float = HEAD_DEFAULTS.l2_regularization,
         folds: int = 5,
         seed: int = 0,
         name: str = "",
@@ -95,14 +97,9 @@ class VerifierJudge(FittedJudge):
         return Verifier(
             labels=spec.labels,
             features=self.features,
-            head=self.head,
-            C=self.C,
-            learning_rate=self.learning_rate,
-            max_iter=self.max_iter,
-            max_leaf_nodes=self.max_leaf_nodes,
-            l2_regularization=self.l2_regularization,
-            pairwise=is_pair_task(self.task),
+            pairwise=spec.is_pairwise,
             encoder=encoder if encoder is not None else self.encoder,
+            **HeadSettings.of(self).model_dump(),
         )
 
     def fit(self, train, dev=None):
@@ -123,10 +120,18 @@ class VerifierJudge(FittedJudge):
         return self.verifier_.predict_proba([row.inputs for row in rows])
 
     def predict(self, rows, *, progress=None, description=""):
-        return [_verdict_from_proba(self.task, p, self.threshold_) for p in self.probabilities(rows)]
+        return [verdict_from_proba(self.task, p, self.threshold_) for p in self.probabilities(rows)]
 
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "threshold": self.threshold_, "verifier": self.verifier_.state()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], loader: StateLoader) -> VerifierJudge:
+        """The saved verifier and cut; embedding features encode with the loader's encoder."""
+        judge = cls(task=loader.task, name=loader.name, encoder=loader.encoder)
+        judge.verifier_ = verifier_from_state(state["verifier"], loader.encoder)
+        judge.threshold_ = state.get("threshold")
+        return judge
 
     @property
     def verifier(self) -> Verifier:
@@ -135,10 +140,6 @@ class VerifierJudge(FittedJudge):
     @property
     def threshold(self) -> float | None:
         return self.threshold_
-
-
-def is_pair_task(task: Task) -> bool:
-    return {"response_a", "response_b"} <= set(task.spec.input_names) and {"A", "B"} <= set(task.spec.labels)
 
 
 STACK_VERIFIERS: dict[str, dict[str, Any]] = {
@@ -172,12 +173,12 @@ class StackingJudge(FittedJudge):
         references: tuple[str, ...] = (),
         verifiers: tuple[str, ...] = ("tfidf",),
         use_base: bool = True,
-        head: str = "logistic",
-        C: float = 1.0,
-        learning_rate: float = 0.1,
-        max_iter: int = 100,
-        max_leaf_nodes: int = 7,
-        l2_regularization: float = 1.0,
+        head: str = HEAD_DEFAULTS.head,
+        C: float = HEAD_DEFAULTS.C,
+        learning_rate: float = HEAD_DEFAULTS.learning_rate,
+        max_iter: int = HEAD_DEFAULTS.max_iter,
+        max_leaf_nodes: int = 7,  # the stack's own default: its head reads a few columns, not an embedding
+        l2_regularization: float = HEAD_DEFAULTS.l2_regularization,
         folds: int = 5,
         seed: int = 0,
         verifier_C: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
@@ -227,7 +228,7 @@ class StackingJudge(FittedJudge):
     def _verifier(self, name: str, C: float = 1.0, encoder: SentenceEncoder | None = None) -> Verifier:
         spec = self.task.spec
         settings = {"C": C, **STACK_VERIFIERS[name]}
-        return Verifier(labels=spec.labels, pairwise=is_pair_task(self.task), encoder=encoder, **settings)
+        return Verifier(labels=spec.labels, pairwise=self.task.spec.is_pairwise, encoder=encoder, **settings)
 
     def _out_of_fold(
         self, name: str, train: Sequence[LabeledRow], y: np.ndarray, encoder: SentenceEncoder | None
@@ -250,9 +251,7 @@ class StackingJudge(FittedJudge):
         return best[1], best[2]
 
     def _make_head(self) -> Any:
-        from judgecal.judges.heads import make_head
-
-        return make_head(self)
+        return HeadSettings.of(self).make()
 
     def _block(self, proba: np.ndarray) -> np.ndarray:
         """A component's columns: logit P(positive) for binary tasks, log-probabilities otherwise."""
@@ -262,7 +261,7 @@ class StackingJudge(FittedJudge):
 
     def _judge_block(self, judge: FittedJudge, rows: Sequence[LabeledRow], progress: Any) -> np.ndarray:
         proba = label_probabilities(judge.predict(rows, progress=progress, description="stacking"), self.task)
-        if is_pair_task(self.task) and not isinstance(unwrap(judge), RecordedJudge):
+        if self.task.spec.is_pairwise and not isinstance(unwrap(judge), RecordedJudge):
             swapped = label_probabilities(judge.predict_swapped(rows, progress=progress), self.task)
             proba = (proba + swapped[:, self._flip()]) / 2
         return self._block(proba)
@@ -281,7 +280,7 @@ class StackingJudge(FittedJudge):
         return np.hstack(blocks)
 
     def _fit_head(self, features: np.ndarray, y: np.ndarray) -> Any:
-        if is_pair_task(self.task):  # both orders of every pair
+        if self.task.spec.is_pairwise:  # both orders of every pair
             flipped = features.reshape(len(features), -1, len(self.task.spec.labels))[:, :, self._flip()]
             features = np.vstack([features, flipped.reshape(len(features), -1)])
             y = np.concatenate([y, self._flip()[y]])
@@ -334,7 +333,7 @@ class StackingJudge(FittedJudge):
         complete = [row for i, row in enumerate(rows) if i not in refused]
         judged = iter(self._proba(complete, progress) if complete else [])
         return [
-            refused[i] if i in refused else _verdict_from_proba(self.task, next(judged), self.threshold_)
+            refused[i] if i in refused else verdict_from_proba(self.task, next(judged), self.threshold_)
             for i in range(len(rows))
         ]
 
@@ -365,6 +364,26 @@ class StackingJudge(FittedJudge):
             "head": self.head_.state(),
             "threshold": self.threshold_,
         }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], loader: StateLoader) -> StackingJudge:
+        """The saved components, verifiers, head and cut. A state saved before stacks had
+        several verifiers holds one ``verifier`` (or none) and a logistic model of
+        P(positive) as class 1 (``coef``, ``intercept``); it loads as that."""
+        stack = cls(base=None, encoder=loader.encoder)
+        stack.task = loader.task
+        stack.components_ = [loader.judge(component) for component in state["components"]]
+        if "verifiers" in state:
+            stack.verifiers_ = [verifier_from_state(v, loader.encoder) for v in state["verifiers"]]
+            stack.head_ = head_from_state(state["head"])
+        else:
+            one = state.get("verifier")
+            stack.verifiers_ = [verifier_from_state(one, loader.encoder)] if one else []
+            stack.head_ = head_from_state(
+                {"kind": "logistic", "classes": [1, 0], "coef": [state["coef"]], "intercept": [state["intercept"]]}
+            )
+        stack.threshold_ = state.get("threshold")
+        return stack
 
 
 def _verifier_subsets(names: Sequence[str]) -> list[tuple[str, ...]]:

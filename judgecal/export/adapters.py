@@ -53,7 +53,7 @@ class CalibratedJudge:
         from judgecal.progress import rich_progress
 
         judge = self.fitted
-        rows = [judge._row(item, i) for i, item in enumerate(items)]
+        rows = [judge.row_from_inputs(item, i) for i, item in enumerate(items)]
         factory = rich_progress() if progress else None
         threads = 1 if judge.in_process else num_threads
         if threads <= 1 or len(rows) <= 1:

@@ -39,7 +39,7 @@ from judgecal.export.bundle import (
     save_bundle,
 )
 from judgecal.export.environment import judge_requirements, package_code, uses_lm
-from judgecal.judges.fitted import FittedJudge
+from judgecal.judges.fitted import FittedJudge, UnknownJudgeKindError
 from judgecal.redact import error_line, redact_url
 from judgecal.tasks.registry import Task
 from judgecal.workspace import Workspace, set_process_environment
@@ -77,7 +77,10 @@ def open_judge(
     config, notes = lm_settings(opened.bundle, model=model, api_base=api_base, trust_endpoint=trust_endpoint)
     if lm is not None or not uses_lm(opened.bundle.judge):
         notes = []  # the bundle's LM settings are not used at all
-    judge = judge_from_bundle(opened.bundle, lm=lm, lm_config=config, task=task, models=workspace.models)
+    try:
+        judge = judge_from_bundle(opened.bundle, lm=lm, lm_config=config, task=task, models=workspace.models)
+    except UnknownJudgeKindError as error:
+        raise UnknownJudgeKindError(f"{opened.path}: field 'judge': {error}") from None
     return LoadedJudge(
         judge=judge, bundle=opened.bundle, digest=opened.digest, source=str(reference), notes=opened.notes + notes
     )

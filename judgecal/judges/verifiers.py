@@ -41,7 +41,7 @@ from judgecal.judges.features import (
     make_features,
     swapped_inputs,
 )
-from judgecal.judges.heads import GradientBoostingHead, LogisticHead, head_from_state, make_head
+from judgecal.judges.heads import HEAD_DEFAULTS, GradientBoostingHead, HeadSettings, LogisticHead, head_from_state
 from judgecal.tasks.spec import TaskSpec
 
 _FIT_MEMO: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("judgecal_fit_memo", default=None)
@@ -75,9 +75,9 @@ def _rows_key(rows: Sequence[LabeledRow]) -> str:
 class Verifier(BaseEstimator):
     """Features of a row's inputs plus a head, predicting the human label.
 
-    ``features``: ``"tfidf"`` or ``"embedding"``; ``head``: ``"logistic"`` (settings: ``C``)
-    or ``"gradient_boosting"`` (embedding features only; settings: ``learning_rate``,
-    ``max_iter``, ``max_leaf_nodes``, ``l2_regularization``). ``pairwise`` makes the
+    ``features``: ``"tfidf"`` or ``"embedding"``; ``head`` and its settings: a
+    :class:`~judgecal.judges.heads.HeadSettings` (the gradient-boosting head takes
+    embedding features only). ``pairwise`` makes the
     verifier symmetric under swapping the two responses (set for pairwise tasks).
     ``encoder``: the :class:`SentenceEncoder` embedding features use (the run's, from its
     workspace); it is a resource, not a setting, so it is in neither the state nor the
@@ -88,12 +88,12 @@ class Verifier(BaseEstimator):
         self,
         labels: Sequence[LabelValue] = (True, False),
         features: str = "tfidf",
-        head: str = "logistic",
-        C: float = 1.0,
-        learning_rate: float = 0.1,
-        max_iter: int = 100,
-        max_leaf_nodes: int = 15,
-        l2_regularization: float = 1.0,
+        head: str = HEAD_DEFAULTS.head,
+        C: float = HEAD_DEFAULTS.C,
+        learning_rate: float = HEAD_DEFAULTS.learning_rate,
+        max_iter: int = HEAD_DEFAULTS.max_iter,
+        max_leaf_nodes: int = HEAD_DEFAULTS.max_leaf_nodes,
+        l2_regularization: float = HEAD_DEFAULTS.l2_regularization,
         pairwise: bool = False,
         encoder: SentenceEncoder | None = None,
     ) -> None:
@@ -115,7 +115,7 @@ class Verifier(BaseEstimator):
     def _make_head(self) -> LogisticHead | GradientBoostingHead:
         if self.head == "gradient_boosting" and self.features == "tfidf":
             raise ValueError("the gradient-boosting head takes embedding features, not sparse TF-IDF")
-        return make_head(self)
+        return HeadSettings.of(self).make()
 
     def _label_flip(self) -> np.ndarray:
         labels = list(self.labels)
@@ -130,6 +130,7 @@ class Verifier(BaseEstimator):
             return self
         if self.features not in FEATURES:
             raise ValueError(f"unknown verifier features {self.features!r}; choose tfidf or embedding")
+        head = self._make_head()  # its settings checked before any row is encoded
         labels = list(self.labels)
         inputs = [row.inputs for row in rows]
         y = np.array([labels.index(row.label) for row in rows])
@@ -139,7 +140,7 @@ class Verifier(BaseEstimator):
             inputs = inputs + [swapped_inputs(row) for row in inputs]
             y = np.concatenate([y, self._label_flip()[y]])
         self.features_, matrix = self._fitted_features(inputs, rows, memo)
-        self.head_ = self._make_head().fit(matrix, y)
+        self.head_ = head.fit(matrix, y)
         if memo is not None:
             memo[key] = self
         return self
@@ -258,9 +259,5 @@ class VerifierModule(dspy.Module):
 def decide(proba: np.ndarray, spec: TaskSpec, threshold: float | None) -> LabelValue:
     """Binary with a threshold: positive when P(positive) ≥ threshold; otherwise the argmax."""
     if threshold is not None and spec.positive is not None:
-        return (
-            spec.positive
-            if proba[spec.labels.index(spec.positive)] >= threshold
-            else next(label for label in spec.labels if label != spec.positive)
-        )
+        return spec.positive if proba[spec.labels.index(spec.positive)] >= threshold else spec.negative
     return spec.labels[int(np.argmax(proba))]

@@ -68,8 +68,7 @@ def prepare(config: ExperimentConfig, workspace: Workspace, *, log: Any = print)
         lm = build_lm(config.lm, workspace.models)
         threads = config.calibration.num_threads  # rows judged at once by a remote model
         raw = ProgramJudge(task, JudgeProgram(task.signature), lm, config.judge.name, num_threads=threads)
-    pairwise = {"response_a", "response_b"} <= set(task.spec.input_names)
-    order_swap = config.order_swap if config.order_swap is not None else pairwise
+    order_swap = config.order_swap if config.order_swap is not None else task.spec.is_pairwise
     gate = _gate_rows(config, task, dataset, split)
     guard = RowGuard.for_rows([*split.test.rows, *gate], [*split.train.rows, *split.dev.rows])
     return Prepared(config, task, dataset, split, lm, MemoJudge(raw), guard, order_swap, workspace, gate_rows=gate)
@@ -127,7 +126,7 @@ def final_fit(spec: StrategySpec, prepared: Prepared, params: dict[str, Any], lo
     train + dev together (its own decision cut chosen on out-of-fold predictions)."""
     split = prepared.split
     env = prepared.env(log)
-    if spec.calls_lm_to_fit:
+    if spec.selects_on_dev:
         return fit_judge(spec, env, params, split.train.rows, split.dev.rows, prepared.guard)
     rows = [*split.train.rows, *split.dev.rows]
     return fit_judge(spec, env, params, rows, None, prepared.guard, step="fit on train + dev")
@@ -152,7 +151,7 @@ def run_calibration(
     [spec] = resolve_strategies(
         [strategy_name(config.calibration)], prepared.task, has_program=isinstance(unwrap(prepared.raw), ProgramJudge)
     )
-    where = "train, selecting on dev" if spec.calls_lm_to_fit else "train + dev"
+    where = "train, selecting on dev" if spec.selects_on_dev else "train + dev"
     log(f"{config.judge.name}: calibrating with {spec.name} ({spec.description}) on {where}")
     result = final_fit(spec, prepared, strategy_params(spec, config.calibration), log)
     return report_and_record(prepared, result, progress=progress, experiment_id=experiment_id, log=log)

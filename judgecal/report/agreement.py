@@ -188,10 +188,6 @@ def _answered(record: EvaluationRecord, judge: JudgeRecord, groups: GroupIndex) 
     )
 
 
-def _is_pairwise(space: LabelSpace) -> bool:
-    return space.kind == "categorical" and {"A", "B"} <= set(space.labels)
-
-
 def _score_judge(
     record: EvaluationRecord,
     name: str,
@@ -213,7 +209,7 @@ def _score_judge(
     return JudgeScore(
         name=name,
         rows=len(answered.rows),
-        metrics=_label_estimates(space, answered, n_resamples=n_resamples, seed=seed),
+        metrics=_label_estimates(space, answered, record.pairwise, n_resamples=n_resamples, seed=seed),
         confidence_metrics=_confidence_estimates(space, judge, answered, n_resamples=n_resamples, seed=seed),
         bias=_bias_measures(record, space, answered),
         soft_agreement=_soft_agreement(record, space, answered),
@@ -221,15 +217,18 @@ def _score_judge(
     )
 
 
-def _label_estimates(space: LabelSpace, answered: _Answered, *, n_resamples: int, seed: int) -> dict[str, Estimate]:
-    """Every label metric with its group-bootstrap interval, in the order reports list them."""
+def _label_estimates(
+    space: LabelSpace, answered: _Answered, pairwise: bool, *, n_resamples: int, seed: int
+) -> dict[str, Estimate]:
+    """Every label metric with its group-bootstrap interval, in the order reports list them
+    (a pairwise task's with the share of first-position verdicts)."""
     point = label_metrics(space, answered.human, answered.verdicts)
     if answered.consistent is not None:
         point["order_consistency"] = float(answered.consistent.mean())
-    if _is_pairwise(space):
+    if pairwise:
         point["first_position_rate"] = float(np.mean([v == "A" for v in answered.verdicts]))
     metrics = {
-        **_confusion_estimates(space, answered, point, n_resamples=n_resamples, seed=seed),
+        **_confusion_estimates(space, answered, point, pairwise, n_resamples=n_resamples, seed=seed),
         **_row_by_row_estimates(space, answered, point, n_resamples=n_resamples, seed=seed),
     }
     order = [*space.metric_names(), "first_position_rate", "order_consistency"]
@@ -237,14 +236,13 @@ def _label_estimates(space: LabelSpace, answered: _Answered, *, n_resamples: int
 
 
 def _confusion_estimates(
-    space: LabelSpace, answered: _Answered, point: dict[str, float], *, n_resamples: int, seed: int
+    space: LabelSpace, answered: _Answered, point: dict[str, float], pairwise: bool, *, n_resamples: int, seed: int
 ) -> dict[str, Estimate]:
     """The metrics a resample's summed confusion matrices give (and the position and
     order-consistency rates beside them): all resamples at once."""
     codes, n_groups = answered.codes, answered.n_groups
     per_group = confusion_by_group(space.index(answered.human), space.index(answered.verdicts), codes, space.size)
     names = [m for m in space.metric_names() if m in metrics_from_confusion(per_group[:1].sum(axis=0), space)]
-    pairwise = _is_pairwise(space)
     consistent_sums = None
     if answered.consistent is not None:
         consistent_sums = np.bincount(codes, weights=answered.consistent, minlength=n_groups)
@@ -332,7 +330,7 @@ def _bias_measures(record: EvaluationRecord, space: LabelSpace, answered: _Answe
         return selection_bias(
             [h == space.positive for h in human], [None if v is None else v == space.positive for v in verdicts]
         )
-    if not _is_pairwise(space):
+    if not record.pairwise:
         return []
     preferred = [str(h) for h in human]
     bias = position_bias(preferred, verdicts, answered.swapped)

@@ -121,6 +121,31 @@ def scripted_spec(name: str, complexity: int, **settings: Any) -> StrategySpec:
     )
 
 
+@pytest.mark.parametrize("needs", [{"calls_lm_to_fit": True}, {"judges_twice": True}, {}])
+def test_the_search_fits_its_winner_as_a_calibration_fits_that_strategy(tmp_path, workspace, needs) -> None:
+    """A strategy the search scored on dev because it judges twice (order swapping) fits
+    nothing from the model: its winner is fitted again on train + dev, as a calibration
+    with that strategy fits it; one that calls the model to fit keeps its trial's program."""
+    from judgecal.calibrate.search import final_judge
+    from judgecal.calibrate.strategies import FitResult
+    from judgecal.pipeline.calibration import final_fit, prepare
+
+    quiet = lambda message: None  # noqa: E731
+    build = lambda env, params: ScriptedJudge()  # noqa: E731
+    spec = StrategySpec("scripted", "scripted", "a scripted judge", build, lambda t, e: {}, 9, **needs)
+    prepared = prepare(search_config(tmp_path, ["threshold"], 1), workspace, log=quiet)
+    final_fit(spec, prepared, {})
+    split, searched = prepared.split, RowGuard.for_rows(prepared.split.test.rows)
+    trial = FitResult(ScriptedJudge(), "scripted", {}, 0.0, 0)  # the judge the winning trial fitted
+    winner = Candidate(0, "scripted", 9, {}, SelectionScore("dev", 1.0))
+    chosen = final_judge(
+        spec, prepared.env(quiet), winner, split.train.rows, split.dev.rows, searched, {0: trial}, quiet
+    )
+    refitted = "scripted: fit on train + dev"
+    assert (refitted in searched.seen) == (refitted in prepared.guard.seen) == (not spec.selects_on_dev)
+    assert (chosen is trial) == spec.selects_on_dev
+
+
 def test_a_trial_whose_first_prompt_goes_badly_is_not_pruned_but_a_hopeless_one_is(tmp_path, monkeypatch) -> None:
     config = search_config(tmp_path, ["threshold"], 3, n_groups=40, dev_chunk=8)
     from judgecal.data.rows import load_rows

@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 from judgecal.calibrate.guard import LeakError, RowGuard
 from judgecal.calibrate.optimizers import CalibrationConfig
 from judgecal.calibrate.posthoc import ThresholdJudge, base_rate_threshold, kappa_threshold
-from judgecal.calibrate.strategies import STRATEGIES, StrategyEnv, fit_judge, judge_from_state, resolve_strategies
+from judgecal.calibrate.strategies import (
+    JUDGE_KINDS,
+    STRATEGIES,
+    StrategyEnv,
+    fit_judge,
+    judge_from_state,
+    resolve_strategies,
+)
 from judgecal.calibrate.trained import StackingJudge, VerifierJudge
 from judgecal.data.rows import LabeledRow
 from judgecal.data.split import SplitSpec, split_by_group
@@ -183,6 +190,57 @@ def test_stacked_state_of_earlier_versions_still_loads() -> None:
     loose = np.array([r.reference_judges["loose"] for r in rows], float)
     expected = sigmoid(2.0 * logit(loose) + 1.0 * logit(p_verifier) - 1.0)  # the earlier model, by hand
     assert [v.label for v in judge.predict(rows)] == [bool(p >= 0.5) for p in expected]
+
+
+def test_every_judge_with_a_state_of_its_own_rebuilds_itself_by_its_kind() -> None:
+    """A class that saves a ``kind`` of its own is in the registry under that kind, and its
+    ``from_state`` is its own: a new strategy cannot be saved without being loadable."""
+    from judgecal.judges.fitted import FittedJudge
+
+    def subclasses(cls: type) -> set[type]:
+        return {sub for direct in cls.__subclasses__() for sub in {direct, *subclasses(direct)}}
+
+    ours = {cls for cls in subclasses(FittedJudge) if cls.__module__.startswith("judgecal.")}
+    saved_as_another = {"memo", "program"}  # a memo saves its base's state; an optimizer its program's
+    own_kinds = {cls.kind for cls in ours if cls.kind not in saved_as_another}
+    assert own_kinds | {"program"} == set(JUDGE_KINDS)
+    for kind, cls in JUDGE_KINDS.items():
+        assert cls.kind == kind and "from_state" in vars(cls), cls
+
+
+def test_an_unknown_state_kind_names_the_kinds_this_version_rebuilds() -> None:
+    with pytest.raises(ValueError) as error:
+        judge_from_state({"kind": "conformal", "base": {"kind": "recorded", "source": "x"}}, RELEVANCE, None, "j")
+    message = str(error.value)
+    assert "unknown judge state kind 'conformal'" in message
+    assert all(repr(kind) in message for kind in JUDGE_KINDS)
+    assert "newer judgecal" in message and "upgrade judgecal" in message
+    with pytest.raises(ValueError, match="'conformal'"):  # nested states go through the same registry
+        judge_from_state({"kind": "order_swap", "base": {"kind": "conformal"}}, RELEVANCE, None, "j")
+
+
+def test_head_settings_have_one_set_of_defaults_and_one_validation() -> None:
+    import inspect
+
+    from judgecal.judges.heads import HEAD_DEFAULTS, GradientBoostingHead, LogisticHead
+
+    for estimator in (Verifier, VerifierJudge, StackingJudge, GradientBoostingHead, LogisticHead):
+        parameters = inspect.signature(estimator).parameters
+        for name, default in HEAD_DEFAULTS.model_dump().items():
+            if name in parameters and (estimator, name) != (StackingJudge, "max_leaf_nodes"):
+                assert parameters[name].default == default, (estimator, name)
+    judge = VerifierJudge(task=RELEVANCE).set_params(C=3.0, head="logistic")
+    assert judge.get_params()["C"] == 3.0 and judge.make_verifier().C == 3.0
+    rows = recorded_rows().rows[:60]
+    with pytest.raises(ValueError, match=r"^VerifierJudge: setting 'head': .*'forest'"):
+        VerifierJudge(task=RELEVANCE, head="forest").fit(rows)
+    with pytest.raises(ValueError, match=r"^StackingJudge: setting 'C': .*greater than 0, got -1"):
+        StackingJudge(base=RecordedJudge(RELEVANCE, "loose", "loose"), C=-1).fit(rows)
+    encoder = SentenceEncoder()
+    trees = Verifier(RELEVANCE.spec.labels, features="embedding", head="gradient_boosting", encoder=encoder)
+    with pytest.raises(ValueError, match=r"^Verifier: setting 'max_leaf_nodes'"):
+        trees.set_params(max_leaf_nodes=1).fit(rows)
+    assert len(encoder.models) == 0  # refused before the encoder was loaded
 
 
 def test_verifier_state_is_plain_json_and_predicts_identically() -> None:

@@ -157,7 +157,7 @@ def test_a_saved_verifier_loads_and_judges_with_only_its_requirements_and_its_ow
     judge = _fitted_verifier()
     model = judgecal.save_model(judge, tmp_path / "model")
     result = _load_in_a_bare_environment(model, tmp_path)
-    expected = [v.label for v in judge.predict([judge._row(r) for r in _rows()])]
+    expected = [v.label for v in judge.predict([judge.row_from_inputs(r) for r in _rows()])]
     assert result["labels"] == [json.dumps(label) for label in expected]
     assert result["errors"] == ["", ""]
     assert Path(result["judgecal"]).is_relative_to(model / "code")

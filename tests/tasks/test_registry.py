@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -46,6 +47,31 @@ def test_built_in_tasks_read_their_rows_shape_off_the_signature() -> None:
     assert relevance.spec.labels == (True, False) and relevance.spec.positive is True
     pairwise = resolve_task("pairwise").spec
     assert pairwise.labels == ("A", "B", "tie") and pairwise.positive is None
+
+
+def test_a_task_is_pairwise_when_it_compares_response_a_with_response_b_by_labels_a_and_b() -> None:
+    import dspy
+
+    from judgecal.tasks.spec import TaskSpec
+
+    class AIsBetter(dspy.Signature):
+        """Is response A better?"""
+
+        response_a: str = dspy.InputField()
+        response_b: str = dspy.InputField()
+        a_is_better: bool = dspy.OutputField()
+
+    class Letter(dspy.Signature):
+        """Which letter fits?"""
+
+        question: str = dspy.InputField()
+        letter: Literal["A", "B", "C"] = dspy.OutputField()
+
+    assert resolve_task("pairwise").spec.is_pairwise
+    assert not resolve_task("relevance").spec.is_pairwise
+    assert not TaskSpec.from_signature("a", AIsBetter).is_pairwise  # swapping the responses flips no label
+    assert not TaskSpec.from_signature("l", Letter).is_pairwise  # no responses to swap
+    assert resolve_task("relevance").spec.negative is False and resolve_task("pairwise").spec.negative is None
 
 
 def test_labels_are_read_as_people_write_them() -> None:
