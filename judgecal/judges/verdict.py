@@ -1,4 +1,5 @@
-"""What a judge said about one row: the verdict, its probability and any error."""
+"""What a judge said about one row: the verdict, its probability, whether it abstained, and
+any error."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ class Verdict(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    label: LabelValue | None = Field(description="The verdict; None when the judge gave no valid answer.")
+    label: LabelValue | None = Field(
+        description="The verdict; None when the judge abstained or gave no valid answer (see error)."
+    )
     confidence: float | None = Field(
         default=None, description="Probability the judge put on its verdict, from token probabilities."
     )
@@ -23,6 +26,10 @@ class Verdict(BaseModel):
     )
     rationale: str | None = None
     error: str | None = None
+    abstained: bool = Field(
+        default=False,
+        description="The judge chose not to answer (a selective judge outside its band): an answer, not an error.",
+    )
 
     def probability_of(self, label: LabelValue) -> float | None:
         if self.probabilities is None:
