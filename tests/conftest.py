@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -82,7 +84,7 @@ def empty_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(autouse=True)
 def isolated_workspace(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, empty_mlflow_store: Path
-) -> Path:
+) -> Iterator[Path]:
     """Every test gets its own workspace: MLflow store and run artifacts stay out of the repo.
     Its store starts as a copy of an empty one, made once per session."""
     root = tmp_path_factory.mktemp("workspace")
@@ -90,7 +92,12 @@ def isolated_workspace(
     shutil.copyfile(empty_mlflow_store, root / "mlruns" / "mlflow.db")
     monkeypatch.setenv("JUDGECAL_HOME", str(root))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return root
+    yield root
+    # mlflow.set_tracking_uri exports the URI to the environment (for child processes), where
+    # the next module's fixtures would read a store this test has stopped: forget it.
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import pytest
 
 import judgecal
 from judgecal.data.rows import LabeledRow
+from judgecal.export.environment import uses_embeddings
 
 GOLDEN = Path(__file__).with_name("golden")
 SAVED = sorted(folder.name for folder in GOLDEN.iterdir() if (folder / "judge.json").exists())
@@ -37,9 +38,12 @@ def test_a_saved_bundle_gives_the_verdicts_it_gave_when_saved(name: str) -> None
     # What was rebuilt is what was saved, down to each learned number.
     assert judge.state() == json.loads((GOLDEN / name / "judge.json").read_text())["judge"]
     verdicts = judge.predict(rows)
+    # Sentence embeddings are float32 and their sums depend on torch's thread count, so a
+    # probability built on them may move in the 8th digit; anything else must match exactly.
+    tolerance = 1e-6 if uses_embeddings(judge.state()) else 1e-12
     assert [v.label for v in verdicts] == [e["label"] for e in expected["verdicts"]]
     for verdict, saved in zip(verdicts, expected["verdicts"], strict=True):
-        assert verdict.confidence == pytest.approx(saved["confidence"], abs=1e-9)
+        assert verdict.confidence == pytest.approx(saved["confidence"], abs=tolerance)
         assert verdict.error == saved["error"]
         got, want = verdict.probabilities or {}, saved["probabilities"] or {}
-        assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k], abs=1e-9) for k in want)
+        assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k], abs=tolerance) for k in want)

@@ -49,8 +49,17 @@ def tracked_run(tmp_path_factory):
             os.environ["JUDGECAL_HOME"] = old
 
 
-def test_the_run_is_named_by_its_result_and_described_by_its_verdict(tracked_run) -> None:
-    report, run, _ = tracked_run
+@pytest.fixture
+def tracked(tracked_run):
+    """The module's run, with MLflow pointed at its store (each test's teardown forgets it)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracked_run[0].tracked.tracking_uri)
+    return tracked_run
+
+
+def test_the_run_is_named_by_its_result_and_described_by_its_verdict(tracked) -> None:
+    report, run, _ = tracked
     kappa = report.agreement.judge("calibrated").metrics["kappa"].value
     raw = report.agreement.judge("raw").metrics["kappa"].value
     assert run.info.run_name == f"κ {raw:.2f} → {kappa:.2f} Δ{kappa - raw:+.2f}"
@@ -59,10 +68,10 @@ def test_the_run_is_named_by_its_result_and_described_by_its_verdict(tracked_run
     assert "| kappa |" in note and "| selected_rate |" in note
 
 
-def test_only_headline_metrics_are_top_level_and_every_metric_is_in_one_table(tracked_run) -> None:
+def test_only_headline_metrics_are_top_level_and_every_metric_is_in_one_table(tracked) -> None:
     import mlflow
 
-    _, run, _ = tracked_run
+    _, run, _ = tracked
     metrics = run.data.metrics
     assert {"raw.kappa", "calibrated.kappa", "delta.kappa", "delta.kappa.low", "delta.kappa.high", "p_value"} <= set(
         metrics
@@ -74,16 +83,16 @@ def test_only_headline_metrics_are_top_level_and_every_metric_is_in_one_table(tr
     assert {"mcc", "alpha", "brier"} <= set(table["metric"])
 
 
-def test_the_run_lasts_as_long_as_the_calibration(tracked_run) -> None:
-    report, run, _ = tracked_run
+def test_the_run_lasts_as_long_as_the_calibration(tracked) -> None:
+    report, run, _ = tracked
     assert run.info.start_time == int(report.started_at * 1000)
     assert run.info.end_time is not None and run.info.end_time >= run.info.start_time
 
 
-def test_the_judge_card_embeds_its_plots(tracked_run) -> None:
+def test_the_judge_card_embeds_its_plots(tracked) -> None:
     import mlflow
 
-    _, run, _ = tracked_run
+    _, run, _ = tracked
     local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="card"))
     page = (local / "judge_card.html").read_text()
     images = [part.split('"')[0] for part in page.split('src="data:image/png;base64,')[1:]]
@@ -92,24 +101,24 @@ def test_the_judge_card_embeds_its_plots(tracked_run) -> None:
     assert page.count("<tr>") >= 12  # the agreement table is whole
 
 
-def test_params_hold_no_path_of_this_machine(tracked_run) -> None:
-    _, run, root = tracked_run
+def test_params_hold_no_path_of_this_machine(tracked) -> None:
+    _, run, root = tracked
     assert run.data.params["data.path"] == "rows.jsonl"
     assert not [k for k, v in run.data.params.items() if str(root) in v or v.startswith("/")]
 
 
-def test_experiments_open_in_the_runs_view(tracked_run) -> None:
+def test_experiments_open_in_the_runs_view(tracked) -> None:
     import mlflow
 
-    _, run, _ = tracked_run
+    _, run, _ = tracked
     experiment = mlflow.MlflowClient().get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
-def test_the_bundle_digest_tag_is_the_digest_of_the_judge_the_run_logged(tracked_run) -> None:
+def test_the_bundle_digest_tag_is_the_digest_of_the_judge_the_run_logged(tracked) -> None:
     from judgecal import load_judge
 
-    report, run, _ = tracked_run
+    report, run, _ = tracked
     judge = load_judge(f"runs:/{run.info.run_id}/judge", tracking_uri=report.tracked.tracking_uri)
     assert run.data.tags["judgecal.bundle_digest"] == judge.digest
     assert judge.digest.startswith("sha256:")
