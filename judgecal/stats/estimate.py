@@ -11,12 +11,14 @@ interval. The estimators come from ``ppi-python``, the authors' implementation.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from judgecal.data.rows import DataError, LabelValue, RowShape, load_rows, load_verdicts
+from judgecal.data.judged import JudgedRow, read_judged_rows
+from judgecal.data.rows import DataError, LabelValue, RowShape, load_rows
 
 
 class Interval(BaseModel):
@@ -110,40 +112,72 @@ def estimate_from_files(
     use_probability: bool = True,
     confidence: float = 0.95,
 ) -> CorrectedEstimate:
-    """Join the judge's verdicts (every row) with the human labels (a subset) by row id."""
-    target = spec.positive if target is None else spec.parse_label(target)
-    if target is None:
-        raise DataError("this task has no positive label; name the label to estimate the rate of (--target)")
-    verdicts = load_verdicts(verdicts_path, spec)
+    """Join the judge's verdicts (every row) with the human labels (a subset) by row id.
+    A selective judge's abstained rows count like any other through their probability."""
+    target = _target(spec, target)
+    judged = read_judged_rows(verdicts_path, spec)
     labelled = load_rows(labels_path, spec).rows
-    missing = [row.id for row in labelled if row.id not in verdicts]
+    by_id = {row.id: row for row in judged.rows}
+    missing = [row.id for row in labelled if row.id not in by_id]
     if missing:
         raise DataError(
             f"{len(missing)} labelled rows have no judge verdict, e.g. {missing[:3]}; judge them too",
             path=verdicts_path,
             field="id",
         )
+    signal, judge_signal = judge_signals(judged.rows, spec, target, use_probability=use_probability, path=verdicts_path)
     labelled_ids = {row.id for row in labelled}
-    positive_is_target = spec.positive is not None and target == spec.positive
-    probability_ok = use_probability and positive_is_target and all(p is not None for _, p in verdicts.values())
-
-    def signal(row_id: str) -> float:
-        label, probability = verdicts[row_id]
-        if probability_ok and probability is not None:
-            return float(probability)
-        return float(label == target)
-
     human = np.array([float(row.label == target) for row in labelled])
-    judged_labelled = np.array([signal(row.id) for row in labelled])
-    unlabelled = np.array([signal(row_id) for row_id in verdicts if row_id not in labelled_ids])
+    judged_labelled = np.array([signal[row.id] for row in labelled])
+    unlabelled = np.array([signal[row.id] for row in judged.rows if row.id not in labelled_ids])
     return corrected_rate(
         human,
         judged_labelled,
         unlabelled,
-        target=json.dumps(target) if isinstance(target, bool) else str(target),
+        target=answer_text(target),
         confidence=confidence,
-        judge_signal="probability" if probability_ok else "verdict",
+        judge_signal=judge_signal,
     )
+
+
+def _target(spec: RowShape, target: LabelValue | None) -> LabelValue:
+    target = spec.positive if target is None else spec.parse_label(target)
+    if target is None:
+        raise DataError("this task has no positive label; name the label to estimate the rate of (--target)")
+    return target
+
+
+def answer_text(label: LabelValue) -> str:
+    return json.dumps(label) if isinstance(label, bool) else str(label)
+
+
+def judge_signals(
+    judged: Sequence[JudgedRow], spec: RowShape, target: LabelValue, *, use_probability: bool, path: Path
+) -> tuple[dict[str, float], str]:
+    """The judge's signal for each row, by id: its P(target) when it gave one on every row
+    and ``target`` is the positive label, else 1 where its verdict is ``target``. An
+    abstained row has no verdict, so it needs the probability."""
+    positive_is_target = spec.positive is not None and target == spec.positive
+    probability_ok = use_probability and positive_is_target and all(row.probability is not None for row in judged)
+    if not probability_ok:
+        abstained = next((row for row in judged if row.abstained), None)
+        if abstained is not None:
+            why = (
+                "--verdict-only was given"
+                if not use_probability
+                else "the target is not the positive label"
+                if not positive_is_target
+                else "some rows have no probability"
+            )
+            raise DataError(
+                f"the judge abstained on this row and {why}: a selective judge's rows are estimated from its "
+                "probability of the positive label on every row",
+                path=path,
+                line=abstained.line,
+                field="verdict",
+            )
+        return {row.id: float(row.verdict == target) for row in judged}, "verdict"
+    return {row.id: float(row.probability) for row in judged if row.probability is not None}, "probability"
 
 
 def simulate_coverage(
