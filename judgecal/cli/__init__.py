@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from judgecal.artifacts import CARD_DIR, EVALUATION_FILE, HTML_CARD_FILE, METRICS_TABLE, MODEL_NAME
-from judgecal.cli.labelling import label_next_command
+from judgecal.cli.labelling import label_next_command, merge_labels_command
 from judgecal.cli.output import console, errors, print_error
 from judgecal.cli.parser import build_parser
 from judgecal.data.rows import DataError
@@ -82,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
             "estimate": _estimate,
             "label-next": label_next_command,
             "import": _import,
+            "merge": merge_labels_command,
             "ui": _ui,
         }
     )

@@ -1,5 +1,6 @@
-"""``judgecal label-next`` (the rows to label next) and ``judgecal estimate --design``
-(the rate from the labels of the rows it drew)."""
+"""``judgecal label-next`` (the rows to label next), ``judgecal estimate --design`` (the
+rate from the labels of the rows it drew) and ``judgecal data merge`` (the new labels
+joined to the old for the next calibration)."""
 
 from __future__ import annotations
 
@@ -80,4 +81,14 @@ def label_next_command(args: argparse.Namespace) -> int:
         f"rows to label: {result.output}; the design (keep it for judgecal estimate --design): {result.design_file}",
         highlight=False,
     )
+    return 0
+
+
+def merge_labels_command(args: argparse.Namespace) -> int:
+    from judgecal.pipeline.labelling import merge_labelled
+    from judgecal.tasks.registry import resolve_task
+
+    counts = merge_labelled(resolve_task(args.task).spec, args.files, args.output)
+    parts = ", ".join(f"{count} from {path}" for path, count in counts.items())
+    console.print(f"{sum(counts.values())} labelled rows written to {args.output} ({parts})", highlight=False)
     return 0

@@ -51,7 +51,7 @@ def _level(text: str) -> float:
 
 def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     """The whole command line; ``handlers`` holds the function each sub-command runs, by
-    name (``import`` for ``judgecal data import``)."""
+    name (``import`` and ``merge`` for ``judgecal data import`` and ``judgecal data merge``)."""
     parser = _Parser(prog="judgecal", description="Calibrate LLM-as-judge models against human labels.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _calibrate_command(commands, handlers["calibrate"])
@@ -60,7 +60,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     _judge_command(commands, handlers["judge"])
     _estimate_command(commands, handlers["estimate"])
     _label_next_command(commands, handlers["label-next"])
-    _data_command(commands, handlers["import"])
+    _data_command(commands, handlers["import"], handlers["merge"])
     _ui_command(commands, handlers["ui"])
     return parser
 
@@ -278,7 +278,7 @@ def _label_next_command(commands: Commands, handler: Handler) -> None:
     label.set_defaults(handler=handler)
 
 
-def _data_command(commands: Commands, handler: Handler) -> None:
+def _data_command(commands: Commands, handler: Handler, merge_handler: Handler) -> None:
     data = commands.add_parser("data", help="convert published human-judgment data into judgecal rows")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
     data.set_defaults(handler=lambda _: (data.print_help(), 2)[1])
@@ -312,6 +312,13 @@ def _data_command(commands: Commands, handler: Handler) -> None:
         "prompts repeat); 'user' = one user across prompts",
     )
     importer.set_defaults(handler=handler)
+    merge = data_commands.add_parser(
+        "merge", help="join labelled files (the old labels and the rows annotators labelled) into one for calibrate"
+    )
+    merge.add_argument("files", type=Path, nargs="+", metavar="FILE", help="labelled rows (JSONL or CSV), in order")
+    merge.add_argument("--task", required=True, help="task of the rows: relevance, pairwise, attribute, module:Sig")
+    merge.add_argument("--output", type=Path, required=True, help="the joined rows to write (JSONL)")
+    merge.set_defaults(handler=merge_handler)
 
 
 def _ui_command(commands: Commands, handler: Handler) -> None:

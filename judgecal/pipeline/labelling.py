@@ -1,7 +1,8 @@
 """Which rows to label next, from a file of judged rows to a file for annotators
 (``judgecal label-next``): read the judged rows, leave out those labelled already, draw
 with known inclusion probabilities (:mod:`judgecal.stats.active`), and write the drawn
-rows beside the design that an unbiased estimate needs (``judgecal estimate --design``).
+rows beside the design that an unbiased estimate needs (``judgecal estimate --design``);
+then join the rows annotators labelled to the old labels for the next calibration.
 """
 
 from __future__ import annotations
@@ -105,3 +106,34 @@ def _write(judged: JudgedFile, design: LabellingDesign, output: Path, design_pat
         partial = path.with_name(path.name + ".partial")
         partial.write_text(text, encoding="utf-8")
         partial.rename(path)
+
+
+def merge_labelled(task: RowShape, sources: list[Path], output: Path) -> dict[Path, int]:
+    """Join labelled files into one JSONL file ``calibrate`` reads, every row validated
+    and labelled. An id may appear once: a second one stops the merge naming both places,
+    since two labels of one row would count it twice (and split it across train and test
+    if the groups differ). Returns the rows taken from each file."""
+    if output.exists():
+        raise FileExistsError(f"{output} exists; choose another --output (nothing was overwritten)")
+    first_seen: dict[str, str] = {}
+    lines: list[str] = []
+    counts: dict[Path, int] = {}
+    for source in sources:
+        dataset = load_rows(source, task)
+        for row in dataset.rows:
+            if row.id in first_seen:
+                raise DataError(
+                    f"id {row.id!r} is labelled already in {first_seen[row.id]}; ids must not repeat: keep one of "
+                    "the two rows",
+                    path=source,
+                    line=row.line,
+                    field="id",
+                )
+            first_seen[row.id] = f"{source}:{row.line}"
+            lines.append(json.dumps(row.to_record(), ensure_ascii=False) + "\n")
+        counts[source] = len(dataset.rows)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")
+    partial.write_text("".join(lines), encoding="utf-8")
+    partial.rename(output)
+    return counts

@@ -214,3 +214,38 @@ def test_a_bad_design_file_is_refused_naming_its_field(
     argv = ["estimate", "--task", "relevance", "--verdicts", str(judged["verdicts"]), "--labels", str(output)]
     assert main([*argv, "--design", str(design_file)]) == 2
     assert one_error_line(capsys).startswith(f"error: {design_file}: field 'strategy': Input should be")
+
+
+def test_merge_joins_the_new_labels_to_the_old_and_refuses_a_repeated_id(
+    judged: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from judgecal.data.rows import load_rows
+
+    truth = judged["truth"]
+    old_ids = list(truth)[:30]
+    old = write_jsonl(
+        tmp_path / "old.jsonl",
+        [{"id": i, "group": "g", "prompt": "p", "attribute": "a", "label": truth[i]} for i in old_ids],
+    )
+    output = tmp_path / "next.jsonl"
+    assert label_next(judged, output, "--labelled", str(old)) == 0
+    new = annotate(output, truth, tmp_path / "new.jsonl")
+    merged = tmp_path / "all.jsonl"
+    argv = ["data", "merge", str(old), str(new), "--task", "relevance", "--output", str(merged)]
+    assert main(argv) == 0
+    rows = load_rows(merged, RELEVANCE).rows
+    drawn = len(output.read_text().splitlines())
+    assert len(rows) == 30 + drawn and rows[-1].reference_judges  # the recorded verdicts came along
+    assert f"{30 + drawn} labelled rows written to {merged}" in " ".join(capsys.readouterr().out.split())
+
+    again = tmp_path / "twice.jsonl"
+    assert main(["data", "merge", str(old), str(new), str(new), "--task", "relevance", "--output", str(again)]) == 2
+    first = json.loads(new.read_text().splitlines()[0])["id"]
+    assert one_error_line(capsys) == (
+        f"error: {new}:1: field 'id': id {first!r} is labelled already in {new}:1; ids must not repeat: keep one of "
+        "the two rows"
+    )
+    assert not again.exists()
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    assert main(["data", "merge", str(old), str(output), "--task", "relevance", "--output", str(unlabelled)]) == 2
+    assert one_error_line(capsys) == f"error: {output}:1: field 'label': missing required field"
