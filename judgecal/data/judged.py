@@ -20,6 +20,8 @@ from judgecal.data.rows import DataError, LabeledRow, LabelValue, RowShape, load
 
 ROW_KEYS = ("row", "input")
 """Where a queue line keeps the input row it was judged on (``row``; ``input`` is read too)."""
+JUDGE_KEYS = ("verdict", "abstained", "probability", "confidence", "probabilities", "judge", "label")
+"""What the judge said: never part of the row, so annotators are not shown it."""
 
 
 class JudgedRow(BaseModel):
@@ -123,13 +125,14 @@ def _input_row(record: dict[str, Any], task: RowShape, *, path: Path, line: int)
             if not isinstance(nested, dict):
                 raise DataError("expected the input row as a JSON object", path=path, line=line, field=key)
             nested = {"id": record["id"], **({"group": record["group"]} if "group" in record else {}), **nested}
-            nested.pop("label", None)
+            for judged_key in JUDGE_KEYS:
+                nested.pop(judged_key, None)
             try:
                 return parse_record(nested, task, path=path, line=line, labelled=False)
             except DataError as error:
                 raise DataError(error.reason, path=path, line=line, field=f"{key}.{error.field}") from None
     if any(name in record for name in task.input_names):
-        flat = {key: value for key, value in record.items() if key not in ("verdict", "label")}
+        flat = {key: value for key, value in record.items() if key not in JUDGE_KEYS}
         return parse_record(flat, task, path=path, line=line, labelled=False)
     return None
 

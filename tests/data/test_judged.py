@@ -77,3 +77,14 @@ def test_a_bad_line_stops_with_file_line_and_field(tmp_path: Path, line: dict, f
         read_judged_rows(path, RELEVANCE)
     assert str(refused.value).startswith(f"{path}:2: field '{field}': ")
     assert fragment in str(refused.value)
+
+
+def test_a_row_beside_its_verdict_keeps_no_trace_of_the_judge(tmp_path: Path) -> None:
+    """Annotators get the row without the judge's answer, so it cannot anchor them."""
+    path = write_jsonl(
+        tmp_path / "judged.jsonl",
+        [{"id": "a", "group": "g", "prompt": "p", "attribute": "x", "verdict": True, "probability": 0.8, "judge": "j"}],
+    )
+    [row] = read_judged_rows(path, RELEVANCE).rows
+    assert (row.verdict, row.probability, row.group) == (True, 0.8, "g")
+    assert row.row is not None and row.row.meta == {} and row.row.inputs == {"prompt": "p", "attribute": "x"}
