@@ -252,7 +252,10 @@ def _label_next_command(commands: Commands, handler: Handler) -> None:
         "--rows", type=Path, help="the rows that were judged (judgecal judge --input): their group and inputs"
     )
     label.add_argument(
-        "--budget", type=_positive_int, required=True, help="rows to label, in expectation (each row is drawn alone)"
+        "--budget",
+        type=_positive_int,
+        required=True,
+        help="rows to label, in expectation (the count drawn varies around it)",
     )
     label.add_argument(
         "--strategy",

@@ -68,8 +68,11 @@ def inclusion_probabilities(
 ) -> np.ndarray:
     """π per row, Σ π = ``budget`` (rows labelled, in expectation). With ``by="group"``
     the rows of a group share one π: the group is drawn whole. ``probability`` may be
-    None for ``uniform`` only; ``strata`` are the stratified strategy's (verdict, group)."""
-    n = len(probability) if probability is not None else len(groups or strata or ())
+    None for ``uniform`` only, with ``groups`` given; ``strata`` are the stratified
+    strategy's (verdict in group)."""
+    if probability is None and groups is None:
+        raise ValueError("pass the judge's probabilities or the rows' groups: the rows are counted from them")
+    n = len(probability) if probability is not None else len(groups or ())
     if strategy != "uniform" and probability is None:
         raise ValueError(f"the {strategy} strategy needs the judge's probability on every row")
     if not 0 <= mix <= 1:

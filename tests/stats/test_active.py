@@ -179,3 +179,12 @@ def test_rows_labelled_before_enter_the_estimate_with_certainty() -> None:
     f, y, _ = population(6)
     interval, _ = active_rate(f, f, y, np.ones_like(f))
     assert interval.estimate == pytest.approx(y.mean()) and interval.width == pytest.approx(0)
+
+
+def test_uniform_counts_the_rows_from_their_groups_when_there_are_no_probabilities() -> None:
+    pi = inclusion_probabilities(None, 5, "uniform", groups=["a"] * 10 + ["b"] * 10)
+    assert len(pi) == 20 and np.allclose(pi, 0.25)
+    with pytest.raises(ValueError, match="the rows are counted from them"):
+        inclusion_probabilities(None, 5, "uniform")
+    with pytest.raises(ValueError, match="the uncertainty strategy needs the judge's probability"):
+        inclusion_probabilities(None, 5, "uncertainty", groups=["a"] * 10)
