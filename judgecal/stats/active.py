@@ -43,7 +43,6 @@ from judgecal.data.rows import DataError
 
 Strategy = Literal["uncertainty", "stratified", "uniform"]
 DrawnBy = Literal["row", "group"]
-STRATEGIES: tuple[Strategy, ...] = ("uncertainty", "stratified", "uniform")
 FLOOR = 1e-3
 """No row's π is below this: every row keeps a chance, and no label weighs more than 1,000 rows."""
 DESIGN_SCHEMA = 1
@@ -70,9 +69,12 @@ def inclusion_probabilities(
     the rows of a group share one π: the group is drawn whole. ``probability`` may be
     None for ``uniform`` only, with ``groups`` given; ``strata`` are the stratified
     strategy's (verdict in group)."""
-    if probability is None and groups is None:
+    if probability is not None:
+        n = len(probability)
+    elif groups is not None:
+        n = len(groups)
+    else:
         raise ValueError("pass the judge's probabilities or the rows' groups: the rows are counted from them")
-    n = len(probability) if probability is not None else len(groups or ())
     if strategy != "uniform" and probability is None:
         raise ValueError(f"the {strategy} strategy needs the judge's probability on every row")
     if not 0 <= mix <= 1:
