@@ -1,7 +1,8 @@
 """Rows a judge has already judged, read back: the verdicts file ``judgecal judge`` writes
 (``{"id", "verdict", "probability", ...}``, an abstention as ``"verdict": null,
-"abstained": true``), its queue of abstained rows (id, group, the input row under
-``row``, the probability), or any JSONL file of rows with a probability beside them.
+"abstained": true``), its queue of abstained rows (each the row as it was read, with what
+the judge said under ``"abstention"``), or any JSONL file of rows with a probability
+beside them.
 
 Choosing rows to label and estimating a rate from the labels both read such a file; the
 digest of its bytes ties an estimate to the very file its rows were drawn from.
@@ -18,9 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from judgecal.data.rows import DataError, LabeledRow, LabelValue, RowShape, load_rows, parse_record, read_jsonl
 
-ROW_KEYS = ("row", "input")
-"""Where a queue line keeps the input row it was judged on (``row``; ``input`` is read too)."""
-JUDGE_KEYS = ("verdict", "abstained", "probability", "confidence", "probabilities", "judge", "label")
+QUEUE_KEY = "abstention"
+"""A queue line keeps what the judge said (its ``probability``, ...) under this key; the
+rest of the line is the row."""
+JUDGE_KEYS = ("verdict", "abstained", "probability", "confidence", "probabilities", "judge", "label", QUEUE_KEY)
 """What the judge said: never part of the row, so annotators are not shown it."""
 
 
@@ -88,11 +90,14 @@ def _judged_row(record: dict[str, Any], task: RowShape, *, path: Path, line: int
     if record.get("id") in (None, ""):
         raise DataError("missing required field", path=path, line=line, field="id")
     row = _input_row(record, task, path=path, line=line)
-    abstained = record.get("abstained", row is not None and "verdict" not in record)
+    queued = record.get(QUEUE_KEY)
+    if queued is not None and not isinstance(queued, dict):
+        raise DataError("expected an object with the judge's probability", path=path, line=line, field=QUEUE_KEY)
+    abstained = record.get("abstained", queued is not None)
     if not isinstance(abstained, bool):
         raise DataError(f"expected true or false, got {abstained!r}", path=path, line=line, field="abstained")
     verdict = record.get("verdict")
-    if verdict is None and not abstained:
+    if verdict is None and not abstained and (row is None or "verdict" in record):
         message = 'null is a verdict only with "abstained": true' if "verdict" in record else "missing required field"
         raise DataError(message, path=path, line=line, field="verdict")
     if verdict is not None:
@@ -105,45 +110,35 @@ def _judged_row(record: dict[str, Any], task: RowShape, *, path: Path, line: int
     group = record.get("group")
     if group is not None and (not isinstance(group, str | int) or isinstance(group, bool)):
         raise DataError(f"expected a string, got {group!r}", path=path, line=line, field="group")
+    if "probability" in record or queued is None:
+        probability = _probability(record.get("probability"), path=path, line=line, field="probability")
+    else:
+        probability = _probability(queued.get("probability"), path=path, line=line, field=f"{QUEUE_KEY}.probability")
     return JudgedRow(
         id=str(record["id"]),
         verdict=verdict,
         abstained=abstained,
-        probability=_probability(record.get("probability"), path=path, line=line),
-        group=str(group) if group is not None else (row.group if row is not None and row.group != "-" else None),
+        probability=probability,
+        group=str(group) if group is not None else None,
         row=row,
         line=line,
     )
 
 
 def _input_row(record: dict[str, Any], task: RowShape, *, path: Path, line: int) -> LabeledRow | None:
-    """The row a line holds: nested under ``row`` (a queue line) or its input fields
-    beside the verdict (any file of rows); None for a bare verdict line."""
-    for key in ROW_KEYS:
-        if key in record:
-            nested = record[key]
-            if not isinstance(nested, dict):
-                raise DataError("expected the input row as a JSON object", path=path, line=line, field=key)
-            nested = {"id": record["id"], **({"group": record["group"]} if "group" in record else {}), **nested}
-            for judged_key in JUDGE_KEYS:
-                nested.pop(judged_key, None)
-            try:
-                return parse_record(nested, task, path=path, line=line, labelled=False)
-            except DataError as error:
-                raise DataError(error.reason, path=path, line=line, field=f"{key}.{error.field}") from None
-    if any(name in record for name in task.input_names):
-        flat = {key: value for key, value in record.items() if key not in JUDGE_KEYS}
-        return parse_record(flat, task, path=path, line=line, labelled=False)
-    return None
+    """The row a line holds, its input fields beside what the judge said (a queue line, or
+    any file of rows); None for a bare verdict line."""
+    if not any(name in record for name in task.input_names):
+        return None
+    flat = {key: value for key, value in record.items() if key not in JUDGE_KEYS}
+    return parse_record(flat, task, path=path, line=line, labelled=False)
 
 
-def _probability(value: Any, *, path: Path, line: int) -> float | None:
+def _probability(value: Any, *, path: Path, line: int, field: str) -> float | None:
     if value is None:
         return None
     if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
-        raise DataError(
-            f"expected a probability between 0 and 1, got {value!r}", path=path, line=line, field="probability"
-        )
+        raise DataError(f"expected a probability between 0 and 1, got {value!r}", path=path, line=line, field=field)
     return float(value)
 
 

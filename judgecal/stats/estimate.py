@@ -166,8 +166,8 @@ def judge_signals(
     positive_is_target = spec.positive is not None and target == spec.positive
     probability_ok = use_probability and positive_is_target and all(row.probability is not None for row in judged)
     if not probability_ok:
-        abstained = next((row for row in judged if row.abstained), None)
-        if abstained is not None:
+        silent = next((row for row in judged if row.verdict is None), None)
+        if silent is not None:
             why = (
                 "--verdict-only was given"
                 if not use_probability
@@ -175,11 +175,12 @@ def judge_signals(
                 if not positive_is_target
                 else "some rows have no probability"
             )
+            said = "the judge abstained on this row" if silent.abstained else "this row has no verdict"
             raise DataError(
-                f"the judge abstained on this row and {why}: a selective judge's rows are estimated from its "
-                "probability of the positive label on every row",
+                f"{said} and {why}: such rows are estimated from the judge's probability of the positive label "
+                "on every row",
                 path=path,
-                line=abstained.line,
+                line=silent.line,
                 field="verdict",
             )
         return {row.id: float(row.verdict == target) for row in judged}, "verdict"

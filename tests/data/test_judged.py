@@ -33,14 +33,27 @@ def test_a_verdicts_file_with_abstentions_reads_back(tmp_path: Path) -> None:
     assert judged.digest.startswith("sha256:") and all(r.row is None for r in judged.rows)
 
 
+def queue_line(i: int, probability: object = 0.4) -> dict:
+    """A line of the abstention queue as judgecal judge writes it: the row as it was read,
+    what the judge said under "abstention"."""
+    row = {"id": f"q{i}", "group": "p1", "prompt": "Plan a trip", "attribute": "likes trains", "label": None}
+    return {**row, "abstention": {"judge": "j", "line": i, "probability": probability, "probabilities": None}}
+
+
 def test_a_queue_line_holds_its_row_and_counts_as_abstained(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "verdicts.queue.jsonl", [queue_line(1)])
+    [row] = read_judged_rows(path, RELEVANCE).rows
+    assert row.abstained and row.verdict is None and row.group == "p1" and row.probability == 0.4
+    assert row.row is not None and row.row.inputs == {"prompt": "Plan a trip", "attribute": "likes trains"}
+    assert row.row.meta == {}  # what the judge said stays out of the row annotators get
+
+
+def test_rows_of_your_own_need_no_verdict(tmp_path: Path) -> None:
     path = write_jsonl(
-        tmp_path / "verdicts.queue.jsonl",
-        [{"id": "a", "group": "p1", "row": {"prompt": "Plan a trip", "attribute": "likes trains"}, "probability": 0.4}],
+        tmp_path / "rows.jsonl", [{"id": "a", "group": "g", "prompt": "p", "attribute": "x", "probability": 0.3}]
     )
     [row] = read_judged_rows(path, RELEVANCE).rows
-    assert row.abstained and row.verdict is None and row.group == "p1"
-    assert row.row is not None and row.row.inputs == {"prompt": "Plan a trip", "attribute": "likes trains"}
+    assert (row.verdict, row.abstained, row.probability) == (None, False, 0.3)
 
 
 def test_the_rows_file_gives_a_verdicts_file_its_groups_and_inputs(tmp_path: Path) -> None:
@@ -67,8 +80,9 @@ def test_the_rows_file_gives_a_verdicts_file_its_groups_and_inputs(tmp_path: Pat
         ({"id": "b", "verdict": "maybe"}, "verdict", "'maybe'"),
         ({"id": "a", "verdict": True}, "id", "duplicate id 'a'"),
         ({"verdict": True}, "id", "missing required field"),
-        ({"id": "b", "row": {"prompt": "p"}, "probability": 0.5}, "row.attribute", "missing required field"),
-        ({"id": "b", "row": "text", "probability": 0.5}, "row", "JSON object"),
+        ({"id": "b", "prompt": "p", "probability": 0.5}, "attribute", "missing required field"),
+        ({"id": "b", "prompt": "p", "attribute": "x", "abstention": 0.5}, "abstention", "an object"),
+        (queue_line(2, probability=2), "abstention.probability", "between 0 and 1"),
     ],
 )
 def test_a_bad_line_stops_with_file_line_and_field(tmp_path: Path, line: dict, field: str, fragment: str) -> None:

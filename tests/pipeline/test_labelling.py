@@ -139,7 +139,14 @@ def test_the_abstention_queue_is_drawn_from_without_the_rows_file(tmp_path: Path
     queue = write_jsonl(
         tmp_path / "verdicts.queue.jsonl",
         [
-            {"id": f"r{i}", "group": f"g{i % 4}", "row": {"prompt": "p", "attribute": f"a{i}"}, "probability": 0.4}
+            {
+                "id": f"r{i}",
+                "group": f"g{i % 4}",
+                "prompt": "p",
+                "attribute": f"a{i}",
+                "label": None,
+                "abstention": {"judge": "j", "line": i + 1, "probability": 0.2 + i / 100, "probabilities": None},
+            }
             for i in range(50)
         ],
     )
@@ -148,6 +155,9 @@ def test_the_abstention_queue_is_drawn_from_without_the_rows_file(tmp_path: Path
     assert main([*argv, "--strategy", "stratified", "--output", str(output)]) == 0
     lines = [json.loads(text) for text in output.read_text().splitlines()]
     assert lines and all(line["attribute"].startswith("a") and line["inclusion_probability"] for line in lines)
+    assert not any("abstention" in line for line in lines)  # the judge's probability is not shown to annotators
+    pi = {row.id: row.inclusion_probability for row in read_design(tmp_path / "next.design.json").drawn}
+    assert len(set(pi.values())) > 1  # the probabilities under "abstention" were read: they set π
 
 
 def test_a_second_draw_never_overwrites_the_first(
