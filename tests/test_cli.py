@@ -157,6 +157,7 @@ def test_trials_must_be_a_positive_whole_number(trials: str, capsys: pytest.Capt
         ["judge", "--judge", "b", "--input", "i", "--output", "o", "--num-threads", "0"],
         ["calibrate", "x.toml", "--max-test-rows", "-1"],
         ["calibrate", "x.toml", "--max-tokens", "lots"],
+        ["label-next", "--task", "relevance", "--verdicts", "v", "--output", "o", "--budget", "0"],
     ],
 )
 def test_every_count_flag_is_refused_in_one_line_naming_the_flag_once(
@@ -209,6 +210,15 @@ def test_estimate_confidence_must_lie_between_0_and_1(
     assert line == (
         f"error: argument --confidence: expected a level strictly between 0 and 1 (e.g. 0.95), got {confidence!r} "
         "(see judgecal estimate --help)"
+    )
+
+
+@pytest.mark.parametrize("mix", ["1.5", "-0.1", "some"])
+def test_label_next_mix_must_be_a_share(mix: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["label-next", "--task", "relevance", "--verdicts", "v", "--budget", "5", "--output", "o", "--mix", mix]
+    assert refusal(argv, capsys) == (
+        f"error: argument --mix: expected a share between 0 and 1 (e.g. 0.2), got {mix!r} "
+        "(see judgecal label-next --help)"
     )
 
 

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from judgecal.artifacts import CARD_DIR, EVALUATION_FILE, HTML_CARD_FILE, METRICS_TABLE, MODEL_NAME
+from judgecal.cli.labelling import label_next_command, merge_labels_command
 from judgecal.cli.output import console, errors, print_error
 from judgecal.cli.parser import build_parser
 from judgecal.data.rows import DataError
@@ -79,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
             "report": _report,
             "judge": _judge,
             "estimate": _estimate,
+            "label-next": label_next_command,
             "import": _import,
+            "merge": merge_labels_command,
             "ui": _ui,
         }
     )
@@ -400,6 +403,10 @@ def _estimate(args: argparse.Namespace) -> int:
     from judgecal.tasks.registry import resolve_task
 
     task = resolve_task(args.task)
+    if args.design is not None:
+        from judgecal.cli.labelling import estimate_from_design_command
+
+        return estimate_from_design_command(args, task.spec)
     result = estimate_from_files(
         task.spec,
         args.verdicts,

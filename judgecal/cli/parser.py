@@ -51,7 +51,7 @@ def _level(text: str) -> float:
 
 def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     """The whole command line; ``handlers`` holds the function each sub-command runs, by
-    name (``import`` for ``judgecal data import``)."""
+    name (``import`` and ``merge`` for ``judgecal data import`` and ``judgecal data merge``)."""
     parser = _Parser(prog="judgecal", description="Calibrate LLM-as-judge models against human labels.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _calibrate_command(commands, handlers["calibrate"])
@@ -59,7 +59,8 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     _report_command(commands, handlers["report"])
     _judge_command(commands, handlers["judge"])
     _estimate_command(commands, handlers["estimate"])
-    _data_command(commands, handlers["import"])
+    _label_next_command(commands, handlers["label-next"])
+    _data_command(commands, handlers["import"], handlers["merge"])
     _ui_command(commands, handlers["ui"])
     return parser
 
@@ -214,10 +215,73 @@ def _estimate_command(commands: Commands, handler: Handler) -> None:
     estimate.add_argument(
         "--confidence", type=_level, default=0.95, help="level of the intervals, between 0 and 1 (default 0.95)"
     )
+    estimate.add_argument(
+        "--design",
+        type=Path,
+        help="the design judgecal label-next wrote (next.design.json): estimate from the rows it drew, each label "
+        "weighted by its inclusion probability (active inference); --verdicts must be the file it drew from",
+    )
     estimate.set_defaults(handler=handler)
 
 
-def _data_command(commands: Commands, handler: Handler) -> None:
+def _share(text: str) -> float:
+    """An argparse type: a share between 0 and 1 inclusive (argparse names the flag)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1 (e.g. 0.2), got {text!r}")
+    return value
+
+
+def _label_next_command(commands: Commands, handler: Handler) -> None:
+    label = commands.add_parser(
+        "label-next",
+        help="choose the rows to label next from judged rows, with the inclusion probabilities an estimate needs",
+    )
+    label.add_argument("--task", required=True, help="task of the rows: relevance, pairwise, attribute, module:Sig")
+    label.add_argument(
+        "--verdicts",
+        type=Path,
+        required=True,
+        help="judged rows: judgecal judge's output (with --rows), its queue of abstained rows, or rows with a "
+        "probability",
+    )
+    label.add_argument(
+        "--rows", type=Path, help="the rows that were judged (judgecal judge --input): their group and inputs"
+    )
+    label.add_argument(
+        "--budget",
+        type=_positive_int,
+        required=True,
+        help="rows to label, in expectation (the count drawn varies around it)",
+    )
+    label.add_argument(
+        "--strategy",
+        choices=("uncertainty", "stratified", "uniform"),
+        default="uncertainty",
+        help="uncertainty: more often where the judge is unsure; stratified: by verdict within each group; "
+        "uniform (default: uncertainty)",
+    )
+    label.add_argument(
+        "--mix", type=_share, default=0.2, help="uncertainty: share of the budget spread uniformly (default 0.2)"
+    )
+    label.add_argument("--seed", type=int, default=0, help="seed of the draw (default 0)")
+    label.add_argument(
+        "--by",
+        choices=("row", "group"),
+        default="row",
+        help="draw rows one by one (default) or whole groups (wider intervals; see docs/labelling.md)",
+    )
+    label.add_argument("--labelled", type=Path, help="rows labelled already (with id and label): left out of the draw")
+    label.add_argument(
+        "--output", type=Path, required=True, help="rows for annotators (JSONL); the design goes beside it"
+    )
+    label.set_defaults(handler=handler)
+
+
+def _data_command(commands: Commands, handler: Handler, merge_handler: Handler) -> None:
     data = commands.add_parser("data", help="convert published human-judgment data into judgecal rows")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
     data.set_defaults(handler=lambda _: (data.print_help(), 2)[1])
@@ -251,6 +315,13 @@ def _data_command(commands: Commands, handler: Handler) -> None:
         "prompts repeat); 'user' = one user across prompts",
     )
     importer.set_defaults(handler=handler)
+    merge = data_commands.add_parser(
+        "merge", help="join labelled files (the old labels and the rows annotators labelled) into one for calibrate"
+    )
+    merge.add_argument("files", type=Path, nargs="+", metavar="FILE", help="labelled rows (JSONL or CSV), in order")
+    merge.add_argument("--task", required=True, help="task of the rows: relevance, pairwise, attribute, module:Sig")
+    merge.add_argument("--output", type=Path, required=True, help="the joined rows to write (JSONL)")
+    merge.set_defaults(handler=merge_handler)
 
 
 def _ui_command(commands: Commands, handler: Handler) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from judgecal.cli import main
+from judgecal.data.rows import DataError
 from judgecal.stats.estimate import corrected_rate, estimate_from_files, simulate_coverage
 from judgecal.tasks.registry import resolve_task
 from tests.conftest import write_jsonl
@@ -67,3 +68,44 @@ def test_labelled_rows_without_a_verdict_are_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(Exception, match="have no judge verdict"):
         estimate_from_files(resolve_task("relevance").spec, verdicts, labels)
+
+
+def _selective_verdicts(tmp_path: Path, abstain: bool) -> tuple[Path, Path]:
+    """600 judged rows, 120 of them labelled; with ``abstain`` the judge abstains where
+    0.3 <= P(true) < 0.6, as a selective judge does, instead of giving its verdict."""
+    rng = np.random.default_rng(2)
+    truth = rng.uniform(size=600) < 0.25
+    probability = np.clip(np.where(truth, 0.7, 0.3) + rng.normal(scale=0.2, size=600), 0, 1)
+    lines = []
+    for i, p in enumerate(probability):
+        if abstain and 0.3 <= p < 0.6:
+            lines.append({"id": f"r{i}", "verdict": None, "abstained": True, "probability": float(p)})
+        else:
+            lines.append({"id": f"r{i}", "verdict": bool(p >= 0.5), "probability": float(p)})
+    verdicts = write_jsonl(tmp_path / f"verdicts-{abstain}.jsonl", lines)
+    labels = write_jsonl(
+        tmp_path / "labels.jsonl",
+        [
+            {"id": f"r{i}", "group": f"g{i % 9}", "prompt": "p", "attribute": "a", "label": bool(truth[i])}
+            for i in range(120)
+        ],
+    )
+    return verdicts, labels
+
+
+def test_a_selective_judges_abstentions_count_through_their_probability(tmp_path: Path) -> None:
+    """The signal is P(true) on every row, so abstaining changes nothing in the estimate."""
+    spec = resolve_task("relevance").spec
+    selective, labels = _selective_verdicts(tmp_path, abstain=True)
+    plain, _ = _selective_verdicts(tmp_path, abstain=False)
+    assert '"abstained": true' in selective.read_text()
+    result = estimate_from_files(spec, selective, labels)
+    assert result.judge_signal == "probability"
+    assert result == estimate_from_files(spec, plain, labels)
+
+
+def test_abstentions_without_the_probability_are_refused_naming_the_line(tmp_path: Path) -> None:
+    selective, labels = _selective_verdicts(tmp_path, abstain=True)
+    first = next(i for i, line in enumerate(selective.read_text().splitlines(), start=1) if "abstained" in line)
+    with pytest.raises(DataError, match=rf"{selective.name}:{first}: field 'verdict': the judge abstained on this row"):
+        estimate_from_files(resolve_task("relevance").spec, selective, labels, use_probability=False)
