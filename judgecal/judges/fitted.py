@@ -183,8 +183,9 @@ def missing_reference(row: LabeledRow, name: str) -> str:
 
 
 def positive_probability(verdicts: Sequence[Verdict], task: Task) -> np.ndarray:
-    """P(positive) per verdict: the token probability where the judge gave one, its 0/1
-    answer otherwise, and 0.5 for a missing verdict (which then counts as undecided)."""
+    """P(positive) per verdict: the token probability where the judge gave one (an
+    abstention keeps its own), its 0/1 answer otherwise, and 0.5 for a missing verdict
+    (which then counts as undecided)."""
     positive = task.spec.positive
     out = []
     for verdict in verdicts:
@@ -330,7 +331,8 @@ class RecordedJudge(FittedJudge):
 class MemoJudge(FittedJudge):
     """Another judge whose answers are kept per row (id and inputs, so a row with its
     responses swapped is another row), so that every trial of a search and the report ask
-    the model about a row once. Verdicts that failed are not kept."""
+    the model about a row once. Verdicts that failed are not kept; abstentions, which are
+    answers, are."""
 
     kind = "memo"
 
@@ -347,7 +349,7 @@ class MemoJudge(FittedJudge):
             for row, verdict in zip(missing, verdicts, strict=True):
                 key = (row.id, inputs_key(row.inputs))
                 fresh[key] = verdict
-                if verdict.label is not None:
+                if verdict.label is not None or verdict.abstained:
                     memo[key] = verdict
         return [memo.get(key) or fresh[key] for key in keys]
 
