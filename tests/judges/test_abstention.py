@@ -44,3 +44,22 @@ def test_abstentions_are_not_counted_as_invalid_verdicts() -> None:
     failed = [Verdict(label=None, error="no answer") if a else v for v, a in zip(verdicts, abstained, strict=True)]
     assert score_verdicts(RELEVANCE, rows, failed)["invalid_rate"] == pytest.approx(sum(abstained) / len(rows))
     assert "abstention_rate" not in score_verdicts(RELEVANCE, rows, failed)
+
+
+def test_a_verdicts_file_read_back_gives_its_abstentions_as_abstentions(tmp_path) -> None:
+    """Calibrating from a verdicts file a selective judge wrote: its abstained lines are
+    abstentions with their probability, a row it has no line for is still an error."""
+    from judgecal.data.rows import load_verdicts
+    from judgecal.judges.fitted import RecordedJudge
+    from tests.conftest import write_jsonl
+
+    rows = list(recorded_rows().rows[:3])
+    lines = [
+        {"id": rows[0].id, "verdict": True, "abstained": False, "probability": 0.8},
+        {"id": rows[1].id, "verdict": None, "abstained": True, "probability": 0.4},
+    ]
+    verdicts = load_verdicts(write_jsonl(tmp_path / "verdicts.jsonl", lines), RELEVANCE.spec)
+    first, second, third = RecordedJudge(RELEVANCE, "verdicts.jsonl", "file", verdicts).predict(rows)
+    assert first.label is True and not first.abstained
+    assert second == Verdict(label=None, abstained=True, probabilities={"true": 0.4, "false": 0.6})
+    assert third.label is None and not third.abstained and "no recorded verdict" in (third.error or "")
