@@ -231,9 +231,9 @@ def test_a_verdicts_file_holds_abstentions_only_where_a_line_says_it_abstained(t
     verdicts = load_verdicts(write_jsonl(tmp_path / "verdicts.jsonl", good), RELEVANCE)
     assert verdicts == {"r1": (True, 0.9), "r2": (None, 0.45), "r3": (None, None)}
     for line, field, message in (
-        ({"id": "r4", "verdict": None}, "verdict", "a verdict, or null with \"abstained\": true"),
-        ({"id": "r4", "verdict": None, "abstained": False}, "verdict", "null with \"abstained\": true"),
-        ({"id": "r4", "verdict": "yes", "abstained": True}, "abstained", "an abstained line has \"verdict\": null"),
+        ({"id": "r4", "verdict": None}, "verdict", 'a verdict, or null with "abstained": true'),
+        ({"id": "r4", "verdict": None, "abstained": False}, "verdict", 'null with "abstained": true'),
+        ({"id": "r4", "verdict": "yes", "abstained": True}, "abstained", 'an abstained line has "verdict": null'),
         ({"id": "r4", "verdict": None, "abstained": "yes"}, "abstained", "expected true or false, got 'yes'"),
     ):
         path = write_jsonl(tmp_path / "bad.jsonl", [good[0], line])
