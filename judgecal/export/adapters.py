@@ -80,7 +80,10 @@ class CalibratedJudge:
         """This judge as a DSPy metric: each input field is taken from the prediction when it
         has one, else from the example. Returns 1.0 when the verdict is the positive label
         (binary) or, with ``probability=True``, the judge's P(positive); for other tasks,
-        1.0 when the verdict equals the example's own label field."""
+        1.0 when the verdict equals the example's own label field. Where the judge abstains
+        it returns its P(positive) (binary; 0.5 when it gives none), else its probability of
+        the example's label: a score between 0 and 1 that an optimizer can average, as
+        DSPy metrics are, where 0 would punish the abstention as a "no"."""
         spec = self.fitted.task.spec
 
         def metric(example: Any, prediction: Any, trace: Any = None) -> float:
@@ -90,10 +93,15 @@ class CalibratedJudge:
                 inputs[name] = value if value is not None else _field(example, name)
             verdict = self(**{k: v for k, v in inputs.items() if v is not None})
             if spec.positive is not None:
-                if probability and verdict.probabilities:
+                if verdict.abstained and not verdict.probabilities:
+                    return 0.5
+                if verdict.abstained or (probability and verdict.probabilities):
                     return float(verdict.probability_of(spec.positive) or 0.0)
                 return float(verdict.label == spec.positive)
-            return float(verdict.label is not None and verdict.label == _field(example, spec.decision_field))
+            expected = _field(example, spec.decision_field)
+            if verdict.abstained:
+                return float(verdict.probability_of(expected) or 0.0) if expected is not None else 0.0
+            return float(verdict.label is not None and verdict.label == expected)
 
         metric.__name__ = f"judgecal_{self.fitted.name}"
         return metric
@@ -120,13 +128,16 @@ def mlflow_scorer(judge: FittedJudge, *, name: str | None = None) -> Any:
     ``expectations``, and so are ``reference_judges`` (which a judge calibrated on recorded
     verdicts reads); an ``outputs`` string fills the single input still missing. The
     feedback value is the verdict (a bool for yes/no judges, so MLflow averages it), with
-    the confidence as metadata."""
+    the confidence, the probabilities and whether it abstained as metadata. An abstention
+    is an answer without a value: ``value=None`` (which MLflow leaves out of the scorer's
+    aggregates), no error, ``rationale="abstained"``, ``metadata["abstained"] = True``; a
+    row the judge could not answer is ``value=None`` with the error."""
     from mlflow.entities import Feedback
     from mlflow.genai.scorers import scorer
 
     from judgecal.judges.program import RowFailedError
 
-    names = judge.task.spec.input_names
+    names, positive = judge.task.spec.input_names, judge.task.spec.positive
 
     def judge_row(inputs: Any = None, outputs: Any = None, expectations: Any = None) -> Feedback:
         fields: dict[str, Any] = {}
@@ -142,13 +153,20 @@ def mlflow_scorer(judge: FittedJudge, *, name: str | None = None) -> Any:
             verdict = judge(**fields)
         except RowFailedError as error:
             return Feedback(value=None, error=error.reason)
+        metadata: dict[str, Any] = {
+            "confidence": verdict.confidence,
+            "judge": judge.name,
+            "abstained": verdict.abstained,
+            # MLflow keeps metadata values as text: JSON reads back, a dict's repr does not.
+            "probabilities": json.dumps(verdict.probabilities),
+        }
+        if positive is not None:
+            metadata["probability"] = verdict.probability_of(positive)
+        if verdict.abstained:
+            return Feedback(value=None, rationale=verdict.rationale or "abstained", metadata=metadata)
         if verdict.label is None:
             return Feedback(value=None, error=verdict.error or "no verdict")
-        return Feedback(
-            value=verdict.label,
-            rationale=verdict.rationale,
-            metadata={"confidence": verdict.confidence, "judge": judge.name},
-        )
+        return Feedback(value=verdict.label, rationale=verdict.rationale, metadata=metadata)
 
     return scorer(judge_row, name=name or judge.name.replace("/", "_"))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from judgecal.data.rows import load_rows, load_verdicts
-from judgecal.export.adapters import judge_file
+from judgecal.export.adapters import CalibratedJudge, judge_file
 from tests.conftest import write_jsonl
 from tests.helpers import RELEVANCE, AbstainingJudge, recorded_rows
 
@@ -147,3 +147,52 @@ def test_the_judge_command_says_how_many_rows_it_abstained_on_and_where_they_are
     words = " ".join(out.split())  # lines as the console wrapped them, joined
     assert f"{len(ROWS)} rows judged now, 0 already" in words
     assert f"{count} of them the judge abstained on" in words and "out.queue.jsonl" in "".join(out.split())
+
+
+def test_the_dspy_metric_gives_an_abstention_its_probability() -> None:
+    import dspy
+
+    judge = CalibratedJudge(AbstainingJudge())
+    metric, probability = judge.as_dspy_metric(), judge.as_dspy_metric(probability=True)
+    for row, verdict in zip(ROWS, judge.batch(ROWS, progress=False), strict=True):
+        example = dspy.Example(prompt=row.inputs["prompt"])
+        prediction = dspy.Prediction(attribute=row.inputs["attribute"])
+        p = verdict.probability_of(True)
+        assert probability(example, prediction) == pytest.approx(p)
+        assert metric(example, prediction) == (pytest.approx(p) if verdict.abstained else float(verdict.label))
+
+
+def test_the_mlflow_scorer_gives_an_abstention_no_value_no_error_and_says_so() -> None:
+    judge = CalibratedJudge(AbstainingJudge())
+    scorer = judge.as_mlflow_scorer()
+    for row, verdict in zip(ROWS[:12], judge.batch(ROWS[:12], progress=False), strict=True):
+        feedback = scorer(inputs={"prompt": row.inputs["prompt"]}, outputs={"attribute": row.inputs["attribute"]})
+        assert feedback.error is None
+        assert feedback.metadata["abstained"] is verdict.abstained
+        assert feedback.metadata["probability"] == pytest.approx(verdict.probability_of(True))
+        if verdict.abstained:
+            assert feedback.value is None and feedback.rationale == "abstained"
+        else:
+            assert feedback.value is verdict.label
+
+
+def test_mlflow_leaves_abstentions_out_of_the_scorers_mean(isolated_workspace: Path) -> None:
+    import mlflow
+
+    from judgecal.workspace import Workspace
+
+    judge = CalibratedJudge(AbstainingJudge())
+    rows = ROWS[:16]
+    verdicts = judge.batch(rows, progress=False)
+    answered = [v.label for v in verdicts if not v.abstained]
+    assert 0 < len(answered) < len(rows)
+    Workspace(isolated_workspace).open_tracking()
+    mlflow.set_experiment("abstaining-scorer")
+    data = [{"inputs": {"prompt": r.inputs["prompt"]}, "outputs": {"attribute": r.inputs["attribute"]}} for r in rows]
+    result = mlflow.genai.evaluate(data=data, scorers=[judge.as_mlflow_scorer(name="relevance")])
+    assert result.metrics["relevance/mean"] == pytest.approx(sum(answered) / len(answered))
+    rationale = result.result_df["relevance/rationale"].tolist()
+    assert [text == "abstained" for text in rationale] == [v.abstained for v in verdicts]
+    metadata = [a[0]["metadata"] for a in result.result_df["assessments"]]
+    assert [m["abstained"] for m in metadata] == [str(v.abstained) for v in verdicts]
+    assert [json.loads(m["probabilities"]) for m in metadata] == [v.probabilities for v in verdicts]
