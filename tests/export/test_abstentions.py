@@ -196,3 +196,37 @@ def test_mlflow_leaves_abstentions_out_of_the_scorers_mean(isolated_workspace: P
     metadata = [a[0]["metadata"] for a in result.result_df["assessments"]]
     assert [m["abstained"] for m in metadata] == [str(v.abstained) for v in verdicts]
     assert [json.loads(m["probabilities"]) for m in metadata] == [v.probabilities for v in verdicts]
+
+
+def test_the_mlflow_model_has_an_abstained_column_and_an_empty_label_for_abstentions() -> None:
+    import pandas as pd
+
+    from judgecal.export.mlflow_model import CalibratedJudgeModel
+
+    frame = pd.DataFrame([row.inputs for row in ROWS])
+    expected = AbstainingJudge().predict(ROWS)
+    for calls_model in (False, True):  # judged as a frame, or row by row
+        model = CalibratedJudgeModel()
+        model.judge = AbstainingJudge(calls_model=calls_model)
+        out = model.predict(None, frame)
+        assert list(out.columns) == ["label", "confidence", "error", "abstained"]
+        assert out["abstained"].dtype == bool
+        assert out["abstained"].tolist() == [v.abstained for v in expected]
+        assert out["label"].tolist() == ["" if v.abstained else json.dumps(v.label) for v in expected]
+        assert (out["error"] == "").all()
+
+
+def test_the_mlflow_models_signature_lists_the_abstained_column(tmp_path: Path) -> None:
+    from mlflow.models import Model
+
+    from judgecal.calibrate.trained import VerifierJudge
+    from judgecal.export.flavor import save_model
+
+    verifier = VerifierJudge(task=RELEVANCE, name="relevance-verifier").fit(list(recorded_rows().rows))
+    outputs = Model.load(str(save_model(verifier, tmp_path / "model"))).signature.outputs.to_dict()
+    assert [(column["name"], column["type"]) for column in outputs] == [
+        ("label", "string"),
+        ("confidence", "double"),
+        ("error", "string"),
+        ("abstained", "boolean"),
+    ]
