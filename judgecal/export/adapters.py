@@ -412,7 +412,7 @@ QUEUE_KEY = "abstention"
 
 def queue_line(judge: FittedJudge, row: LabeledRow, verdict: Verdict) -> dict[str, Any]:
     """A row the judge abstained on, for people: the row in the flat form it was read in
-    (id, group, its inputs, ``label`` (null until someone gives one), its other columns),
+    (id, group, its inputs, ``label`` (null for a row without one), its other columns),
     which :func:`~judgecal.data.rows.load_rows` reads back, and under ``"abstention"`` the
     judge's name, the row's line in the judged file and the judge's probabilities."""
     positive = judge.task.spec.positive
