@@ -1,14 +1,18 @@
 """Rows the tests build: recorded judges that over-select, pairs where the careful
-answer wins, and capped grouped splits of the demo files."""
+answer wins, and capped grouped splits of the demo files; a judge that abstains."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from judgecal.data.rows import Dataset, LabeledRow, load_rows
 from judgecal.data.split import SplitSpec, split_by_group
+from judgecal.judges.fitted import FittedJudge, inputs_key
+from judgecal.judges.verdict import Verdict
 from judgecal.tasks.registry import resolve_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,3 +85,43 @@ def pair_rows(n_groups: int = 10, per_group: int = 6, seed: int = 0) -> Dataset:
                 )
             )
     return Dataset(task=PAIRWISE.spec, rows=tuple(rows), source="memory")
+
+
+class AbstainingJudge(FittedJudge):
+    """A yes/no judge that abstains, as a selective judge does outside its band: its
+    P(positive) is a fixed function of the row's inputs (a hash), it says yes at or above
+    ``high``, no below ``low`` and abstains in between, keeping the probabilities. It
+    calls no model unless ``uses_lm`` says so (then rows are judged one at a time), and it
+    is registered nowhere: no bundle can hold it."""
+
+    kind = "abstaining"
+
+    def __init__(self, low: float = 0.3, high: float = 0.7, calls_model: bool = False) -> None:
+        self.low = low
+        self.high = high
+        self.calls_model = calls_model
+        self.task = RELEVANCE
+        self.name = "abstaining"
+
+    @property
+    def uses_lm(self) -> bool:
+        return self.calls_model
+
+    def probability(self, row: LabeledRow) -> float:
+        digest = hashlib.sha256(inputs_key(row.inputs).encode()).digest()
+        return int.from_bytes(digest[:4], "big") / 2**32
+
+    def predict(self, rows, *, progress=None, description=""):
+        out = []
+        for row in rows:
+            p = self.probability(row)
+            probabilities = {"true": p, "false": 1 - p}
+            if self.low <= p < self.high:
+                out.append(Verdict(label=None, abstained=True, probabilities=probabilities))
+            else:
+                label = p >= self.high
+                out.append(Verdict(label=label, confidence=p if label else 1 - p, probabilities=probabilities))
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "low": self.low, "high": self.high}

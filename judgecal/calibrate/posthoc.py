@@ -123,7 +123,7 @@ def _scored_base(base: FittedJudge, rows: Sequence[LabeledRow]) -> tuple[FittedJ
 class OrderSwapJudge(FittedJudge):
     """Pairwise: judges both orders and reconciles. With probabilities, the two
     distributions are averaged (A in one order is B in the other); without, a
-    disagreement becomes a tie."""
+    disagreement becomes a tie. An abstention in either order is an abstention."""
 
     kind = "order_swap"
 
@@ -136,14 +136,14 @@ class OrderSwapJudge(FittedJudge):
         second = self.base.predict_swapped(rows, progress=progress, description=description + " (swapped)")
         out = []
         for one, two in zip(first, second, strict=True):
+            if one.abstained or two.abstained:
+                out.append(Verdict(label=None, abstained=True, probabilities=_both_orders(one, two)))
+                continue
             if one.label is None or two.label is None:
                 out.append(one if two.label is None else Verdict(label=FLIP.get(str(two.label), two.label)))
                 continue
-            if one.probabilities and two.probabilities:
-                merged = {
-                    key: (one.probabilities.get(key, 0.0) + two.probabilities.get(FLIP.get(key, key), 0.0)) / 2
-                    for key in one.probabilities
-                }
+            merged = _both_orders(one, two) if one.probabilities and two.probabilities else None
+            if merged:
                 label = max(merged, key=merged.__getitem__)
                 out.append(Verdict(label=label, confidence=merged[label], probabilities=merged))
             else:
@@ -158,3 +158,16 @@ class OrderSwapJudge(FittedJudge):
     @classmethod
     def from_state(cls, state: dict[str, Any], loader: StateLoader) -> OrderSwapJudge:
         return cls(loader.judge(state["base"]))
+
+
+def _both_orders(one: Verdict, two: Verdict) -> dict[str, float] | None:
+    """The two orders' distributions averaged in the first order's terms (A in one is B in
+    the other), or the one there is."""
+    if one.probabilities and two.probabilities:
+        return {
+            key: (one.probabilities.get(key, 0.0) + two.probabilities.get(FLIP.get(key, key), 0.0)) / 2
+            for key in one.probabilities
+        }
+    if two.probabilities:
+        return {FLIP.get(key, key): value for key, value in two.probabilities.items()}
+    return one.probabilities

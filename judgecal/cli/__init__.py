@@ -386,6 +386,12 @@ def _judge(args: argparse.Namespace) -> int:
         loaded.judge, args.input, args.output, num_threads=args.num_threads, progress=rich_progress(console)
     )
     console.print(f"{result.judged} rows judged now, {result.already_done} already in {args.output}", highlight=False)
+    if result.abstained:
+        console.print(
+            f'{result.abstained} of them the judge abstained on: written with "abstained": true and no verdict, '
+            f"and queued for people to label in {result.queue_file}",
+            highlight=False,
+        )
     if result.retried:
         retried = ", ".join(f"{count} calls retried after {reason}" for reason, count in sorted(result.retried.items()))
         console.print(f"{retried} (with backoff)", highlight=False)

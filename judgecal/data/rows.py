@@ -282,13 +282,14 @@ def _text_of_scalar(value: Any) -> Any:
     return value
 
 
-def load_verdicts(path: str | Path, task: RowShape) -> dict[str, tuple[LabelValue, float | None]]:
+def load_verdicts(path: str | Path, task: RowShape) -> dict[str, tuple[LabelValue | None, float | None]]:
     """Verdicts another judge already gave, one JSON object per line:
-    ``{"id": ..., "verdict": ..., "probability": P(positive) (optional)}``."""
+    ``{"id": ..., "verdict": ..., "probability": P(positive) (optional)}``. A judge that
+    abstained wrote ``"verdict": null, "abstained": true``: its verdict here is None."""
     path = Path(path)
     if not path.exists():
         raise DataError("no such verdicts file", path=path)
-    verdicts: dict[str, tuple[LabelValue, float | None]] = {}
+    verdicts: dict[str, tuple[LabelValue | None, float | None]] = {}
     first_line: dict[str, int] = {}
     for line, record in read_jsonl(path):
         if "id" not in record:
@@ -301,10 +302,7 @@ def load_verdicts(path: str | Path, task: RowShape) -> dict[str, tuple[LabelValu
                 f"duplicate id {row_id!r} (first seen on line {first_line[row_id]})", path=path, line=line, field="id"
             )
         first_line[row_id] = line
-        try:
-            label = task.parse_label(record["verdict"])
-        except ValueError as error:
-            raise DataError(str(error), path=path, line=line, field="verdict") from None
+        label = _verdict_of(record, task, path, line)
         probability = record.get("probability")
         if probability is not None:
             if not isinstance(probability, int | float) or isinstance(probability, bool) or not 0 <= probability <= 1:
@@ -319,3 +317,30 @@ def load_verdicts(path: str | Path, task: RowShape) -> dict[str, tuple[LabelValu
     if not verdicts:
         raise DataError("the file holds no verdicts", path=path)
     return verdicts
+
+
+def _verdict_of(record: dict[str, Any], task: RowShape, path: Path, line: int) -> LabelValue | None:
+    """A verdicts line's verdict, or None where it says the judge abstained."""
+    abstained = record.get("abstained", False)
+    if not isinstance(abstained, bool):
+        raise DataError(f"expected true or false, got {abstained!r}", path=path, line=line, field="abstained")
+    if abstained:
+        if record["verdict"] is not None:
+            raise DataError(
+                f'an abstained line has "verdict": null, got {record["verdict"]!r}',
+                path=path,
+                line=line,
+                field="abstained",
+            )
+        return None
+    if record["verdict"] is None:
+        raise DataError(
+            'expected a verdict, or null with "abstained": true where the judge abstained',
+            path=path,
+            line=line,
+            field="verdict",
+        )
+    try:
+        return task.parse_label(record["verdict"])
+    except ValueError as error:
+        raise DataError(str(error), path=path, line=line, field="verdict") from None

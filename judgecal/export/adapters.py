@@ -1,6 +1,7 @@
 """A calibrated judge in other people's pipelines: called on inputs, over many rows with a
 progress bar, as a DSPy metric, as an MLflow GenAI scorer, and over a whole file
-(resumable, failed rows kept apart and judged again on the next run).
+(resumable, failed rows kept apart and judged again on the next run, rows the judge
+abstained on queued for people).
 
 :func:`judgecal.load_judge` returns a :class:`CalibratedJudge`: the fitted judge with these
 adapters, which the domain classes (:mod:`judgecal.judges`, :mod:`judgecal.calibrate`)
@@ -79,7 +80,10 @@ class CalibratedJudge:
         """This judge as a DSPy metric: each input field is taken from the prediction when it
         has one, else from the example. Returns 1.0 when the verdict is the positive label
         (binary) or, with ``probability=True``, the judge's P(positive); for other tasks,
-        1.0 when the verdict equals the example's own label field."""
+        1.0 when the verdict equals the example's own label field. Where the judge abstains
+        it returns its P(positive) (binary; 0.5 when it gives none), else its probability of
+        the example's label: a score between 0 and 1 that an optimizer can average, as
+        DSPy metrics are, where 0 would punish the abstention as a "no"."""
         spec = self.fitted.task.spec
 
         def metric(example: Any, prediction: Any, trace: Any = None) -> float:
@@ -89,10 +93,15 @@ class CalibratedJudge:
                 inputs[name] = value if value is not None else _field(example, name)
             verdict = self(**{k: v for k, v in inputs.items() if v is not None})
             if spec.positive is not None:
-                if probability and verdict.probabilities:
+                if verdict.abstained and not verdict.probabilities:
+                    return 0.5
+                if verdict.abstained or (probability and verdict.probabilities):
                     return float(verdict.probability_of(spec.positive) or 0.0)
                 return float(verdict.label == spec.positive)
-            return float(verdict.label is not None and verdict.label == _field(example, spec.decision_field))
+            expected = _field(example, spec.decision_field)
+            if verdict.abstained:
+                return float(verdict.probability_of(expected) or 0.0) if expected is not None else 0.0
+            return float(verdict.label is not None and verdict.label == expected)
 
         metric.__name__ = f"judgecal_{self.fitted.name}"
         return metric
@@ -119,13 +128,16 @@ def mlflow_scorer(judge: FittedJudge, *, name: str | None = None) -> Any:
     ``expectations``, and so are ``reference_judges`` (which a judge calibrated on recorded
     verdicts reads); an ``outputs`` string fills the single input still missing. The
     feedback value is the verdict (a bool for yes/no judges, so MLflow averages it), with
-    the confidence as metadata."""
+    the confidence, the probabilities and whether it abstained as metadata. An abstention
+    is an answer without a value: ``value=None`` (which MLflow leaves out of the scorer's
+    aggregates), no error, ``rationale="abstained"``, ``metadata["abstained"] = True``; a
+    row the judge could not answer is ``value=None`` with the error."""
     from mlflow.entities import Feedback
     from mlflow.genai.scorers import scorer
 
     from judgecal.judges.program import RowFailedError
 
-    names = judge.task.spec.input_names
+    names, positive = judge.task.spec.input_names, judge.task.spec.positive
 
     def judge_row(inputs: Any = None, outputs: Any = None, expectations: Any = None) -> Feedback:
         fields: dict[str, Any] = {}
@@ -141,13 +153,20 @@ def mlflow_scorer(judge: FittedJudge, *, name: str | None = None) -> Any:
             verdict = judge(**fields)
         except RowFailedError as error:
             return Feedback(value=None, error=error.reason)
+        metadata: dict[str, Any] = {
+            "confidence": verdict.confidence,
+            "judge": judge.name,
+            "abstained": verdict.abstained,
+            # MLflow keeps metadata values as text: JSON reads back, a dict's repr does not.
+            "probabilities": json.dumps(verdict.probabilities),
+        }
+        if positive is not None:
+            metadata["probability"] = verdict.probability_of(positive)
+        if verdict.abstained:
+            return Feedback(value=None, rationale=verdict.rationale or "abstained", metadata=metadata)
         if verdict.label is None:
             return Feedback(value=None, error=verdict.error or "no verdict")
-        return Feedback(
-            value=verdict.label,
-            rationale=verdict.rationale,
-            metadata={"confidence": verdict.confidence, "judge": judge.name},
-        )
+        return Feedback(value=verdict.label, rationale=verdict.rationale, metadata=metadata)
 
     return scorer(judge_row, name=name or judge.name.replace("/", "_"))
 
@@ -159,6 +178,12 @@ class JudgeFileResult(BaseModel):
     already_done: int = Field(description="Rows found in the output from earlier runs.")
     failed: int = Field(default=0, description="Rows without a verdict this run, listed in the errors file.")
     errors_file: Path | None = Field(default=None, description="Where the failed rows are listed, if any failed.")
+    abstained: int = Field(
+        default=0, description="Rows judged in this run that the judge abstained on, written and queued."
+    )
+    queue_file: Path | None = Field(
+        default=None, description="The queue of rows the judge abstained on, if it abstained in this run."
+    )
     retried: dict[str, int] = Field(
         default_factory=dict, description="Calls retried after a transient failure, by reason ('HTTP 429', ...)."
     )
@@ -171,6 +196,12 @@ NO_MODEL_CHUNK = 2048
 def errors_file_of(output: Path) -> Path:
     """``verdicts.jsonl`` → ``verdicts.errors.jsonl``: the rows the last run could not judge."""
     return output.with_name(f"{output.stem if output.suffix else output.name}.errors.jsonl")
+
+
+def queue_file_of(output: Path) -> Path:
+    """``verdicts.jsonl`` → ``verdicts.queue.jsonl``: the rows the judge abstained on, for
+    people to label (:func:`queue_line`)."""
+    return output.with_name(f"{output.stem if output.suffix else output.name}.queue.jsonl")
 
 
 def judge_file(
@@ -187,10 +218,14 @@ def judge_file(
     short by a crash is dropped on resume. Lines read back as a verdicts file
     (``{"id", "verdict", "probability"}``), so they can be calibrated in turn.
 
-    Only verdicts are written there. A row the judge gave none for (its call kept
-    failing, its answer could not be read, it is longer than the model's context) goes to
-    :func:`errors_file_of` instead, with its id, input line and the error, so the next run
-    judges it again. The errors file lists the failures of the latest run only."""
+    Only answers are written there: verdicts, and abstentions (``"verdict": null,
+    "abstained": true``, with the judge's probabilities), each also appended to
+    :func:`queue_file_of` as the row for people to label (:func:`queue_line`), its queue
+    line written before its verdicts line; on resume a queue line whose row has no verdicts
+    line yet is cut, and the row judged again. A row the judge gave no answer for (its call
+    kept failing, its answer could not be read, it is longer than the model's context) goes
+    to :func:`errors_file_of` instead, with its id, input line and the error, so the next
+    run judges it again. The errors file lists the failures of the latest run only."""
     import dspy
 
     from judgecal.backends.calls import RetryCounter
@@ -198,6 +233,8 @@ def judge_file(
 
     rows = load_rows(source, judge.task.spec, labelled=False).rows
     done = _completed_ids(output)
+    queue_path = queue_file_of(output)
+    _cut_unanswered_queue_lines(queue_path, done)
     todo = [row for row in rows if row.id not in done]
     errors_path = errors_file_of(output)
     errors_path.unlink(missing_ok=True)
@@ -207,7 +244,7 @@ def judge_file(
     retries = RetryCounter()
     try:
         with (
-            _append_only(output, errors_path) as files,
+            _append_only(output, errors_path, queue_path) as files,
             dspy.context(callbacks=[*(dspy.settings.get("callbacks", None) or []), retries]),
         ):
             for start in range(0, len(todo), chunk):
@@ -221,6 +258,8 @@ def judge_file(
         already_done=len(done),
         failed=files.failed,
         errors_file=errors_path if files.failed else None,
+        abstained=files.abstained,
+        queue_file=queue_path if files.abstained else None,
         retried=dict(retries.retries),
     )
 
@@ -240,19 +279,30 @@ APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT
 
 @dataclass
 class _VerdictFiles:
-    """The two append-only files of a judging run and what went into them: verdicts into
-    the output, rows without one into the errors file, opened when the first row fails.
-    Each line is one ``write``, so a crash can cut only the last line short."""
+    """The append-only files of a judging run and what went into them: answers into the
+    output, rows without one into the errors file (opened when the first row fails), rows
+    the judge abstained on into the queue (opened at the first abstention). Each line is
+    one ``write``, so a crash can cut only the last line short."""
 
     output: int
     errors_path: Path
+    queue_path: Path
     errors: int | None = None
+    queue: int | None = None
     judged: int = 0
     failed: int = 0
+    abstained: int = 0
 
     def write_verdict(self, line: dict[str, Any]) -> None:
         os.write(self.output, (json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8"))
         self.judged += 1
+
+    def write_queued(self, line: dict[str, Any]) -> None:
+        """A row the judge abstained on, before its verdicts line (see :func:`judge_file`)."""
+        if self.queue is None:
+            self.queue = os.open(self.queue_path, APPEND, 0o644)
+        os.write(self.queue, (json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8"))
+        self.abstained += 1
 
     def write_failure(self, row: LabeledRow, why: str | None) -> None:
         if self.errors is None:
@@ -262,20 +312,24 @@ class _VerdictFiles:
         self.failed += 1
 
     def sync(self) -> None:
+        """The queue first: a queue line may outlive its verdicts line, never the reverse."""
+        if self.queue is not None:
+            os.fsync(self.queue)
         os.fsync(self.output)
         if self.errors is not None:
             os.fsync(self.errors)
 
     def close(self) -> None:
         os.close(self.output)
-        if self.errors is not None:
-            os.close(self.errors)
+        for handle in (self.errors, self.queue):
+            if handle is not None:
+                os.close(handle)
 
 
 @contextmanager
-def _append_only(output: Path, errors_path: Path) -> Iterator[_VerdictFiles]:
+def _append_only(output: Path, errors_path: Path, queue_path: Path) -> Iterator[_VerdictFiles]:
     output.parent.mkdir(parents=True, exist_ok=True)
-    files = _VerdictFiles(output=os.open(output, APPEND, 0o644), errors_path=errors_path)
+    files = _VerdictFiles(output=os.open(output, APPEND, 0o644), errors_path=errors_path, queue_path=queue_path)
     try:
         yield files
     finally:
@@ -296,9 +350,11 @@ def _judge_chunk(
     from judgecal.judges.program import FAILING_START, JudgeFailedError
 
     for row, (verdict, why) in zip(part, _judge_rows(judge, part, threads, num_threads), strict=True):
-        if verdict is not None and verdict.label is None:
+        if verdict is not None and verdict.label is None and not verdict.abstained:
             why = f"no valid verdict: {verdict.error or 'the answer could not be read'}"
         if why is None and verdict is not None:
+            if verdict.abstained:
+                files.write_queued(queue_line(judge, row, verdict))
             files.write_verdict(_verdict_line(judge, row, verdict))
         else:
             files.write_failure(row, why)
@@ -342,6 +398,7 @@ def _verdict_line(judge: FittedJudge, row: LabeledRow, verdict: Verdict) -> dict
     return {
         "id": row.id,
         "verdict": verdict.label,
+        "abstained": verdict.abstained,
         "probability": verdict.probability_of(positive) if positive is not None else None,
         "confidence": verdict.confidence,
         "probabilities": verdict.probabilities,
@@ -349,22 +406,63 @@ def _verdict_line(judge: FittedJudge, row: LabeledRow, verdict: Verdict) -> dict
     }
 
 
+QUEUE_KEY = "abstention"
+"""The key of a queue line that holds what the judge said; the rest is the row."""
+
+
+def queue_line(judge: FittedJudge, row: LabeledRow, verdict: Verdict) -> dict[str, Any]:
+    """A row the judge abstained on, for people: the row in the flat form it was read in
+    (id, group, its inputs, ``label`` (null for a row without one), its other columns),
+    which :func:`~judgecal.data.rows.load_rows` reads back, and under ``"abstention"`` the
+    judge's name, the row's line in the judged file and the judge's probabilities."""
+    positive = judge.task.spec.positive
+    return {
+        **row.to_record(),
+        QUEUE_KEY: {
+            "judge": judge.name,
+            "line": row.line,
+            "probability": verdict.probability_of(positive) if positive is not None else None,
+            "probabilities": verdict.probabilities,
+        },
+    }
+
+
 def _completed_ids(output: Path) -> set[str]:
     """Ids already judged in ``output``; a trailing partial line (a crash mid-write) is cut."""
-    if not output.exists():
-        return set()
-    data = output.read_bytes()
+    return {row_id for row_id, _ in _ids_by_line(output, "verdict")}
+
+
+def _cut_unanswered_queue_lines(queue: Path, done: set[str]) -> None:
+    """Cut the queue's last lines whose rows have no verdicts line (a crash between the two
+    writes, or a verdicts line cut short): those rows are judged, and queued, again."""
+    lines = _ids_by_line(queue, "queue")
+    keep = len(lines)
+    while keep and lines[keep - 1][0] not in done:
+        keep -= 1
+    if keep < len(lines):
+        with queue.open("r+b") as handle:
+            handle.truncate(lines[keep - 1][1] if keep else 0)
+
+
+def _ids_by_line(path: Path, kind: str) -> list[tuple[str, int]]:
+    """Each line's id and the offset where the line ends, of an append-only JSONL file; a
+    trailing partial line (a crash mid-write) is cut first."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         cut = data.rfind(b"\n") + 1
-        with output.open("r+b") as handle:
+        with path.open("r+b") as handle:
             handle.truncate(cut)
         data = data[:cut]
-    done = set()
-    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+    out = []
+    end = 0
+    for number, line in enumerate(data.split(b"\n")[:-1], start=1):
+        end += len(line) + 1
         if not line.strip():
             continue
         try:
-            done.add(str(json.loads(line)["id"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ValueError(f"{output}:{number}: not a verdict line; refusing to append to it") from None
-    return done
+            out.append((str(json.loads(line)["id"]), end))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise ValueError(f"{path}:{number}: not a {kind} line; refusing to append to it") from None
+    return out

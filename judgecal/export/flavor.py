@@ -202,7 +202,7 @@ def _pyfunc_settings(bundle: JudgeBundle, bundle_file: Path, code: Path) -> dict
 
     names = list(task_from_spec(bundle.task, bundle.signature).spec.input_names)
     example = pd.DataFrame([dict.fromkeys(names, "")])
-    output = pd.DataFrame([{"label": "", "confidence": 0.0, "error": ""}])
+    output = pd.DataFrame([{"label": "", "confidence": 0.0, "error": "", "abstained": False}])
     return {
         "python_model": str(Path(__file__).with_name("mlflow_model.py")),
         "artifacts": {"bundle": str(bundle_file)},

@@ -6,11 +6,12 @@ cover it. So it does nothing but hand ``judge.json`` to judgecal's own loader.
 
 Loaded with ``mlflow.pyfunc.load_model(uri)`` or as a Spark UDF
 (``mlflow.pyfunc.spark_udf(spark, uri, result_type="label string, confidence double, error
-string")``); ``predict`` takes a DataFrame whose columns are the judge's inputs and returns
-one row per input with ``label`` (JSON spelling: ``true``, ``A``, ...; empty when the judge
-gave none), ``confidence`` (NaN when it has none) and ``error`` (empty when there is none).
-Empty strings rather than missing values, because MLflow's Spark UDF turns a missing value
-in a string column into the text ``None``.
+string, abstained boolean")``); ``predict`` takes a DataFrame whose columns are the judge's
+inputs and returns one row per input with ``label`` (JSON spelling: ``true``, ``A``, ...;
+empty when the judge gave none), ``confidence`` (NaN when it has none), ``error`` (empty
+when there is none) and ``abstained`` (true where the judge chose not to answer: an empty
+label that is not an error). Empty strings rather than missing values, because MLflow's
+Spark UDF turns a missing value in a string column into the text ``None``.
 
 The bundle is loaded as :func:`judgecal.load_judge` loads it: its digest is checked and
 its endpoint is not used. ``load_model(uri, model_config={...})`` takes the same choices:
@@ -25,6 +26,7 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 LOAD_OPTIONS = ("model", "api_base", "trust_endpoint", "allow_modified")
+OUTPUT_COLUMNS = ["label", "confidence", "error", "abstained"]
 
 
 class CalibratedJudgeModel(PythonModel):
@@ -44,7 +46,8 @@ class CalibratedJudgeModel(PythonModel):
         """One row out per row in. A judge that calls no model judges the whole frame at once;
         a model-calling judge goes row by row, and a row its model gave no answer for (the
         call kept failing, the row is longer than the context) carries the error in its
-        ``error`` column instead of failing the batch (or the Spark task) it is part of."""
+        ``error`` column instead of failing the batch (or the Spark task) it is part of. A
+        row the judge abstained on has an empty label, no error and ``abstained`` true."""
         from judgecal.data.rows import LabeledRow
         from judgecal.judges.program import RowFailedError
         from judgecal.judges.verdict import answer_key
@@ -59,27 +62,29 @@ class CalibratedJudgeModel(PythonModel):
             rows.append(LabeledRow(id=str(index), group="-", inputs=inputs, label=None))
         if not self.judge.uses_lm:
             verdicts = self.judge.predict(rows)
-            out = [(v.label, v.confidence, v.error) for v in verdicts]
+            out = [(v.label, v.confidence, v.error, v.abstained) for v in verdicts]
         else:
             out = []
             for row in rows:
                 try:
                     verdict = self.judge.predict([row])[0]
                 except RowFailedError as error:
-                    out.append((None, None, error.reason))
+                    out.append((None, None, error.reason, False))
                     continue
-                out.append((verdict.label, verdict.confidence, verdict.error))
-        return pd.DataFrame(
+                out.append((verdict.label, verdict.confidence, verdict.error, verdict.abstained))
+        frame = pd.DataFrame(
             [
                 {
                     "label": "" if label is None else answer_key(label),
                     "confidence": math.nan if confidence is None else confidence,
                     "error": error or "",
+                    "abstained": abstained,
                 }
-                for label, confidence, error in out
+                for label, confidence, error, abstained in out
             ],
-            columns=["label", "confidence", "error"],
+            columns=OUTPUT_COLUMNS,
         )
+        return frame.astype({"abstained": bool})
 
 
 mlflow.models.set_model(CalibratedJudgeModel())

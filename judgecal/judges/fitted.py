@@ -183,8 +183,9 @@ def missing_reference(row: LabeledRow, name: str) -> str:
 
 
 def positive_probability(verdicts: Sequence[Verdict], task: Task) -> np.ndarray:
-    """P(positive) per verdict: the token probability where the judge gave one, its 0/1
-    answer otherwise, and 0.5 for a missing verdict (which then counts as undecided)."""
+    """P(positive) per verdict: the token probability where the judge gave one (an
+    abstention keeps its own), its 0/1 answer otherwise, and 0.5 for a missing verdict
+    (which then counts as undecided)."""
     positive = task.spec.positive
     out = []
     for verdict in verdicts:
@@ -272,12 +273,17 @@ class ProgramJudge(FittedJudge):
 
 class RecordedJudge(FittedJudge):
     """Verdicts that already exist: a ``reference_judges`` field of the rows, or a verdicts
-    file keyed by row id (optionally with a probability). No model is called."""
+    file keyed by row id (optionally with a probability; a verdict of None is the file's
+    abstention). No model is called."""
 
     kind = "recorded"
 
     def __init__(
-        self, task: Task, source: str, name: str, verdicts: dict[str, tuple[LabelValue, float | None]] | None = None
+        self,
+        task: Task,
+        source: str,
+        name: str,
+        verdicts: dict[str, tuple[LabelValue | None, float | None]] | None = None,
     ) -> None:
         self.task = task
         self.source = source
@@ -292,6 +298,9 @@ class RecordedJudge(FittedJudge):
                 label, probability = self.verdicts.get(row.id, (None, None))
             else:
                 label, probability = row.reference_judges.get(self.source), None
+            if label is None and self.verdicts is not None and row.id in self.verdicts:
+                out.append(Verdict(label=None, abstained=True, probabilities=self._binary(probability)))
+                continue
             if label is None:
                 if self.verdicts is None:
                     why = missing_reference(row, self.source)
@@ -308,6 +317,13 @@ class RecordedJudge(FittedJudge):
                 Verdict(label=label, confidence=probabilities.get(answer_key(label)), probabilities=probabilities)
             )
         return out
+
+    def _binary(self, probability: float | None) -> dict[str, float] | None:
+        """A yes/no task's answers with P(positive) ``probability``, when there is one."""
+        positive = self.task.spec.positive
+        if probability is None or positive is None:
+            return None
+        return {answer_key(positive): probability, answer_key(self.task.spec.negative): 1 - probability}
 
     @property
     def reference_fields(self) -> tuple[str, ...]:
@@ -330,7 +346,8 @@ class RecordedJudge(FittedJudge):
 class MemoJudge(FittedJudge):
     """Another judge whose answers are kept per row (id and inputs, so a row with its
     responses swapped is another row), so that every trial of a search and the report ask
-    the model about a row once. Verdicts that failed are not kept."""
+    the model about a row once. Verdicts that failed are not kept; abstentions, which are
+    answers, are."""
 
     kind = "memo"
 
@@ -347,7 +364,7 @@ class MemoJudge(FittedJudge):
             for row, verdict in zip(missing, verdicts, strict=True):
                 key = (row.id, inputs_key(row.inputs))
                 fresh[key] = verdict
-                if verdict.label is not None:
+                if verdict.label is not None or verdict.abstained:
                     memo[key] = verdict
         return [memo.get(key) or fresh[key] for key in keys]
 

@@ -389,13 +389,21 @@ def _report_retry(state: Any) -> None:
 def score_verdicts(
     task: Task, rows: Sequence[LabeledRow], verdicts: Sequence[Verdict], swapped: Sequence[Verdict] | None = None
 ) -> dict[str, float]:
-    """Point estimates; :mod:`judgecal.report.agreement` adds intervals and comparisons."""
+    """Point estimates; :mod:`judgecal.report.agreement` adds intervals and comparisons.
+    Rows the judge abstained on are an answer, not a failure: the label metrics are those
+    of the rows it answered (``invalid_rate`` counts failures only) and ``abstention_rate``
+    is the share it abstained on, present when it abstained at all."""
     space = LabelSpace(labels=task.spec.labels, positive=task.spec.positive, ordinal=task.spec.is_ordinal)
-    metrics = label_metrics(space, [row.label for row in rows], [v.label for v in verdicts])
+    answered = [i for i, verdict in enumerate(verdicts) if not verdict.abstained]
+    if not answered:  # nothing to agree or disagree with
+        return {**dict.fromkeys(space.metric_names(), float("nan")), "abstention_rate": 1.0}
+    metrics = label_metrics(space, [rows[i].label for i in answered], [verdicts[i].label for i in answered])
+    if len(answered) < len(verdicts):
+        metrics["abstention_rate"] = 1 - len(answered) / len(verdicts)
     if swapped is not None:
         metrics["order_consistency"] = order_consistency(
-            [None if v.label is None else str(v.label) for v in verdicts],
-            [None if v.label is None else str(v.label) for v in swapped],
+            [None if verdicts[i].label is None else str(verdicts[i].label) for i in answered],
+            [None if swapped[i].label is None else str(swapped[i].label) for i in answered],
         )
     return metrics
 

@@ -257,14 +257,17 @@ def assemble_report(
 
 
 def judge_record(task: Task, side: SideResult) -> JudgeRecord:
-    """A judge's verdicts with P(positive) (binary) and P(verdict), for the record."""
+    """A judge's verdicts with P(positive) (binary) and P(verdict), for the record, and
+    which rows it abstained on when it did."""
     positive = task.spec.positive
     probability = None
     if positive is not None:
         probability = [v.probability_of(positive) for v in side.verdicts]
+    abstained = [v.abstained for v in side.verdicts]
     return JudgeRecord(
         verdicts=[v.label for v in side.verdicts],
         probability=probability,
         confidence=[v.confidence for v in side.verdicts],
         swapped=[v.label for v in side.swapped] if side.swapped is not None else None,
+        abstained=abstained if any(abstained) else None,
     )

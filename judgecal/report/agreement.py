@@ -125,9 +125,14 @@ def evaluate_record(
 
 
 def _rows_of(judge: JudgeRecord) -> np.ndarray:
+    """The rows a judge is measured on: not those it abstained on, nor a reference judge's
+    rows without a recorded verdict; any other missing verdict is a failure, counted."""
+    keep = np.ones(len(judge.verdicts), dtype=bool)
     if judge.recorded:
-        return np.flatnonzero([v is not None for v in judge.verdicts])
-    return np.arange(len(judge.verdicts))
+        keep &= np.array([v is not None for v in judge.verdicts], dtype=bool)
+    if judge.abstained is not None:
+        keep &= ~np.asarray(judge.abstained, dtype=bool)
+    return np.flatnonzero(keep)
 
 
 def _subset_groups(groups: GroupIndex, rows: np.ndarray) -> tuple[np.ndarray, int]:

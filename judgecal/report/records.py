@@ -40,6 +40,11 @@ class JudgeRecord(BaseModel):
         description="Verdicts recorded in the data (a reference judge): rows without one are left out "
         "rather than counted as failures.",
     )
+    abstained: list[bool] | None = Field(
+        default=None,
+        description="Per row, whether the judge abstained (an answer, not a failure): those rows are left out "
+        "of its measures rather than counted as invalid. None: it never abstained.",
+    )
 
 
 class EvaluationRecord(BaseModel):

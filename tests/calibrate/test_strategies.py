@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from judgecal.calibrate.guard import LeakError, RowGuard
 from judgecal.calibrate.optimizers import CalibrationConfig
-from judgecal.calibrate.posthoc import ThresholdJudge, base_rate_threshold, kappa_threshold
+from judgecal.calibrate.posthoc import OrderSwapJudge, ThresholdJudge, base_rate_threshold, kappa_threshold
 from judgecal.calibrate.strategies import (
     JUDGE_KINDS,
     STRATEGIES,
@@ -27,9 +27,10 @@ from judgecal.calibrate.trained import StackingJudge, VerifierJudge
 from judgecal.data.rows import LabeledRow
 from judgecal.data.split import SplitSpec, split_by_group
 from judgecal.judges.embeddings import MINILM_SHA256, SentenceEncoder, embeddings_available, minilm_folder
-from judgecal.judges.fitted import MemoJudge, ProgramJudge, RecordedJudge, logit, sigmoid
+from judgecal.judges.fitted import FittedJudge, MemoJudge, ProgramJudge, RecordedJudge, logit, sigmoid
 from judgecal.judges.heads import GradientBoostingHead
 from judgecal.judges.program import JudgeProgram
+from judgecal.judges.verdict import Verdict
 from judgecal.judges.verifiers import Verifier, VerifierModule, verifier_from_state
 from tests.conftest import write_jsonl
 from tests.helpers import PAIRWISE, RELEVANCE, demo_split, pair_rows, recorded_rows
@@ -462,6 +463,45 @@ def test_order_swap_reconciles_both_orders_on_the_embedded_model(embedded_lm) ->
     flip = {"A": "B", "B": "A", "tie": "tie"}
     # Reconciled verdicts are order-consistent by construction.
     assert [v.label for v in verdicts] == [flip[v.label] for v in swapped]
+
+
+class ShyFirst(FittedJudge):
+    """A pairwise judge that prefers the longer response, and abstains (keeping its
+    probabilities) whenever the shorter one is shown first."""
+
+    def __init__(self) -> None:
+        self.task = PAIRWISE
+
+    def predict(self, rows, *, progress=None, description=""):
+        out = []
+        for row in rows:
+            a, b = len(row.inputs["response_a"]), len(row.inputs["response_b"])
+            p_a = a / (a + b)
+            probabilities = {"A": p_a * 0.9, "B": (1 - p_a) * 0.9, "tie": 0.1}
+            if a == b:
+                probabilities = {"A": 0.1, "B": 0.1, "tie": 0.8}
+            if a < b:
+                out.append(Verdict(label=None, abstained=True, probabilities=probabilities))
+            else:
+                label = "tie" if a == b else "A"
+                out.append(Verdict(label=label, confidence=probabilities[label], probabilities=probabilities))
+        return out
+
+
+def test_order_swap_abstains_where_either_order_abstained() -> None:
+    rows = list(pair_rows().rows)
+    verdicts = OrderSwapJudge(ShyFirst()).predict(rows)
+    for row, verdict in zip(rows, verdicts, strict=True):
+        a, b = len(row.inputs["response_a"]), len(row.inputs["response_b"])
+        if a == b:
+            assert verdict.label == "tie" and not verdict.abstained
+            continue
+        assert verdict.abstained and verdict.label is None and verdict.error is None
+        # Both orders' probabilities, averaged in the first order's terms.
+        longer_first = a / (a + b) if a > b else b / (a + b)
+        assert verdict.probabilities is not None
+        assert verdict.probabilities["A" if a > b else "B"] == pytest.approx(longer_first * 0.9)
+    assert {v.abstained for v in verdicts} == {True, False}
 
 
 @pytest.mark.slow

@@ -216,3 +216,28 @@ def test_shared_pandalm_file_loads_as_it_is() -> None:
     assert all(row.annotator_labels is not None and len(row.annotator_labels) == 3 for row in dataset.rows)
     first = json.loads(PANDALM_DEV.open().readline())
     assert dataset.rows[0].reference_judges == first["reference_judges"]
+
+
+def test_a_verdicts_file_holds_abstentions_only_where_a_line_says_it_abstained(tmp_path: Path) -> None:
+    """``"verdict": null`` is an abstention with ``"abstained": true`` (as ``judgecal
+    judge`` writes it) and an error otherwise, naming the file, the line and the field."""
+    from judgecal.data.rows import load_verdicts
+
+    good = [
+        {"id": "r1", "verdict": True, "abstained": False, "probability": 0.9},
+        {"id": "r2", "verdict": None, "abstained": True, "probability": 0.45},
+        {"id": "r3", "verdict": None, "abstained": True},
+    ]
+    verdicts = load_verdicts(write_jsonl(tmp_path / "verdicts.jsonl", good), RELEVANCE)
+    assert verdicts == {"r1": (True, 0.9), "r2": (None, 0.45), "r3": (None, None)}
+    for line, field, message in (
+        ({"id": "r4", "verdict": None}, "verdict", 'a verdict, or null with "abstained": true'),
+        ({"id": "r4", "verdict": None, "abstained": False}, "verdict", 'null with "abstained": true'),
+        ({"id": "r4", "verdict": "yes", "abstained": True}, "abstained", 'an abstained line has "verdict": null'),
+        ({"id": "r4", "verdict": None, "abstained": "yes"}, "abstained", "expected true or false, got 'yes'"),
+    ):
+        path = write_jsonl(tmp_path / "bad.jsonl", [good[0], line])
+        with pytest.raises(DataError) as caught:
+            load_verdicts(path, RELEVANCE)
+        assert str(caught.value).startswith(f"{path}:2: field '{field}': "), str(caught.value)
+        assert message in str(caught.value)

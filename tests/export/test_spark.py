@@ -26,7 +26,7 @@ pytestmark = [
 pytest.importorskip("pyspark", reason='needs the spark extra: pip install -e ".[spark]"')
 
 RELEVANCE = resolve_task("relevance")
-VERDICT = "label string, confidence double, error string"
+VERDICT = "label string, confidence double, error string, abstained boolean"
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,7 @@ def test_a_verifier_judge_judges_a_dataframe_on_spark_as_batch_does(spark) -> No
     assert [r["label"] for r in results] == [answer_key(v.label) for v in expected]
     assert [r["confidence"] for r in results] == pytest.approx([v.confidence for v in expected])
     assert {r["error"] for r in results} == {""}
+    assert {r["abstained"] for r in results} == {False}
 
 
 @pytest.mark.slow
@@ -143,4 +144,5 @@ def test_a_row_the_model_gives_no_answer_for_is_an_error_in_its_row_not_a_failed
     results = {row["id"]: row for row in judged.select("id", "verdict.*").collect()}
     assert (results["r0"]["label"], results["r0"]["error"]) == ("true", "")
     assert results["r1"]["label"] == "" and "LMServerError" in results["r1"]["error"]
+    assert [results[i]["abstained"] for i in ("r0", "r1", "r2")] == [False, False, False]
     assert results["r2"]["label"] == "" and results["r2"]["error"]

@@ -227,3 +227,34 @@ def test_report_computes_ece_at_the_cut_a_thresholded_judge_decided_at() -> None
     at_cut, at_half = p >= 0.25, p >= 0.5
     assert ece == pytest.approx(expected_calibration_error(np.where(at_cut, p, 1 - p), at_cut == y))
     assert ece != pytest.approx(expected_calibration_error(np.where(at_half, p, 1 - p), at_half == y))
+
+
+def test_rows_a_judge_abstained_on_are_left_out_of_its_measures_not_counted_invalid() -> None:
+    """The record says which rows the calibrated judge abstained on (judge_record reads
+    Verdict.abstained); the report scores it on the rows it answered, as on a record
+    holding only those rows, and its invalid rate stays that of its failures."""
+    from judgecal.judges.program import score_verdicts
+    from judgecal.pipeline.calibration import judge_record
+    from judgecal.pipeline.results import SideResult
+    from tests.helpers import RELEVANCE, AbstainingJudge, recorded_rows
+
+    rows = list(recorded_rows().rows)
+    verdicts = AbstainingJudge().predict(rows)
+    side = SideResult(verdicts, None, score_verdicts(RELEVANCE, rows, verdicts), 0.0)
+    record = build_record(
+        "abstaining", "relevance", RELEVANCE.spec, rows, {"calibrated": judge_record(RELEVANCE, side)}
+    )
+    assert record.judges["calibrated"].abstained == [v.abstained for v in verdicts]
+    score = evaluate_record(record, n_resamples=200).judge("calibrated")
+    answered = [i for i, v in enumerate(verdicts) if not v.abstained]
+    assert score.rows == len(answered) < len(rows)
+    assert score.metrics["invalid_rate"].value == 0.0
+    only_answered = build_record(
+        "abstaining",
+        "relevance",
+        RELEVANCE.spec,
+        [rows[i] for i in answered],
+        {"calibrated": JudgeRecord(verdicts=[verdicts[i].label for i in answered])},
+    )
+    expected = evaluate_record(only_answered, n_resamples=200).judge("calibrated")
+    assert score.metrics["kappa"].value == pytest.approx(expected.metrics["kappa"].value)
