@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from judgecal.data.judged import QUEUE_KEY
 from judgecal.data.rows import LabeledRow
 from judgecal.judges.fitted import FittedJudge
 from judgecal.judges.verdict import Verdict
@@ -404,10 +405,6 @@ def _verdict_line(judge: FittedJudge, row: LabeledRow, verdict: Verdict) -> dict
         "probabilities": verdict.probabilities,
         "judge": judge.name,
     }
-
-
-QUEUE_KEY = "abstention"
-"""The key of a queue line that holds what the judge said; the rest is the row."""
 
 
 def queue_line(judge: FittedJudge, row: LabeledRow, verdict: Verdict) -> dict[str, Any]:
