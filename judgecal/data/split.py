@@ -115,41 +115,12 @@ def split_by_group(dataset: Dataset, spec: SplitSpec | None = None) -> Split:
             path=dataset.source,
             field="group",
         )
-    order = np.random.default_rng(spec.seed).permutation(len(groups))
-    shuffled = [groups[i] for i in order]
-    n_test = max(1, round(spec.test * len(groups)))
-    n_dev = max(1, round(spec.dev * len(groups)))
-    n_gate = max(1, round(spec.gate * len(groups))) if spec.gate > 0 else 0
-    n_calibration = max(1, round(calibration * len(groups))) if calibration > 0 else 0
-    if n_test + n_dev >= len(groups) and not n_gate and not n_calibration:
-        n_test = n_dev = max(1, (len(groups) - 1) // 3)
-    if n_test + n_dev + n_gate + n_calibration >= len(groups):
-        raise DataError(
-            f"{len(groups)} groups are too few for dev {spec.dev}, test {spec.test}, gate {spec.gate} and "
-            f"calibration {calibration} with rows left for train; lower the fractions or add groups",
-            path=dataset.source,
-            field="group",
-        )
-    # Parts in this order, so that adding gate or calibration groups moves no other part's groups.
-    counts: list[tuple[SplitName, int]] = [
-        ("test", n_test),
-        ("dev", n_dev),
-        ("gate", n_gate),
-        ("calibration", n_calibration),
-    ]
-    assignment: dict[str, SplitName] = {}
-    position = 0
-    for name, count in counts:
-        for group in shuffled[position : position + count]:
-            assignment[group] = name
-        position += count
-    for group in shuffled[position:]:
-        assignment[group] = "train"
+    assignment = _assign_groups(groups, spec, dataset.source)
     parts: dict[str, list[LabeledRow]] = {name: [] for name in ("train", "dev", "test", "gate", "calibration")}
     for row in dataset.rows:
         parts[assignment[row.group]].append(row)
-    for name, count in (("gate", n_gate), ("calibration", n_calibration)):
-        if not count:
+    for name in ("gate", "calibration"):
+        if not parts[name]:
             del parts[name]
     caps = {
         "train": spec.max_train_rows,
@@ -180,6 +151,42 @@ def split_by_group(dataset: Dataset, spec: SplitSpec | None = None) -> Split:
         gate=dataset.subset(parts["gate"]) if "gate" in parts else None,
         calibration=dataset.subset(parts["calibration"]) if "calibration" in parts else None,
     )
+
+
+def _assign_groups(groups: Sequence[str], spec: SplitSpec, source: str | None) -> dict[str, SplitName]:
+    """Each group's part: the shuffled groups are cut into test, dev, gate and calibration
+    in this order (so adding gate or calibration groups moves no other part's groups), the
+    rest is train."""
+    shuffled = [groups[i] for i in np.random.default_rng(spec.seed).permutation(len(groups))]
+    calibration = spec.calibration or 0.0
+    n_test = max(1, round(spec.test * len(groups)))
+    n_dev = max(1, round(spec.dev * len(groups)))
+    n_gate = max(1, round(spec.gate * len(groups))) if spec.gate > 0 else 0
+    n_calibration = max(1, round(calibration * len(groups))) if calibration > 0 else 0
+    if n_test + n_dev >= len(groups) and not n_gate and not n_calibration:
+        n_test = n_dev = max(1, (len(groups) - 1) // 3)
+    if n_test + n_dev + n_gate + n_calibration >= len(groups):
+        raise DataError(
+            f"{len(groups)} groups are too few for dev {spec.dev}, test {spec.test}, gate {spec.gate} and "
+            f"calibration {calibration} with rows left for train; lower the fractions or add groups",
+            path=source,
+            field="group",
+        )
+    counts: list[tuple[SplitName, int]] = [
+        ("test", n_test),
+        ("dev", n_dev),
+        ("gate", n_gate),
+        ("calibration", n_calibration),
+    ]
+    assignment: dict[str, SplitName] = {}
+    position = 0
+    for name, count in counts:
+        for group in shuffled[position : position + count]:
+            assignment[group] = name
+        position += count
+    for group in shuffled[position:]:
+        assignment[group] = "train"
+    return assignment
 
 
 def sample_across_groups(rows: Sequence[LabeledRow], cap: int | None, seed: int) -> list[LabeledRow]:

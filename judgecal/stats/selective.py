@@ -184,6 +184,12 @@ def _codes(groups: Sequence[str]) -> np.ndarray:
     return np.array([lookup.setdefault(str(g), len(lookup)) for g in groups], dtype=np.int64)
 
 
+def _cut(threshold: float) -> str:
+    """A threshold in words: two decimals, more where two would read as 0 or 1."""
+    text = f"{threshold:.2f}"
+    return f"{threshold:.3g}" if text in ("0.00", "1.00") else text
+
+
 def _percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.0%}"
 
@@ -357,14 +363,13 @@ def _binary_band_words(lo: float | None, hi: float | None, keys: tuple[str, str]
     yes, no = keys
     rest = f"abstains elsewhere: {_percent(1 - (rows.coverage or 0.0))} of calibration rows"
     if hi is None:
-        return f"It never says '{yes}'; it says '{no}' where P({yes}) < {lo:.2f} and {rest}."
+        return f"It never says '{yes}'; it says '{no}' where P({yes}) < {_cut(lo)} and {rest}."
     if lo is None:
-        return f"It never says '{no}'; it says '{yes}' where P({yes}) ≥ {hi:.2f} and {rest}."
+        return f"It never says '{no}'; it says '{yes}' where P({yes}) ≥ {_cut(hi)} and {rest}."
     if lo == hi:
-        return f"It answers every row: '{yes}' where P({yes}) ≥ {hi:.2f}, else '{no}'."
-    return (
-        f"It abstains when {lo:.2f} ≤ P({yes}) < {hi:.2f}: {_percent(1 - (rows.coverage or 0.0))} of calibration rows."
-    )
+        return f"It answers every row: '{yes}' where P({yes}) ≥ {_cut(hi)}, else '{no}'."
+    share = _percent(1 - (rows.coverage or 0.0))
+    return f"It abstains when {_cut(lo)} ≤ P({yes}) < {_cut(hi)}: {share} of calibration rows."
 
 
 def _no_band_statement(rows: CalibrationRows, shortfalls: list[Shortfall], alternative: str) -> str:
@@ -493,7 +498,7 @@ def _label_band_words(
     for family in families:
         t = thresholds[family[0]]
         names = " or ".join(keys[k] for k in family)
-        cuts.append(f"{names}: never" if t is None else f"{names}: {t:.2f}")
+        cuts.append(f"{names}: never" if t is None else f"{names}: {_cut(t)}")
     abstains = 1 - (rows.coverage or 0.0)
     return (
         f"It abstains unless the most likely verdict's probability reaches its threshold ({'; '.join(cuts)}): "
