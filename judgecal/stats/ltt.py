@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -91,14 +91,23 @@ def _identity(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, float)
 
 
-def _valid(controller: Any, x: np.ndarray, y: np.ndarray) -> list[float]:
+class Tested(NamedTuple):
+    """What a family of tests found: the valid candidates (sorted), and each candidate's
+    p-value in the candidates' order (1 where the verdict is never given)."""
+
+    valid: list[float]
+    p_values: list[float]
+
+
+def _valid(controller: Any, x: np.ndarray, y: np.ndarray) -> Tested:
     """The candidates a controller finds valid. MAPIE's UserWarnings ("no predict parameters
     were found", "all predictions are either 0 or 1") are not shown: a band not found is
     reported with its shortfalls, and 0/1 scores are refused before a band is chosen."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         controller.calibrate(x, y)
-    return sorted(float(v) for v in controller.valid_predict_params)
+    p_values = np.nan_to_num(np.asarray(controller.p_values, float).ravel(), nan=1.0)
+    return Tested(sorted(float(v) for v in controller.valid_predict_params), p_values.tolist())
 
 
 def valid_binary_thresholds(
@@ -109,7 +118,7 @@ def valid_binary_thresholds(
     verdict: int,
     target: float,
     level: float,
-) -> list[float]:
+) -> Tested:
     """Thresholds at which "yes" (``verdict`` 1, given at ``p >= t``) or "no" (0, given at
     ``p < t``) has precision >= ``target``, all together with probability >= 1 - ``level``."""
     from mapie.risk_control import BinaryClassificationController
@@ -135,7 +144,7 @@ def valid_label_thresholds(
     family: Sequence[int],
     targets: Sequence[float],
     level: float,
-) -> list[float]:
+) -> Tested:
     """Thresholds t at which every label of ``family`` (given where it is the most likely
     and its probability >= t) has precision >= its target, together with probability >=
     1 - ``level`` (MAPIE takes the largest p-value over the family's labels)."""

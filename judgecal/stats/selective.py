@@ -25,7 +25,7 @@ the functions that choose a band: applying a band needs numpy only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -106,16 +106,17 @@ class Candidates(BaseModel):
 
 
 class Shortfall(BaseModel):
-    """A verdict no candidate threshold passed the test for: its target and the best
-    precision any candidate reached on the calibration rows (with at least one row)."""
+    """A verdict no candidate threshold passed the test for: its target, and the candidate
+    that came closest (the smallest p-value) with the verdict's precision and rows there."""
 
     model_config = ConfigDict(frozen=True)
 
     verdict: str
     target: float
-    best_precision: float | None
-    at_threshold: float | None
+    closest_threshold: float | None = Field(description="None: the verdict was never given at any candidate.")
+    precision: float | None
     rows: int
+    p_value: float
 
 
 class BandChoice(BaseModel):
@@ -165,18 +166,35 @@ def label_answers(proba: np.ndarray, thresholds: Sequence[float | None]) -> np.n
     return np.where(proba[np.arange(len(proba)), top] >= cut, top.astype(float), np.nan)
 
 
-def _best_precision(answers: np.ndarray, y: np.ndarray, verdict: int) -> tuple[float | None, int]:
+def _precision_of(answers: np.ndarray, y: np.ndarray, verdict: int) -> tuple[float | None, int]:
     said = answers == verdict
     return (float(np.mean(y[said] == verdict)), int(said.sum())) if said.any() else (None, 0)
 
 
-def _shortfall(verdict: str, target: float, per_candidate: list[tuple[float, float | None, int]]) -> Shortfall:
-    """``per_candidate``: (threshold, precision on the calibration rows, rows) of each candidate."""
-    seen = [(precision, rows, t) for t, precision, rows in per_candidate if precision is not None]
-    if not seen:
-        return Shortfall(verdict=verdict, target=target, best_precision=None, at_threshold=None, rows=0)
-    precision, rows, threshold = max(seen, key=lambda item: (item[0], item[1]))
-    return Shortfall(verdict=verdict, target=target, best_precision=precision, at_threshold=threshold, rows=rows)
+def _shortfall(
+    verdict: str,
+    target: float,
+    candidates: np.ndarray,
+    p_values: Sequence[float],
+    answers_at: Callable[[float], np.ndarray],
+    y: np.ndarray,
+    code: int,
+) -> Shortfall:
+    """The candidate with the smallest p-value, and the verdict's precision and rows there;
+    ``answers_at(t)``: the band's answers with the verdict given at threshold ``t`` alone."""
+    if not len(candidates) or min(p_values) >= 1:
+        return Shortfall(verdict=verdict, target=target, closest_threshold=None, precision=None, rows=0, p_value=1.0)
+    closest = int(np.argmin(p_values))
+    threshold = float(candidates[closest])
+    precision, rows = _precision_of(answers_at(threshold), y, code)
+    return Shortfall(
+        verdict=verdict,
+        target=target,
+        closest_threshold=threshold,
+        precision=precision,
+        rows=rows,
+        p_value=float(p_values[closest]),
+    )
 
 
 def _codes(groups: Sequence[str]) -> np.ndarray:
@@ -239,10 +257,11 @@ def choose_binary_band(
     p, y = np.asarray(p, float), np.asarray(positive, bool).astype(int)
     codes = _codes(groups) if groups_mode == "design_effect" else None
     candidates = np.asarray(candidates, float)
-    valid = {
+    tested = {
         yes: valid_binary_thresholds(p, y, codes, candidates, 1, targets[yes], delta / 2),
         no: valid_binary_thresholds(p, y, codes, candidates, 0, targets[no], delta / 2),
     }
+    valid = {key: found.valid for key, found in tested.items()}
     his: list[float | None] = [*valid[yes], *([None] if allow_never else [])]
     los: list[float | None] = [*([None] if allow_never else []), *valid[no]]
     pairs = [(lo, hi) for lo in los for hi in his if not (lo is None and hi is None) and _ordered(lo, hi)]
@@ -256,7 +275,14 @@ def choose_binary_band(
         method=f"{METHOD}, delta / 2 for each verdict",
         statement="",
     )
-    shortfalls = _binary_shortfalls(p, y, candidates, keys, targets, valid)
+    shortfalls = [
+        _shortfall(key, targets[key], candidates, tested[key].p_values, answers_at, y, code)
+        for key, code, answers_at in (
+            (yes, 1, lambda t: binary_answers(p, None, t)),
+            (no, 0, lambda t: binary_answers(p, t, None)),
+        )
+        if not valid[key]
+    ]
     if chosen is None:
         statement = _no_band_statement(rows, shortfalls, _never_alternative(p, valid, keys) if not allow_never else "")
         return BandChoice(
@@ -313,7 +339,7 @@ def _binary_rows(
     answers = binary_answers(p, *chosen)
     precision, answered = {}, {}
     for key, code in zip(keys, (1, 0), strict=True):
-        value, rows = _best_precision(answers, y, code)
+        value, rows = _precision_of(answers, y, code)
         precision[key], answered[key] = value, rows
     abstained = np.isnan(answers)
     return base.model_copy(
@@ -324,26 +350,6 @@ def _binary_rows(
             "positive_rate_when_abstaining": float(np.mean(y[abstained])) if abstained.any() else None,
         }
     )
-
-
-def _binary_shortfalls(
-    p: np.ndarray,
-    y: np.ndarray,
-    candidates: np.ndarray,
-    keys: tuple[str, str],
-    targets: dict[str, float],
-    valid: dict[str, list[float]],
-) -> list[Shortfall]:
-    """Each verdict no candidate passed for, with its best precision on the calibration rows."""
-    yes, no = keys
-    out = []
-    if not valid[yes]:
-        seen = [(float(t), *_best_precision(binary_answers(p, None, t), y, 1)) for t in candidates]
-        out.append(_shortfall(yes, targets[yes], seen))
-    if not valid[no]:
-        seen = [(float(t), *_best_precision(binary_answers(p, t, None), y, 0)) for t in candidates]
-        out.append(_shortfall(no, targets[no], seen))
-    return out
 
 
 def _never_alternative(p: np.ndarray, valid: dict[str, list[float]], keys: tuple[str, str]) -> str:
@@ -375,13 +381,13 @@ def _binary_band_words(lo: float | None, hi: float | None, keys: tuple[str, str]
 def _no_band_statement(rows: CalibrationRows, shortfalls: list[Shortfall], alternative: str) -> str:
     parts = []
     for short in shortfalls:
-        if short.best_precision is None:
+        if short.closest_threshold is None or short.precision is None:
             parts.append(f"'{short.verdict}' was never given at any candidate threshold")
         else:
             parts.append(
-                f"no threshold passed the test of precision ≥ {short.target:.2f} for '{short.verdict}' (its best "
-                f"precision there: {short.best_precision:.3f} on {short.rows} rows, at threshold "
-                f"{short.at_threshold:.3g})"
+                f"no threshold passed the test of precision ≥ {short.target:.2f} for '{short.verdict}' (closest: "
+                f"precision {short.precision:.3f} on {short.rows} rows where P({short.verdict}) ≥ "
+                f"{_cut(short.closest_threshold)}, p-value {short.p_value:.2g})"
             )
     why = "; ".join(parts) or "no pair of valid thresholds leaves a band"
     text = f"No band met the targets on the {_rows_phrase(rows.count, rows.groups)}: {why}."
@@ -412,11 +418,12 @@ def choose_label_band(
     level = delta / len(families)
     thresholds: list[float | None] = [None] * len(keys)
     valid: dict[str, list[float]] = {}
+    p_values: dict[str, list[float]] = {}
     for family in families:
         found = valid_label_thresholds(proba, y, codes, candidates, family, [targets[keys[k]] for k in family], level)
         for k in family:
-            valid[keys[k]] = found
-            thresholds[k] = found[0] if found else None
+            valid[keys[k]], p_values[keys[k]] = found.valid, found.p_values
+            thresholds[k] = found.valid[0] if found.valid else None
     guarantee = Guarantee(
         precision=dict(targets),
         delta=delta,
@@ -430,9 +437,9 @@ def choose_label_band(
     found_band = any(t is not None for t in thresholds) and (allow_never or not missing)
     rows = _label_rows(proba, y, groups, thresholds if found_band else None, keys, fingerprint)
     shortfalls = [
-        _label_shortfall(proba, y, candidates, k, keys[k], targets[keys[k]])
-        for k in range(len(keys))
-        if keys[k] in missing
+        _shortfall(key, targets[key], candidates, p_values[key], _only(proba, k), y, k)
+        for k, key in enumerate(keys)
+        if key in missing
     ]
     if not found_band:
         statement = _no_band_statement(rows, shortfalls, "")
@@ -474,21 +481,21 @@ def _label_rows(
     answers = label_answers(proba, thresholds)
     precision, answered = {}, {}
     for k, key in enumerate(keys):
-        precision[key], answered[key] = _best_precision(answers, y, k)
+        precision[key], answered[key] = _precision_of(answers, y, k)
     return base.model_copy(
         update={"coverage": float(np.mean(~np.isnan(answers))), "precision": precision, "answered": answered}
     )
 
 
-def _label_shortfall(
-    proba: np.ndarray, y: np.ndarray, candidates: np.ndarray, k: int, key: str, target: float
-) -> Shortfall:
-    seen = []
-    for t in candidates:
+def _only(proba: np.ndarray, k: int) -> Callable[[float], np.ndarray]:
+    """The answers with label ``k`` alone given, at a threshold (the others never)."""
+
+    def answers_at(threshold: float) -> np.ndarray:
         thresholds: list[float | None] = [None] * proba.shape[1]
-        thresholds[k] = float(t)
-        seen.append((float(t), *_best_precision(label_answers(proba, thresholds), y, k)))
-    return _shortfall(key, target, seen)
+        thresholds[k] = threshold
+        return label_answers(proba, thresholds)
+
+    return answers_at
 
 
 def _label_band_words(

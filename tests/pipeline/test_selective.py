@@ -154,7 +154,7 @@ def test_no_band_is_said_plainly_and_the_judge_stays_as_fitted(calibrated) -> No
     _, report, said = calibrated
     assert report.band is not None and not report.band.found and report.selective is None
     [short] = report.band.shortfalls
-    assert short.verdict == "true" and short.target == 0.9 and 0.6 < short.best_precision < 0.9
+    assert short.verdict == "true" and short.target == 0.9 and 0.6 < short.precision < 0.9
     statement = report.band.guarantee.statement
     assert statement.startswith("No band met the targets") and "for 'true'" in statement
     assert any(statement in line for line in said)

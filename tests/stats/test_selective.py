@@ -51,7 +51,7 @@ def test_a_candidate_where_a_verdict_is_never_given_does_not_stop_the_test() -> 
         warnings.simplefilter("ignore")
         plain.calibrate(p, y.astype(int))
     assert len(plain.valid_predict_params) == 0
-    found = valid_binary_thresholds(p, y.astype(int), None, candidates, 1, 0.70, 0.05)
+    found = valid_binary_thresholds(p, y.astype(int), None, candidates, 1, 0.70, 0.05).valid
     assert len(found) >= 3 and 1.5 not in found
 
 
@@ -86,7 +86,8 @@ def test_no_band_says_which_verdict_fell_short_and_allow_never_drops_it() -> Non
     choice = choose_binary_band(p, y, independent_groups(len(p)), groups_mode="independent", **settings)
     assert not choice.found and choice.band is None
     [short] = choice.shortfalls
-    assert short.verdict == "true" and short.target == 0.995 and short.best_precision is not None
+    assert short.verdict == "true" and short.target == 0.995 and short.precision is not None
+    assert short.closest_threshold in candidates and short.p_value > 0.05 / len(candidates)
     statement = choice.guarantee.statement
     assert statement.startswith("No band met the targets on the 600 calibration rows")
     assert "for 'true'" in statement and "With allow_never = true it would never say 'true'" in statement
