@@ -184,8 +184,9 @@ def refuse_without_probabilities(spec: StrategySpec, prepared: Prepared) -> None
     if prepared.config.selective is None or spec.family != "post-hoc" or not isinstance(raw, RecordedJudge):
         return
     if raw.verdicts is None or all(probability is None for _, probability in raw.verdicts.values()):
+        name = raw.source if raw.verdicts is None else raw.name  # the recorded judge, else the file's
         raise NoProbabilitiesError(
-            f"selective judging needs probabilities; '{raw.name}' gives 0/1 verdicts only: stack it "
+            f"selective judging needs probabilities; '{name}' gives 0/1 verdicts only: stack it "
             "(--strategy stacking) or give a probability per row"
         )
 

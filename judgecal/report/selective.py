@@ -226,8 +226,16 @@ def description_lines(report: SelectiveReport | None, choice: BandChoice | None)
         return []
     if report is None or not choice.found:
         return [f"**Selective judging: no band.** {choice.guarantee.statement}"]
-    held = ", ".join(f"'{t.verdict}' ≥ {t.target:.2f}: {t.status}" for t in report.targets)
-    return [f"**Selective judging.** {choice.guarantee.statement}", "", f"{held_out_summary(report)} Targets: {held}."]
+    return [
+        f"**Selective judging.** {choice.guarantee.statement}",
+        "",
+        f"{held_out_summary(report)} {targets_summary(report)}",
+    ]
+
+
+def targets_summary(report: SelectiveReport) -> str:
+    """Each target's status on the held-out rows, in one sentence."""
+    return "Targets: " + ", ".join(f"'{t.verdict}' ≥ {t.target:.2f}: {t.status}" for t in report.targets) + "."
 
 
 def card_section(

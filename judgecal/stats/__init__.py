@@ -1,3 +1,4 @@
 """Statistics: agreement metrics from confusion matrices, the group bootstrap, the human
-ceiling, bias measures and prediction-powered estimates. May import only ``data``.
+ceiling, bias measures, prediction-powered estimates and the band of a selective judge
+(Learn then Test). May import only ``data``.
 """

@@ -164,3 +164,43 @@ def test_no_band_is_said_plainly_and_the_judge_stays_as_fitted(calibrated) -> No
         load_judge(f"runs:/{report.tracked.run_id}/judge", tracking_uri=report.tracked.tracking_uri).kind == "stacked"
     )
     assert not [name for name in run.data.metrics if name.startswith("selective.")]
+
+
+def test_a_searchs_winner_is_wrapped_in_its_band_after_its_refit(tmp_path: Path, workspace: Workspace) -> None:
+    from judgecal.calibrate.search import SearchConfig
+    from judgecal.pipeline.search import run_search
+
+    data = write_jsonl(
+        tmp_path / "rows.jsonl", [row.to_record() for row in recorded_rows(n_groups=30, per_group=20).rows]
+    )
+    config = experiment(data, allow_never=False).model_copy(
+        update={
+            "selective": SelectiveConfig(precision={"true": 0.8, "false": 0.95}, groups="independent"),
+            "search": SearchConfig(strategies=["verifier"], trials=1, storage=f"sqlite:///{tmp_path / 'optuna.db'}"),
+        }
+    )
+    said: list[str] = []
+    report = run_search(config, config.search, workspace=workspace, track=False, log=said.append)
+    calibration = report.calibration
+    assert calibration is not None and calibration.band is not None and calibration.band.found
+    assert calibration.calibrated_judge.kind == "selective" and calibration.calibrated_judge.base_.kind == "verifier"
+    assert calibration.selective is not None and calibration.selective.rows == len(calibration.split.test.rows)
+    assert any("selective judging: With probability at least 90%" in line for line in said)
+
+
+def test_verdicts_without_probabilities_are_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from judgecal.cli import main
+
+    data = write_jsonl(tmp_path / "rows.jsonl", [row.to_record() for row in recorded_rows(n_groups=12).rows])
+    config = tmp_path / "exp.toml"
+    config.write_text(f'[judge]\nname = "t"\ntask = "relevance"\ndata = "{data}"\nrecorded = "loose"\n')
+    flags = ["--strategy", "threshold", "--precision", "true=0.7,false=0.95", "--no-track"]
+    assert main(["calibrate", str(config), *flags]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        "error: selective judging needs probabilities; 'loose' gives 0/1 verdicts only: stack it "
+        "(--strategy stacking) or give a probability per row"
+    ]
+    assert "calibrating" not in captured.out
