@@ -113,6 +113,8 @@ class Shortfall(BaseModel):
 
     verdict: str
     target: float
+    when: Literal[">=", "<"] = Field(description="The verdict is given where the score compares so to the threshold.")
+    of: str = Field(description="The score: 'P(true)', or 'P(A), when the most likely'.")
     closest_threshold: float | None = Field(description="None: the verdict was never given at any candidate.")
     precision: float | None
     rows: int
@@ -172,7 +174,7 @@ def _precision_of(answers: np.ndarray, y: np.ndarray, verdict: int) -> tuple[flo
 
 
 def _shortfall(
-    verdict: str,
+    answer: Answer,
     target: float,
     candidates: np.ndarray,
     p_values: Sequence[float],
@@ -182,14 +184,14 @@ def _shortfall(
 ) -> Shortfall:
     """The candidate with the smallest p-value, and the verdict's precision and rows there;
     ``answers_at(t)``: the band's answers with the verdict given at threshold ``t`` alone."""
+    shown = {"verdict": answer.verdict, "target": target, "when": answer.when, "of": answer.of}
     if not len(candidates) or min(p_values) >= 1:
-        return Shortfall(verdict=verdict, target=target, closest_threshold=None, precision=None, rows=0, p_value=1.0)
+        return Shortfall(**shown, closest_threshold=None, precision=None, rows=0, p_value=1.0)
     closest = int(np.argmin(p_values))
     threshold = float(candidates[closest])
     precision, rows = _precision_of(answers_at(threshold), y, code)
     return Shortfall(
-        verdict=verdict,
-        target=target,
+        **shown,
         closest_threshold=threshold,
         precision=precision,
         rows=rows,
@@ -275,11 +277,20 @@ def choose_binary_band(
         method=f"{METHOD}, delta / 2 for each verdict",
         statement="",
     )
+    of = f"P({yes})"
     shortfalls = [
-        _shortfall(key, targets[key], candidates, tested[key].p_values, answers_at, y, code)
-        for key, code, answers_at in (
-            (yes, 1, lambda t: binary_answers(p, None, t)),
-            (no, 0, lambda t: binary_answers(p, t, None)),
+        _shortfall(
+            Answer(verdict=key, when=when, threshold=None, of=of),
+            targets[key],
+            candidates,
+            tested[key].p_values,
+            answers_at,
+            y,
+            code,
+        )
+        for key, when, code, answers_at in (
+            (yes, ">=", 1, lambda t: binary_answers(p, None, t)),
+            (no, "<", 0, lambda t: binary_answers(p, t, None)),
         )
         if not valid[key]
     ]
@@ -298,7 +309,6 @@ def choose_binary_band(
     statement = (
         guarantee_statement(targets, given, delta, groups_mode, rows) + " " + _binary_band_words(lo, hi, keys, rows)
     )
-    of = f"P({yes})"
     band = Band(
         answers=[Answer(verdict=yes, when=">=", threshold=hi, of=of), Answer(verdict=no, when="<", threshold=lo, of=of)]
     )
@@ -386,8 +396,8 @@ def _no_band_statement(rows: CalibrationRows, shortfalls: list[Shortfall], alter
         else:
             parts.append(
                 f"no threshold passed the test of precision ≥ {short.target:.2f} for '{short.verdict}' (closest: "
-                f"precision {short.precision:.3f} on {short.rows} rows where P({short.verdict}) ≥ "
-                f"{_cut(short.closest_threshold)}, p-value {short.p_value:.2g})"
+                f"precision {short.precision:.3f} on {short.rows} rows where {short.of} "
+                f"{'≥' if short.when == '>=' else '<'} {_cut(short.closest_threshold)}, p-value {short.p_value:.2g})"
             )
     why = "; ".join(parts) or "no pair of valid thresholds leaves a band"
     text = f"No band met the targets on the {_rows_phrase(rows.count, rows.groups)}: {why}."
@@ -437,7 +447,15 @@ def choose_label_band(
     found_band = any(t is not None for t in thresholds) and (allow_never or not missing)
     rows = _label_rows(proba, y, groups, thresholds if found_band else None, keys, fingerprint)
     shortfalls = [
-        _shortfall(key, targets[key], candidates, p_values[key], _only(proba, k), y, k)
+        _shortfall(
+            Answer(verdict=key, when=">=", threshold=None, of=f"P({key}), when the most likely"),
+            targets[key],
+            candidates,
+            p_values[key],
+            _only(proba, k),
+            y,
+            k,
+        )
         for k, key in enumerate(keys)
         if key in missing
     ]
