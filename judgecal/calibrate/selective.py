@@ -84,6 +84,11 @@ class SelectiveJudge(FittedJudge):
         verdicts = self.base.predict(calibration, description="selective: scoring calibration rows")
         kept = [(row, v) for row, v in zip(calibration, verdicts, strict=True) if v.label is not None]
         rows, answered = [row for row, _ in kept], [v for _, v in kept]
+        if not rows:
+            raise ValueError(
+                f"no calibration row got a verdict from '{self.name}' ({len(calibration)} rows), so no band can be "
+                "chosen; see why its verdicts failed"
+            )
         scores = self._scores(answered)
         self._refuse_without_probabilities(scores)
         others = None

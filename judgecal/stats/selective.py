@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from judgecal.stats.ltt import valid_binary_thresholds, valid_label_thresholds
+from judgecal.stats.ltt import Tested, valid_binary_thresholds, valid_label_thresholds
 
 GroupsMode = Literal["design_effect", "independent"]
 
@@ -278,32 +278,12 @@ def choose_binary_band(
         statement="",
     )
     of = f"P({yes})"
-    shortfalls = [
-        _shortfall(
-            Answer(verdict=key, when=when, threshold=None, of=of),
-            targets[key],
-            candidates,
-            tested[key].p_values,
-            answers_at,
-            y,
-            code,
-        )
-        for key, when, code, answers_at in (
-            (yes, ">=", 1, lambda t: binary_answers(p, None, t)),
-            (no, "<", 0, lambda t: binary_answers(p, t, None)),
-        )
-        if not valid[key]
-    ]
+    shortfalls = _binary_shortfalls(p, y, candidates, keys, targets, tested)
+    found = {"calibration_rows": rows, "candidates": Candidates(thresholds=candidates.tolist(), valid=valid)}
     if chosen is None:
         statement = _no_band_statement(rows, shortfalls, _never_alternative(p, valid, keys) if not allow_never else "")
-        return BandChoice(
-            found=False,
-            band=None,
-            guarantee=guarantee.model_copy(update={"statement": statement}),
-            calibration_rows=rows,
-            candidates=Candidates(thresholds=candidates.tolist(), valid=valid),
-            shortfalls=shortfalls,
-        )
+        guarantee = guarantee.model_copy(update={"statement": statement})
+        return BandChoice(found=False, band=None, guarantee=guarantee, shortfalls=shortfalls, **found)
     lo, hi = chosen
     given = [key for key, cut in ((yes, hi), (no, lo)) if cut is not None]
     statement = (
@@ -312,14 +292,37 @@ def choose_binary_band(
     band = Band(
         answers=[Answer(verdict=yes, when=">=", threshold=hi, of=of), Answer(verdict=no, when="<", threshold=lo, of=of)]
     )
-    return BandChoice(
-        found=True,
-        band=band,
-        guarantee=guarantee.model_copy(update={"statement": statement}),
-        calibration_rows=rows,
-        candidates=Candidates(thresholds=candidates.tolist(), valid=valid),
-        shortfalls=shortfalls,
+    guarantee = guarantee.model_copy(update={"statement": statement})
+    return BandChoice(found=True, band=band, guarantee=guarantee, shortfalls=shortfalls, **found)
+
+
+def _binary_shortfalls(
+    p: np.ndarray,
+    y: np.ndarray,
+    candidates: np.ndarray,
+    keys: tuple[str, str],
+    targets: dict[str, float],
+    tested: dict[str, Tested],
+) -> list[Shortfall]:
+    """Each verdict no candidate passed for, with the candidate closest to passing."""
+    yes, no = keys
+    sides = (
+        (yes, ">=", 1, lambda t: binary_answers(p, None, t)),
+        (no, "<", 0, lambda t: binary_answers(p, t, None)),
     )
+    return [
+        _shortfall(
+            Answer(verdict=key, when=when, threshold=None, of=f"P({yes})"),
+            targets[key],
+            candidates,
+            tested[key].p_values,
+            answers_at,
+            y,
+            code,
+        )
+        for key, when, code, answers_at in sides
+        if not tested[key].valid
+    ]
 
 
 def _ordered(lo: float | None, hi: float | None) -> bool:
