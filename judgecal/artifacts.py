@@ -14,10 +14,13 @@ METRICS_TABLE = "metrics.json"
 """Every metric of every judge as one MLflow table."""
 
 ROWS_FILE = "rows.json"
-"""The ids of the rows in each part of the split (train, dev, test, gate)."""
+"""The ids of the rows in each part of the split (train, dev, test, gate, calibration)."""
 
 GATE_FILE = "gate.json"
 """The calibrated judge's verdicts on the gate rows, for the registry's champion gate."""
+
+SELECTIVE_FILE = "selective.json"
+"""A selective judge's band and guarantee, and what it did on the test rows (or why no band)."""
 
 PROGRAM_FILE = "program.json"
 """A DSPy judge program's saved state."""

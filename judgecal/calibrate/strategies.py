@@ -18,6 +18,7 @@ from typing import Any
 from judgecal.calibrate.guard import RowGuard
 from judgecal.calibrate.optimizers import CalibrationConfig, PromptOptimizer
 from judgecal.calibrate.posthoc import OrderSwapJudge, ThresholdJudge
+from judgecal.calibrate.selective import SelectiveJudge
 from judgecal.calibrate.trained import StackingJudge, VerifierJudge, default_stack_verifiers
 from judgecal.data.rows import LabeledRow
 from judgecal.judges.embeddings import SentenceEncoder, embeddings_available
@@ -29,7 +30,15 @@ from judgecal.tasks.registry import Task
 # (kind "program") and a MemoJudge the judge it wraps, so neither has a kind of its own.
 JUDGE_KINDS: dict[str, type[FittedJudge]] = {
     judge.kind: judge
-    for judge in (ProgramJudge, RecordedJudge, ThresholdJudge, OrderSwapJudge, VerifierJudge, StackingJudge)
+    for judge in (
+        ProgramJudge,
+        RecordedJudge,
+        ThresholdJudge,
+        OrderSwapJudge,
+        VerifierJudge,
+        StackingJudge,
+        SelectiveJudge,
+    )
 }
 
 

@@ -200,6 +200,12 @@ def _print_result(config: ExperimentConfig, report: CalibrationReport, run_id: s
         if agreement.comparison is not None:
             colour = {"improved": "green", "worse": "red"}.get(agreement.comparison.outcome, "yellow")
             console.print(f"[{colour}]{escape(agreement.comparison.statement)}[/]")
+    if report.selective is not None:
+        from judgecal.report.selective import held_out_summary, targets_summary
+
+        console.print(
+            f"selective: {held_out_summary(report.selective)} {targets_summary(report.selective)}", highlight=False
+        )
     if report.registry is not None:
         console.print(f"registry: {report.registry.name} v{report.registry.version}; {report.registry.reason}")
     elif config.judge.register_as and report.tracked is not None and report.tracked.not_exported:

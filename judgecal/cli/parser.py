@@ -49,6 +49,24 @@ def _level(text: str) -> float:
     return value
 
 
+def _targets(text: str) -> dict[str, float]:
+    """An argparse type: ``VERDICT=SHARE`` pairs, comma-separated (``true=0.7,false=0.95``)."""
+    targets: dict[str, float] = {}
+    for part in text.split(","):
+        verdict, sep, share = part.partition("=")
+        try:
+            value = float(share)
+        except ValueError:
+            value = float("nan")
+        if not sep or not verdict.strip() or not 0 < value < 1:
+            raise argparse.ArgumentTypeError(
+                f"expected VERDICT=SHARE pairs with shares strictly between 0 and 1, e.g. true=0.7,false=0.95; "
+                f"got {text!r}"
+            )
+        targets[verdict.strip()] = value
+    return targets
+
+
 def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     """The whole command line; ``handlers`` holds the function each sub-command runs, by
     name (``import`` and ``merge`` for ``judgecal data import`` and ``judgecal data merge``)."""
@@ -122,6 +140,13 @@ def _calibrate_run(calibrate: argparse.ArgumentParser) -> None:
     )
     calibrate.add_argument(
         "--gate-data", type=Path, help="fresh labelled rows for the registry's champion gate (instead of a gate share)"
+    )
+    calibrate.add_argument(
+        "--precision",
+        type=_targets,
+        metavar="VERDICT=SHARE,...",
+        help="make the judge selective for this run: the precision each verdict must reach where it is given "
+        "(e.g. true=0.7,false=0.95; [selective] in the experiment file)",
     )
     calibrate.add_argument("--seed", type=int, help="optimizer seed")
     calibrate.add_argument("--split-seed", type=int, help="seed of the grouped train/dev/test split")

@@ -1,5 +1,6 @@
 """Splitting rows by group: train to fit on, dev to select on, test to report on, and
-optionally gate rows for the registry's champion gate.
+optionally gate rows for the registry's champion gate and calibration rows for a
+selective judge's band.
 
 Fractions count groups, not rows: rows of one prompt are not independent, so a group is
 never split across parts, and intervals resample whole groups.
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from judgecal.data.rows import DataError, Dataset, LabeledRow
 
-SplitName = Literal["train", "dev", "test", "gate"]
+SplitName = Literal["train", "dev", "test", "gate", "calibration"]
 
 
 class SplitSpec(BaseModel):
@@ -35,6 +36,13 @@ class SplitSpec(BaseModel):
         lt=1,
         description="Share of groups the registry's champion gate compares versions on (never fitted, selected "
         "or reported on); 0 means no gate rows.",
+    )
+    calibration: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="Share of groups a selective judge's band is chosen on (never fitted, selected or reported "
+        "on); not set: 0.2 when the experiment has a [selective] section, else 0.",
     )
     seed: int = Field(default=0, description="Seed of the shuffle that assigns groups to parts.")
     max_train_rows: int | None = Field(
@@ -62,6 +70,7 @@ class Split:
     spec: SplitSpec
     data_fingerprint: str
     gate: Dataset | None = None
+    calibration: Dataset | None = None
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -80,20 +89,24 @@ class Split:
         parts = {"train": self.train, "dev": self.dev, "test": self.test}
         if self.gate is not None and len(self.gate):
             parts["gate"] = self.gate
+        if self.calibration is not None and len(self.calibration):
+            parts["calibration"] = self.calibration
         return parts
 
 
 def split_by_group(dataset: Dataset, spec: SplitSpec | None = None) -> Split:
     """Shuffle groups with a seeded generator and cut them into train / dev / test (and
-    gate, when asked for).
+    gate and calibration, when asked for).
 
     Fractions count groups, not rows, because groups are the unit of independence.
     Each split must contain every label the task needs to score it (two classes at least).
     """
     spec = spec or SplitSpec()
-    if spec.dev + spec.test + spec.gate >= 1:
+    calibration = spec.calibration or 0.0
+    if spec.dev + spec.test + spec.gate + calibration >= 1:
         raise DataError(
-            f"dev ({spec.dev}) + test ({spec.test}) + gate ({spec.gate}) fractions must leave rows for train"
+            f"dev ({spec.dev}) + test ({spec.test}) + gate ({spec.gate}) + calibration ({calibration}) fractions "
+            "must leave rows for train"
         )
     groups = sorted({row.group for row in dataset.rows})
     if len(groups) < 3:
@@ -102,35 +115,13 @@ def split_by_group(dataset: Dataset, spec: SplitSpec | None = None) -> Split:
             path=dataset.source,
             field="group",
         )
-    order = np.random.default_rng(spec.seed).permutation(len(groups))
-    shuffled = [groups[i] for i in order]
-    n_test = max(1, round(spec.test * len(groups)))
-    n_dev = max(1, round(spec.dev * len(groups)))
-    n_gate = max(1, round(spec.gate * len(groups))) if spec.gate > 0 else 0
-    if n_test + n_dev >= len(groups) and not n_gate:
-        n_test = n_dev = max(1, (len(groups) - 1) // 3)
-    if n_test + n_dev + n_gate >= len(groups):
-        raise DataError(
-            f"{len(groups)} groups are too few for dev {spec.dev}, test {spec.test} and gate {spec.gate} "
-            "with rows left for train; lower the fractions or add groups",
-            path=dataset.source,
-            field="group",
-        )
-    assignment: dict[str, SplitName] = {}
-    for position, group in enumerate(shuffled):
-        if position < n_test:
-            assignment[group] = "test"
-        elif position < n_test + n_dev:
-            assignment[group] = "dev"
-        elif position < n_test + n_dev + n_gate:
-            assignment[group] = "gate"
-        else:
-            assignment[group] = "train"
-    parts: dict[str, list[LabeledRow]] = {"train": [], "dev": [], "test": [], "gate": []}
+    assignment = _assign_groups(groups, spec, dataset.source)
+    parts: dict[str, list[LabeledRow]] = {name: [] for name in ("train", "dev", "test", "gate", "calibration")}
     for row in dataset.rows:
         parts[assignment[row.group]].append(row)
-    if not n_gate:
-        del parts["gate"]
+    for name in ("gate", "calibration"):
+        if not parts[name]:
+            del parts[name]
     caps = {
         "train": spec.max_train_rows,
         "dev": spec.max_dev_rows,
@@ -158,7 +149,44 @@ def split_by_group(dataset: Dataset, spec: SplitSpec | None = None) -> Split:
         spec=spec,
         data_fingerprint=dataset.fingerprint,
         gate=dataset.subset(parts["gate"]) if "gate" in parts else None,
+        calibration=dataset.subset(parts["calibration"]) if "calibration" in parts else None,
     )
+
+
+def _assign_groups(groups: Sequence[str], spec: SplitSpec, source: str | None) -> dict[str, SplitName]:
+    """Each group's part: the shuffled groups are cut into test, dev, gate and calibration
+    in this order (so adding gate or calibration groups moves no other part's groups), the
+    rest is train."""
+    shuffled = [groups[i] for i in np.random.default_rng(spec.seed).permutation(len(groups))]
+    calibration = spec.calibration or 0.0
+    n_test = max(1, round(spec.test * len(groups)))
+    n_dev = max(1, round(spec.dev * len(groups)))
+    n_gate = max(1, round(spec.gate * len(groups))) if spec.gate > 0 else 0
+    n_calibration = max(1, round(calibration * len(groups))) if calibration > 0 else 0
+    if n_test + n_dev >= len(groups) and not n_gate and not n_calibration:
+        n_test = n_dev = max(1, (len(groups) - 1) // 3)
+    if n_test + n_dev + n_gate + n_calibration >= len(groups):
+        raise DataError(
+            f"{len(groups)} groups are too few for dev {spec.dev}, test {spec.test}, gate {spec.gate} and "
+            f"calibration {calibration} with rows left for train; lower the fractions or add groups",
+            path=source,
+            field="group",
+        )
+    counts: list[tuple[SplitName, int]] = [
+        ("test", n_test),
+        ("dev", n_dev),
+        ("gate", n_gate),
+        ("calibration", n_calibration),
+    ]
+    assignment: dict[str, SplitName] = {}
+    position = 0
+    for name, count in counts:
+        for group in shuffled[position : position + count]:
+            assignment[group] = name
+        position += count
+    for group in shuffled[position:]:
+        assignment[group] = "train"
+    return assignment
 
 
 def sample_across_groups(rows: Sequence[LabeledRow], cap: int | None, seed: int) -> list[LabeledRow]:

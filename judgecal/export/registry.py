@@ -139,7 +139,7 @@ def _compare(
                 f"champion v{champion.version} records neither gate verdicts on these rows nor which rows it was "
                 "fitted on, so it cannot be compared fairly; the champion stays"
             )
-        shaped = set(used.get("train", [])) | set(used.get("dev", []))
+        shaped = set(used.get("train", [])) | set(used.get("dev", [])) | set(used.get("calibration", []))
         overlap = shaped & set(gate.ids)
         if overlap:
             return stays(
@@ -183,5 +183,6 @@ def _judge_gate_with(
     from judgecal.export.flavor import load_judge
 
     judge = load_judge(f"models:/{name}/{champion.version}", workspace=workspace)
+    judge = getattr(judge, "base_", judge) if judge.kind == "selective" else judge  # gated before its band
     verdicts = judge.predict(rows)
     return gate.model_copy(update={"judges": {"calibrated": JudgeRecord(verdicts=[v.label for v in verdicts])}})

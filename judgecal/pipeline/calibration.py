@@ -3,7 +3,7 @@ metrics → MLflow run with the judge bundle and model.
 
 An experiment is described by a TOML file (see ``experiments/*.toml``); every field can
 be overridden from the command line. The steps, in order (ARCHITECTURE.md lists them):
-:func:`prepare`, :func:`final_fit`, :func:`evaluate`, then, when tracking,
+:func:`prepare`, :func:`final_fit`, :func:`select_band`, :func:`evaluate`, then, when tracking,
 :func:`~judgecal.pipeline.tracking.track_calibration` and
 :func:`~judgecal.pipeline.publish.export_judge`. Each returns what it made.
 """
@@ -19,18 +19,28 @@ from typing import Any
 from judgecal.backends.models import build_lm
 from judgecal.calibrate.guard import RowGuard
 from judgecal.calibrate.optimizers import CalibrationConfig, strategy_name
+from judgecal.calibrate.selective import NoProbabilitiesError, SelectiveJudge
 from judgecal.calibrate.strategies import FitResult, StrategySpec, fit_judge, resolve_strategies
 from judgecal.data.rows import DataError, Dataset, LabeledRow, load_rows, load_verdicts
 from judgecal.data.split import Split, split_by_group
-from judgecal.judges.fitted import FittedJudge, MemoJudge, ProgramJudge, RecordedJudge, unwrap
+from judgecal.judges.fitted import (
+    FittedJudge,
+    MemoJudge,
+    ProgramJudge,
+    RecordedJudge,
+    label_probabilities,
+    positive_probability,
+    unwrap,
+)
 from judgecal.judges.program import JudgeProgram, score_verdicts
 from judgecal.pipeline.config import ExperimentConfig
 from judgecal.pipeline.publish import export_judge
-from judgecal.pipeline.results import CalibrationReport, Prepared, SideResult
+from judgecal.pipeline.results import Banded, CalibrationReport, Prepared, SideResult
 from judgecal.pipeline.tracking import ensure_experiment, track_calibration
 from judgecal.progress import ProgressFactory
 from judgecal.report.agreement import evaluate_record
 from judgecal.report.records import REFERENCE_PREFIX, EvaluationRecord, JudgeRecord, build_record, label_space
+from judgecal.report.selective import SelectiveReport, selective_report
 from judgecal.tasks.registry import Task, resolve_task
 from judgecal.workspace import Workspace, set_process_environment
 
@@ -43,9 +53,10 @@ def prepare(config: ExperimentConfig, workspace: Workspace, *, log: Any = print)
     dataset = load_rows(config.judge.data, task.spec, limit=config.judge.limit)
     split = split_by_group(dataset, config.split)
     sizes = split.sizes
+    held = f", calibration {sizes['calibration']}" if "calibration" in sizes else ""
     log(
         f"{config.judge.name}: {len(dataset)} rows from {workspace.project_path(dataset.source)} → "
-        f"train {sizes['train']}, dev {sizes['dev']}, test {sizes['test']} (grouped, seed {config.split.seed})"
+        f"train {sizes['train']}, dev {sizes['dev']}, test {sizes['test']}{held} (grouped, seed {config.split.seed})"
     )
     workspace.use_dspy_cache()
     if config.judge.recorded and config.judge.verdicts:
@@ -70,7 +81,8 @@ def prepare(config: ExperimentConfig, workspace: Workspace, *, log: Any = print)
         raw = ProgramJudge(task, JudgeProgram(task.signature), lm, config.judge.name, num_threads=threads)
     order_swap = config.order_swap if config.order_swap is not None else task.spec.is_pairwise
     gate = _gate_rows(config, task, dataset, split)
-    guard = RowGuard.for_rows([*split.test.rows, *gate], [*split.train.rows, *split.dev.rows])
+    calibration = split.calibration.rows if split.calibration is not None else ()
+    guard = RowGuard.for_rows([*split.test.rows, *gate], [*split.train.rows, *split.dev.rows], calibration)
     return Prepared(config, task, dataset, split, lm, MemoJudge(raw), guard, order_swap, workspace, gate_rows=gate)
 
 
@@ -132,6 +144,53 @@ def final_fit(spec: StrategySpec, prepared: Prepared, params: dict[str, Any], lo
     return fit_judge(spec, env, params, rows, None, prepared.guard, step="fit on train + dev")
 
 
+def select_band(prepared: Prepared, result: FitResult, log: Any = print) -> Banded:
+    """With [selective]: the band where the fitted judge abstains, chosen on the calibration
+    rows (neither fitting, selection nor the search saw them; candidate thresholds placed
+    by its scores on train + dev), and the judge wrapped in it. When no band meets the
+    targets the run says which verdict fell short and the judge stays as it was fitted."""
+    settings = prepared.config.selective
+    if settings is None:
+        return Banded(result, result.judge)
+    import dspy
+
+    from judgecal.backends.calls import LMCallCounter
+
+    split, name = prepared.split, prepared.config.judge.name
+    assert split.calibration is not None, "a [selective] experiment holds calibration rows back"
+    fitting = [*split.train.rows, *split.dev.rows]
+    prepared.guard.check(fitting, "selective: place candidate thresholds")
+    judge = SelectiveJudge(
+        result.judge,
+        precision=settings.precision,
+        delta=settings.delta,
+        groups=settings.groups,
+        allow_never=settings.allow_never,
+    )
+    counter, started = LMCallCounter(), time.perf_counter()
+    with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), counter]):
+        judge.fit(split.calibration.rows, fitting)
+    cost = {"seconds": result.seconds + time.perf_counter() - started, "lm_calls": result.lm_calls + counter.calls}
+    choice = judge.choice_
+    log(f"{name}: selective judging: {choice.guarantee.statement}")
+    reported = judge if choice.found else result.judge
+    return Banded(dataclasses.replace(result, judge=reported, **cost), result.judge, choice)
+
+
+def refuse_without_probabilities(spec: StrategySpec, prepared: Prepared) -> None:
+    """Before any work: a selective judge needs probabilities, and a post-hoc strategy over
+    recorded verdicts without any gives 0/1 only."""
+    raw = unwrap(prepared.raw)
+    if prepared.config.selective is None or spec.family != "post-hoc" or not isinstance(raw, RecordedJudge):
+        return
+    if raw.verdicts is None or all(probability is None for _, probability in raw.verdicts.values()):
+        name = raw.source if raw.verdicts is None else raw.name  # the recorded judge, else the file's
+        raise NoProbabilitiesError(
+            f"selective judging needs probabilities; '{name}' gives 0/1 verdicts only: stack it "
+            "(--strategy stacking) or give a probability per row"
+        )
+
+
 def run_calibration(
     config: ExperimentConfig,
     *,
@@ -151,15 +210,17 @@ def run_calibration(
     [spec] = resolve_strategies(
         [strategy_name(config.calibration)], prepared.task, has_program=isinstance(unwrap(prepared.raw), ProgramJudge)
     )
+    refuse_without_probabilities(spec, prepared)
     where = "train, selecting on dev" if spec.selects_on_dev else "train + dev"
     log(f"{config.judge.name}: calibrating with {spec.name} ({spec.description}) on {where}")
     result = final_fit(spec, prepared, strategy_params(spec, config.calibration), log)
-    return report_and_record(prepared, result, progress=progress, experiment_id=experiment_id, log=log)
+    banded = select_band(prepared, result, log)
+    return report_and_record(prepared, banded, progress=progress, experiment_id=experiment_id, log=log)
 
 
 def report_and_record(
     prepared: Prepared,
-    result: FitResult,
+    banded: Banded,
     *,
     progress: ProgressFactory | None,
     experiment_id: str | None,
@@ -170,7 +231,7 @@ def report_and_record(
     """The calibrated judge beside the raw one on test, its verdicts on the gate rows, and
     (with an ``experiment_id`` to record it in) its MLflow run, exported judge and registry
     version."""
-    report = evaluate(prepared, result, progress)
+    report = evaluate(prepared, banded, progress)
     if experiment_id is None:
         return report
     tracked = track_calibration(report, prepared, experiment_id, run_id=run_id, description_extra=description_extra)
@@ -178,17 +239,43 @@ def report_and_record(
     return dataclasses.replace(report, tracked=tracked, registry=registry)
 
 
-def evaluate(prepared: Prepared, result: FitResult, progress: ProgressFactory | None) -> CalibrationReport:
+def evaluate(prepared: Prepared, banded: Banded, progress: ProgressFactory | None) -> CalibrationReport:
     """The raw and the calibrated judge on the test rows (the only use of them), their
-    agreement with humans, and the calibrated judge's verdicts on the gate rows."""
+    agreement with humans, the calibrated judge's verdicts on the gate rows, and a selective
+    judge's coverage and precision there. The usual metrics are the calibrated judge's
+    before its band, on every test row; the selective judge's are on the rows it answers."""
     task, split = prepared.task, prepared.split
     raw = judge_split(
         prepared.raw, task, split.test.rows, order_swap=prepared.order_swap, progress=progress, label="raw"
     )
     calibrated = judge_split(
-        result.judge, task, split.test.rows, order_swap=prepared.order_swap, progress=progress, label="calibrated"
+        banded.base, task, split.test.rows, order_swap=prepared.order_swap, progress=progress, label="calibrated"
     )
-    return assemble_report(prepared, raw, calibrated, result, gate_record(prepared, result.judge, progress))
+    report = assemble_report(prepared, raw, calibrated, banded.result, gate_record(prepared, banded.base, progress))
+    selective = selective_on_test(prepared, banded, calibrated) if banded.selective else None
+    return dataclasses.replace(report, band=banded.band, selective=selective)
+
+
+def selective_on_test(prepared: Prepared, banded: Banded, calibrated: SideResult) -> SelectiveReport:
+    """The selective judge's answers on the test rows (the band read over the verdicts the
+    judge gave before it), against the human labels, with group-bootstrap intervals."""
+    judge, task, rows = banded.result.judge, prepared.task, prepared.split.test.rows
+    assert isinstance(judge, SelectiveJudge) and banded.band is not None
+    answers = judge.answer(calibrated.verdicts)
+    if task.spec.positive is not None:
+        scores = positive_probability(calibrated.verdicts, task)
+    else:
+        scores = label_probabilities(calibrated.verdicts, task)
+    return selective_report(
+        banded.band,
+        labels=task.spec.labels,
+        human=[row.label for row in rows],
+        verdicts=[answer.label for answer in answers],
+        scores=scores,
+        groups=[row.group for row in rows],
+        n_resamples=prepared.config.report.n_resamples,
+        seed=prepared.config.report.seed,
+    )
 
 
 def gate_record(prepared: Prepared, judge: FittedJudge, progress: ProgressFactory | None) -> EvaluationRecord | None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from judgecal.backends.settings import LMConfig
 from judgecal.calibrate.optimizers import CalibrationConfig
@@ -63,6 +63,33 @@ class ReportConfig(BaseModel):
     seed: int = Field(default=0, description="Seed of the bootstrap resamples.")
 
 
+class SelectiveConfig(BaseModel):
+    """A judge that abstains where it is unsure, with a guarantee on the verdicts it gives."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    precision: dict[str, Annotated[float, Field(gt=0, lt=1)]] = Field(
+        description="Per verdict, the share of its verdicts people must agree with, e.g. "
+        "{ true = 0.70, false = 0.95 } (pairwise: { A = 0.9, B = 0.9, tie = 0.6 }); one target for each label "
+        "of the task. Setting it makes the calibrated judge selective."
+    )
+    delta: float = Field(default=0.1, gt=0, lt=1, description="The targets hold with probability at least 1 - delta.")
+    groups: Literal["design_effect", "independent"] = Field(
+        default="design_effect",
+        description="How rows of one group count: 'design_effect' (rows of a prompt share its error; approximate, "
+        "for rows of new prompts) or 'independent' (finite-sample, for rows drawn like the calibration rows).",
+    )
+    allow_never: bool = Field(
+        default=False,
+        description="A verdict no threshold meets its target for may be never given (the judge then only says "
+        "the other verdicts or abstains), instead of leaving no band.",
+    )
+
+
+# Share of groups held back for a selective judge's band when [split] calibration is not set.
+DEFAULT_CALIBRATION_SHARE = 0.2
+
+
 class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -77,6 +104,19 @@ class ExperimentConfig(BaseModel):
     search: SearchConfig | None = Field(
         default=None, description="A [search] section makes the calibration an Optuna search over strategies."
     )
+    selective: SelectiveConfig | None = Field(
+        default=None,
+        description="A [selective] section makes the calibrated judge abstain where it cannot meet the targets.",
+    )
+
+    @model_validator(mode="after")
+    def _calibration_share(self) -> ExperimentConfig:
+        """A selective judge's band needs rows of its own: [split] calibration, 0.2 unless set."""
+        if self.selective is None:
+            return self
+        if self.split.calibration is None:
+            self.split = self.split.model_copy(update={"calibration": DEFAULT_CALIBRATION_SHARE})
+        return self
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
@@ -105,8 +145,56 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
         if value is not None and not Path(value).is_absolute() and (overrides or {}).get(f"judge.{key}") is None:
             document["judge"][key] = str((path.parent / value).resolve())
     try:
-        return ExperimentConfig.model_validate(document)
+        config = ExperimentConfig.model_validate(document)
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise DataError(first["msg"], path=path, field=where) from None
+    check_selective(config, path)
+    return config
+
+
+def check_selective(config: ExperimentConfig, path: Path) -> None:
+    """A [selective] section needs calibration rows and one target per verdict of the task
+    (a task that does not resolve is reported where the rows are loaded)."""
+    from judgecal.judges.verdict import answer_key
+    from judgecal.tasks.registry import resolve_task
+
+    if config.selective is None:
+        return
+    text = path.read_text(encoding="utf-8")
+    if config.split.calibration == 0:
+        raise DataError(
+            "[selective] chooses its band on calibration rows the judge never saw: set a share above 0 "
+            f"(default {DEFAULT_CALIBRATION_SHARE})",
+            path=path,
+            line=_line_of(text, "split", "calibration"),
+            field="split.calibration",
+        )
+    try:
+        task = resolve_task(config.judge.task)
+    except (ValueError, ImportError):
+        return
+    keys = [answer_key(label) for label in task.spec.labels]
+    given = list(config.selective.precision)
+    if set(given) != set(keys):
+        example = "{ " + ", ".join(f"{key} = 0.9" for key in keys) + " }"
+        raise DataError(
+            f"expected one target for each verdict of task {config.judge.task!r} ({', '.join(keys)}), e.g. "
+            f"{example}; got {', '.join(given) or 'none'}",
+            path=path,
+            line=_line_of(text, "selective", "precision"),
+            field="selective.precision",
+        )
+
+
+def _line_of(text: str, section: str, key: str) -> int | None:
+    """The line of ``key`` in ``[section]`` of a TOML text (None when set from the command line)."""
+    current = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            current = stripped.strip("[] ")
+        elif current == section and re.match(rf"{re.escape(key)}\s*=", stripped):
+            return number
+    return None

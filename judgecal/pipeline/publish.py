@@ -16,6 +16,7 @@ from judgecal.export.flavor import log_model
 from judgecal.export.registry import RegistryDecision, register_judge
 from judgecal.judges.fitted import NotPortableError
 from judgecal.pipeline.results import CalibrationReport, Prepared, TrackedRun
+from judgecal.report.selective import selective_metrics
 
 
 def export_judge(
@@ -54,11 +55,14 @@ def judge_bundle(report: CalibrationReport) -> JudgeBundle:
     metrics and its own evaluation, with the data and split fingerprints."""
     config = report.config
     assert report.calibrated_judge is not None, "a calibration report carries its calibrated judge"
+    metrics = {f"test.{k}": v for k, v in report.calibrated.metrics.items()}
+    if report.selective is not None:
+        metrics |= {f"test.{k}": v for k, v in selective_metrics(report.selective).items()}
     return bundle_from_judge(
         report.calibrated_judge,
         config.lm,
         calibration={"strategy": report.strategy, **config.calibration.model_dump(exclude={"strategy"})},
-        metrics={f"test.{k}": v for k, v in report.calibrated.metrics.items()},
+        metrics=metrics,
         evaluation=bundle_evaluation(report),
         data_fingerprint=report.split.data_fingerprint,
         split_fingerprint=report.split.fingerprint,
@@ -67,12 +71,18 @@ def judge_bundle(report: CalibrationReport) -> JudgeBundle:
 
 def bundle_evaluation(report: CalibrationReport) -> dict[str, Any] | None:
     """What a bundle says about its own quality: test metrics with intervals, the
-    comparison with the raw judge, the human ceiling."""
+    comparison with the raw judge, the human ceiling; a selective judge's coverage and
+    precision on the rows it answers (the other metrics are its verdicts before the band)."""
     agreement = report.agreement
     if agreement is None:
         return None
     calibrated = agreement.judge("calibrated")
+    selective = None
+    if report.selective is not None:
+        selective = report.selective.model_dump(mode="json", include={"rows", "groups", "answered", "coverage"})
+        selective |= report.selective.model_dump(mode="json", include={"precision", "recall", "targets"})
     return {
+        "selective": selective,
         "split": agreement.split,
         "rows": agreement.rows,
         "groups": agreement.groups,
@@ -93,6 +103,8 @@ def register(report: CalibrationReport, prepared: Prepared, tracked: TrackedRun,
     config = report.config
     agreement = report.agreement
     words = agreement.comparison.statement if agreement and agreement.comparison else ""
+    if report.band is not None:
+        words = " ".join(part for part in (words, report.band.guarantee.statement) if part)
     title = summary.title(agreement, config.judge.name) if agreement else config.judge.name
     return register_judge(
         tracked.run_id,

@@ -4,8 +4,9 @@ file ``judgecal init`` writes are both generated from here, so neither can drift
 code.
 
 Which settings have a flag of their own: those that change from one run of an experiment
-to the next (what is judged, the model and how it samples, the strategy, the seeds, how
-many rows each part of the split may cost, the search's budget and where it is kept).
+to the next (what is judged, the model and how it samples, the strategy, the seeds, a
+selective judge's precision targets, how many rows each part of the split may cost, the
+search's budget and where it is kept).
 Everything else is set in the file, or for one run with ``--set section.key=VALUE``.
 """
 
@@ -43,6 +44,7 @@ FLAGS: dict[str, str] = {
     "split.max_gate_rows": "--max-gate-rows",
     "calibration.strategy": "--strategy",
     "calibration.seed": "--seed",
+    "selective.precision": "--precision",
     "search.strategies": "--strategies",
     "search.trials": "--trials",
     "search.storage": "--storage",
@@ -54,7 +56,8 @@ FLAGS: dict[str, str] = {
 FLAG_RULE = (
     "A setting has a flag of its own when it changes from one run of an experiment to the next: what is "
     "judged (data, name, task, limit, recorded verdicts, registry name, gate rows), the model and how it "
-    "samples (model, api_base, temperature, max_tokens), the strategy and the seeds, the caps on how many "
+    "samples (model, api_base, temperature, max_tokens), the strategy and the seeds, a selective judge's "
+    "precision targets, the caps on how many "
     "rows each part of the split may cost, and the search's strategies, trials, storage, study and worker. "
     "Every other key is set in the experiment file, or for one run with `--set section.key=VALUE` "
     "(the value is read as TOML: `--set report.n_resamples=500`, `--set 'calibration.params={C = 0.5}'`)."
@@ -68,6 +71,9 @@ SECTION_NOTES = {
     "report": "How intervals are computed for the report and the judge card.",
     "search": "Present, it makes `judgecal calibrate` run an Optuna search over strategies "
     "(so do `--strategies`, `--trials` and `--worker`; `--strategy` runs one strategy instead).",
+    "selective": "Present (or `--precision`), it makes the calibrated judge selective: it abstains where its "
+    "verdicts cannot meet the precision targets, with the band chosen on `[split] calibration` rows "
+    "(docs/selective.md).",
 }
 
 
@@ -267,7 +273,7 @@ def starter_experiment(name: str, task_reference: str, data: str) -> str:
         "split.gate": "groups the champion gate compares registered versions on (never fitted or reported on)",
     }
     for section, note, keys in sections():
-        comment_section = section == "search"
+        comment_section = section in ("search", "selective")
         if section:
             lines.append(f"# {note}")
             lines.append(f"{'# ' if comment_section else ''}[{section}]")

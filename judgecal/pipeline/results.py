@@ -1,6 +1,7 @@
 """What the steps of a calibration hand each other: the prepared rows and judges
-(:class:`Prepared`), one judge's verdicts on test (:class:`SideResult`), the MLflow run
-that recorded it (:class:`TrackedRun`) and the whole (:class:`CalibrationReport`).
+(:class:`Prepared`), the fitted judge with its band (:class:`Banded`), one judge's
+verdicts on test (:class:`SideResult`), the MLflow run that recorded it
+(:class:`TrackedRun`) and the whole (:class:`CalibrationReport`).
 
 Each step returns one of these and the next reads it; no step writes into an object it
 was given. The steps (``calibration``, ``tracking``, ``publish``, ``search``) import this
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from judgecal.calibrate.guard import RowGuard
-from judgecal.calibrate.strategies import StrategyEnv
+from judgecal.calibrate.strategies import FitResult, StrategyEnv
 from judgecal.data.rows import Dataset, LabeledRow
 from judgecal.data.split import Split
 from judgecal.export.registry import RegistryDecision
@@ -25,6 +26,8 @@ from judgecal.judges.verdict import Verdict
 from judgecal.pipeline.config import ExperimentConfig
 from judgecal.report.agreement import AgreementReport
 from judgecal.report.records import EvaluationRecord
+from judgecal.report.selective import SelectiveReport
+from judgecal.stats.selective import BandChoice
 from judgecal.tasks.registry import Task
 from judgecal.workspace import Workspace
 
@@ -75,6 +78,21 @@ class Prepared:
 
 
 @dataclass(frozen=True)
+class Banded:
+    """What ``select_band`` made of a fitted judge: the result that is reported and
+    exported (its judge selective when a band met the targets, else as it was fitted), the
+    judge before the band, and the band or why there is none (``None``: no [selective])."""
+
+    result: FitResult
+    base: FittedJudge
+    band: BandChoice | None = None
+
+    @property
+    def selective(self) -> bool:
+        return self.band is not None and self.band.found
+
+
+@dataclass(frozen=True)
 class TrackedRun:
     """The MLflow run a calibration was recorded in, and what was exported into it: the
     model's URI, or why nothing was (a judge that cannot judge new rows)."""
@@ -90,7 +108,9 @@ class TrackedRun:
 class CalibrationReport:
     """A calibration's outcome: the raw and the calibrated judge on test, the evaluation
     record and agreement behind them, the gate record, and (when tracked) the run and the
-    registry's decision."""
+    registry's decision. With [selective]: the band (or why there is none) and what the
+    selective judge did on test; ``calibrated`` is then the judge before its band, on every
+    test row, and ``calibrated_judge`` the selective one that is exported."""
 
     config: ExperimentConfig
     task: Task
@@ -109,6 +129,8 @@ class CalibrationReport:
     gate: EvaluationRecord | None = None
     tracked: TrackedRun | None = None
     registry: RegistryDecision | None = None
+    band: BandChoice | None = None
+    selective: SelectiveReport | None = None
 
     @property
     def calibrated_program(self) -> JudgeProgram | None:

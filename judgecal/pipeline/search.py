@@ -21,7 +21,7 @@ from judgecal.calibrate.selection import Choice
 from judgecal.calibrate.storage import LOST_TRIAL, check_storage, check_study, default_storage, open_study, study_lock
 from judgecal.calibrate.strategies import resolve_strategies
 from judgecal.judges.program import JudgeFailedError, RowFailedError
-from judgecal.pipeline.calibration import prepare, report_and_record
+from judgecal.pipeline.calibration import prepare, report_and_record, select_band
 from judgecal.pipeline.config import ExperimentConfig
 from judgecal.pipeline.results import CalibrationReport, Prepared
 from judgecal.pipeline.tracking import ensure_experiment
@@ -126,7 +126,7 @@ def search_prepared(
     steps = "\n".join(f"- {step}" for step in outcome.choice.steps)
     report.calibration = report_and_record(
         prepared,
-        outcome.winner,
+        select_band(prepared, outcome.winner, log),
         progress=progress,
         experiment_id=experiment_id if parent_run_id is not None else None,
         log=log,

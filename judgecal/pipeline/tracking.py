@@ -30,9 +30,11 @@ from judgecal.artifacts import (
     PROGRAM_FILE,
     REPORT_FILE,
     ROWS_FILE,
+    SELECTIVE_FILE,
 )
 from judgecal.pipeline.results import CalibrationReport, Prepared, TrackedRun
 from judgecal.report.card import write_card
+from judgecal.report.selective import description_lines, selective_metrics
 from judgecal.workspace import Workspace
 
 
@@ -53,6 +55,9 @@ def calibration_params(report: CalibrationReport, prepared: Prepared) -> dict[st
         **flat_params("lm", config.lm.model_dump(exclude={"model"})),
         **flat_params("calibration", config.calibration.model_dump(exclude={"strategy", "seed"})),
     }
+    if config.selective is not None:
+        params["split.calibration_fraction"] = config.split.calibration
+        params.update(flat_params("selective", config.selective.model_dump()))
     return {k: str(v) for k, v in params.items()}
 
 
@@ -87,7 +92,9 @@ def track_calibration(
             "judgecal.strategy": report.strategy,
         }
         if agreement is not None:
-            tags["mlflow.note.content"] = summary.description(agreement, extra=description_extra)
+            extra = "\n".join(description_lines(report.selective, report.band))
+            extra = "\n\n".join(part for part in (extra, description_extra) if part)
+            tags["mlflow.note.content"] = summary.description(agreement, extra=extra)
             if agreement.comparison is not None:
                 tags["judgecal.outcome"] = agreement.comparison.outcome
         mlflow.set_tags(tags)
@@ -123,11 +130,14 @@ def log_run_artifacts(report: CalibrationReport, prepared: Prepared) -> None:
         )
         if report.gate is not None:
             mlflow.log_dict(report.gate.model_dump(mode="json"), GATE_FILE)
+        if report.band is not None:
+            selective = report.selective.model_dump(mode="json") if report.selective is not None else None
+            mlflow.log_dict({"band": report.band.model_dump(mode="json"), "test": selective}, SELECTIVE_FILE)
         if report.record is not None and report.agreement is not None:
             mlflow.log_dict(report.record.model_dump(mode="json"), EVALUATION_FILE)
             mlflow.log_dict(report.agreement.model_dump(mode="json"), REPORT_FILE)
             card_folder = folder / CARD_DIR
-            write_card(report.agreement, report.record, card_folder)
+            write_card(report.agreement, report.record, card_folder, selective=report.selective, band=report.band)
             mlflow.log_artifacts(str(card_folder), artifact_path=CARD_DIR)
 
 
@@ -145,6 +155,8 @@ def tracked_metrics(report: CalibrationReport) -> dict[str, float]:
             metrics[f"raw.{name}"] = report.raw.metrics[name]
             metrics[f"calibrated.{name}"] = report.calibrated.metrics[name]
         metrics.update({f"delta.{name}": value for name, value in report.delta.items()})
+    if report.selective is not None:
+        metrics.update(selective_metrics(report.selective))
     metrics.update(
         {
             "cost.fit_seconds": report.calibration_seconds,

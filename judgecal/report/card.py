@@ -13,7 +13,9 @@ from judgecal.artifacts import CARD_FILE, HTML_CARD_FILE
 from judgecal.report import plots
 from judgecal.report.agreement import AgreementReport
 from judgecal.report.records import EvaluationRecord, JudgeRecord
+from judgecal.report.selective import SelectiveReport, card_section
 from judgecal.stats.metrics import confusion
+from judgecal.stats.selective import BandChoice
 from judgecal.stats.uncertainty import Estimate
 
 STYLE = (
@@ -70,13 +72,24 @@ def terminal_table(report: AgreementReport) -> Table:
     return table
 
 
-def write_card(report: AgreementReport, record: EvaluationRecord, folder: str | Path) -> Path:
-    """Write ``judge_card.md`` and its PNG plots into ``folder``; returns the markdown path."""
+def write_card(
+    report: AgreementReport,
+    record: EvaluationRecord,
+    folder: str | Path,
+    *,
+    selective: SelectiveReport | None = None,
+    band: BandChoice | None = None,
+) -> Path:
+    """Write ``judge_card.md`` and its PNG plots into ``folder``; returns the markdown path.
+    ``band``: a selective judge's band (or why there is none), ``selective``: what it did on
+    the test rows."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     images = _plots(report, record, folder)
+    selective_lines, _ = card_section(selective, band, folder)
     lines = [
         *_introduction(report, record),
+        *selective_lines,
         *_agreement_section(report),
         *_ceiling_section(report),
         *_soft_label_section(report),

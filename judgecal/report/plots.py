@@ -162,3 +162,32 @@ def metric_intervals(
     if axis.get_legend_handles_labels()[0]:
         axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(figure, path)
+
+
+def risk_coverage(
+    coverage: Sequence[float],
+    precision: dict[str, Sequence[float | None]],
+    targets: dict[str, float],
+    chosen: float,
+    path: Path,
+    *,
+    title: str,
+) -> Path:
+    """Each verdict's precision on the rows answered as the share answered grows (the rows
+    the judge is surest of first), its target dotted, the chosen band's coverage marked."""
+    figure = _figure(figsize=(6.4, 4.2), layout="constrained")
+    axis = figure.subplots()
+    for colour, (verdict, values) in zip(COLOURS, precision.items(), strict=False):
+        ys = np.array([np.nan if v is None else v for v in values], float)
+        axis.plot(coverage, ys, color=colour, linewidth=1.5, label=f"precision of '{verdict}'")
+        if verdict in targets:
+            axis.axhline(targets[verdict], color=colour, linestyle=":", linewidth=1.2)
+    axis.axvline(chosen, color="black", linewidth=1, label=f"chosen band: coverage {chosen:.2f}")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.02)
+    axis.set_xlabel("coverage (share of rows answered)")
+    axis.set_ylabel("precision on the rows answered")
+    axis.set_title(title, fontsize=10)
+    axis.legend(fontsize=8, loc="lower left")
+    axis.grid(alpha=0.3)
+    return _save(figure, path)

@@ -392,6 +392,19 @@ def test_a_test_row_reaching_a_fit_step_is_refused() -> None:
         fit_judge(STRATEGIES["verifier"], env, {}, [*split.train.rows, split.test.rows[0]], None, guard)
 
 
+def test_a_calibration_row_reaching_a_fit_or_selection_step_is_refused() -> None:
+    split = split_by_group(recorded_rows(), SplitSpec(dev=0.25, test=0.25, calibration=0.2, seed=1))
+    assert split.calibration is not None
+    env = environment(RELEVANCE, RecordedJudge(RELEVANCE, "loose", "loose"))
+    guard = RowGuard.for_rows(split.test.rows, calibration=split.calibration.rows)
+    fit_judge(STRATEGIES["verifier"], env, {}, split.train.rows, split.dev.rows, guard)
+    leaked = split.calibration.rows[0]
+    with pytest.raises(LeakError, match="1 calibration rows reached 'verifier: fit'"):
+        fit_judge(STRATEGIES["verifier"], env, {}, [*split.train.rows, leaked], None, guard)
+    with pytest.raises(LeakError, match="calibration rows reached 'verifier: select on dev'"):
+        fit_judge(STRATEGIES["verifier"], env, {}, split.train.rows, [*split.dev.rows, leaked], guard)
+
+
 def test_a_demo_copied_from_a_test_row_is_refused_by_its_inputs() -> None:
     import dspy
 

@@ -210,6 +210,40 @@ def test_a_bundle_edited_after_saving_is_refused(tmp_path: Path, field: str, val
         load_judge(tmp_path / "judge", lm=object(), allow_modified=True)
 
 
+def selective_judge():
+    """A verifier with a band where it abstains (never saying "true", see allow_never)."""
+    from judgecal.calibrate.selective import SelectiveJudge
+    from judgecal.calibrate.trained import VerifierJudge
+    from judgecal.data.split import SplitSpec, split_by_group
+    from tests.helpers import RELEVANCE, recorded_rows
+
+    split = split_by_group(recorded_rows(n_groups=30, per_group=20), SplitSpec(calibration=0.3, dev=0.2, test=0.2))
+    fitting = [*split.train.rows, *split.dev.rows]
+    base = VerifierJudge(task=RELEVANCE, name="relevance", C=0.05).fit(fitting)
+    targets = {"true": 0.999, "false": 0.6}
+    judge = SelectiveJudge(base, targets, groups="independent", allow_never=True).fit(split.calibration.rows, fitting)
+    assert judge.choice_.found
+    return judge, split.test.rows
+
+
+@pytest.mark.parametrize("edit", ["threshold", "target", "calibration rows"])
+def test_a_selective_judge_whose_band_was_edited_is_refused_like_any_other_edit(tmp_path: Path, edit: str) -> None:
+    judge, rows = selective_judge()
+    path = save_bundle(bundle_from_judge(judge, LMConfig()), tmp_path / "judge")
+    assert load_judge(tmp_path / "judge").predict(rows) == judge.predict(rows)
+    document = json.loads(path.read_text())
+    state = document["judge"]
+    if edit == "threshold":
+        state["band"]["answers"][1]["threshold"] = 0.99  # answer far more rows
+    elif edit == "target":
+        state["guarantee"]["precision"]["false"] = 0.99
+    else:
+        state["calibration_rows"]["count"] = 5000
+    path.write_text(json.dumps(document, indent=2))
+    with pytest.raises(ValueError, match=r"judge.json was modified after it was saved.*allow_modified=True"):
+        load_judge(tmp_path / "judge")
+
+
 def test_reformatting_a_bundle_does_not_count_as_modifying_it(tmp_path: Path) -> None:
     path = save_bundle(bundle_from_judge(calibrated_judge(), LMConfig()), tmp_path / "judge")
     document = json.loads(path.read_text())

@@ -24,7 +24,7 @@ ON_THE_MODEL = {name for name in SAVED if name.startswith("embedded-")}
 
 def test_every_kind_of_judge_has_a_saved_bundle() -> None:
     kinds = {json.loads((GOLDEN / name / "judge.json").read_text())["judge"]["kind"] for name in SAVED}
-    assert {"verifier", "threshold", "stacked", "program", "order_swap"} <= kinds
+    assert {"verifier", "threshold", "stacked", "program", "order_swap", "selective"} <= kinds
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ON_THE_MODEL else n for n in SAVED])
@@ -47,3 +47,16 @@ def test_a_saved_bundle_gives_the_verdicts_it_gave_when_saved(name: str) -> None
         assert verdict.error == saved["error"]
         got, want = verdict.probabilities or {}, saved["probabilities"] or {}
         assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k], abs=tolerance) for k in want)
+
+
+def test_a_saved_selective_judge_abstains_where_it_abstained_when_saved() -> None:
+    name = "recorded-stacking-selective"
+    expected = json.loads((GOLDEN / name / "expected.json").read_text())
+    judge = judgecal.load_judge(GOLDEN / name)
+    rows = [
+        LabeledRow(id=r["id"], group="-", inputs=r["inputs"], label=None, reference_judges=r["reference_judges"])
+        for r in expected["rows"]
+    ]
+    abstained = [verdict.abstained for verdict in judge.predict(rows)]
+    assert abstained == [saved["abstained"] for saved in expected["verdicts"]]
+    assert any(abstained) and not all(abstained)

@@ -163,6 +163,25 @@ def test_a_saved_verifier_loads_and_judges_with_only_its_requirements_and_its_ow
     assert Path(result["judgecal"]).is_relative_to(model / "code")
 
 
+def test_a_selective_judge_needs_no_mapie_to_load_and_judge(tmp_path: Path) -> None:
+    """MAPIE chooses the band when a judge is calibrated; applying it needs numpy only."""
+    from judgecal.calibrate.selective import SelectiveJudge
+
+    split = split_by_group(recorded_rows(n_groups=30, per_group=20), SplitSpec(calibration=0.3, dev=0.2, test=0.2))
+    fitting = [*split.train.rows, *split.dev.rows]
+    base = VerifierJudge(task=RELEVANCE, name="relevance").fit(fitting)
+    judge = SelectiveJudge(base, {"true": 0.8, "false": 0.95}, groups="independent").fit(
+        split.calibration.rows, fitting
+    )
+    assert judge.choice_.found
+    model = judgecal.save_model(judge, tmp_path / "model")
+    assert "mapie" not in {line.partition("==")[0] for line in _requirements(model)}
+    result = _load_in_a_bare_environment(model, tmp_path)
+    expected = [v.label for v in judge.predict([judge.row_from_inputs(r) for r in _rows()])]
+    assert result["labels"] == ["" if label is None else json.dumps(label) for label in expected]
+    assert result["errors"] == ["", ""]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not embeddings_available(), reason="needs the embeddings extra")
 def test_an_embedding_verifier_loads_with_only_its_requirements(tmp_path: Path) -> None:

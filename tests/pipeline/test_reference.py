@@ -32,6 +32,7 @@ FLAG_VALUES = {
     "--max-gate-rows": ("10", 10),
     "--strategy": ("verifier", "verifier"),
     "--seed": ("5", 5),
+    "--precision": ("true=0.7,false=0.95", {"true": 0.7, "false": 0.95}),
 }
 
 
@@ -79,6 +80,37 @@ def test_set_reaches_any_other_key_and_a_misspelt_one_is_refused(
     assert loaded.calibration.params == {"head": "logistic"}
     assert main(["calibrate", str(config), "--set", "report.n_resampels=500", "--no-track"]) == 2
     assert "field 'report.n_resampels'" in capsys.readouterr().err
+
+
+def test_a_selective_section_takes_set_a_flag_and_one_target_per_verdict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "exp.toml"
+    judge = '[judge]\nname = "t"\ntask = "relevance"\ndata = "x.jsonl"\n'
+    config.write_text(judge + "\n[selective]\nprecision = { true = 0.70, false = 0.95 }\n")
+    loaded = _load(config, _parser().parse_args(["calibrate", str(config), "--set", "selective.delta=0.05"]))
+    assert loaded.selective is not None and loaded.selective.delta == 0.05
+    assert loaded.selective.precision == {"true": 0.70, "false": 0.95}
+    assert loaded.split.calibration == 0.2  # held back for the band unless set
+    assert load_config(config, {"split.calibration": 0.3}).split.calibration == 0.3
+    plain = tmp_path / "plain.toml"
+    plain.write_text(judge)
+    assert load_config(plain).selective is None and load_config(plain).split.calibration is None
+    flagged = _load(plain, _parser().parse_args(["calibrate", str(plain), "--precision", "true=0.6,false=0.9"]))
+    assert flagged.selective is not None and flagged.selective.precision == {"true": 0.6, "false": 0.9}
+    # A verdict the task does not have: one line naming the file, the line and the field, exit 2.
+    config.write_text(judge + "\n[selective]\ndelta = 0.1\nprecision = { yes = 0.70, no = 0.95 }\n")
+    assert main(["calibrate", str(config), "--no-track"]) == 2
+    error = capsys.readouterr().err
+    assert f"{config}:8: field 'selective.precision': expected one target for each verdict" in error
+    assert "(true, false)" in error and len(error.strip().splitlines()) == 1
+    config.write_text(judge + "[split]\ncalibration = 0\n[selective]\nprecision = { true = 0.7, false = 0.9 }\n")
+    assert main(["calibrate", str(config), "--no-track"]) == 2
+    assert f"{config}:6: field 'split.calibration': [selective] chooses its band" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        main(["calibrate", str(plain), "--precision", "true=1.5", "--no-track"])
+    assert stopped.value.code == 2
+    assert "--precision: expected VERDICT=SHARE pairs" in capsys.readouterr().err
 
 
 SIGNATURE = '''

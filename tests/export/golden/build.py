@@ -32,7 +32,9 @@ from judgecal.backends.models import build_lm  # noqa: E402
 from judgecal.backends.settings import LMConfig  # noqa: E402
 from judgecal.calibrate.guard import RowGuard  # noqa: E402
 from judgecal.calibrate.optimizers import CalibrationConfig  # noqa: E402
+from judgecal.calibrate.selective import SelectiveJudge  # noqa: E402
 from judgecal.calibrate.strategies import STRATEGIES, StrategyEnv, fit_judge  # noqa: E402
+from judgecal.data.split import SplitSpec, split_by_group  # noqa: E402
 from judgecal.export.bundle import bundle_from_judge, save_bundle  # noqa: E402
 from judgecal.judges.embeddings import SentenceEncoder  # noqa: E402
 from judgecal.judges.fitted import MemoJudge, ProgramJudge, RecordedJudge  # noqa: E402
@@ -47,6 +49,7 @@ def verdict_json(verdict) -> dict:
         "confidence": verdict.confidence,
         "probabilities": verdict.probabilities,
         "error": verdict.error,
+        "abstained": verdict.abstained,
     }
 
 
@@ -77,8 +80,25 @@ def recorded(out: Path, workspace: Workspace, task, dataset, source: str, strate
         save(out, name, result.judge, LMConfig(), judged)
 
 
+def selective(out: Path, workspace: Workspace) -> None:
+    """A stack over recorded verdicts with a band where it abstains: it never says "true"
+    (no threshold meets 0.9 there), says "false" where the band lets it, abstains elsewhere."""
+    name = "recorded-stacking-selective"
+    if (out / name / "expected.json").exists():
+        return
+    split = split_by_group(recorded_rows(n_groups=30, per_group=20), SplitSpec(calibration=0.3, dev=0.2, test=0.2))
+    fitting = [*split.train.rows, *split.dev.rows]
+    raw = MemoJudge(RecordedJudge(RELEVANCE, "strict", "golden"))
+    env = StrategyEnv(task=RELEVANCE, raw=raw, references=("loose", "strict"), settings=CalibrationConfig())
+    stack = fit_judge(STRATEGIES["stacking"], env, {"verifiers": ()}, fitting, None, RowGuard.for_rows([])).judge
+    targets = {"true": 0.9, "false": 0.95}
+    judge = SelectiveJudge(stack, targets, groups="independent", allow_never=True).fit(split.calibration.rows, fitting)
+    save(out, name, judge, LMConfig(), list(split.test.rows)[:40])
+
+
 def build(out: Path, workspace: Workspace) -> None:
     """Every golden folder that ``out`` lacks, its judge fitted in ``workspace``."""
+    selective(out, workspace)
     recorded(
         out,
         workspace,

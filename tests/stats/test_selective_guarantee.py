@@ -1,0 +1,185 @@
+"""Does a selective judge's guarantee hold? Many calibration draws from worlds whose truth
+is known, each band checked against the population.
+
+A draw "misses" when the band it chose has population precision of "yes" below 0.70 or
+of "no" below 0.95 (a draw with no band makes no claim). Learn then Test promises a miss
+in at most delta = 10% of draws. Each bound leaves room for Monte-Carlo error; what these
+draws measured is beside each assertion (``pytest -s`` prints it). The same
+check must fail a band chosen without the test (empirical precision alone), on the
+scorer's own fitting rows, or on rows of few prompts counted as independent: that is
+what shows the check can fail.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import expit, logit
+from scipy.stats import beta
+
+from judgecal.stats.selective import BandChoice, candidate_thresholds, choose_binary_band
+
+TARGETS = {"true": 0.70, "false": 0.95}
+DELTA = 0.10
+
+# World 1: a known score distribution (positives 30%, their P(yes) ~ Beta(4, 2), the
+# negatives' ~ Beta(1.5, 4)), so a band's population precision is exact.
+RATE, YES, NO = 0.3, (4.0, 2.0), (1.5, 4.0)
+
+
+def draw_scores(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    y = rng.uniform(size=n) < RATE
+    return np.where(y, rng.beta(*YES, size=n), rng.beta(*NO, size=n)), y
+
+
+def population_beta(lo: float, hi: float) -> tuple[float, float]:
+    """World 1's exact precision of "yes" (p >= hi) and of "no" (p < lo)."""
+    tp, fp = RATE * beta.sf(hi, *YES), (1 - RATE) * beta.sf(hi, *NO)
+    tn, fn = (1 - RATE) * beta.cdf(lo, *NO), RATE * beta.cdf(lo, *YES)
+    return tp / (tp + fp), tn / (tn + fn)
+
+
+def missed(precision_yes: float, precision_no: float) -> bool:
+    return bool(precision_yes < TARGETS["true"] or precision_no < TARGETS["false"])
+
+
+def band_of(p: np.ndarray, y: np.ndarray, groups: list[str] | None, mode: str, grid: np.ndarray) -> BandChoice:
+    groups = groups if groups is not None else [str(i) for i in range(len(p))]
+    return choose_binary_band(
+        p, y, groups, keys=("true", "false"), targets=TARGETS, delta=DELTA, groups_mode=mode, candidates=grid
+    )
+
+
+def cuts(choice: BandChoice) -> tuple[float, float]:
+    assert choice.band is not None
+    yes, no = choice.band.answers
+    assert yes.threshold is not None and no.threshold is not None
+    return no.threshold, yes.threshold
+
+
+def test_the_guarantee_holds_on_fresh_calibration_rows() -> None:
+    rng = np.random.default_rng(11)
+    misses = found = 0
+    for _ in range(300):
+        p, y = draw_scores(rng, 1000)
+        choice = band_of(p, y, None, "independent", candidate_thresholds(draw_scores(rng, 300)[0]))
+        if choice.found:
+            found += 1
+            misses += missed(*population_beta(*cuts(choice)))
+    print(f"\nfresh calibration rows: band found in {found} of 300 draws, a target missed in {misses}")
+    assert found >= 270  # the band is not bought by never answering (measured: 290)
+    assert misses / 300 <= DELTA  # measured: 0 of 300
+
+
+def naive_band(p: np.ndarray, y: np.ndarray, grid: np.ndarray) -> tuple[float, float]:
+    """The widest band whose empirical precision on these rows reaches both targets: no test."""
+    best: tuple[float, float, float] | None = None
+    for lo in grid:
+        no = p < lo
+        if not no.any() or np.mean(~y[no]) < TARGETS["false"]:
+            continue
+        for hi in grid[grid >= lo]:
+            yes = p >= hi
+            if not yes.any() or np.mean(y[yes]) < TARGETS["true"]:
+                continue
+            coverage = float(np.mean(yes | no))
+            if best is None or coverage > best[0]:
+                best = (coverage, lo, hi)
+    assert best is not None
+    return best[1], best[2]
+
+
+def test_the_check_fails_a_band_chosen_by_empirical_precision_alone() -> None:
+    rng = np.random.default_rng(12)
+    misses = 0
+    for _ in range(200):
+        p, y = draw_scores(rng, 1000)
+        misses += missed(*population_beta(*naive_band(p, y, candidate_thresholds(draw_scores(rng, 300)[0]))))
+    print(f"\nempirical precision alone: a target missed in {misses} of 200 draws")
+    assert misses / 200 >= 0.2  # measured: 63 of 200
+
+
+class FittedWorld:
+    """x ~ N(0, I_100), P(y | x) logistic in five of the features; the scorer is a weakly
+    regularised logistic regression fitted on 1,000 rows, so it is overconfident on the
+    rows it was fitted on. Its population: 30,000 rows with known P(y | x)."""
+
+    weights = np.array([2.4, -2.0, 1.6, 1.2, -1.0, *[0.0] * 95])
+
+    def __init__(self, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.x = rng.normal(size=(30_000, 100))
+        self.truth = expit(self.x @ self.weights - 1.0)
+
+    def draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        x = rng.normal(size=(n, 100))
+        return x, rng.uniform(size=n) < expit(x @ self.weights - 1.0)
+
+    def population(self, scores: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
+        yes, no = scores >= hi, scores < lo
+        return float(self.truth[yes].mean()), float(1 - self.truth[no].mean())
+
+
+def test_a_band_chosen_on_the_scorers_own_fitting_rows_breaks_the_guarantee() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    world = FittedWorld(seed=13)
+    rng = np.random.default_rng(13)
+    misses = {"fresh": 0, "fitting": 0}
+    draws = 24
+    for _ in range(draws):
+        x_fit, y_fit = world.draw(rng, 1000)
+        model = LogisticRegression(C=100.0, max_iter=2000).fit(x_fit, y_fit)
+        grid = candidate_thresholds(model.predict_proba(x_fit)[:, 1])
+        population = model.predict_proba(world.x)[:, 1]
+        for arm, (x, y) in {"fresh": world.draw(rng, 1000), "fitting": (x_fit, y_fit)}.items():
+            choice = band_of(model.predict_proba(x)[:, 1], y, None, "independent", grid)
+            if choice.found:
+                misses[arm] += missed(*world.population(population, *cuts(choice)))
+    print(f"\na target missed, of {draws} draws: {misses}")
+    assert misses["fresh"] / draws <= DELTA + 0.1  # measured: 0 of 24
+    assert misses["fitting"] / draws >= 0.25  # measured: 16 of 24
+
+
+class GroupedWorld:
+    """World 1's scores with labels that also lean by prompt: P(y | p, g) = sigmoid(logit
+    P(y | p) + u_g), u_g ~ N(0, 1.5²). Rows of one prompt share u_g; new prompts bring new
+    ones (the population: 200,000 rows of 4,000 prompts)."""
+
+    def __init__(self, seed: int, sd: float = 1.5) -> None:
+        self.sd = sd
+        rng = np.random.default_rng(seed)
+        self.p = draw_scores(rng, 200_000)[0]
+        self.truth = expit(logit(self.posterior(self.p)) + np.repeat(rng.normal(scale=sd, size=4000), 50))
+
+    @staticmethod
+    def posterior(p: np.ndarray) -> np.ndarray:
+        positive, negative = RATE * beta.pdf(p, *YES), (1 - RATE) * beta.pdf(p, *NO)
+        return positive / (positive + negative)
+
+    def draw(self, rng: np.random.Generator, prompts: int, rows: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        p = draw_scores(rng, prompts * rows)[0]
+        lean = np.repeat(rng.normal(scale=self.sd, size=prompts), rows)
+        y = rng.uniform(size=p.size) < expit(logit(self.posterior(p)) + lean)
+        return p, y, [f"prompt-{i // rows}" for i in range(p.size)]
+
+    def population(self, lo: float, hi: float) -> tuple[float, float]:
+        yes, no = self.p >= hi, self.p < lo
+        return float(self.truth[yes].mean()), float(1 - self.truth[no].mean())
+
+
+def test_rows_of_few_prompts_miss_as_independent_rows_and_hold_through_their_design_effect() -> None:
+    """Calibration rows from 10 prompts x 200 rows, the judge used on new prompts."""
+    world = GroupedWorld(seed=14)
+    rng = np.random.default_rng(14)
+    draws = 150
+    misses = {"independent": 0, "design_effect": 0}
+    for _ in range(draws):
+        p, y, groups = world.draw(rng, 10, 200)
+        grid = candidate_thresholds(draw_scores(rng, 300)[0])
+        for mode in misses:
+            choice = band_of(p, y, groups, mode, grid)
+            if choice.found:
+                misses[mode] += missed(*world.population(*cuts(choice)))
+    print(f"\na target missed on new prompts, of {draws} draws: {misses}")
+    assert misses["independent"] / draws >= 0.15  # measured: 32 of 150
+    assert misses["design_effect"] / draws <= DELTA  # measured: 4 of 150
