@@ -230,3 +230,29 @@ def test_the_mlflow_models_signature_lists_the_abstained_column(tmp_path: Path) 
         ("error", "string"),
         ("abstained", "boolean"),
     ]
+
+
+def test_the_judge_command_on_a_saved_selective_judge_writes_its_abstentions_and_queue(tmp_path: Path, capsys) -> None:
+    """``judgecal judge`` on a real selective bundle (the saved one of tests/export/golden):
+    the rows it abstains on are answers in the verdicts file and lines of the queue, the
+    same rows it abstained on when it was saved."""
+    from judgecal.cli import main
+
+    golden = Path(__file__).with_name("golden") / "recorded-stacking-selective"
+    expected = json.loads((golden / "expected.json").read_text())
+    source = write_jsonl(
+        tmp_path / "rows.jsonl",
+        [
+            {"id": r["id"], "group": "g", **r["inputs"], "reference_judges": r["reference_judges"]}
+            for r in expected["rows"]
+        ],
+    )
+    output = tmp_path / "out.jsonl"
+    assert main(["judge", "--judge", str(golden), "--input", str(source), "--output", str(output)]) == 0
+    lines = lines_of(output)
+    assert [line["abstained"] for line in lines] == [v["abstained"] for v in expected["verdicts"]]
+    assert all(line["verdict"] is None for line in lines if line["abstained"])
+    queued = lines_of(tmp_path / "out.queue.jsonl")
+    assert [q["id"] for q in queued] == [line["id"] for line in lines if line["abstained"]]
+    assert not (tmp_path / "out.errors.jsonl").exists() or not (tmp_path / "out.errors.jsonl").read_text()
+    capsys.readouterr()
