@@ -152,13 +152,16 @@ def completion_tokens(outputs: Any) -> int:
 
 
 class StepProgress:
-    """A progress factory that only names the step: judgecal names each judging loop."""
+    """A progress factory that only names the step: judgecal names each judging loop of a
+    calibration ``raw: ...`` or ``calibrated: ...``; a judge inside another (a stack's raw
+    judge) names its own loop otherwise, and its calls stay in the step around it."""
 
     def __init__(self, meter: Any) -> None:
         self.meter = meter
 
     def __call__(self, total: int, description: str) -> Any:
-        self.meter.step = description
+        if description.startswith(("raw:", "calibrated:")):
+            self.meter.step = description
         return self
 
     def advance(self, steps: int = 1) -> None:
