@@ -174,7 +174,7 @@ class StepProgress:
 def experiment(name: str, data: Path, strategy: str | None, trials: int | None) -> Any:
     """The settings of ``judgecal init NAME --task relevance`` on the shared file."""
     from judgecal.calibrate.optimizers import CalibrationConfig
-    from judgecal.calibrate.search import SearchConfig
+    from judgecal.calibrate.search_config import SearchConfig
     from judgecal.data.split import SplitSpec
     from judgecal.pipeline.config import ExperimentConfig, JudgeSection
 
@@ -186,13 +186,13 @@ def experiment(name: str, data: Path, strategy: str | None, trials: int | None) 
     )
 
 
-def run_single(strategy: str, data: Path, root: Path, meter: Any, log: Any) -> RunRecord:
+def run_single(strategy: str, data: Path, workspace: Any, meter: Any, log: Any) -> RunRecord:
     from judgecal.pipeline.calibration import run_calibration
 
     config = experiment(f"api-{strategy}", data, strategy, None)
     started = time.perf_counter()
     meter.step = "fit"
-    report = run_calibration(config, progress=StepProgress(meter), track=True, root=root, log=log)
+    report = run_calibration(config, workspace=workspace, progress=StepProgress(meter), track=True, log=log)
     return RunRecord(
         name=strategy,
         kind="single",
@@ -200,13 +200,13 @@ def run_single(strategy: str, data: Path, root: Path, meter: Any, log: Any) -> R
         steps=dict(meter.steps),
         seconds=time.perf_counter() - started,
         fit_seconds=report.calibration_seconds,
-        run_id=report.run_id,
+        run_id=report.tracked.run_id if report.tracked is not None else None,
     )
 
 
-def run_search_record(trials: int, data: Path, root: Path, store: str, meter: Any, log: Any) -> RunRecord:
-    """The search in the workspace ``root`` (its own response cache and study), recorded in
-    the MLflow store ``store`` beside the single strategies."""
+def run_search_record(trials: int, data: Path, workspace: Any, meter: Any, log: Any) -> RunRecord:
+    """The search in ``workspace``: its own response cache and study, its MLflow runs in
+    the workspace's tracking store (that of the single strategies)."""
     from judgecal.pipeline.search import run_search
 
     config = experiment("api-search", data, None, trials)
@@ -220,7 +220,7 @@ def run_search_record(trials: int, data: Path, root: Path, store: str, meter: An
         log(message)
 
     report = run_search(
-        config, config.search, progress=StepProgress(meter), track=True, tracking_uri=store, root=root, log=step_log
+        config, config.search, workspace=workspace, progress=StepProgress(meter), track=True, log=step_log
     )
     assert report.calibration is not None
     split = report.calibration.split
@@ -402,9 +402,10 @@ def main() -> int:
         return 2
     import dspy
 
-    from judgecal.workspace import default_tracking_uri, workspace_root
+    from judgecal.workspace import LoadedModels, Workspace
 
-    root = workspace_root()
+    workspace = Workspace.find(models=LoadedModels())
+    root = workspace.root
     records_dir = args.records or root / "api-calls"
     names = [n for n in args.strategies.split(",") if n]
     plan = [(name, records_dir / f"{name}.json") for name in names]
@@ -423,10 +424,10 @@ def main() -> int:
             if name == "search":
                 search_root = root / "search"
                 (search_root / "mlruns").mkdir(parents=True, exist_ok=True)
-                store = default_tracking_uri(root)
-                record = run_search_record(args.search_trials, args.data, search_root, store, meter, log)
+                searching = Workspace(search_root, tracking_uri=workspace.tracking_uri, models=workspace.models)
+                record = run_search_record(args.search_trials, args.data, searching, meter, log)
             else:
-                record = run_single(name, args.data, root, meter, log)
+                record = run_single(name, args.data, workspace, meter, log)
         save_record(path, record)
         records.append(record)
         print(

@@ -26,7 +26,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from judgecal.judges.embeddings import _encoder, embeddings_available
+from judgecal.judges.embeddings import embeddings_available, load_minilm
 from judgecal.judges.features import sentences
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,10 +72,10 @@ def main() -> int:
     args = parser.parse_args()
     console = Console()
     if not embeddings_available():
-        console.print('needs the embeddings extra: pip install "judgecal[embeddings]"')
+        console.print('needs the embeddings extra: pip install -e ".[embeddings]" in the clone')
         return 2
     texts = verifier_texts(args.data)[: args.max_texts]
-    encoder = _encoder()
+    encoder = load_minilm()
     encoder.encode(texts[:64], batch_size=64, normalize_embeddings=True, show_progress_bar=False)
     vectors: dict[int, np.ndarray] = {}
     seconds: dict[int, float] = {}

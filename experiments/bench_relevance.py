@@ -78,7 +78,8 @@ def main() -> int:
         f"({report.calibration_lm_calls} LM calls) · calibrated test {report.calibrated.seconds:.0f} s"
         + (f" · prompt tokens reused {stats.reuse_rate:.0%}" if stats is not None else "")
     )
-    console.print(f"calibrated program: {report_demos(report)} demos; run {report.run_id or '(not tracked)'}")
+    run = report.tracked.run_id if report.tracked is not None else "(not tracked)"
+    console.print(f"calibrated program: {report_demos(report)} demos; run {run}")
     return 0
 
 

@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from judgecal.backends.calls import LMCallCounter
-from judgecal.backends.models import build_lm, configure_dspy_cache
+from judgecal.backends.models import build_lm
 from judgecal.backends.settings import LMConfig
 from judgecal.calibrate.guard import RowGuard
 from judgecal.calibrate.optimizers import CalibrationConfig
@@ -47,13 +47,14 @@ from judgecal.data.split import Split, SplitSpec
 from judgecal.judges.fitted import MemoJudge, ProgramJudge, RecordedJudge
 from judgecal.judges.program import JudgeProgram
 from judgecal.judges.verifiers import grouped_folds
-from judgecal.pipeline.calibration import Prepared, final_fit
+from judgecal.pipeline.calibration import final_fit
 from judgecal.pipeline.config import ExperimentConfig, JudgeSection, SearchConfig
+from judgecal.pipeline.results import Prepared
 from judgecal.pipeline.search import search_prepared
 from judgecal.report.agreement import evaluate_record
 from judgecal.report.records import JudgeRecord, build_record
 from judgecal.tasks.registry import resolve_task
-from judgecal.workspace import dspy_cache_dir
+from judgecal.workspace import LoadedModels, Workspace, set_process_environment
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "relevance" / "dev.jsonl"
@@ -74,12 +75,12 @@ def inner_split(rows: list[Any], test: list[Any], dataset: Dataset, seed: int) -
 
 
 def run_variant(
-    variant: str, dataset: Dataset, args: argparse.Namespace, console: Console, storage_dir: Path
+    variant: str, dataset: Dataset, args: argparse.Namespace, console: Console, workspace: Workspace
 ) -> dict[str, Any]:
     task = resolve_task("relevance")
     if variant == "offline":
         dataset = dataset.subset([row.model_copy(update={"reference_judges": {}}) for row in dataset.rows])
-        lm = build_lm(LMConfig(max_tokens=32))
+        lm = build_lm(LMConfig(max_tokens=32), workspace.models)
         raw = MemoJudge(ProgramJudge(task, JudgeProgram(task.signature), lm, "relevance"))
         trials = args.trials_offline
     else:
@@ -111,11 +112,11 @@ def run_variant(
         held_set = set(held.tolist())
         split = inner_split([r for i, r in enumerate(rows) if i not in held_set], test, dataset, args.seed + k)
         guard = RowGuard.for_rows(test, [*split.train.rows, *split.dev.rows])
-        prepared = Prepared(config, task, dataset, split, lm, raw, guard, False, storage_dir)
+        prepared = Prepared(config, task, dataset, split, lm, raw, guard, False, workspace)
         search = SearchConfig(
             strategies=["all"],
             trials=trials,
-            storage=f"sqlite:///{storage_dir / 'optuna.db'}",
+            storage=f"sqlite:///{workspace.root / 'optuna.db'}",
             study_name=f"{variant}-fold{k}",
             seed=args.seed,
         )
@@ -276,14 +277,16 @@ def main() -> int:
     if not args.data.exists():
         console.print(f"{args.data} is absent; this benchmark needs the shared relevance data")
         return 2
-    configure_dspy_cache(dspy_cache_dir())
+    set_process_environment()
+    Workspace.find().use_dspy_cache()  # the project's: a repeated benchmark is served from it
     dataset = load_rows(args.data, resolve_task("relevance").spec)
+    models = LoadedModels()  # the embedded model and the encoder, loaded once for every variant
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         for variant in args.variants.split(","):
             folder = Path(scratch) / variant
             (folder / "mlruns").mkdir(parents=True)
-            result = run_variant(variant, dataset, args, console, folder)
+            result = run_variant(variant, dataset, args, console, Workspace(folder, models=models))
             console.print(table(result))
             results.append(result)
     if args.json:

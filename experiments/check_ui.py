@@ -46,7 +46,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from judgecal.artifacts import CARD_DIR, HTML_CARD_FILE, LEADERBOARD_FILE
+
 REPO = Path(__file__).resolve().parents[1]
+CARD_PAGE = f"{CARD_DIR}/{HTML_CARD_FILE}"
 BROWSER_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -261,9 +264,9 @@ def judges() -> list[JudgeRuns]:
     """Each judge's experiment with its newest finished top-level runs and its registered model."""
     import mlflow
 
-    from judgecal.workspace import configure_tracking
+    from judgecal.workspace import Workspace
 
-    configure_tracking()
+    Workspace.find().open_tracking()
     found = []
     for experiment in mlflow.search_experiments(filter_string="name LIKE 'judgecal/%'"):
         runs = mlflow.search_runs(
@@ -321,13 +324,13 @@ def check_judge(page: Page, base: str, judge: JudgeRuns, out: Path) -> list[str]
         failures.append(f"{slug}: the run page shows no verdict in its description")
     # The artifact view fetches the card from this endpoint and shows it in a frame; the
     # endpoint itself answers as a download, which a browser would not render.
-    card = f"{base}/get-artifact?path={quote('card/judge_card.html')}&run_uuid={run_id}"
+    card = f"{base}/get-artifact?path={quote(CARD_PAGE)}&run_uuid={run_id}"
     with urllib.request.urlopen(card, timeout=30) as response:
         sizes = card_images(response.read().decode("utf-8"))
     if len(sizes) < 3 or min(w * h for w, h in sizes) < 10_000:
         failures.append(f"{slug}: the judge card's plots did not load ({sizes})")
     page.resize(1600, 2600)
-    page.open(f"{base}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/card/judge_card.html?{RUNS_VIEW}", "Path:")
+    page.open(f"{base}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/{CARD_PAGE}?{RUNS_VIEW}", "Path:")
     page.until("document.querySelector('iframe') !== null", 30)
     page.settle()
     save_png(page.screenshot(), out / f"{slug}-card.png")
@@ -383,7 +386,7 @@ def doc_screenshots(page: Page, base: str, judge: JudgeRuns, out: Path) -> list[
 
     page.resize(width, 1100)
     artifacts = f"{base}/#/experiments/{experiment_id}/runs/{run_id}/artifacts"
-    if page.open(f"{artifacts}/card/judge_card.html?{RUNS_VIEW}", "Path:"):
+    if page.open(f"{artifacts}/{CARD_PAGE}?{RUNS_VIEW}", "Path:"):
         page.click(with_text("[role=treeitem], li, div", "card") + "?.querySelector('svg, span')")
         page.until("document.querySelector('iframe') !== null", 30)
         page.settle()
@@ -392,7 +395,7 @@ def doc_screenshots(page: Page, base: str, judge: JudgeRuns, out: Path) -> list[
         missing.append("artifacts with the card")
 
     page.resize(width, 1300)
-    if page.open(f"{artifacts}/leaderboard.md?{RUNS_VIEW}", "Selection"):
+    if page.open(f"{artifacts}/{LEADERBOARD_FILE}?{RUNS_VIEW}", "Selection"):
         last = page.box("Array.from(document.querySelectorAll('li')).pop()")  # the selection's last step
         bottom = last[3] + 30 if last else 1300
         save_png(page.screenshot(), out / "ui-leaderboard.png", (main_box(page)[0], 0, width, bottom), small=True)

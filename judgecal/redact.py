@@ -26,7 +26,7 @@ _SECRET_NAME = re.compile(r"(key|token|secret|passw|pwd|auth|sig|credential)", r
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://(?:[^\s@]*@)*[^\s'\"<>()\[\]{},]+")
 
 # "user:password@host" without a scheme, starting a word ("failed to connect to
-# alice:s3cr3t@gpu-box:8000"); the password runs to the last "@" before a host.
+# alice:pa55word@gpu-box:8000"); the password runs to the last "@" before a host.
 _AUTHORITY_IN_TEXT = re.compile(r"(?<![^\s(\[{<'\",=])([\w.~%+-]+):(?!//)\S*@(?=[\w\[])")
 
 

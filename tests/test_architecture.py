@@ -1,6 +1,7 @@
 """The layout is the pipeline: imports flow one way (data → tasks → backends → judges →
 calibrate → report → export → pipeline → cli), nothing imports the CLI, no module imports
-another that imports it back, and importing judgecal changes nothing about the process."""
+another that imports it back, importing judgecal changes nothing about the process, and no
+module or function grows past what a reviewer can read."""
 
 from __future__ import annotations
 
@@ -32,7 +33,11 @@ RANKS = {
     "pipeline": 8,
     "cli": 9,
 }
-UTILITIES = {"workspace", "redact", "progress"}
+UTILITIES = {"workspace", "redact", "progress", "artifacts"}
+# A module or a function longer than these is split into named parts: a reviewer reads
+# a function at once and a module in one sitting.
+MODULE_MOST_LINES = 600
+FUNCTION_MOST_LINES = 80
 
 
 @functools.cache
@@ -66,9 +71,9 @@ def judgecal_imports(module: str, source: str, *, is_package: bool = False) -> s
     ``from judgecal.report import plots`` is ``report.plots`` (the submodule, not the
     package); relative imports are resolved against the module's package; ``from judgecal
     import load_judge`` is the module the name is loaded from. Imports count wherever
-    they sit, inside functions too, except under ``if TYPE_CHECKING:``, which only type
-    checkers read. A name that is no module of judgecal comes back as written, so a check
-    can report it."""
+    they sit, inside functions and under ``if TYPE_CHECKING:`` too: a type checker follows
+    those, so two modules that name each other's types there are a cycle all the same. A
+    name that is no module of judgecal comes back as written, so a check can report it."""
     known = modules()
     package = module if is_package else module.rpartition(".")[0]
     found: set[str] = set()
@@ -93,10 +98,6 @@ def judgecal_imports(module: str, source: str, *, is_package: bool = False) -> s
         return None
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for child in node.orelse:
-                visit(child)
-            return
         if isinstance(node, ast.Import):
             found.update(a.name.removeprefix("judgecal.") for a in node.names if a.name.startswith("judgecal."))
         elif isinstance(node, ast.ImportFrom) and (base := base_of(node)) is not None:
@@ -138,6 +139,7 @@ def test_imports_are_resolved_to_the_modules_they_load() -> None:
         "report.records",
         "report.agreement",
         "judges.verdict",
+        "pipeline.config",
         "export.flavor",
         "stats",
         "data.rows",
@@ -145,6 +147,121 @@ def test_imports_are_resolved_to_the_modules_they_load() -> None:
     }
     assert judgecal_imports("report", "from . import plots\n", is_package=True) == {"report.plots"}
     assert judgecal_imports("cli", "from judgecal import no_such_thing\n") == {"no_such_thing"}
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_names_used(
+    module: str, source: str, *, is_package: bool = False, elsewhere: dict[str, tuple[str, ...]] | None = None
+) -> list[str]:
+    """Private names (``_name``) a module takes from another module of judgecal: imported
+    (``from judgecal.x import _y``, relative imports too), read off an imported module
+    (``x._y``), or called on another class's objects (``judge._row``, when ``_row`` is
+    defined in some other module of judgecal and not in this one; ``elsewhere`` maps such
+    names to the modules defining them, judgecal's own by default). What one module shares
+    with another has a public name and a docstring."""
+    package = module if is_package else module.rpartition(".")[0]
+    tree = ast.parse(source)
+    found = []
+    module_aliases: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("judgecal.") and alias.asname:
+                    module_aliases.add(alias.asname)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".") if package else []
+                parts = parts[: len(parts) - (node.level - 1)]
+                base = ".".join([*parts, *([node.module] if node.module else [])])
+            elif node.module == "judgecal" or (node.module or "").startswith("judgecal."):
+                base = (node.module or "").removeprefix("judgecal").removeprefix(".")
+            else:
+                continue
+            for alias in node.names:
+                full = f"{base}.{alias.name}" if base else alias.name
+                if full in modules():
+                    module_aliases.add(alias.asname or alias.name)
+                elif _is_private(alias.name) and base != module:
+                    found.append(f"{module} imports {alias.name} from {base or 'judgecal'}")
+    own = _private_names_defined(tree)
+    elsewhere = defined_elsewhere(module) if elsewhere is None else elsewhere
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute) or not _is_private(node.attr):
+            continue
+        receiver = node.value.id if isinstance(node.value, ast.Name) else None
+        if receiver in module_aliases:
+            found.append(f"{module} reads {receiver}.{node.attr}")
+        elif receiver not in ("self", "cls") and node.attr in elsewhere and node.attr not in own:
+            found.append(f"{module} uses {ast.unparse(node)}, private to {', '.join(elsewhere[node.attr])}")
+    return found
+
+
+def _private_names_defined(tree: ast.AST) -> set[str]:
+    """Private functions, classes and attributes a module defines (``self._x = ...`` too)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and _is_private(node.name):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and _is_private(node.attr):
+            names.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and _is_private(node.id):
+            names.add(node.id)
+    return names
+
+
+@functools.cache
+def _private_definitions() -> dict[str, tuple[str, ...]]:
+    """Each private name defined in judgecal, and the modules that define it."""
+    where: dict[str, list[str]] = {}
+    for module, path in modules().items():
+        for name in _private_names_defined(ast.parse(path.read_text(encoding="utf-8"))):
+            where.setdefault(name, []).append(module)
+    return {name: tuple(sorted(found)) for name, found in where.items()}
+
+
+def defined_elsewhere(module: str) -> dict[str, tuple[str, ...]]:
+    """Private names other modules of judgecal define, by name."""
+    return {
+        name: tuple(m for m in found if m != module)
+        for name, found in _private_definitions().items()
+        if any(m != module for m in found)
+    }
+
+
+def test_private_names_are_found_however_they_are_taken() -> None:
+    source = (
+        "from judgecal.judges.fitted import FittedJudge, _negative\n"
+        "from ..judges import fitted as f\n"
+        "from .posthoc import _scored_base\n"
+        "import judgecal.judges.verifiers as v\n"
+        "def use(judge, row):\n"
+        "    f._without_lms(row)\n"
+        "    v._rows_key([row])\n"
+        "    return judge._row(row), row._own\n"
+        "_own = 1\n"
+    )
+    found = private_names_used("calibrate.trained", source, elsewhere={"_row": ("judges.fitted",)})
+    assert found[:3] == [
+        "calibrate.trained imports _negative from judges.fitted",
+        "calibrate.trained imports _scored_base from calibrate.posthoc",
+        "calibrate.trained reads f._without_lms",
+    ]
+    assert "calibrate.trained reads v._rows_key" in found
+    assert "calibrate.trained uses judge._row, private to judges.fitted" in found
+    assert not any("_own" in line for line in found)
+    assert private_names_used("judges.fitted", "from judgecal.judges.fitted import _negative\n") == []
+
+
+def test_no_module_uses_another_modules_private_names() -> None:
+    found = [
+        line
+        for module, path in modules().items()
+        for line in private_names_used(module, path.read_text(encoding="utf-8"), is_package=path.name == "__init__.py")
+    ]
+    assert not found, "\n".join(found)
 
 
 def test_every_module_belongs_to_a_ranked_package_or_is_a_utility() -> None:
@@ -172,7 +289,28 @@ def test_imports_flow_one_way() -> None:
 
 
 def test_nothing_imports_the_command_line() -> None:
-    assert not [m for m in modules() if m != "cli" and "cli" in imports_of(m)]
+    outside = [m for m in modules() if package_of(m) != "cli"]
+    assert not [m for m in outside if any(package_of(i) == "cli" for i in imports_of(m))]
+
+
+def test_no_module_is_over_600_lines() -> None:
+    long = {
+        m: n
+        for m, path in modules().items()
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MODULE_MOST_LINES
+    }
+    assert not long, f"modules over {MODULE_MOST_LINES} lines: {long}"
+
+
+def test_no_function_is_over_80_lines() -> None:
+    long = []
+    for module, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > FUNCTION_MOST_LINES:
+                    long.append(f"{module}.{node.name}: {lines} lines")
+    assert not long, "\n".join(long)
 
 
 def test_no_import_cycles() -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from judgecal.cli import main
 from tests.conftest import write_jsonl
+from tests.services import answers, wait_until
 
 
 def test_calibrate_with_bad_data_exits_2_and_names_file_line_and_field(
@@ -42,6 +43,32 @@ def test_unknown_task_is_explained(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "unknown task 'sentiment'" in capsys.readouterr().err
 
 
+def test_a_deleted_experiment_is_one_line_saying_how_to_restore_it(
+    tmp_path: Path, isolated_workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MLflow keeps a deleted experiment's name: the calibration stops before any work with
+    the experiment's id and the command that restores it, not a traceback."""
+    import mlflow
+
+    from judgecal.workspace import Workspace
+    from tests.helpers import recorded_rows
+
+    data = write_jsonl(tmp_path / "rows.jsonl", [row.to_record() for row in recorded_rows(n_groups=8).rows])
+    config = tmp_path / "exp.toml"
+    config.write_text(f'[judge]\nname = "gone"\ntask = "relevance"\ndata = "{data}"\nrecorded = "loose"\n')
+    Workspace(isolated_workspace).open_tracking()
+    experiment_id = mlflow.create_experiment("judgecal/gone")
+    mlflow.delete_experiment(experiment_id)
+    code = main(["calibrate", str(config)])
+    captured = capsys.readouterr()
+    assert code == 2
+    [line] = captured.err.strip().splitlines()
+    assert line.startswith("error: MLflow experiment 'judgecal/gone' (id ")
+    assert f"mlflow experiments restore --experiment-id {experiment_id}" in line and "--name" in line
+    assert "Traceback" not in captured.err + captured.out
+    assert "calibrating with" not in captured.out  # it stopped before the work
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -49,6 +76,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.service
 def test_ui_comes_up_on_localhost(isolated_workspace: Path) -> None:
     port = _free_port()
     command = [sys.executable, "-m", "judgecal.cli", "ui", "--port", str(port)]
@@ -61,16 +89,9 @@ def test_ui_comes_up_on_localhost(isolated_workspace: Path) -> None:
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 90
-        status = None
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    status = response.status
-                    break
-            except OSError:
-                time.sleep(0.5)
-        assert status == 200, process.stdout.read().decode() if process.poll() is not None else "UI did not answer"
+        health = f"http://127.0.0.1:{port}/health"
+        wait_until(lambda: process.poll() is not None or answers(health), "the UI answers or exits")
+        assert process.poll() is None, process.stdout.read().decode()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
             assert b"MLflow" in response.read()
     finally:
@@ -190,25 +211,18 @@ def test_estimate_confidence_must_lie_between_0_and_1(
     )
 
 
-def test_an_unreachable_tracking_server_is_refused_before_any_work(capsys) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # nothing listens here once the probe closes
-    repo = Path(__file__).resolve().parents[1]
-    started = time.monotonic()
-    code = main(
-        [
-            "calibrate",
-            str(repo / "experiments" / "relevance.toml"),
-            "--strategy",
-            "verifier",
-            "--tracking-uri",
-            f"http://user:secret@127.0.0.1:{port}",
-        ]
-    )
-    err = capsys.readouterr().err
-    assert code == 2 and time.monotonic() - started < 30
-    assert "does not answer" in err and "secret" not in err and len(err.strip().splitlines()) == 1
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Every ``time.sleep`` during the test, each refused: a client that retries (MLflow's
+    REST client, with backoff) sleeps between attempts, a single probe never does."""
+    asked: list[float] = []
+
+    def refuse(seconds: float) -> None:
+        asked.append(seconds)
+        raise AssertionError(f"something waited {seconds} s to try again")
+
+    monkeypatch.setattr(time, "sleep", refuse)
+    return asked
 
 
 def _recorded_experiment(folder: Path) -> Path:
@@ -220,6 +234,25 @@ def _recorded_experiment(folder: Path) -> Path:
     return config
 
 
+def test_an_unreachable_tracking_server_is_refused_before_any_work(tmp_path: Path, capsys, waits) -> None:
+    port = _free_port()  # nothing listens here once the probe closes
+    code = main(
+        [
+            "calibrate",
+            str(_recorded_experiment(tmp_path)),
+            "--strategy",
+            "verifier",
+            "--tracking-uri",
+            f"http://user:secret@127.0.0.1:{port}",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 2 and not waits  # one probe, no retries
+    assert "does not answer" in captured.err and "secret" not in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+    assert "calibrating" not in captured.out  # no strategy was fitted
+
+
 @pytest.mark.parametrize(
     "flags",
     [
@@ -229,13 +262,13 @@ def _recorded_experiment(folder: Path) -> Path:
     ids=["optuna-storage", "tracking-store"],
 )
 def test_an_unreachable_database_is_refused_in_one_line_before_any_work(
-    tmp_path: Path, flags: list[str], capsys
+    tmp_path: Path, flags: list[str], capsys, waits
 ) -> None:
+    pytest.importorskip("psycopg", reason='the PostgreSQL driver: pip install -e ".[postgres]"')
     port = _free_port()  # nothing listens here once the probe closes
-    started = time.monotonic()
     code = main(["calibrate", str(_recorded_experiment(tmp_path)), *flags, f"postgresql://u:secret@127.0.0.1:{port}/x"])
     captured = capsys.readouterr()
-    assert code == 2 and time.monotonic() - started < 30
+    assert code == 2 and not waits  # one probe, no retries
     [line] = captured.err.strip().splitlines()
     assert "cannot be reached" in line and f"postgresql://u:***@127.0.0.1:{port}/x" in line
     assert "secret" not in captured.err + captured.out
@@ -259,6 +292,7 @@ def test_an_unreachable_judge_server_is_named_without_its_password(tmp_path: Pat
     """HTTP clients quote the authority they failed to reach without its scheme
     (``alice:s3cr3t@127.0.0.1:PORT``): the message hides that password too."""
     monkeypatch.setenv("OPENAI_API_KEY", "unused")
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)  # the client's and the judge's retries: 16 s of waits
     config = _recorded_experiment(tmp_path)
     config.write_text(config.read_text().replace('recorded = "loose"\n', ""))
     port = _free_port()
@@ -280,3 +314,43 @@ def test_an_unreachable_judge_server_is_named_without_its_password(tmp_path: Pat
     [line] = captured.err.strip().splitlines()
     assert "alice:***@127.0.0.1" in line
     assert "s3cr3t" not in captured.err + captured.out
+
+
+def test_a_verdicts_file_calibration_names_no_judge_uri_and_says_it_registered_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing is exported for a judge that reads a verdicts file by row id, so the command
+    must not point at a judge model that does not exist, nor stay silent about --register."""
+    from tests.helpers import recorded_rows
+
+    dataset = recorded_rows(n_groups=12)
+    data = write_jsonl(tmp_path / "rows.jsonl", [row.to_record() for row in dataset.rows])
+    verdicts = write_jsonl(
+        tmp_path / "verdicts.jsonl", [{"id": r.id, "verdict": r.reference_judges["loose"]} for r in dataset.rows]
+    )
+    config = tmp_path / "exp.toml"
+    config.write_text(
+        f'[judge]\nname = "from-file"\ntask = "relevance"\ndata = "{data}"\nverdicts = "{verdicts}"\n'
+        'register_as = "from-file"\n'
+    )
+    assert main(["calibrate", str(config), "--strategy", "threshold"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "no judge bundle or model was exported" in out
+    assert "runs:/" not in out and "no judge was exported" in out
+    assert "not registered as from-file" in out
+
+
+@pytest.mark.parametrize(
+    ("host", "shown"), [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1"), ("judge-box", "judge-box")]
+)
+def test_ui_prints_the_address_of_the_runs_view(
+    host: str, shown: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow 3.17's UI opens on its GenAI view; the runs are one URL parameter away."""
+    started: list[list[str]] = []
+    monkeypatch.setattr("judgecal.cli.run_until_stopped", lambda command, environment: started.append(command) or 0)
+    assert main(["ui", "--host", host, "--port", "5123"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"http://{shown}:5123/#/experiments?workflowType=machine_learning" in out
+    [command] = started
+    assert command[command.index("--host") + 1] == host

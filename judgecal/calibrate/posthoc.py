@@ -14,7 +14,7 @@ import numpy as np
 
 from judgecal.data.rows import LabeledRow
 from judgecal.judges.features import FLIP
-from judgecal.judges.fitted import FittedJudge, MemoJudge, ProgramJudge, _negative, positive_probability, unwrap
+from judgecal.judges.fitted import FittedJudge, MemoJudge, ProgramJudge, StateLoader, positive_probability, unwrap
 from judgecal.judges.program import JudgeProgram
 from judgecal.judges.verdict import Verdict
 from judgecal.stats.metrics import kappa_from_confusion
@@ -80,7 +80,7 @@ class ThresholdJudge(FittedJudge):
     def predict(self, rows, *, progress=None, description=""):
         base = self.base_.predict(rows, progress=progress, description=description)
         p = positive_probability(base, self.task)
-        positive, negative = self.task.spec.positive, _negative(self.task)
+        positive, negative = self.task.spec.positive, self.task.spec.negative
         out = []
         for verdict, probability in zip(base, p, strict=True):
             if verdict.label is None:
@@ -98,6 +98,13 @@ class ThresholdJudge(FittedJudge):
 
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "rule": self.rule, "threshold": self.threshold_, "base": self.base_.state()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], loader: StateLoader) -> ThresholdJudge:
+        """The saved cut on the saved base judge (the one it was chosen for)."""
+        judge = cls(base=loader.judge(state["base"]), rule=state.get("rule", "kappa"))
+        judge.base_, judge.threshold_ = judge.base, float(state["threshold"])
+        return judge
 
 
 def _scored_base(base: FittedJudge, rows: Sequence[LabeledRow]) -> tuple[FittedJudge, np.ndarray]:
@@ -147,3 +154,7 @@ class OrderSwapJudge(FittedJudge):
     def state(self) -> dict[str, Any]:
         assert self.base is not None
         return {"kind": self.kind, "base": self.base.state()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], loader: StateLoader) -> OrderSwapJudge:
+        return cls(loader.judge(state["base"]))

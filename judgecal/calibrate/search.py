@@ -16,73 +16,32 @@ another trial already asked about.
 
 At the end the selection rule picks the winner, which is fitted again on train + dev
 (strategies that call the model to fit keep the program their trial compiled). Studies
-live in Optuna storage (SQLite or any RDB URL), so several processes or machines can
-share one; a killed worker's trial is run again once its heartbeat lapses. Recording
-trials and the winner in MLflow is :mod:`judgecal.pipeline.search`'s job.
+live in Optuna storage (SQLite or any RDB URL, :mod:`judgecal.calibrate.storage`), so
+several processes or machines can share one; a killed worker's trial is run again once
+its heartbeat lapses. Recording trials and the winner in MLflow is
+:mod:`judgecal.pipeline.search`'s job.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from judgecal.calibrate.guard import LeakError, RowGuard
+from judgecal.calibrate.search_config import SearchConfig
 from judgecal.calibrate.selection import Candidate, Choice, SelectionScore, choose, cross_validate, holdout, row_scores
+from judgecal.calibrate.storage import LOST_TRIAL, taken_for_lost
 from judgecal.calibrate.strategies import FitResult, StrategyEnv, StrategySpec, fit_judge
 from judgecal.data.rows import LabeledRow
 from judgecal.judges.verifiers import grouped_folds, memoised_fits
 from judgecal.redact import redact_text
-from judgecal.workspace import check_database, store_dir, store_lock
-
-
-class SearchConfig(BaseModel):
-    """Which strategies to search, for how many trials, and where the study lives."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    strategies: list[str] = Field(
-        default_factory=lambda: ["all"], description='Strategies to search, or ["all"]: every one that applies.'
-    )
-    trials: int = Field(
-        default=12, ge=1, description="Distinct finished trials the study should reach (repeats do not count)."
-    )
-    storage: str | None = Field(default=None, description="Optuna storage URL (default: sqlite in mlruns/).")
-    study_name: str | None = Field(default=None, description="Default: <judge name>-<split fingerprint>.")
-    seed: int = Field(default=0, description="Sampler seed; the same seed gives the same sequence of trials.")
-    worker: int = Field(
-        default=0, ge=0, description="This worker's number in a shared study: its sampler seed is seed + worker."
-    )
-    folds: int = Field(default=5, ge=2, description="Grouped folds of train + dev for cross-validated selection.")
-    dev_chunk: int = Field(default=16, ge=1, description="Dev rows judged between pruning checks (LM strategies).")
-    prune_p: float = Field(
-        default=0.1,
-        gt=0,
-        lt=1,
-        description="p-value of the paired one-sided test below which an LM trial worse than the best is pruned.",
-    )
-    max_repeats: int = Field(
-        default=25, ge=1, description="Stop after this many proposals in a row repeat settings already tried."
-    )
-    heartbeat_interval: int = Field(default=30, ge=1, description="Seconds between a worker's heartbeats.")
-    grace_period: int = Field(default=90, ge=2, description="Seconds without heartbeat before a trial is failed.")
 
 
 class StrategyFailed(RuntimeError):
     """A trial's strategy raised: the trial is recorded as failed and the search goes on."""
-
-
-def default_storage(root: Path) -> str:
-    store = store_dir(root)
-    store.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store / 'optuna.db'}"
 
 
 @dataclass
@@ -187,129 +146,13 @@ def final_judge(
     """The winner as it is reported and exported: refitted on train + dev, or, for a
     strategy that calls the model to fit, the program its trial compiled (compiled again
     from its settings when another worker ran that trial)."""
-    if spec.scored_on_dev:
+    if spec.selects_on_dev:
         if winner.number in fitted:
             return fitted[winner.number]
         log(f"{spec.name}: compiling the program of trial {winner.number} again (another worker ran it)")
         return fit_judge(spec, env, winner.params, train, dev, guard)
     log(f"{spec.name} (trial {winner.number}): fitting again on train + dev")
     return fit_judge(spec, env, winner.params, [*train, *dev], None, guard, step="fit on train + dev")
-
-
-def check_storage(storage_url: str) -> None:
-    """A database storage (PostgreSQL, MySQL) that cannot be reached stops the search now,
-    in one line without its password, before any trial; a SQLite file needs no probe."""
-    check_database(storage_url, "the Optuna storage", "start the database, or pass another --storage")
-
-
-@contextmanager
-def study_lock(storage_url: str, study_name: str, root: Path) -> Iterator[None]:
-    """One worker at a time, on every machine that shares the study: creating the study's
-    tables, enqueueing its first trials and its MLflow parent run happen once. In PostgreSQL
-    an advisory lock, in MySQL a named lock; a SQLite study lives on one machine, where a
-    lock file in ``mlruns/`` serves."""
-    import hashlib
-
-    if not storage_url.startswith(("postgresql", "mysql")):
-        with store_lock(root):
-            yield
-        return
-    import sqlalchemy
-    from sqlalchemy.pool import NullPool
-
-    digest = hashlib.sha256(f"judgecal-study:{study_name}".encode()).digest()
-    key = int.from_bytes(digest[:8], "big", signed=True)
-    postgres = storage_url.startswith("postgresql")
-    take, release = (
-        ("SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)")
-        if postgres
-        else ("SELECT GET_LOCK(:key, -1)", "SELECT RELEASE_LOCK(:key)")
-    )
-    engine = sqlalchemy.create_engine(storage_url, poolclass=NullPool)
-    try:
-        with engine.connect() as connection:
-            bind = {"key": key if postgres else f"judgecal-{key}"}
-            connection.execute(sqlalchemy.text(take), bind)
-            try:
-                yield
-            finally:
-                connection.execute(sqlalchemy.text(release), bind)
-    finally:
-        engine.dispose()
-
-
-class LostTrialCallback:
-    """Run when a worker finds a trial whose worker stopped sending heartbeats (killed, its
-    machine gone): the trial is queued again with its settings (Optuna's
-    ``RetryHeartbeatStaleTrialCallback``) and ``on_lost(study, trial)`` records it. Optuna
-    calls this in the one worker that failed the trial."""
-
-    def __init__(self, max_retry: int = 2, on_lost: Callable[[Any, Any], None] | None = None) -> None:
-        from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-        self.on_lost = on_lost
-
-    def __call__(self, study: Any, trial: Any) -> None:
-        self.retry(study, trial)
-        if self.on_lost is not None:
-            self.on_lost(study, trial)
-
-
-LOST_TRIAL = "its worker stopped sending heartbeats (killed, or its machine is gone); its settings were queued again"
-
-
-def open_study(
-    study_name: str,
-    storage_url: str,
-    search: SearchConfig,
-    dev_rows: int,
-    root: Path,
-    *,
-    on_lost: Callable[[Any, Any], None] | None = None,
-) -> Any:
-    """Create or load the study. ``on_lost(study, trial)`` sees each trial of a lost worker
-    that this process fails, once the grace period has passed; the trial is retried."""
-    import optuna
-    from optuna.storages import RDBStorage
-
-    from judgecal.calibrate.pruning import PairedMeanPruner
-
-    # The search logs each trial's outcome in one line (a failed one with its reason);
-    # Optuna's own warning for a failed trial would add the traceback.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    with study_lock(storage_url, study_name, root), warnings.catch_warnings():
-        # Heartbeats are marked experimental in Optuna; they are what fails a killed worker's trial.
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = RDBStorage(
-            url=storage_url,
-            heartbeat_interval=search.heartbeat_interval,
-            grace_period=search.grace_period,
-            heartbeat_stale_trial_callback=LostTrialCallback(max_retry=2, on_lost=on_lost),
-        )
-        return optuna.create_study(
-            study_name=study_name,
-            storage=storage,
-            direction="maximize",
-            load_if_exists=True,
-            # Workers of one study take seeds seed + worker, so they propose different settings.
-            sampler=optuna.samplers.TPESampler(seed=search.seed + search.worker, constant_liar=True),
-            pruner=PairedMeanPruner(p_threshold=search.prune_p, n_startup_steps=max(2, math.ceil(dev_rows / 3))),
-        )
-
-
-def check_study(study: Any, fingerprint: str, strategies: list[str]) -> None:
-    """A study is bound to one data split; resuming it on other rows would mix results."""
-    attrs = study.user_attrs
-    if "split_fingerprint" not in attrs:
-        study.set_user_attr("split_fingerprint", fingerprint)
-        study.set_user_attr("strategies", strategies)
-        return
-    if attrs["split_fingerprint"] != fingerprint:
-        raise ValueError(
-            f"study {study.study_name!r} was run on another data split (fingerprint "
-            f"{attrs['split_fingerprint'][:12]} vs {fingerprint[:12]}); use another --study-name"
-        )
 
 
 def enqueue_defaults(study: Any, specs: dict[str, StrategySpec], env: StrategyEnv) -> None:
@@ -480,19 +323,6 @@ class StudyOutcome:
     complete: bool
 
 
-def taken_for_lost(study: Any, number: int | None, error: Exception) -> int | None:
-    """``number`` when ``error`` is Optuna refusing this worker's result because another
-    worker finished its trial while it ran: a peer that saw no heartbeat for longer than
-    the grace period fails the trial and queues its settings again."""
-    import optuna
-
-    refused = isinstance(error, optuna.exceptions.UpdateFinishedTrialError) or str(error).startswith("Cannot tell a ")
-    if number is None or not refused:
-        return None
-    [trial] = [t for t in study.get_trials(deepcopy=False) if t.number == number]
-    return number if trial.state.is_finished() else None
-
-
 def run_study(
     study: Any,
     specs: dict[str, StrategySpec],
@@ -509,92 +339,16 @@ def run_study(
     proposals only repeat), then choose and refit the winner. ``on_trial(study, trial)``
     sees every finished trial, repeats, pruned and failed ones included."""
     import optuna
-    from optuna.trial import TrialState
 
     dev = list(dev)
     folds = grouped_folds([*train, *dev], search.folds, search.seed)
-    fitted: dict[int, FitResult] = {}
-    worker = f"{os.uname().nodename}:{os.getpid()}"
-    last: dict[str, bool] = {"repeat": False}
-    started: list[int] = []  # the trials this worker ran, to tell its own from a peer's
-
-    def objective(trial: optuna.Trial) -> float:
-        started.append(trial.number)
-        name = trial.suggest_categorical("strategy", sorted(specs))
-        spec = specs[name]
-        params = spec.space(trial, env)
-        trial.set_user_attr("worker", worker)
-        earlier = same_settings(trial)
-        last["repeat"] = earlier is not None
-        if earlier is not None:  # deterministic fits: the same settings give the same judge
-            trial.set_user_attr("duplicate_of", earlier.number)
-            for key in ("rule", "se", "lm_calls", "fit_seconds"):
-                if key in earlier.user_attrs:
-                    trial.set_user_attr(key, earlier.user_attrs[key])
-            log(f"trial {trial.number}: {name} {params} = trial {earlier.number}, answered from it")
-            if earlier.state == TrialState.PRUNED:
-                raise optuna.TrialPruned()
-            if earlier.state == TrialState.FAIL:
-                raise StrategyFailed(earlier.user_attrs["error"])
-            return float(earlier.value)
-        log(f"trial {trial.number}: {name} {params}")
-        try:
-            score, result = score_trial(trial, spec, env, params, train, dev, folds, guard, search)
-        except optuna.TrialPruned:
-            judged = trial.user_attrs.get("pruned_after_rows")
-            log(
-                f"trial {trial.number}: {name} pruned after {judged} of {len(dev)} dev rows: its per-row scores "
-                "are clearly below the best trial's on them"
-            )
-            raise
-        except (LeakError, KeyboardInterrupt):
-            raise
-        except Exception as error:
-            reason = redact_text(f"{type(error).__name__}: {error}")  # kept in the study and the run
-            trial.set_user_attr("error", reason[:1000])
-            log(f"trial {trial.number}: {name} failed: {reason[:300]}")
-            raise StrategyFailed(reason) from None
-        if result is not None:
-            fitted[trial.number] = result
-        log(f"trial {trial.number}: {name} κ {score.describe()}")
-        return score.value
-
+    trials = TrialRunner(specs, env, train, dev, folds, guard, search, log)
     callbacks = [on_trial] if on_trial is not None else []
-    new_trials = 0
     with memoised_fits(), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        repeats = 0
-        while distinct_finished(study) < search.trials:
-            try:
-                study.optimize(
-                    objective, n_trials=1, catch=(StrategyFailed,), callbacks=callbacks, gc_after_trial=False
-                )
-            except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as error:
-                lost = taken_for_lost(study, started[-1] if started else None, error)
-                if lost is None:
-                    raise
-                log(
-                    f"trial {lost}: another worker took it for lost (no heartbeat from here within the grace "
-                    "period), failed it and queued its settings again; its result here is dropped"
-                )
-            new_trials += 1
-            repeats = repeats + 1 if last["repeat"] else 0
-            if repeats >= search.max_repeats:
-                log(
-                    f"the last {repeats} trials proposed settings already tried: the search space is exhausted "
-                    f"after {distinct_finished(study)} distinct trials"
-                )
-                break
+        new_trials = _run_until_enough(study, trials, search, callbacks, log)
         rows = leaderboard(study)
-        defaults = {name: _default_params(spec, env) for name, spec in specs.items()}
-        candidates = [candidate_of(trial, specs, dev, defaults) for trial in finished_candidates(study, specs)]
-        choice = choose(candidates, env.task, dev) if candidates else None
-        winner = None
-        if choice is not None:
-            for step in choice.steps:
-                log(f"selection: {step}")
-            spec = specs[choice.winner.strategy]
-            winner = final_judge(spec, env, choice.winner, train, dev, guard, fitted, log)
+        choice, winner = _choose_and_refit(study, trials, log)
     return StudyOutcome(
         rows=rows,
         choice=choice,
@@ -602,3 +356,134 @@ def run_study(
         new_trials=new_trials,
         complete=distinct_finished(study) >= search.trials,
     )
+
+
+class TrialRunner:
+    """This worker's side of a study: Optuna's objective, which answers a repeat of earlier
+    settings from that trial and scores anything new by its rule, and what the worker
+    keeps for the end (the judges its LM trials compiled, the trials it started)."""
+
+    def __init__(
+        self,
+        specs: dict[str, StrategySpec],
+        env: StrategyEnv,
+        train: Sequence[LabeledRow],
+        dev: list[LabeledRow],
+        folds: list[Any],
+        guard: RowGuard,
+        search: SearchConfig,
+        log: Any,
+    ) -> None:
+        self.specs, self.env, self.train, self.dev, self.folds = specs, env, train, dev, folds
+        self.guard, self.search, self.log = guard, search, log
+        self.worker = f"{os.uname().nodename}:{os.getpid()}"
+        self.fitted: dict[int, FitResult] = {}
+        self.started: list[int] = []  # the trials this worker ran, to tell its own from a peer's
+        self.repeated = False  # whether the last trial repeated settings already tried
+
+    def objective(self, trial: Any) -> float:
+        self.started.append(trial.number)
+        name = trial.suggest_categorical("strategy", sorted(self.specs))
+        spec = self.specs[name]
+        params = spec.space(trial, self.env)
+        trial.set_user_attr("worker", self.worker)
+        earlier = same_settings(trial)
+        self.repeated = earlier is not None
+        if earlier is not None:  # deterministic fits: the same settings give the same judge
+            self.log(f"trial {trial.number}: {name} {params} = trial {earlier.number}, answered from it")
+            return _answer_from(trial, earlier)
+        self.log(f"trial {trial.number}: {name} {params}")
+        score, result = self._score(trial, spec, params)
+        if result is not None:
+            self.fitted[trial.number] = result
+        self.log(f"trial {trial.number}: {name} κ {score.describe()}")
+        return score.value
+
+    def _score(self, trial: Any, spec: StrategySpec, params: dict[str, Any]) -> tuple[SelectionScore, FitResult | None]:
+        """``score_trial``, saying why when the trial is pruned; a strategy that raises
+        fails its trial alone (a leak or Ctrl-C stops the search)."""
+        import optuna
+
+        try:
+            return score_trial(trial, spec, self.env, params, self.train, self.dev, self.folds, self.guard, self.search)
+        except optuna.TrialPruned:
+            judged = trial.user_attrs.get("pruned_after_rows")
+            self.log(
+                f"trial {trial.number}: {spec.name} pruned after {judged} of {len(self.dev)} dev rows: its per-row "
+                "scores are clearly below the best trial's on them"
+            )
+            raise
+        except (LeakError, KeyboardInterrupt):
+            raise
+        except Exception as error:
+            reason = redact_text(f"{type(error).__name__}: {error}")  # kept in the study and the run
+            trial.set_user_attr("error", reason[:1000])
+            self.log(f"trial {trial.number}: {spec.name} failed: {reason[:300]}")
+            raise StrategyFailed(reason) from None
+
+
+def _answer_from(trial: Any, earlier: Any) -> float:
+    """A repeat takes the earlier trial's outcome: its value, or its pruning or failure."""
+    import optuna
+    from optuna.trial import TrialState
+
+    trial.set_user_attr("duplicate_of", earlier.number)
+    for key in ("rule", "se", "lm_calls", "fit_seconds"):
+        if key in earlier.user_attrs:
+            trial.set_user_attr(key, earlier.user_attrs[key])
+    if earlier.state == TrialState.PRUNED:
+        raise optuna.TrialPruned()
+    if earlier.state == TrialState.FAIL:
+        raise StrategyFailed(earlier.user_attrs["error"])
+    return float(earlier.value)
+
+
+def _run_until_enough(
+    study: Any, trials: TrialRunner, search: SearchConfig, callbacks: list[Callable[[Any, Any], None]], log: Any
+) -> int:
+    """One trial at a time until the study holds enough distinct finished trials, or the
+    sampler keeps proposing settings already tried; returns how many trials ran here."""
+    new_trials = repeats = 0
+    while distinct_finished(study) < search.trials:
+        _run_one_trial(study, trials, callbacks, log)
+        new_trials += 1
+        repeats = repeats + 1 if trials.repeated else 0
+        if repeats >= search.max_repeats:
+            log(
+                f"the last {repeats} trials proposed settings already tried: the search space is exhausted "
+                f"after {distinct_finished(study)} distinct trials"
+            )
+            break
+    return new_trials
+
+
+def _run_one_trial(study: Any, trials: TrialRunner, callbacks: list[Callable[[Any, Any], None]], log: Any) -> None:
+    """One trial; its result is dropped, and the search goes on, when a peer took the trial
+    for lost while it ran."""
+    import optuna
+
+    try:
+        study.optimize(trials.objective, n_trials=1, catch=(StrategyFailed,), callbacks=callbacks, gc_after_trial=False)
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as error:
+        lost = taken_for_lost(study, trials.started[-1] if trials.started else None, error)
+        if lost is None:
+            raise
+        log(
+            f"trial {lost}: another worker took it for lost (no heartbeat from here within the grace "
+            "period), failed it and queued its settings again; its result here is dropped"
+        )
+
+
+def _choose_and_refit(study: Any, trials: TrialRunner, log: Any) -> tuple[Choice | None, FitResult | None]:
+    """The selection rule over every finished trial of the study (any worker's), and the
+    winner fitted as it is reported and exported."""
+    specs, env = trials.specs, trials.env
+    defaults = {name: _default_params(spec, env) for name, spec in specs.items()}
+    candidates = [candidate_of(trial, specs, trials.dev, defaults) for trial in finished_candidates(study, specs)]
+    if not candidates:
+        return None, None
+    choice = choose(candidates, env.task, trials.dev)
+    for step in choice.steps:
+        log(f"selection: {step}")
+    spec = specs[choice.winner.strategy]
+    return choice, final_judge(spec, env, choice.winner, trials.train, trials.dev, trials.guard, trials.fitted, log)

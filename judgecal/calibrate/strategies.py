@@ -2,9 +2,10 @@
 needs, and how a fitted judge is rebuilt from its saved state.
 
 To add a strategy: write an estimator class (settings in ``__init__``, ``fit(train,
-dev=None)`` returning self, fitted state in ``*_`` attributes, ``state()`` as plain JSON,
-``search_space`` beside it), teach :func:`judge_from_state` its state, and add a
-:class:`StrategySpec` to :data:`STRATEGIES`. ARCHITECTURE.md walks through it.
+dev=None)`` returning self, fitted state in ``*_`` attributes, ``state()`` as plain JSON
+under its ``kind``, a ``from_state`` classmethod rebuilding it, ``search_space`` beside
+it), add the class to :data:`JUDGE_KINDS` and a :class:`StrategySpec` to
+:data:`STRATEGIES`. ARCHITECTURE.md walks through it.
 """
 
 from __future__ import annotations
@@ -17,58 +18,36 @@ from typing import Any
 from judgecal.calibrate.guard import RowGuard
 from judgecal.calibrate.optimizers import CalibrationConfig, PromptOptimizer
 from judgecal.calibrate.posthoc import OrderSwapJudge, ThresholdJudge
-from judgecal.calibrate.trained import StackingJudge, VerifierJudge, default_stack_verifiers, is_pair_task
+from judgecal.calibrate.trained import StackingJudge, VerifierJudge, default_stack_verifiers
 from judgecal.data.rows import LabeledRow
-from judgecal.judges.embeddings import embeddings_available
-from judgecal.judges.fitted import FittedJudge, ProgramJudge, RecordedJudge, _without_lms, unwrap
-from judgecal.judges.heads import head_from_state
-from judgecal.judges.program import JudgeProgram
-from judgecal.judges.verifiers import verifier_from_state
+from judgecal.judges.embeddings import SentenceEncoder, embeddings_available
+from judgecal.judges.fitted import FittedJudge, ProgramJudge, RecordedJudge, StateLoader, unwrap
 from judgecal.tasks.registry import Task
 
+# Every kind of judge a saved state can hold, by the ``kind`` its ``state()`` writes; each
+# class rebuilds itself with ``from_state``. A PromptOptimizer saves its compiled program
+# (kind "program") and a MemoJudge the judge it wraps, so neither has a kind of its own.
+JUDGE_KINDS: dict[str, type[FittedJudge]] = {
+    judge.kind: judge
+    for judge in (ProgramJudge, RecordedJudge, ThresholdJudge, OrderSwapJudge, VerifierJudge, StackingJudge)
+}
 
-def judge_from_state(state: dict[str, Any], task: Task, lm: Any, name: str) -> FittedJudge:
-    """Rebuild a fitted judge from its plain-JSON state (no code is loaded from it)."""
-    kind = state.get("kind")
-    if kind == "program":
-        program = JudgeProgram(task.signature, verbalized=bool(state.get("verbalized")))
-        program.load_state(_without_lms(state["program"]))
-        return ProgramJudge(task, program, lm, name)
-    if kind == "recorded":
-        return RecordedJudge(task, state["source"], name)
-    if kind == "threshold":
-        threshold = ThresholdJudge(
-            base=judge_from_state(state["base"], task, lm, name), rule=state.get("rule", "kappa")
-        )
-        threshold.base_, threshold.threshold_ = threshold.base, float(state["threshold"])
-        return threshold
-    if kind == "order_swap":
-        return OrderSwapJudge(judge_from_state(state["base"], task, lm, name))
-    if kind == "verifier":
-        verifier = VerifierJudge(task=task, name=name)
-        verifier.verifier_, verifier.threshold_ = verifier_from_state(state["verifier"]), state.get("threshold")
-        return verifier
-    if kind == "stacked":
-        stack = StackingJudge(base=None)
-        stack.task = task
-        stack.components_ = [judge_from_state(c, task, lm, name) for c in state["components"]]
-        if "verifiers" in state:
-            stack.verifiers_ = [verifier_from_state(v) for v in state["verifiers"]]
-            stack.head_ = head_from_state(state["head"])
-        else:  # earlier versions: one verifier, a logistic model of P(positive) as class 1
-            stack.verifiers_ = [verifier_from_state(state["verifier"])] if state.get("verifier") else []
-            stack.head_ = head_from_state(
-                {"kind": "logistic", "classes": [1, 0], "coef": [state["coef"]], "intercept": [state["intercept"]]}
-            )
-        stack.threshold_ = state.get("threshold")
-        return stack
-    raise ValueError(f"unknown judge state kind {kind!r}")
+
+def judge_from_state(
+    state: dict[str, Any], task: Task, lm: Any, name: str, encoder: SentenceEncoder | None = None
+) -> FittedJudge:
+    """Rebuild a fitted judge from its plain-JSON state (no code is loaded from it): the
+    class :data:`JUDGE_KINDS` names for its ``kind``; its embedding verifiers, if any,
+    encode with ``encoder`` (one shared by all of them)."""
+    encoder = encoder if encoder is not None else SentenceEncoder()
+    return StateLoader(task, lm, name, encoder, JUDGE_KINDS).judge(state)
 
 
 @dataclass
 class StrategyEnv:
     """What strategies are built from: the task, the raw judge (answers kept per row), the
-    judge's LM, the DSPy settings and the names of the judges the rows already hold."""
+    judge's LM, the DSPy settings, the names of the judges the rows already hold, and the
+    run's sentence encoder (the workspace's: its model and embeddings loaded once)."""
 
     task: Task
     raw: FittedJudge
@@ -76,6 +55,7 @@ class StrategyEnv:
     settings: CalibrationConfig = field(default_factory=CalibrationConfig)
     references: tuple[str, ...] = ()
     log: Callable[[str], None] = print
+    encoder: SentenceEncoder = field(default_factory=SentenceEncoder)
 
     @property
     def base_is_live(self) -> bool:
@@ -110,6 +90,15 @@ class StrategySpec:
         swapping), which would otherwise ask the model about all of train + dev twice."""
         return self.calls_lm_to_fit or self.judges_twice
 
+    @property
+    def selects_on_dev(self) -> bool:
+        """How the judge that is reported and exported is fitted: a strategy that calls the
+        model to fit is compiled on train and selects its candidates on dev (a search keeps
+        the program its winning trial compiled); any other is fitted again on train + dev,
+        its own cut chosen on out-of-fold predictions. Order swapping fits nothing, so it
+        is fitted again like the others although the search scores it on dev."""
+        return self.calls_lm_to_fit
+
     def available(self) -> bool:
         return self.needs_extra != "embeddings" or embeddings_available()
 
@@ -118,7 +107,7 @@ class StrategySpec:
             return False
         if self.binary_only and not task.spec.is_binary:
             return False
-        return not (self.pairwise_only and not is_pair_task(task))
+        return not (self.pairwise_only and not task.spec.is_pairwise)
 
 
 def _dspy_spec(name: str, description: str, complexity: int) -> StrategySpec:
@@ -146,7 +135,7 @@ def _dspy_spec(name: str, description: str, complexity: int) -> StrategySpec:
 
 def _verifier_spec(name: str, features: str, description: str, complexity: int, extra: str | None) -> StrategySpec:
     def build(env: StrategyEnv, params: dict[str, Any]) -> FittedJudge:
-        return VerifierJudge(task=env.task, features=features, name=env.raw.name, **params)
+        return VerifierJudge(task=env.task, features=features, name=env.raw.name, encoder=env.encoder, **params)
 
     return StrategySpec(
         name,
@@ -161,7 +150,7 @@ def _verifier_spec(name: str, features: str, description: str, complexity: int, 
 
 def _stacking_build(env: StrategyEnv, params: dict[str, Any]) -> FittedJudge:
     params = {"verifiers": default_stack_verifiers(), **params}
-    return StackingJudge(base=env.raw, references=env.references, **params)
+    return StackingJudge(base=env.raw, references=env.references, encoder=env.encoder, **params)
 
 
 def _stacking_space(trial: Any, env: StrategyEnv) -> dict[str, Any]:
@@ -248,7 +237,10 @@ def resolve_strategies(names: Sequence[str] | str, task: Task, *, has_program: b
             raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)} or 'all'")
         spec = STRATEGIES[name]
         if not spec.available():
-            raise ValueError(f'strategy {name!r} needs the optional extra: pip install "judgecal[{spec.needs_extra}]"')
+            raise ValueError(
+                f"strategy {name!r} needs the optional extra {spec.needs_extra!r}: in a clone of judgecal, "
+                f'pip install -e ".[{spec.needs_extra}]" (make install installs every extra)'
+            )
         if not spec.applies_to(task, has_program):
             reason = (
                 "needs an LLM judge program (the raw judge is recorded verdicts)"

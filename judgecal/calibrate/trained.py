@@ -15,23 +15,23 @@ import numpy as np
 
 from judgecal.calibrate.posthoc import kappa_threshold
 from judgecal.data.rows import LabeledRow
-from judgecal.judges.embeddings import embeddings_available
+from judgecal.judges.embeddings import SentenceEncoder, embeddings_available
 from judgecal.judges.features import FLIP
 from judgecal.judges.fitted import (
     FittedJudge,
     RecordedJudge,
-    _verdict_from_proba,
+    StateLoader,
     label_probabilities,
     logit,
     missing_reference,
     unwrap,
+    verdict_from_proba,
 )
+from judgecal.judges.heads import HEAD_DEFAULTS, HeadSettings, head_from_state
 from judgecal.judges.verdict import Verdict
-from judgecal.judges.verifiers import Verifier, grouped_folds
+from judgecal.judges.verifiers import Verifier, grouped_folds, verifier_from_state
 from judgecal.progress import ProgressFactory
 from judgecal.tasks.registry import Task
-
-HEAD_SETTINGS = ("C", "learning_rate", "max_iter", "max_leaf_nodes", "l2_regularization")
 
 
 def _choose_cut(task: Task, proba: np.ndarray, rows: Sequence[LabeledRow]) -> float | None:
@@ -44,7 +44,9 @@ def _choose_cut(task: Task, proba: np.ndarray, rows: Sequence[LabeledRow]) -> fl
 
 class VerifierJudge(FittedJudge):
     """A trained verifier. For binary tasks its P(positive) is cut where κ is highest: on
-    dev when given, else on grouped out-of-fold predictions over the training rows."""
+    dev when given, else on grouped out-of-fold predictions over the training rows.
+    ``encoder``: the run's sentence encoder for embedding features (without one, each fit
+    loads its own)."""
 
     kind = "verifier"
 
@@ -52,15 +54,16 @@ class VerifierJudge(FittedJudge):
         self,
         task: Task | None = None,
         features: str = "tfidf",
-        head: str = "logistic",
-        C: float = 1.0,
-        learning_rate: float = 0.1,
-        max_iter: int = 100,
-        max_leaf_nodes: int = 15,
-        l2_regularization: float = 1.0,
+        head: str = HEAD_DEFAULTS.head,
+        C: float = HEAD_DEFAULTS.C,
+        learning_rate: float = HEAD_DEFAULTS.learning_rate,
+        max_iter: int = HEAD_DEFAULTS.max_iter,
+        max_leaf_nodes: int = HEAD_DEFAULTS.max_leaf_nodes,
+        l2_regularization: float = HEAD_DEFAULTS.l2_regularization,
         folds: int = 5,
         seed: int = 0,
         name: str = "",
+        encoder: SentenceEncoder | None = None,
     ) -> None:
         self.task = task
         self.features = features
@@ -73,6 +76,7 @@ class VerifierJudge(FittedJudge):
         self.folds = folds
         self.seed = seed
         self.name = name
+        self.encoder = encoder
 
     @classmethod
     def search_space(cls, trial: Any, prefix: str, *, features: str) -> dict[str, Any]:
@@ -88,30 +92,27 @@ class VerifierJudge(FittedJudge):
             "l2_regularization": trial.suggest_float(f"{prefix}.l2_regularization", 0.01, 10.0, log=True),
         }
 
-    def make_verifier(self) -> Verifier:
+    def make_verifier(self, encoder: SentenceEncoder | None = None) -> Verifier:
         spec = self.task.spec
         return Verifier(
             labels=spec.labels,
             features=self.features,
-            head=self.head,
-            C=self.C,
-            learning_rate=self.learning_rate,
-            max_iter=self.max_iter,
-            max_leaf_nodes=self.max_leaf_nodes,
-            l2_regularization=self.l2_regularization,
-            pairwise=is_pair_task(self.task),
+            pairwise=spec.is_pairwise,
+            encoder=encoder if encoder is not None else self.encoder,
+            **HeadSettings.of(self).model_dump(),
         )
 
     def fit(self, train, dev=None):
         from judgecal.judges.verifiers import out_of_fold_proba
 
-        self.verifier_ = self.make_verifier().fit(train)
+        encoder = self.encoder if self.encoder is not None else SentenceEncoder()  # one for every fold
+        self.verifier_ = self.make_verifier(encoder).fit(train)
         if self.task.spec.positive is None:
             self.threshold_ = None
         elif dev:
             self.threshold_ = _choose_cut(self.task, self.verifier_.predict_proba([r.inputs for r in dev]), dev)
         else:
-            proba = out_of_fold_proba(train, self.make_verifier(), folds=self.folds, seed=self.seed)
+            proba = out_of_fold_proba(train, self.make_verifier(encoder), folds=self.folds, seed=self.seed)
             self.threshold_ = _choose_cut(self.task, proba, train)
         return self
 
@@ -119,10 +120,18 @@ class VerifierJudge(FittedJudge):
         return self.verifier_.predict_proba([row.inputs for row in rows])
 
     def predict(self, rows, *, progress=None, description=""):
-        return [_verdict_from_proba(self.task, p, self.threshold_) for p in self.probabilities(rows)]
+        return [verdict_from_proba(self.task, p, self.threshold_) for p in self.probabilities(rows)]
 
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "threshold": self.threshold_, "verifier": self.verifier_.state()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], loader: StateLoader) -> VerifierJudge:
+        """The saved verifier and cut; embedding features encode with the loader's encoder."""
+        judge = cls(task=loader.task, name=loader.name, encoder=loader.encoder)
+        judge.verifier_ = verifier_from_state(state["verifier"], loader.encoder)
+        judge.threshold_ = state.get("threshold")
+        return judge
 
     @property
     def verifier(self) -> Verifier:
@@ -131,10 +140,6 @@ class VerifierJudge(FittedJudge):
     @property
     def threshold(self) -> float | None:
         return self.threshold_
-
-
-def is_pair_task(task: Task) -> bool:
-    return {"response_a", "response_b"} <= set(task.spec.input_names) and {"A", "B"} <= set(task.spec.labels)
 
 
 STACK_VERIFIERS: dict[str, dict[str, Any]] = {
@@ -156,7 +161,9 @@ class StackingJudge(FittedJudge):
     Binary tasks are cut where κ is highest on the head's own out-of-fold predictions (on
     dev when given); other tasks take the most likely label. For pairwise tasks the
     judge's probabilities are averaged over both orders and the head is trained on both
-    orders of every pair, so the stacked judge is symmetric under swapping A and B."""
+    orders of every pair, so the stacked judge is symmetric under swapping A and B.
+    ``encoder``: the run's sentence encoder for embedding verifiers (without one, each fit
+    loads its own)."""
 
     kind = "stacked"
 
@@ -166,15 +173,16 @@ class StackingJudge(FittedJudge):
         references: tuple[str, ...] = (),
         verifiers: tuple[str, ...] = ("tfidf",),
         use_base: bool = True,
-        head: str = "logistic",
-        C: float = 1.0,
-        learning_rate: float = 0.1,
-        max_iter: int = 100,
-        max_leaf_nodes: int = 7,
-        l2_regularization: float = 1.0,
+        head: str = HEAD_DEFAULTS.head,
+        C: float = HEAD_DEFAULTS.C,
+        learning_rate: float = HEAD_DEFAULTS.learning_rate,
+        max_iter: int = HEAD_DEFAULTS.max_iter,
+        max_leaf_nodes: int = 7,  # the stack's own default: its head reads a few columns, not an embedding
+        l2_regularization: float = HEAD_DEFAULTS.l2_regularization,
         folds: int = 5,
         seed: int = 0,
         verifier_C: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
+        encoder: SentenceEncoder | None = None,
     ) -> None:
         self.base = base
         self.references = references
@@ -189,6 +197,7 @@ class StackingJudge(FittedJudge):
         self.l2_regularization = l2_regularization
         self.folds = folds
         self.seed = seed
+        self.encoder = encoder
 
     @classmethod
     def search_space(cls, trial: Any, prefix: str, *, verifiers: Sequence[str], base_is_live: bool) -> dict[str, Any]:
@@ -216,11 +225,14 @@ class StackingJudge(FittedJudge):
             components.append(RecordedJudge(self.task, name, f"reference:{name}"))
         return components
 
-    def _verifier(self, name: str, C: float = 1.0) -> Verifier:
+    def _verifier(self, name: str, C: float = 1.0, encoder: SentenceEncoder | None = None) -> Verifier:
         spec = self.task.spec
-        return Verifier(labels=spec.labels, pairwise=is_pair_task(self.task), **{"C": C, **STACK_VERIFIERS[name]})
+        settings = {"C": C, **STACK_VERIFIERS[name]}
+        return Verifier(labels=spec.labels, pairwise=self.task.spec.is_pairwise, encoder=encoder, **settings)
 
-    def _out_of_fold(self, name: str, train: Sequence[LabeledRow], y: np.ndarray) -> tuple[float, np.ndarray]:
+    def _out_of_fold(
+        self, name: str, train: Sequence[LabeledRow], y: np.ndarray, encoder: SentenceEncoder | None
+    ) -> tuple[float, np.ndarray]:
         """A logistic verifier's C, chosen by the log loss of its grouped out-of-fold scores
         (which the stack needs anyway), and those scores. A fixed C fits some data badly:
         how much to regularise depends on how many rows and how many words there are."""
@@ -231,7 +243,7 @@ class StackingJudge(FittedJudge):
         grid = self.verifier_C if STACK_VERIFIERS[name]["head"] == "logistic" else (1.0,)
         best: tuple[float, float, np.ndarray] | None = None
         for C in grid:
-            proba = out_of_fold_proba(train, self._verifier(name, C), folds=self.folds, seed=self.seed)
+            proba = out_of_fold_proba(train, self._verifier(name, C, encoder), folds=self.folds, seed=self.seed)
             loss = float(log_loss(y, np.clip(proba, 1e-6, 1.0), labels=list(range(proba.shape[1]))))
             if best is None or loss < best[0]:
                 best = (loss, C, proba)
@@ -239,9 +251,7 @@ class StackingJudge(FittedJudge):
         return best[1], best[2]
 
     def _make_head(self) -> Any:
-        from judgecal.judges.heads import make_head
-
-        return make_head(self)
+        return HeadSettings.of(self).make()
 
     def _block(self, proba: np.ndarray) -> np.ndarray:
         """A component's columns: logit P(positive) for binary tasks, log-probabilities otherwise."""
@@ -251,7 +261,7 @@ class StackingJudge(FittedJudge):
 
     def _judge_block(self, judge: FittedJudge, rows: Sequence[LabeledRow], progress: Any) -> np.ndarray:
         proba = label_probabilities(judge.predict(rows, progress=progress, description="stacking"), self.task)
-        if is_pair_task(self.task) and not isinstance(unwrap(judge), RecordedJudge):
+        if self.task.spec.is_pairwise and not isinstance(unwrap(judge), RecordedJudge):
             swapped = label_probabilities(judge.predict_swapped(rows, progress=progress), self.task)
             proba = (proba + swapped[:, self._flip()]) / 2
         return self._block(proba)
@@ -270,7 +280,7 @@ class StackingJudge(FittedJudge):
         return np.hstack(blocks)
 
     def _fit_head(self, features: np.ndarray, y: np.ndarray) -> Any:
-        if is_pair_task(self.task):  # both orders of every pair
+        if self.task.spec.is_pairwise:  # both orders of every pair
             flipped = features.reshape(len(features), -1, len(self.task.spec.labels))[:, :, self._flip()]
             features = np.vstack([features, flipped.reshape(len(features), -1)])
             y = np.concatenate([y, self._flip()[y]])
@@ -284,12 +294,13 @@ class StackingJudge(FittedJudge):
         if len(set(y)) < 2:
             raise ValueError("stacking needs rows of at least two labels to learn from")
         self.components_ = self._components()
+        encoder = self.encoder if self.encoder is not None else SentenceEncoder()  # one for every verifier
         with memoised_fits():  # each fold's features are computed once for every C
-            chosen = {name: self._out_of_fold(name, train, y) for name in self.verifiers}
+            chosen = {name: self._out_of_fold(name, train, y, encoder) for name in self.verifiers}
         self.verifier_C_ = {name: C for name, (C, _) in chosen.items()}
         features = self._features(train, [proba for _, proba in chosen.values()], progress)
         self.head_ = self._fit_head(features, y)
-        self.verifiers_ = [self._verifier(name, self.verifier_C_[name]).fit(train) for name in self.verifiers]
+        self.verifiers_ = [self._verifier(name, self.verifier_C_[name], encoder).fit(train) for name in self.verifiers]
         self.threshold_ = None
         if self.task.spec.positive is not None:
             if dev:
@@ -322,7 +333,7 @@ class StackingJudge(FittedJudge):
         complete = [row for i, row in enumerate(rows) if i not in refused]
         judged = iter(self._proba(complete, progress) if complete else [])
         return [
-            refused[i] if i in refused else _verdict_from_proba(self.task, next(judged), self.threshold_)
+            refused[i] if i in refused else verdict_from_proba(self.task, next(judged), self.threshold_)
             for i in range(len(rows))
         ]
 
@@ -353,6 +364,26 @@ class StackingJudge(FittedJudge):
             "head": self.head_.state(),
             "threshold": self.threshold_,
         }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], loader: StateLoader) -> StackingJudge:
+        """The saved components, verifiers, head and cut. A state saved before stacks had
+        several verifiers holds one ``verifier`` (or none) and a logistic model of
+        P(positive) as class 1 (``coef``, ``intercept``); it loads as that."""
+        stack = cls(base=None, encoder=loader.encoder)
+        stack.task = loader.task
+        stack.components_ = [loader.judge(component) for component in state["components"]]
+        if "verifiers" in state:
+            stack.verifiers_ = [verifier_from_state(v, loader.encoder) for v in state["verifiers"]]
+            stack.head_ = head_from_state(state["head"])
+        else:
+            one = state.get("verifier")
+            stack.verifiers_ = [verifier_from_state(one, loader.encoder)] if one else []
+            stack.head_ = head_from_state(
+                {"kind": "logistic", "classes": [1, 0], "coef": [state["coef"]], "intercept": [state["intercept"]]}
+            )
+        stack.threshold_ = state.get("threshold")
+        return stack
 
 
 def _verifier_subsets(names: Sequence[str]) -> list[tuple[str, ...]]:

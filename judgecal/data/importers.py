@@ -12,7 +12,8 @@ the record and the field. Formats:
   (``group_by``, see :data:`GROUPINGS`): the same prompt is asked for many users, and
   its rows are not independent across them.
 * ``pandalm``: PandaLM's ``testset-v1.json`` (three annotators: 0 tie, 1 first, 2 second)
-  → ``pairwise`` rows, majority label.
+  → ``pairwise`` rows, majority label, grouped by instruction (the system pair is kept in
+  ``system_pair``). GPT-3.5-turbo's verdicts, released in another file, are not read.
 * ``llmbar``: LLMBar's ``dataset.json`` (``label`` 1 or 2) → ``pairwise`` rows.
 * ``mt-bench``: MT-Bench human judgments (``question_id``, ``model_a``, ``model_b``,
   ``winner``, ``judge``, ``turn``, ``conversation_a/b``), JSON or JSONL → ``pairwise`` rows,
@@ -178,10 +179,12 @@ def import_pandalm(path: Path) -> Iterator[dict[str, Any]]:
             votes.append(PANDALM_LABELS[value])
         instruction = _text(_need(record, "instruction", path, number))
         extra = _text(record.get("input"))
+        prompt = instruction + (f"\n\n{extra}" if extra else "")
         yield {
             "id": f"pandalm-{record.get('idx', number - 1)}",
-            "group": _text(record.get("cmp_key")) or "pandalm",
-            "prompt": instruction + (f"\n\n{extra}" if extra else ""),
+            "group": _prompt_group(prompt),  # up to ten system pairs answer one instruction
+            "system_pair": _text(record.get("cmp_key")) or None,
+            "prompt": prompt,
             "response_a": _text(_need(record, "response1", path, number)),
             "response_b": _text(_need(record, "response2", path, number)),
             "label": _majority(votes),

@@ -178,9 +178,3 @@ def sample_across_groups(rows: Sequence[LabeledRow], cap: int | None, seed: int)
             if queue and len(kept) < cap:
                 kept.append(int(queue.pop()))
     return [rows[i] for i in sorted(kept)]
-
-
-def group_ids(rows: Sequence[LabeledRow]) -> np.ndarray:
-    """Integer group codes, for group-aware resampling."""
-    codes: dict[str, int] = {}
-    return np.array([codes.setdefault(row.group, len(codes)) for row in rows])

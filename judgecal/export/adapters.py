@@ -10,7 +10,10 @@ know nothing about.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from pydantic import BaseModel, Field
 from judgecal.data.rows import LabeledRow
 from judgecal.judges.fitted import FittedJudge
 from judgecal.judges.verdict import Verdict
+from judgecal.progress import ProgressFactory
 
 
 class CalibratedJudge:
@@ -49,7 +53,7 @@ class CalibratedJudge:
         from judgecal.progress import rich_progress
 
         judge = self.fitted
-        rows = [judge._row(item, i) for i, item in enumerate(items)]
+        rows = [judge.row_from_inputs(item, i) for i, item in enumerate(items)]
         factory = rich_progress() if progress else None
         threads = 1 if judge.in_process else num_threads
         if threads <= 1 or len(rows) <= 1:
@@ -176,7 +180,7 @@ def judge_file(
     *,
     num_threads: int = 1,
     chunk: int = 16,
-    progress: Any = None,
+    progress: ProgressFactory | None = None,
 ) -> JudgeFileResult:
     """Judge every row of ``source`` into ``output`` (JSONL), resuming where an earlier run
     stopped. Each verdict is one ``write`` of one whole line, synced per chunk; a line cut
@@ -187,99 +191,162 @@ def judge_file(
     failing, its answer could not be read, it is longer than the model's context) goes to
     :func:`errors_file_of` instead, with its id, input line and the error, so the next run
     judges it again. The errors file lists the failures of the latest run only."""
-    import os
-
     import dspy
 
     from judgecal.backends.calls import RetryCounter
     from judgecal.data.rows import load_rows
-    from judgecal.judges.program import FAILING_START, JudgeFailedError, RowFailedError, run_concurrently
 
     rows = load_rows(source, judge.task.spec, labelled=False).rows
     done = _completed_ids(output)
     todo = [row for row in rows if row.id not in done]
-    positive = judge.task.spec.positive
     errors_path = errors_file_of(output)
     errors_path.unlink(missing_ok=True)
     tracker = progress(len(todo), f"{judge.name}: judging") if progress and todo else None
-
     threads = 1 if judge.in_process else num_threads
-    if judge.uses_lm and threads > 1:
-        chunk = max(chunk, threads * 4)  # every thread busy between two syncs
-    elif not judge.uses_lm:
-        chunk = max(chunk, NO_MODEL_CHUNK)  # a crash costs a second of work; a sync per 16 rows cost a quarter
-
-    def judge_rows(part: list[LabeledRow]) -> Iterator[tuple[Verdict | None, str | None]]:
-        """(verdict, None) or (None, why) per row, in order. An LM judge is called row by
-        row (``num_threads`` rows at once for a remote model), so that one failed row costs
-        only itself; other judges make no calls and run as a batch."""
-        if not judge.uses_lm:
-            yield from ((v, None) for v in CalibratedJudge(judge).batch(part, num_threads=num_threads, progress=False))
-            return
-
-        def one(row: LabeledRow) -> tuple[Verdict | None, str | None]:
-            try:
-                return judge.predict([row])[0], None
-            except RowFailedError as error:
-                return None, error.reason
-
-        if threads <= 1:
-            yield from (one(row) for row in part)  # one at a time: a failing judge stops after its first rows
-        else:
-            yield from run_concurrently(one, part, threads)
-
-    judged = failed = 0
-    output.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    errors_descriptor: int | None = None
+    chunk = _sync_every(judge, chunk, threads)
     retries = RetryCounter()
     try:
-        with dspy.context(callbacks=[*(dspy.settings.get("callbacks", None) or []), retries]):
+        with (
+            _append_only(output, errors_path) as files,
+            dspy.context(callbacks=[*(dspy.settings.get("callbacks", None) or []), retries]),
+        ):
             for start in range(0, len(todo), chunk):
                 part = todo[start : start + chunk]
-                for row, (verdict, why) in zip(part, judge_rows(part), strict=True):
-                    if verdict is not None and verdict.label is None:
-                        why = f"no valid verdict: {verdict.error or 'the answer could not be read'}"
-                    if why is None and verdict is not None:
-                        record = {
-                            "id": row.id,
-                            "verdict": verdict.label,
-                            "probability": verdict.probability_of(positive) if positive is not None else None,
-                            "confidence": verdict.confidence,
-                            "probabilities": verdict.probabilities,
-                            "judge": judge.name,
-                        }
-                        os.write(descriptor, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-                        judged += 1
-                    else:
-                        failed += 1
-                        if errors_descriptor is None:
-                            errors_descriptor = os.open(errors_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                        line = json.dumps({"id": row.id, "line": row.line, "error": why}, ensure_ascii=False)
-                        os.write(errors_descriptor, (line + "\n").encode("utf-8"))
-                        if judged == 0 and failed >= FAILING_START:
-                            raise JudgeFailedError(
-                                f"judge '{judge.name}' failed on its first {failed} rows (listed in {errors_path}); "
-                                f"the last error: {why}"
-                            )
-                    if tracker is not None:
-                        tracker.advance()
-                os.fsync(descriptor)
-                if errors_descriptor is not None:
-                    os.fsync(errors_descriptor)
+                _judge_chunk(judge, part, files, threads=threads, num_threads=num_threads, tracker=tracker)
     finally:
-        os.close(descriptor)
-        if errors_descriptor is not None:
-            os.close(errors_descriptor)
         if tracker is not None:
             tracker.close()
     return JudgeFileResult(
-        judged=judged,
+        judged=files.judged,
         already_done=len(done),
-        failed=failed,
-        errors_file=errors_path if failed else None,
+        failed=files.failed,
+        errors_file=errors_path if files.failed else None,
         retried=dict(retries.retries),
     )
+
+
+def _sync_every(judge: FittedJudge, chunk: int, threads: int) -> int:
+    """Rows judged between two syncs of the output."""
+    if judge.uses_lm and threads > 1:
+        return max(chunk, threads * 4)  # every thread busy between two syncs
+    if not judge.uses_lm:
+        return max(chunk, NO_MODEL_CHUNK)  # a crash costs a second of work; a sync per 16 rows cost a quarter
+    return chunk
+
+
+# Every line goes to the end of its file, whatever another handle wrote before it.
+APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+
+
+@dataclass
+class _VerdictFiles:
+    """The two append-only files of a judging run and what went into them: verdicts into
+    the output, rows without one into the errors file, opened when the first row fails.
+    Each line is one ``write``, so a crash can cut only the last line short."""
+
+    output: int
+    errors_path: Path
+    errors: int | None = None
+    judged: int = 0
+    failed: int = 0
+
+    def write_verdict(self, line: dict[str, Any]) -> None:
+        os.write(self.output, (json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8"))
+        self.judged += 1
+
+    def write_failure(self, row: LabeledRow, why: str | None) -> None:
+        if self.errors is None:
+            self.errors = os.open(self.errors_path, APPEND, 0o644)
+        line = json.dumps({"id": row.id, "line": row.line, "error": why}, ensure_ascii=False)
+        os.write(self.errors, (line + "\n").encode("utf-8"))
+        self.failed += 1
+
+    def sync(self) -> None:
+        os.fsync(self.output)
+        if self.errors is not None:
+            os.fsync(self.errors)
+
+    def close(self) -> None:
+        os.close(self.output)
+        if self.errors is not None:
+            os.close(self.errors)
+
+
+@contextmanager
+def _append_only(output: Path, errors_path: Path) -> Iterator[_VerdictFiles]:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    files = _VerdictFiles(output=os.open(output, APPEND, 0o644), errors_path=errors_path)
+    try:
+        yield files
+    finally:
+        files.close()
+
+
+def _judge_chunk(
+    judge: FittedJudge,
+    part: list[LabeledRow],
+    files: _VerdictFiles,
+    *,
+    threads: int,
+    num_threads: int,
+    tracker: Any,
+) -> None:
+    """Judge one chunk and write each row's line, then sync: a crash loses at most this
+    chunk. A judge that fails on each of its first rows stops the run."""
+    from judgecal.judges.program import FAILING_START, JudgeFailedError
+
+    for row, (verdict, why) in zip(part, _judge_rows(judge, part, threads, num_threads), strict=True):
+        if verdict is not None and verdict.label is None:
+            why = f"no valid verdict: {verdict.error or 'the answer could not be read'}"
+        if why is None and verdict is not None:
+            files.write_verdict(_verdict_line(judge, row, verdict))
+        else:
+            files.write_failure(row, why)
+            if files.judged == 0 and files.failed >= FAILING_START:
+                raise JudgeFailedError(
+                    f"judge '{judge.name}' failed on its first {files.failed} rows (listed in {files.errors_path}); "
+                    f"the last error: {why}"
+                )
+        if tracker is not None:
+            tracker.advance()
+    files.sync()
+
+
+def _judge_rows(
+    judge: FittedJudge, part: list[LabeledRow], threads: int, num_threads: int
+) -> Iterator[tuple[Verdict | None, str | None]]:
+    """(verdict, None) or (None, why) per row, in order. An LM judge is called row by
+    row (``num_threads`` rows at once for a remote model), so that one failed row costs
+    only itself; other judges make no calls and run as a batch."""
+    from judgecal.judges.program import RowFailedError, run_concurrently
+
+    if not judge.uses_lm:
+        yield from ((v, None) for v in CalibratedJudge(judge).batch(part, num_threads=num_threads, progress=False))
+        return
+
+    def one(row: LabeledRow) -> tuple[Verdict | None, str | None]:
+        try:
+            return judge.predict([row])[0], None
+        except RowFailedError as error:
+            return None, error.reason
+
+    if threads <= 1:
+        yield from (one(row) for row in part)  # one at a time: a failing judge stops after its first rows
+    else:
+        yield from run_concurrently(one, part, threads)
+
+
+def _verdict_line(judge: FittedJudge, row: LabeledRow, verdict: Verdict) -> dict[str, Any]:
+    """One row's line of the output, readable back as a verdicts file."""
+    positive = judge.task.spec.positive
+    return {
+        "id": row.id,
+        "verdict": verdict.label,
+        "probability": verdict.probability_of(positive) if positive is not None else None,
+        "confidence": verdict.confidence,
+        "probabilities": verdict.probabilities,
+        "judge": judge.name,
+    }
 
 
 def _completed_ids(output: Path) -> set[str]:

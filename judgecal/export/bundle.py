@@ -26,9 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from judgecal.backends.models import build_lm
 from judgecal.backends.settings import LMConfig
 from judgecal.calibrate.strategies import judge_from_state
+from judgecal.export.environment import uses_lm
+from judgecal.judges.embeddings import SentenceEncoder
 from judgecal.judges.fitted import FittedJudge
 from judgecal.redact import redact_url
 from judgecal.tasks.registry import Task, signature_spec, task_from_spec, task_of
+from judgecal.workspace import LoadedModels
 
 BUNDLE_FILE = "judge.json"
 
@@ -65,7 +68,8 @@ class JudgeBundle(BaseModel):
     labels: list[bool | int | str]
     judge: dict[str, Any] = Field(
         description="The calibrated judge's plain-JSON state: DSPy program (instructions and demos), "
-        "decision threshold, verifier weights, stacking coefficients."
+        "decision threshold, verifier weights (TF-IDF, logistic coefficients, gradient-boosted trees), stacking "
+        "heads; an embedding verifier names its encoder's package and weights' SHA-256, not the weights."
     )
     lm: LMConfig
     calibration: dict[str, Any] = Field(default_factory=dict)
@@ -262,25 +266,27 @@ def judge_from_bundle(
     lm: Any = None,
     lm_config: LMConfig | None = None,
     task: Task | Any = None,
+    models: LoadedModels | None = None,
 ) -> FittedJudge:
     """Rebuild the judge. Its LM (if it uses one) is ``lm``, else built from ``lm_config``,
     else from the bundle's settings without its endpoint (see :func:`lm_settings`).
     Built-in task signatures are imported from judgecal; any other is rebuilt from the
     bundle's JSON, or taken from ``task`` (a :class:`Task` or signature class) given by
-    the caller's own code. Nothing the bundle names is imported."""
+    the caller's own code. Nothing the bundle names is imported. An in-process model and
+    the sentence encoder are loaded in ``models`` (the workspace's)."""
     resolved = task_of(task, bundle.task) if task is not None else task_from_spec(bundle.task, bundle.signature)
     if resolved.decision_field != bundle.decision_field:
         raise ValueError(
             f"bundle '{bundle.name}' decides '{bundle.decision_field}' but task {bundle.task!r} "
             f"now decides '{resolved.decision_field}'"
         )
-    if lm is None and _uses_lm(bundle.judge):
+    if lm is None and uses_lm(bundle.judge):
         if lm_config is None:
             lm_config, notes = lm_settings(bundle)
             for note in notes:
                 warnings.warn(note, BundleNote, stacklevel=2)
-        lm = build_lm(lm_config)
-    return judge_from_state(bundle.judge, resolved, lm, bundle.name)
+        lm = build_lm(lm_config, models)
+    return judge_from_state(bundle.judge, resolved, lm, bundle.name, SentenceEncoder(models))
 
 
 def lm_settings(
@@ -302,10 +308,3 @@ def lm_settings(
             "or --trust-endpoint (trust_endpoint=True) to send rows to the bundle's"
         )
     return config, notes
-
-
-def _uses_lm(state: dict[str, Any]) -> bool:
-    if state.get("kind") == "program":
-        return True
-    children = [state.get("base"), *list(state.get("components") or [])]
-    return any(_uses_lm(child) for child in children if isinstance(child, dict))

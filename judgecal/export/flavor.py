@@ -8,7 +8,9 @@ the judge bundle, so ``mlflow.pyfunc.load_model`` and :func:`load_judge` read th
 the bundle's digest does not cover (SECURITY.md). ``runs:/``, ``models:/`` and local paths are
 accepted; ``runs:/`` and ``models:/`` resolve against the project's own store (``mlruns/``
 found from the working directory up, or ``JUDGECAL_HOME``) unless ``tracking_uri=`` or
-``MLFLOW_TRACKING_URI`` names another, as ``judgecal judge`` does.
+``MLFLOW_TRACKING_URI`` names another, as ``judgecal judge`` does. A loaded judge's models
+are kept in its :class:`~judgecal.workspace.Workspace` (``workspace=``; by default the
+project's, found as above).
 """
 
 from __future__ import annotations
@@ -22,27 +24,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from judgecal.artifacts import MODEL_NAME
 from judgecal.backends.settings import LMConfig
 from judgecal.export.adapters import CalibratedJudge
 from judgecal.export.bundle import (
     BUNDLE_FILE,
     BundleNote,
     JudgeBundle,
-    _uses_lm,
     bundle_from_judge,
     judge_from_bundle,
     lm_settings,
     open_bundle,
-    package_versions,
     read_bundle,
     save_bundle,
 )
-from judgecal.judges.fitted import FittedJudge
+from judgecal.export.environment import judge_requirements, package_code, uses_lm
+from judgecal.judges.fitted import FittedJudge, UnknownJudgeKindError
 from judgecal.redact import error_line, redact_url
 from judgecal.tasks.registry import Task
-from judgecal.workspace import quiet_artifact_downloads
+from judgecal.workspace import Workspace, set_process_environment
 
-MODEL_ARTIFACT = "judge"
+MODEL_ARTIFACT = MODEL_NAME
 
 
 @dataclass
@@ -66,13 +68,19 @@ def open_judge(
     allow_modified: bool = False,
     task: Task | Any = None,
     tracking_uri: str | None = None,
+    workspace: Workspace | None = None,
 ) -> LoadedJudge:
     """:func:`load_judge`, returning the bundle, its digest and the notes instead of warning them."""
-    opened = open_bundle(_local_bundle_path(reference, tracking_uri), allow_modified=allow_modified)
+    set_process_environment()
+    workspace = workspace or Workspace.find(tracking_uri=tracking_uri)
+    opened = open_bundle(_local_bundle_path(reference, workspace, tracking_uri), allow_modified=allow_modified)
     config, notes = lm_settings(opened.bundle, model=model, api_base=api_base, trust_endpoint=trust_endpoint)
-    if lm is not None or not _uses_lm(opened.bundle.judge):
+    if lm is not None or not uses_lm(opened.bundle.judge):
         notes = []  # the bundle's LM settings are not used at all
-    judge = judge_from_bundle(opened.bundle, lm=lm, lm_config=config, task=task)
+    try:
+        judge = judge_from_bundle(opened.bundle, lm=lm, lm_config=config, task=task, models=workspace.models)
+    except UnknownJudgeKindError as error:
+        raise UnknownJudgeKindError(f"{opened.path}: field 'judge': {error}") from None
     return LoadedJudge(
         judge=judge, bundle=opened.bundle, digest=opened.digest, source=str(reference), notes=opened.notes + notes
     )
@@ -88,12 +96,15 @@ def load_judge(
     allow_modified: bool = False,
     task: Task | Any = None,
     tracking_uri: str | None = None,
+    workspace: Workspace | None = None,
 ) -> CalibratedJudge:
     """Load a judge from a bundle folder or file, or an MLflow ``runs:/`` or ``models:/`` URI.
 
     ``runs:/`` and ``models:/`` resolve against ``tracking_uri``, else the store MLflow was
     pointed at (``MLFLOW_TRACKING_URI``, ``mlflow.set_tracking_uri``), else the project's own
     ``mlruns/mlflow.db``, so a plain Python session finds what ``judgecal calibrate`` recorded.
+    ``workspace``: where the project is and the models it has loaded (pass one to several
+    loads to load an in-process model once); by default the project's.
 
     ``model`` swaps the judge model (e.g. to a served copy) while keeping the calibration;
     ``api_base`` sets its server. The bundle's own endpoint is used only with
@@ -111,13 +122,14 @@ def load_judge(
         allow_modified=allow_modified,
         task=task,
         tracking_uri=tracking_uri,
+        workspace=workspace,
     )
     for note in loaded.notes:
         warnings.warn(note, BundleNote, stacklevel=2)
     return CalibratedJudge(loaded.judge, digest=loaded.digest)
 
 
-def _local_bundle_path(reference: str | Path, tracking_uri: str | None = None) -> Path:
+def _local_bundle_path(reference: str | Path, workspace: Workspace, tracking_uri: str | None = None) -> Path:
     text = str(reference)
     folder = Path(text)
     if (folder / "artifacts" / BUNDLE_FILE).exists():  # a folder written by save_model
@@ -126,18 +138,15 @@ def _local_bundle_path(reference: str | Path, tracking_uri: str | None = None) -
         import mlflow
         from mlflow.exceptions import MlflowException
 
-        from judgecal.workspace import tracking_uri as store_uri
-
-        uri = store_uri(tracking_uri)
+        uri = tracking_uri or workspace.tracking_uri
         registry = tracking_uri or os.environ.get("MLFLOW_REGISTRY_URI") or uri
         try:
             location = _artifact_location(text, uri, registry)
-            with quiet_artifact_downloads():
-                local = Path(
-                    mlflow.artifacts.download_artifacts(
-                        artifact_uri=location, dst_path=tempfile.mkdtemp(), tracking_uri=uri, registry_uri=registry
-                    )
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=location, dst_path=tempfile.mkdtemp(), tracking_uri=uri, registry_uri=registry
                 )
+            )
         except (MlflowException, OSError) as error:
             reason = error_line(error)
             raise FileNotFoundError(
@@ -183,7 +192,9 @@ def _artifact_location(reference: str, tracking_uri: str, registry_uri: str) -> 
     return f"{location.rstrip('/')}/{path}" if path else location
 
 
-def _pyfunc_settings(bundle: JudgeBundle, bundle_file: Path) -> dict[str, Any]:
+def _pyfunc_settings(bundle: JudgeBundle, bundle_file: Path, code: Path) -> dict[str, Any]:
+    """The model's files: the bundle, the code file that loads it, this project's package
+    (``code/judgecal``) and the requirements by name; see :mod:`judgecal.export.environment`."""
     import pandas as pd
     from mlflow.models import infer_signature
 
@@ -195,8 +206,9 @@ def _pyfunc_settings(bundle: JudgeBundle, bundle_file: Path) -> dict[str, Any]:
     return {
         "python_model": str(Path(__file__).with_name("mlflow_model.py")),
         "artifacts": {"bundle": str(bundle_file)},
+        "code_paths": [str(code)],
         "signature": infer_signature(example, output),
-        "pip_requirements": [f"judgecal=={package_versions().get('judgecal', '0')}"],
+        "pip_requirements": judge_requirements(bundle.judge, bundle.lm.model),
         # Declared so that load_model(uri, model_config={...}) may set them (MLflow ignores
         # keys a model did not declare when it was saved).
         "model_config": {"model": None, "api_base": None, "trust_endpoint": False, "allow_modified": False},
@@ -230,9 +242,10 @@ def save_model(judge: Savable, path: str | Path, *, lm_config: LMConfig | None =
     embedded model)."""
     import mlflow
 
-    with _bundle_file(judge, lm_config) as (bundle, file), warnings.catch_warnings(), quiet_artifact_downloads():
+    set_process_environment()
+    with _bundle_file(judge, lm_config) as (bundle, file), package_code() as code, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-        mlflow.pyfunc.save_model(str(path), **_pyfunc_settings(bundle, file))
+        mlflow.pyfunc.save_model(str(path), **_pyfunc_settings(bundle, file, code))
     return Path(path)
 
 
@@ -241,11 +254,11 @@ def log_model(judge: Savable, name: str = MODEL_ARTIFACT, *, lm_config: LMConfig
     ``name`` in the active run. Returns MLflow's ``ModelInfo``."""
     import mlflow
 
-    with _bundle_file(judge, lm_config) as (bundle, file), warnings.catch_warnings(), quiet_artifact_downloads():
-        # An input example would make MLflow run the judge (and its LM) while logging; and
-        # MLflow copies the bundle in by "downloading" it, with a progress bar.
+    set_process_environment()  # MLflow copies the bundle in by "downloading" it, with a progress bar
+    with _bundle_file(judge, lm_config) as (bundle, file), package_code() as code, warnings.catch_warnings():
+        # An input example would make MLflow run the judge (and its LM) while logging.
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-        return mlflow.pyfunc.log_model(name=name, **_pyfunc_settings(bundle, file))
+        return mlflow.pyfunc.log_model(name=name, **_pyfunc_settings(bundle, file, code))
 
 
 def load_model(reference: str | Path, **options: Any) -> CalibratedJudge:

@@ -20,19 +20,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from judgecal.artifacts import GATE_FILE, REGISTRY_DECISION_FILE, ROWS_FILE
 from judgecal.data.rows import LabeledRow
 from judgecal.report.agreement import compare_judges
 from judgecal.report.records import EvaluationRecord, JudgeRecord, read_record
 from judgecal.stats.uncertainty import DEFAULT_RESAMPLES, GroupIndex
-from judgecal.workspace import quiet_artifact_downloads
+from judgecal.workspace import Workspace
 
 CHAMPION = "champion"
-
-
-GATE_FILE = "gate.json"
-
-
-ROWS_FILE = "rows.json"
 
 
 class RegistryDecision(BaseModel):
@@ -55,9 +50,11 @@ def register_judge(
     summary: str = "",
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
+    workspace: Workspace | None = None,
 ) -> RegistryDecision:
     """Register the run's ``judge`` model under ``name`` and move ``champion`` if earned on
-    the gate rows (``gate``: the new version's verdicts on them)."""
+    the gate rows (``gate``: the new version's verdicts on them). A champion that must judge
+    the gate rows now is loaded into ``workspace`` (the run's)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -87,7 +84,9 @@ def register_judge(
             "champion stays; give [split] gate (a share of groups) or --gate-data (fresh labelled rows)",
         )
     else:
-        decision = _compare(client, name, version, champion, gate, gate_rows, n_resamples=n_resamples, seed=seed)
+        decision = _compare(
+            client, name, version, champion, gate, gate_rows, n_resamples=n_resamples, seed=seed, workspace=workspace
+        )
     decision.gate_rows = len(gate.ids) if gate is not None else 0
     decision.gate_fingerprint = fingerprint
     if decision.moved:
@@ -98,7 +97,7 @@ def register_judge(
     client.set_tag(run_id, "judgecal.registry", f"{name} v{version}")
     client.set_tag(run_id, "judgecal.registry.champion", "moved" if decision.moved else "kept")
     with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / "registry_decision.json"
+        path = Path(scratch) / REGISTRY_DECISION_FILE
         path.write_text(decision.model_dump_json(indent=2))
         client.log_artifact(run_id, str(path))
     return decision
@@ -107,9 +106,7 @@ def register_judge(
 def _download_json(run_id: str, path: str) -> Any:
     import mlflow
 
-    with quiet_artifact_downloads():
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
-    return Path(local)
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))
 
 
 def _compare(
@@ -122,6 +119,7 @@ def _compare(
     *,
     n_resamples: int,
     seed: int,
+    workspace: Workspace | None,
 ) -> RegistryDecision:
     def stays(reason: str) -> RegistryDecision:
         return RegistryDecision(
@@ -150,7 +148,7 @@ def _compare(
             )
         if gate_rows is None:
             return stays(f"champion v{champion.version} was gated on other rows; the champion stays")
-        previous = _judge_gate_with(champion, name, gate, gate_rows)
+        previous = _judge_gate_with(champion, name, gate, gate_rows, workspace)
     paired = gate.model_copy(
         update={"judges": {"champion": previous.judges["calibrated"], "candidate": gate.judges["calibrated"]}}
     )
@@ -179,13 +177,11 @@ def _compare(
     )
 
 
-def _judge_gate_with(champion: Any, name: str, gate: EvaluationRecord, rows: list[LabeledRow]) -> EvaluationRecord:
+def _judge_gate_with(
+    champion: Any, name: str, gate: EvaluationRecord, rows: list[LabeledRow], workspace: Workspace | None
+) -> EvaluationRecord:
     from judgecal.export.flavor import load_judge
 
-    judge = load_judge(f"models:/{name}/{champion.version}")
+    judge = load_judge(f"models:/{name}/{champion.version}", workspace=workspace)
     verdicts = judge.predict(rows)
     return gate.model_copy(update={"judges": {"calibrated": JudgeRecord(verdicts=[v.label for v in verdicts])}})
-
-
-def decision_json(decision: RegistryDecision) -> str:
-    return json.dumps(decision.model_dump(), indent=2)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.sparse import csr_matrix, hstack
 
-from judgecal.judges.embeddings import MINILM_PACKAGE, MINILM_SHA256, encode
+from judgecal.judges.embeddings import MINILM_PACKAGE, MINILM_SHA256, SentenceEncoder
 
 if TYPE_CHECKING:
     # Imported where they are built: scikit-learn's estimators load its progress bars (rich).
@@ -137,9 +137,10 @@ class EmbeddingFeatures:
 
     kind = "embedding"
 
-    def __init__(self, pairwise: bool, sentence_cosines: bool = True) -> None:
+    def __init__(self, pairwise: bool, sentence_cosines: bool = True, encoder: SentenceEncoder | None = None) -> None:
         self.pairwise = pairwise
         self.sentence_cosines = sentence_cosines
+        self.encoder = encoder if encoder is not None else SentenceEncoder()
 
     def fit(self, inputs: Sequence[dict[str, Any]]) -> EmbeddingFeatures:
         return self
@@ -147,6 +148,7 @@ class EmbeddingFeatures:
     def transform(self, inputs: Sequence[dict[str, Any]]) -> np.ndarray:
         if not inputs:
             return np.zeros((0, 0))
+        encode = self.encoder.encode
         if self.pairwise:
             blocks = [_blocks(row, True) for row in inputs]
             context, a, b = (encode([row[i] for row in blocks]) for i in range(3))
@@ -161,7 +163,7 @@ class EmbeddingFeatures:
             first, second = columns[0], columns[1]
             blocks += [first * second, np.abs(first - second), (first * second).sum(axis=1, keepdims=True)]
             if self.sentence_cosines:
-                blocks += [_sentence_cosines(texts[0], second), _sentence_cosines(texts[1], first)]
+                blocks += [_sentence_cosines(encode, texts[0], second), _sentence_cosines(encode, texts[1], first)]
         return np.hstack(blocks)
 
     def state(self) -> dict[str, Any]:
@@ -173,10 +175,10 @@ class EmbeddingFeatures:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> EmbeddingFeatures:
+    def from_state(cls, state: dict[str, Any], encoder: SentenceEncoder | None = None) -> EmbeddingFeatures:
         if state.get("encoder", {}).get("sha256") != MINILM_SHA256:
             raise ValueError("this verifier was fitted on other sentence-embedding weights than the pinned ones")
-        return cls(bool(state.get("pairwise", False)), bool(state.get("sentence_cosines", False)))
+        return cls(bool(state.get("pairwise", False)), bool(state.get("sentence_cosines", False)), encoder)
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -187,7 +189,7 @@ def sentences(text: str) -> list[str]:
     return parts or [text]
 
 
-def _sentence_cosines(texts: Sequence[str], others: np.ndarray) -> np.ndarray:
+def _sentence_cosines(encode: Any, texts: Sequence[str], others: np.ndarray) -> np.ndarray:
     """Largest and mean cosine between each text's sentences and the other field."""
     out = np.zeros((len(texts), 2))
     for i, text in enumerate(texts):
@@ -197,3 +199,17 @@ def _sentence_cosines(texts: Sequence[str], others: np.ndarray) -> np.ndarray:
 
 
 FEATURES: dict[str, Any] = {"tfidf": TfidfFeatures, "embedding": EmbeddingFeatures}
+
+
+def make_features(kind: str, pairwise: bool, encoder: SentenceEncoder | None = None) -> Any:
+    """Features of a kind, unfitted; embedding features encode with ``encoder``."""
+    if kind == EmbeddingFeatures.kind:
+        return EmbeddingFeatures(pairwise, encoder=encoder)
+    return FEATURES[kind](pairwise)
+
+
+def features_from_state(state: dict[str, Any], encoder: SentenceEncoder | None = None) -> Any:
+    """Fitted features from their plain-JSON state; embedding features encode with ``encoder``."""
+    if state["kind"] == EmbeddingFeatures.kind:
+        return EmbeddingFeatures.from_state(state, encoder)
+    return FEATURES[state["kind"]].from_state(state)

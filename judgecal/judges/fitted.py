@@ -11,8 +11,9 @@ whose answers are kept per row). The strategies that learn live in :mod:`judgeca
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -20,18 +21,27 @@ from sklearn.base import BaseEstimator
 from judgecal.data.rows import LabeledRow, LabelValue
 from judgecal.judges.program import Judge, JudgeProgram, swap_pair
 from judgecal.judges.verdict import Verdict, answer_key
+from judgecal.judges.verifiers import decide
 from judgecal.progress import ProgressFactory
 from judgecal.stats.metrics import LabelSpace
 from judgecal.tasks.registry import Task
+
+if TYPE_CHECKING:
+    from judgecal.judges.embeddings import SentenceEncoder
 
 
 class NotPortableError(ValueError):
     """The judge reads verdicts that exist only for the rows it was calibrated on."""
 
 
+class UnknownJudgeKindError(ValueError):
+    """A saved judge state names a kind of judge this version cannot rebuild."""
+
+
 class FittedJudge(BaseEstimator):
     """A judge: rows in, verdicts out, state to save. Strategies subclass it; a judge with
-    nothing to learn fits as a no-op."""
+    nothing to learn fits as a no-op. A judge whose ``state()`` carries its own ``kind``
+    rebuilds itself from that state with :meth:`from_state`."""
 
     kind: ClassVar[str] = "abstract"
 
@@ -104,12 +114,21 @@ class FittedJudge(BaseEstimator):
     def state(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def __call__(self, **inputs: Any) -> Verdict:
-        return self.predict([self._row(inputs)])[0]
+    @classmethod
+    def from_state(cls, state: dict[str, Any], loader: StateLoader) -> FittedJudge:
+        """The fitted judge ``state()`` describes, from plain JSON (no code is loaded from
+        it): its settings and learned attributes as they were, with the task, LM, name and
+        sentence encoder ``loader`` gives; a judge the state holds (a base, a stack's
+        components) is rebuilt through ``loader.judge``."""
+        raise NotImplementedError(f"{cls.__name__} is saved as the judge it wraps, not on its own")
 
-    def _row(self, item: LabeledRow | dict[str, Any], index: int = 0) -> LabeledRow:
-        """A row from a dict of inputs (plus ``reference_judges``, which a judge calibrated
-        on recorded verdicts reads)."""
+    def __call__(self, **inputs: Any) -> Verdict:
+        return self.predict([self.row_from_inputs(inputs)])[0]
+
+    def row_from_inputs(self, item: LabeledRow | dict[str, Any], index: int = 0) -> LabeledRow:
+        """A row this judge can judge, from a dict of its task's inputs (plus
+        ``reference_judges``, which a judge calibrated on recorded verdicts reads), validated
+        against the task; a row is returned as it is. ``index`` becomes the row's id."""
         if isinstance(item, LabeledRow):
             return item
         spec = self.task.spec
@@ -129,8 +148,28 @@ class FittedJudge(BaseEstimator):
         return LabeledRow(id=str(index), group="-", inputs=inputs, label=None, reference_judges=recorded)
 
 
-def _negative(task: Task) -> LabelValue:
-    return next(label for label in task.spec.labels if label != task.spec.positive)
+@dataclass(frozen=True)
+class StateLoader:
+    """What a saved judge is rebuilt with besides its state: the task, the LM, the judge's
+    name, the sentence encoder its embedding verifiers share, and the judge classes by
+    ``kind`` (the registry, ``JUDGE_KINDS`` in :mod:`judgecal.calibrate.strategies`), so
+    that a judge holding another in its state rebuilds that one through the same registry."""
+
+    task: Task
+    lm: Any
+    name: str
+    encoder: SentenceEncoder
+    kinds: Mapping[str, type[FittedJudge]]
+
+    def judge(self, state: dict[str, Any]) -> FittedJudge:
+        """The judge of this state's ``kind``, rebuilt by its class's ``from_state``."""
+        kind = state.get("kind")
+        if kind not in self.kinds:
+            raise UnknownJudgeKindError(
+                f"unknown judge state kind {kind!r}; this judgecal rebuilds {', '.join(map(repr, self.kinds))}. "
+                "A judge saved by a newer judgecal loads with that version: upgrade judgecal"
+            )
+        return self.kinds[kind].from_state(state, self)
 
 
 def missing_reference(row: LabeledRow, name: str) -> str:
@@ -172,14 +211,12 @@ def label_probabilities(verdicts: Sequence[Verdict], task: Task) -> np.ndarray:
     return out
 
 
-def _verdict_from_proba(task: Task, proba: np.ndarray, threshold: float | None) -> Verdict:
-    labels = task.spec.labels
-    keys = [answer_key(label) for label in labels]
-    if threshold is not None and task.spec.positive is not None:
-        p = float(proba[labels.index(task.spec.positive)])
-        label = task.spec.positive if p >= threshold else _negative(task)
-    else:
-        label = labels[int(np.argmax(proba))]
+def verdict_from_proba(task: Task, proba: np.ndarray, threshold: float | None) -> Verdict:
+    """The verdict of a judge that predicts P(each label), columns in label order: the label
+    :func:`~judgecal.judges.verifiers.decide` picks (a binary task's cut, else the most
+    likely label), with the distribution and the chosen label's probability as confidence."""
+    keys = [answer_key(label) for label in task.spec.labels]
+    label = decide(proba, task.spec, threshold)
     distribution = {k: float(v) for k, v in zip(keys, proba, strict=True)}
     return Verdict(label=label, confidence=distribution[answer_key(label)], probabilities=distribution)
 
@@ -225,6 +262,13 @@ class ProgramJudge(FittedJudge):
             "verbalized": bool(getattr(self.program, "verbalized", False)),
         }
 
+    @classmethod
+    def from_state(cls, state: dict[str, Any], loader: StateLoader) -> ProgramJudge:
+        """The saved program (instructions, demos) run by the loader's LM."""
+        program = JudgeProgram(loader.task.signature, verbalized=bool(state.get("verbalized")))
+        program.load_state(_without_lms(state["program"]))
+        return cls(loader.task, program, loader.lm, loader.name)
+
 
 class RecordedJudge(FittedJudge):
     """Verdicts that already exist: a ``reference_judges`` field of the rows, or a verdicts
@@ -257,7 +301,7 @@ class RecordedJudge(FittedJudge):
                 continue
             if positive is not None:
                 p = probability if probability is not None else float(label == positive)
-                probabilities = {answer_key(positive): p, answer_key(_negative(self.task)): 1 - p}
+                probabilities = {answer_key(positive): p, answer_key(self.task.spec.negative): 1 - p}
             else:
                 probabilities = {answer_key(v): float(v == label) for v in self.task.spec.labels}
             out.append(
@@ -276,6 +320,11 @@ class RecordedJudge(FittedJudge):
                 "the rows carry (--recorded NAME, reference_judges.NAME) to export a judge that can judge new rows"
             )
         return {"kind": self.kind, "source": self.source}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], loader: StateLoader) -> RecordedJudge:
+        """Verdicts read from each row's ``reference_judges`` (only those are saved)."""
+        return cls(loader.task, state["source"], loader.name)
 
 
 class MemoJudge(FittedJudge):

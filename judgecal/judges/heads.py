@@ -5,18 +5,67 @@
   ``HistGradientBoostingClassifier``) on embedding features; its state is the tree
   nodes, and prediction walks them with NumPy.
 
-Both save plain JSON, so a saved head loads without unpickling anything.
+Both save plain JSON, so a saved head loads without unpickling anything. Which head, and
+its settings, are a :class:`HeadSettings`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 if TYPE_CHECKING:
     # Imported where it is built: scikit-learn's estimators load its progress bars (rich).
     from sklearn.linear_model import LogisticRegression
+
+
+class HeadSettings(BaseModel):
+    """Which head a verifier or a stack fits and how: ``head`` is ``logistic`` (setting:
+    ``C``) or ``gradient_boosting`` (``learning_rate``, ``max_iter``, ``max_leaf_nodes``,
+    ``l2_regularization``).
+
+    Each estimator that fits a head (``Verifier``, ``VerifierJudge``, ``StackingJudge``)
+    keeps these as settings of its own, under the same names and with these defaults
+    (:data:`HEAD_DEFAULTS`), so scikit-learn's ``get_params`` / ``set_params`` and a
+    search's suggestions reach them; :meth:`of` reads them off the estimator and validates
+    them, when it makes its head."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    head: Literal["logistic", "gradient_boosting"] = "logistic"
+    C: float = Field(default=1.0, gt=0, description="Inverse regularisation strength of the logistic head.")
+    learning_rate: float = Field(default=0.1, gt=0, description="Shrinkage of each boosting iteration.")
+    max_iter: int = Field(default=100, ge=1, description="Boosting iterations.")
+    max_leaf_nodes: int = Field(default=15, ge=2, description="Leaves of each tree.")
+    l2_regularization: float = Field(default=1.0, ge=0, description="L2 penalty on the leaves' values.")
+
+    @classmethod
+    def of(cls, estimator: Any) -> HeadSettings:
+        """The settings ``estimator`` holds under these names; a bad one is a one-line error
+        naming the estimator, the setting and its value."""
+        try:
+            return cls(**{name: getattr(estimator, name) for name in cls.model_fields})
+        except ValidationError as error:
+            first = error.errors()[0]
+            raise ValueError(
+                f"{type(estimator).__name__}: setting '{first['loc'][0]}': {first['msg']}, got {first['input']!r}"
+            ) from None
+
+    def make(self) -> LogisticHead | GradientBoostingHead:
+        """An unfitted head with these settings."""
+        if self.head == "logistic":
+            return LogisticHead(C=self.C)
+        return GradientBoostingHead(
+            learning_rate=self.learning_rate,
+            max_iter=self.max_iter,
+            max_leaf_nodes=self.max_leaf_nodes,
+            l2_regularization=self.l2_regularization,
+        )
+
+
+HEAD_DEFAULTS = HeadSettings()
 
 
 class LogisticHead:
@@ -24,7 +73,7 @@ class LogisticHead:
 
     kind = "logistic"
 
-    def __init__(self, C: float = 1.0) -> None:
+    def __init__(self, C: float = HEAD_DEFAULTS.C) -> None:
         self.C = C
         self.model: LogisticRegression | None = None
 
@@ -89,10 +138,10 @@ class GradientBoostingHead:
 
     def __init__(
         self,
-        learning_rate: float = 0.1,
-        max_iter: int = 100,
-        max_leaf_nodes: int = 15,
-        l2_regularization: float = 1.0,
+        learning_rate: float = HEAD_DEFAULTS.learning_rate,
+        max_iter: int = HEAD_DEFAULTS.max_iter,
+        max_leaf_nodes: int = HEAD_DEFAULTS.max_leaf_nodes,
+        l2_regularization: float = HEAD_DEFAULTS.l2_regularization,
         min_samples_leaf: int = 20,
         seed: int = 0,
     ) -> None:
@@ -198,25 +247,14 @@ class GradientBoostingHead:
 HEADS: dict[str, Any] = {"logistic": LogisticHead, "gradient_boosting": GradientBoostingHead}
 
 
-def make_head(settings: Any) -> LogisticHead | GradientBoostingHead:
-    """The head an estimator's settings name (``head``, ``C``, ``learning_rate``,
-    ``max_iter``, ``max_leaf_nodes``, ``l2_regularization``): verifiers and stacks share it."""
-    if settings.head == "logistic":
-        return LogisticHead(C=settings.C)
-    if settings.head == "gradient_boosting":
-        return GradientBoostingHead(
-            learning_rate=settings.learning_rate,
-            max_iter=settings.max_iter,
-            max_leaf_nodes=settings.max_leaf_nodes,
-            l2_regularization=settings.l2_regularization,
-        )
-    raise ValueError(f"unknown head {settings.head!r}; choose logistic or gradient_boosting")
-
-
 def head_from_state(state: dict[str, Any]) -> LogisticHead | GradientBoostingHead:
+    """A fitted head from its state, by its ``kind`` (``logistic`` when a state has none)."""
     kind = state.get("kind", "logistic")
     if kind not in HEADS:
-        raise ValueError(f"unknown head kind {kind!r}")
+        raise ValueError(
+            f"unknown head kind {kind!r}; this judgecal reads {', '.join(map(repr, HEADS))}. "
+            "A judge saved by a newer judgecal loads with that version: upgrade judgecal"
+        )
     return HEADS[kind].from_state(state)
 
 

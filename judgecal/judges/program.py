@@ -389,7 +389,7 @@ def _report_retry(state: Any) -> None:
 def score_verdicts(
     task: Task, rows: Sequence[LabeledRow], verdicts: Sequence[Verdict], swapped: Sequence[Verdict] | None = None
 ) -> dict[str, float]:
-    """Point estimates; :mod:`judgecal.evaluation` adds intervals and comparisons."""
+    """Point estimates; :mod:`judgecal.report.agreement` adds intervals and comparisons."""
     space = LabelSpace(labels=task.spec.labels, positive=task.spec.positive, ordinal=task.spec.is_ordinal)
     metrics = label_metrics(space, [row.label for row in rows], [v.label for v in verdicts])
     if swapped is not None:

@@ -31,8 +31,17 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from judgecal.data.rows import LabeledRow, LabelValue
-from judgecal.judges.features import FEATURES, FLIP, EmbeddingFeatures, TfidfFeatures, swapped_inputs
-from judgecal.judges.heads import GradientBoostingHead, LogisticHead, head_from_state, make_head
+from judgecal.judges.embeddings import SentenceEncoder
+from judgecal.judges.features import (
+    FEATURES,
+    FLIP,
+    EmbeddingFeatures,
+    TfidfFeatures,
+    features_from_state,
+    make_features,
+    swapped_inputs,
+)
+from judgecal.judges.heads import HEAD_DEFAULTS, GradientBoostingHead, HeadSettings, LogisticHead, head_from_state
 from judgecal.tasks.spec import TaskSpec
 
 _FIT_MEMO: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("judgecal_fit_memo", default=None)
@@ -66,23 +75,27 @@ def _rows_key(rows: Sequence[LabeledRow]) -> str:
 class Verifier(BaseEstimator):
     """Features of a row's inputs plus a head, predicting the human label.
 
-    ``features``: ``"tfidf"`` or ``"embedding"``; ``head``: ``"logistic"`` (settings: ``C``)
-    or ``"gradient_boosting"`` (embedding features only; settings: ``learning_rate``,
-    ``max_iter``, ``max_leaf_nodes``, ``l2_regularization``). ``pairwise`` makes the
+    ``features``: ``"tfidf"`` or ``"embedding"``; ``head`` and its settings: a
+    :class:`~judgecal.judges.heads.HeadSettings` (the gradient-boosting head takes
+    embedding features only). ``pairwise`` makes the
     verifier symmetric under swapping the two responses (set for pairwise tasks).
+    ``encoder``: the :class:`SentenceEncoder` embedding features use (the run's, from its
+    workspace); it is a resource, not a setting, so it is in neither the state nor the
+    fit memo's key.
     """
 
     def __init__(
         self,
         labels: Sequence[LabelValue] = (True, False),
         features: str = "tfidf",
-        head: str = "logistic",
-        C: float = 1.0,
-        learning_rate: float = 0.1,
-        max_iter: int = 100,
-        max_leaf_nodes: int = 15,
-        l2_regularization: float = 1.0,
+        head: str = HEAD_DEFAULTS.head,
+        C: float = HEAD_DEFAULTS.C,
+        learning_rate: float = HEAD_DEFAULTS.learning_rate,
+        max_iter: int = HEAD_DEFAULTS.max_iter,
+        max_leaf_nodes: int = HEAD_DEFAULTS.max_leaf_nodes,
+        l2_regularization: float = HEAD_DEFAULTS.l2_regularization,
         pairwise: bool = False,
+        encoder: SentenceEncoder | None = None,
     ) -> None:
         self.labels = labels
         self.features = features
@@ -93,11 +106,16 @@ class Verifier(BaseEstimator):
         self.max_leaf_nodes = max_leaf_nodes
         self.l2_regularization = l2_regularization
         self.pairwise = pairwise
+        self.encoder = encoder
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that define the verifier (``get_params`` without the encoder)."""
+        return {name: value for name, value in self.get_params().items() if name != "encoder"}
 
     def _make_head(self) -> LogisticHead | GradientBoostingHead:
         if self.head == "gradient_boosting" and self.features == "tfidf":
             raise ValueError("the gradient-boosting head takes embedding features, not sparse TF-IDF")
-        return make_head(self)
+        return HeadSettings.of(self).make()
 
     def _label_flip(self) -> np.ndarray:
         labels = list(self.labels)
@@ -105,13 +123,14 @@ class Verifier(BaseEstimator):
 
     def fit(self, rows: Sequence[LabeledRow]) -> Verifier:
         memo = _FIT_MEMO.get()
-        key = json.dumps(self.get_params(), sort_keys=True, default=str) + _rows_key(rows)
+        key = json.dumps(self.settings(), sort_keys=True, default=str) + _rows_key(rows)
         if memo is not None and key in memo:
             fitted = memo[key]
             self.features_, self.head_ = fitted.features_, fitted.head_
             return self
         if self.features not in FEATURES:
             raise ValueError(f"unknown verifier features {self.features!r}; choose tfidf or embedding")
+        head = self._make_head()  # its settings checked before any row is encoded
         labels = list(self.labels)
         inputs = [row.inputs for row in rows]
         y = np.array([labels.index(row.label) for row in rows])
@@ -121,7 +140,7 @@ class Verifier(BaseEstimator):
             inputs = inputs + [swapped_inputs(row) for row in inputs]
             y = np.concatenate([y, self._label_flip()[y]])
         self.features_, matrix = self._fitted_features(inputs, rows, memo)
-        self.head_ = self._make_head().fit(matrix, y)
+        self.head_ = head.fit(matrix, y)
         if memo is not None:
             memo[key] = self
         return self
@@ -134,7 +153,7 @@ class Verifier(BaseEstimator):
         key = f"features:{self.features}:{self.pairwise}:{_rows_key(rows)}"
         if memo is not None and key in memo:
             return memo[key]
-        features = FEATURES[self.features](self.pairwise).fit(inputs)
+        features = make_features(self.features, self.pairwise, self.encoder).fit(inputs)
         fitted = (features, features.transform(inputs))
         if memo is not None:
             memo[key] = fitted
@@ -157,21 +176,22 @@ class Verifier(BaseEstimator):
             raise RuntimeError("fit the verifier before saving it")
         return {
             "kind": "verifier",
-            "params": {**self.get_params(), "labels": list(self.labels)},
+            "params": {**self.settings(), "labels": list(self.labels)},
             "features": self.features_.state(),
             "head": self.head_.state(),
         }
 
 
-def verifier_from_state(state: dict[str, Any]) -> Verifier:
+def verifier_from_state(state: dict[str, Any], encoder: SentenceEncoder | None = None) -> Verifier:
     """Rebuild a fitted verifier from plain JSON (also the single-purpose states that
-    earlier versions saved: ``tfidf_logistic`` and ``embedding_logistic``)."""
+    earlier versions saved: ``tfidf_logistic`` and ``embedding_logistic``); embedding
+    features encode with ``encoder``."""
     kind = state.get("kind")
     if kind == "verifier":
         params = dict(state["params"])
         params["labels"] = tuple(params["labels"])
-        verifier = Verifier(**params)
-        verifier.features_ = FEATURES[state["features"]["kind"]].from_state(state["features"])
+        verifier = Verifier(**params, encoder=encoder)
+        verifier.features_ = features_from_state(state["features"], encoder)
         verifier.head_ = head_from_state(state["head"])
         return verifier
     if kind == "tfidf_logistic":
@@ -180,8 +200,8 @@ def verifier_from_state(state: dict[str, Any]) -> Verifier:
         verifier.head_ = LogisticHead.from_state({**state, "kind": "logistic"})
         return verifier
     if kind == "embedding_logistic":
-        verifier = Verifier(tuple(state["labels"]), features="embedding", C=state["C"])
-        verifier.features_ = EmbeddingFeatures.from_state(state)
+        verifier = Verifier(tuple(state["labels"]), features="embedding", C=state["C"], encoder=encoder)
+        verifier.features_ = EmbeddingFeatures.from_state(state, encoder)
         verifier.head_ = LogisticHead.from_state({**state, "kind": "logistic"})
         return verifier
     raise ValueError(f"unknown verifier state kind {kind!r}")
@@ -239,9 +259,5 @@ class VerifierModule(dspy.Module):
 def decide(proba: np.ndarray, spec: TaskSpec, threshold: float | None) -> LabelValue:
     """Binary with a threshold: positive when P(positive) ≥ threshold; otherwise the argmax."""
     if threshold is not None and spec.positive is not None:
-        return (
-            spec.positive
-            if proba[spec.labels.index(spec.positive)] >= threshold
-            else next(label for label in spec.labels if label != spec.positive)
-        )
+        return spec.positive if proba[spec.labels.index(spec.positive)] >= threshold else spec.negative
     return spec.labels[int(np.argmax(proba))]

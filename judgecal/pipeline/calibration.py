@@ -2,92 +2,52 @@
 metrics → MLflow run with the judge bundle and model.
 
 An experiment is described by a TOML file (see ``experiments/*.toml``); every field can
-be overridden from the command line.
+be overridden from the command line. The steps, in order (ARCHITECTURE.md lists them):
+:func:`prepare`, :func:`final_fit`, :func:`evaluate`, then, when tracking,
+:func:`~judgecal.pipeline.tracking.track_calibration` and
+:func:`~judgecal.pipeline.publish.export_judge`. Each returns what it made.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from judgecal.backends.models import build_lm, configure_dspy_cache
+from judgecal.backends.models import build_lm
 from judgecal.calibrate.guard import RowGuard
 from judgecal.calibrate.optimizers import CalibrationConfig, strategy_name
-from judgecal.calibrate.strategies import FitResult, StrategyEnv, StrategySpec, fit_judge, resolve_strategies
+from judgecal.calibrate.strategies import FitResult, StrategySpec, fit_judge, resolve_strategies
 from judgecal.data.rows import DataError, Dataset, LabeledRow, load_rows, load_verdicts
 from judgecal.data.split import Split, split_by_group
-from judgecal.judges.embeddings import configure_embedding_cache
 from judgecal.judges.fitted import FittedJudge, MemoJudge, ProgramJudge, RecordedJudge, unwrap
 from judgecal.judges.program import JudgeProgram, score_verdicts
-from judgecal.judges.verdict import Verdict
 from judgecal.pipeline.config import ExperimentConfig
-from judgecal.pipeline.tracking import ensure_experiment, project_path, track_calibration
+from judgecal.pipeline.publish import export_judge
+from judgecal.pipeline.results import CalibrationReport, Prepared, SideResult
+from judgecal.pipeline.tracking import ensure_experiment, track_calibration
 from judgecal.progress import ProgressFactory
-from judgecal.report.agreement import AgreementReport, evaluate_record
+from judgecal.report.agreement import evaluate_record
 from judgecal.report.records import REFERENCE_PREFIX, EvaluationRecord, JudgeRecord, build_record, label_space
 from judgecal.tasks.registry import Task, resolve_task
-from judgecal.workspace import configure_tracking, dspy_cache_dir, embedding_cache_dir, workspace_root
+from judgecal.workspace import Workspace, set_process_environment
 
 
-@dataclass
-class SideResult:
-    """One judge's verdicts on the test split and their agreement with humans."""
-
-    verdicts: list[Verdict]
-    swapped: list[Verdict] | None
-    metrics: dict[str, float]
-    seconds: float
-
-
-@dataclass
-class Prepared:
-    """Everything a calibration starts from: rows split by group, the raw judge, the guard
-    that keeps test rows out of fitting and selection."""
-
-    config: ExperimentConfig
-    task: Task
-    dataset: Dataset
-    split: Split
-    lm: Any
-    raw: FittedJudge
-    guard: RowGuard
-    order_swap: bool
-    root: Path
-    started_at: float = field(default_factory=time.time)
-    gate_rows: tuple[LabeledRow, ...] = ()
-
-    @property
-    def reference_judges(self) -> tuple[str, ...]:
-        return tuple(sorted({name for row in self.dataset.rows for name in row.reference_judges}))
-
-    def env(self, log: Any = print) -> StrategyEnv:
-        """What strategies are built from; the raw judge's answers are kept per row."""
-        return StrategyEnv(
-            task=self.task,
-            raw=self.raw,
-            lm=self.lm,
-            settings=self.config.calibration,
-            references=self.reference_judges,
-            log=log,
-        )
-
-
-def prepare(config: ExperimentConfig, *, root: Path | None = None, log: Any = print) -> Prepared:
-    """Load and split the rows, build the LM (unless verdicts are recorded) and the raw judge."""
-    root = root or workspace_root()
+def prepare(config: ExperimentConfig, workspace: Workspace, *, log: Any = print) -> Prepared:
+    """Load and split the rows, build the LM (unless verdicts are recorded; an in-process
+    model is loaded in the workspace) and the raw judge; DSPy's response cache goes to the
+    workspace."""
     task = resolve_task(config.judge.task)
     dataset = load_rows(config.judge.data, task.spec, limit=config.judge.limit)
     split = split_by_group(dataset, config.split)
     sizes = split.sizes
     log(
-        f"{config.judge.name}: {len(dataset)} rows from {project_path(dataset.source, root)} → "
+        f"{config.judge.name}: {len(dataset)} rows from {workspace.project_path(dataset.source)} → "
         f"train {sizes['train']}, dev {sizes['dev']}, test {sizes['test']} (grouped, seed {config.split.seed})"
     )
-    configure_dspy_cache(dspy_cache_dir(root))
-    configure_embedding_cache(embedding_cache_dir(root))
+    workspace.use_dspy_cache()
     if config.judge.recorded and config.judge.verdicts:
         raise DataError("give either judge.recorded or judge.verdicts, not both", field="judge")
     lm = None
@@ -105,14 +65,13 @@ def prepare(config: ExperimentConfig, *, root: Path | None = None, log: Any = pr
             )
         raw = RecordedJudge(task, config.judge.recorded, config.judge.name)
     else:
-        lm = build_lm(config.lm)
+        lm = build_lm(config.lm, workspace.models)
         threads = config.calibration.num_threads  # rows judged at once by a remote model
         raw = ProgramJudge(task, JudgeProgram(task.signature), lm, config.judge.name, num_threads=threads)
-    pairwise = {"response_a", "response_b"} <= set(task.spec.input_names)
-    order_swap = config.order_swap if config.order_swap is not None else pairwise
+    order_swap = config.order_swap if config.order_swap is not None else task.spec.is_pairwise
     gate = _gate_rows(config, task, dataset, split)
     guard = RowGuard.for_rows([*split.test.rows, *gate], [*split.train.rows, *split.dev.rows])
-    return Prepared(config, task, dataset, split, lm, MemoJudge(raw), guard, order_swap, root, gate_rows=gate)
+    return Prepared(config, task, dataset, split, lm, MemoJudge(raw), guard, order_swap, workspace, gate_rows=gate)
 
 
 def _gate_rows(config: ExperimentConfig, task: Task, dataset: Dataset, split: Split) -> tuple[LabeledRow, ...]:
@@ -131,47 +90,6 @@ def _gate_rows(config: ExperimentConfig, task: Task, dataset: Dataset, split: Sp
             field="id",
         )
     return fresh.rows
-
-
-@dataclass
-class CalibrationReport:
-    config: ExperimentConfig
-    task: Task
-    split: Split
-    raw: SideResult
-    calibrated: SideResult
-    calibration_seconds: float
-    calibration_lm_calls: int
-    strategy: str = ""
-    run_id: str | None = None
-    experiment_id: str | None = None
-    tracking_uri: str | None = None
-    metric_names: list[str] = field(default_factory=list)
-    lm: Any = None
-    calibrated_judge: FittedJudge | None = None
-    record: EvaluationRecord | None = None
-    agreement: AgreementReport | None = None
-    registry: Any = None
-    started_at: float = field(default_factory=time.time)
-    gate: EvaluationRecord | None = None
-    model_uri: str | None = None
-    not_exported: str | None = None
-
-    @property
-    def calibrated_program(self) -> JudgeProgram | None:
-        return self.calibrated_judge.program if isinstance(self.calibrated_judge, ProgramJudge) else None
-
-    @property
-    def delta(self) -> dict[str, float]:
-        return {
-            name: self.calibrated.metrics[name] - self.raw.metrics[name]
-            for name in self.metric_names
-            if name in self.raw.metrics and name in self.calibrated.metrics
-        }
-
-    def table(self) -> list[tuple[str, float, float, float]]:
-        delta = self.delta
-        return [(m, self.raw.metrics[m], self.calibrated.metrics[m], delta[m]) for m in self.metric_names if m in delta]
 
 
 def judge_split(
@@ -208,7 +126,7 @@ def final_fit(spec: StrategySpec, prepared: Prepared, params: dict[str, Any], lo
     train + dev together (its own decision cut chosen on out-of-fold predictions)."""
     split = prepared.split
     env = prepared.env(log)
-    if spec.calls_lm_to_fit:
+    if spec.selects_on_dev:
         return fit_judge(spec, env, params, split.train.rows, split.dev.rows, prepared.guard)
     rows = [*split.train.rows, *split.dev.rows]
     return fit_judge(spec, env, params, rows, None, prepared.guard, step="fit on train + dev")
@@ -217,24 +135,26 @@ def final_fit(spec: StrategySpec, prepared: Prepared, params: dict[str, Any], lo
 def run_calibration(
     config: ExperimentConfig,
     *,
+    workspace: Workspace | None = None,
     progress: ProgressFactory | None = None,
     track: bool = True,
-    tracking_uri: str | None = None,
-    root: Path | None = None,
     log: Any = print,
 ) -> CalibrationReport:
-    """Calibrate one judge with one strategy and record it; test is used only for the report."""
-    prepared = prepare(config, root=root, log=log)
-    if track:  # a tracking store that cannot be reached fails now, not after the work
-        configure_tracking(tracking_uri, prepared.root)
-        ensure_experiment(config.judge.name, prepared.root)
+    """Calibrate one judge with one strategy and record it; test is used only for the report.
+    ``workspace``: where the run's store, caches and loaded models are (default: the
+    project's, :meth:`Workspace.find`)."""
+    set_process_environment()
+    workspace = workspace or Workspace.find()
+    prepared = prepare(config, workspace, log=log)
+    # A tracking store that cannot be reached, or a deleted experiment, fails now, not after the work.
+    experiment_id = ensure_experiment(workspace, config.judge.name) if track else None
     [spec] = resolve_strategies(
         [strategy_name(config.calibration)], prepared.task, has_program=isinstance(unwrap(prepared.raw), ProgramJudge)
     )
-    where = "train, selecting on dev" if spec.calls_lm_to_fit else "train + dev"
+    where = "train, selecting on dev" if spec.selects_on_dev else "train + dev"
     log(f"{config.judge.name}: calibrating with {spec.name} ({spec.description}) on {where}")
     result = final_fit(spec, prepared, strategy_params(spec, config.calibration), log)
-    return report_and_record(prepared, result, progress=progress, track=track, tracking_uri=tracking_uri, log=log)
+    return report_and_record(prepared, result, progress=progress, experiment_id=experiment_id, log=log)
 
 
 def report_and_record(
@@ -242,53 +162,33 @@ def report_and_record(
     result: FitResult,
     *,
     progress: ProgressFactory | None,
-    track: bool,
-    tracking_uri: str | None,
+    experiment_id: str | None,
     log: Any,
     run_id: str | None = None,
     description_extra: str = "",
 ) -> CalibrationReport:
     """The calibrated judge beside the raw one on test, its verdicts on the gate rows, and
-    (when tracking) its MLflow run and registry version."""
-    task, split, config = prepared.task, prepared.split, prepared.config
+    (with an ``experiment_id`` to record it in) its MLflow run, exported judge and registry
+    version."""
+    report = evaluate(prepared, result, progress)
+    if experiment_id is None:
+        return report
+    tracked = track_calibration(report, prepared, experiment_id, run_id=run_id, description_extra=description_extra)
+    tracked, registry = export_judge(report, prepared, tracked, log=log)
+    return dataclasses.replace(report, tracked=tracked, registry=registry)
+
+
+def evaluate(prepared: Prepared, result: FitResult, progress: ProgressFactory | None) -> CalibrationReport:
+    """The raw and the calibrated judge on the test rows (the only use of them), their
+    agreement with humans, and the calibrated judge's verdicts on the gate rows."""
+    task, split = prepared.task, prepared.split
     raw = judge_split(
         prepared.raw, task, split.test.rows, order_swap=prepared.order_swap, progress=progress, label="raw"
     )
     calibrated = judge_split(
         result.judge, task, split.test.rows, order_swap=prepared.order_swap, progress=progress, label="calibrated"
     )
-    report = assemble_report(prepared, raw, calibrated, result)
-    report.gate = gate_record(prepared, result.judge, progress)
-    if not track:
-        return report
-    track_calibration(
-        report,
-        result.judge,
-        prepared,
-        tracking_uri=tracking_uri,
-        run_id=run_id,
-        description_extra=description_extra,
-    )
-    if report.not_exported:
-        log(report.not_exported)
-    if config.judge.register_as and report.run_id and report.model_uri:
-        from judgecal.export.registry import register_judge
-        from judgecal.report import summary
-
-        words = report.agreement.comparison.statement if report.agreement and report.agreement.comparison else ""
-        title = summary.title(report.agreement, config.judge.name) if report.agreement else config.judge.name
-        report.registry = register_judge(
-            report.run_id,
-            report.model_uri or f"runs:/{report.run_id}/judge",
-            config.judge.register_as,
-            report.gate,
-            gate_rows=list(prepared.gate_rows),
-            summary=f"{title}. {words}",
-            n_resamples=config.report.n_resamples,
-            seed=config.report.seed,
-        )
-        log(report.registry.reason)
-    return report
+    return assemble_report(prepared, raw, calibrated, result, gate_record(prepared, result.judge, progress))
 
 
 def gate_record(prepared: Prepared, judge: FittedJudge, progress: ProgressFactory | None) -> EvaluationRecord | None:
@@ -310,13 +210,15 @@ def gate_record(prepared: Prepared, judge: FittedJudge, progress: ProgressFactor
 
 
 def gate_fingerprint(rows: Sequence[LabeledRow]) -> str:
-    import hashlib
-
     return hashlib.sha256("\n".join(sorted(row.id for row in rows)).encode()).hexdigest()
 
 
 def assemble_report(
-    prepared: Prepared, raw: SideResult, calibrated: SideResult, result: FitResult
+    prepared: Prepared,
+    raw: SideResult,
+    calibrated: SideResult,
+    result: FitResult,
+    gate: EvaluationRecord | None = None,
 ) -> CalibrationReport:
     config, task, split = prepared.config, prepared.task, prepared.split
     metric_names = list(label_space(task.spec).metric_names())
@@ -350,6 +252,7 @@ def assemble_report(
         record=record,
         agreement=agreement,
         started_at=prepared.started_at,
+        gate=gate,
     )
 
 

@@ -1,8 +1,9 @@
 """The experiment file: a TOML document validated by the models below.
 
 Every section is a pydantic model with ``extra="forbid"``, so a misspelt key is an error
-naming the file and the key, not a silently ignored setting. Paths are relative to the
-experiment file; command-line flags override keys by dotted name.
+naming the file and the key, not a silently ignored setting. The data files of
+``[judge]`` are relative to the experiment file; command-line flags override keys by
+dotted name.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ class JudgeSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="Names the MLflow experiment (judgecal/<name>) and the bundle.")
-    task: str = Field(description="'relevance', 'pairwise', 'attribute' or 'module:Signature'.")
+    task: str = Field(
+        description="'relevance', 'pairwise', 'attribute', 'package.module:Signature' (importable: its package "
+        "installed, or its folder on PYTHONPATH) or 'path/to/file.py:Signature' (relative to the working directory)."
+    )
     data: Path = Field(description="Labelled rows (JSONL or CSV); relative to the config file.")
     limit: int | None = Field(default=None, gt=0, description="Use only the first N rows of the file.")
     recorded: str | None = Field(
@@ -39,11 +43,14 @@ class JudgeSection(BaseModel):
     )
     verdicts: Path | None = Field(
         default=None,
-        description="Calibrate verdicts from a JSONL file of {id, verdict, probability?} instead of a live model.",
+        description="Calibrate verdicts from a JSONL file of {id, verdict, probability?} instead of a live model; "
+        "relative to the config file. New rows have no verdicts there, so only a verifier calibrated this way is "
+        "exported; use recorded for a judge you can use afterwards.",
     )
     gate_data: Path | None = Field(
         default=None,
-        description="Fresh labelled rows for the registry's champion gate, instead of a [split] gate share.",
+        description="Fresh labelled rows for the registry's champion gate, instead of a [split] gate share; "
+        "relative to the config file.",
     )
 
 

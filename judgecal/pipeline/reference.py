@@ -60,8 +60,6 @@ FLAG_RULE = (
     "(the value is read as TOML: `--set report.n_resamples=500`, `--set 'calibration.params={C = 0.5}'`)."
 )
 
-REQUIRED_NOTE = "required"
-
 SECTION_NOTES = {
     "judge": "What is judged, where the rows are, and where the result goes.",
     "lm": "The judge model. API keys come from the provider's environment variables, never from this file.",
@@ -189,7 +187,11 @@ def configuration_markdown() -> str:
         "",
         "An experiment is a TOML file; `judgecal init NAME --task TASK` writes one with every key below. "
         "Every section refuses keys it does not know, so a misspelt key is an error naming the file and "
-        "the key. Paths are relative to the experiment file.",
+        "the key. The files `data`, `verdicts` and `gate_data` are relative to the experiment file (given as "
+        "flags, to the working directory); a task `path/to/file.py:Signature` and a `.gguf` model path are "
+        "relative to the working directory. A task `package.module:Signature` is imported: install its package "
+        "(`pip install -e .` in its project) or put its folder on `PYTHONPATH` (`PYTHONPATH=. judgecal calibrate "
+        "...`), since the `judgecal` command does not import from the working directory.",
         "",
         "**Which settings have flags.** " + FLAG_RULE,
         "",
@@ -241,7 +243,7 @@ def starter_experiment(name: str, task_reference: str, data: str) -> str:
         f"# {name}: an experiment file written by `judgecal init {name} --task {task_reference}`.",
         "# Set keys are required or chosen for this experiment; every other key is shown commented out",
         "# with its default. Flags of `judgecal calibrate` override keys for one run (shown as '--flag').",
-        "# Paths are relative to this file. Every key: docs/configuration.md",
+        "# data, verdicts and gate_data are relative to this file. Every key: docs/configuration.md",
         "#",
         f"# Rows for `data` (JSONL, one object per line); the label is one of {labels}:",
         f"#   {json.dumps(row, ensure_ascii=False)}",

@@ -15,27 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from judgecal.calibrate.search import (
-    LOST_TRIAL,
-    SearchConfig,
-    TrialRow,
-    check_storage,
-    check_study,
-    default_storage,
-    distinct_finished,
-    enqueue_defaults,
-    open_study,
-    run_study,
-    study_lock,
-)
+from judgecal.artifacts import LEADERBOARD_FILE, LEADERBOARD_PLOT, LEADERBOARD_TABLE
+from judgecal.calibrate.search import SearchConfig, TrialRow, distinct_finished, enqueue_defaults, run_study
 from judgecal.calibrate.selection import Choice
+from judgecal.calibrate.storage import LOST_TRIAL, check_storage, check_study, default_storage, open_study, study_lock
 from judgecal.calibrate.strategies import resolve_strategies
-from judgecal.pipeline.calibration import CalibrationReport, Prepared, prepare, report_and_record
+from judgecal.judges.program import JudgeFailedError, RowFailedError
+from judgecal.pipeline.calibration import prepare, report_and_record
 from judgecal.pipeline.config import ExperimentConfig
+from judgecal.pipeline.results import CalibrationReport, Prepared
 from judgecal.pipeline.tracking import ensure_experiment
 from judgecal.progress import ProgressFactory
 from judgecal.redact import redact_url as redact
-from judgecal.workspace import configure_tracking
+from judgecal.workspace import Workspace, set_process_environment
 
 
 @dataclass
@@ -63,14 +55,16 @@ def run_search(
     config: ExperimentConfig,
     search: SearchConfig,
     *,
+    workspace: Workspace | None = None,
     progress: ProgressFactory | None = None,
     track: bool = True,
-    tracking_uri: str | None = None,
-    root: Path | None = None,
     log: Any = print,
 ) -> SearchReport:
-    prepared = prepare(config, root=root, log=log)
-    return search_prepared(prepared, search, progress=progress, track=track, tracking_uri=tracking_uri, log=log)
+    """Prepare the rows and search; ``workspace``: where the run's store, caches and loaded
+    models are (default: the project's, :meth:`Workspace.find`)."""
+    set_process_environment()
+    prepared = prepare(config, workspace or Workspace.find(), log=log)
+    return search_prepared(prepared, search, progress=progress, track=track, log=log)
 
 
 def search_prepared(
@@ -79,35 +73,33 @@ def search_prepared(
     *,
     progress: ProgressFactory | None = None,
     track: bool = True,
-    tracking_uri: str | None = None,
     log: Any = print,
 ) -> SearchReport:
     """The search on rows already split: trials see train and dev, the winner is reported
     on test and recorded in the study's parent run with the leaderboard."""
-    config = prepared.config
+    config, workspace = prepared.config, prepared.workspace
     task, split = prepared.task, prepared.split
-    storage_url = search.storage or default_storage(prepared.root)
+    storage_url = search.storage or default_storage(workspace.root)
     check_storage(storage_url)  # an unreachable database fails now, not after the first trial
     env = prepared.env(log)
     specs = {spec.name: spec for spec in resolve_strategies(search.strategies, task, has_program=env.base_is_live)}
     study_name = search.study_name or f"{config.judge.name}-{split.fingerprint[:12]}"
-    if track:  # a tracking store that cannot be reached fails now, not after the work
-        configure_tracking(tracking_uri, prepared.root)
-        experiment_id = ensure_experiment(config.judge.name, prepared.root)
+    # A tracking store that cannot be reached, or a deleted experiment, fails now, not after the work.
+    experiment_id = ensure_experiment(workspace, config.judge.name) if track else None
     parent_run_id: str | None = None
 
     def record(study: Any, frozen: Any) -> None:
-        if parent_run_id is not None:
-            log_trial(frozen, study, parent_run_id, experiment_id, tracking_uri, prepared)
+        if parent_run_id is not None and experiment_id is not None:
+            log_trial(frozen, study, parent_run_id, experiment_id)
 
-    study = open_study(study_name, storage_url, search, len(split.dev.rows), prepared.root, on_lost=record)
+    study = open_study(study_name, storage_url, search, len(split.dev.rows), workspace.root, on_lost=record)
     check_study(study, split.fingerprint, sorted(specs))
     # One worker at a time, whichever machine it runs on: the first trials are enqueued and
     # the parent run created once, however many workers start together.
-    with study_lock(storage_url, study_name, prepared.root):
+    with study_lock(storage_url, study_name, workspace.root):
         enqueue_defaults(study, specs, env)
-        if track:
-            parent_run_id = parent_run(study, experiment_id, study_name, storage_url, config, prepared.root)
+        if experiment_id is not None:
+            parent_run_id = parent_run(study, experiment_id, study_name, storage_url, config, workspace)
     log(
         f"study {study_name} in {redact(storage_url)}: {distinct_finished(study)} of {search.trials} trials "
         f"finished; strategies: {', '.join(specs)}"
@@ -122,7 +114,7 @@ def search_prepared(
         rows=outcome.rows,
         choice=outcome.choice,
         calibration=None,
-        raw_dev=_raw_dev_score(prepared, list(split.dev.rows)),
+        raw_dev=_raw_dev_score(prepared, list(split.dev.rows), log),
         parent_run_id=parent_run_id,
         new_trials=outcome.new_trials,
         complete=outcome.complete,
@@ -136,44 +128,44 @@ def search_prepared(
         prepared,
         outcome.winner,
         progress=progress,
-        track=track and parent_run_id is not None,
-        tracking_uri=tracking_uri,
+        experiment_id=experiment_id if parent_run_id is not None else None,
         log=log,
         run_id=parent_run_id,
         description_extra=(
             f"Selected by a search of {distinct} distinct trials ({len(outcome.rows)} with repeats): "
-            f"{winner.strategy} (trial {winner.number}). The leaderboard: `leaderboard.md`.\n\n{steps}"
+            f"{winner.strategy} (trial {winner.number}). The leaderboard: `{LEADERBOARD_FILE}`.\n\n{steps}"
         ),
     )
-    if track and parent_run_id is not None:
-        report.tracking_uri = report.calibration.tracking_uri
+    if report.calibration.tracked is not None:
+        report.tracking_uri = report.calibration.tracked.tracking_uri
         log_leaderboard(report, prepared)
     return report
 
 
-def _raw_dev_score(prepared: Prepared, dev: list[Any]) -> float | None:
-    """The raw judge's κ on dev, for the leaderboard's first row (its answers are kept)."""
+def _raw_dev_score(prepared: Prepared, dev: list[Any], log: Any) -> float | None:
+    """The raw judge's κ on dev, for the leaderboard's first row (its answers are kept).
+    A judge model that gives no answer leaves the row out, and says so; anything else is
+    not the leaderboard's to hide."""
     from judgecal.calibrate.selection import agreement
 
     try:
         verdicts = prepared.raw.predict(dev, description="raw: judging dev")
-    except Exception:
+    except (JudgeFailedError, RowFailedError) as error:
+        log(f"raw judge on dev: no score for the leaderboard ({error})")
         return None
     return agreement(prepared.task, [row.label for row in dev], [v.label for v in verdicts])
 
 
-def storage_param(url: str, root: Path) -> str:
+def storage_param(url: str, workspace: Workspace) -> str:
     """The storage as a run records it: a SQLite file relative to the project, any other URL
     without its password."""
-    from judgecal.pipeline.tracking import project_path
-
     if url.startswith("sqlite:///"):
-        return "sqlite:///" + project_path(url.removeprefix("sqlite:///"), root)
+        return "sqlite:///" + workspace.project_path(url.removeprefix("sqlite:///"))
     return redact(url)
 
 
 def parent_run(
-    study: Any, experiment_id: str, study_name: str, storage_url: str, config: ExperimentConfig, root: Path
+    study: Any, experiment_id: str, study_name: str, storage_url: str, config: ExperimentConfig, workspace: Workspace
 ) -> str:
     """The study's MLflow parent run: created by the first worker, reused by the others and
     by a resumed search."""
@@ -188,18 +180,15 @@ def parent_run(
         run_name=f"{config.judge.name}: search {study_name} (running)",
         tags={"judgecal.study": study_name, "judgecal.judge": config.judge.name, "judgecal.kind": "search"},
     )
-    client.log_param(run.info.run_id, "optuna.storage", storage_param(storage_url, root))
+    client.log_param(run.info.run_id, "optuna.storage", storage_param(storage_url, workspace))
     study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
     return run.info.run_id
 
 
-def log_trial(
-    frozen: Any, study: Any, parent_run_id: str, experiment_id: str, tracking_uri: str | None, prepared: Prepared
-) -> None:
+def log_trial(frozen: Any, study: Any, parent_run_id: str, experiment_id: str) -> None:
     """Every trial is a child run, repeated, pruned and failed ones included, with its state."""
     import mlflow
 
-    configure_tracking(tracking_uri, prepared.root)
     client = mlflow.MlflowClient()
     attrs = frozen.user_attrs
     strategy = str(frozen.params.get("strategy", "?"))
@@ -285,8 +274,8 @@ def log_leaderboard(report: SearchReport, prepared: Prepared) -> None:
     assert report.parent_run_id is not None and report.best is not None
     client = mlflow.MlflowClient()
     run_id = report.parent_run_id
-    client.log_dict(run_id, [row.__dict__ for row in report.rows], "leaderboard.json")
-    client.log_text(run_id, leaderboard_markdown(report), "leaderboard.md")
+    client.log_dict(run_id, [row.__dict__ for row in report.rows], LEADERBOARD_TABLE)
+    client.log_text(run_id, leaderboard_markdown(report), LEADERBOARD_FILE)
     client.set_tag(run_id, "judgecal.best_trial", str(report.best.number))
     client.set_tag(run_id, "judgecal.best_strategy", report.best.strategy)
     scored = [r for r in report.rows if r.score is not None and r.duplicate_of is None]
@@ -304,7 +293,7 @@ def log_leaderboard(report: SearchReport, prepared: Prepared) -> None:
         path = plots.metric_intervals(
             ["selection κ"],
             estimates,
-            Path(scratch) / "leaderboard.png",
+            Path(scratch) / LEADERBOARD_PLOT,
             title=f"{prepared.config.judge.name}: trials by selection κ (± one standard error; no test rows)",
             xlabel="selection κ: cross-validated over train + dev, or on dev",
         )

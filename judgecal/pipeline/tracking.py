@@ -3,7 +3,12 @@
 By default the store is local and self-contained: ``mlruns/mlflow.db`` (SQLite) with
 artifacts under ``mlruns/artifacts/``, both resolved from the workspace rather than the
 working directory. Point ``MLFLOW_TRACKING_URI`` (or ``--tracking-uri``) at an MLflow
-server to share runs between machines.
+server to share runs between machines. The workspace points MLflow at the store, once per
+run (:meth:`~judgecal.workspace.Workspace.open_tracking`); :func:`ensure_experiment` does
+it before anything else touches the store.
+
+:func:`track_calibration` records a calibration and returns the :class:`TrackedRun`; what
+is exported into the run (bundle, model, registry) is :mod:`judgecal.pipeline.publish`'s.
 """
 
 from __future__ import annotations
@@ -13,34 +18,32 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from judgecal.export.bundle import bundle_digest, bundle_from_judge, save_bundle
-from judgecal.export.flavor import log_model
-from judgecal.judges.fitted import FittedJudge, NotPortableError
-from judgecal.report.card import write_card
-from judgecal.workspace import (
-    configure_tracking,
-    store_dir,
-    store_lock,
+from judgecal.artifacts import (
+    CARD_DIR,
+    EVALUATION_FILE,
+    GATE_FILE,
+    METRICS_TABLE,
+    PROGRAM_FILE,
+    REPORT_FILE,
+    ROWS_FILE,
 )
-
-if TYPE_CHECKING:
-    from judgecal.pipeline.calibration import CalibrationReport, Prepared
-
-EVALUATION_FILE = "evaluation.json"
+from judgecal.pipeline.results import CalibrationReport, Prepared, TrackedRun
+from judgecal.report.card import write_card
+from judgecal.workspace import Workspace
 
 
 def calibration_params(report: CalibrationReport, prepared: Prepared) -> dict[str, str]:
-    config, split = report.config, report.split
+    config, split, workspace = report.config, report.split, prepared.workspace
     params = {
         "judge.model": config.judge.recorded
-        or (project_path(config.judge.verdicts, prepared.root) if config.judge.verdicts else config.lm.model),
+        or (workspace.project_path(config.judge.verdicts) if config.judge.verdicts else config.lm.model),
         "strategy": report.strategy,
         "seed": config.calibration.seed,
-        "data.path": project_path(prepared.dataset.source, prepared.root),
+        "data.path": workspace.project_path(prepared.dataset.source),
         "data.fingerprint": split.data_fingerprint,
         "split.fingerprint": split.fingerprint,
         **{f"split.{name}_rows": size for name, size in split.sizes.items()},
@@ -53,45 +56,30 @@ def calibration_params(report: CalibrationReport, prepared: Prepared) -> dict[st
     return {k: str(v) for k, v in params.items()}
 
 
-def project_path(path: str | Path, root: Path) -> str:
-    """A path as the project sees it: relative to the workspace when inside it, else only
-    the file's name (the data fingerprint identifies the content)."""
-    resolved = Path(path).resolve()
-    try:
-        return str(resolved.relative_to(root.resolve()))
-    except ValueError:
-        return resolved.name
-
-
 def track_calibration(
     report: CalibrationReport,
-    judge: FittedJudge,
     prepared: Prepared,
+    experiment_id: str,
     *,
-    tracking_uri: str | None,
-    run_name: str | None = None,
-    extra_params: dict[str, Any] | None = None,
     run_id: str | None = None,
     description_extra: str = "",
-) -> str:
-    """Record one calibration as an MLflow run (or into the existing run ``run_id``): named
-    by its result, described by its verdict, with headline metrics, every metric in one
-    table, the judge card, the bundle and the model."""
+) -> TrackedRun:
+    """Record one calibration as an MLflow run of the experiment (or into the existing run
+    ``run_id``): named by its result, described by its verdict, with headline metrics,
+    every metric in one table, the program, the rows of each part, the records and the
+    judge card. The store and the active experiment are those :func:`ensure_experiment` set."""
     import mlflow
 
     from judgecal.report import summary
 
     config = report.config
-    report.tracking_uri = configure_tracking(tracking_uri, prepared.root)
-    experiment_id = ensure_experiment(config.judge.name, prepared.root)
     client = mlflow.MlflowClient()
     agreement = report.agreement
-    name = run_name or (summary.short_title(agreement) if agreement else "") or config.judge.name
+    name = (summary.short_title(agreement) if agreement else "") or config.judge.name
     if run_id is None:
         run_id = client.create_run(experiment_id, start_time=int(report.started_at * 1000), run_name=name).info.run_id
     else:
         client.update_run(run_id, name=name)
-    mlflow.set_experiment(experiment_id=experiment_id)  # start_run refuses a run of another active experiment
     with mlflow.start_run(run_id=run_id):
         tags = {
             "judgecal.task": report.task.reference,
@@ -103,7 +91,7 @@ def track_calibration(
             if agreement.comparison is not None:
                 tags["judgecal.outcome"] = agreement.comparison.outcome
         mlflow.set_tags(tags)
-        params = {**calibration_params(report, prepared), **{k: str(v) for k, v in (extra_params or {}).items()}}
+        params = calibration_params(report, prepared)
         earlier = client.get_run(run_id).data.params
         changed = sorted(k for k, v in params.items() if k in earlier and earlier[k] != v)
         if changed:  # a resumed search may select another strategy; MLflow keeps params as first logged
@@ -111,77 +99,36 @@ def track_calibration(
         mlflow.log_params({k: v for k, v in params.items() if k not in earlier})
         mlflow.log_metrics(tracked_metrics(report))
         if agreement is not None:
-            mlflow.log_table(summary.metric_table(agreement), "metrics.json")
-        log_judge_artifacts(report, judge, prepared)
-    report.run_id = run_id
-    report.experiment_id = experiment_id
-    return run_id
+            mlflow.log_table(summary.metric_table(agreement), METRICS_TABLE)
+        log_run_artifacts(report, prepared)
+    return TrackedRun(run_id=run_id, experiment_id=experiment_id, tracking_uri=prepared.workspace.tracking_uri)
 
 
-def log_judge_artifacts(report: CalibrationReport, judge: FittedJudge, prepared: Prepared) -> None:
-    """Program, evaluation record, report, judge card, bundle and MLflow model of the active run."""
+def log_run_artifacts(report: CalibrationReport, prepared: Prepared) -> None:
+    """Program, rows of each part, gate record, evaluation record, report and judge card,
+    into the active run."""
     import mlflow
 
-    config = report.config
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        program = getattr(judge, "program", None)
+        program = getattr(report.calibrated_judge, "program", None)
         if program is not None:
-            program_path = folder / "program.json"
+            program_path = folder / PROGRAM_FILE
             program_path.write_text(json.dumps(program.dump_state(), indent=2, ensure_ascii=False))
             mlflow.log_artifact(str(program_path))
         mlflow.log_dict(
             {name: [row.id for row in part.rows] for name, part in report.split.parts().items()}
             | {"gate": [row.id for row in prepared.gate_rows]},
-            "rows.json",
+            ROWS_FILE,
         )
         if report.gate is not None:
-            mlflow.log_dict(report.gate.model_dump(mode="json"), "gate.json")
+            mlflow.log_dict(report.gate.model_dump(mode="json"), GATE_FILE)
         if report.record is not None and report.agreement is not None:
             mlflow.log_dict(report.record.model_dump(mode="json"), EVALUATION_FILE)
-            mlflow.log_dict(report.agreement.model_dump(mode="json"), "report.json")
-            card_folder = folder / "card"
+            mlflow.log_dict(report.agreement.model_dump(mode="json"), REPORT_FILE)
+            card_folder = folder / CARD_DIR
             write_card(report.agreement, report.record, card_folder)
-            mlflow.log_artifacts(str(card_folder), artifact_path="card")
-        try:
-            bundle = bundle_from_judge(
-                judge,
-                config.lm,
-                calibration={"strategy": report.strategy, **config.calibration.model_dump(exclude={"strategy"})},
-                metrics={f"test.{k}": v for k, v in report.calibrated.metrics.items()},
-                evaluation=bundle_evaluation(report),
-                data_fingerprint=report.split.data_fingerprint,
-                split_fingerprint=report.split.fingerprint,
-            )
-        except NotPortableError as reason:
-            report.not_exported = f"no judge bundle or model was exported: {reason}"
-            mlflow.set_tag("judgecal.exported", report.not_exported)
-            return
-        bundle_dir = folder / "bundle"
-        save_bundle(bundle, bundle_dir)
-        mlflow.set_tag("judgecal.bundle_digest", bundle_digest(bundle))
-        mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
-        info = log_model(bundle)
-        report.model_uri = info.model_uri
-
-
-def bundle_evaluation(report: CalibrationReport) -> dict[str, Any] | None:
-    """What a bundle says about its own quality: test metrics with intervals, the
-    comparison with the raw judge, the human ceiling."""
-    agreement = report.agreement
-    if agreement is None:
-        return None
-    calibrated = agreement.judge("calibrated")
-    return {
-        "split": agreement.split,
-        "rows": agreement.rows,
-        "groups": agreement.groups,
-        "metrics": {name: estimate.model_dump() for name, estimate in calibrated.metrics.items()},
-        "confidence": {name: estimate.model_dump() for name, estimate in calibrated.confidence_metrics.items()},
-        "comparison": agreement.comparison.model_dump() if agreement.comparison else None,
-        "human_ceiling": agreement.ceiling.model_dump() if agreement.ceiling else None,
-        "fraction_of_ceiling": calibrated.fraction_of_ceiling.model_dump() if calibrated.fraction_of_ceiling else None,
-    }
+            mlflow.log_artifacts(str(card_folder), artifact_path=CARD_DIR)
 
 
 def tracked_metrics(report: CalibrationReport) -> dict[str, float]:
@@ -220,13 +167,25 @@ def experiment_name(judge_name: str) -> str:
     return f"{EXPERIMENT_PREFIX}/{judge_name}"
 
 
-def ensure_experiment(judge_name: str, root: Path | None = None) -> str:
-    """The judge's experiment id; a new local experiment keeps artifacts under ``mlruns/``."""
+class DeletedExperimentError(ValueError):
+    """The judge's MLflow experiment exists but was deleted: MLflow keeps the name, so a new
+    one cannot take it until the old one is restored or removed for good."""
+
+
+def ensure_experiment(workspace: Workspace, judge_name: str) -> str:
+    """The judge's experiment id, in the workspace's store (MLflow is pointed at it here,
+    once per run); a new local experiment keeps artifacts under ``mlruns/``. A deleted
+    experiment stops the run before any work, saying how to restore it."""
     import mlflow
 
+    workspace.open_tracking()
     name = experiment_name(judge_name)
-    with store_lock(root):
-        return _ensure_experiment(mlflow, name, judge_name, root)
+    with workspace.store_lock():
+        experiment_id = _ensure_experiment(mlflow, name, judge_name, workspace)
+    # MLflow's active experiment, set here at the start of the run: start_run refuses a run
+    # of another experiment, and log_model files the model under the active one.
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
 
 
 # MLflow 3 opens an experiment in its GenAI view (traces) unless told the experiment is
@@ -234,20 +193,25 @@ def ensure_experiment(judge_name: str, root: Path | None = None) -> str:
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
-def _ensure_experiment(mlflow: Any, name: str, judge_name: str, root: Path | None) -> str:
+def _ensure_experiment(mlflow: Any, name: str, judge_name: str, workspace: Workspace) -> str:
     existing = mlflow.get_experiment_by_name(name)
     if existing is not None:
         if existing.lifecycle_stage == "deleted":
-            raise RuntimeError(
-                f"MLflow experiment {name!r} is deleted; restore it in the UI or pick another judge name"
+            from judgecal.redact import redact_url
+
+            raise DeletedExperimentError(
+                f"MLflow experiment {name!r} (id {existing.experiment_id}) is deleted in the store "
+                f"{redact_url(workspace.tracking_uri)}; restore it with `mlflow experiments restore "
+                f"--experiment-id {existing.experiment_id}` (MLFLOW_TRACKING_URI set to that store), or "
+                "calibrate under another judge name (--name)"
             )
         if existing.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND["mlflow.experimentKind"]:
             mlflow.MlflowClient().set_experiment_tag(existing.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return existing.experiment_id
     artifact_location = None
-    if mlflow.get_tracking_uri().startswith("sqlite:"):
+    if workspace.tracking_uri.startswith("sqlite:"):
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", judge_name).strip("-") or "judge"
-        artifact_location = (store_dir(root) / "artifacts" / slug).resolve().as_uri()
+        artifact_location = (workspace.artifacts_dir / slug).resolve().as_uri()
     from mlflow.exceptions import MlflowException
 
     try:
@@ -269,6 +233,34 @@ def flat_params(prefix: str, values: dict[str, Any]) -> dict[str, str]:
         else:
             flat[name] = str(value)[:6000]
     return flat
+
+
+def ui_command(workspace: Workspace, host: str, port: int) -> list[str]:
+    """``mlflow ui`` on the workspace's store, with its artifacts where runs put them (a
+    new local store's folder is made first)."""
+    import sys
+
+    uri, artifacts = workspace.tracking_uri, workspace.artifacts_dir.resolve()
+    if uri.startswith("sqlite:"):
+        workspace.store_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--default-artifact-root",
+        artifacts.as_uri(),
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
 
 
 def ui_environment() -> dict[str, str]:

@@ -10,7 +10,9 @@ the human ceiling and the bias measures. Reports can be recomputed from the reco
 
 from __future__ import annotations
 
+import functools
 import warnings
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -135,6 +137,57 @@ def _subset_groups(groups: GroupIndex, rows: np.ndarray) -> tuple[np.ndarray, in
     return dense, int(dense.max()) + 1 if len(dense) else 0
 
 
+# α and the rank correlations are recomputed row by row for each resample, and so are
+# the confidence metrics: they take at most this many resamples.
+SLOW_RESAMPLES = 500
+
+
+@dataclass(frozen=True)
+class _Answered:
+    """The rows one judge answered, the humans' labels and the judge's verdicts on them,
+    and their groups numbered densely: every measure of that judge reads these."""
+
+    rows: np.ndarray
+    human: list[Any]
+    verdicts: list[Any]
+    swapped: list[Any] | None
+    codes: np.ndarray
+    n_groups: int
+
+    @functools.cached_property
+    def members(self) -> tuple[np.ndarray, ...]:
+        """Positions of each group's rows, to draw a resample row by row."""
+        return tuple(np.flatnonzero(self.codes == g) for g in range(self.n_groups))
+
+    def picked(self, sample: np.ndarray) -> np.ndarray:
+        """The positions of the rows of a group resample."""
+        return np.concatenate([self.members[g] for g in sample])
+
+    @functools.cached_property
+    def consistent(self) -> np.ndarray | None:
+        """Per row, whether the verdict held with the responses swapped (pairwise tasks
+        judged both ways)."""
+        if self.swapped is None:
+            return None
+        return order_consistent(
+            [str(v) if v is not None else None for v in self.verdicts],
+            [str(v) if v is not None else None for v in self.swapped],
+        )
+
+
+def _answered(record: EvaluationRecord, judge: JudgeRecord, groups: GroupIndex) -> _Answered:
+    rows = _rows_of(judge)
+    codes, n_groups = _subset_groups(groups, rows)
+    return _Answered(
+        rows=rows,
+        human=[record.human[i] for i in rows],
+        verdicts=[judge.verdicts[i] for i in rows],
+        swapped=[judge.swapped[i] for i in rows] if judge.swapped is not None else None,
+        codes=codes,
+        n_groups=n_groups,
+    )
+
+
 def _score_judge(
     record: EvaluationRecord,
     name: str,
@@ -146,26 +199,54 @@ def _score_judge(
     n_resamples: int,
     seed: int,
 ) -> JudgeScore:
-    rows = _rows_of(judge)
-    human = [record.human[i] for i in rows]
-    verdicts = [judge.verdicts[i] for i in rows]
-    point = label_metrics(space, human, verdicts)
-    codes, n_groups = _subset_groups(groups, rows)
-    human_idx, judge_idx = space.index(human), space.index(verdicts)
-    per_group = confusion_by_group(human_idx, judge_idx, codes, space.size)
-    names = [m for m in space.metric_names() if m in metrics_from_confusion(per_group[:1].sum(axis=0), space)]
-    swapped = [judge.swapped[i] for i in rows] if judge.swapped is not None else None
-    consistent_sums = None
-    if swapped is not None:
-        flags = order_consistent(
-            [str(v) if v is not None else None for v in verdicts], [str(v) if v is not None else None for v in swapped]
-        )
-        consistent_sums = np.bincount(codes, weights=flags, minlength=n_groups)
-        counts = np.bincount(codes, minlength=n_groups).astype(float)
-        point["order_consistency"] = float(flags.mean())
-    pairwise = space.kind == "categorical" and {"A", "B"} <= set(space.labels)
+    """One judge's measures, each on the rows it answered (a reference judge's missing
+    verdicts are left out, not counted as failures)."""
+    answered = _answered(record, judge, groups)
+    fraction = None
+    if record.annotators is not None and ceiling is not None:
+        annotators = [record.annotators[i] for i in answered.rows]
+        fraction = _fraction_of_ceiling(space, answered, annotators, n_resamples=n_resamples, seed=seed)
+    return JudgeScore(
+        name=name,
+        rows=len(answered.rows),
+        metrics=_label_estimates(space, answered, record.pairwise, n_resamples=n_resamples, seed=seed),
+        confidence_metrics=_confidence_estimates(space, judge, answered, n_resamples=n_resamples, seed=seed),
+        bias=_bias_measures(record, space, answered),
+        soft_agreement=_soft_agreement(record, space, answered),
+        fraction_of_ceiling=fraction,
+    )
+
+
+def _label_estimates(
+    space: LabelSpace, answered: _Answered, pairwise: bool, *, n_resamples: int, seed: int
+) -> dict[str, Estimate]:
+    """Every label metric with its group-bootstrap interval, in the order reports list them
+    (a pairwise task's with the share of first-position verdicts)."""
+    point = label_metrics(space, answered.human, answered.verdicts)
+    if answered.consistent is not None:
+        point["order_consistency"] = float(answered.consistent.mean())
     if pairwise:
-        point["first_position_rate"] = float(np.mean([v == "A" for v in verdicts]))
+        point["first_position_rate"] = float(np.mean([v == "A" for v in answered.verdicts]))
+    metrics = {
+        **_confusion_estimates(space, answered, point, pairwise, n_resamples=n_resamples, seed=seed),
+        **_row_by_row_estimates(space, answered, point, n_resamples=n_resamples, seed=seed),
+    }
+    order = [*space.metric_names(), "first_position_rate", "order_consistency"]
+    return {m: metrics[m] for m in order if m in metrics}
+
+
+def _confusion_estimates(
+    space: LabelSpace, answered: _Answered, point: dict[str, float], pairwise: bool, *, n_resamples: int, seed: int
+) -> dict[str, Estimate]:
+    """The metrics a resample's summed confusion matrices give (and the position and
+    order-consistency rates beside them): all resamples at once."""
+    codes, n_groups = answered.codes, answered.n_groups
+    per_group = confusion_by_group(space.index(answered.human), space.index(answered.verdicts), codes, space.size)
+    names = [m for m in space.metric_names() if m in metrics_from_confusion(per_group[:1].sum(axis=0), space)]
+    consistent_sums = None
+    if answered.consistent is not None:
+        consistent_sums = np.bincount(codes, weights=answered.consistent, minlength=n_groups)
+    counts = np.bincount(codes, minlength=n_groups).astype(float)
 
     def statistic(sample: np.ndarray) -> np.ndarray:
         cm = per_group[sample].sum(axis=-3)
@@ -182,121 +263,113 @@ def _score_judge(
         + (["first_position_rate"] if pairwise else [])
         + (["order_consistency"] if consistent_sums is not None else [])
     )
-    metrics: dict[str, Estimate] = {}
-    if n_groups >= 2:
-        low, high = group_bootstrap(statistic, n_groups, vectorized=True, n_resamples=n_resamples, seed=seed)
-        for i, metric in enumerate(interval_names):
-            metrics[metric] = Estimate(value=point[metric], low=float(low[i]), high=float(high[i]))
-    else:
-        metrics = {m: Estimate(value=point[m], low=np.nan, high=np.nan) for m in interval_names}
+    if n_groups < 2:
+        return {m: Estimate(value=point[m], low=np.nan, high=np.nan) for m in interval_names}
+    low, high = group_bootstrap(statistic, n_groups, vectorized=True, n_resamples=n_resamples, seed=seed)
+    return {m: Estimate(value=point[m], low=float(low[i]), high=float(high[i])) for i, m in enumerate(interval_names)}
+
+
+def _row_by_row_estimates(
+    space: LabelSpace, answered: _Answered, point: dict[str, float], *, n_resamples: int, seed: int
+) -> dict[str, Estimate]:
+    """Krippendorff's α and the rank correlations, which need the rows themselves."""
     slow = [m for m in ("alpha", "spearman", "kendall") if m in point]
-    slow_resamples = min(n_resamples, 500)
-    members = tuple(np.flatnonzero(codes == g) for g in range(n_groups))
-    if slow and n_groups >= 2:
+    if not slow or answered.n_groups < 2:
+        return {}
 
-        def slow_statistic(sample: np.ndarray) -> np.ndarray:
-            picked = np.concatenate([members[g] for g in sample])
-            h = [human[i] for i in picked]
-            v = [verdicts[i] for i in picked]
-            out = [krippendorff_alpha([h, v], space, invalid=True)]
-            if space.kind == "ordinal":
-                ranks = rank_correlations(space, h, v)
-                out += [ranks["spearman"], ranks["kendall"]]
-            return np.array(out)
+    def statistic(sample: np.ndarray) -> np.ndarray:
+        picked = answered.picked(sample)
+        h = [answered.human[i] for i in picked]
+        v = [answered.verdicts[i] for i in picked]
+        out = [krippendorff_alpha([h, v], space, invalid=True)]
+        if space.kind == "ordinal":
+            ranks = rank_correlations(space, h, v)
+            out += [ranks["spearman"], ranks["kendall"]]
+        return np.array(out)
 
-        low, high = group_bootstrap(slow_statistic, n_groups, vectorized=False, n_resamples=slow_resamples, seed=seed)
-        for i, metric in enumerate(slow):
-            metrics[metric] = Estimate(value=point[metric], low=float(low[i]), high=float(high[i]))
-    ordered = {
-        m: metrics[m] for m in [*space.metric_names(), "first_position_rate", "order_consistency"] if m in metrics
-    }
+    resamples = min(n_resamples, SLOW_RESAMPLES)
+    low, high = group_bootstrap(statistic, answered.n_groups, vectorized=False, n_resamples=resamples, seed=seed)
+    return {m: Estimate(value=point[m], low=float(low[i]), high=float(high[i])) for i, m in enumerate(slow)}
 
-    confidence: dict[str, Estimate] = {}
-    if space.kind == "binary" and judge.probability is not None:
-        probability = [judge.probability[i] for i in rows]
-        # ECE at the judge's own cut: its verdict is the decision it made at that cut.
-        decisions = [None if v is None else v == space.positive for v in verdicts]
-        point_conf = confidence_metrics(space, human, probability, decisions=decisions)
-        if point_conf and n_groups >= 2:
 
-            def conf_statistic(sample: np.ndarray) -> np.ndarray:
-                picked = np.concatenate([members[g] for g in sample])
-                values = confidence_metrics(
-                    space,
-                    [human[i] for i in picked],
-                    [probability[i] for i in picked],
-                    decisions=[decisions[i] for i in picked],
-                )
-                return np.array([values.get(k, np.nan) for k in point_conf])
+def _confidence_estimates(
+    space: LabelSpace, judge: JudgeRecord, answered: _Answered, *, n_resamples: int, seed: int
+) -> dict[str, Estimate]:
+    """Brier score, ECE and ROC AUC of a binary judge that states a probability."""
+    if space.kind != "binary" or judge.probability is None:
+        return {}
+    probability = [judge.probability[i] for i in answered.rows]
+    # ECE at the judge's own cut: its verdict is the decision it made at that cut.
+    decisions = [None if v is None else v == space.positive for v in answered.verdicts]
+    point = confidence_metrics(space, answered.human, probability, decisions=decisions)
+    if not point or answered.n_groups < 2:
+        return {}
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                low, high = group_bootstrap(
-                    conf_statistic, n_groups, vectorized=False, n_resamples=slow_resamples, seed=seed
-                )
-            confidence = {
-                k: Estimate(value=v, low=float(low[i]), high=float(high[i]))
-                for i, (k, v) in enumerate(point_conf.items())
-            }
+    def statistic(sample: np.ndarray) -> np.ndarray:
+        picked = answered.picked(sample)
+        values = confidence_metrics(
+            space,
+            [answered.human[i] for i in picked],
+            [probability[i] for i in picked],
+            decisions=[decisions[i] for i in picked],
+        )
+        return np.array([values.get(k, np.nan) for k in point])
 
-    bias: list[BiasMeasure] = []
+    resamples = min(n_resamples, SLOW_RESAMPLES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        low, high = group_bootstrap(statistic, answered.n_groups, vectorized=False, n_resamples=resamples, seed=seed)
+    return {k: Estimate(value=v, low=float(low[i]), high=float(high[i])) for i, (k, v) in enumerate(point.items())}
+
+
+def _bias_measures(record: EvaluationRecord, space: LabelSpace, answered: _Answered) -> list[BiasMeasure]:
+    """Selection bias of a binary judge; position, personalization and verbosity bias of
+    a pairwise one, where the record holds what each needs."""
+    human, verdicts, rows = answered.human, answered.verdicts, answered.rows
     if space.kind == "binary":
-        bias = selection_bias(
+        return selection_bias(
             [h == space.positive for h in human], [None if v is None else v == space.positive for v in verdicts]
         )
-    elif pairwise:
-        bias = position_bias([str(h) for h in human], verdicts, swapped)
-        if record.personalized is not None:
-            bias += personalization_bias([str(h) for h in human], verdicts, [record.personalized[i] for i in rows])
-        if record.length_a is not None and record.length_b is not None:
-            bias += verbosity_bias(
-                [str(h) for h in human],
-                verdicts,
-                [record.length_a[i] for i in rows],
-                [record.length_b[i] for i in rows],
-            )
+    if not record.pairwise:
+        return []
+    preferred = [str(h) for h in human]
+    bias = position_bias(preferred, verdicts, answered.swapped)
+    if record.personalized is not None:
+        bias += personalization_bias(preferred, verdicts, [record.personalized[i] for i in rows])
+    if record.length_a is not None and record.length_b is not None:
+        bias += verbosity_bias(
+            preferred, verdicts, [record.length_a[i] for i in rows], [record.length_b[i] for i in rows]
+        )
+    return bias
 
-    soft = None
-    fraction = None
-    if record.soft_labels is not None and space.kind == "binary":
-        pairs = [(record.soft_labels[i], verdicts[k]) for k, i in enumerate(rows) if record.soft_labels[i] is not None]
-        if pairs:
-            soft = float(np.mean([share if v == space.positive else 1 - share for share, v in pairs]))
+
+def _soft_agreement(record: EvaluationRecord, space: LabelSpace, answered: _Answered) -> float | None:
+    """The mean share of annotators who gave the judge's verdict: from the annotators'
+    own labels where the record has them, else from a binary task's soft labels."""
     if record.annotators is not None:
-        annotators = [record.annotators[i] for i in rows]
-        soft = soft_agreement(verdicts, annotators)
-        if ceiling is not None:
-            fraction = _fraction_of_ceiling(
-                space, human, verdicts, annotators, codes, n_groups, n_resamples=n_resamples, seed=seed
-            )
-    return JudgeScore(
-        name=name,
-        rows=len(rows),
-        metrics=ordered,
-        confidence_metrics=confidence,
-        bias=bias,
-        soft_agreement=soft,
-        fraction_of_ceiling=fraction,
-    )
+        return soft_agreement(answered.verdicts, [record.annotators[i] for i in answered.rows])
+    if record.soft_labels is None or space.kind != "binary":
+        return None
+    pairs = [
+        (record.soft_labels[i], answered.verdicts[k])
+        for k, i in enumerate(answered.rows)
+        if record.soft_labels[i] is not None
+    ]
+    if not pairs:
+        return None
+    return float(np.mean([share if v == space.positive else 1 - share for share, v in pairs]))
 
 
 def _fraction_of_ceiling(
-    space: LabelSpace,
-    human: list[Any],
-    verdicts: list[Any],
-    annotators: list[Any],
-    codes: np.ndarray,
-    n_groups: int,
-    *,
-    n_resamples: int,
-    seed: int,
+    space: LabelSpace, answered: _Answered, annotators: list[Any], *, n_resamples: int, seed: int
 ) -> Estimate | None:
     """Judge κ against the majority ÷ annotator κ against the majority of the others,
     both on the same group resample."""
     mine, rest, rows_of = leave_one_out_pairs(annotators)
     if not rows_of:
         return None
-    judge_cm = confusion_by_group(space.index(human), space.index(verdicts), codes, space.size)
+    codes, n_groups = answered.codes, answered.n_groups
+    judge_cm = confusion_by_group(space.index(answered.human), space.index(answered.verdicts), codes, space.size)
     human_cm = np.zeros((n_groups, space.size, space.size))
     np.add.at(human_cm, (codes[np.array(rows_of)], space.index(mine), space.index(rest)), 1.0)
 

@@ -9,17 +9,12 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
+from judgecal.artifacts import CARD_FILE, HTML_CARD_FILE
 from judgecal.report import plots
 from judgecal.report.agreement import AgreementReport
 from judgecal.report.records import EvaluationRecord, JudgeRecord
 from judgecal.stats.metrics import confusion
 from judgecal.stats.uncertainty import Estimate
-
-CARD_FILE = "judge_card.md"
-
-
-HTML_CARD_FILE = "judge_card.html"
-
 
 STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:1.5em auto;padding:0 1em;color:#222}"
@@ -80,6 +75,26 @@ def write_card(report: AgreementReport, record: EvaluationRecord, folder: str | 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     images = _plots(report, record, folder)
+    lines = [
+        *_introduction(report, record),
+        *_agreement_section(report),
+        *_ceiling_section(report),
+        *_soft_label_section(report),
+        *_confidence_section(report),
+        *_bias_section(report),
+        "## Plots",
+        "",
+    ]
+    for caption, image in images:
+        lines += [f"![{caption}]({image.name})", ""]
+    path = folder / CARD_FILE
+    path.write_text("\n".join(lines), encoding="utf-8")
+    write_html(path, f"Judge card: {report.judge_name}")
+    return path
+
+
+def _introduction(report: AgreementReport, record: EvaluationRecord) -> list[str]:
+    """The verdict in words first, then what was measured on which rows and how."""
     lines = [f"# Judge card: {report.judge_name}", ""]
     if report.comparison is not None:
         lines += [f"**{report.comparison.statement}**", ""]
@@ -98,8 +113,12 @@ def write_card(report: AgreementReport, record: EvaluationRecord, folder: str | 
             f"`{(record.split_fingerprint or '')[:16]}`.",
             "",
         ]
+    return lines
 
-    lines += ["## Agreement with humans", ""]
+
+def _agreement_section(report: AgreementReport) -> list[str]:
+    """Every metric of every judge with its interval, and the paired difference."""
+    lines = ["## Agreement with humans", ""]
     header = ["metric", *[score.name for score in report.judges]]
     if report.comparison is not None:
         header.append(f"Δ {report.comparison.candidate} − {report.comparison.baseline}")
@@ -122,94 +141,103 @@ def write_card(report: AgreementReport, record: EvaluationRecord, folder: str | 
             "interval above is the criterion).",
             "",
         ]
+    return lines
 
-    if report.ceiling is not None:
-        ceiling = report.ceiling
-        lines += [
-            "## Human ceiling",
-            "",
-            f"{ceiling.rows} rows carry {ceiling.annotators_per_row:.1f} annotators' labels on average.",
-            "",
-            "| human–human agreement | value |",
-            "|---|---|",
-            f"| Krippendorff's α | {_cell(ceiling.alpha)} |",
-            f"| Fleiss' κ | {_number(ceiling.fleiss_kappa)} |",
-            f"| each annotator vs the majority of the others: κ | {_cell(ceiling.annotator_vs_rest_kappa)} |",
-            f"| each annotator vs the majority of the others: agreement | "
-            f"{_cell(ceiling.annotator_vs_rest_agreement)} |",
-            f"| soft agreement (share of other annotators agreeing) | {_number(ceiling.soft_agreement)} |",
-            "",
-            "| judge | κ vs majority | fraction of the human ceiling (κ ÷ annotator-vs-rest κ) | soft agreement |",
-            "|---|---|---|---|",
-        ]
-        for score in report.judges:
-            lines.append(
-                f"| {score.name} | {_cell(score.metrics.get('kappa') or score.metrics.get('weighted_kappa'))} | "
-                f"{_cell(score.fraction_of_ceiling)} | {_number(score.soft_agreement)} |"
-            )
-        lines.append("")
 
-    if report.ceiling is None and any(score.soft_agreement is not None for score in report.judges):
-        lines += [
-            "## Agreement with soft labels",
-            "",
-            "Mean share of annotators who agree with each verdict (from the rows' soft labels).",
-            "",
-            "| judge | soft agreement |",
-            "|---|---|",
-        ]
-        lines += [f"| {score.name} | {_number(score.soft_agreement)} |" for score in report.judges]
-        lines.append("")
+def _ceiling_section(report: AgreementReport) -> list[str]:
+    """How far humans agree with each other, and how close each judge comes to that."""
+    if report.ceiling is None:
+        return []
+    ceiling = report.ceiling
+    lines = [
+        "## Human ceiling",
+        "",
+        f"{ceiling.rows} rows carry {ceiling.annotators_per_row:.1f} annotators' labels on average.",
+        "",
+        "| human–human agreement | value |",
+        "|---|---|",
+        f"| Krippendorff's α | {_cell(ceiling.alpha)} |",
+        f"| Fleiss' κ | {_number(ceiling.fleiss_kappa)} |",
+        f"| each annotator vs the majority of the others: κ | {_cell(ceiling.annotator_vs_rest_kappa)} |",
+        f"| each annotator vs the majority of the others: agreement | {_cell(ceiling.annotator_vs_rest_agreement)} |",
+        f"| soft agreement (share of other annotators agreeing) | {_number(ceiling.soft_agreement)} |",
+        "",
+        "| judge | κ vs majority | fraction of the human ceiling (κ ÷ annotator-vs-rest κ) | soft agreement |",
+        "|---|---|---|---|",
+    ]
+    for score in report.judges:
+        lines.append(
+            f"| {score.name} | {_cell(score.metrics.get('kappa') or score.metrics.get('weighted_kappa'))} | "
+            f"{_cell(score.fraction_of_ceiling)} | {_number(score.soft_agreement)} |"
+        )
+    lines.append("")
+    return lines
 
+
+def _soft_label_section(report: AgreementReport) -> list[str]:
+    """Without annotators' own labels, the rows' soft labels still say how many agreed."""
+    if report.ceiling is not None or all(score.soft_agreement is None for score in report.judges):
+        return []
+    lines = [
+        "## Agreement with soft labels",
+        "",
+        "Mean share of annotators who agree with each verdict (from the rows' soft labels).",
+        "",
+        "| judge | soft agreement |",
+        "|---|---|",
+    ]
+    lines += [f"| {score.name} | {_number(score.soft_agreement)} |" for score in report.judges]
+    lines.append("")
+    return lines
+
+
+def _confidence_section(report: AgreementReport) -> list[str]:
     confident = [score for score in report.judges if score.confidence_metrics]
-    if confident:
-        lines += [
-            "## Confidence",
-            "",
-            "How well the judge's P(positive) tracks the human labels.",
-            "",
-            "| judge | Brier (lower is better) | ECE (lower is better) | ROC-AUC |",
-            "|---|---|---|---|",
-        ]
-        for score in confident:
-            c = score.confidence_metrics
-            lines.append(
-                f"| {score.name} | {_cell(c.get('brier'))} | {_cell(c.get('ece'))} | {_cell(c.get('roc_auc'))} |"
-            )
-        lines.append("")
+    if not confident:
+        return []
+    lines = [
+        "## Confidence",
+        "",
+        "How well the judge's P(positive) tracks the human labels.",
+        "",
+        "| judge | Brier (lower is better) | ECE (lower is better) | ROC-AUC |",
+        "|---|---|---|---|",
+    ]
+    for score in confident:
+        c = score.confidence_metrics
+        lines.append(f"| {score.name} | {_cell(c.get('brier'))} | {_cell(c.get('ece'))} | {_cell(c.get('roc_auc'))} |")
+    lines.append("")
+    return lines
 
+
+def _bias_section(report: AgreementReport) -> list[str]:
+    """Each bias measure once, the humans' value beside every judge's, and what it means."""
     measures: list[str] = []
     for score in report.judges:
         measures += [b.name for b in score.bias if b.name not in measures]
-    if measures:
-        lines += [
-            "## Biases",
-            "",
-            "| measure | humans | " + " | ".join(s.name for s in report.judges) + " |",
-            "|" + "---|" * (2 + len(report.judges)),
-        ]
-        descriptions = {}
-        for measure in measures:
-            human_value = None
-            cells = []
-            for score in report.judges:
-                found = next((b for b in score.bias if b.name == measure), None)
-                cells.append(_number(found.judge) if found else "–")
-                if found is not None:
-                    descriptions[measure] = found.description
-                    human_value = found.human if human_value is None else human_value
-            lines.append(f"| {measure} | {_number(human_value)} | " + " | ".join(cells) + " |")
-        lines.append("")
-        lines += [f"- `{name}`: {text}" for name, text in descriptions.items()]
-        lines.append("")
-
-    lines += ["## Plots", ""]
-    for caption, image in images:
-        lines += [f"![{caption}]({image.name})", ""]
-    path = folder / CARD_FILE
-    path.write_text("\n".join(lines), encoding="utf-8")
-    write_html(path, f"Judge card: {report.judge_name}")
-    return path
+    if not measures:
+        return []
+    lines = [
+        "## Biases",
+        "",
+        "| measure | humans | " + " | ".join(s.name for s in report.judges) + " |",
+        "|" + "---|" * (2 + len(report.judges)),
+    ]
+    descriptions = {}
+    for measure in measures:
+        human_value = None
+        cells = []
+        for score in report.judges:
+            found = next((b for b in score.bias if b.name == measure), None)
+            cells.append(_number(found.judge) if found else "–")
+            if found is not None:
+                descriptions[measure] = found.description
+                human_value = found.human if human_value is None else human_value
+        lines.append(f"| {measure} | {_number(human_value)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"- `{name}`: {text}" for name, text in descriptions.items()]
+    lines.append("")
+    return lines
 
 
 def write_html(markdown_path: Path, title: str) -> Path:
@@ -240,99 +268,105 @@ def write_html(markdown_path: Path, title: str) -> Path:
     return target
 
 
+# The metrics the interval plot shows, where a judge has them.
+PLOTTED_METRICS = (
+    "kappa",
+    "weighted_kappa",
+    "alpha",
+    "mcc",
+    "balanced_accuracy",
+    "f1",
+    "agreement",
+    "order_consistency",
+)
+
+
 def _plots(report: AgreementReport, record: EvaluationRecord, folder: Path) -> list[tuple[str, Path]]:
-    space = record.space
-    labels = [str(label) for label in space.labels]
+    """The card's plots, each as (caption, PNG path). The judges run here are plotted;
+    recorded reference judges only when there is nothing else."""
     live = {name: judge for name, judge in record.judges.items() if not judge.recorded}
     shown = live or record.judges
-    images: list[tuple[str, Path]] = []
-    human_idx = space.index(record.human)
+    images = [_confusion_plot(report, record, shown, folder)]
+    reliability = _reliability_plot(report, record, shown, folder)
+    if reliability is not None:
+        images.append(reliability)
+    images += [_group_plot(report, record, shown, folder), _interval_plot(report, folder)]
+    return images
 
+
+def _confusion_plot(
+    report: AgreementReport, record: EvaluationRecord, shown: dict[str, JudgeRecord], folder: Path
+) -> tuple[str, Path]:
+    space = record.space
+    labels = [str(label) for label in space.labels]
+    human_idx = space.index(record.human)
     matrices = {}
     for name, judge in shown.items():
         cm = confusion(human_idx, space.index(judge.verdicts), space.size)[: len(labels)]
         if not cm[:, -1].any():
-            cm = cm[:, : len(labels)]
+            cm = cm[:, : len(labels)]  # no invalid verdicts: no column for them
         matrices[name] = cm
-    images.append(
-        (
-            "Confusion matrices",
-            plots.confusion_matrices(
-                matrices,
-                labels,
-                folder / "confusion_matrices.png",
-                title=f"{report.judge_name}: human label vs verdict ({report.rows} {report.split} rows)",
-            ),
-        )
+    image = plots.confusion_matrices(
+        matrices,
+        labels,
+        folder / "confusion_matrices.png",
+        title=f"{report.judge_name}: human label vs verdict ({report.rows} {report.split} rows)",
     )
+    return "Confusion matrices", image
 
+
+def _reliability_plot(
+    report: AgreementReport, record: EvaluationRecord, shown: dict[str, JudgeRecord], folder: Path
+) -> tuple[str, Path] | None:
+    """Only binary judges that state a probability have a reliability diagram."""
+    space = record.space
+    if space.kind != "binary":
+        return None
+    outcome = (space.index(record.human) == space.labels.index(space.positive)).astype(float)
     curves = {}
-    if space.kind == "binary":
-        outcome = (human_idx == space.labels.index(space.positive)).astype(float)
-        for name, judge in shown.items():
-            if judge.probability is not None and any(p is not None for p in judge.probability):
-                kept = np.array([p is not None for p in judge.probability])
-                probability = np.array([p for p in judge.probability if p is not None], float)
-                curves[name] = (probability, outcome[kept])
-    if curves:
-        images.append(
-            (
-                "Reliability diagram",
-                plots.reliability_diagram(
-                    curves,
-                    folder / "reliability.png",
-                    title=f"{report.judge_name}: are the judge's probabilities calibrated?",
-                ),
-            )
-        )
+    for name, judge in shown.items():
+        if judge.probability is not None and any(p is not None for p in judge.probability):
+            kept = np.array([p is not None for p in judge.probability])
+            probability = np.array([p for p in judge.probability if p is not None], float)
+            curves[name] = (probability, outcome[kept])
+    if not curves:
+        return None
+    image = plots.reliability_diagram(
+        curves, folder / "reliability.png", title=f"{report.judge_name}: are the judge's probabilities calibrated?"
+    )
+    return "Reliability diagram", image
 
+
+def _group_plot(
+    report: AgreementReport, record: EvaluationRecord, shown: dict[str, JudgeRecord], folder: Path
+) -> tuple[str, Path]:
     group_names = list(dict.fromkeys(record.groups))
     sizes = np.array([record.groups.count(g) for g in group_names])
     per_group = {name: _group_agreement(record, judge, group_names) for name, judge in shown.items()}
-    images.append(
-        (
-            "Agreement per group",
-            plots.per_group_agreement(
-                group_names,
-                per_group,
-                sizes,
-                folder / "per_group_agreement.png",
-                title=f"{report.judge_name}: agreement with humans per group",
-            ),
-        )
+    image = plots.per_group_agreement(
+        group_names,
+        per_group,
+        sizes,
+        folder / "per_group_agreement.png",
+        title=f"{report.judge_name}: agreement with humans per group",
     )
+    return "Agreement per group", image
 
-    headline = [
-        m
-        for m in (
-            "kappa",
-            "weighted_kappa",
-            "alpha",
-            "mcc",
-            "balanced_accuracy",
-            "f1",
-            "agreement",
-            "order_consistency",
-        )
-        if any(m in s.metrics for s in report.judges)
-    ]
+
+def _interval_plot(report: AgreementReport, folder: Path) -> tuple[str, Path]:
+    headline = [m for m in PLOTTED_METRICS if any(m in s.metrics for s in report.judges)]
     estimates = {s.name: {m: (e.value, e.low, e.high) for m, e in s.metrics.items()} for s in report.judges}
     references = {}
     if report.ceiling is not None:
         references["human κ ceiling"] = report.ceiling.annotator_vs_rest_kappa.value
-    images.append(
-        (
-            "Metrics with intervals",
-            plots.metric_intervals(
-                headline,
-                estimates,
-                folder / "metric_intervals.png",
-                title=f"{report.judge_name}: agreement with 95% group-bootstrap intervals",
-                references=references,
-            ),
-        )
+    image = plots.metric_intervals(
+        headline,
+        estimates,
+        folder / "metric_intervals.png",
+        title=f"{report.judge_name}: agreement with 95% group-bootstrap intervals",
+        references=references,
     )
-    return images
+    return "Metrics with intervals", image
 
 
 def _group_agreement(record: EvaluationRecord, judge: JudgeRecord, group_names: list[str]) -> np.ndarray:

@@ -14,13 +14,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from judgecal.artifacts import EVALUATION_FILE
 from judgecal.data.rows import LabeledRow, LabelValue
 from judgecal.stats.metrics import (
     LabelSpace,
 )
 from judgecal.tasks.spec import TaskSpec
 
-RECORD_SCHEMA_VERSION = 1
+# 2: records say whether the task is pairwise (TaskSpec.is_pairwise).
+RECORD_SCHEMA_VERSION = 2
 
 
 REFERENCE_PREFIX = "reference:"
@@ -52,6 +54,10 @@ class EvaluationRecord(BaseModel):
     labels: list[LabelValue]
     positive: LabelValue | None = None
     ordinal: bool = False
+    pairwise: bool = Field(
+        default=False,
+        description="The task compares two responses (TaskSpec.is_pairwise): position and verbosity bias apply.",
+    )
     split: str = "test"
     ids: list[str]
     groups: list[str]
@@ -79,7 +85,7 @@ def read_record(path: Path) -> EvaluationRecord:
     from pydantic import ValidationError
 
     if path.is_dir():
-        path = path / "evaluation.json"
+        path = path / EVALUATION_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such evaluation record")
     try:
@@ -93,11 +99,22 @@ def read_record(path: Path) -> EvaluationRecord:
             f"{path}: record schema version {document.get('schema_version')} is newer than this "
             f"judgecal reads ({RECORD_SCHEMA_VERSION}); upgrade judgecal"
         )
+    if document.get("schema_version", 0) < 2:
+        document = _say_whether_pairwise(document)
     try:
         return EvaluationRecord.model_validate(document)
     except ValidationError as error:
         first = error.errors()[0]
         raise ValueError(f"{path}: field '{'.'.join(str(p) for p in first['loc'])}': {first['msg']}") from None
+
+
+def _say_whether_pairwise(document: dict) -> dict:
+    """1 → 2: records gained ``pairwise``. An earlier one was reported as pairwise when its
+    labels were categories holding ``A`` and ``B``; it is read the same way."""
+    labels = document.get("labels") or []
+    categorical = document.get("positive") is None and not document.get("ordinal")
+    pairwise = categorical and {"A", "B"} <= {label for label in labels if isinstance(label, str)}
+    return {**document, "schema_version": 2, "pairwise": pairwise}
 
 
 SOFT_LABEL_KEYS = ("soft_label", "human_yes_rate")
@@ -138,7 +155,7 @@ def build_record(
             )
     annotators = [list(row.annotator_labels) if row.annotator_labels else None for row in rows]
     soft = [_soft_label(row) for row in rows] if spec.positive is not None else []
-    pairwise = {"response_a", "response_b"} <= set(spec.input_names)
+    pairwise = spec.is_pairwise
     personalized = [row.meta.get("personalized") for row in rows] if pairwise else None
     return EvaluationRecord(
         judge_name=judge_name,
@@ -146,6 +163,7 @@ def build_record(
         labels=list(spec.labels),
         positive=spec.positive,
         ordinal=spec.is_ordinal,
+        pairwise=pairwise,
         ids=[row.id for row in rows],
         groups=[row.group for row in rows],
         human=[row.label for row in rows],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from judgecal.artifacts import CARD_DIR, HTML_CARD_FILE, METRICS_TABLE
 from judgecal.report.agreement import AgreementReport
 from judgecal.report.records import REFERENCE_PREFIX
 
@@ -134,7 +135,8 @@ def description(report: AgreementReport, *, extra: str = "") -> str:
     lines += [f"| {m} | {r} | {c} | {d} |" for m, r, c, d in headline_rows(report)]
     lines += [
         "",
-        "The judge card with its plots: `card/judge_card.html` in the artifacts; every metric: `metrics.json`.",
+        f"The judge card with its plots: `{CARD_DIR}/{HTML_CARD_FILE}` in the artifacts; every metric: "
+        f"`{METRICS_TABLE}`.",
     ]
     if extra:
         lines += ["", extra]

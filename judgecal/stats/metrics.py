@@ -56,9 +56,6 @@ ORDINAL_METRICS = (
 )
 
 
-CONFIDENCE_METRICS = ("brier", "ece", "roc_auc")
-
-
 @dataclass(frozen=True)
 class LabelSpace:
     """The labels of a task in a fixed order, and how to read them."""
@@ -368,9 +365,6 @@ def first_position_rate(verdicts: Sequence[str | None], *, first: str = "A") -> 
 
 
 BINARY_SPACE = LabelSpace(labels=(True, False), positive=True)
-
-
-PAIRWISE_SPACE = LabelSpace(labels=("A", "B", "tie"))
 
 
 def binary_metrics(human: Sequence[bool], judge: Sequence[bool | None]) -> dict[str, float]:

@@ -131,28 +131,6 @@ def row_bootstrap_interval(
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def grouped_mean_interval(
-    values: np.ndarray,
-    groups: GroupIndex,
-    *,
-    n_resamples: int = DEFAULT_RESAMPLES,
-    seed: int = 0,
-    confidence: float = CONFIDENCE,
-) -> tuple[float, float]:
-    """Group-bootstrap interval of the mean of a row-level quantity."""
-    values = np.asarray(values, float)
-    sums = np.bincount(groups.codes, weights=values, minlength=groups.n_groups)
-    counts = np.bincount(groups.codes, minlength=groups.n_groups).astype(float)
-
-    def statistic(sample: np.ndarray) -> np.ndarray:
-        return sums[sample].sum(axis=-1) / counts[sample].sum(axis=-1)
-
-    low, high = group_bootstrap(
-        statistic, groups.n_groups, vectorized=True, n_resamples=n_resamples, seed=seed, confidence=confidence
-    )
-    return float(low[0]) if low.ndim else float(low), float(high[0]) if high.ndim else float(high)
-
-
 class McNemar(BaseModel):
     """Exact McNemar test on paired correctness: did the two judges err on different rows
     more often in one direction than chance allows? (Rows are treated as independent.)"""

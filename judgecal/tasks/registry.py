@@ -70,7 +70,16 @@ def _import_signature(reference: str) -> Any:
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
     else:
-        module = importlib.import_module(location)
+        try:
+            module = importlib.import_module(location)
+        except ModuleNotFoundError as error:
+            if error.name is None or not f"{location}.".startswith(f"{error.name}."):
+                raise  # the module is there; something it imports is not
+            raise ImportError(
+                f"task {reference!r}: {error}; install its package (pip install -e . in its project) or put "
+                "its folder on PYTHONPATH (PYTHONPATH=. judgecal ...): the judgecal command does not import "
+                "from the working directory"
+            ) from None
     try:
         signature = getattr(module, attribute)
     except AttributeError:

@@ -32,6 +32,22 @@ class TaskSpec(BaseModel):
         return self.labels == (True, False)
 
     @property
+    def is_pairwise(self) -> bool:
+        """Two responses compared: inputs ``response_a`` and ``response_b``, labels ``A`` and
+        ``B`` (and maybe a tie). Such a task is judged in both orders by default, its
+        verifiers and stacks are symmetric under swapping the two, and its reports measure
+        position and verbosity bias."""
+        return {"response_a", "response_b"} <= set(self.input_names) and {"A", "B"} <= set(self.labels)
+
+    @property
+    def negative(self) -> LabelValue | None:
+        """A binary task's other label (what a verdict below the cut is); ``None`` for a
+        task without a positive label."""
+        if self.positive is None:
+            return None
+        return next(label for label in self.labels if label != self.positive)
+
+    @property
     def is_ordinal(self) -> bool:
         """Ratings such as 1-5: integer labels whose order and distance matter."""
         return all(isinstance(label, int) and not isinstance(label, bool) for label in self.labels)

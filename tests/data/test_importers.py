@@ -73,6 +73,30 @@ def test_pandalm_testset_majority_and_annotators(tmp_path: Path) -> None:
     assert rows[1]["label"] == "tie" and rows[1]["prompt"] == "Fix grammar.\n\nme go home"
 
 
+def test_pandalm_rows_are_grouped_by_instruction_not_by_system_pair(tmp_path: Path) -> None:
+    """One instruction is answered by up to ten system pairs, and those rows are not
+    independent; the ten system pairs would also be too few groups to resample."""
+
+    def record(idx: int, pair: str, instruction: str) -> dict:
+        votes = {"annotator1": 1, "annotator2": 1, "annotator3": 2}
+        texts = {"response1": "One.", "response2": "Two."}
+        return {"idx": idx, "cmp_key": pair, "instruction": instruction, "input": "", **texts, **votes}
+
+    path = tmp_path / "testset-v1.json"
+    path.write_text(
+        json.dumps(
+            [
+                record(0, "bloom-7b_llama-7b", "Shorten it."),
+                record(1, "opt-7b_pythia-6.9b", "Shorten it."),
+                record(2, "bloom-7b_llama-7b", "Fix grammar."),
+            ]
+        )
+    )
+    rows = import_rows("pandalm", path, PAIRWISE)
+    assert rows[0]["group"] == rows[1]["group"] != rows[2]["group"]
+    assert [row["system_pair"] for row in rows] == ["bloom-7b_llama-7b", "opt-7b_pythia-6.9b", "bloom-7b_llama-7b"]
+
+
 def test_llmbar_labels_one_and_two(tmp_path: Path) -> None:
     folder = tmp_path / "Natural"
     folder.mkdir()

@@ -64,10 +64,10 @@ def test_judge_is_a_dspy_metric(verifier_judge) -> None:
 def test_judge_runs_as_a_scorer_in_mlflow_genai_evaluate(verifier_judge, isolated_workspace: Path) -> None:
     import mlflow
 
-    from judgecal.workspace import configure_tracking
+    from judgecal.workspace import Workspace
 
     judge, _ = verifier_judge
-    configure_tracking(root=isolated_workspace)
+    Workspace(isolated_workspace).open_tracking()
     mlflow.set_experiment("scorer")
     data = [
         {"inputs": {"prompt": "Help me with cooking."}, "outputs": {"attribute": "The user cares about cooking."}},
@@ -231,6 +231,7 @@ def test_a_judge_failing_on_its_first_rows_stops_without_trying_the_rest(chat_se
     assert len((tmp_path / "out.errors.jsonl").read_text().splitlines()) == 3
 
 
+@pytest.mark.slow
 def test_an_over_long_row_for_the_embedded_model_is_an_error_for_that_row(embedded_lm, tmp_path: Path) -> None:
     from judgecal.export.adapters import judge_file
     from judgecal.judges.fitted import ProgramJudge
@@ -287,7 +288,7 @@ def test_the_mlflow_model_checks_the_digest_and_takes_the_same_choices(
     import mlflow
 
     from judgecal.export.flavor import log_model
-    from judgecal.workspace import configure_tracking
+    from judgecal.workspace import Workspace
 
     judge, dataset = verifier_judge
     folder = tmp_path / "bundle"
@@ -295,7 +296,7 @@ def test_the_mlflow_model_checks_the_digest_and_takes_the_same_choices(
     document = json.loads(path.read_text())
     document["judge"]["threshold"] = 0.0
     path.write_text(json.dumps(document))
-    configure_tracking(root=isolated_workspace)
+    Workspace(isolated_workspace).open_tracking()
     mlflow.set_experiment("bundle-model")
     with mlflow.start_run() as run:
         log_model(folder)
@@ -316,7 +317,7 @@ def test_the_mlflow_model_checks_the_digest_and_takes_the_same_choices(
 def test_judge_command_sends_num_threads_rows_at_once_and_counts_the_429s_it_retried(
     chat_server, tmp_path: Path, capsys
 ) -> None:
-    chat_server.delay = 0.2
+    chat_server.hold_until = 4
     chat_server.respond = lambda text, attempt: 429 if attempt == 1 and text.count("busy") else "ok"
     texts = [f"row {i}" + (" busy" if i % 4 == 0 else "") for i in range(12)]
     source = write_jsonl(
@@ -332,6 +333,7 @@ def test_judge_command_sends_num_threads_rows_at_once_and_counts_the_429s_it_ret
     assert len(output.read_text().splitlines()) == 12
 
 
+@pytest.mark.slow
 def test_the_in_process_model_judges_one_row_at_a_time_whatever_num_threads_says(embedded_lm, monkeypatch) -> None:
     from judgecal.judges import program
     from judgecal.judges.fitted import ProgramJudge

@@ -40,6 +40,7 @@ def test_bundle_round_trips_instructions_demos_and_settings(tmp_path: Path) -> N
     assert read_bundle(path).metrics == {"test.kappa": 0.3}
 
 
+@pytest.mark.slow
 def test_loaded_bundle_gives_the_same_verdicts(tmp_path: Path, embedded_lm) -> None:
     judge = calibrated_judge(embedded_lm)
     save_bundle(bundle_from_judge(judge, LMConfig(max_tokens=48)), tmp_path / "judge")
@@ -55,6 +56,21 @@ def test_newer_bundle_schema_is_refused_with_a_clear_message(tmp_path: Path) -> 
     path.write_text(json.dumps(document))
     with pytest.raises(ValueError, match="schema version 99 is newer than this judgecal reads"):
         read_bundle(path)
+
+
+def test_a_judge_of_a_kind_this_version_does_not_know_is_refused_naming_file_field_and_kinds(tmp_path: Path) -> None:
+    from judgecal.calibrate.posthoc import ThresholdJudge
+
+    threshold = ThresholdJudge(base=calibrated_judge())
+    threshold.base_, threshold.threshold_ = threshold.base, 0.5
+    bundle = bundle_from_judge(threshold, LMConfig())
+    bundle.judge["base"]["kind"] = "conformal"  # a kind a later version might save
+    path = save_bundle(bundle, tmp_path / "judge")
+    with pytest.raises(ValueError) as error:
+        load_judge(tmp_path / "judge", lm=object())
+    message = str(error.value)
+    assert message.startswith(f"{path}: field 'judge': unknown judge state kind 'conformal'; this judgecal rebuilds")
+    assert "'threshold', 'order_swap'" in message and "upgrade judgecal" in message and "\n" not in message
 
 
 def test_pickled_or_foreign_files_are_refused(tmp_path: Path) -> None:

@@ -36,8 +36,10 @@ def calibrate(data: Path, strategy: str, recorded: str, split_seed: int = 1, gat
 
 
 def test_champion_moves_only_when_the_improvement_on_gate_rows_is_significant(
-    tmp_path: Path, isolated_workspace: Path, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path, isolated_workspace: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Unset, as in a Python session: the calibration sets MLflow's own switch before it starts.
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
     data = write_jsonl(tmp_path / "rows.jsonl", [row.to_record() for row in recorded_rows(n_groups=30).rows])
     first = calibrate(data, "threshold", "loose")  # the loose judge, as it is
     assert first.registry.moved and "first registered version" in first.registry.reason
@@ -61,7 +63,7 @@ def test_champion_moves_only_when_the_improvement_on_gate_rows_is_significant(
     same = calibrate(data, "stacking", "loose")  # no better than the champion
     assert not same.registry.moved
     assert "stays with" in same.registry.reason
-    run = mlflow.get_run(same.run_id)
+    run = mlflow.get_run(same.tracked.run_id)
     assert run.data.tags["judgecal.registry.champion"] == "kept"
 
     elsewhere = calibrate(data, "stacking", "strict", split_seed=2)  # gate rows the champion was fitted on
@@ -89,8 +91,6 @@ FRESH_PROCESS = """
 import json, sys
 import judgecal
 from judgecal.data.rows import load_rows
-from judgecal.workspace import configure_tracking
-configure_tracking()
 uri, rows_path, ids = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 judge = judgecal.load_judge(uri)
 rows = [r for r in load_rows(rows_path, judge.task.spec).rows if r.id in set(ids)]
@@ -127,11 +127,11 @@ def test_demo_judge_loads_by_path_run_and_champion_alias_in_a_fresh_process(isol
     expected = record.judges["calibrated"].verdicts
     bundle = Path(
         mlflow.artifacts.download_artifacts(
-            run_id=report.run_id, artifact_path="bundle", dst_path=str(isolated_workspace / "downloaded")
+            run_id=report.tracked.run_id, artifact_path="bundle", dst_path=str(isolated_workspace / "downloaded")
         )
     )
     env = {**os.environ, "JUDGECAL_HOME": str(isolated_workspace)}
-    for uri in (str(bundle), f"runs:/{report.run_id}/judge", "models:/relevance-demo@champion"):
+    for uri in (str(bundle), f"runs:/{report.tracked.run_id}/judge", "models:/relevance-demo@champion"):
         out = subprocess.run(
             [sys.executable, "-c", FRESH_PROCESS, uri, str(config.judge.data), json.dumps(record.ids)],
             env=env,

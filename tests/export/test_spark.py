@@ -18,7 +18,12 @@ from judgecal.judges.verdict import answer_key
 from judgecal.tasks.registry import resolve_task
 from tests.helpers import recorded_rows
 
-pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="Java is absent: Spark needs Java 17 or newer")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("java") is None, reason="Java is absent: Spark needs Java 17 or newer"),
+    pytest.mark.service,  # a JVM for the module
+    pytest.mark.xdist_group("spark"),  # on one pytest-xdist worker: one JVM
+]
+pytest.importorskip("pyspark", reason='needs the spark extra: pip install -e ".[spark]"')
 
 RELEVANCE = resolve_task("relevance")
 VERDICT = "label string, confidence double, error string"
@@ -55,9 +60,9 @@ def register_champion(judge, name: str, lm_config: LMConfig | None = None) -> st
     import mlflow
 
     from judgecal.export.flavor import log_model
-    from judgecal.workspace import configure_tracking
+    from judgecal.workspace import Workspace
 
-    configure_tracking()
+    Workspace.find().open_tracking()
     mlflow.set_experiment(name)
     with mlflow.start_run():
         info = log_model(judge, lm_config=lm_config)

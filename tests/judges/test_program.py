@@ -62,6 +62,7 @@ def test_swap_pair_exchanges_the_responses_only() -> None:
 # --- the embedded model ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_verdicts_come_back_in_row_order_whatever_the_judging_order(embedded_lm) -> None:
     task = resolve_task("relevance")
     judge = Judge(task, lm=embedded_lm)
@@ -162,7 +163,7 @@ def test_a_remote_judge_sends_num_threads_rows_at_once_and_dspy_callbacks_see_ev
     from judgecal.data.rows import LabeledRow
     from judgecal.judges.program import RetryPolicy
 
-    chat_server.delay = 0.2
+    chat_server.hold_until = 4
     chat_server.respond = lambda text, attempt: 429 if attempt == 1 and "row 5" in text else "ok"
     task = resolve_task("relevance")
     lm = build_lm(LMConfig(model="openai/judge", api_base=chat_server.url, cache=False, num_retries=0))

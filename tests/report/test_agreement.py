@@ -103,6 +103,46 @@ def test_report_command_rebuilds_the_card_from_a_saved_record(tmp_path: Path) ->
     assert (tmp_path / "out" / CARD_FILE).exists()
 
 
+def pair_record(*, pairwise: bool) -> EvaluationRecord:
+    human = ["A", "B", "tie", "A", "B", "A"] * 4
+    verdicts = ["A", "A", "tie", "A", "B", "A"] * 4
+    return EvaluationRecord(
+        judge_name="pairs",
+        task="pairwise",
+        labels=["A", "B", "tie"],
+        pairwise=pairwise,
+        ids=[f"p{i}" for i in range(len(human))],
+        groups=[f"g{i % 6}" for i in range(len(human))],
+        human=human,
+        judges={"raw": JudgeRecord(verdicts=verdicts)},
+    )
+
+
+def test_position_measures_follow_the_records_pairwise_flag_not_its_labels() -> None:
+    pairs = evaluate_record(pair_record(pairwise=True), n_resamples=100).judge("raw")
+    assert pairs.metrics["first_position_rate"].value == pytest.approx(4 / 6)
+    assert "first_position_rate" in {b.name for b in pairs.bias}
+    letters = evaluate_record(pair_record(pairwise=False), n_resamples=100).judge("raw")
+    assert "first_position_rate" not in letters.metrics and letters.bias == []
+
+
+def test_a_record_saved_before_it_said_whether_it_is_pairwise_reads_as_it_was_reported(tmp_path: Path) -> None:
+    for record, pairwise in ((pair_record(pairwise=True), True), (synthetic_record(0.8), False)):
+        earlier = record.model_dump(mode="json", exclude={"pairwise"}) | {"schema_version": 1}
+        (tmp_path / "evaluation.json").write_text(json.dumps(earlier))
+        read = read_record(tmp_path)
+        assert read.pairwise is pairwise and read.schema_version == 2
+
+
+def test_a_record_built_for_a_task_says_whether_it_is_pairwise() -> None:
+    from tests.helpers import pair_rows, recorded_rows
+
+    pairs = resolve_task("pairwise")
+    assert build_record("p", "pairwise", pairs.spec, pair_rows().rows, {}).pairwise
+    relevance = resolve_task("relevance")
+    assert not build_record("r", "relevance", relevance.spec, recorded_rows().rows, {}).pairwise
+
+
 def test_foreign_json_is_not_read_as_a_record(tmp_path: Path) -> None:
     path = tmp_path / "evaluation.json"
     path.write_text(json.dumps({"rows": []}))

@@ -3,7 +3,9 @@ rebuilt from a plain-JSON description without importing anything."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -47,6 +49,31 @@ def test_built_in_tasks_read_their_rows_shape_off_the_signature() -> None:
     assert pairwise.labels == ("A", "B", "tie") and pairwise.positive is None
 
 
+def test_a_task_is_pairwise_when_it_compares_response_a_with_response_b_by_labels_a_and_b() -> None:
+    import dspy
+
+    from judgecal.tasks.spec import TaskSpec
+
+    class AIsBetter(dspy.Signature):
+        """Is response A better?"""
+
+        response_a: str = dspy.InputField()
+        response_b: str = dspy.InputField()
+        a_is_better: bool = dspy.OutputField()
+
+    class Letter(dspy.Signature):
+        """Which letter fits?"""
+
+        question: str = dspy.InputField()
+        letter: Literal["A", "B", "C"] = dspy.OutputField()
+
+    assert resolve_task("pairwise").spec.is_pairwise
+    assert not resolve_task("relevance").spec.is_pairwise
+    assert not TaskSpec.from_signature("a", AIsBetter).is_pairwise  # swapping the responses flips no label
+    assert not TaskSpec.from_signature("l", Letter).is_pairwise  # no responses to swap
+    assert resolve_task("relevance").spec.negative is False and resolve_task("pairwise").spec.negative is None
+
+
 def test_labels_are_read_as_people_write_them() -> None:
     relevance, pairwise = resolve_task("relevance").spec, resolve_task("pairwise").spec
     assert [relevance.parse_label(v) for v in ("yes", "No", 1, 0, "relevant")] == [True, False, True, False, True]
@@ -71,6 +98,18 @@ def test_a_signature_that_is_not_a_judge_or_not_there_is_refused(tmp_path: Path)
         resolve_task(f"{tmp_path / 'judges.py'}:Missing")
     with pytest.raises(ValueError, match="unknown task 'sentiment'"):
         resolve_task("sentiment")
+
+
+def test_a_module_not_on_the_import_path_is_refused_saying_how_to_make_it_importable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "local_judges.py").write_text(RATING)
+    monkeypatch.chdir(tmp_path)  # the judgecal command does not import from the working directory
+    monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry not in ("", ".", str(tmp_path))])
+    with pytest.raises(ImportError) as refused:
+        resolve_task("local_judges:RateHelpfulness")
+    message = str(refused.value)
+    assert "task 'local_judges:RateHelpfulness'" in message and "PYTHONPATH" in message and "pip install -e" in message
 
 
 def test_a_task_rebuilt_from_its_description_has_the_same_rows_and_labels(tmp_path: Path) -> None:

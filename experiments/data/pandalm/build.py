@@ -2,15 +2,17 @@
 
 Input: ``pairwise/pandalm_dev.jsonl`` in the shared benchmark data folder
 (``../shared/data`` beside the repository by default): PandaLM's
-``data/testset-v1.json`` (https://github.com/WeOpenML/PandaLM, Apache-2.0) already in
-judgecal's row format, one row per compared pair, with ``group`` = the pair of systems.
+``data/testset-v1.json`` (https://github.com/WeOpenML/PandaLM, Apache-2.0) converted to
+judgecal's rows, one row per compared pair, with GPT-3.5-turbo's released verdicts
+(``data/gpt-3.5-turbo-testset-v1.json``) in ``reference_judges``. In that input,
+``group`` is the pair of systems compared.
 
 Output: ``pandalm_test.jsonl`` beside this script, the same 999 rows in the same order
 with two changes:
 
-* ``group`` identifies the instruction (``prompt-001`` ... in order of first
-  appearance), since rows that share an instruction are the strongest dependence in
-  the set; the system pair moves to ``system_pair``;
+* ``group`` becomes the instruction (``prompt-001`` ... in order of first appearance)
+  instead of the input's system pair, since rows that share an instruction are the
+  strongest dependence in the set; the system pair moves to ``system_pair``;
 * ``user_attributes`` is added as an empty list (PandaLM has no user profiles).
 
 Everything else (``label``, ``annotator_labels``, ``reference_judges``, texts) is copied

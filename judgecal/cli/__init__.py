@@ -1,4 +1,5 @@
-"""The ``judgecal`` command line."""
+"""The ``judgecal`` command line: what each sub-command does. Its flags are
+:mod:`judgecal.cli.parser`'s; ``python -m judgecal.cli`` runs it (``__main__``)."""
 
 from __future__ import annotations
 
@@ -8,25 +9,21 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from judgecal.artifacts import CARD_DIR, EVALUATION_FILE, HTML_CARD_FILE, METRICS_TABLE, MODEL_NAME
+from judgecal.cli.output import console, errors, print_error
+from judgecal.cli.parser import build_parser
 from judgecal.data.rows import DataError
 from judgecal.redact import error_line, redact_text, redact_url
+from judgecal.workspace import Workspace, set_process_environment
 
 if TYPE_CHECKING:
-    from judgecal.pipeline.calibration import CalibrationReport
     from judgecal.pipeline.config import ExperimentConfig
-
-
-console = Console(stderr=False)
-
-
-# Errors are never wrapped: a piped or logged "file:line: field ..." must stay one line.
-errors = Console(stderr=True, soft_wrap=True)
+    from judgecal.pipeline.results import CalibrationReport
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,39 +32,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    # The libraries' own progress lines (tqdm reads this when it is first imported) would
-    # interleave with judgecal's bars.
+    # Set once, before anything starts a thread. The libraries' own progress lines (tqdm
+    # reads this when it is first imported) would interleave with judgecal's bars.
+    set_process_environment()
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    # MLflow draws a bar for every small artifact it moves; judgecal draws its own.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # LiteLLM fetches its model cost map from the network when imported unless told not to;
     # offline, that leaves a retrying thread behind.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     try:
         return int(args.handler(args) or 0)
     except (DataError, FileNotFoundError, FileExistsError, ValueError, TypeError, ImportError) as error:
-        _print_error(str(error))
+        print_error(str(error))
         return 2
     except KeyboardInterrupt:
         errors.print("interrupted")
         return 130
     except Exception as error:
         if _reported_to_user(error):
-            _print_error(error_line(error, with_type=True))
+            print_error(error_line(error, with_type=True))
             return 1
         # A bug: the traceback is for its report, without the credentials of any URL in it.
         import traceback
 
         errors.print(redact_text("".join(traceback.format_exception(error))), highlight=False, markup=False)
         return 1
-
-
-def _print_error(message: str) -> None:
-    """One line on stderr, whatever the message holds: line breaks are joined, and a
-    password or key in any URL it quotes is hidden."""
-    text = " ".join(part.strip() for part in message.splitlines() if part.strip())
-    errors.print(f"[bold red]error:[/] {escape(redact_text(text))}", highlight=False, markup=True)
 
 
 def _reported_to_user(error: Exception) -> bool:
@@ -82,221 +71,31 @@ def _reported_to_user(error: Exception) -> bool:
     return False
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with judgecal's refusals: one line on stderr (not the usage block) and exit
-    code 2. Its sub-commands' parsers are of the same class."""
-
-    def error(self, message: str) -> NoReturn:
-        _print_error(f"{message} (see {self.prog} --help)")
-        raise SystemExit(2)
-
-
-def _positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (argparse names the flag)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
-
-
-def _level(text: str) -> float:
-    """An argparse type: a confidence level strictly between 0 and 1 (argparse names the flag)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a level strictly between 0 and 1 (e.g. 0.95), got {text!r}")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="judgecal", description="Calibrate LLM-as-judge models against human labels.")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    calibrate = commands.add_parser("calibrate", help="calibrate a judge on labelled rows and record the run in MLflow")
-    calibrate.add_argument(
-        "configs",
-        type=Path,
-        nargs="+",
-        metavar="CONFIG",
-        help="experiment file(s), e.g. experiments/relevance.toml; several run one after another",
+    return build_parser(
+        {
+            "calibrate": _calibrate,
+            "init": _init,
+            "report": _report,
+            "judge": _judge,
+            "estimate": _estimate,
+            "import": _import,
+            "ui": _ui,
+        }
     )
-    calibrate.add_argument("--data", type=Path, help="labelled rows (JSONL or CSV) instead of the config's")
-    calibrate.add_argument("--name", help="judge name (MLflow experiment judgecal/<name>)")
-    calibrate.add_argument("--task", help="task of the rows: relevance, pairwise, attribute or module:Signature")
-    calibrate.add_argument("--model", help="judge model: 'embedded', a .gguf path, or a LiteLLM model string")
-    calibrate.add_argument("--api-base", help="base URL of an OpenAI-compatible server (vLLM, llama.cpp)")
-    calibrate.add_argument("--temperature", type=float, help="sampling temperature of the judge model")
-    calibrate.add_argument(
-        "--max-tokens",
-        type=_positive_int,
-        help="most tokens per judge answer (reasoning models such as openai/o4-mini need 16000)",
-    )
-    calibrate.add_argument(
-        "--strategy",
-        help="one strategy: a DSPy optimizer (labeled_few_shot, bootstrap_few_shot, bootstrap_random_search, "
-        "mipro, copro, simba, gepa), threshold, base_rate, order_swap, verifier, embedding_verifier or stacking",
-    )
-    calibrate.add_argument("--strategies", help="search these strategies with Optuna: comma-separated names or 'all'")
-    calibrate.add_argument(
-        "--trials", type=_positive_int, help="search: finished trials the study should reach (at least 1)"
-    )
-    calibrate.add_argument("--storage", help="search: Optuna storage URL (default: sqlite:///mlruns/optuna.db)")
-    calibrate.add_argument("--study-name", help="search: study to create or resume")
-    calibrate.add_argument(
-        "--worker", type=int, help="search: this worker's number in a shared study (its sampler seed is seed + N)"
-    )
-    calibrate.add_argument("--recorded", help="calibrate the verdicts of reference_judges.<NAME> in the rows")
-    calibrate.add_argument("--verdicts", type=Path, help="calibrate verdicts from a JSONL file {id, verdict}")
-    calibrate.add_argument(
-        "--register", help="register the judge under this MLflow model name (champion moves only if it is better)"
-    )
-    calibrate.add_argument(
-        "--gate-data", type=Path, help="fresh labelled rows for the registry's champion gate (instead of a gate share)"
-    )
-    calibrate.add_argument("--seed", type=int, help="optimizer seed")
-    calibrate.add_argument("--split-seed", type=int, help="seed of the grouped train/dev/test split")
-    for part in ("train", "dev", "test", "gate"):
-        calibrate.add_argument(
-            f"--max-{part}-rows",
-            type=_positive_int,
-            help=f"cap the {part} rows, drawn evenly across groups",
-        )
-    calibrate.add_argument("--limit", type=int, help="use only the first N rows")
-    calibrate.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        dest="settings",
-        metavar="SECTION.KEY=VALUE",
-        help="set any other key of the experiment file for this run; VALUE is read as TOML "
-        "(e.g. --set report.n_resamples=500); repeatable",
-    )
-    calibrate.add_argument("--tracking-uri", help="MLflow tracking URI (default: mlruns/mlflow.db)")
-    calibrate.add_argument("--no-track", action="store_true", help="do not record an MLflow run")
-    calibrate.set_defaults(handler=_calibrate)
-
-    init = commands.add_parser(
-        "init", help="write a starter experiment file: every key present, the required ones set, a row template"
-    )
-    init.add_argument("name", help="judge name: the MLflow experiment judgecal/<NAME> and the registered model")
-    init.add_argument(
-        "--task", required=True, help="relevance, pairwise, attribute, or your own module:Signature / file.py:Signature"
-    )
-    init.add_argument("--data", help="the labelled rows, relative to the experiment file (default: NAME.jsonl)")
-    init.add_argument("--output", type=Path, help="the experiment file to write (default: NAME.toml)")
-    init.set_defaults(handler=_init)
-
-    report = commands.add_parser("report", help="print a calibration's agreement table and write its judge card")
-    report.add_argument("source", help="an MLflow run id, or a path to evaluation.json (or a folder holding it)")
-    report.add_argument("--out", type=Path, help="folder for the card (default: ./judge-card-<run id or name>)")
-    report.add_argument("--resamples", type=int, default=2000, help="group-bootstrap resamples")
-    report.add_argument("--seed", type=int, default=0)
-    report.add_argument("--tracking-uri", help="MLflow tracking URI (default: mlruns/mlflow.db)")
-    report.set_defaults(handler=_report)
-
-    judge = commands.add_parser("judge", help="judge rows with a calibrated judge (resumes an interrupted run)")
-    judge.add_argument("--judge", required=True, help="bundle folder, runs:/<id>/judge or models:/<name>@<alias>")
-    judge.add_argument("--input", type=Path, required=True, help="rows to judge (JSONL or CSV with id + inputs)")
-    judge.add_argument("--output", type=Path, required=True, help="verdicts JSONL; appended to, never rewritten")
-    judge.add_argument(
-        "--num-threads",
-        type=_positive_int,
-        default=1,
-        help="rows sent to a remote model at once (DSPy's parallel executor); an in-process model takes one at a time",
-    )
-    judge.add_argument("--model", help="run the calibrated judge on another model (e.g. a served copy)")
-    judge.add_argument(
-        "--api-base", help="server of the judge model; a bundle's own endpoint is not used unless --trust-endpoint"
-    )
-    judge.add_argument(
-        "--trust-endpoint", action="store_true", help="send the rows to the endpoint the bundle names (its api_base)"
-    )
-    judge.add_argument(
-        "--allow-modified", action="store_true", help="load a bundle edited after it was saved (digest mismatch)"
-    )
-    judge.add_argument(
-        "--task",
-        help="your own task (module:Signature or file.py:Signature) for a bundle that does not describe its "
-        "custom signature; this imports your code, which loading a bundle never does by itself",
-    )
-    judge.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ (default: mlruns/)")
-    judge.set_defaults(handler=_judge)
-
-    estimate = commands.add_parser(
-        "estimate", help="estimate a human-level rate from judge verdicts plus a few human labels (PPI++)"
-    )
-    estimate.add_argument("--task", required=True, help="task of the rows: relevance, pairwise, attribute, module:Sig")
-    estimate.add_argument(
-        "--verdicts",
-        type=Path,
-        required=True,
-        help="judge verdicts on every row (JSONL {id, verdict, probability?}: judgecal judge output)",
-    )
-    estimate.add_argument("--labels", type=Path, required=True, help="human-labelled subset (rows with id and label)")
-    estimate.add_argument("--target", help="label whose rate to estimate (default: the positive label)")
-    estimate.add_argument("--verdict-only", action="store_true", help="use 0/1 verdicts, not the judge's probability")
-    estimate.add_argument(
-        "--confidence", type=_level, default=0.95, help="level of the intervals, between 0 and 1 (default 0.95)"
-    )
-    estimate.set_defaults(handler=_estimate)
-
-    data = commands.add_parser("data", help="convert published human-judgment data into judgecal rows")
-    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
-    data.set_defaults(handler=lambda _: (data.print_help(), 2)[1])
-    importer = data_commands.add_parser(
-        "import", help="convert a file: annotation-tool, pandalm, llmbar, mt-bench, or table (any CSV/JSONL with --map)"
-    )
-    importer.add_argument("format", help="annotation-tool, pandalm, llmbar, mt-bench or table (any case)")
-    importer.add_argument("path", type=Path, help="the source file")
-    importer.add_argument("--output", type=Path, required=True, help="rows to write (JSONL)")
-    importer.add_argument("--task", help="task the rows are for (default: relevance or pairwise by format)")
-    importer.add_argument(
-        "--map",
-        action="append",
-        default=[],
-        metavar="FIELD=COLUMN",
-        help="table: judgecal field from a source column, e.g. prompt=question (repeatable)",
-    )
-    importer.add_argument(
-        "--label-map",
-        action="append",
-        default=[],
-        metavar="VALUE=LABEL",
-        help="table: rewrite a label value, e.g. 1=A (repeatable)",
-    )
-    importer.add_argument(
-        "--group-by",
-        choices=("prompt", "user-prompt", "user"),
-        help="annotation-tool: which rows form a group (kept in one split, resampled together): 'prompt' "
-        "(default) = one prompt across users, which the paper's data needs since each prompt is asked for "
-        "several users; 'user-prompt' = one user's prompt (the tool's prompt_id; optimistic intervals when "
-        "prompts repeat); 'user' = one user across prompts",
-    )
-    importer.set_defaults(handler=_import)
-
-    ui = commands.add_parser("ui", help="start the MLflow UI on the project's store")
-    ui.add_argument("--host", default="127.0.0.1")
-    ui.add_argument("--port", type=int, default=5000)
-    ui.add_argument("--tracking-uri", help="store to show (default: mlruns/mlflow.db)")
-    ui.set_defaults(handler=_ui)
-    return parser
 
 
 def _calibrate(args: argparse.Namespace) -> int:
     quiet_libraries()
     configs = [_load(path, args) for path in args.configs]  # every file is checked before any runs
+    workspace = Workspace.find(tracking_uri=args.tracking_uri)  # one for every file: models load once
     done: list[tuple[str, CalibrationReport, str | None]] = []
     for config in configs:
         searching = args.strategies or args.trials or args.worker is not None or config.search is not None
         if searching and not args.strategy:
-            report, run_id = _search_one(config, args)
+            report, run_id = _search_one(config, args, workspace)
         else:
-            report, run_id = _calibrate_one(config, args)
+            report, run_id = _calibrate_one(config, args, workspace)
         if report is not None:
             done.append((config.judge.name, report, run_id))
     if len(done) > 1:
@@ -313,7 +112,9 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _search_one(config: ExperimentConfig, args: argparse.Namespace) -> tuple[CalibrationReport | None, str | None]:
+def _search_one(
+    config: ExperimentConfig, args: argparse.Namespace, workspace: Workspace
+) -> tuple[CalibrationReport | None, str | None]:
     from judgecal.pipeline.config import SearchConfig
     from judgecal.pipeline.search import run_search
     from judgecal.progress import rich_progress
@@ -328,9 +129,9 @@ def _search_one(config: ExperimentConfig, args: argparse.Namespace) -> tuple[Cal
     report = run_search(
         config,
         search,
+        workspace=workspace,
         progress=rich_progress(console),
         track=not args.no_track,
-        tracking_uri=args.tracking_uri,
         log=lambda message: console.print(message, highlight=False),
     )
     table = Table(
@@ -398,10 +199,14 @@ def _print_result(config: ExperimentConfig, report: CalibrationReport, run_id: s
             console.print(f"[{colour}]{escape(agreement.comparison.statement)}[/]")
     if report.registry is not None:
         console.print(f"registry: {report.registry.name} v{report.registry.version}; {report.registry.reason}")
+    elif config.judge.register_as and report.tracked is not None and report.tracked.not_exported:
+        console.print(f"not registered as {config.judge.register_as}: no judge was exported", highlight=False)
     if run_id:
+        exported = report.tracked is not None and report.tracked.model_uri
+        judge = f"the judge: runs:/{run_id}/{MODEL_NAME}" if exported else "no judge was exported"
         console.print(
-            f"MLflow run {run_id} in judgecal/{config.judge.name}: judge card card/judge_card.html, every metric "
-            f"metrics.json; the judge: runs:/{run_id}/judge",
+            f"MLflow run {run_id} in judgecal/{config.judge.name}: judge card {CARD_DIR}/{HTML_CARD_FILE}, every "
+            f"metric {METRICS_TABLE}; {judge}",
             highlight=False,
         )
 
@@ -433,7 +238,7 @@ def _print_summary(done: list[tuple[str, CalibrationReport, str | None]], args: 
         console.print(
             "Browse the runs: judgecal ui (or make ui), then http://127.0.0.1:5000/#/experiments?workflowType="
             "machine_learning; each run's name states raw → calibrated κ, its description the verdict, and "
-            "card/judge_card.html the plots.",
+            f"{CARD_DIR}/{HTML_CARD_FILE} the plots.",
             highlight=False,
         )
 
@@ -472,15 +277,17 @@ def _settings(values: list[str]) -> list[tuple[str, object]]:
     return out
 
 
-def _calibrate_one(config: ExperimentConfig, args: argparse.Namespace) -> tuple[CalibrationReport, str | None]:
+def _calibrate_one(
+    config: ExperimentConfig, args: argparse.Namespace, workspace: Workspace
+) -> tuple[CalibrationReport, str | None]:
     from judgecal.pipeline.calibration import run_calibration
     from judgecal.progress import rich_progress
 
     report = run_calibration(
         config,
+        workspace=workspace,
         progress=rich_progress(console),
         track=not args.no_track,
-        tracking_uri=args.tracking_uri,
         log=lambda message: console.print(message, highlight=False),
     )
     console.print(
@@ -488,8 +295,8 @@ def _calibrate_one(config: ExperimentConfig, args: argparse.Namespace) -> tuple[
         f"{report.calibration_lm_calls} LM calls (answers served from the cache included)",
         highlight=False,
     )
-    _print_result(config, report, report.run_id)
-    return report, report.run_id
+    _print_result(config, report, run_id := report.tracked.run_id if report.tracked else None)
+    return report, run_id
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -526,13 +333,9 @@ def _report(args: argparse.Namespace) -> int:
     else:
         import mlflow
 
-        from judgecal.pipeline.tracking import EVALUATION_FILE
-        from judgecal.workspace import configure_tracking, quiet_artifact_downloads
-
-        configure_tracking(args.tracking_uri)
+        Workspace.find(tracking_uri=args.tracking_uri).open_tracking()
         try:
-            with quiet_artifact_downloads():
-                local = mlflow.artifacts.download_artifacts(run_id=args.source, artifact_path=EVALUATION_FILE)
+            local = mlflow.artifacts.download_artifacts(run_id=args.source, artifact_path=EVALUATION_FILE)
         except Exception as error:  # MLflow raises several types for a missing run or artifact
             raise FileNotFoundError(
                 f"{args.source}: neither a file nor an MLflow run with {EVALUATION_FILE} ({error})"
@@ -549,17 +352,14 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> int:
-    from judgecal.backends.models import configure_dspy_cache
     from judgecal.export.adapters import judge_file
     from judgecal.export.flavor import open_judge
     from judgecal.progress import rich_progress
-    from judgecal.workspace import dspy_cache_dir
 
+    workspace = Workspace.find(tracking_uri=args.tracking_uri)
     if str(args.judge).startswith(("runs:/", "models:/")):
-        from judgecal.workspace import configure_tracking
-
-        configure_tracking(args.tracking_uri)
-    configure_dspy_cache(dspy_cache_dir())
+        workspace.open_tracking()
+    workspace.use_dspy_cache()
     task = None
     if args.task:
         from judgecal.tasks.registry import resolve_task
@@ -572,6 +372,7 @@ def _judge(args: argparse.Namespace) -> int:
         trust_endpoint=args.trust_endpoint,
         allow_modified=args.allow_modified,
         task=task,
+        workspace=workspace,
     )
     for note in loaded.notes:
         errors.print(f"[bold yellow]warning:[/] {note}", highlight=False, markup=True)
@@ -586,7 +387,7 @@ def _judge(args: argparse.Namespace) -> int:
         retried = ", ".join(f"{count} calls retried after {reason}" for reason, count in sorted(result.retried.items()))
         console.print(f"{retried} (with backoff)", highlight=False)
     if result.failed:
-        _print_error(
+        print_error(
             f"{result.failed} rows got no verdict and were not written to {args.output}; they are listed in "
             f"{result.errors_file} (id, line, error). Run the same command again to judge them"
         )
@@ -665,32 +466,17 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from judgecal.pipeline.tracking import ui_environment
-    from judgecal.workspace import store_dir, tracking_uri
+    from judgecal.pipeline.tracking import ui_command, ui_environment
 
-    uri = tracking_uri(args.tracking_uri)
-    artifacts = store_dir() / "artifacts"
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--default-artifact-root",
-        artifacts.resolve().as_uri(),
-        "--artifacts-destination",
-        str(artifacts.resolve()),
-        "--host",
-        args.host,
-        "--port",
-        str(args.port),
-        "--workers",
-        "1",
-    ]
-    url = f"http://{args.host}:{args.port}/#/experiments?workflowType=machine_learning"
-    console.print(f"MLflow UI for {redact_url(uri)}: {url}  (Ctrl-C stops it)", highlight=False)
-    return run_until_stopped(command, ui_environment())
+    workspace = Workspace.find(tracking_uri=args.tracking_uri)
+    # MLflow 3.17 opens on its GenAI view; this address is the runs view. A server listening
+    # on every interface is browsed at 127.0.0.1 from this machine.
+    browsed = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{browsed}:{args.port}/#/experiments?workflowType=machine_learning"
+    console.print(
+        f"MLflow UI for {redact_url(workspace.tracking_uri)}, the runs: {url}  (Ctrl-C stops it)", highlight=False
+    )
+    return run_until_stopped(ui_command(workspace, args.host, args.port), ui_environment())
 
 
 def run_until_stopped(command: list[str], environment: dict[str, str]) -> int:
@@ -722,7 +508,3 @@ def run_until_stopped(command: list[str], environment: dict[str, str]) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,261 @@
+"""The ``judgecal`` command's sub-commands and their flags, and its refusal of bad ones:
+one line on stderr (not argparse's usage block) and exit code 2.
+
+What each sub-command does lives in :mod:`judgecal.cli`, which hands its handlers to
+:func:`build_parser`, so the flags need none of that code.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import NoReturn
+
+from judgecal.cli.output import print_error
+
+Handler = Callable[[argparse.Namespace], int]
+Commands = argparse._SubParsersAction  # what add_subparsers returns: one add_parser per sub-command
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with judgecal's refusals: one line on stderr (not the usage block) and exit
+    code 2. Its sub-commands' parsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        print_error(f"{message} (see {self.prog} --help)")
+        raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (argparse names the flag)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _level(text: str) -> float:
+    """An argparse type: a confidence level strictly between 0 and 1 (argparse names the flag)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a level strictly between 0 and 1 (e.g. 0.95), got {text!r}")
+    return value
+
+
+def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
+    """The whole command line; ``handlers`` holds the function each sub-command runs, by
+    name (``import`` for ``judgecal data import``)."""
+    parser = _Parser(prog="judgecal", description="Calibrate LLM-as-judge models against human labels.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _calibrate_command(commands, handlers["calibrate"])
+    _init_command(commands, handlers["init"])
+    _report_command(commands, handlers["report"])
+    _judge_command(commands, handlers["judge"])
+    _estimate_command(commands, handlers["estimate"])
+    _data_command(commands, handlers["import"])
+    _ui_command(commands, handlers["ui"])
+    return parser
+
+
+def _calibrate_command(commands: Commands, handler: Handler) -> None:
+    calibrate = commands.add_parser("calibrate", help="calibrate a judge on labelled rows and record the run in MLflow")
+    _calibrate_rows_and_model(calibrate)
+    _calibrate_strategy(calibrate)
+    _calibrate_run(calibrate)
+    calibrate.set_defaults(handler=handler)
+
+
+def _calibrate_rows_and_model(calibrate: argparse.ArgumentParser) -> None:
+    """The experiment files, the rows and the judge model."""
+    calibrate.add_argument(
+        "configs",
+        type=Path,
+        nargs="+",
+        metavar="CONFIG",
+        help="experiment file(s), e.g. experiments/relevance.toml; several run one after another",
+    )
+    calibrate.add_argument("--data", type=Path, help="labelled rows (JSONL or CSV) instead of the config's")
+    calibrate.add_argument("--name", help="judge name (MLflow experiment judgecal/<name>)")
+    calibrate.add_argument("--task", help="task of the rows: relevance, pairwise, attribute or module:Signature")
+    calibrate.add_argument("--model", help="judge model: 'embedded', a .gguf path, or a LiteLLM model string")
+    calibrate.add_argument("--api-base", help="base URL of an OpenAI-compatible server (vLLM, llama.cpp)")
+    calibrate.add_argument("--temperature", type=float, help="sampling temperature of the judge model")
+    calibrate.add_argument(
+        "--max-tokens",
+        type=_positive_int,
+        help="most tokens per judge answer (reasoning models such as openai/o4-mini need 16000)",
+    )
+
+
+def _calibrate_strategy(calibrate: argparse.ArgumentParser) -> None:
+    """One strategy, or a search over several and where its study lives."""
+    calibrate.add_argument(
+        "--strategy",
+        help="one strategy: a DSPy optimizer (labeled_few_shot, bootstrap_few_shot, bootstrap_random_search, "
+        "mipro, copro, simba, gepa), threshold, base_rate, order_swap, verifier, embedding_verifier or stacking",
+    )
+    calibrate.add_argument("--strategies", help="search these strategies with Optuna: comma-separated names or 'all'")
+    calibrate.add_argument(
+        "--trials", type=_positive_int, help="search: finished trials the study should reach (at least 1)"
+    )
+    calibrate.add_argument("--storage", help="search: Optuna storage URL (default: sqlite:///mlruns/optuna.db)")
+    calibrate.add_argument("--study-name", help="search: study to create or resume")
+    calibrate.add_argument(
+        "--worker", type=int, help="search: this worker's number in a shared study (its sampler seed is seed + N)"
+    )
+
+
+def _calibrate_run(calibrate: argparse.ArgumentParser) -> None:
+    """Recorded verdicts, the registry, seeds, caps on the split and any other key of the file."""
+    calibrate.add_argument("--recorded", help="calibrate the verdicts of reference_judges.<NAME> in the rows")
+    calibrate.add_argument("--verdicts", type=Path, help="calibrate verdicts from a JSONL file {id, verdict}")
+    calibrate.add_argument(
+        "--register", help="register the judge under this MLflow model name (champion moves only if it is better)"
+    )
+    calibrate.add_argument(
+        "--gate-data", type=Path, help="fresh labelled rows for the registry's champion gate (instead of a gate share)"
+    )
+    calibrate.add_argument("--seed", type=int, help="optimizer seed")
+    calibrate.add_argument("--split-seed", type=int, help="seed of the grouped train/dev/test split")
+    for part in ("train", "dev", "test", "gate"):
+        calibrate.add_argument(
+            f"--max-{part}-rows",
+            type=_positive_int,
+            help=f"cap the {part} rows, drawn evenly across groups",
+        )
+    calibrate.add_argument("--limit", type=int, help="use only the first N rows")
+    calibrate.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="settings",
+        metavar="SECTION.KEY=VALUE",
+        help="set any other key of the experiment file for this run; VALUE is read as TOML "
+        "(e.g. --set report.n_resamples=500); repeatable",
+    )
+    calibrate.add_argument("--tracking-uri", help="MLflow tracking URI (default: mlruns/mlflow.db)")
+    calibrate.add_argument("--no-track", action="store_true", help="do not record an MLflow run")
+
+
+def _init_command(commands: Commands, handler: Handler) -> None:
+    init = commands.add_parser(
+        "init", help="write a starter experiment file: every key present, the required ones set, a row template"
+    )
+    init.add_argument("name", help="judge name: the MLflow experiment judgecal/<NAME> and the registered model")
+    init.add_argument(
+        "--task", required=True, help="relevance, pairwise, attribute, or your own module:Signature / file.py:Signature"
+    )
+    init.add_argument("--data", help="the labelled rows, relative to the experiment file (default: NAME.jsonl)")
+    init.add_argument("--output", type=Path, help="the experiment file to write (default: NAME.toml)")
+    init.set_defaults(handler=handler)
+
+
+def _report_command(commands: Commands, handler: Handler) -> None:
+    report = commands.add_parser("report", help="print a calibration's agreement table and write its judge card")
+    report.add_argument("source", help="an MLflow run id, or a path to evaluation.json (or a folder holding it)")
+    report.add_argument("--out", type=Path, help="folder for the card (default: ./judge-card-<run id or name>)")
+    report.add_argument("--resamples", type=int, default=2000, help="group-bootstrap resamples")
+    report.add_argument("--seed", type=int, default=0)
+    report.add_argument("--tracking-uri", help="MLflow tracking URI (default: mlruns/mlflow.db)")
+    report.set_defaults(handler=handler)
+
+
+def _judge_command(commands: Commands, handler: Handler) -> None:
+    judge = commands.add_parser("judge", help="judge rows with a calibrated judge (resumes an interrupted run)")
+    judge.add_argument("--judge", required=True, help="bundle folder, runs:/<id>/judge or models:/<name>@<alias>")
+    judge.add_argument("--input", type=Path, required=True, help="rows to judge (JSONL or CSV with id + inputs)")
+    judge.add_argument("--output", type=Path, required=True, help="verdicts JSONL; appended to, never rewritten")
+    judge.add_argument(
+        "--num-threads",
+        type=_positive_int,
+        default=1,
+        help="rows sent to a remote model at once (DSPy's parallel executor); an in-process model takes one at a time",
+    )
+    judge.add_argument("--model", help="run the calibrated judge on another model (e.g. a served copy)")
+    judge.add_argument(
+        "--api-base", help="server of the judge model; a bundle's own endpoint is not used unless --trust-endpoint"
+    )
+    judge.add_argument(
+        "--trust-endpoint", action="store_true", help="send the rows to the endpoint the bundle names (its api_base)"
+    )
+    judge.add_argument(
+        "--allow-modified", action="store_true", help="load a bundle edited after it was saved (digest mismatch)"
+    )
+    judge.add_argument(
+        "--task",
+        help="your own task (module:Signature or file.py:Signature) for a bundle that does not describe its "
+        "custom signature; this imports your code, which loading a bundle never does by itself",
+    )
+    judge.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ (default: mlruns/)")
+    judge.set_defaults(handler=handler)
+
+
+def _estimate_command(commands: Commands, handler: Handler) -> None:
+    estimate = commands.add_parser(
+        "estimate", help="estimate a human-level rate from judge verdicts plus a few human labels (PPI++)"
+    )
+    estimate.add_argument("--task", required=True, help="task of the rows: relevance, pairwise, attribute, module:Sig")
+    estimate.add_argument(
+        "--verdicts",
+        type=Path,
+        required=True,
+        help="judge verdicts on every row (JSONL {id, verdict, probability?}: judgecal judge output)",
+    )
+    estimate.add_argument("--labels", type=Path, required=True, help="human-labelled subset (rows with id and label)")
+    estimate.add_argument("--target", help="label whose rate to estimate (default: the positive label)")
+    estimate.add_argument("--verdict-only", action="store_true", help="use 0/1 verdicts, not the judge's probability")
+    estimate.add_argument(
+        "--confidence", type=_level, default=0.95, help="level of the intervals, between 0 and 1 (default 0.95)"
+    )
+    estimate.set_defaults(handler=handler)
+
+
+def _data_command(commands: Commands, handler: Handler) -> None:
+    data = commands.add_parser("data", help="convert published human-judgment data into judgecal rows")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
+    data.set_defaults(handler=lambda _: (data.print_help(), 2)[1])
+    importer = data_commands.add_parser(
+        "import", help="convert a file: annotation-tool, pandalm, llmbar, mt-bench, or table (any CSV/JSONL with --map)"
+    )
+    importer.add_argument("format", help="annotation-tool, pandalm, llmbar, mt-bench or table (any case)")
+    importer.add_argument("path", type=Path, help="the source file")
+    importer.add_argument("--output", type=Path, required=True, help="rows to write (JSONL)")
+    importer.add_argument("--task", help="task the rows are for (default: relevance or pairwise by format)")
+    importer.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="FIELD=COLUMN",
+        help="table: judgecal field from a source column, e.g. prompt=question (repeatable)",
+    )
+    importer.add_argument(
+        "--label-map",
+        action="append",
+        default=[],
+        metavar="VALUE=LABEL",
+        help="table: rewrite a label value, e.g. 1=A (repeatable)",
+    )
+    importer.add_argument(
+        "--group-by",
+        choices=("prompt", "user-prompt", "user"),
+        help="annotation-tool: which rows form a group (kept in one split, resampled together): 'prompt' "
+        "(default) = one prompt across users, which the paper's data needs since each prompt is asked for "
+        "several users; 'user-prompt' = one user's prompt (the tool's prompt_id; optimistic intervals when "
+        "prompts repeat); 'user' = one user across prompts",
+    )
+    importer.set_defaults(handler=handler)
+
+
+def _ui_command(commands: Commands, handler: Handler) -> None:
+    ui = commands.add_parser("ui", help="start the MLflow UI on the project's store")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--tracking-uri", help="store to show (default: mlruns/mlflow.db)")
+    ui.set_defaults(handler=handler)
