@@ -48,14 +48,16 @@ SINGLES = (
     "labeled_few_shot",
     "bootstrap_few_shot",
     "bootstrap_random_search",
-    "mipro",
     "copro",
+    "mipro",
     "simba",
     "gepa",
 )
+DSPY_STRATEGIES = SINGLES[5:]  # the strategies that call the model to fit
 PRICED_MODELS = ("gpt-4o-mini", "gpt-4.1-mini", "gpt-4o")
 TOKENIZER_MODEL = "gpt-4o-mini"  # o200k_base, the tokenizer of every model priced above
-LATENCIES = (0.5, 2.0)
+# (seconds per call, calls at once): time = calls × latency ÷ threads, computed, not measured
+LATENCIES = ((0.5, 1), (2.0, 1), (2.0, 16))
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
 
@@ -346,7 +348,7 @@ def print_tables(records: list[RunRecord]) -> None:
         "| run | model calls | "
         + " | ".join(PRICED_MODELS)
         + " | "
-        + " | ".join(f"{latency:g} s per call, 1 thread" for latency in LATENCIES)
+        + " | ".join(f"{latency:g} s per call, {threads} thread{'s' * (threads > 1)}" for latency, threads in LATENCIES)
         + " |"
     )
     print("|---|---:|" + "---:|" * (len(PRICED_MODELS) + len(LATENCIES)))
@@ -354,8 +356,10 @@ def print_tables(records: list[RunRecord]) -> None:
         prompt, completion = total(record, "model_prompt_tokens"), total(record, "model_completion_tokens")
         cost = " | ".join(f"${dollars(prompt, completion, m):.2f}" for m in PRICED_MODELS)
         model_calls = total(record, "model_calls")
-        times = " | ".join(duration(model_calls * latency) for latency in LATENCIES)
+        times = " | ".join(duration(model_calls * latency / threads) for latency, threads in LATENCIES)
         print(f"| {record.name} | {model_calls:,} | {cost} | {times} |")
+    if singles:
+        print_search_bound(singles)
     for record in searches:
         lm_trials = [t for t in record.trials if t["lm_calls"]]
         recorded = sum(t["lm_calls"] or 0 for t in record.trials)
@@ -377,6 +381,77 @@ def print_tables(records: list[RunRecord]) -> None:
                 f"  {step}: {count.calls:,} calls, {count.model_calls:,} answered by the model, "
                 f"{count.model_prompt_tokens:,} prompt and {count.model_completion_tokens:,} completion tokens"
             )
+
+
+def print_search_bound(singles: list[RunRecord]) -> None:
+    """What a ``--strategies all --trials 12`` search of a new project asks the model at
+    most, computed from the single runs (not measured): on a binary task its 12 trials are
+    the 12 strategies' defaults. The raw judge answers every row once (train + dev for the
+    cross-validated trials, test, gate); each DSPy trial compiles as its single run did and
+    is judged on every dev row (pruning only lowers that), at the tokens per call of its
+    calibrated judge on test; a DSPy winner judges test and gate once more (the costliest
+    of them is counted)."""
+    by_name = {record.name: record for record in singles}
+    rows = singles[0].rows
+    raw = by_name.get("threshold")
+    print("\nA --strategies all --trials 12 search, at most (computed from the single runs above, not measured)")
+    print(f"| part | LM calls | prompt tokens | completion tokens | {' | '.join(PRICED_MODELS)} |")
+    print("|---|---:|---:|---:|" + "---:|" * len(PRICED_MODELS))
+    parts: list[tuple[str, int, float, float]] = []
+    if raw is not None:
+        parts.append(
+            (
+                "raw judge, every row once",
+                total(raw, "calls"),
+                total(raw, "prompt_tokens"),
+                total(raw, "completion_tokens"),
+            )
+        )
+    missing = [] if raw is not None else ["threshold"]
+    winners: list[tuple[str, int, float, float]] = []
+    for name in DSPY_STRATEGIES:
+        record = by_name.get(name)
+        test = record.steps.get("calibrated: judging test") if record is not None else None
+        if record is None or test is None or not test.calls:
+            missing.append(name)
+            continue
+        fit = record.steps.get("fit", StepCount())
+        dev = rows["dev"]
+        parts.append(
+            (
+                f"{name} trial: fit {fit.calls:,} + dev {dev:,}",
+                fit.calls + dev,
+                fit.prompt_tokens + dev * test.prompt_tokens / test.calls,
+                fit.completion_tokens + dev * test.completion_tokens / test.calls,
+            )
+        )
+        judged = [
+            record.steps[step]
+            for step in ("calibrated: judging test", "calibrated: judging gate rows")
+            if step in record.steps
+        ]
+        winners.append(
+            (
+                f"a DSPy winner on test and gate (the costliest: {name})",
+                sum(c.calls for c in judged),
+                sum(c.prompt_tokens for c in judged),
+                sum(c.completion_tokens for c in judged),
+            )
+        )
+    if winners:
+        parts.append(max(winners, key=lambda part: part[2]))
+    for part in [
+        *parts,
+        (
+            "the search, at most" if not missing else f"sum of the parts measured (not: {', '.join(missing)})",
+            sum(p[1] for p in parts),
+            sum(p[2] for p in parts),
+            sum(p[3] for p in parts),
+        ),
+    ]:
+        name, calls, prompt, completion = part
+        cost = " | ".join(f"${dollars(round(prompt), round(completion), m):.2f}" for m in PRICED_MODELS)
+        print(f"| {name} | {calls:,} | {prompt:,.0f} | {completion:,.0f} | {cost} |")
 
 
 def duration(seconds: float) -> str:

@@ -49,3 +49,40 @@ def test_a_stacks_inner_loop_stays_in_the_calibrations_step() -> None:
     progress(406, "calibrated: judging gate rows")
     progress(406, "stacking")
     assert meter.step == "calibrated: judging gate rows"
+
+
+def test_the_searchs_bound_adds_the_raw_judge_each_dspy_trial_on_all_of_dev_and_one_winner(capsys) -> None:
+    module = bench()
+    step = module.StepCount
+    rows = {"train": 10, "dev": 4, "test": 3, "gate": 2, "all": 19}
+    raw = module.RunRecord(
+        "threshold",
+        "single",
+        rows,
+        {
+            "fit": step(14, 14, 1400, 14),
+            "raw: judging test": step(3, 3, 300, 3),
+            "calibrated: judging gate rows": step(2, 2, 200, 2),
+        },
+        1.0,
+    )
+    few_shot = module.RunRecord(
+        "bootstrap_few_shot",
+        "single",
+        rows,
+        {
+            "fit": step(5, 5, 500, 5),
+            "calibrated: judging test": step(3, 3, 600, 3),
+            "calibrated: judging gate rows": step(2, 2, 400, 2),
+        },
+        1.0,
+    )
+    module.print_search_bound([raw, few_shot])
+    lines = capsys.readouterr().out.splitlines()
+    trial = next(line for line in lines if line.startswith("| bootstrap_few_shot trial"))
+    assert "| 9 | 1,300 | 9 |" in trial  # fit 5 + 4 dev rows at the test's 200 tokens per call
+    winner = next(line for line in lines if line.startswith("| a DSPy winner"))
+    assert "| 5 | 1,000 | 5 |" in winner
+    summed = lines[-1]
+    assert summed.startswith("| sum of the parts measured (not: labeled_few_shot, bootstrap_random_search")
+    assert "| 33 | 4,200 | 33 |" in summed  # 19 raw + 9 + 5
