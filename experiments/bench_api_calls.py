@@ -22,7 +22,10 @@ go to the same store as the others): its model calls are what a search costs a n
 project. Each finished run is saved in ``--records`` (default
 ``<workspace>/api-calls/``) and read back by a later run, which goes on with the next; the
 tables (calls, tokens, cost at the prices of LiteLLM's local cost table, time at a given
-latency) are printed from the records.
+latency) are printed from the records. Two of them are computed, not measured: a DSPy
+strategy's own calls at most (all its calls but the raw judge's on test, whether an earlier
+run had cached their answers or not), and what the search asks at most, from the single
+runs, while its own record is missing or beside it.
 """
 
 from __future__ import annotations
@@ -348,7 +351,7 @@ def print_tables(records: list[RunRecord]) -> None:
         "| run | model calls | "
         + " | ".join(PRICED_MODELS)
         + " | "
-        + " | ".join(f"{latency:g} s per call, {threads} thread{'s' * (threads > 1)}" for latency, threads in LATENCIES)
+        + " | ".join(time_header(*t) for t in LATENCIES)
         + " |"
     )
     print("|---|---:|" + "---:|" * (len(PRICED_MODELS) + len(LATENCIES)))
@@ -358,6 +361,29 @@ def print_tables(records: list[RunRecord]) -> None:
         model_calls = total(record, "model_calls")
         times = " | ".join(duration(model_calls * latency / threads) for latency, threads in LATENCIES)
         print(f"| {record.name} | {model_calls:,} | {cost} | {times} |")
+    dspy_runs = [r for r in singles if r.name in DSPY_STRATEGIES]
+    if dspy_runs:
+        print(
+            "\nA DSPy strategy's own calls, at most (every call but the raw judge's on test, answered by the cache"
+            " or not: what it asks when no earlier run shares its requests)"
+        )
+        print(
+            "| strategy | calls | "
+            + " | ".join(PRICED_MODELS)
+            + " | "
+            + " | ".join(time_header(*t) for t in LATENCIES)
+            + " |"
+        )
+        print("|---|---:|" + "---:|" * (len(PRICED_MODELS) + len(LATENCIES)))
+        for record in dspy_runs:
+            calls = total(record, "calls", raw=False)
+            prompt, completion = (
+                total(record, "prompt_tokens", raw=False),
+                total(record, "completion_tokens", raw=False),
+            )
+            cost = " | ".join(f"${dollars(prompt, completion, m):.2f}" for m in PRICED_MODELS)
+            times = " | ".join(duration(calls * latency / threads) for latency, threads in LATENCIES)
+            print(f"| {record.name} | {calls:,} | {cost} | {times} |")
     if singles:
         print_search_bound(singles)
     for record in searches:
@@ -452,6 +478,10 @@ def print_search_bound(singles: list[RunRecord]) -> None:
         name, calls, prompt, completion = part
         cost = " | ".join(f"${dollars(round(prompt), round(completion), m):.2f}" for m in PRICED_MODELS)
         print(f"| {name} | {calls:,} | {prompt:,.0f} | {completion:,.0f} | {cost} |")
+
+
+def time_header(latency: float, threads: int) -> str:
+    return f"{latency:g} s per call, {threads} thread{'s' * (threads > 1)} (computed)"
 
 
 def duration(seconds: float) -> str:
