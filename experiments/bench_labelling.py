@@ -18,8 +18,8 @@ The stack is over the recorded verdicts (GPT-5.4 as the raw judge, ``--recorded`
 Gemma-4-31B's beside it) and one text leaf, the MiniLM embedding verifier
 (``--verifiers embedding``): not the default stack, whose TF-IDF leaf took 6-13 s per fit
 of 150-400 rows on 2 shared cores (its character n-grams counted again in every inner
-fold) against 0.6-1.5 s for the embedding leaf, too slow for 3 strategies x 6 label counts
-x 5 repetitions x 7 folds (560 fits). ``--verifiers tfidf,embedding`` runs the default
+fold) against 0.6-1.5 s for the embedding leaf, too slow for 16 fits (the first labels,
+then 5 rounds x 3 strategies) x 5 repetitions x 7 folds. ``--verifiers tfidf,embedding`` runs the default
 stack; ``--verifiers ''`` the stack over the recorded verdicts alone.
 
 Learning curve: for each repetition, strategy and round, the outer folds' verdicts are
@@ -32,7 +32,9 @@ labels give the active-inference estimate (``estimate_from_design``, the path of
 ``judgecal label-next`` then ``judgecal estimate --design``, through files) of the human
 relevant rate of the rows the draw was made from, with the judge's probability as the
 signal. The table gives the interval's mean width, its width against ``uniform``'s on
-the same fold, repetition and round, and how often it covered the true rate.
+the same fold, repetition and round (a t interval over repetitions), and how often it
+covered the true rate (a Wilson interval). The strategies share each round's seed, so in
+round 1 (one pool, one judge) they differ only by their inclusion probabilities.
 
 With ``--checkpoint DIR`` each finished outer fold is saved, and the same command run again
 reads it back and goes on with the next.
@@ -339,32 +341,47 @@ def summarise(
     }
 
 
+def estimate_array(finished: list[dict[str, Any]], strategy: str, key: str) -> np.ndarray:
+    """One number of every round's estimate: an array (folds, repetitions, rounds)."""
+    return np.array(
+        [[[float(e[key]) for e in rep[strategy]["estimates"]] for rep in fold["repetitions"]] for fold in finished]
+    )
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    from scipy.stats import binomtest
+
+    interval = binomtest(k, n).proportion_ci(0.95, method="wilson")
+    return float(interval.low), float(interval.high)
+
+
 def estimate_summary(finished: list[dict[str, Any]], strategies: Sequence[str]) -> dict[str, Any]:
-    """Per strategy: mean width per round and over all rounds, mean ratio to uniform's width
-    on the same fold, repetition and round, coverage of the pool's true rate."""
+    """Per strategy: the interval's mean width (over all rounds and per round), its ratio to
+    uniform's on the same fold, repetition and round (mean per repetition, t interval over
+    repetitions), and how often it covered the pool's true rate (Wilson interval, the
+    designs taken as independent)."""
+    base = estimate_array(finished, BASELINE, "width") if BASELINE in strategies else None
     out = {}
     for s in strategies:
-        designs = [
-            (fold_rep[s]["estimates"], fold_rep.get(BASELINE, {}).get("estimates"))
-            for fold in finished
-            for fold_rep in fold["repetitions"]
-        ]
-        flat = [e for mine, _ in designs for e in mine]
-        ratios = np.array(
-            [[e["width"] / u["width"] for e, u in zip(mine, base, strict=True)] for mine, base in designs if base]
-        )
-        rounds = len(designs[0][0])
+        width = estimate_array(finished, s, "width")
+        covered = estimate_array(finished, s, "covered")
+        k, n = int(covered.sum()), covered.size
         out[s] = {
-            "designs": len(flat),
-            "labels": float(np.mean([e["labels"] for e in flat])),
-            "width": float(np.mean([e["width"] for e in flat])),
-            "width_by_round": [float(np.mean([mine[j]["width"] for mine, _ in designs])) for j in range(rounds)],
-            "ratio_to_uniform": float(ratios.mean()) if ratios.size else None,
-            "ratio_round_1": float(ratios[:, 0].mean()) if ratios.size else None,
-            "labels_alone_width": float(np.mean([e["labels_alone_width"] for e in flat])),
-            "weight": float(np.mean([e["weight"] for e in flat])),
-            "covered": int(sum(e["covered"] for e in flat)),
+            "designs": n,
+            "labels": float(estimate_array(finished, s, "labels").mean()),
+            "width": float(width.mean()),
+            "width_by_round": [float(w) for w in width.mean(axis=(0, 1))],
+            "labels_alone_width": float(estimate_array(finished, s, "labels_alone_width").mean()),
+            "weight": float(estimate_array(finished, s, "weight").mean()),
+            "covered": k,
+            "coverage": k / n,
+            "coverage_interval": wilson(k, n),
+            "coverage_by_round": [float(c) for c in covered.mean(axis=(0, 1))],
         }
+        if base is not None:
+            ratio = width / base
+            out[s]["ratio_to_uniform"] = t_interval(ratio.mean(axis=(0, 2)))
+            out[s]["ratio_round_1"] = t_interval(ratio[:, :, 0].mean(axis=0))
     return out
 
 
@@ -401,36 +418,41 @@ def curve_table(summary: dict[str, Any]) -> Table:
 def width_table(summary: dict[str, Any]) -> Table:
     estimates = summary["estimates"]
     out = Table(
-        title="labelling: 95% interval of the active-inference estimate of the pool's human rate, "
-        "one design per round (budget "
-        f"{summary['settings']['budget']:g} rows)",
+        title="labelling: 95% interval of the active-inference estimate of the pool's human rate, one design per "
+        f"round (budget {summary['settings']['budget']:g} rows); mean over folds, repetitions and rounds",
         title_justify="left",
     )
     columns = (
         "strategy",
         "labels drawn",
         "width",
-        "÷ uniform's",
-        "round 1 ÷ uniform's",
+        "÷ uniform's [95%]",
+        "round 1 ÷ uniform's [95%]",
         "width by round",
         "labels alone",
         "mean λ",
-        "covered",
+        "covered [95%]",
     )
     for column in columns:
         out.add_column(column, justify="left" if column == "strategy" else "right")
+
+    def ratio(value: Any) -> str:
+        return "–" if value is None else f"{value[0]:.3f} [{value[1]:.3f}, {value[2]:.3f}]"
+
     for s, e in estimates.items():
+        low, high = e["coverage_interval"]
         out.add_row(
             s,
             f"{e['labels']:.1f}",
             f"{e['width']:.4f}",
-            "–" if e["ratio_to_uniform"] is None else f"{e['ratio_to_uniform']:.3f}",
-            "–" if e["ratio_round_1"] is None else f"{e['ratio_round_1']:.3f}",
+            ratio(e.get("ratio_to_uniform")),
+            ratio(e.get("ratio_round_1")),
             " ".join(f"{w:.4f}" for w in e["width_by_round"]),
             f"{e['labels_alone_width']:.4f}",
             f"{e['weight']:.2f}",
-            f"{e['covered']}/{e['designs']} ({e['covered'] / e['designs']:.3f})",
+            f"{e['covered']}/{e['designs']} = {e['coverage']:.3f} [{low:.3f}, {high:.3f}]",
         )
+    out.caption = "intervals: width ratios t over repetitions; coverage Wilson, the designs taken as independent"
     return out
 
 
@@ -447,6 +469,7 @@ def plot_curves(summary: dict[str, Any], path: Path) -> None:
         left.fill_between(x, [p["low"] for p in points], [p["high"] for p in points], alpha=0.2)
         widths = summary["estimates"][s]["width_by_round"]
         right.plot(range(1, len(widths) + 1), widths, marker="o", label=s)
+        right.set_xticks(range(1, len(widths) + 1))
     for (name, kappa), style in zip(summary["references"].items(), (":", "--"), strict=False):
         left.axhline(kappa, color="grey", linestyle=style, label=f"{name} ({kappa:.3f})")
     left.set(
@@ -455,6 +478,8 @@ def plot_curves(summary: dict[str, Any], path: Path) -> None:
     right.set(
         xlabel="round (100 labels each)", ylabel="mean width of the 95% interval", title="estimate of the pool's rate"
     )
+    widest = max(w for e in summary["estimates"].values() for w in e["width_by_round"])
+    right.set_ylim(0, 1.15 * widest)  # from 0: the widths' ratio is what the eye should read
     left.legend(fontsize=7)
     right.legend(fontsize=7)
     fig.tight_layout()

@@ -101,7 +101,7 @@ def test_kappa_is_pooled_over_folds_by_row_id_and_compared_with_uniform_repetiti
     assert summary["curves"]["uniform"][1]["per_repetition"] == [1.0, 0.0]
     assert summary["curves"]["uncertainty"][1]["versus_uniform"][0] == pytest.approx(0.5)
     assert summary["curves"]["uniform"][0]["labels"] == 5
-    assert summary["estimates"]["uncertainty"]["ratio_to_uniform"] == 1.0
+    assert summary["estimates"]["uncertainty"]["ratio_to_uniform"][0] == 1.0
     assert summary["estimates"]["uniform"]["covered"] == 4
     assert summary["references"]["stack on every label of the training part"] == 1.0
 
