@@ -41,9 +41,8 @@ def experiment(data: Path, *, allow_never: bool, register: str | None = None) ->
 
 
 @pytest.fixture(scope="module")
-def calibrated(tmp_path_factory):
+def calibrated_runs(tmp_path_factory):
     """One calibration with a band (registered), one without, in a workspace of their own."""
-    import mlflow
 
     root = tmp_path_factory.mktemp("selective")
     (root / "mlruns").mkdir()
@@ -59,13 +58,21 @@ def calibrated(tmp_path_factory):
             experiment(data, allow_never=True, register="selective"), workspace=workspace, log=said.append
         )
         unbanded = run_calibration(experiment(data, allow_never=False), workspace=workspace, log=said.append)
-        mlflow.set_tracking_uri(banded.tracked.tracking_uri)
         yield banded, unbanded, said
     finally:
         if old is None:
             os.environ.pop("JUDGECAL_HOME", None)
         else:
             os.environ["JUDGECAL_HOME"] = old
+
+
+@pytest.fixture
+def calibrated(calibrated_runs):
+    """The module's runs, with MLflow pointed at their store (each test's teardown forgets it)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(calibrated_runs[0].tracked.tracking_uri)
+    return calibrated_runs
 
 
 def test_the_band_is_chosen_on_calibration_rows_nothing_else_saw(calibrated) -> None:
