@@ -40,6 +40,7 @@ import numpy as np
 from bench_search import DEFAULT_DATA, inner_split, load_fold, save_fold
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from judgecal.backends.models import build_lm
@@ -317,8 +318,10 @@ def table(result: dict[str, Any], args: argparse.Namespace) -> Table:
             else f"{band['coverage']:.3f}, "
             + " / ".join("never" if band["precision"][key] is None else f"{band['precision'][key]:.3f}" for key in KEYS)
         )
-        out.add_row(SETTINGS[name].name, f"{pooled['bands']}/{n}", interval(pooled["coverage"]), *cells, held, alone)
-    met = [SETTINGS[name].name for name, pooled in result["settings"].items() if pooled["aim_met"]]
+        out.add_row(
+            escape(SETTINGS[name].name), f"{pooled['bands']}/{n}", interval(pooled["coverage"]), *cells, held, alone
+        )
+    met = [escape(SETTINGS[name].name) for name, pooled in result["settings"].items() if pooled["aim_met"]]
     out.caption = f"both targets held on the pooled rows with coverage >= {args.coverage_aim}: " + (
         "; ".join(met) or "none"
     )
