@@ -2,7 +2,9 @@
 
     .venv/bin/python experiments/bench_labelling.py [--part labelling] [--repetitions 5] [--outer-folds 7]
 
-One script for the parts of this question (``--part``; ``all`` runs every part it has).
+One script for the parts of this question (``--part``; ``all`` runs every part it has):
+``labelling`` (below) and ``selective``, the selective judge's band on held-out prompts
+(``bench_selective.py``, which also runs alone; its variants with ``--selective-variants``).
 ``labelling``: on the shared relevance file, outer grouped folds by prompt as in
 ``bench_search.py``. In each outer training part, for each repetition:
 
@@ -488,8 +490,26 @@ def plot_curves(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def run_selective_part(
+    dataset: Dataset, args: argparse.Namespace, console: Console, workspace: Workspace
+) -> dict[str, Any]:
+    """The selective half, ``bench_selective.py`` with its own defaults (the recorded variant
+    unless ``--selective-variants`` says otherwise) and this run's data, folds, seed and
+    checkpoint folder. It builds its own workspaces: the stack's band is chosen as a
+    calibration chooses it."""
+    import bench_selective
+
+    parser = argparse.ArgumentParser()
+    bench_selective.add_arguments(parser)
+    options = parser.parse_args(["--variants", args.selective_variants])
+    for shared in ("data", "outer_folds", "recorded", "seed", "checkpoint"):
+        setattr(options, shared, getattr(args, shared))
+    return bench_selective.run_selective(options, console)
+
+
 PARTS: dict[str, Callable[[Dataset, argparse.Namespace, Console, Workspace], dict[str, Any]]] = {
     "labelling": run_labelling,
+    "selective": run_selective_part,
 }
 
 
@@ -512,6 +532,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=lambda s: [v for v in s.split(",") if v],
         default=["embedding"],
         help="the stack's text leaves, comma-separated (default: embedding; the default stack: tfidf,embedding)",
+    )
+    parser.add_argument(
+        "--selective-variants", default="recorded", help="the selective part's variants: recorded, offline (hours)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
