@@ -191,6 +191,36 @@ def thaw(process: subprocess.Popen[bytes]) -> None:
     os.killpg(process.pid, signal.SIGCONT)
 
 
+def freeze_outside_a_transaction(process: subprocess.Popen[bytes], database: Path) -> None:
+    """Stop ``process`` at a moment it holds no lock on the SQLite file ``database``. A
+    worker stopped inside a transaction (its trial's heartbeat thread writes every few
+    seconds) would keep every other worker out of the study until it is thawed."""
+
+    def stopped_holding_no_lock() -> bool:
+        freeze(process)
+        if not sqlite_locked(database):
+            return True
+        thaw(process)
+        return False
+
+    wait_until(stopped_holding_no_lock, f"process {process.pid} stopped outside a transaction on {database.name}")
+
+
+def sqlite_locked(database: Path) -> bool:
+    """Another connection holds a lock on ``database`` now (no wait: timeout 0)."""
+    import sqlite3
+
+    connection = sqlite3.connect(database, timeout=0, isolation_level=None)
+    try:
+        connection.execute("BEGIN EXCLUSIVE")
+        connection.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        connection.close()
+
+
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 600) -> None:
     """Return once ``condition()`` holds, checking it every 20 ms: for a state another
     process reaches that it cannot signal (a server waiting on a lock). ``timeout`` only

@@ -31,7 +31,7 @@ from judgecal.pipeline.search import run_search
 from judgecal.tasks.registry import resolve_task
 from tests.conftest import write_jsonl
 from tests.helpers import recorded_rows
-from tests.services import Output, freeze, thaw
+from tests.services import Output, freeze_outside_a_transaction, thaw
 
 RELEVANCE = resolve_task("relevance")
 
@@ -521,7 +521,7 @@ def test_two_workers_share_one_study_without_duplicate_trials(tmp_path: Path) ->
         # is stopped until the other begins one too.
         output = Output(workers)
         first, _ = output.wait_for(lambda _, line: started(line) is not None)
-        freeze(workers[first])
+        freeze_outside_a_transaction(workers[first], tmp_path / "optuna.db")
         try:
             output.wait_for(lambda index, line: index != first and started(line) is not None)
         finally:
