@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -43,12 +42,10 @@ def experiment(data: Path, *, allow_never: bool, register: str | None = None) ->
 @pytest.fixture(scope="module")
 def calibrated_runs(tmp_path_factory):
     """One calibration with a band (registered), one without, in a workspace of their own."""
-
     root = tmp_path_factory.mktemp("selective")
     (root / "mlruns").mkdir()
-    old = os.environ.get("JUDGECAL_HOME")
-    os.environ["JUDGECAL_HOME"] = str(root)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JUDGECAL_HOME", str(root))
         data = write_jsonl(
             root / "rows.jsonl", [row.to_record() for row in recorded_rows(n_groups=30, per_group=20).rows]
         )
@@ -59,11 +56,6 @@ def calibrated_runs(tmp_path_factory):
         )
         unbanded = run_calibration(experiment(data, allow_never=False), workspace=workspace, log=said.append)
         yield banded, unbanded, said
-    finally:
-        if old is None:
-            os.environ.pop("JUDGECAL_HOME", None)
-        else:
-            os.environ["JUDGECAL_HOME"] = old
 
 
 @pytest.fixture

@@ -30,9 +30,8 @@ def tracked_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tracked")
     (root / "mlruns").mkdir()
-    old = os.environ.get("JUDGECAL_HOME")
-    os.environ["JUDGECAL_HOME"] = str(root)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JUDGECAL_HOME", str(root))
         data = write_jsonl(root / "rows.jsonl", [row.to_record() for row in recorded_rows(n_groups=16).rows])
         config = ExperimentConfig(
             judge=JudgeSection(name="tracked", task="relevance", data=data, recorded="loose"),
@@ -42,11 +41,6 @@ def tracked_run(tmp_path_factory):
         report = run_calibration(config, workspace=Workspace(root), log=lambda m: None)
         mlflow.set_tracking_uri(report.tracked.tracking_uri)
         yield report, mlflow.MlflowClient().get_run(report.tracked.run_id), root
-    finally:
-        if old is None:
-            os.environ.pop("JUDGECAL_HOME", None)
-        else:
-            os.environ["JUDGECAL_HOME"] = old
 
 
 @pytest.fixture
