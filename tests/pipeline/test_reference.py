@@ -164,3 +164,29 @@ def test_init_never_overwrites(tmp_path: Path, monkeypatch, capsys: pytest.Captu
     assert main(["init", "mine", "--task", "relevance"]) == 2
     assert (tmp_path / "mine.toml").read_text() == "# my own\n"
     assert "mine.toml exists" in capsys.readouterr().err
+
+
+def test_a_cross_fitted_band_holds_no_rows_back_and_refuses_what_it_cannot_cross_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "exp.toml"
+    judge = '[judge]\nname = "t"\ntask = "relevance"\ndata = "x.jsonl"\n'
+    selective = '[selective]\nprecision = { true = 0.7, false = 0.9 }\nrows = "cross-fit"\n'
+    config.write_text(judge + '[calibration]\nstrategy = "stacking"\n' + selective)
+    loaded = load_config(config)
+    assert loaded.selective is not None and loaded.selective.rows == "cross-fit" and loaded.selective.folds == 5
+    assert loaded.split.calibration is None  # no calibration rows held back
+    assert load_config(config, {"selective.folds": 8}).selective.folds == 8  # type: ignore[union-attr]
+    refusals = {
+        '[calibration]\nstrategy = "stacking"\n[split]\ncalibration = 0.2\n': "remove [split] calibration",
+        '[calibration]\nstrategy = "mipro"\n': "'mipro' calls the model to fit",
+        "": "'bootstrap_random_search' calls the model to fit",  # the default strategy
+        '[calibration]\nstrategy = "stacking"\n[search]\ntrials = 4\n': "a [search] chooses its winner",
+    }
+    for section, words in refusals.items():
+        config.write_text(judge + section + selective)
+        assert main(["calibrate", str(config), "--no-track"]) == 2
+        error = capsys.readouterr().err
+        line = 1 + (judge + section + selective).splitlines().index('rows = "cross-fit"')
+        assert f"{config}:{line}: field 'selective.rows': " in error and words in error, error
+        assert len(error.strip().splitlines()) == 1
