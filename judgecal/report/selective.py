@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -183,6 +183,13 @@ def risk_coverage(
             said = kept[side[kept] == j]
             curve[key].append(float(np.mean(y[said] == j)) if len(said) else None)
     return RiskCoverage(coverage=[float(s / len(y)) for s in steps], precision=curve, chosen=chosen)
+
+
+def read_selective(saved: dict[str, Any]) -> tuple[SelectiveReport | None, BandChoice]:
+    """A run's ``selective.json`` read back: what the judge did on the test rows (None when
+    no band met the targets) and its band, or why there is none."""
+    test = saved.get("test")
+    return (SelectiveReport.model_validate(test) if test else None), BandChoice.model_validate(saved["band"])
 
 
 def selective_metrics(report: SelectiveReport) -> dict[str, float]:

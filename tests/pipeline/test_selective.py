@@ -264,3 +264,33 @@ def test_a_cross_fitted_band_is_chosen_on_out_of_fold_verdicts_of_train_and_dev(
     assert "Cross-fitted" in run.data.tags["mlflow.note.content"] and run.data.params["selective.rows"] == "cross-fit"
     card = Path(mlflow.artifacts.download_artifacts(run_id=report.tracked.run_id, artifact_path="card"))
     assert "The band was chosen by cross-fitting on 480 rows in 24 groups" in (card / "judge_card.md").read_text()
+
+
+def test_the_report_command_rebuilds_the_cards_selective_section_from_the_run_or_its_files(
+    calibrated, tmp_path: Path
+) -> None:
+    import mlflow
+
+    from judgecal.artifacts import EVALUATION_FILE, SELECTIVE_FILE
+    from judgecal.cli import main
+
+    report, unbanded, _ = calibrated
+    uri, run_id = report.tracked.tracking_uri, report.tracked.run_id
+    assert main(["report", run_id, "--tracking-uri", uri, "--resamples", "200", "--out", str(tmp_path / "run")]) == 0
+    text = (tmp_path / "run" / "judge_card.md").read_text()
+    assert "## Selective judging" in text and report.band.guarantee.statement in text
+    assert (tmp_path / "run" / "risk_coverage.png").exists()
+    files = tmp_path / "files"
+    for name in (EVALUATION_FILE, SELECTIVE_FILE):
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(files))
+    assert main(["report", str(files / EVALUATION_FILE), "--resamples", "200", "--out", str(tmp_path / "out")]) == 0
+    assert "## Selective judging" in (tmp_path / "out" / "judge_card.md").read_text()
+    # A run without a band says so; a run without [selective] has no such section.
+    out = tmp_path / "unbanded"
+    assert (
+        main(["report", unbanded.tracked.run_id, "--tracking-uri", uri, "--resamples", "200", "--out", str(out)]) == 0
+    )
+    assert "The judge exported answers every row." in (out / "judge_card.md").read_text()
+    (files / SELECTIVE_FILE).unlink()
+    assert main(["report", str(files), "--resamples", "200", "--out", str(tmp_path / "plain")]) == 0
+    assert "## Selective judging" not in (tmp_path / "plain" / "judge_card.md").read_text()
