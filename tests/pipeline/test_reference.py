@@ -33,6 +33,7 @@ FLAG_VALUES = {
     "--strategy": ("verifier", "verifier"),
     "--seed": ("5", 5),
     "--precision": ("true=0.7,false=0.95", {"true": 0.7, "false": 0.95}),
+    "--num-threads": ("4", 4),
 }
 
 
@@ -65,6 +66,19 @@ def test_every_documented_flag_exists_and_sets_its_key(tmp_path: Path) -> None:
         loaded = _load(config, args)
         section, key = dotted.split(".")
         assert getattr(getattr(loaded, section), key) == expected, flag
+
+
+def test_num_threads_is_a_flag_for_one_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "exp.toml"
+    config.write_text('[judge]\nname = "t"\ntask = "relevance"\ndata = "x.jsonl"\n[calibration]\nnum_threads = 2\n')
+    assert load_config(config).calibration.num_threads == 2
+    assert (
+        _load(config, _parser().parse_args(["calibrate", str(config), "--num-threads", "8"])).calibration.num_threads
+        == 8
+    )
+    with pytest.raises(SystemExit) as stopped:
+        main(["calibrate", str(config), "--num-threads", "0", "--no-track"])
+    assert stopped.value.code == 2 and "--num-threads" in capsys.readouterr().err
 
 
 def test_set_reaches_any_other_key_and_a_misspelt_one_is_refused(
