@@ -26,10 +26,10 @@ the functions that choose a band: applying a band needs numpy only.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from judgecal.stats.ltt import Tested, valid_binary_thresholds, valid_label_thresholds
 
@@ -105,6 +105,15 @@ class CalibrationRows(BaseModel):
     precision: dict[str, float | None] = Field(default_factory=dict)
     answered: dict[str, int] = Field(default_factory=dict)
     positive_rate_when_abstaining: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_folds_of_a_split(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``folds`` only where there are folds, so a bundle saved before cross-fitting
+        existed is rebuilt into the very state it was saved with."""
+        data = handler(self)
+        if data.get("folds") is None:
+            data.pop("folds", None)
+        return data
 
 
 class Candidates(BaseModel):
