@@ -90,13 +90,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    from judgecal.pipeline.config import refuse_cross_fit_search
+
     quiet_libraries()
     configs = [_load(path, args) for path in args.configs]  # every file is checked before any runs
+    for path, config in zip(args.configs, configs, strict=True):
+        if _searching(config, args) and config.selective is not None and config.selective.rows == "cross-fit":
+            refuse_cross_fit_search(Path(path))
     workspace = Workspace.find(tracking_uri=args.tracking_uri)  # one for every file: models load once
     done: list[tuple[str, CalibrationReport, str | None]] = []
     for config in configs:
-        searching = args.strategies or args.trials or args.worker is not None or config.search is not None
-        if searching and not args.strategy:
+        if _searching(config, args):
             report, run_id = _search_one(config, args, workspace)
         else:
             report, run_id = _calibrate_one(config, args, workspace)
@@ -105,6 +109,13 @@ def _calibrate(args: argparse.Namespace) -> int:
     if len(done) > 1:
         _print_summary(done, args)
     return 0
+
+
+def _searching(config: ExperimentConfig, args: argparse.Namespace) -> bool:
+    """Whether this experiment runs as a search: its [search] section or a search's flags,
+    unless --strategy names one strategy."""
+    searching = args.strategies or args.trials or args.worker is not None or config.search is not None
+    return bool(searching) and not args.strategy
 
 
 def quiet_libraries() -> None:

@@ -217,11 +217,7 @@ def check_cross_fit(config: ExperimentConfig, path: Path, text: str) -> None:
             **where,
         )
     if config.search is not None:
-        raise DataError(
-            '[selective] rows = "cross-fit" needs rows nothing selected the judge on, and a [search] chooses its '
-            'winner on train + dev: use rows = "split" with a search',
-            **where,
-        )
+        refuse_cross_fit_search(path)
     spec = STRATEGIES.get(strategy_name(config.calibration))
     if spec is not None and spec.calls_lm_to_fit:
         raise DataError(
@@ -230,6 +226,18 @@ def check_cross_fit(config: ExperimentConfig, path: Path, text: str) -> None:
             "(threshold, base_rate, verifier, embedding_verifier, stacking)",
             **where,
         )
+
+
+def refuse_cross_fit_search(path: Path) -> None:
+    """A search (its [search] section, or ``--strategies`` / ``--trials`` / ``--worker``)
+    chooses its winner on train + dev, the rows a cross-fitted band would be chosen on."""
+    raise DataError(
+        '[selective] rows = "cross-fit" needs rows nothing selected the judge on, and a search chooses its winner '
+        'on train + dev: use rows = "split" with a search',
+        path=path,
+        line=_line_of(path.read_text(encoding="utf-8"), "selective", "rows"),
+        field="selective.rows",
+    )
 
 
 def _line_of(text: str, section: str, key: str) -> int | None:

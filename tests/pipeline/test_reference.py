@@ -195,7 +195,7 @@ def test_a_cross_fitted_band_holds_no_rows_back_and_refuses_what_it_cannot_cross
         '[calibration]\nstrategy = "stacking"\n[split]\ncalibration = 0.2\n': "remove [split] calibration",
         '[calibration]\nstrategy = "mipro"\n': "'mipro' calls the model to fit",
         "": "'bootstrap_random_search' calls the model to fit",  # the default strategy
-        '[calibration]\nstrategy = "stacking"\n[search]\ntrials = 4\n': "a [search] chooses its winner",
+        '[calibration]\nstrategy = "stacking"\n[search]\ntrials = 4\n': "a search chooses its winner",
     }
     for section, words in refusals.items():
         config.write_text(judge + section + selective)
@@ -204,3 +204,9 @@ def test_a_cross_fitted_band_holds_no_rows_back_and_refuses_what_it_cannot_cross
         line = 1 + (judge + section + selective).splitlines().index('rows = "cross-fit"')
         assert f"{config}:{line}: field 'selective.rows': " in error and words in error, error
         assert len(error.strip().splitlines()) == 1
+    # A search asked for by its flags alone is refused as well, before any work.
+    config.write_text(judge + '[calibration]\nstrategy = "stacking"\n' + selective)
+    assert main(["calibrate", str(config), "--strategies", "verifier", "--no-track"]) == 2
+    error = capsys.readouterr().err
+    assert f"{config}:9: field 'selective.rows': " in error and "a search chooses its winner" in error, error
+    assert len(error.strip().splitlines()) == 1
