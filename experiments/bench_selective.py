@@ -54,7 +54,7 @@ from judgecal.judges.fitted import FittedJudge, MemoJudge, ProgramJudge, Recorde
 from judgecal.judges.program import JudgeProgram
 from judgecal.judges.verdict import Verdict, answer_key
 from judgecal.judges.verifiers import grouped_folds
-from judgecal.pipeline.calibration import final_fit, select_band, strategy_params
+from judgecal.pipeline.calibration import cross_fit_verdicts, final_fit, select_band, strategy_params
 from judgecal.pipeline.config import ExperimentConfig, JudgeSection, SelectiveConfig
 from judgecal.pipeline.results import Prepared
 from judgecal.report.selective import selective_report
@@ -66,11 +66,14 @@ TASK = "relevance"
 KEYS = ("true", "false")  # the relevance task's verdicts as spelled in JSON, positive first
 
 
+DEFAULT_SHARE = 0.2  # [split] calibration's default with [selective]
+
+
 class Setting(BaseModel):
     """One row of the table: the [selective] keys and the [split] calibration share a user sets."""
 
     name: str
-    calibration: float = 0.2
+    calibration: float = DEFAULT_SHARE
     groups: str = "design_effect"
     allow_never: bool = False
 
@@ -137,18 +140,24 @@ def run_fold(
     workspace: Workspace,
     console: Console,
 ) -> dict[str, Any]:
-    """Every setting on one outer fold; one stack fitted per calibration share."""
+    """Every setting on one outer fold; one stack fitted per calibration share (with
+    ``--band-rows cross-fit``: one stack on the whole part, and its out-of-fold verdicts,
+    shared by every setting)."""
     task = resolve_task(TASK)
     spec = resolve_strategies("stacking", task, has_program=lm is not None)[0]
     log = (lambda m: console.print(f"  {m}", highlight=False)) if args.verbose else (lambda m: None)
     outcomes: dict[str, Any] = {}
     started = time.perf_counter()
     settings = [SETTINGS[name] for name in args.settings.split(",")]
+    cross_fit = args.band_rows == "cross-fit"
     for share in sorted({s.calibration for s in settings}):
-        split = calibration_split(part, test, dataset, share, args.seed + k)
-        assert split.calibration is not None
-        fitting = [*split.train.rows, *split.dev.rows]
-        guard = RowGuard.for_rows(test, fitting, split.calibration.rows)
+        if cross_fit:
+            split = inner_split(part, test, dataset, args.seed + k)
+            guard = RowGuard.for_rows(test, [*split.train.rows, *split.dev.rows])
+        else:
+            split = calibration_split(part, test, dataset, share, args.seed + k)
+            assert split.calibration is not None
+            guard = RowGuard.for_rows(test, [*split.train.rows, *split.dev.rows], split.calibration.rows)
         config = ExperimentConfig(
             judge=JudgeSection(name="bench-selective", task=TASK, data=args.data),
             calibration=CalibrationConfig(strategy="stacking"),
@@ -157,6 +166,7 @@ def run_fold(
         result = final_fit(spec, prepared, strategy_params(spec, config.calibration), log)
         stack = MemoJudge(result.judge)  # every setting of this share scores the same rows
         on_test = stack.predict(test)
+        out_of_fold = None
         for name, setting in SETTINGS.items():
             if setting not in settings or setting.calibration != share:
                 continue
@@ -165,9 +175,13 @@ def run_fold(
                 delta=args.delta,
                 groups=setting.groups,  # type: ignore[arg-type]
                 allow_never=setting.allow_never,
+                rows=args.band_rows,
+                folds=args.folds,
             )
             asked = dataclasses.replace(prepared, config=config.model_copy(update={"selective": selective}))
-            banded = select_band(asked, dataclasses.replace(result, judge=stack), log)
+            if cross_fit and out_of_fold is None:
+                out_of_fold = cross_fit_verdicts(asked, result, args.folds, log)
+            banded = select_band(asked, dataclasses.replace(result, judge=stack), log, out_of_fold=out_of_fold)
             assert banded.band is not None
             answered = banded.result.judge.answer(on_test) if banded.selective else on_test  # type: ignore[attr-defined]
             outcomes[name] = fold_outcome(banded.band, test, answered, task)
@@ -182,7 +196,8 @@ def fold_record(outcomes: dict[str, Any], seconds: float) -> dict[str, Any]:
 
 def checkpoint_settings(variant: str, dataset: Dataset, args: argparse.Namespace) -> dict[str, Any]:
     """What a saved fold must have been run with to be read back."""
-    keys = ("outer_folds", "seed", "recorded", "settings", "precision_true", "precision_false", "delta")
+    keys = ("outer_folds", "seed", "recorded", "settings", "precision_true", "precision_false", "delta", "band_rows")
+    keys += ("folds",) if args.band_rows == "cross-fit" else ()
     return {"variant": f"selective-{variant}", "data": dataset.fingerprint, **{key: getattr(args, key) for key in keys}}
 
 
@@ -297,8 +312,9 @@ def interval(estimate: dict[str, float]) -> str:
 
 def table(result: dict[str, Any], args: argparse.Namespace) -> Table:
     out = Table(
-        title=f"{result['variant']}: {result['rows']} rows; targets precision(true) >= {args.precision_true}, "
-        f"precision(false) >= {args.precision_false}, delta {args.delta}; pooled outer folds (95% intervals over "
+        title=f"{result['variant']}, band rows {band_rows_words(args)}: {result['rows']} rows; targets "
+        f"precision(true) >= {args.precision_true}, precision(false) >= {args.precision_false}, delta {args.delta}; "
+        f"pooled outer folds (95% intervals over "
         f"prompts); {result['seconds'] / 60:.1f} min",
         title_justify="left",
     )
@@ -328,6 +344,12 @@ def table(result: dict[str, Any], args: argparse.Namespace) -> Table:
     return out
 
 
+def band_rows_words(args: argparse.Namespace) -> str:
+    if args.band_rows == "cross-fit":
+        return f"cross-fit ({args.folds} grouped folds of the training part)"
+    return "split (a calibration share of the training part)"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """This benchmark's options (``--data``, ``--outer-folds``, ``--seed``, ``--json``,
     ``--checkpoint`` as ``bench_search.py``'s), for its own command line or another's."""
@@ -336,8 +358,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--outer-folds", type=int, default=7)
     parser.add_argument("--recorded", default="gpt-5.4")
     parser.add_argument(
-        "--settings", default=",".join(SETTINGS), help="rows of the table, from: " + ", ".join(SETTINGS)
+        "--settings",
+        help="rows of the table, from: " + ", ".join(SETTINGS) + " (default: all; with --band-rows cross-fit, all "
+        "but the calibration shares)",
     )
+    parser.add_argument(
+        "--band-rows",
+        choices=("split", "cross-fit"),
+        default="split",
+        help="[selective] rows: the band chosen on a calibration share of the training part's prompts, or on the "
+        "out-of-fold verdicts of grouped cross-fitting over all of them",
+    )
+    parser.add_argument("--folds", type=int, default=5, help="[selective] folds, with --band-rows cross-fit")
     parser.add_argument("--precision-true", type=float, default=0.70)
     parser.add_argument("--precision-false", type=float, default=0.95)
     parser.add_argument("--delta", type=float, default=0.1)
@@ -357,9 +389,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_selective(args: argparse.Namespace, console: Console | None = None) -> dict[str, Any]:
     """Every variant in ``args.variants``, each printed as a table; the numbers as JSON."""
     console = console or Console()
+    cross_fit = args.band_rows == "cross-fit"
+    if args.settings is None:
+        args.settings = ",".join(n for n, s in SETTINGS.items() if not cross_fit or s.calibration == DEFAULT_SHARE)
     unknown = [name for name in args.settings.split(",") if name not in SETTINGS]
     if unknown:
         raise SystemExit(f"--settings: unknown {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
+    shares = [name for name in args.settings.split(",") if cross_fit and SETTINGS[name].calibration != DEFAULT_SHARE]
+    if shares:
+        raise SystemExit(
+            f"--settings: {', '.join(shares)} sets a calibration share, which --band-rows cross-fit has not"
+        )
     set_process_environment()
     Workspace.find().use_dspy_cache()  # the project's: a repeated benchmark is served from it
     dataset = load_rows(args.data, resolve_task(TASK).spec)

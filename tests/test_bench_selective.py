@@ -116,11 +116,14 @@ def test_a_saved_fold_is_read_back_by_a_run_with_the_same_settings_and_refused_b
         precision_true=0.7,
         precision_false=0.95,
         delta=0.1,
+        band_rows="split",
+        folds=5,
     )
     settings = module.checkpoint_settings("recorded", dataset, args)
     record = module.fold_record({"default": {"found": False}}, 12.0)
     module.save_fold(tmp_path, settings, 0, record)
     assert module.load_fold(tmp_path, settings, 0)["outcomes"] == record["outcomes"]
-    other = module.checkpoint_settings("recorded", dataset, argparse.Namespace(**{**vars(args), "delta": 0.05}))
-    with pytest.raises(SystemExit, match="other settings"):
-        module.load_fold(tmp_path, other, 0)
+    for change in ({"delta": 0.05}, {"band_rows": "cross-fit"}):
+        other = module.checkpoint_settings("recorded", dataset, argparse.Namespace(**{**vars(args), **change}))
+        with pytest.raises(SystemExit, match="other settings"):
+            module.load_fold(tmp_path, other, 0)

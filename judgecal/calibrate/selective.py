@@ -7,7 +7,9 @@ of tests per verdict) so that each verdict it gives reaches its precision target
 probability at least 1 - delta. Outside the band it answers as its base's probability
 says; inside, it abstains: ``Verdict(label=None, abstained=True)``, an answer, not an
 error. Its state holds the band, the targets and the rows it was chosen on, so a saved
-bundle's digest covers them.
+bundle's digest covers them. With few groups, :meth:`SelectiveJudge.fit_out_of_fold`
+chooses the band on cross-fitted scores of the base's own fitting rows instead
+(approximate: see docs/selective.md).
 """
 
 from __future__ import annotations
@@ -80,39 +82,65 @@ class SelectiveJudge(FittedJudge):
         rows that are not calibration rows: its fitting rows; up to 300, drawn across
         groups), or a fixed grid without them."""
         assert self.base is not None, "a selective judge wraps a fitted base judge"
-        targets = self._targets()
+        self._targets()  # a target the task cannot have is refused before any row is judged
         verdicts = self.base.predict(calibration, description="selective: scoring calibration rows")
-        kept = [(row, v) for row, v in zip(calibration, verdicts, strict=True) if v.label is not None]
-        rows, answered = [row for row, _ in kept], [v for _, v in kept]
-        if not rows:
-            raise ValueError(
-                f"no calibration row got a verdict from '{self.name}' ({len(calibration)} rows), so no band can be "
-                "chosen; see why its verdicts failed"
-            )
-        scores = self._scores(answered)
-        self._refuse_without_probabilities(scores)
         others = None
         if fitting:
             sample = sample_across_groups(list(fitting), CANDIDATE_ROWS, seed=0)
             scored = [v for v in self.base.predict(sample, description="selective: placing thresholds")]
             scored = [v for v in scored if v.label is not None]
             others = self._top(self._scores(scored)) if scored else None
+        return self._choose(calibration, verdicts, others, folds=None)
+
+    def fit_out_of_fold(self, rows: Sequence[LabeledRow], verdicts: Sequence[Verdict], folds: int) -> SelectiveJudge:
+        """Choose the band on cross-fitted ``verdicts``: each row's verdict from the base's
+        strategy fitted on the other grouped folds of ``rows`` (never on the row's group),
+        while ``base`` is fitted on all of them. The candidate thresholds are quantiles of
+        these scores (their labels are not read for them). Approximate: the band is tested
+        on the fold judges' scores and applied to ``base``."""
+        assert self.base is not None, "a selective judge wraps a fitted base judge"
+        scored = [v for v in verdicts if v.label is not None]
+        others = self._top(self._scores(scored)) if scored else None
+        return self._choose(rows, verdicts, others, folds=folds)
+
+    def _choose(
+        self,
+        rows: Sequence[LabeledRow],
+        verdicts: Sequence[Verdict],
+        others: np.ndarray | None,
+        *,
+        folds: int | None,
+    ) -> SelectiveJudge:
+        """The band on ``rows`` judged as ``verdicts`` (rows without a verdict left out),
+        candidates placed by ``others``' scores; ``folds``: the verdicts are out-of-fold
+        ones of that many grouped folds (None: calibration rows of a split)."""
+        targets = self._targets()
+        kept = [(row, v) for row, v in zip(rows, verdicts, strict=True) if v.label is not None]
+        answered_rows, answered = [row for row, _ in kept], [v for _, v in kept]
+        if not answered_rows:
+            raise ValueError(
+                f"no calibration row got a verdict from '{self.name}' ({len(rows)} rows), so no band can be "
+                "chosen; see why its verdicts failed"
+            )
+        scores = self._scores(answered)
+        self._refuse_without_probabilities(scores)
         settings = {
             "targets": targets,
             "delta": self.delta,
             "groups_mode": self.groups,
             "allow_never": self.allow_never,
             "candidates": candidate_thresholds(others),
-            "fingerprint": rows_fingerprint(rows),
+            "fingerprint": rows_fingerprint(answered_rows),
+            "folds": folds,
         }
-        groups = [row.group for row in rows]
+        groups = [row.group for row in answered_rows]
         spec = self.task.spec
         if spec.positive is not None:
             keys = (answer_key(spec.positive), answer_key(spec.negative))
-            positive = [row.label == spec.positive for row in rows]
+            positive = [row.label == spec.positive for row in answered_rows]
             self.choice_ = choose_binary_band(scores, positive, groups, keys=keys, **settings)
         else:
-            y = [spec.labels.index(row.label) for row in rows]
+            y = [spec.labels.index(row.label) for row in answered_rows]
             families = label_families(spec.labels, spec.is_pairwise)
             self.choice_ = choose_label_band(scores, y, groups, keys=self.keys, families=families, **settings)
         self.base_ = self.base

@@ -4,17 +4,18 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
 
-from judgecal.artifacts import CARD_DIR, EVALUATION_FILE, HTML_CARD_FILE, METRICS_TABLE, MODEL_NAME
+from judgecal.artifacts import CARD_DIR, EVALUATION_FILE, HTML_CARD_FILE, METRICS_TABLE, MODEL_NAME, SELECTIVE_FILE
 from judgecal.cli.labelling import label_next_command, merge_labels_command
 from judgecal.cli.output import console, errors, print_error
 from judgecal.cli.parser import build_parser
@@ -89,13 +90,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    from judgecal.pipeline.config import refuse_cross_fit_search
+
     quiet_libraries()
     configs = [_load(path, args) for path in args.configs]  # every file is checked before any runs
+    for path, config in zip(args.configs, configs, strict=True):
+        if _searching(config, args) and config.selective is not None and config.selective.rows == "cross-fit":
+            refuse_cross_fit_search(Path(path))
     workspace = Workspace.find(tracking_uri=args.tracking_uri)  # one for every file: models load once
     done: list[tuple[str, CalibrationReport, str | None]] = []
     for config in configs:
-        searching = args.strategies or args.trials or args.worker is not None or config.search is not None
-        if searching and not args.strategy:
+        if _searching(config, args):
             report, run_id = _search_one(config, args, workspace)
         else:
             report, run_id = _calibrate_one(config, args, workspace)
@@ -104,6 +109,13 @@ def _calibrate(args: argparse.Namespace) -> int:
     if len(done) > 1:
         _print_summary(done, args)
     return 0
+
+
+def _searching(config: ExperimentConfig, args: argparse.Namespace) -> bool:
+    """Whether this experiment runs as a search: its [search] section or a search's flags,
+    unless --strategy names one strategy."""
+    searching = args.strategies or args.trials or args.worker is not None or config.search is not None
+    return bool(searching) and not args.strategy
 
 
 def quiet_libraries() -> None:
@@ -334,11 +346,15 @@ def _report(args: argparse.Namespace) -> int:
     from judgecal.report.agreement import evaluate_record
     from judgecal.report.card import terminal_table, write_card
     from judgecal.report.records import read_record
+    from judgecal.report.selective import read_selective
 
     source = Path(args.source)
     if source.exists():
         record = read_record(source)
-        default_out = (source if source.is_dir() else source.parent) / "card"
+        folder = source if source.is_dir() else source.parent
+        default_out = folder / "card"
+        selective = folder / SELECTIVE_FILE
+        saved = json.loads(selective.read_text(encoding="utf-8")) if selective.exists() else None
     else:
         import mlflow
 
@@ -351,13 +367,26 @@ def _report(args: argparse.Namespace) -> int:
             ) from None
         record = read_record(Path(local))
         default_out = Path.cwd() / f"judge-card-{args.source}"
+        saved = _run_selective(args.source)
     report = evaluate_record(record, n_resamples=args.resamples, seed=args.seed)
     console.print(terminal_table(report))
     if report.comparison is not None:
         console.print(report.comparison.statement, highlight=False)
-    card = write_card(report, record, args.out or default_out)
+    selective, band = read_selective(saved) if saved is not None else (None, None)
+    card = write_card(report, record, args.out or default_out, selective=selective, band=band)
     console.print(f"judge card: {card}", highlight=False)
     return 0
+
+
+def _run_selective(run_id: str) -> dict[str, Any] | None:
+    """A run's selective.json, or None for a run without [selective] (it has no such file)."""
+    import mlflow
+
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=SELECTIVE_FILE)
+    except Exception:  # MLflow raises several types for a missing artifact
+        return None
+    return json.loads(Path(local).read_text(encoding="utf-8"))
 
 
 def _judge(args: argparse.Namespace) -> int:

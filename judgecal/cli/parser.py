@@ -149,6 +149,12 @@ def _calibrate_run(calibrate: argparse.ArgumentParser) -> None:
         "(e.g. true=0.7,false=0.95; [selective] in the experiment file)",
     )
     calibrate.add_argument("--seed", type=int, help="optimizer seed")
+    calibrate.add_argument(
+        "--num-threads",
+        type=_positive_int,
+        help="rows a remote model judges at once, for this run ([calibration] num_threads; an in-process model "
+        "takes one at a time)",
+    )
     calibrate.add_argument("--split-seed", type=int, help="seed of the grouped train/dev/test split")
     for part in ("train", "dev", "test", "gate"):
         calibrate.add_argument(

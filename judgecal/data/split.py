@@ -42,7 +42,7 @@ class SplitSpec(BaseModel):
         ge=0,
         lt=1,
         description="Share of groups a selective judge's band is chosen on (never fitted, selected or reported "
-        "on); not set: 0.2 when the experiment has a [selective] section, else 0.",
+        "on); not set: 0.2 when the experiment has a [selective] section choosing its band on a split, else 0.",
     )
     seed: int = Field(default=0, description="Seed of the shuffle that assigns groups to parts.")
     max_train_rows: int | None = Field(

@@ -20,7 +20,7 @@ from judgecal.backends.models import build_lm
 from judgecal.calibrate.guard import RowGuard
 from judgecal.calibrate.optimizers import CalibrationConfig, strategy_name
 from judgecal.calibrate.selective import NoProbabilitiesError, SelectiveJudge
-from judgecal.calibrate.strategies import FitResult, StrategySpec, fit_judge, resolve_strategies
+from judgecal.calibrate.strategies import STRATEGIES, FitResult, StrategySpec, fit_judge, resolve_strategies
 from judgecal.data.rows import DataError, Dataset, LabeledRow, load_rows, load_verdicts
 from judgecal.data.split import Split, split_by_group
 from judgecal.judges.fitted import (
@@ -33,6 +33,8 @@ from judgecal.judges.fitted import (
     unwrap,
 )
 from judgecal.judges.program import JudgeProgram, score_verdicts
+from judgecal.judges.verdict import Verdict
+from judgecal.judges.verifiers import grouped_folds
 from judgecal.pipeline.config import ExperimentConfig
 from judgecal.pipeline.publish import export_judge
 from judgecal.pipeline.results import Banded, CalibrationReport, Prepared, SideResult
@@ -144,11 +146,15 @@ def final_fit(spec: StrategySpec, prepared: Prepared, params: dict[str, Any], lo
     return fit_judge(spec, env, params, rows, None, prepared.guard, step="fit on train + dev")
 
 
-def select_band(prepared: Prepared, result: FitResult, log: Any = print) -> Banded:
-    """With [selective]: the band where the fitted judge abstains, chosen on the calibration
-    rows (neither fitting, selection nor the search saw them; candidate thresholds placed
-    by its scores on train + dev), and the judge wrapped in it. When no band meets the
-    targets the run says which verdict fell short and the judge stays as it was fitted."""
+def select_band(
+    prepared: Prepared, result: FitResult, log: Any = print, *, out_of_fold: Sequence[Verdict] | None = None
+) -> Banded:
+    """With [selective]: the band where the fitted judge abstains, and the judge wrapped in
+    it. Chosen on the calibration rows (neither fitting, selection nor the search saw them;
+    candidate thresholds placed by its scores on train + dev), or with ``rows =
+    "cross-fit"`` on the out-of-fold verdicts of train + dev (:func:`cross_fit_verdicts`,
+    or ``out_of_fold`` when the caller has them). When no band meets the targets the run
+    says which verdict fell short and the judge stays as it was fitted."""
     settings = prepared.config.selective
     if settings is None:
         return Banded(result, result.judge)
@@ -157,7 +163,6 @@ def select_band(prepared: Prepared, result: FitResult, log: Any = print) -> Band
     from judgecal.backends.calls import LMCallCounter
 
     split, name = prepared.split, prepared.config.judge.name
-    assert split.calibration is not None, "a [selective] experiment holds calibration rows back"
     fitting = [*split.train.rows, *split.dev.rows]
     prepared.guard.check(fitting, "selective: place candidate thresholds")
     judge = SelectiveJudge(
@@ -169,12 +174,58 @@ def select_band(prepared: Prepared, result: FitResult, log: Any = print) -> Band
     )
     counter, started = LMCallCounter(), time.perf_counter()
     with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), counter]):
-        judge.fit(split.calibration.rows, fitting)
+        if settings.rows == "cross-fit":
+            if out_of_fold is None:
+                out_of_fold = cross_fit_verdicts(prepared, result, settings.folds, log)
+            judge.fit_out_of_fold(fitting, out_of_fold, settings.folds)
+        else:
+            assert split.calibration is not None, "a [selective] experiment holds calibration rows back"
+            judge.fit(split.calibration.rows, fitting)
     cost = {"seconds": result.seconds + time.perf_counter() - started, "lm_calls": result.lm_calls + counter.calls}
     choice = judge.choice_
     log(f"{name}: selective judging: {choice.guarantee.statement}")
     reported = judge if choice.found else result.judge
     return Banded(dataclasses.replace(result, judge=reported, **cost), result.judge, choice)
+
+
+def cross_fit_verdicts(prepared: Prepared, result: FitResult, folds: int, log: Any = print) -> list[Verdict]:
+    """Each train + dev row judged by ``result``'s strategy, with its settings, fitted on the
+    other grouped folds (groups = prompts): the rows a cross-fitted band is chosen on. A
+    strategy that calls the model to fit, or a search's winner (chosen on these rows), is
+    refused."""
+    spec = STRATEGIES[result.strategy]
+    refuse_cross_fit(spec, prepared)
+    rows = [*prepared.split.train.rows, *prepared.split.dev.rows]
+    parts = grouped_folds(rows, folds, prepared.config.split.seed)
+    log(
+        f"{prepared.config.judge.name}: selective judging: cross-fitting {spec.name} on {len(parts)} grouped folds "
+        f"of train + dev ({len(rows)} rows, {len({row.group for row in rows})} groups)"
+    )
+    env = prepared.env(log)
+    out: dict[int, Verdict] = {}
+    for k, held in enumerate(parts):
+        left_out = set(held.tolist())
+        fold_rows = [row for i, row in enumerate(rows) if i not in left_out]
+        step = f"cross-fit {k + 1}/{len(parts)}"
+        fitted = fit_judge(spec, env, result.params, fold_rows, None, prepared.guard, step=step).judge
+        held_rows = [rows[i] for i in held]
+        verdicts = fitted.predict(held_rows, description=f"selective: {step}, scoring its held-out rows")
+        out |= dict(zip(held.tolist(), verdicts, strict=True))
+    return [out[i] for i in range(len(rows))]
+
+
+def refuse_cross_fit(spec: StrategySpec, prepared: Prepared) -> None:
+    """Before any work: a cross-fitted band fits the strategy once per fold, which a strategy
+    that calls the model to fit would pay for in calls, and needs rows nothing chose the
+    judge on, which a search's winner was chosen on."""
+    settings = prepared.config.selective
+    if settings is None or settings.rows != "cross-fit":
+        return
+    if spec.calls_lm_to_fit or prepared.config.search is not None:
+        why = f"{spec.name!r} calls the model to fit" if spec.calls_lm_to_fit else "a search chooses its winner on them"
+        raise ValueError(
+            f'selective rows = "cross-fit" refits the judge on folds of train + dev, but {why}: use rows = "split"'
+        )
 
 
 def refuse_without_probabilities(spec: StrategySpec, prepared: Prepared) -> None:
@@ -211,6 +262,7 @@ def run_calibration(
         [strategy_name(config.calibration)], prepared.task, has_program=isinstance(unwrap(prepared.raw), ProgramJudge)
     )
     refuse_without_probabilities(spec, prepared)
+    refuse_cross_fit(spec, prepared)
     where = "train, selecting on dev" if spec.selects_on_dev else "train + dev"
     log(f"{config.judge.name}: calibrating with {spec.name} ({spec.description}) on {where}")
     result = final_fit(spec, prepared, strategy_params(spec, config.calibration), log)

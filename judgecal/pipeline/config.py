@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from judgecal.backends.settings import LMConfig
-from judgecal.calibrate.optimizers import CalibrationConfig
+from judgecal.calibrate.optimizers import CalibrationConfig, strategy_name
 from judgecal.calibrate.search import SearchConfig
 from judgecal.data.rows import DataError
 from judgecal.data.split import SplitSpec
@@ -84,6 +84,19 @@ class SelectiveConfig(BaseModel):
         description="A verdict no threshold meets its target for may be never given (the judge then only says "
         "the other verdicts or abstains), instead of leaving no band.",
     )
+    rows: Literal["split", "cross-fit"] = Field(
+        default="split",
+        description="Which rows the band is chosen on: 'split' (the [split] calibration share, held back from "
+        "fitting and selection, so the band is tested on the judge it is applied to) or 'cross-fit' (nothing held "
+        "back: the strategy is fitted again on grouped folds of train + dev, each row scored by the fit that left "
+        "its group out, and the band chosen on those scores is applied to the judge fitted on all rows; "
+        "approximate, for few groups; refused for strategies that call the model to fit and with [search]).",
+    )
+    folds: int = Field(
+        default=5,
+        ge=2,
+        description="With rows = 'cross-fit': how many grouped folds of train + dev (groups = prompts).",
+    )
 
 
 # Share of groups held back for a selective judge's band when [split] calibration is not set.
@@ -111,8 +124,9 @@ class ExperimentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _calibration_share(self) -> ExperimentConfig:
-        """A selective judge's band needs rows of its own: [split] calibration, 0.2 unless set."""
-        if self.selective is None:
+        """A selective judge's band chosen on a split needs rows of its own: [split]
+        calibration, 0.2 unless set."""
+        if self.selective is None or self.selective.rows != "split":
             return self
         if self.split.calibration is None:
             self.split = self.split.model_copy(update={"calibration": DEFAULT_CALIBRATION_SHARE})
@@ -163,7 +177,9 @@ def check_selective(config: ExperimentConfig, path: Path) -> None:
     if config.selective is None:
         return
     text = path.read_text(encoding="utf-8")
-    if config.split.calibration == 0:
+    if config.selective.rows == "cross-fit":
+        check_cross_fit(config, path, text)
+    elif config.split.calibration == 0:
         raise DataError(
             "[selective] chooses its band on calibration rows the judge never saw: set a share above 0 "
             f"(default {DEFAULT_CALIBRATION_SHARE})",
@@ -186,6 +202,42 @@ def check_selective(config: ExperimentConfig, path: Path) -> None:
             line=_line_of(text, "selective", "precision"),
             field="selective.precision",
         )
+
+
+def check_cross_fit(config: ExperimentConfig, path: Path, text: str) -> None:
+    """Cross-fitting holds no rows back, fits the strategy once per fold without calling the
+    model, and chooses the band on rows nothing selected the judge on."""
+    from judgecal.calibrate.strategies import STRATEGIES
+
+    where = {"path": path, "line": _line_of(text, "selective", "rows"), "field": "selective.rows"}
+    if config.split.calibration:
+        raise DataError(
+            '[selective] rows = "cross-fit" chooses the band on out-of-fold scores of train + dev and holds no '
+            'calibration rows back: remove [split] calibration, or choose the band on it with rows = "split"',
+            **where,
+        )
+    if config.search is not None:
+        refuse_cross_fit_search(path)
+    spec = STRATEGIES.get(strategy_name(config.calibration))
+    if spec is not None and spec.calls_lm_to_fit:
+        raise DataError(
+            f'[selective] rows = "cross-fit" fits the strategy {config.selective.folds} more times, and '
+            f'{spec.name!r} calls the model to fit: use rows = "split", or a strategy fitted without the model '
+            "(threshold, base_rate, verifier, embedding_verifier, stacking)",
+            **where,
+        )
+
+
+def refuse_cross_fit_search(path: Path) -> None:
+    """A search (its [search] section, or ``--strategies`` / ``--trials`` / ``--worker``)
+    chooses its winner on train + dev, the rows a cross-fitted band would be chosen on."""
+    raise DataError(
+        '[selective] rows = "cross-fit" needs rows nothing selected the judge on, and a search chooses its winner '
+        'on train + dev: use rows = "split" with a search',
+        path=path,
+        line=_line_of(path.read_text(encoding="utf-8"), "selective", "rows"),
+        field="selective.rows",
+    )
 
 
 def _line_of(text: str, section: str, key: str) -> int | None:

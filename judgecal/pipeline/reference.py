@@ -44,6 +44,7 @@ FLAGS: dict[str, str] = {
     "split.max_gate_rows": "--max-gate-rows",
     "calibration.strategy": "--strategy",
     "calibration.seed": "--seed",
+    "calibration.num_threads": "--num-threads",
     "selective.precision": "--precision",
     "search.strategies": "--strategies",
     "search.trials": "--trials",
@@ -56,7 +57,8 @@ FLAGS: dict[str, str] = {
 FLAG_RULE = (
     "A setting has a flag of its own when it changes from one run of an experiment to the next: what is "
     "judged (data, name, task, limit, recorded verdicts, registry name, gate rows), the model and how it "
-    "samples (model, api_base, temperature, max_tokens), the strategy and the seeds, a selective judge's "
+    "samples (model, api_base, temperature, max_tokens), how many rows it judges at once (num_threads), the "
+    "strategy and the seeds, a selective judge's "
     "precision targets, the caps on how many "
     "rows each part of the split may cost, and the search's strategies, trials, storage, study and worker. "
     "Every other key is set in the experiment file, or for one run with `--set section.key=VALUE` "

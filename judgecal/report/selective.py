@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from judgecal.data.rows import LabelValue
 from judgecal.judges.verdict import answer_key
 from judgecal.report import plots
-from judgecal.stats.selective import BandChoice
+from judgecal.stats.selective import CROSS_FIT_SOURCE, BandChoice
 from judgecal.stats.uncertainty import DEFAULT_RESAMPLES, Estimate, GroupIndex, group_bootstrap
 
 TargetStatus = Literal["held", "missed", "not settled", "never given"]
@@ -185,6 +185,13 @@ def risk_coverage(
     return RiskCoverage(coverage=[float(s / len(y)) for s in steps], precision=curve, chosen=chosen)
 
 
+def read_selective(saved: dict[str, Any]) -> tuple[SelectiveReport | None, BandChoice]:
+    """A run's ``selective.json`` read back: what the judge did on the test rows (None when
+    no band met the targets) and its band, or why there is none."""
+    test = saved.get("test")
+    return (SelectiveReport.model_validate(test) if test else None), BandChoice.model_validate(saved["band"])
+
+
 def selective_metrics(report: SelectiveReport) -> dict[str, float]:
     """``selective.coverage``, ``selective.precision.<verdict>``, ``selective.recall.<label>``
     on the test rows, and the coverage on the calibration rows, for MLflow."""
@@ -238,6 +245,19 @@ def targets_summary(report: SelectiveReport) -> str:
     return "Targets: " + ", ".join(f"'{t.verdict}' ≥ {t.target:.2f}: {t.status}" for t in report.targets) + "."
 
 
+def band_rows_sentence(choice: BandChoice) -> str:
+    """Which rows the band was chosen on, and how they relate to the judge it wraps."""
+    rows = choice.calibration_rows
+    where = f"{rows.count} rows in {rows.groups} groups (fingerprint `{rows.fingerprint[:23]}`)"
+    if rows.source == CROSS_FIT_SOURCE:
+        return (
+            f"The band was chosen by cross-fitting on {where}, train + dev: each row scored by the judge fitted "
+            f"on the other {(rows.folds or 0) - 1} of {rows.folds} grouped folds, never on its own group; the "
+            "judge exported is fitted on all of them, so it is not the judge the band was tested on."
+        )
+    return f"The band was chosen on {where} held back as calibration rows, never used to fit or select the judge."
+
+
 def card_section(
     report: SelectiveReport | None, choice: BandChoice | None, folder: Path
 ) -> tuple[list[str], Path | None]:
@@ -251,11 +271,8 @@ def card_section(
     lines += [
         f"**{choice.guarantee.statement}**",
         "",
-        f"The band was chosen on {choice.calibration_rows.count} calibration rows in "
-        f"{choice.calibration_rows.groups} groups (fingerprint `{choice.calibration_rows.fingerprint[:23]}`), "
-        "never used to fit or select the judge; "
-        f"method: {choice.guarantee.method}. The check below is on the {report.rows} {report.split} rows "
-        f"({report.groups} groups), which neither fitting, selection nor the band saw.",
+        f"{band_rows_sentence(choice)} Method: {choice.guarantee.method}. The check below is on the {report.rows} "
+        f"{report.split} rows ({report.groups} groups), which neither fitting, selection nor the band saw.",
         "",
         f"Coverage (rows answered): {_share(report.coverage)}.",
         "",

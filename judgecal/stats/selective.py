@@ -26,10 +26,10 @@ the functions that choose a band: applying a band needs numpy only.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from judgecal.stats.ltt import Tested, valid_binary_thresholds, valid_label_thresholds
 
@@ -47,8 +47,12 @@ GROUPS_WORDS = {
     "design_effect": (
         "approximately, for rows of new prompts (learn then test, prompts counted through their design effect)"
     ),
-    "independent": ("for rows drawn like the calibration rows (learn then test, rows counted as independent draws)"),
+    "independent": "for rows drawn like the {rows} (learn then test, rows counted as independent draws)",
 }
+
+# Where a band's rows come from: a split of their own, or the out-of-fold scores of grouped cross-fitting.
+SPLIT_SOURCE = "split:calibration"
+CROSS_FIT_SOURCE = "cross-fit"
 
 
 class Answer(BaseModel):
@@ -88,7 +92,12 @@ class CalibrationRows(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    source: str = "split:calibration"
+    source: str = Field(
+        default=SPLIT_SOURCE,
+        description="'split:calibration' (rows held back from fitting and selection) or 'cross-fit' (each row "
+        "scored by the judge fitted on the other grouped folds of train + dev).",
+    )
+    folds: int | None = Field(default=None, description="With 'cross-fit': the number of grouped folds.")
     count: int
     groups: int
     fingerprint: str
@@ -96,6 +105,15 @@ class CalibrationRows(BaseModel):
     precision: dict[str, float | None] = Field(default_factory=dict)
     answered: dict[str, int] = Field(default_factory=dict)
     positive_rate_when_abstaining: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_folds_of_a_split(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``folds`` only where there are folds, so a bundle saved before cross-fitting
+        existed is rebuilt into the very state it was saved with."""
+        data = handler(self)
+        if data.get("folds") is None:
+            data.pop("folds", None)
+        return data
 
 
 class Candidates(BaseModel):
@@ -214,8 +232,24 @@ def _percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.0%}"
 
 
-def _rows_phrase(count: int, groups: int) -> str:
-    return f"{count} calibration rows ({groups} {'group' if groups == 1 else 'groups'})"
+def _rows_noun(rows: CalibrationRows) -> str:
+    return "out-of-fold rows" if rows.source == CROSS_FIT_SOURCE else "calibration rows"
+
+
+def _rows_phrase(rows: CalibrationRows) -> str:
+    return f"{rows.count} {_rows_noun(rows)} ({rows.groups} {'group' if rows.groups == 1 else 'groups'})"
+
+
+def _cross_fit_words(rows: CalibrationRows) -> str:
+    """Why a band chosen on out-of-fold scores is approximate whatever the groups."""
+    if rows.source != CROSS_FIT_SOURCE:
+        return ""
+    folds = rows.folds or 0
+    return (
+        f" Cross-fitted: each row was scored by the judge fitted on the other {folds - 1} of {folds} grouped folds, "
+        "and the band is applied to the judge fitted on all of them, so the statement is approximate whatever the "
+        "groups."
+    )
 
 
 def _targets_phrase(targets: dict[str, float], given: Sequence[str]) -> str:
@@ -232,8 +266,8 @@ def guarantee_statement(
     """The guarantee in words, as the bundle, the run description and the card state it."""
     return (
         f"With probability at least {_percent(1 - delta)} over the draw of the "
-        f"{_rows_phrase(rows.count, rows.groups)}, {_targets_phrase(targets, given)} agree with people, "
-        f"{GROUPS_WORDS[groups_mode]}."
+        f"{_rows_phrase(rows)}, {_targets_phrase(targets, given)} agree with people, "
+        f"{GROUPS_WORDS[groups_mode].format(rows=_rows_noun(rows))}.{_cross_fit_words(rows)}"
     )
 
 
@@ -249,6 +283,7 @@ def choose_binary_band(
     allow_never: bool = False,
     candidates: np.ndarray,
     fingerprint: str = "",
+    folds: int | None = None,
 ) -> BandChoice:
     """The band ``lo <= hi`` on P(yes) (``keys``: how "yes" and "no" are spelled) with the
     widest coverage on these calibration rows among those whose precision of "yes" and of
@@ -268,7 +303,7 @@ def choose_binary_band(
     los: list[float | None] = [*([None] if allow_never else []), *valid[no]]
     pairs = [(lo, hi) for lo in los for hi in his if not (lo is None and hi is None) and _ordered(lo, hi)]
     chosen = max(pairs, key=lambda pair: _widest(p, pair), default=None)
-    rows = _binary_rows(p, y, groups, chosen, keys, fingerprint)
+    rows = _binary_rows(p, y, _origin(groups, fingerprint, folds), chosen, keys)
     guarantee = Guarantee(
         precision=dict(targets),
         delta=delta,
@@ -337,16 +372,26 @@ def _widest(p: np.ndarray, pair: tuple[float | None, float | None]) -> tuple[flo
     return float(np.mean(~np.isnan(answers))), -gap
 
 
+def _origin(groups: Sequence[str], fingerprint: str, folds: int | None) -> CalibrationRows:
+    """The rows a band is chosen on, before any band: how many, in how many groups, and
+    where from (``folds``: the out-of-fold scores of that many grouped folds; None: a split)."""
+    return CalibrationRows(
+        source=SPLIT_SOURCE if folds is None else CROSS_FIT_SOURCE,
+        folds=folds,
+        count=len(groups),
+        groups=len(set(map(str, groups))),
+        fingerprint=fingerprint,
+    )
+
+
 def _binary_rows(
     p: np.ndarray,
     y: np.ndarray,
-    groups: Sequence[str],
+    base: CalibrationRows,
     chosen: tuple[float | None, float | None] | None,
     keys: tuple[str, str],
-    fingerprint: str,
 ) -> CalibrationRows:
     """The calibration rows, and what the chosen band does on them."""
-    base = CalibrationRows(count=len(p), groups=len(set(map(str, groups))), fingerprint=fingerprint)
     if chosen is None:
         return base
     answers = binary_answers(p, *chosen)
@@ -380,7 +425,7 @@ def _never_alternative(p: np.ndarray, valid: dict[str, list[float]], keys: tuple
 
 def _binary_band_words(lo: float | None, hi: float | None, keys: tuple[str, str], rows: CalibrationRows) -> str:
     yes, no = keys
-    rest = f"abstains elsewhere: {_percent(1 - (rows.coverage or 0.0))} of calibration rows"
+    rest = f"abstains elsewhere: {_percent(1 - (rows.coverage or 0.0))} of {_rows_noun(rows)}"
     if hi is None:
         return f"It never says '{yes}'; it says '{no}' where P({yes}) < {_cut(lo)} and {rest}."
     if lo is None:
@@ -388,7 +433,7 @@ def _binary_band_words(lo: float | None, hi: float | None, keys: tuple[str, str]
     if lo == hi:
         return f"It answers every row: '{yes}' where P({yes}) ≥ {_cut(hi)}, else '{no}'."
     share = _percent(1 - (rows.coverage or 0.0))
-    return f"It abstains when {_cut(lo)} ≤ P({yes}) < {_cut(hi)}: {share} of calibration rows."
+    return f"It abstains when {_cut(lo)} ≤ P({yes}) < {_cut(hi)}: {share} of {_rows_noun(rows)}."
 
 
 def _no_band_statement(rows: CalibrationRows, shortfalls: list[Shortfall], alternative: str) -> str:
@@ -403,7 +448,7 @@ def _no_band_statement(rows: CalibrationRows, shortfalls: list[Shortfall], alter
                 f"{'≥' if short.when == '>=' else '<'} {_cut(short.closest_threshold)}, p-value {short.p_value:.2g})"
             )
     why = "; ".join(parts) or "no pair of valid thresholds leaves a band"
-    text = f"No band met the targets on the {_rows_phrase(rows.count, rows.groups)}: {why}."
+    text = f"No band met the targets on the {_rows_phrase(rows)}: {why}."
     return " ".join(part for part in (text, alternative, "The judge answers every row, without a guarantee.") if part)
 
 
@@ -420,6 +465,7 @@ def choose_label_band(
     allow_never: bool = False,
     candidates: np.ndarray,
     fingerprint: str = "",
+    folds: int | None = None,
 ) -> BandChoice:
     """One threshold per family of labels (pairwise: A and B share one, tie its own), on
     the probability of the most likely label, each family tested at delta / (number of
@@ -448,7 +494,7 @@ def choose_label_band(
     )
     missing = [keys[k] for k, t in enumerate(thresholds) if t is None]
     found_band = any(t is not None for t in thresholds) and (allow_never or not missing)
-    rows = _label_rows(proba, y, groups, thresholds if found_band else None, keys, fingerprint)
+    rows = _label_rows(proba, y, _origin(groups, fingerprint, folds), thresholds if found_band else None, keys)
     shortfalls = [
         _shortfall(
             Answer(verdict=key, when=">=", threshold=None, of=f"P({key}), when the most likely"),
@@ -491,12 +537,10 @@ def choose_label_band(
 def _label_rows(
     proba: np.ndarray,
     y: np.ndarray,
-    groups: Sequence[str],
+    base: CalibrationRows,
     thresholds: Sequence[float | None] | None,
     keys: Sequence[str],
-    fingerprint: str,
 ) -> CalibrationRows:
-    base = CalibrationRows(count=len(proba), groups=len(set(map(str, groups))), fingerprint=fingerprint)
     if thresholds is None:
         return base
     answers = label_answers(proba, thresholds)
@@ -530,5 +574,5 @@ def _label_band_words(
     abstains = 1 - (rows.coverage or 0.0)
     return (
         f"It abstains unless the most likely verdict's probability reaches its threshold ({'; '.join(cuts)}): "
-        f"{_percent(abstains)} of calibration rows."
+        f"{_percent(abstains)} of {_rows_noun(rows)}."
     )

@@ -33,6 +33,7 @@ FLAG_VALUES = {
     "--strategy": ("verifier", "verifier"),
     "--seed": ("5", 5),
     "--precision": ("true=0.7,false=0.95", {"true": 0.7, "false": 0.95}),
+    "--num-threads": ("4", 4),
 }
 
 
@@ -65,6 +66,19 @@ def test_every_documented_flag_exists_and_sets_its_key(tmp_path: Path) -> None:
         loaded = _load(config, args)
         section, key = dotted.split(".")
         assert getattr(getattr(loaded, section), key) == expected, flag
+
+
+def test_num_threads_is_a_flag_for_one_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "exp.toml"
+    config.write_text('[judge]\nname = "t"\ntask = "relevance"\ndata = "x.jsonl"\n[calibration]\nnum_threads = 2\n')
+    assert load_config(config).calibration.num_threads == 2
+    assert (
+        _load(config, _parser().parse_args(["calibrate", str(config), "--num-threads", "8"])).calibration.num_threads
+        == 8
+    )
+    with pytest.raises(SystemExit) as stopped:
+        main(["calibrate", str(config), "--num-threads", "0", "--no-track"])
+    assert stopped.value.code == 2 and "--num-threads" in capsys.readouterr().err
 
 
 def test_set_reaches_any_other_key_and_a_misspelt_one_is_refused(
@@ -164,3 +178,35 @@ def test_init_never_overwrites(tmp_path: Path, monkeypatch, capsys: pytest.Captu
     assert main(["init", "mine", "--task", "relevance"]) == 2
     assert (tmp_path / "mine.toml").read_text() == "# my own\n"
     assert "mine.toml exists" in capsys.readouterr().err
+
+
+def test_a_cross_fitted_band_holds_no_rows_back_and_refuses_what_it_cannot_cross_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "exp.toml"
+    judge = '[judge]\nname = "t"\ntask = "relevance"\ndata = "x.jsonl"\n'
+    selective = '[selective]\nprecision = { true = 0.7, false = 0.9 }\nrows = "cross-fit"\n'
+    config.write_text(judge + '[calibration]\nstrategy = "stacking"\n' + selective)
+    loaded = load_config(config)
+    assert loaded.selective is not None and loaded.selective.rows == "cross-fit" and loaded.selective.folds == 5
+    assert loaded.split.calibration is None  # no calibration rows held back
+    assert load_config(config, {"selective.folds": 8}).selective.folds == 8  # type: ignore[union-attr]
+    refusals = {
+        '[calibration]\nstrategy = "stacking"\n[split]\ncalibration = 0.2\n': "remove [split] calibration",
+        '[calibration]\nstrategy = "mipro"\n': "'mipro' calls the model to fit",
+        "": "'bootstrap_random_search' calls the model to fit",  # the default strategy
+        '[calibration]\nstrategy = "stacking"\n[search]\ntrials = 4\n': "a search chooses its winner",
+    }
+    for section, words in refusals.items():
+        config.write_text(judge + section + selective)
+        assert main(["calibrate", str(config), "--no-track"]) == 2
+        error = capsys.readouterr().err
+        line = 1 + (judge + section + selective).splitlines().index('rows = "cross-fit"')
+        assert f"{config}:{line}: field 'selective.rows': " in error and words in error, error
+        assert len(error.strip().splitlines()) == 1
+    # A search asked for by its flags alone is refused as well, before any work.
+    config.write_text(judge + '[calibration]\nstrategy = "stacking"\n' + selective)
+    assert main(["calibrate", str(config), "--strategies", "verifier", "--no-track"]) == 2
+    error = capsys.readouterr().err
+    assert f"{config}:9: field 'selective.rows': " in error and "a search chooses its winner" in error, error
+    assert len(error.strip().splitlines()) == 1

@@ -16,6 +16,7 @@ import base64
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from judgecal.calibrate.optimizers import CalibrationConfig
@@ -203,3 +204,93 @@ def test_verdicts_without_probabilities_are_refused_before_any_work(
         "(--strategy stacking) or give a probability per row"
     ]
     assert "calibrating" not in captured.out
+
+
+def test_a_cross_fitted_band_is_chosen_on_out_of_fold_verdicts_of_train_and_dev(
+    tmp_path: Path, workspace: Workspace
+) -> None:
+    """No rows held back: each train + dev row is scored by the stack fitted without its
+    group, the band is chosen on those scores, and the judge exported (the stack fitted on
+    all of them) carries it; the run's description and card say so."""
+    import mlflow
+
+    from judgecal import load_judge
+    from judgecal.calibrate.strategies import STRATEGIES, FitResult, fit_judge
+    from judgecal.judges.fitted import positive_probability
+    from judgecal.judges.verifiers import grouped_folds
+    from judgecal.pipeline.calibration import cross_fit_verdicts, prepare
+
+    data = write_jsonl(
+        tmp_path / "rows.jsonl", [row.to_record() for row in recorded_rows(n_groups=30, per_group=20).rows]
+    )
+    selective = SelectiveConfig(precision=TARGETS, groups="independent", allow_never=True, rows="cross-fit", folds=4)
+    config = experiment(data, allow_never=True).model_copy(
+        update={"split": SplitSpec(dev=0.2, test=0.2, seed=0), "selective": selective}
+    )
+    report = run_calibration(config, workspace=workspace, log=lambda _: None)
+    band, split = report.band, report.split
+    assert split.calibration is None and band is not None and band.found
+    fitting = [*split.train.rows, *split.dev.rows]
+    rows = band.calibration_rows
+    assert (rows.source, rows.folds, rows.count, rows.groups) == ("cross-fit", 4, len(fitting), 24)
+    assert "480 out-of-fold rows (24 groups)" in band.guarantee.statement
+    assert "Cross-fitted: each row was scored by the judge fitted on the other 3 of 4 grouped folds" in (
+        band.guarantee.statement
+    )
+    # The verdicts the band was chosen on: each fold's rows from the stack fitted on the other folds.
+    prepared = prepare(config, workspace, log=lambda _: None)
+    result = FitResult(report.calibrated_judge.base_, "stacking", {"verifiers": []}, seconds=0.0, lm_calls=0)
+    out_of_fold = positive_probability(cross_fit_verdicts(prepared, result, 4, log=lambda _: None), prepared.task)
+    held = grouped_folds(fitting, 4, seed=0)[0]
+    left_out = {fitting[i].group for i in held}
+    fold = fit_judge(
+        STRATEGIES["stacking"],
+        prepared.env(lambda _: None),
+        {"verifiers": []},
+        [row for row in fitting if row.group not in left_out],
+        None,
+        prepared.guard,
+    ).judge
+    expected = positive_probability(fold.predict([fitting[i] for i in held]), prepared.task)
+    assert out_of_fold[held] == pytest.approx(expected)
+    in_sample = positive_probability(report.calibrated_judge.base_.predict(fitting), prepared.task)
+    assert not np.allclose(out_of_fold, in_sample)  # not the exported judge's own scores
+    # The exported judge is the stack fitted on all of train + dev, in the band; the run says how it was chosen.
+    mlflow.set_tracking_uri(report.tracked.tracking_uri)
+    judge = load_judge(f"runs:/{report.tracked.run_id}/judge", tracking_uri=report.tracked.tracking_uri)
+    assert judge.kind == "selective" and judge.state()["calibration_rows"]["source"] == "cross-fit"
+    assert judge.base_.state() == report.calibrated_judge.base_.state()
+    run = mlflow.MlflowClient().get_run(report.tracked.run_id)
+    assert "Cross-fitted" in run.data.tags["mlflow.note.content"] and run.data.params["selective.rows"] == "cross-fit"
+    card = Path(mlflow.artifacts.download_artifacts(run_id=report.tracked.run_id, artifact_path="card"))
+    assert "The band was chosen by cross-fitting on 480 rows in 24 groups" in (card / "judge_card.md").read_text()
+
+
+def test_the_report_command_rebuilds_the_cards_selective_section_from_the_run_or_its_files(
+    calibrated, tmp_path: Path
+) -> None:
+    import mlflow
+
+    from judgecal.artifacts import EVALUATION_FILE, SELECTIVE_FILE
+    from judgecal.cli import main
+
+    report, unbanded, _ = calibrated
+    uri, run_id = report.tracked.tracking_uri, report.tracked.run_id
+    assert main(["report", run_id, "--tracking-uri", uri, "--resamples", "200", "--out", str(tmp_path / "run")]) == 0
+    text = (tmp_path / "run" / "judge_card.md").read_text()
+    assert "## Selective judging" in text and report.band.guarantee.statement in text
+    assert (tmp_path / "run" / "risk_coverage.png").exists()
+    files = tmp_path / "files"
+    for name in (EVALUATION_FILE, SELECTIVE_FILE):
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(files))
+    assert main(["report", str(files / EVALUATION_FILE), "--resamples", "200", "--out", str(tmp_path / "out")]) == 0
+    assert "## Selective judging" in (tmp_path / "out" / "judge_card.md").read_text()
+    # A run without a band says so; a run without [selective] has no such section.
+    out = tmp_path / "unbanded"
+    assert (
+        main(["report", unbanded.tracked.run_id, "--tracking-uri", uri, "--resamples", "200", "--out", str(out)]) == 0
+    )
+    assert "The judge exported answers every row." in (out / "judge_card.md").read_text()
+    (files / SELECTIVE_FILE).unlink()
+    assert main(["report", str(files), "--resamples", "200", "--out", str(tmp_path / "plain")]) == 0
+    assert "## Selective judging" not in (tmp_path / "plain" / "judge_card.md").read_text()

@@ -165,3 +165,25 @@ def test_candidates_are_quantiles_of_other_rows_or_a_fixed_grid() -> None:
     assert grid[0] == pytest.approx(0.01) and grid[-1] == pytest.approx(0.99) and len(grid) == 23
     assert np.array_equal(candidate_thresholds(None), candidate_thresholds([]))
     assert len(candidate_thresholds(None)) == 19
+
+
+def test_a_band_on_out_of_fold_scores_says_where_its_rows_came_from_and_that_it_is_approximate() -> None:
+    rng = np.random.default_rng(1)
+    p, y = scores(rng, 1000)
+    settings = {
+        "keys": KEYS,
+        "targets": TARGETS,
+        "delta": 0.1,
+        "groups_mode": "independent",
+        "candidates": candidate_thresholds(p),
+    }
+    split = choose_binary_band(p, y, independent_groups(len(p)), **settings)
+    crossed = choose_binary_band(p, y, independent_groups(len(p)), **settings, folds=5)
+    assert split.band == crossed.band  # the same test on the same scores
+    assert (split.calibration_rows.source, split.calibration_rows.folds) == ("split:calibration", None)
+    assert (crossed.calibration_rows.source, crossed.calibration_rows.folds) == ("cross-fit", 5)
+    statement = crossed.guarantee.statement
+    assert "over the draw of the 1000 out-of-fold rows (1000 groups)" in statement
+    assert "for rows drawn like the out-of-fold rows" in statement
+    assert "fitted on the other 4 of 5 grouped folds" in statement and "approximate whatever the groups" in statement
+    assert statement.endswith("of out-of-fold rows.") and "Cross-fitted" not in split.guarantee.statement
