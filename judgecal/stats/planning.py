@@ -374,7 +374,7 @@ def _plan(
         alternative=settings.alternative,
         confidence=settings.confidence,
         groups=chosen.groups,
-        rows=int(np.ceil(chosen.groups * types.mean_rows)),
+        rows=int(np.ceil(round(chosen.groups * types.mean_rows, 6))),
         width=chosen.width,
         power=chosen.power,
         reached=bool(met or chosen.groups < most_groups),
