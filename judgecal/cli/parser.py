@@ -354,6 +354,12 @@ def _plan_command(commands: Commands, handler: Handler) -> None:
     plan.add_argument("--simulations", type=_positive_int, default=200, help="studies per size (default 200)")
     plan.add_argument("--resamples", type=_positive_int, default=400, help="bootstrap draws per study (default 400)")
     plan.add_argument("--seed", type=int, default=0, help="seed of every draw (default 0)")
+    plan.add_argument(
+        "--least-groups",
+        type=_positive_int,
+        default=10,
+        help="smallest size planned (default 10: with fewer groups a group bootstrap's interval is too narrow)",
+    )
     plan.add_argument("--most-groups", type=_positive_int, default=20_000, help="largest size searched")
     plan.add_argument("--out", type=Path, default=Path("plan"), help="folder for plan.json and plan.png")
     plan.add_argument("--tracking-uri", help="MLflow store of a runs:/ pilot (default: mlruns/mlflow.db)")

@@ -83,7 +83,7 @@ def _plans(
     value; with a baseline judge, the test that the judge's kappa is above the baseline's."""
     from judgecal.stats.planning import kappa_gain, plan_power, plan_width
 
-    limits = {"start": start, "most_groups": args.most_groups}
+    limits = {"start": start, "least_groups": args.least_groups, "most_groups": args.most_groups}
     plans = [plan_width(types, _quantity(args, space), args.half_width, settings, **limits)]
     if args.above is not None:
         plans.append(plan_power(types, _quantity(args, space, null=args.above), args.power, settings, **limits))

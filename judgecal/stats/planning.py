@@ -271,9 +271,10 @@ def fit_power(points: list[SizePoint], simulations: int) -> tuple[float, float]:
     return float(result.x[0]), float(result.x[1])
 
 
-def _grid(centre: float, most: int, points: int = 6, spread: float = 3.0) -> list[int]:
-    sizes = np.geomspace(max(2.0, centre / spread), max(3.0, min(most, centre * spread)), points)
-    return sorted({int(min(most, max(2, round(g)))) for g in sizes})
+def _grid(centre: float, least: int, most: int, points: int = 6, spread: float = 3.0) -> list[int]:
+    """Sizes spread geometrically around ``centre``, within ``[least, most]``."""
+    sizes = np.geomspace(max(least, centre / spread), max(least + 1, min(most, centre * spread)), points)
+    return sorted({int(min(most, max(least, round(g)))) for g in sizes})
 
 
 def plan_width(
@@ -283,11 +284,14 @@ def plan_width(
     settings: Simulation = Simulation(),
     *,
     start: int,
+    least_groups: int = 2,
     most_groups: int = 20_000,
 ) -> SizePlan:
     """The fewest groups whose interval for ``quantity`` is at most ``2 × half_width``
     wide on average. ``start`` is the first size simulated (the pilot's groups): the
-    curve is sampled around the size its width points to, then again around the answer."""
+    curve is sampled around the size its width points to, then again around the answer.
+    No plan is below ``least_groups``: with a handful of groups a group bootstrap has few
+    distinct resamples and its interval is too narrow to trust."""
     simulated: dict[int, SizePoint] = {}
 
     def at(g: int) -> SizePoint:
@@ -295,16 +299,16 @@ def plan_width(
             simulated[g] = simulate_size(types, quantity, g, settings)
         return simulated[g]
 
-    first = at(max(2, start))
+    first = at(min(most_groups, max(least_groups, start)))
     guess = first.groups * (first.width / (2 * half_width)) ** 2 if np.isfinite(first.width) else 4.0 * first.groups
     fitted = (0.0, 0.0)
     for spread in (3.0, 1.5):
-        for g in _grid(min(guess, most_groups), most_groups, spread=spread):
+        for g in _grid(min(guess, most_groups), least_groups, most_groups, spread=spread):
             at(g)
         fitted = fit_width(list(simulated.values()))
         intercept, slope = fitted
         guess = smallest_size(
-            lambda g, a=intercept, b=slope: np.exp(a + b * np.log(g)) <= 2 * half_width, 2, most_groups
+            lambda g, a=intercept, b=slope: np.exp(a + b * np.log(g)) <= 2 * half_width, least_groups, most_groups
         )
     chosen = at(guess)
     return _plan("width", quantity, half_width, settings, types, chosen, simulated, fitted, most_groups)
@@ -317,6 +321,7 @@ def plan_power(
     settings: Simulation = Simulation(),
     *,
     start: int,
+    least_groups: int = 2,
     most_groups: int = 20_000,
 ) -> SizePlan:
     """The fewest groups with which the interval's lower bound clears ``quantity.null``
@@ -328,17 +333,17 @@ def plan_power(
             simulated[g] = simulate_size(types, quantity, g, settings)
         return simulated[g]
 
-    first = at(max(2, start))
+    first = at(min(most_groups, max(least_groups, start)))
     z = norm.ppf(1 - settings.lower_tail) + norm.ppf(power)
     effect = _effect_size(types, quantity, first)
     guess = first.groups * (z / effect) ** 2 if effect > 0 else float(most_groups)
     fitted = (0.0, 0.0)
     for spread in (3.0, 1.5):
-        for g in _grid(min(guess, most_groups), most_groups, spread=spread):
+        for g in _grid(min(guess, most_groups), least_groups, most_groups, spread=spread):
             at(g)
         fitted = fit_power(list(simulated.values()), settings.simulations)
         a, b = fitted
-        guess = smallest_size(lambda g, a=a, b=b: norm.cdf(a + b * np.sqrt(g)) >= power, 2, most_groups)
+        guess = smallest_size(lambda g, a=a, b=b: norm.cdf(a + b * np.sqrt(g)) >= power, least_groups, most_groups)
     chosen = at(guess)
     return _plan("power", quantity, power, settings, types, chosen, simulated, fitted, most_groups)
 

@@ -157,3 +157,11 @@ def test_fitted_curves_never_turn_the_wrong_way() -> None:
     assert fit_width(widening)[1] == 0.0
     falling = [SizePoint(groups=g, rows=g, width=1, power=p) for g, p in ((10, 0.6), (20, 0.5), (40, 0.4))]
     assert fit_power(falling, 100)[1] >= 0.0
+
+
+def test_no_plan_goes_below_the_least_groups() -> None:
+    """A width any two groups give is still planned at ``least_groups``: with fewer, a
+    group bootstrap has too few distinct resamples for its interval to mean anything."""
+    quick = Simulation(simulations=40, resamples=80)
+    plan = plan_width(independent(0.5, 0.3), kappa_of(0), 0.9, quick, start=5, least_groups=10)
+    assert plan.groups == 10 and min(p.groups for p in plan.curve) >= 10
