@@ -59,7 +59,7 @@ def plan_command(args: argparse.Namespace) -> int:
         rows_per_group=types.mean_rows,
         left_out=pilot.left_out if pilot else 0,
         plans=plans,
-        assumptions=_assumptions(args, pilot, types, settings),
+        assumptions=_assumptions(args, pilot, types, settings) + _marks(plans, args),
     )
     console.print(_table(report))
     console.print(report.assumptions, highlight=False)
@@ -133,7 +133,7 @@ def _table(report: PlanReport) -> Table:
             side = "one-sided" if plan.alternative == "greater" else "two-sided"
             decision = f"{plan.quantity} > {plan.null:g} ({side}, alpha {1 - plan.confidence:g})"
             power = f"{plan.power:.2f}"
-        groups = f"{plan.groups:,}" + ("" if plan.reached else "+")
+        groups = f"{plan.groups:,}" + ("" if plan.reached else "+") + ("*" if plan.least else "")
         table.add_row(decision, groups, f"{plan.rows:,}", f"{plan.width / 2:.3f}", power)
     return table
 
@@ -158,6 +158,18 @@ def _assumptions(args: argparse.Namespace, pilot: Pilot | None, types: GroupType
     return (
         f"{base}; each size is {settings.simulations} simulated studies drawing groups with replacement, each "
         f"bootstrapped {settings.resamples} times by group (seed {settings.seed}); intervals at "
-        f"{settings.confidence:.0%}, tests {side} at alpha {1 - settings.confidence:g}. A '+' marks a size "
-        "that reached the largest searched (--most-groups) without meeting the target."
+        f"{settings.confidence:.0%}, tests {side} at alpha {1 - settings.confidence:g}."
     )
+
+
+def _marks(plans: list[SizePlan], args: argparse.Namespace) -> str:
+    """What a '+' or '*' beside a number of groups means, when the table shows one."""
+    notes = []
+    if any(not plan.reached for plan in plans):
+        notes.append(f" +: the largest size searched (--most-groups {args.most_groups}) falls short of the target.")
+    if any(plan.least for plan in plans):
+        notes.append(
+            f" *: the least size planned (--least-groups {args.least_groups}); fewer groups may meet the target on "
+            "this pilot, but a group bootstrap over fewer is not to be trusted."
+        )
+    return "".join(notes)

@@ -175,6 +175,7 @@ class SizePlan(BaseModel):
     width: float  # at the planned size, simulated again
     power: float
     reached: bool  # False: even the largest size searched falls short
+    least: bool  # the plan is the least size allowed: the target is met there, perhaps with fewer too
     curve: list[SizePoint]
     fitted: list[float]  # the smoothed curve's parameters: (log a, b) of width = a·G^b, or (a, b) of Φ(a + b√G)
     simulations: int
@@ -311,7 +312,7 @@ def plan_width(
             lambda g, a=intercept, b=slope: np.exp(a + b * np.log(g)) <= 2 * half_width, least_groups, most_groups
         )
     chosen = at(guess)
-    return _plan("width", quantity, half_width, settings, types, chosen, simulated, fitted, most_groups)
+    return _plan("width", quantity, half_width, settings, types, chosen, simulated, fitted, (least_groups, most_groups))
 
 
 def plan_power(
@@ -345,7 +346,7 @@ def plan_power(
         a, b = fitted
         guess = smallest_size(lambda g, a=a, b=b: norm.cdf(a + b * np.sqrt(g)) >= power, least_groups, most_groups)
     chosen = at(guess)
-    return _plan("power", quantity, power, settings, types, chosen, simulated, fitted, most_groups)
+    return _plan("power", quantity, power, settings, types, chosen, simulated, fitted, (least_groups, most_groups))
 
 
 def _effect_size(types: GroupTypes, quantity: Quantity, at_start: SizePoint) -> float:
@@ -368,7 +369,7 @@ def _plan(
     chosen: SizePoint,
     simulated: dict[int, SizePoint],
     fitted: tuple[float, float],
-    most_groups: int,
+    limits: tuple[int, int],
 ) -> SizePlan:
     met = chosen.width <= 2 * target if goal == "width" else chosen.power >= target
     return SizePlan(
@@ -382,7 +383,8 @@ def _plan(
         rows=int(np.ceil(round(chosen.groups * types.mean_rows, 6))),
         width=chosen.width,
         power=chosen.power,
-        reached=bool(met or chosen.groups < most_groups),
+        reached=bool(met or chosen.groups < limits[1]),
+        least=chosen.groups == limits[0],
         curve=[simulated[g] for g in sorted(simulated)],
         fitted=list(fitted),
         simulations=settings.simulations,

@@ -164,4 +164,4 @@ def test_no_plan_goes_below_the_least_groups() -> None:
     group bootstrap has too few distinct resamples for its interval to mean anything."""
     quick = Simulation(simulations=40, resamples=80)
     plan = plan_width(independent(0.5, 0.3), kappa_of(0), 0.9, quick, start=5, least_groups=10)
-    assert plan.groups == 10 and min(p.groups for p in plan.curve) >= 10
+    assert plan.groups == 10 and plan.least and min(p.groups for p in plan.curve) >= 10
