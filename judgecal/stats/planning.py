@@ -40,6 +40,7 @@ Alternative = Literal["two-sided", "greater"]
 DEFAULT_SIMULATIONS = 200
 DEFAULT_RESAMPLES = 400
 MOST_DRAWS_AT_ONCE = 4_000_000  # multinomial counts held in memory by one batch of simulated studies
+MOST_DENSE_TYPES = 4096  # distinct groups past which a study is kept as the groups it drew, not counts over all
 
 
 @dataclass(frozen=True)
@@ -204,32 +205,76 @@ class Simulation:
 def simulate_size(types: GroupTypes, quantity: Quantity, n_groups: int, settings: Simulation) -> SizePoint:
     """Draw ``settings.simulations`` studies of ``n_groups`` groups and bootstrap each by
     groups: the mean width of the two-sided interval at ``confidence`` and the share of
-    studies whose lower bound (see :attr:`Simulation.lower_tail`) is above the null."""
+    studies whose lower bound (see :attr:`Simulation.lower_tail`) is above the null.
+
+    A study is counts over the distinct groups; with more distinct groups than
+    ``MOST_DENSE_TYPES`` (a model of long groups) it is the groups it drew instead, and each
+    study is bootstrapped over the few distinct groups it holds."""
     rng = np.random.default_rng([settings.seed, n_groups])
     flat = types.tables.reshape(len(types.weights), -1)
-    shape = types.tables.shape[1:]
-    studies = rng.multinomial(n_groups, types.weights, size=settings.simulations)
-    tail = (1 - settings.confidence) / 2
-    quantiles = np.array([tail, 1 - tail, settings.lower_tail]) * 100
-    widths, cleared = np.empty(settings.simulations), np.empty(settings.simulations, bool)
-    batch = max(1, MOST_DRAWS_AT_ONCE // (settings.resamples * len(types.weights)))
-    for start in range(0, settings.simulations, batch):
-        counts = studies[start : start + batch]
-        draws = rng.multinomial(n_groups, counts[:, None, :] / n_groups, size=(len(counts), settings.resamples))
-        summed = (draws @ flat).reshape(len(counts), settings.resamples, *shape)
-        values = quantity.compute(summed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a study where the quantity is undefined throughout
-            low, high, lower = np.nanpercentile(values, quantiles, axis=1)
-        widths[start : start + batch] = high - low
-        cleared[start : start + batch] = lower > quantity.null
+    if len(types.weights) > MOST_DENSE_TYPES:
+        bounds = _sparse_studies(rng, types, flat, quantity, n_groups, settings)
+    else:
+        bounds = _dense_studies(rng, types, flat, quantity, n_groups, settings)
+    low, high, lower = bounds
+    widths = high - low
     defined = widths[np.isfinite(widths)]
     return SizePoint(
         groups=n_groups,
         rows=n_groups * types.mean_rows,
         width=float(defined.mean()) if len(defined) else float("inf"),
-        power=float(np.mean(cleared)),
+        power=float(np.mean(lower > quantity.null)),
     )
+
+
+def _bounds(values: np.ndarray, settings: Simulation) -> np.ndarray:
+    """(low, high, lower tail) of each study's bootstrap values (last axis)."""
+    tail = (1 - settings.confidence) / 2
+    quantiles = np.array([tail, 1 - tail, settings.lower_tail]) * 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a study where the quantity is undefined throughout
+        return np.nanpercentile(values, quantiles, axis=-1)
+
+
+def _dense_studies(
+    rng: np.random.Generator,
+    types: GroupTypes,
+    flat: np.ndarray,
+    quantity: Quantity,
+    n_groups: int,
+    settings: Simulation,
+) -> np.ndarray:
+    """Studies as counts over every distinct group, bootstrapped in batches."""
+    shape = types.tables.shape[1:]
+    studies = rng.multinomial(n_groups, types.weights, size=settings.simulations)
+    bounds = np.empty((3, settings.simulations))
+    batch = max(1, MOST_DRAWS_AT_ONCE // (settings.resamples * len(types.weights)))
+    for start in range(0, settings.simulations, batch):
+        counts = studies[start : start + batch]
+        draws = rng.multinomial(n_groups, counts[:, None, :] / n_groups, size=(len(counts), settings.resamples))
+        summed = (draws @ flat).reshape(len(counts), settings.resamples, *shape)
+        bounds[:, start : start + batch] = _bounds(quantity.compute(summed), settings)
+    return bounds
+
+
+def _sparse_studies(
+    rng: np.random.Generator,
+    types: GroupTypes,
+    flat: np.ndarray,
+    quantity: Quantity,
+    n_groups: int,
+    settings: Simulation,
+) -> np.ndarray:
+    """Studies as the groups they drew, each bootstrapped over its own distinct groups."""
+    shape = types.tables.shape[1:]
+    picks = rng.choice(len(types.weights), size=(settings.simulations, n_groups), p=types.weights)
+    bounds = np.empty((3, settings.simulations))
+    for study, drawn in enumerate(picks):
+        present, counts = np.unique(drawn, return_counts=True)
+        draws = rng.multinomial(n_groups, counts / n_groups, size=settings.resamples)
+        summed = (draws @ flat[present]).reshape(settings.resamples, *shape)
+        bounds[:, study] = _bounds(quantity.compute(summed), settings)
+    return bounds
 
 
 def smallest_size(meets: Callable[[int], bool], low: int, high: int) -> int:

@@ -165,3 +165,19 @@ def test_no_plan_goes_below_the_least_groups() -> None:
     quick = Simulation(simulations=40, resamples=80)
     plan = plan_width(independent(0.5, 0.3), kappa_of(0), 0.9, quick, start=5, least_groups=10)
     assert plan.groups == 10 and plan.least and min(p.groups for p in plan.curve) >= 10
+
+
+def test_long_groups_of_independent_rows_need_what_independent_rows_need_and_correlated_ones_more() -> None:
+    """Groups of 100 rows (more distinct groups than a study is counted over, so each
+    study is kept as the groups it drew): independent within a group, about the rows of
+    the closed form; with the label correlated within a group, more."""
+    alike = GroupTypes.from_rates(kappa=0.4, prevalence=0.17, judge_rate=None, rows_per_group=100, icc=0.0)
+    correlated = GroupTypes.from_rates(kappa=0.4, prevalence=0.17, judge_rate=None, rows_per_group=100, icc=0.3)
+    assert len(alike.weights) > 4096
+    quick = Simulation(simulations=100, resamples=200)
+    independent_rows = plan_width(alike, kappa_of(0), 0.05, quick, start=30).rows
+    correlated_rows = plan_width(correlated, kappa_of(0), 0.05, quick, start=30).rows
+    expected = rows_for_width(0.4, 0.17, 0.17, 0.05)  # 2,202 rows
+    print(f"independent within groups {independent_rows}, correlated {correlated_rows}, closed form {expected:.0f}")
+    assert independent_rows == pytest.approx(expected, rel=0.15)
+    assert correlated_rows > 1.5 * independent_rows
