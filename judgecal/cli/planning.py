@@ -123,7 +123,7 @@ def _verdict_index(verdict: str | None, space: LabelSpace | None) -> int:
 
 def _table(report: PlanReport) -> Table:
     table = Table(title="labels needed", title_justify="left")
-    for column in ("decision", "groups", "rows", "interval ±", "power"):
+    for column in ("decision", "pilot", "groups", "rows", "interval ±", "power"):
         table.add_column(column, justify="left" if column == "decision" else "right")
     for plan in report.plans:
         if plan.goal == "width":
@@ -134,7 +134,7 @@ def _table(report: PlanReport) -> Table:
             decision = f"{plan.quantity} > {plan.null:g} ({side}, alpha {1 - plan.confidence:g})"
             power = f"{plan.power:.2f}"
         groups = f"{plan.groups:,}" + ("" if plan.reached else "+") + ("*" if plan.least else "")
-        table.add_row(decision, groups, f"{plan.rows:,}", f"{plan.width / 2:.3f}", power)
+        table.add_row(decision, f"{plan.value:.3f}", groups, f"{plan.rows:,}", f"{plan.width / 2:.3f}", power)
     return table
 
 

@@ -167,6 +167,7 @@ class SizePlan(BaseModel):
 
     goal: Literal["width", "power"]
     quantity: str
+    value: float  # the quantity on the pilot (or the model) as a whole
     target: float  # the interval's half-width, or the power
     null: float
     alternative: Alternative
@@ -420,6 +421,7 @@ def _plan(
     return SizePlan(
         goal=goal,
         quantity=quantity.name,
+        value=float(quantity.compute(np.tensordot(types.weights, types.tables, axes=1))),
         target=target,
         null=quantity.null,
         alternative=settings.alternative,
