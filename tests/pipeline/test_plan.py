@@ -36,10 +36,12 @@ def test_a_rows_file_with_recorded_verdicts_plans_the_interval_and_the_compariso
     argv = ["plan", str(rows_file), "--task", "relevance", "--judge", "strict", "--versus", "loose", "--out", str(out)]
     assert main([*argv, *QUICK]) == 0
     printed = " ".join(capsys.readouterr().out.split())
-    assert "kappa within ±0.05 (95%)" in printed and "kappa of strict minus loose" in printed
     assert "like the pilot's 12 (120 rows, 10.0 per group" in printed
     plan = json.loads((out / "plan.json").read_text())
-    assert [p["goal"] for p in plan["plans"]] == ["width", "power"]
+    assert [(p["goal"], p["quantity"]) for p in plan["plans"]] == [
+        ("width", "kappa"),
+        ("power", "kappa of strict minus loose"),
+    ]
     assert plan["plans"][0]["rows"] == plan["plans"][0]["groups"] * 10
     assert (out / "plan.png").stat().st_size > 0
 
@@ -92,9 +94,13 @@ def test_from_rates_with_groups_of_rows(tmp_path: Path, capsys: pytest.CaptureFi
     argv = ["plan", "--kappa", "0.4", "--prevalence", "0.3", "--rows-per-group", "5", "--icc", "0.1"]
     assert main([*argv, "--above", "0.2", "--out", str(tmp_path), *QUICK]) == 0
     printed = " ".join(capsys.readouterr().out.split())
-    assert "kappa > 0.2 (two-sided, alpha 0.05)" in printed
     assert "5 rows per group (intraclass correlation 0.1 of the label within a group)" in printed
     plan = json.loads((tmp_path / "plan.json").read_text())
+    assert [(p["goal"], p["null"], p["alternative"]) for p in plan["plans"]] == [
+        ("width", 0.0, "two-sided"),
+        ("power", 0.2, "two-sided"),
+    ]
+    assert plan["plans"][1]["value"] == pytest.approx(0.4)
     assert all(p["rows"] == p["groups"] * 5 for p in plan["plans"])
 
 
