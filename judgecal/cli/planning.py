@@ -134,7 +134,10 @@ def _table(report: PlanReport) -> Table:
             decision = f"{plan.quantity} > {plan.null:g} ({side}, alpha {1 - plan.confidence:g})"
             power = f"{plan.power:.2f}"
         groups = f"{plan.groups:,}" + ("" if plan.reached else "+") + ("*" if plan.least else "")
-        table.add_row(decision, f"{plan.value:.3f}", groups, f"{plan.rows:,}", f"{plan.width / 2:.3f}", power)
+        width = f"{plan.width / 2:.3f}"
+        if not plan.reached:  # the width and power simulated were not at the size shown
+            width, power = "-", "-"
+        table.add_row(decision, f"{plan.value:.3f}", groups, f"{plan.rows:,}", width, power)
     return table
 
 
@@ -166,7 +169,10 @@ def _marks(plans: list[SizePlan], args: argparse.Namespace) -> str:
     """What a '+' or '*' beside a number of groups means, when the table shows one."""
     notes = []
     if any(not plan.reached for plan in plans):
-        notes.append(f" +: the largest size searched (--most-groups {args.most_groups}) falls short of the target.")
+        notes.append(
+            f" +: no size up to --most-groups {args.most_groups} meets the target (for a test: the pilot's value is "
+            "not above the value tested, or not by enough)."
+        )
     if any(plan.least for plan in plans):
         notes.append(
             f" *: the least size planned (--least-groups {args.least_groups}); fewer groups may meet the target on "

@@ -174,7 +174,7 @@ class SizePlan(BaseModel):
     confidence: float
     groups: int
     rows: int
-    width: float  # at the planned size, simulated again
+    width: float  # at the planned size, simulated again (a plan not reached: at the first size simulated)
     power: float
     reached: bool  # False: even the largest size searched falls short
     least: bool  # the plan is the least size allowed: the target is met there, perhaps with fewer too
@@ -383,7 +383,13 @@ def plan_power(
     first = at(min(most_groups, max(least_groups, start)))
     z = norm.ppf(1 - settings.lower_tail) + norm.ppf(power)
     effect = _effect_size(types, quantity, first)
-    guess = first.groups * (z / effect) ** 2 if effect > 0 else float(most_groups)
+    limits = (least_groups, most_groups)
+    if effect <= 0:
+        # Not above the null on the pilot: more groups only make the test's rejections
+        # rarer, so no size is searched (at the largest, each study would take minutes).
+        flat = (float(norm.ppf(np.clip(first.power, 1e-6, 1 - 1e-6))), 0.0)
+        return _plan("power", quantity, power, settings, types, first, simulated, flat, limits, unreachable=True)
+    guess = first.groups * (z / effect) ** 2
     fitted = (0.0, 0.0)
     for spread in (3.0, 1.5):
         for g in _grid(min(guess, most_groups), least_groups, most_groups, spread=spread):
@@ -392,7 +398,7 @@ def plan_power(
         a, b = fitted
         guess = smallest_size(lambda g, a=a, b=b: norm.cdf(a + b * np.sqrt(g)) >= power, least_groups, most_groups)
     chosen = at(guess)
-    return _plan("power", quantity, power, settings, types, chosen, simulated, fitted, (least_groups, most_groups))
+    return _plan("power", quantity, power, settings, types, chosen, simulated, fitted, limits)
 
 
 def _effect_size(types: GroupTypes, quantity: Quantity, at_start: SizePoint) -> float:
@@ -416,8 +422,13 @@ def _plan(
     simulated: dict[int, SizePoint],
     fitted: tuple[float, float],
     limits: tuple[int, int],
+    *,
+    unreachable: bool = False,
 ) -> SizePlan:
+    """The plan at ``chosen``; an ``unreachable`` one names the largest size allowed, not
+    met, with the width and power of the size it was simulated at."""
     met = chosen.width <= 2 * target if goal == "width" else chosen.power >= target
+    groups = limits[1] if unreachable else chosen.groups
     return SizePlan(
         goal=goal,
         quantity=quantity.name,
@@ -426,12 +437,12 @@ def _plan(
         null=quantity.null,
         alternative=settings.alternative,
         confidence=settings.confidence,
-        groups=chosen.groups,
-        rows=int(np.ceil(round(chosen.groups * types.mean_rows, 6))),
+        groups=groups,
+        rows=int(np.ceil(round(groups * types.mean_rows, 6))),
         width=chosen.width,
         power=chosen.power,
-        reached=bool(met or chosen.groups < limits[1]),
-        least=chosen.groups == limits[0],
+        reached=not unreachable and bool(met or chosen.groups < limits[1]),
+        least=groups == limits[0],
         curve=[simulated[g] for g in sorted(simulated)],
         fitted=list(fitted),
         simulations=settings.simulations,

@@ -126,7 +126,8 @@ def test_a_plan_is_the_same_on_every_run_with_its_seed() -> None:
 
 def test_a_gain_that_is_not_there_is_not_reached() -> None:
     """Two judges with the same verdicts: no number of groups shows one above the other,
-    and the plan says so rather than naming a size."""
+    and the plan says so rather than naming a size, without simulating the sizes up to
+    the largest (with long groups, minutes each)."""
     human, verdicts, groups = clustered_pilot(3)
     both = np.concatenate([verdicts, verdicts])
     types = GroupTypes.from_pilot(human, both, groups, 2)
@@ -134,6 +135,7 @@ def test_a_gain_that_is_not_there_is_not_reached() -> None:
         types, kappa_gain(0, 1), 0.8, Simulation(simulations=40, resamples=100), start=40, most_groups=400
     )
     assert not plan.reached and plan.groups == 400 and plan.power < 0.8
+    assert [point.groups for point in plan.curve] == [40]  # nothing searched: no size would do
 
 
 def test_from_rates_gives_the_kappa_prevalence_and_group_size_asked_for() -> None:
