@@ -292,10 +292,15 @@ def smallest_size(meets: Callable[[int], bool], low: int, high: int) -> int:
 
 def fit_width(points: list[SizePoint]) -> tuple[float, float]:
     """``log width = a + b log G`` by least squares over the finite widths; ``b`` is kept
-    at or below 0 so that the curve never widens with more groups."""
+    at or below 0 so that the curve never widens with more groups. A quantity whose
+    intervals have no width (a verdict always right on the pilot) gets a flat curve near 0."""
     usable = [p for p in points if np.isfinite(p.width) and p.width > 0]
+    if len(usable) < 2 and any(p.width == 0 for p in points):
+        return float(np.log(1e-12)), 0.0  # the same value in every study: any size gives a point interval
     if len(usable) < 2:
-        raise ValueError("the simulated intervals had no width at two sizes or more: nothing to fit")
+        raise ValueError(
+            "the quantity is undefined in the simulated studies (a verdict the judge never gives?): nothing to plan"
+        )
     x = np.log([p.groups for p in usable])
     y = np.log([p.width for p in usable])
     slope, intercept = np.polyfit(x, y, 1)

@@ -134,3 +134,49 @@ def test_a_run_as_pilot_is_planned_and_logged_to_a_child_run(
     assert {a.path for a in client.list_artifacts(child.info.run_id)} == {"plan.json", "plan.png"}
     assert "plan_width_kappa_groups" in child.data.metrics
     assert client.get_run(run_id).data.metrics == before
+
+
+def test_precision_of_a_verdict_and_agreement_are_planned_from_their_pilot_values(
+    rows_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = recorded_rows(n_groups=12).rows
+    said_true = [row for row in rows if row.reference_judges["strict"] is True]
+    precision = sum(row.label is True for row in said_true) / len(said_true)
+    agreement = sum(row.label == row.reference_judges["strict"] for row in rows) / len(rows)
+    for metric, extra, name, value in (
+        ("precision", ["--verdict", "TRUE"], "precision of TRUE", precision),
+        ("agreement", [], "agreement", agreement),
+    ):
+        out = tmp_path / metric
+        argv = ["plan", str(rows_file), "--task", "relevance", "--judge", "strict", "--metric", metric, *extra]
+        assert main([*argv, "--out", str(out), *QUICK]) == 0
+        (plan,) = json.loads((out / "plan.json").read_text())["plans"]
+        assert (plan["quantity"], plan["value"]) == (name, pytest.approx(value))
+    assert (
+        main(
+            [
+                "plan",
+                str(rows_file),
+                "--task",
+                "relevance",
+                "--judge",
+                "strict",
+                "--verdict",
+                "maybe",
+                "--metric",
+                "precision",
+                *QUICK,
+            ]
+        )
+        == 2
+    )
+    assert "--verdict: 'maybe' is not one of the labels True, False" in one_line_error(capsys)
+
+
+def test_a_verdict_always_right_on_the_pilot_is_planned_at_the_least_size(rows_file: Path, tmp_path: Path) -> None:
+    """'strict' says false only where people did: its precision of false is 1 in every
+    study, a point interval at any size."""
+    argv = ["plan", str(rows_file), "--task", "relevance", "--judge", "strict", "--metric", "precision"]
+    assert main([*argv, "--verdict", "false", "--out", str(tmp_path), *QUICK]) == 0
+    (plan,) = json.loads((tmp_path / "plan.json").read_text())["plans"]
+    assert (plan["value"], plan["groups"], plan["width"], plan["least"]) == (1.0, 10, 0.0, True)
