@@ -32,6 +32,9 @@ def plan_command(args: argparse.Namespace) -> int:
     )
     workspace = Workspace.find(tracking_uri=args.tracking_uri)
     pilot: Pilot | None = None
+    rates = [flag for flag in ("kappa", "prevalence", "judge_rate") if getattr(args, flag) is not None]
+    if args.pilot is not None and rates:
+        raise ValueError(f"--{rates[0].replace('_', '-')} describes a judge without a pilot; leave it out with one")
     if args.pilot is not None:
         pilot = read_pilot(
             args.pilot, [args.judge, args.versus], task=args.task, verdicts=args.verdicts, workspace=workspace

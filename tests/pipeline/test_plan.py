@@ -81,7 +81,11 @@ def test_a_judge_not_in_the_pilot_is_refused_with_the_judges_there(
     assert "several judges (loose, strict); name one with --judge" in one_line_error(capsys)
 
 
-def test_without_a_pilot_it_needs_the_rates(capsys: pytest.CaptureFixture[str]) -> None:
+def test_without_a_pilot_it_needs_the_rates_and_with_one_refuses_them(
+    rows_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", str(rows_file), "--task", "relevance", "--judge", "strict", "--kappa", "0.4"]) == 2
+    assert "--kappa describes a judge without a pilot; leave it out with one" in one_line_error(capsys)
     assert main(["plan", "--prevalence", "0.3"]) == 2
     assert "or --kappa and --prevalence" in one_line_error(capsys)
     with pytest.raises(SystemExit) as refused:
