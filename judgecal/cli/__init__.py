@@ -19,6 +19,7 @@ from judgecal.artifacts import CARD_DIR, EVALUATION_FILE, HTML_CARD_FILE, METRIC
 from judgecal.cli.labelling import label_next_command, merge_labels_command
 from judgecal.cli.output import console, errors, print_error
 from judgecal.cli.parser import build_parser
+from judgecal.cli.planning import plan_command
 from judgecal.data.rows import DataError
 from judgecal.redact import error_line, redact_text, redact_url
 from judgecal.workspace import Workspace, set_process_environment
@@ -82,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
             "judge": _judge,
             "estimate": _estimate,
             "label-next": label_next_command,
+            "plan": plan_command,
             "import": _import,
             "merge": merge_labels_command,
             "ui": _ui,

@@ -78,6 +78,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     _judge_command(commands, handlers["judge"])
     _estimate_command(commands, handlers["estimate"])
     _label_next_command(commands, handlers["label-next"])
+    _plan_command(commands, handlers["plan"])
     _data_command(commands, handlers["import"], handlers["merge"])
     _ui_command(commands, handlers["ui"])
     return parser
@@ -310,6 +311,66 @@ def _label_next_command(commands: Commands, handler: Handler) -> None:
         "--output", type=Path, required=True, help="rows for annotators (JSONL); the design goes beside it"
     )
     label.set_defaults(handler=handler)
+
+
+def _share_open(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1 (argparse names the flag)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, got {text!r}")
+    return value
+
+
+def _plan_command(commands: Commands, handler: Handler) -> None:
+    plan = commands.add_parser(
+        "plan", help="how many labels (rows and groups) a decision needs, from pilot labels or expected rates"
+    )
+    plan.add_argument(
+        "pilot",
+        nargs="?",
+        help="pilot labels with verdicts: runs:/<run id>, an evaluation.json, or labelled rows (with --task); "
+        "leave out to plan from --kappa and --prevalence",
+    )
+    plan.add_argument("--task", help="task of a rows file: relevance, pairwise, attribute or module:Signature")
+    plan.add_argument("--verdicts", type=Path, help="judgecal judge's output for the rows file, joined by id")
+    plan.add_argument("--judge", help="the judge planned for (default: calibrated, or the only one)")
+    plan.add_argument("--versus", help="a baseline judge: also plan to show the judge's kappa above it (default: raw)")
+    plan.add_argument("--metric", choices=("kappa", "agreement", "precision"), default="kappa", help="default kappa")
+    plan.add_argument("--verdict", help="precision of which verdict (default: the positive label)")
+    plan.add_argument(
+        "--half-width", type=_share_open, default=0.05, help="the interval wanted: metric ± this (default 0.05)"
+    )
+    plan.add_argument("--above", type=float, help="also plan to show the metric above this value")
+    plan.add_argument("--power", type=_share_open, default=0.8, help="power of each test (default 0.8)")
+    plan.add_argument("--alpha", type=_share_open, default=0.05, help="tests' level; intervals at 1 - alpha")
+    plan.add_argument(
+        "--alternative",
+        choices=("two-sided", "greater"),
+        default="two-sided",
+        help="tests two-sided (default; what judgecal report's 95%% intervals show) or one-sided",
+    )
+    plan.add_argument("--kappa", type=float, help="without a pilot: the judge's expected kappa")
+    plan.add_argument("--prevalence", type=_share_open, help="without a pilot: the share of positive labels")
+    plan.add_argument("--judge-rate", type=_share_open, help="without a pilot: the judge's positive rate")
+    plan.add_argument("--rows-per-group", type=_positive_int, default=1, help="without a pilot (default 1)")
+    plan.add_argument("--icc", type=_share, default=0.0, help="without a pilot: the label's intraclass correlation")
+    plan.add_argument("--simulations", type=_positive_int, default=200, help="studies per size (default 200)")
+    plan.add_argument("--resamples", type=_positive_int, default=400, help="bootstrap draws per study (default 400)")
+    plan.add_argument("--seed", type=int, default=0, help="seed of every draw (default 0)")
+    plan.add_argument(
+        "--least-groups",
+        type=_positive_int,
+        default=10,
+        help="smallest size planned (default 10: with fewer groups a group bootstrap's interval is too narrow)",
+    )
+    plan.add_argument("--most-groups", type=_positive_int, default=20_000, help="largest size searched")
+    plan.add_argument("--out", type=Path, default=Path("plan"), help="folder for plan.json and plan.png")
+    plan.add_argument("--tracking-uri", help="MLflow store of a runs:/ pilot (default: mlruns/mlflow.db)")
+    plan.add_argument("--no-log", action="store_true", help="do not log the plan to a child of the pilot's run")
+    plan.set_defaults(handler=handler)
 
 
 def _data_command(commands: Commands, handler: Handler, merge_handler: Handler) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860")
 
@@ -190,4 +191,29 @@ def risk_coverage(
     axis.set_title(title, fontsize=10)
     axis.legend(fontsize=8, loc="lower left")
     axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def size_curves(panels: Sequence[dict], path: Path, *, title: str) -> Path:
+    """One panel per planned decision: what the simulated studies gave at each number of
+    groups (points), the monotone curve fitted through them (line), the target (dashed)
+    and the number of groups chosen (dotted). Each panel is a dict of plain numbers:
+    ``label``, ``sizes``, ``simulated``, ``smooth_sizes``, ``fitted``, ``target``, ``chosen``."""
+    figure = _figure(figsize=(4.6 * len(panels) + 0.4, 3.8), layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for axis, panel, colour in zip(axes, panels, COLOURS, strict=False):
+        axis.plot(panel["sizes"], panel["simulated"], "o", color=colour, label="simulated studies")
+        axis.plot(panel["smooth_sizes"], panel["fitted"], "-", color=colour, label="fitted curve")
+        axis.axhline(panel["target"], color="grey", linestyle="--", linewidth=1, label="target")
+        axis.axvline(
+            panel["chosen"], color="black", linestyle=":", linewidth=1, label=f"plan: {panel['chosen']} groups"
+        )
+        axis.set_xscale("log")
+        axis.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.xaxis.set_major_formatter(ScalarFormatter())
+        axis.xaxis.set_minor_formatter(NullFormatter())
+        axis.set_xlabel("groups labelled")
+        axis.set_title(panel["label"], fontsize=9)
+        axis.legend(fontsize=7)
+    figure.suptitle(title, fontsize=11)
     return _save(figure, path)

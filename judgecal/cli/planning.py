@@ -1,0 +1,184 @@
+"""``judgecal plan``: how many labels (rows and groups) a decision needs, from pilot
+labels or from expected rates."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from rich.table import Table
+
+from judgecal.cli.output import console
+
+if TYPE_CHECKING:
+    from judgecal.pipeline.plan import Pilot, PlanReport
+    from judgecal.stats.metrics import LabelSpace
+    from judgecal.stats.planning import GroupTypes, Quantity, Simulation, SizePlan
+
+RATES_START = 30  # groups simulated first when planning from rates: the search widens from there
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    from judgecal.pipeline.plan import PlanReport, is_run, log_plan, read_pilot, write_plan
+    from judgecal.stats.planning import GroupTypes, Simulation
+    from judgecal.workspace import Workspace
+
+    settings = Simulation(
+        simulations=args.simulations,
+        resamples=args.resamples,
+        confidence=1 - args.alpha,
+        alternative=args.alternative,
+        seed=args.seed,
+    )
+    workspace = Workspace.find(tracking_uri=args.tracking_uri)
+    pilot: Pilot | None = None
+    rates = [flag for flag in ("kappa", "prevalence", "judge_rate") if getattr(args, flag) is not None]
+    if args.pilot is not None and rates:
+        raise ValueError(f"--{rates[0].replace('_', '-')} describes a judge without a pilot; leave it out with one")
+    if args.pilot is not None:
+        pilot = read_pilot(
+            args.pilot, [args.judge, args.versus], task=args.task, verdicts=args.verdicts, workspace=workspace
+        )
+        types, start, space = pilot.types(), pilot.n_groups, pilot.space
+    else:
+        if args.kappa is None or args.prevalence is None:
+            raise ValueError(
+                "judgecal plan: give a pilot (labelled rows, evaluation.json or runs:/<id>) or --kappa and --prevalence"
+            )
+        types = GroupTypes.from_rates(
+            kappa=args.kappa,
+            prevalence=args.prevalence,
+            judge_rate=args.judge_rate,
+            rows_per_group=args.rows_per_group,
+            icc=args.icc,
+        )
+        start, space = RATES_START, None
+    plans = _plans(args, types, settings, start, space, pilot.judges if pilot else ("judge",))
+    report = PlanReport(
+        source=args.pilot or "rates",
+        judges=list(pilot.judges) if pilot else ["judge"],
+        pilot_groups=pilot.n_groups if pilot else None,
+        pilot_rows=pilot.n_rows if pilot else None,
+        rows_per_group=types.mean_rows,
+        left_out=pilot.left_out if pilot else 0,
+        plans=plans,
+        assumptions=_assumptions(args, pilot, types, settings) + _marks(plans, args),
+    )
+    console.print(_table(report))
+    console.print(report.assumptions, highlight=False)
+    files = write_plan(report, args.out)
+    console.print(f"plan: {files[0]}, curve: {files[1]}", highlight=False)
+    if args.pilot is not None and is_run(args.pilot) and not args.no_log:
+        run_id = log_plan(args.pilot, files, report, workspace)
+        console.print(f"logged to MLflow run {run_id}, a child of {args.pilot}", highlight=False)
+    return 0
+
+
+def _plans(
+    args: argparse.Namespace,
+    types: GroupTypes,
+    settings: Simulation,
+    start: int,
+    space: LabelSpace | None,
+    judges: tuple[str, ...],
+) -> list[SizePlan]:
+    """The interval of the judge's metric; with --above, the test that it clears a
+    value; with a baseline judge, the test that the judge's kappa is above the baseline's."""
+    from judgecal.stats.planning import kappa_gain, plan_power, plan_width
+
+    limits = {"start": start, "least_groups": args.least_groups, "most_groups": args.most_groups}
+    plans = [plan_width(types, _quantity(args, space), args.half_width, settings, **limits)]
+    if args.above is not None:
+        plans.append(plan_power(types, _quantity(args, space, null=args.above), args.power, settings, **limits))
+    if len(judges) > 1:
+        gain = kappa_gain(baseline=1, candidate=0, name=f"kappa of {judges[0]} minus {judges[1]}")
+        plans.append(plan_power(types, gain, args.power, settings, **limits))
+    return plans
+
+
+def _quantity(args: argparse.Namespace, space: LabelSpace | None, null: float = 0.0) -> Quantity:
+    from judgecal.stats.planning import agreement_of, kappa_of, precision_of
+
+    if args.metric == "kappa":
+        return kappa_of(0, null=null)
+    if args.metric == "agreement":
+        return agreement_of(0, null=null)
+    verdict = _verdict_index(args.verdict, space)
+    return precision_of(0, verdict, name=f"precision of {args.verdict or 'the positive verdict'}", null=null)
+
+
+def _verdict_index(verdict: str | None, space: LabelSpace | None) -> int:
+    """Which verdict's precision: ``--verdict`` as the task spells it (any case), else the
+    positive label. From rates, the one judge's positive verdict."""
+    if space is None:
+        if verdict is not None:
+            raise ValueError("--verdict: planning from rates has one binary judge; its precision is of 'true'")
+        return 0
+    if verdict is None:
+        if space.positive is None:
+            raise ValueError(f"--verdict: the labels are {', '.join(map(str, space.labels))}; name one")
+        return space.labels.index(space.positive)
+    for index, label in enumerate(space.labels):
+        if str(label).lower() == verdict.lower():
+            return index
+    raise ValueError(f"--verdict: {verdict!r} is not one of the labels {', '.join(map(str, space.labels))}")
+
+
+def _table(report: PlanReport) -> Table:
+    table = Table(title="labels needed", title_justify="left")
+    for column in ("decision", "pilot", "groups", "rows", "interval ±", "power"):
+        table.add_column(column, justify="left" if column == "decision" else "right")
+    for plan in report.plans:
+        if plan.goal == "width":
+            decision = f"{plan.quantity} within ±{plan.target:g} ({plan.confidence:.0%})"
+            power = "-"
+        else:
+            side = "one-sided" if plan.alternative == "greater" else "two-sided"
+            decision = f"{plan.quantity} > {plan.null:g} ({side}, alpha {1 - plan.confidence:g})"
+            power = f"{plan.power:.2f}"
+        groups = f"{plan.groups:,}" + ("" if plan.reached else "+") + ("*" if plan.least else "")
+        width = f"{plan.width / 2:.3f}"
+        if not plan.reached:  # the width and power simulated were not at the size shown
+            width, power = "-", "-"
+        table.add_row(decision, f"{plan.value:.3f}", groups, f"{plan.rows:,}", width, power)
+    return table
+
+
+def _assumptions(args: argparse.Namespace, pilot: Pilot | None, types: GroupTypes, settings: Simulation) -> str:
+    """The sentence under the table: what the numbers take for granted."""
+    if pilot is not None:
+        left = f", {pilot.left_out} rows without a verdict left out" if pilot.left_out else ""
+        base = (
+            f"Assumes the groups still to label are like the pilot's {pilot.n_groups} ({pilot.n_rows:,} rows, "
+            f"{types.mean_rows:.1f} per group{left}; judges: {', '.join(pilot.judges)}) and that every row of a "
+            "drawn group is labelled"
+        )
+    else:
+        icc = f"intraclass correlation {args.icc:g} of the label within a group" if args.icc else "groups alike"
+        rate = args.prevalence if args.judge_rate is None else args.judge_rate
+        base = (
+            f"Assumes kappa {args.kappa:g}, {args.prevalence:.0%} of rows positive, the judge saying positive on "
+            f"{rate:.0%}, {args.rows_per_group} rows per group ({icc})"
+        )
+    side = "one-sided" if settings.alternative == "greater" else "two-sided"
+    return (
+        f"{base}; each size is {settings.simulations} simulated studies drawing groups with replacement, each "
+        f"bootstrapped {settings.resamples} times by group (seed {settings.seed}); intervals at "
+        f"{settings.confidence:.0%}, tests {side} at alpha {1 - settings.confidence:g}."
+    )
+
+
+def _marks(plans: list[SizePlan], args: argparse.Namespace) -> str:
+    """What a '+' or '*' beside a number of groups means, when the table shows one."""
+    notes = []
+    if any(not plan.reached for plan in plans):
+        notes.append(
+            f" +: no size up to --most-groups {args.most_groups} meets the target (for a test: the pilot's value is "
+            "not above the value tested, or not by enough)."
+        )
+    if any(plan.least for plan in plans):
+        notes.append(
+            f" *: the least size planned (--least-groups {args.least_groups}); fewer groups may meet the target on "
+            "this pilot, but a group bootstrap over fewer is not to be trusted."
+        )
+    return "".join(notes)

@@ -1,0 +1,186 @@
+"""judgecal plan on the pilots a person has: labelled rows with recorded verdicts, a
+verdicts file joined to them, a calibration's MLflow run (logged to a child run, the
+pilot's own metrics untouched), or expected rates; and bad input refused in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from judgecal.cli import main
+from judgecal.data.split import SplitSpec
+from judgecal.pipeline.plan import read_pilot
+from tests.conftest import write_jsonl
+from tests.helpers import recorded_rows
+
+QUICK = ["--simulations", "40", "--resamples", "80"]
+
+
+@pytest.fixture
+def rows_file(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "pilot.jsonl", [row.to_record() for row in recorded_rows(n_groups=12).rows])
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_a_rows_file_with_recorded_verdicts_plans_the_interval_and_the_comparison(
+    rows_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    argv = ["plan", str(rows_file), "--task", "relevance", "--judge", "strict", "--versus", "loose", "--out", str(out)]
+    assert main([*argv, *QUICK]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "like the pilot's 12 (120 rows, 10.0 per group" in printed
+    plan = json.loads((out / "plan.json").read_text())
+    assert [(p["goal"], p["quantity"]) for p in plan["plans"]] == [
+        ("width", "kappa"),
+        ("power", "kappa of strict minus loose"),
+    ]
+    assert plan["plans"][0]["rows"] == plan["plans"][0]["groups"] * 10
+    assert (out / "plan.png").stat().st_size > 0
+
+
+def test_a_verdicts_file_is_joined_by_id_and_abstentions_are_left_out(rows_file: Path, tmp_path: Path) -> None:
+    rows = recorded_rows(n_groups=12).rows
+    lines = [{"id": r.id, "verdict": r.reference_judges["strict"]} for r in rows[:-5]]
+    lines += [{"id": r.id, "verdict": None, "abstained": True} for r in rows[-5:]]
+    verdicts = write_jsonl(tmp_path / "verdicts.jsonl", lines)
+    pilot = read_pilot(str(rows_file), [None, None], task="relevance", verdicts=verdicts)
+    assert pilot.judges == ("verdicts",) and pilot.left_out == 5 and pilot.n_rows == 115
+
+
+def test_a_verdict_for_a_row_not_in_the_pilot_is_refused_at_its_line(
+    rows_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    verdicts = write_jsonl(tmp_path / "v.jsonl", [{"id": "g0-0", "verdict": True}, {"id": "nope", "verdict": True}])
+    code = main(["plan", str(rows_file), "--task", "relevance", "--verdicts", str(verdicts), *QUICK])
+    assert code == 2
+    assert f"{verdicts}:2: field 'id': id 'nope' is not a row of {rows_file}" in one_line_error(capsys)
+
+
+def test_a_bad_label_in_the_pilot_names_file_line_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    records = [row.to_record() for row in recorded_rows(n_groups=4).rows]
+    records[2]["label"] = "maybe"
+    path = write_jsonl(tmp_path / "pilot.jsonl", records)
+    assert main(["plan", str(path), "--task", "relevance", "--judge", "strict", *QUICK]) == 2
+    assert f"{path}:3: field 'label'" in one_line_error(capsys)
+
+
+def test_a_judge_not_in_the_pilot_is_refused_with_the_judges_there(
+    rows_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", str(rows_file), "--task", "relevance", "--judge", "gpt-4o", *QUICK]) == 2
+    assert "no judge 'gpt-4o' (judges: loose, strict)" in one_line_error(capsys)
+    assert main(["plan", str(rows_file), "--task", "relevance", *QUICK]) == 2
+    assert "several judges (loose, strict); name one with --judge" in one_line_error(capsys)
+
+
+def test_without_a_pilot_it_needs_the_rates_and_with_one_refuses_them(
+    rows_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", str(rows_file), "--task", "relevance", "--judge", "strict", "--kappa", "0.4"]) == 2
+    assert "--kappa describes a judge without a pilot; leave it out with one" in one_line_error(capsys)
+    assert main(["plan", "--prevalence", "0.3"]) == 2
+    assert "or --kappa and --prevalence" in one_line_error(capsys)
+    with pytest.raises(SystemExit) as refused:
+        main(["plan", "--kappa", "0.4", "--prevalence", "1.3"])
+    assert refused.value.code == 2
+    assert "--prevalence" in one_line_error(capsys)
+
+
+def test_from_rates_with_groups_of_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["plan", "--kappa", "0.4", "--prevalence", "0.3", "--rows-per-group", "5", "--icc", "0.1"]
+    assert main([*argv, "--above", "0.2", "--out", str(tmp_path), *QUICK]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "5 rows per group (intraclass correlation 0.1 of the label within a group)" in printed
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert [(p["goal"], p["null"], p["alternative"]) for p in plan["plans"]] == [
+        ("width", 0.0, "two-sided"),
+        ("power", 0.2, "two-sided"),
+    ]
+    assert plan["plans"][1]["value"] == pytest.approx(0.4)
+    assert all(p["rows"] == p["groups"] * 5 for p in plan["plans"])
+
+
+def test_a_run_as_pilot_is_planned_and_logged_to_a_child_run(
+    workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import mlflow
+
+    from judgecal.calibrate.optimizers import CalibrationConfig
+    from judgecal.pipeline.calibration import run_calibration
+    from judgecal.pipeline.config import ExperimentConfig, JudgeSection
+
+    data = write_jsonl(tmp_path / "rows.jsonl", [row.to_record() for row in recorded_rows(n_groups=16).rows])
+    config = ExperimentConfig(
+        judge=JudgeSection(name="planned", task="relevance", data=data, recorded="loose"),
+        split=SplitSpec(dev=0.25, test=0.4, seed=1),
+        calibration=CalibrationConfig(strategy="verifier"),
+    )
+    run_id = run_calibration(config, workspace=workspace, log=lambda m: None).tracked.run_id
+    client = mlflow.MlflowClient(tracking_uri=workspace.tracking_uri)
+    before = client.get_run(run_id).data.metrics
+
+    assert main(["plan", f"runs:/{run_id}", "--out", str(tmp_path / "plan"), *QUICK]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "kappa of calibrated minus raw" in printed and f"a child of runs:/{run_id}" in printed
+    children = client.search_runs(
+        [client.get_run(run_id).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
+    )
+    assert len(children) == 1
+    child = children[0]
+    assert {a.path for a in client.list_artifacts(child.info.run_id)} == {"plan.json", "plan.png"}
+    assert "plan_width_kappa_groups" in child.data.metrics
+    assert client.get_run(run_id).data.metrics == before
+
+
+def test_precision_of_a_verdict_and_agreement_are_planned_from_their_pilot_values(
+    rows_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = recorded_rows(n_groups=12).rows
+    said_true = [row for row in rows if row.reference_judges["strict"] is True]
+    precision = sum(row.label is True for row in said_true) / len(said_true)
+    agreement = sum(row.label == row.reference_judges["strict"] for row in rows) / len(rows)
+    for metric, extra, name, value in (
+        ("precision", ["--verdict", "TRUE"], "precision of TRUE", precision),
+        ("agreement", [], "agreement", agreement),
+    ):
+        out = tmp_path / metric
+        argv = ["plan", str(rows_file), "--task", "relevance", "--judge", "strict", "--metric", metric, *extra]
+        assert main([*argv, "--out", str(out), *QUICK]) == 0
+        (plan,) = json.loads((out / "plan.json").read_text())["plans"]
+        assert (plan["quantity"], plan["value"]) == (name, pytest.approx(value))
+    assert (
+        main(
+            [
+                "plan",
+                str(rows_file),
+                "--task",
+                "relevance",
+                "--judge",
+                "strict",
+                "--verdict",
+                "maybe",
+                "--metric",
+                "precision",
+                *QUICK,
+            ]
+        )
+        == 2
+    )
+    assert "--verdict: 'maybe' is not one of the labels True, False" in one_line_error(capsys)
+
+
+def test_a_verdict_always_right_on_the_pilot_is_planned_at_the_least_size(rows_file: Path, tmp_path: Path) -> None:
+    """'strict' says false only where people did: its precision of false is 1 in every
+    study, a point interval at any size."""
+    argv = ["plan", str(rows_file), "--task", "relevance", "--judge", "strict", "--metric", "precision"]
+    assert main([*argv, "--verdict", "false", "--out", str(tmp_path), *QUICK]) == 0
+    (plan,) = json.loads((tmp_path / "plan.json").read_text())["plans"]
+    assert (plan["value"], plan["groups"], plan["width"], plan["least"]) == (1.0, 10, 0.0, True)
