@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from judgecal.backends.calls import LMUsage
 from judgecal.calibrate.guard import LeakError, RowGuard
 from judgecal.calibrate.search_config import SearchConfig
 from judgecal.calibrate.selection import Candidate, Choice, SelectionScore, choose, cross_validate, holdout, row_scores
@@ -60,6 +61,10 @@ class TrialRow:
     duplicate_of: int | None = None
     error: str | None = None
     pruned_after: int | None = None
+    cached_calls: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost_usd: float | None = None
 
 
 def score_trial(
@@ -83,9 +88,8 @@ def score_trial(
     task = env.task
     pool = [*train, *dev]
     started = time.perf_counter()
+    counter = LMCallCounter()  # the fit's calls and the scoring's
     if spec.scored_on_dev:
-        result = fit_judge(spec, env, params, train, dev, guard)
-        guard.check(dev, f"{spec.name}: score on dev")
 
         def on_chunk(indices: list[int], scores: Any) -> None:
             for index, value in zip(indices, scores, strict=True):
@@ -94,28 +98,22 @@ def score_trial(
                     trial_reported.add(index)
             if trial.should_prune():
                 trial.set_user_attr("pruned_after_rows", len(indices))
-                trial.set_user_attr("lm_calls", result.lm_calls + counter.calls)
-                trial.set_user_attr("fit_seconds", round(time.perf_counter() - started, 2))
+                record_usage(trial, counter.usage(env.prices), started)
                 raise optuna.TrialPruned()
 
         trial_reported: set[int] = set()
-        counter = LMCallCounter()
-        import dspy
-
-        with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), counter]):
+        with counter.counting():
+            result = fit_judge(spec, env, params, train, dev, guard)
+            guard.check(dev, f"{spec.name}: score on dev")
             score = holdout(result.judge, task, dev, chunk=search.dev_chunk, seed=search.seed, on_chunk=on_chunk)
-        lm_calls = result.lm_calls + counter.calls
     else:
         result = None
-        counter = LMCallCounter()
-        import dspy
 
         def fit(rows: Any) -> Any:
             return fit_judge(spec, env, params, rows, None, guard, step="fit (cross-validation)").judge
 
-        with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), counter]):
+        with counter.counting():
             score = cross_validate(fit, task, pool, folds)
-        lm_calls = counter.calls
         for index, value in enumerate(row_scores(task, dev, [score.predictions[row.id] for row in dev])):
             trial.report(float(value), index)
     trial.set_user_attr("rule", score.rule)
@@ -124,9 +122,24 @@ def score_trial(
     if score.folds is not None:
         trial.set_user_attr("folds", score.folds)
     trial.set_user_attr("dev_predictions", [_plain(score.predictions.get(row.id)) for row in dev])
-    trial.set_user_attr("lm_calls", lm_calls)
-    trial.set_user_attr("fit_seconds", round(time.perf_counter() - started, 2))
+    record_usage(trial, counter.usage(env.prices), started)
     return score, result
+
+
+# What a trial spent, as its user attributes (and a repeat's, copied from the trial it repeats).
+USAGE_ATTRS = ("lm_calls", "cached_calls", "prompt_tokens", "completion_tokens", "cost_usd", "fit_seconds")
+
+
+def record_usage(trial: Any, usage: LMUsage, started: float) -> None:
+    """The trial's LM calls (cached ones apart), their tokens and cost, and its seconds."""
+    import time
+
+    trial.set_user_attr("lm_calls", usage.calls)
+    trial.set_user_attr("cached_calls", usage.cached)
+    trial.set_user_attr("prompt_tokens", usage.prompt_tokens)
+    trial.set_user_attr("completion_tokens", usage.completion_tokens)
+    trial.set_user_attr("cost_usd", usage.cost_usd)
+    trial.set_user_attr("fit_seconds", round(time.perf_counter() - started, 2))
 
 
 def _plain(value: Any) -> Any:
@@ -306,6 +319,10 @@ def leaderboard(study: Any) -> list[TrialRow]:
                 duplicate_of=attrs.get("duplicate_of"),
                 error=attrs.get("error") or (LOST_TRIAL if trial.state == TrialState.FAIL else None),
                 pruned_after=attrs.get("pruned_after_rows"),
+                cached_calls=attrs.get("cached_calls"),
+                prompt_tokens=attrs.get("prompt_tokens"),
+                completion_tokens=attrs.get("completion_tokens"),
+                cost_usd=attrs.get("cost_usd"),
             )
         )
     return sorted(rows, key=lambda r: (r.score is None, -(r.score or 0.0), r.number))
@@ -428,7 +445,7 @@ def _answer_from(trial: Any, earlier: Any) -> float:
     from optuna.trial import TrialState
 
     trial.set_user_attr("duplicate_of", earlier.number)
-    for key in ("rule", "se", "lm_calls", "fit_seconds"):
+    for key in ("rule", "se", *USAGE_ATTRS):
         if key in earlier.user_attrs:
             trial.set_user_attr(key, earlier.user_attrs[key])
     if earlier.state == TrialState.PRUNED:

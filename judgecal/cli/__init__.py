@@ -119,7 +119,7 @@ def _search_one(
     config: ExperimentConfig, args: argparse.Namespace, workspace: Workspace
 ) -> tuple[CalibrationReport | None, str | None]:
     from judgecal.pipeline.config import SearchConfig
-    from judgecal.pipeline.search import run_search
+    from judgecal.pipeline.search import run_search, trial_calls, trial_cost, trial_tokens
     from judgecal.progress import rich_progress
 
     updates: dict[str, object] = {}
@@ -142,10 +142,10 @@ def _search_one(
         "without test rows (cv: cross-validated over train + dev; dev: on dev)",
         title_justify="left",
     )
-    for column in ("trial", "strategy", "state", "rule", "κ", "± SE", "LM calls", "s"):
+    for column in ("trial", "strategy", "state", "rule", "κ", "± SE", "LM calls (cached)", "tokens", "$", "s"):
         table.add_column(column, justify="left" if column in ("strategy", "state", "rule") else "right")
     if report.raw_dev is not None:
-        table.add_row("raw", "(the judge as it is)", "–", "dev", f"{report.raw_dev:.3f}", "–", "–", "–")
+        table.add_row("raw", "(the judge as it is)", "–", "dev", f"{report.raw_dev:.3f}", *["–"] * 5)
     best = report.best
     for row in report.rows:
         if row.duplicate_of is not None:
@@ -158,7 +158,9 @@ def _search_one(
             row.rule or "–",
             "–" if row.score is None else f"{row.score:.3f}",
             "–" if row.se is None or row.se != row.se else f"{row.se:.3f}",
-            "–" if row.lm_calls is None else str(row.lm_calls),
+            trial_calls(row),
+            trial_tokens(row),
+            trial_cost(row),
             "–" if row.seconds is None else f"{row.seconds:.0f}",
         )
     repeats = len([r for r in report.rows if r.duplicate_of is not None])
@@ -172,6 +174,8 @@ def _search_one(
         f"study {report.study_name} in {redact_url(report.storage)}; {report.new_trials} new trials this run",
         highlight=False,
     )
+    if report.usage is not None:
+        console.print(f"the search asked: {report.usage.describe()}", highlight=False)
     if report.calibration is None:
         console.print("no trial finished, so nothing was selected", highlight=False)
         return None, None
@@ -304,6 +308,8 @@ def _calibrate_one(
         f"{report.calibration_lm_calls} LM calls (answers served from the cache included)",
         highlight=False,
     )
+    if report.usage is not None:
+        console.print(f"the run asked, test and gate rows included: {report.usage.describe()}", highlight=False)
     _print_result(config, report, run_id := report.tracked.run_id if report.tracked else None)
     return report, run_id
 

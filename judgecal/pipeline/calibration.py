@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from judgecal.backends.calls import LMCallCounter
 from judgecal.backends.models import build_lm
 from judgecal.calibrate.guard import RowGuard
 from judgecal.calibrate.optimizers import CalibrationConfig, strategy_name
@@ -213,9 +214,11 @@ def run_calibration(
     refuse_without_probabilities(spec, prepared)
     where = "train, selecting on dev" if spec.selects_on_dev else "train + dev"
     log(f"{config.judge.name}: calibrating with {spec.name} ({spec.description}) on {where}")
-    result = final_fit(spec, prepared, strategy_params(spec, config.calibration), log)
-    banded = select_band(prepared, result, log)
-    return report_and_record(prepared, banded, progress=progress, experiment_id=experiment_id, log=log)
+    meter = LMCallCounter()
+    with meter.counting():
+        result = final_fit(spec, prepared, strategy_params(spec, config.calibration), log)
+        banded = select_band(prepared, result, log)
+        return report_and_record(prepared, banded, progress=progress, experiment_id=experiment_id, log=log, meter=meter)
 
 
 def report_and_record(
@@ -227,11 +230,14 @@ def report_and_record(
     log: Any,
     run_id: str | None = None,
     description_extra: str = "",
+    meter: LMCallCounter | None = None,
 ) -> CalibrationReport:
     """The calibrated judge beside the raw one on test, its verdicts on the gate rows, and
     (with an ``experiment_id`` to record it in) its MLflow run, exported judge and registry
-    version."""
+    version. ``meter``: the counter of the run's LM calls, read once test and gate are judged."""
     report = evaluate(prepared, banded, progress)
+    if meter is not None:
+        report = dataclasses.replace(report, usage=meter.usage(prepared.prices))
     if experiment_id is None:
         return report
     tracked = track_calibration(report, prepared, experiment_id, run_id=run_id, description_extra=description_extra)

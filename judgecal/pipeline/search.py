@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from judgecal.artifacts import LEADERBOARD_FILE, LEADERBOARD_PLOT, LEADERBOARD_TABLE
+from judgecal.backends.calls import LMCallCounter, LMUsage
 from judgecal.calibrate.search import SearchConfig, TrialRow, distinct_finished, enqueue_defaults, run_study
 from judgecal.calibrate.selection import Choice
 from judgecal.calibrate.storage import LOST_TRIAL, check_storage, check_study, default_storage, open_study, study_lock
-from judgecal.calibrate.strategies import resolve_strategies
+from judgecal.calibrate.strategies import StrategyEnv, StrategySpec, resolve_strategies
 from judgecal.judges.program import JudgeFailedError, RowFailedError
 from judgecal.pipeline.calibration import prepare, report_and_record, select_band
 from judgecal.pipeline.config import ExperimentConfig
@@ -43,6 +44,11 @@ class SearchReport:
     new_trials: int = 0
     complete: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def usage(self) -> LMUsage | None:
+        """The LM calls this worker's search made, its winner's test and gate included."""
+        return self.calibration.usage if self.calibration is not None else None
 
     @property
     def best(self) -> TrialRow | None:
@@ -105,12 +111,38 @@ def search_prepared(
         f"finished; strategies: {', '.join(specs)}"
     )
 
+    meter = LMCallCounter()  # every LM call of this worker: trials, the raw judge on dev, test, gate
+    with meter.counting():
+        return _study_and_report(
+            prepared, study, (specs, env, search), meter, experiment_id, parent_run_id, progress, log
+        )
+
+
+def _study_and_report(
+    prepared: Prepared,
+    study: Any,
+    searched: tuple[dict[str, StrategySpec], StrategyEnv, SearchConfig],
+    meter: LMCallCounter,
+    experiment_id: str | None,
+    parent_run_id: str | None,
+    progress: ProgressFactory | None,
+    log: Any,
+) -> SearchReport:
+    """The trials, then the winner reported on test and recorded in the parent run;
+    ``searched``: the strategies, what they are built from and the search's settings."""
+    specs, env, search = searched
+    split = prepared.split
+
+    def record(study: Any, frozen: Any) -> None:
+        if parent_run_id is not None and experiment_id is not None:
+            log_trial(frozen, study, parent_run_id, experiment_id)
+
     outcome = run_study(
         study, specs, env, split.train.rows, split.dev.rows, prepared.guard, search, on_trial=record, log=log
     )
     report = SearchReport(
-        study_name=study_name,
-        storage=redact(storage_url),
+        study_name=study.study_name,
+        storage=redact(search.storage or default_storage(prepared.workspace.root)),
         rows=outcome.rows,
         choice=outcome.choice,
         calibration=None,
@@ -135,6 +167,7 @@ def search_prepared(
             f"Selected by a search of {distinct} distinct trials ({len(outcome.rows)} with repeats): "
             f"{winner.strategy} (trial {winner.number}). The leaderboard: `{LEADERBOARD_FILE}`.\n\n{steps}"
         ),
+        meter=meter,
     )
     if report.calibration.tracked is not None:
         report.tracking_uri = report.calibration.tracked.tracking_uri
@@ -217,6 +250,9 @@ def log_trial(frozen: Any, study: Any, parent_run_id: str, experiment_id: str) -
     for key in ("lm_calls", "fit_seconds", "pruned_after_rows"):
         if attrs.get(key) is not None:
             metrics[f"cost.{key}"] = float(attrs[key])
+    for key, metric in TRIAL_USAGE_METRICS.items():
+        if attrs.get(key) is not None:
+            metrics[metric] = float(attrs[key])
     import time
 
     now = int(time.time() * 1000)
@@ -226,19 +262,31 @@ def log_trial(frozen: Any, study: Any, parent_run_id: str, experiment_id: str) -
     study.set_user_attr(f"run_id.{frozen.number}", run_id)  # a finished trial's own attributes are frozen
 
 
+# A trial's user attributes as the metrics of its child run, named as a run's own.
+TRIAL_USAGE_METRICS = {
+    "lm_calls": "lm.calls",
+    "cached_calls": "lm.cached_calls",
+    "prompt_tokens": "lm.prompt_tokens",
+    "completion_tokens": "lm.completion_tokens",
+    "cost_usd": "lm.cost_usd",
+}
+
+
 def leaderboard_markdown(report: SearchReport) -> str:
     lines = [
         f"# Search {report.study_name}",
         "",
         "Trials are scored without test rows: cross-validated κ (mean ± standard error over grouped folds of "
         "train + dev) for strategies that make no LM calls to fit, dev κ for those that do. "
-        "Repeated settings are answered from the earlier trial and do not count toward the budget.",
+        "Repeated settings are answered from the earlier trial and do not count toward the budget. "
+        "LM calls include those answered from the cache (in brackets), which cost nothing; tokens "
+        "(prompt + completion) and cost are those of the calls the model answered.",
         "",
-        "| trial | strategy | settings | state | rule | κ | ± SE | LM calls | fit s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| trial | strategy | settings | state | rule | κ | ± SE | LM calls (cached) | tokens | cost $ | fit s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     if report.raw_dev is not None:
-        lines.append(f"| raw | (the judge as it is) | – | – | dev | {report.raw_dev:.3f} | – | – | – |")
+        lines.append(f"| raw | (the judge as it is) | – | – | dev | {report.raw_dev:.3f} | – | – | – | – | – |")
     best = report.best
     for row in report.rows:
         settings = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in row.params.items()) or "–"
@@ -252,12 +300,36 @@ def leaderboard_markdown(report: SearchReport) -> str:
             state += f" after {row.pruned_after} dev rows"
         lines.append(
             f"| {row.number}{marker} | {row.strategy} | {settings} | {state} | {row.rule or '–'} | {score} | {se} | "
-            f"{row.lm_calls if row.lm_calls is not None else '–'} | {row.seconds if row.seconds is not None else '–'} |"
+            f"{trial_calls(row)} | {trial_tokens(row)} | {trial_cost(row)} | "
+            f"{row.seconds if row.seconds is not None else '–'} |"
         )
+    if report.usage is not None:
+        lines += ["", f"The whole search (trials, the winner on test and gate rows): {report.usage.describe()}."]
     if report.choice is not None:
         lines += ["", "## Selection", "", report.choice.rule + ".", ""]
         lines += [f"- {step}" for step in report.choice.steps]
     return "\n".join(lines) + "\n"
+
+
+def trial_calls(row: TrialRow) -> str:
+    """A trial's LM calls with the cached ones in brackets; a repeat's cost nothing again."""
+    if row.lm_calls is None:
+        return "–"
+    if row.duplicate_of is not None:
+        return "0 (repeat)"
+    return f"{row.lm_calls:,} ({row.cached_calls or 0:,})" if row.cached_calls is not None else f"{row.lm_calls:,}"
+
+
+def trial_tokens(row: TrialRow) -> str:
+    if row.prompt_tokens is None or row.duplicate_of is not None:
+        return "–"
+    return f"{row.prompt_tokens:,} + {row.completion_tokens or 0:,}"
+
+
+def trial_cost(row: TrialRow) -> str:
+    if row.cost_usd is None or row.duplicate_of is not None:
+        return "–"
+    return f"{row.cost_usd:.4f}"
 
 
 def _short(value: Any) -> str:

@@ -1,0 +1,103 @@
+"""What a search costs: every LM call counted with its tokens and price, per trial in the
+leaderboard and the trials' runs, for the whole search in the parent run; counted against
+a scripted OpenAI-compatible server, so that the calls the model answered are the requests
+it received."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from judgecal.backends.settings import LMConfig
+from judgecal.data.split import SplitSpec
+from judgecal.pipeline.config import ExperimentConfig, JudgeSection, SearchConfig
+from judgecal.pipeline.search import run_search
+from judgecal.workspace import Workspace
+from tests.conftest import ChatServer, write_jsonl
+from tests.helpers import recorded_rows
+
+PROMPT, COMPLETION = 100, 5  # the tokens the server reports for every answer
+GPT_4O_MINI = (0.15e-6, 0.6e-6)  # LiteLLM's price per prompt and completion token
+
+
+def live_search_config(folder: Path, server_url: str, strategies: list[str], trials: int, **search) -> ExperimentConfig:
+    data = write_jsonl(folder / "rows.jsonl", [row.to_record() for row in recorded_rows(n_groups=8).rows])
+    return ExperimentConfig(
+        judge=JudgeSection(name="costed", task="relevance", data=data),
+        lm=LMConfig(model="openai/gpt-4o-mini", api_base=server_url, num_retries=0),
+        split=SplitSpec(dev=0.25, test=0.25, gate=0.15, seed=1),
+        search=SearchConfig(
+            strategies=strategies, trials=trials, storage=f"sqlite:///{folder / 'optuna.db'}", **search
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def costed_run(tmp_path_factory, loaded_models):
+    """One tracked search of two strategies against the scripted server, for the module."""
+    root = tmp_path_factory.mktemp("costed")
+    (root / "mlruns").mkdir()
+    server = ChatServer()
+    server.usage = (PROMPT, COMPLETION)
+    server.answer = {"relevant": True, "probability_percent": 70}  # no logprobs: it says how sure
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JUDGECAL_HOME", str(root))
+        patch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+        config = live_search_config(root, server.url, ["threshold", "labeled_few_shot"], 2)
+        workspace = Workspace(root, models=loaded_models)
+        report = run_search(config, config.search, workspace=workspace, log=lambda m: None)
+        yield report, server, workspace
+    server.close()
+
+
+@pytest.fixture
+def costed_search(costed_run):
+    """The module's search, with MLflow pointed at its store (each test's teardown forgets it)."""
+    import mlflow
+
+    report, server, workspace = costed_run
+    mlflow.set_tracking_uri(workspace.tracking_uri)
+    return report, server
+
+
+def test_the_search_counts_every_call_its_model_answered_with_tokens_and_cost(costed_search) -> None:
+    report, server = costed_search
+    usage = report.usage
+    answered = len(server.requests)
+    assert answered > 0
+    assert usage.calls - usage.cached == answered
+    assert (usage.prompt_tokens, usage.completion_tokens) == (PROMPT * answered, COMPLETION * answered)
+    assert usage.cost_usd == pytest.approx(PROMPT * answered * GPT_4O_MINI[0] + COMPLETION * answered * GPT_4O_MINI[1])
+    for row in report.rows:
+        assert row.state == "COMPLETE", row
+        assert row.prompt_tokens == PROMPT * (row.lm_calls - row.cached_calls)
+        priced = row.prompt_tokens * GPT_4O_MINI[0] + row.completion_tokens * GPT_4O_MINI[1]
+        assert row.cost_usd == pytest.approx(priced)
+    few_shot = next(row for row in report.rows if row.strategy == "labeled_few_shot")
+    assert few_shot.prompt_tokens > 0  # its compiled prompt is a new request on every dev row
+
+
+def test_the_runs_and_the_leaderboard_show_the_cost(costed_search) -> None:
+    import mlflow
+
+    report, _ = costed_search
+    client = mlflow.MlflowClient()
+    parent = client.get_run(report.parent_run_id)
+    assert parent.data.metrics["lm.prompt_tokens"] == report.usage.prompt_tokens
+    assert parent.data.metrics["lm.cost_usd"] == pytest.approx(report.usage.cost_usd)
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{report.parent_run_id}'"
+    )
+    by_trial = {int(run.data.tags["judgecal.trial"]): run for run in children}
+    for row in report.rows:
+        assert by_trial[row.number].data.metrics["lm.completion_tokens"] == row.completion_tokens
+    folder = Path(client.download_artifacts(report.parent_run_id, ""))
+    board = (folder / "leaderboard.md").read_text()
+    assert "| LM calls (cached) | tokens | cost $ |" in board
+    assert f"{report.usage.prompt_tokens:,} prompt" in board
+    table = json.loads((folder / "leaderboard.json").read_text())
+    assert {row["number"]: row["cost_usd"] for row in table} == {row.number: row.cost_usd for row in report.rows}
+    card = (folder / "card" / "judge_card.md").read_text()
+    assert f"${report.usage.cost_usd:.4f}" in card
