@@ -175,11 +175,11 @@ def enqueue_defaults(study: Any, specs: dict[str, StrategySpec], env: StrategyEn
         return
     study.set_user_attr("defaults_enqueued", True)
     for spec in sorted(specs.values(), key=lambda s: (s.scored_on_dev, s.complexity, s.name)):
-        fixed = _default_params(spec, env)
+        fixed = default_params(spec, env)
         study.enqueue_trial({"strategy": spec.name, **fixed}, skip_if_exists=True)
 
 
-def _default_params(spec: StrategySpec, env: StrategyEnv) -> dict[str, Any]:
+def default_params(spec: StrategySpec, env: StrategyEnv) -> dict[str, Any]:
     """The Optuna parameters that reproduce a strategy's default settings: the space is
     sampled once with a recorder that answers each question with the default."""
     recorder = _DefaultRecorder(spec.build(env, {}))
@@ -495,7 +495,7 @@ def _choose_and_refit(study: Any, trials: TrialRunner, log: Any) -> tuple[Choice
     """The selection rule over every finished trial of the study (any worker's), and the
     winner fitted as it is reported and exported."""
     specs, env = trials.specs, trials.env
-    defaults = {name: _default_params(spec, env) for name, spec in specs.items()}
+    defaults = {name: default_params(spec, env) for name, spec in specs.items()}
     candidates = [candidate_of(trial, specs, trials.dev, defaults) for trial in finished_candidates(study, specs)]
     if not candidates:
         return None, None

@@ -101,3 +101,36 @@ def test_the_runs_and_the_leaderboard_show_the_cost(costed_search) -> None:
     assert {row["number"]: row["cost_usd"] for row in table} == {row.number: row.cost_usd for row in report.rows}
     card = (folder / "card" / "judge_card.md").read_text()
     assert f"${report.usage.cost_usd:.4f}" in card
+
+
+# --- before the run: the dry run's bound ----------------------------------------------------------
+
+
+def test_a_dry_runs_bound_is_what_a_search_of_one_dspy_strategy_then_asks(tmp_path, workspace, chat_server) -> None:
+    """The demo-sized case: no trial to prune, so the bound is what the run asks (cached
+    answers included, as rows with the same inputs share one): the raw judge on dev and
+    test, the trial's dev rows, and the winner's test and gate rows."""
+    from judgecal.pipeline.plan import plan
+
+    chat_server.answer = {"relevant": True, "probability_percent": 70}
+    config = live_search_config(tmp_path, chat_server.url, ["labeled_few_shot"], 1)
+    planned = plan(config, config.search, workspace, log=lambda m: None)
+    probed = len(chat_server.requests)
+    assert planned.probe is not None and probed == planned.probe.calls  # the probe's calls, and nothing else
+    report = run_search(config, config.search, workspace=workspace, track=False, log=lambda m: None)
+    made = report.usage.calls
+    assert made - report.usage.cached == len(chat_server.requests) - probed
+    assert abs(planned.bound.total - made) <= 0.1 * made, (planned.bound, made)
+    assert planned.bound.total >= made
+
+
+def test_a_dry_runs_bound_holds_for_a_search_of_several_strategies(tmp_path, workspace, chat_server) -> None:
+    from judgecal.pipeline.plan import plan
+
+    chat_server.answer = {"relevant": True, "probability_percent": 70}
+    config = live_search_config(tmp_path, chat_server.url, ["threshold", "verifier", "bootstrap_few_shot"], 3)
+    planned = plan(config, config.search, workspace, probe_calls=0, log=lambda m: None)
+    assert not chat_server.requests and planned.probe is None
+    report = run_search(config, config.search, workspace=workspace, track=False, log=lambda m: None)
+    assert report.usage.calls <= planned.bound.total
+    assert {t.strategy for t in planned.bound.trials} == {"threshold", "verifier", "bootstrap_few_shot"}
