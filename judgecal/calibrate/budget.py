@@ -21,9 +21,8 @@ known beforehand). Where the calls come from:
 - **A model that gives no token probabilities** (``stated``): a cut on P(positive)
   (``threshold``, ``base_rate``) asks the judge to state a 0–100 score instead, a new
   request per row each time it is fitted: on every row of each cross-validation fold, on
-  train + dev once more for the refit, and on test and the gate rows. Whether a model
-  gives probabilities is known beforehand only for an in-process one or ``[lm] logprobs
-  = true``; otherwise the bound counts the stated scores.
+  train + dev once more for the refit, and on test and the gate rows. The bound counts
+  them for a model token probabilities are not asked of (``[lm] logprobs``).
 """
 
 from __future__ import annotations
@@ -209,3 +208,49 @@ def search_trials(
         costliest = max(ordered, key=lambda s: strategy_bound(s, settings, TOP_OF_RANGES, rows).trial)
         planned += [(costliest, dict(TOP_OF_RANGES))] * (trials - len(planned))
     return planned
+
+
+@dataclass
+class SearchBudget:
+    """A search's budget in LM calls and dollars (either may be ``None``: no limit). Before
+    each trial :meth:`refusal` checks the trial's bound against what is left once
+    ``reserved()`` (the raw judge's calls still to come, the costliest winner's refit, test
+    and gate calls) is set aside; ``spent()`` gives the calls and dollars counted so far
+    (the real counter's). ``bound`` and ``cost`` turn a trial into its calls and dollars at
+    most."""
+
+    max_calls: int | None
+    max_cost: float | None
+    bound: Any  # (spec, params) -> StrategyBound
+    cost: Any  # (calls, StrategyBound | None) -> float | None
+    spent: Any  # () -> (calls, dollars | None)
+    reserved: Any  # () -> (calls, dollars)
+
+    @property
+    def limited(self) -> bool:
+        return self.max_calls is not None or self.max_cost is not None
+
+    def refusal(self, spec: StrategySpec, params: dict[str, Any]) -> str | None:
+        """Why the trial must be skipped to keep the budget, or ``None`` when it fits."""
+        if not self.limited:
+            return None
+        bound = self.bound(spec, params)
+        calls, dollars = self.spent()
+        kept_calls, kept_dollars = self.reserved()
+        if self.max_calls is not None:
+            left = self.max_calls - calls - kept_calls
+            if bound.trial > left:
+                return (
+                    f"skipped: up to {bound.trial:,} LM calls, {max(left, 0):,} left of --max-lm-calls "
+                    f"{self.max_calls:,} ({calls:,} made, {kept_calls:,} kept for the raw judge and the winner)"
+                )
+        if self.max_cost is not None:
+            trial_cost = self.cost(bound.trial, bound) or 0.0
+            left_cost = self.max_cost - (dollars or 0.0) - kept_dollars
+            if trial_cost > left_cost:
+                return (
+                    f"skipped: up to ${trial_cost:.4f}, ${max(left_cost, 0.0):.4f} left of --max-cost "
+                    f"${self.max_cost:.2f} (${dollars or 0.0:.4f} spent, ${kept_dollars:.4f} kept for the raw judge "
+                    "and the winner)"
+                )
+        return None

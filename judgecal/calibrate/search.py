@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from judgecal.backends.calls import LMUsage
+from judgecal.calibrate.budget import SearchBudget
 from judgecal.calibrate.guard import LeakError, RowGuard
 from judgecal.calibrate.search_config import SearchConfig
 from judgecal.calibrate.selection import Candidate, Choice, SelectionScore, choose, cross_validate, holdout, row_scores
@@ -61,6 +62,7 @@ class TrialRow:
     duplicate_of: int | None = None
     error: str | None = None
     pruned_after: int | None = None
+    skipped: str | None = None
     cached_calls: int | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -317,6 +319,7 @@ def leaderboard(study: Any) -> list[TrialRow]:
                 run_id=run_ids.get(f"run_id.{trial.number}"),
                 worker=attrs.get("worker"),
                 duplicate_of=attrs.get("duplicate_of"),
+                skipped=attrs.get("skipped"),
                 error=attrs.get("error") or (LOST_TRIAL if trial.state == TrialState.FAIL else None),
                 pruned_after=attrs.get("pruned_after_rows"),
                 cached_calls=attrs.get("cached_calls"),
@@ -351,15 +354,18 @@ def run_study(
     *,
     on_trial: Callable[[Any, Any], None] | None = None,
     log: Any = print,
+    budget: SearchBudget | None = None,
 ) -> StudyOutcome:
     """Run trials until the study holds ``search.trials`` distinct finished ones (or
     proposals only repeat), then choose and refit the winner. ``on_trial(study, trial)``
-    sees every finished trial, repeats, pruned and failed ones included."""
+    sees every finished trial, repeats, pruned, failed and skipped ones included;
+    ``budget``: a trial that could overrun it is skipped."""
     import optuna
 
     dev = list(dev)
     folds = grouped_folds([*train, *dev], search.folds, search.seed)
     trials = TrialRunner(specs, env, train, dev, folds, guard, search, log)
+    trials.budget = budget
     callbacks = [on_trial] if on_trial is not None else []
     with memoised_fits(), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -397,6 +403,7 @@ class TrialRunner:
         self.fitted: dict[int, FitResult] = {}
         self.started: list[int] = []  # the trials this worker ran, to tell its own from a peer's
         self.repeated = False  # whether the last trial repeated settings already tried
+        self.budget: SearchBudget | None = None
 
     def objective(self, trial: Any) -> float:
         self.started.append(trial.number)
@@ -409,6 +416,12 @@ class TrialRunner:
         if earlier is not None:  # deterministic fits: the same settings give the same judge
             self.log(f"trial {trial.number}: {name} {params} = trial {earlier.number}, answered from it")
             return _answer_from(trial, earlier)
+        refusal = self.budget.refusal(spec, params) if self.budget is not None else None
+        if refusal is not None:  # finished, and counted toward the trials, as a failed one is
+            trial.set_user_attr("skipped", refusal)
+            trial.set_user_attr("error", refusal)
+            self.log(f"trial {trial.number}: {name} {params} {refusal}")
+            raise StrategyFailed(refusal)
         self.log(f"trial {trial.number}: {name} {params}")
         score, result = self._score(trial, spec, params)
         if result is not None:

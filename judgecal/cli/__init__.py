@@ -147,7 +147,7 @@ def _search_one(
     config: ExperimentConfig, args: argparse.Namespace, workspace: Workspace
 ) -> tuple[CalibrationReport | None, str | None]:
     from judgecal.pipeline.search import run_search, trial_calls, trial_cost, trial_tokens
-    from judgecal.progress import rich_progress
+    from judgecal.progress import rich_progress, rich_status
 
     search = _search_settings(config, args)
     report = run_search(
@@ -155,6 +155,7 @@ def _search_one(
         search,
         workspace=workspace,
         progress=rich_progress(console),
+        status=rich_status(console),
         track=not args.no_track,
         log=lambda message: console.print(message, highlight=False),
     )
@@ -175,7 +176,9 @@ def _search_one(
         table.add_row(
             f"{row.number}{' *' if chosen else ''}",
             row.strategy,
-            row.state.lower() + (f" after {row.pruned_after} rows" if row.pruned_after else ""),
+            "skipped (budget)"
+            if row.skipped
+            else row.state.lower() + (f" after {row.pruned_after} rows" if row.pruned_after else ""),
             row.rule or "–",
             "–" if row.score is None else f"{row.score:.3f}",
             "–" if row.se is None or row.se != row.se else f"{row.se:.3f}",

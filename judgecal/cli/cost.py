@@ -85,7 +85,9 @@ def _notes(plan: RunPlan) -> str:
         )
     else:
         lines.append(f"cost: ${plan.price[0] * 1e6:.2f} / ${plan.price[1] * 1e6:.2f} per million tokens in / out")
-    if plan.probe is not None:
+    if plan.probe is not None and plan.probe.failed:
+        lines.append(f"time: unknown, the probe of {plan.probe.model} failed ({plan.probe.failed[:200]})")
+    elif plan.probe is not None:
         kind = (
             "measured on the embedded model"
             if plan.probe.in_process

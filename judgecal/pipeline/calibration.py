@@ -38,7 +38,7 @@ from judgecal.pipeline.config import ExperimentConfig
 from judgecal.pipeline.publish import export_judge
 from judgecal.pipeline.results import Banded, CalibrationReport, Prepared, SideResult
 from judgecal.pipeline.tracking import ensure_experiment, track_calibration
-from judgecal.progress import ProgressFactory
+from judgecal.progress import ProgressFactory, library_logs_quiet
 from judgecal.report.agreement import evaluate_record
 from judgecal.report.records import REFERENCE_PREFIX, EvaluationRecord, JudgeRecord, build_record, label_space
 from judgecal.report.selective import SelectiveReport, selective_report
@@ -215,7 +215,7 @@ def run_calibration(
     where = "train, selecting on dev" if spec.selects_on_dev else "train + dev"
     log(f"{config.judge.name}: calibrating with {spec.name} ({spec.description}) on {where}")
     meter = LMCallCounter()
-    with meter.counting():
+    with library_logs_quiet(), meter.counting():
         result = final_fit(spec, prepared, strategy_params(spec, config.calibration), log)
         banded = select_band(prepared, result, log)
         return report_and_record(prepared, banded, progress=progress, experiment_id=experiment_id, log=log, meter=meter)

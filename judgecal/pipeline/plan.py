@@ -13,7 +13,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from judgecal.calibrate.budget import RowCounts, RunBound, StrategyBound, run_bound, search_trials
+from judgecal.calibrate.budget import (
+    RowCounts,
+    RunBound,
+    SearchBudget,
+    StrategyBound,
+    raw_calls,
+    run_bound,
+    search_trials,
+    strategy_bound,
+)
 from judgecal.calibrate.optimizers import strategy_name
 from judgecal.calibrate.search import default_params
 from judgecal.calibrate.search_config import SearchConfig
@@ -39,12 +48,14 @@ class TokenSizes:
 
 @dataclass(frozen=True)
 class Probe:
-    """Seconds per call over ``calls`` real calls to ``model``, not answered by the cache."""
+    """Seconds per call over ``calls`` real calls to ``model``, not answered by the cache;
+    ``failed``: why the probe got no answer (the time is then unknown)."""
 
     calls: int
     seconds_per_call: float
     model: str
     in_process: bool
+    failed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,7 +89,7 @@ class RunPlan:
         return prompt * self.price[0] + completion * self.price[1]
 
     def seconds_of(self, calls: int) -> float | None:
-        if self.probe is None:
+        if self.probe is None or self.probe.failed:
             return None
         threads = 1 if self.probe.in_process else self.threads
         return calls * self.probe.seconds_per_call / threads
@@ -138,8 +149,10 @@ def plan_run(
 
 def may_state_scores(lm: Any) -> bool:
     """Whether the model may give no token probabilities, so that a cut on P(positive)
-    asks for stated scores: known not to only for an in-process model or ``logprobs = true``."""
-    return not (lm.is_in_process or lm.logprobs is True)
+    asks for stated scores: a model they are not asked of (``[lm] logprobs``; by default
+    they are asked of the embedded model, ``openai/`` and ``hosted_vllm/`` ones). A server
+    that ignores the request makes the bound too low for ``threshold`` and ``base_rate``."""
+    return not lm.wants_logprobs
 
 
 def _settings_of(optuna_params: dict[str, Any]) -> dict[str, Any]:
@@ -191,13 +204,17 @@ def probe(prepared: Prepared, rows: list[LabeledRow]) -> Probe:
     """A few real calls of the raw judge, past the response cache, timed."""
     from judgecal.judges.fitted import ProgramJudge
     from judgecal.judges.program import JudgeProgram
+    from judgecal.redact import error_line
 
     lm = prepared.lm.copy(cache=False)
     judge = ProgramJudge(prepared.task, JudgeProgram(prepared.task.signature), lm, prepared.config.judge.name)
+    model, in_process = prepared.config.lm.model, prepared.config.lm.is_in_process
     started = time.perf_counter()
-    judge.predict(rows)
-    seconds = (time.perf_counter() - started) / max(1, len(rows))
-    return Probe(len(rows), seconds, prepared.config.lm.model, prepared.config.lm.is_in_process)
+    try:
+        judge.predict(rows)
+    except Exception as error:  # an unreachable server or a bad key: the counts stand, the time is unknown
+        return Probe(len(rows), 0.0, model, in_process, failed=error_line(error, with_type=True))
+    return Probe(len(rows), (time.perf_counter() - started) / max(1, len(rows)), model, in_process)
 
 
 def plan(
@@ -205,3 +222,57 @@ def plan(
 ) -> RunPlan:
     """Split the rows and plan (``judgecal calibrate --dry-run``)."""
     return plan_run(prepare(config, workspace, log=log), search, probe_calls=probe_calls, log=log)
+
+
+def search_budget(prepared: Prepared, specs: list[Any], search: SearchConfig, meter: Any) -> SearchBudget | None:
+    """The budget a search keeps (``max_lm_calls``, ``max_cost_usd``), with its trials'
+    bounds, what is reserved for the raw judge's calls still to come and the costliest
+    winner, and what ``meter`` (the search's counter) has counted so far. A cost limit on
+    a model without a known price stops here, before any call."""
+    config = prepared.config
+    if search.max_lm_calls is None and search.max_cost_usd is None:
+        return None
+    split = prepared.split
+    rows = RowCounts(
+        len(split.train.rows), len(split.dev.rows), len(split.test.rows), len(prepared.gate_rows), prepared.order_swap
+    )
+    stated = may_state_scores(config.lm)
+    price = prepared.prices.per_token(prepared.lm.model) if prepared.lm is not None else (0.0, 0.0)
+    if search.max_cost_usd is not None and price is None:
+        raise ValueError(
+            f"--max-cost: LiteLLM's cost table has no price for {config.lm.model}; give one in the experiment "
+            "file: [lm] price_per_million = {input = ..., output = ...} (US dollars per million tokens)"
+        )
+    sample = [*split.train.rows, *split.dev.rows][:TOKEN_SAMPLE]
+    sizes = token_sizes(prepared, sample) if search.max_cost_usd is not None and prepared.lm is not None else None
+    costing = RunPlan(
+        rows,
+        run_bound([], config.calibration, rows, searched=True, live=False),
+        config.lm.model,
+        sizes,
+        price,
+        None,
+        config.calibration.num_threads,
+        config.calibration.max_labeled_demos,
+    )
+
+    def bound(spec: Any, params: dict[str, Any]) -> StrategyBound:
+        if prepared.lm is None:
+            return StrategyBound(spec.name, 0, 0, 0, 0, params)
+        return strategy_bound(spec, config.calibration, params, rows, searched=True, folds=search.folds, stated=stated)
+
+    raw_total = sum(raw_calls(specs, rows, searched=True, live=prepared.lm is not None).values())
+    winner = max((bound(spec, {}) for spec in specs), key=lambda b: b.winner, default=None)
+
+    def reserved() -> tuple[int, float]:
+        still_raw = max(0, raw_total - getattr(prepared.raw, "answered", 0))
+        kept = still_raw + (winner.winner if winner is not None else 0)
+        dollars = (costing.cost_of(still_raw) or 0.0) + (
+            costing.cost_of(winner.winner, winner) or 0.0 if winner else 0.0
+        )
+        return kept, dollars
+
+    def spent() -> tuple[int, float | None]:
+        return meter.calls, meter.usage(prepared.prices).cost_usd
+
+    return SearchBudget(search.max_lm_calls, search.max_cost_usd, bound, costing.cost_of, spent, reserved)

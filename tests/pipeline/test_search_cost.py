@@ -6,6 +6,7 @@ it received."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,8 @@ def live_search_config(folder: Path, server_url: str, strategies: list[str], tri
     data = write_jsonl(folder / "rows.jsonl", [row.to_record() for row in recorded_rows(n_groups=8).rows])
     return ExperimentConfig(
         judge=JudgeSection(name="costed", task="relevance", data=data),
-        lm=LMConfig(model="openai/gpt-4o-mini", api_base=server_url, num_retries=0),
+        # the server gives no token probabilities: a cut on P(positive) asks for stated scores
+        lm=LMConfig(model="openai/gpt-4o-mini", api_base=server_url, num_retries=0, logprobs=False),
         split=SplitSpec(dev=0.25, test=0.25, gate=0.15, seed=1),
         search=SearchConfig(
             strategies=strategies, trials=trials, storage=f"sqlite:///{folder / 'optuna.db'}", **search
@@ -134,3 +136,85 @@ def test_a_dry_runs_bound_holds_for_a_search_of_several_strategies(tmp_path, wor
     report = run_search(config, config.search, workspace=workspace, track=False, log=lambda m: None)
     assert report.usage.calls <= planned.bound.total
     assert {t.strategy for t in planned.bound.trials} == {"threshold", "verifier", "bootstrap_few_shot"}
+
+
+# --- a budget the search keeps ------------------------------------------------------------------
+
+
+def test_a_search_given_max_lm_calls_never_exceeds_it_and_says_what_it_left_out(
+    tmp_path, workspace, chat_server
+) -> None:
+    chat_server.answer = {"relevant": True, "probability_percent": 70}
+    strategies = ["threshold", "verifier", "labeled_few_shot"]
+    config = live_search_config(tmp_path, chat_server.url, strategies, 3, max_lm_calls=400)
+    messages: list[str] = []
+    report = run_search(config, config.search, workspace=workspace, track=False, log=messages.append)
+    assert report.usage.calls <= 400  # the real counter's count: trials, the raw judge, test and gate
+    [skipped] = [row for row in report.rows if row.skipped]
+    assert skipped.strategy == "labeled_few_shot" and "left of --max-lm-calls 400" in skipped.skipped
+    assert {row.strategy for row in report.rows if row.state == "COMPLETE"} == {"threshold", "verifier"}
+    assert any(m.startswith("left out to keep the budget: trial") and "labeled_few_shot" in m for m in messages)
+    from judgecal.pipeline.search import leaderboard_markdown
+
+    assert "| skipped: up to 20 LM calls" in leaderboard_markdown(report)
+
+
+def test_without_a_budget_the_same_search_runs_every_trial(tmp_path, workspace, chat_server) -> None:
+    chat_server.answer = {"relevant": True, "probability_percent": 70}
+    config = live_search_config(tmp_path, chat_server.url, ["threshold", "verifier", "labeled_few_shot"], 3)
+    report = run_search(config, config.search, workspace=workspace, track=False, log=lambda m: None)
+    assert not any(row.skipped for row in report.rows)
+    assert report.usage.calls > 400  # what the budget above kept the search below
+
+
+def test_a_cost_limit_on_a_model_without_a_price_stops_before_any_call(tmp_path, workspace, chat_server) -> None:
+    config = live_search_config(tmp_path, chat_server.url, ["threshold"], 1, max_cost_usd=1.0)
+    config = config.model_copy(update={"lm": config.lm.model_copy(update={"model": "openai/my-own-model"})})
+    with pytest.raises(ValueError, match=r"no price for openai/my-own-model.*price_per_million"):
+        run_search(config, config.search, workspace=workspace, track=False, log=lambda m: None)
+    assert not chat_server.requests
+
+
+# --- a quiet terminal -----------------------------------------------------------------------------
+
+
+def test_dspys_own_info_logs_stay_off_the_terminal_during_a_search(tmp_path, workspace, chat_server, capfd) -> None:
+    """MIPROv2 logs its progress at INFO through a handler of DSPy's own on stderr
+    ("We will evaluate the program over a series of trials ..."); judgecal draws its own."""
+    chat_server.answer = {"relevant": True, "probability_percent": 70}
+    config = live_search_config(tmp_path, chat_server.url, ["mipro"], 1)
+    run_search(config, config.search, workspace=workspace, track=False, log=lambda m: None)
+    err = capfd.readouterr().err
+    assert "We will evaluate the program" not in err
+    assert " INFO dspy." not in err
+    import logging
+
+    assert logging.getLogger("dspy").level == logging.INFO  # as DSPy set it, once the search is over
+
+
+def test_while_trials_run_a_status_line_shows_rows_calls_tokens_and_cost_against_the_budget(
+    tmp_path, workspace, chat_server
+) -> None:
+    from contextlib import contextmanager
+
+    chat_server.usage = (PROMPT, COMPLETION)
+    chat_server.answer = {"relevant": True, "probability_percent": 70}
+    config = live_search_config(tmp_path, chat_server.url, ["threshold"], 1, max_lm_calls=1000)
+    shown: list[str] = []
+
+    @contextmanager
+    def status(text):
+        shown.append(text())
+        yield
+        shown.append(text())
+
+    report = run_search(config, config.search, workspace=workspace, track=False, log=lambda m: None, status=status)
+    before, after = shown
+    assert before.startswith("starting | raw judge: 0 of 80 rows | LM calls 0 of 1,000 (0 cached) | 0 tokens | $0.0000")
+    pattern = (
+        r"raw judge on dev \| raw judge: 50 of 80 rows \| LM calls ([\d,]+) of 1,000 \(\d+ cached\) \| "
+        r"[\d,]+ tokens \| \$0\.\d{4}"
+    )
+    match = re.fullmatch(pattern, after)  # train + dev answered; the trial and the winner's refit counted
+    assert match is not None, after
+    assert int(match.group(1).replace(",", "")) >= report.rows[0].lm_calls > 0
