@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from judgecal.artifacts import CARD_DIR, EVALUATION_FILE, HTML_CARD_FILE, METRICS_TABLE, MODEL_NAME
+from judgecal.cli.cost import dry_run, search_settings
 from judgecal.cli.labelling import label_next_command, merge_labels_command
 from judgecal.cli.output import console, errors, print_error
 from judgecal.cli.parser import build_parser
@@ -23,7 +24,7 @@ from judgecal.redact import error_line, redact_text, redact_url
 from judgecal.workspace import Workspace, set_process_environment
 
 if TYPE_CHECKING:
-    from judgecal.pipeline.config import ExperimentConfig, SearchConfig
+    from judgecal.pipeline.config import ExperimentConfig
     from judgecal.pipeline.results import CalibrationReport
 
 
@@ -96,7 +97,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     for config in configs:
         searching = args.strategies or args.trials or args.worker is not None or config.search is not None
         if args.dry_run:
-            _dry_run(config, args, workspace, searching=bool(searching and not args.strategy))
+            dry_run(config, args, workspace, searching=bool(searching and not args.strategy))
             continue
         elif searching and not args.strategy:
             report, run_id = _search_one(config, args, workspace)
@@ -118,38 +119,13 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _dry_run(config: ExperimentConfig, args: argparse.Namespace, workspace: Workspace, *, searching: bool) -> None:
-    from judgecal.cli.cost import print_plan
-    from judgecal.pipeline.plan import plan
-
-    search = _search_settings(config, args) if searching else None
-    log = lambda message: console.print(message, highlight=False)  # noqa: E731
-    print_plan(config.judge.name, plan(config, search, workspace, log=log), searching)
-
-
-def _search_settings(config: ExperimentConfig, args: argparse.Namespace) -> SearchConfig:
-    """The experiment's [search] with the command's flags over it."""
-    from judgecal.pipeline.config import SearchConfig
-
-    updates: dict[str, object] = {}
-    if args.strategies:
-        updates["strategies"] = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    for key, flag in (("max_lm_calls", "max_lm_calls"), ("max_cost_usd", "max_cost")):
-        if getattr(args, flag) is not None:
-            updates[key] = getattr(args, flag)
-    for key in ("trials", "storage", "study_name", "worker"):
-        if getattr(args, key) is not None:
-            updates[key] = getattr(args, key)
-    return (config.search or SearchConfig()).model_copy(update=updates)
-
-
 def _search_one(
     config: ExperimentConfig, args: argparse.Namespace, workspace: Workspace
 ) -> tuple[CalibrationReport | None, str | None]:
     from judgecal.pipeline.search import run_search, trial_calls, trial_cost, trial_tokens
     from judgecal.progress import rich_progress, rich_status
 
-    search = _search_settings(config, args)
+    search = search_settings(config, args)
     report = run_search(
         config,
         search,

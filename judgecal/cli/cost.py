@@ -1,8 +1,10 @@
 """``judgecal calibrate --dry-run``: what a calibration or a search will ask of its judge
-model, printed as a table before anything is judged or tracked."""
+model, printed as a table before anything is judged or tracked; and a search's settings
+from the experiment file and the command's flags (its budget among them)."""
 
 from __future__ import annotations
 
+import argparse
 from typing import TYPE_CHECKING
 
 from rich.table import Table
@@ -11,7 +13,34 @@ from judgecal.cli.output import console
 
 if TYPE_CHECKING:
     from judgecal.calibrate.budget import StrategyBound
+    from judgecal.pipeline.config import ExperimentConfig, SearchConfig
     from judgecal.pipeline.plan import RunPlan
+    from judgecal.workspace import Workspace
+
+
+def dry_run(config: ExperimentConfig, args: argparse.Namespace, workspace: Workspace, *, searching: bool) -> None:
+    """The plan of one experiment's calibration or search, printed; nothing else runs."""
+    from judgecal.pipeline.plan import plan
+
+    search = search_settings(config, args) if searching else None
+    log = lambda message: console.print(message, highlight=False)  # noqa: E731
+    print_plan(config.judge.name, plan(config, search, workspace, log=log), searching)
+
+
+def search_settings(config: ExperimentConfig, args: argparse.Namespace) -> SearchConfig:
+    """The experiment's [search] with the command's flags over it."""
+    from judgecal.pipeline.config import SearchConfig
+
+    updates: dict[str, object] = {}
+    if args.strategies:
+        updates["strategies"] = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    for key, flag in (("max_lm_calls", "max_lm_calls"), ("max_cost_usd", "max_cost")):
+        if getattr(args, flag) is not None:
+            updates[key] = getattr(args, flag)
+    for key in ("trials", "storage", "study_name", "worker"):
+        if getattr(args, key) is not None:
+            updates[key] = getattr(args, key)
+    return (config.search or SearchConfig()).model_copy(update=updates)
 
 
 def print_plan(name: str, plan: RunPlan, searched: bool) -> None:
@@ -78,7 +107,9 @@ def _notes(plan: RunPlan) -> str:
             f"{plan.tokens.answer:.0f} per answer ({tokenizer}, over the rendered prompts of up to 200 rows); "
             "instruction proposals are counted at a judge call's size"
         )
-    if plan.price is None:
+    if plan.tokens is None:
+        lines.append(f"the judge is {plan.model}: no model is called")
+    elif plan.price is None:
         lines.append(
             f"cost: LiteLLM's cost table has no price for {plan.model}; set [lm] price_per_million = "
             "{input = ..., output = ...}"

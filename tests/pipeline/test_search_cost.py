@@ -218,3 +218,17 @@ def test_while_trials_run_a_status_line_shows_rows_calls_tokens_and_cost_against
     match = re.fullmatch(pattern, after)  # train + dev answered; the trial and the winner's refit counted
     assert match is not None, after
     assert int(match.group(1).replace(",", "")) >= report.rows[0].lm_calls > 0
+
+
+def test_the_dry_run_command_prints_its_table_and_tracks_nothing(tmp_path, workspace, capsys) -> None:
+    from judgecal.cli import main
+    from tests.calibrate.test_search import write_study_config
+
+    config = write_study_config(tmp_path)
+    code = main(["calibrate", str(config), "--strategies", "threshold,verifier", "--trials", "2", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "LM calls at most" in out and "threshold" in out and "no model is called" in out
+    assert "nothing was judged or tracked" in out
+    assert not (tmp_path / "optuna.db").exists()
+    assert not (workspace.root / "mlruns" / "optuna.db").exists()
