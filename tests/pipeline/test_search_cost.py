@@ -181,15 +181,23 @@ def test_a_cost_limit_on_a_model_without_a_price_stops_before_any_call(tmp_path,
 def test_dspys_own_info_logs_stay_off_the_terminal_during_a_search(tmp_path, workspace, chat_server, capfd) -> None:
     """MIPROv2 logs its progress at INFO through a handler of DSPy's own on stderr
     ("We will evaluate the program over a series of trials ..."); judgecal draws its own."""
-    chat_server.answer = {"relevant": True, "probability_percent": 70}
-    config = live_search_config(tmp_path, chat_server.url, ["mipro"], 1)
-    run_search(config, config.search, workspace=workspace, track=False, log=lambda m: None)
+    import logging
+
+    import dspy  # noqa: F401  (its import sets its logger to INFO; an earlier test may have changed that)
+
+    dspy_logger = logging.getLogger("dspy")
+    before = dspy_logger.level
+    dspy_logger.setLevel(logging.INFO)  # as DSPy leaves it
+    try:
+        chat_server.answer = {"relevant": True, "probability_percent": 70}
+        config = live_search_config(tmp_path, chat_server.url, ["mipro"], 1)
+        run_search(config, config.search, workspace=workspace, track=False, log=lambda m: None)
+        assert dspy_logger.level == logging.INFO  # as it was, once the search is over
+    finally:
+        dspy_logger.setLevel(before)
     err = capfd.readouterr().err
     assert "We will evaluate the program" not in err
     assert " INFO dspy." not in err
-    import logging
-
-    assert logging.getLogger("dspy").level == logging.INFO  # as DSPy set it, once the search is over
 
 
 def test_while_trials_run_a_status_line_shows_rows_calls_tokens_and_cost_against_the_budget(
