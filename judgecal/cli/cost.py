@@ -14,13 +14,13 @@ from judgecal.cli.output import console
 if TYPE_CHECKING:
     from judgecal.calibrate.budget import StrategyBound
     from judgecal.pipeline.config import ExperimentConfig, SearchConfig
-    from judgecal.pipeline.plan import RunPlan
+    from judgecal.pipeline.dry_run import RunPlan
     from judgecal.workspace import Workspace
 
 
 def dry_run(config: ExperimentConfig, args: argparse.Namespace, workspace: Workspace, *, searching: bool) -> None:
     """The plan of one experiment's calibration or search, printed; nothing else runs."""
-    from judgecal.pipeline.plan import plan
+    from judgecal.pipeline.dry_run import plan
 
     search = search_settings(config, args) if searching else None
     log = lambda message: console.print(message, highlight=False)  # noqa: E731

@@ -25,7 +25,7 @@ from judgecal.calibrate.strategies import StrategyEnv, StrategySpec, resolve_str
 from judgecal.judges.program import JudgeFailedError, RowFailedError
 from judgecal.pipeline.calibration import prepare, report_and_record, select_band
 from judgecal.pipeline.config import ExperimentConfig
-from judgecal.pipeline.plan import search_budget
+from judgecal.pipeline.dry_run import search_budget
 from judgecal.pipeline.results import CalibrationReport, Prepared
 from judgecal.pipeline.tracking import ensure_experiment
 from judgecal.progress import ProgressFactory, StatusFactory, library_logs_quiet

@@ -112,7 +112,7 @@ def test_a_dry_runs_bound_is_what_a_search_of_one_dspy_strategy_then_asks(tmp_pa
     """The demo-sized case: no trial to prune, so the bound is what the run asks (cached
     answers included, as rows with the same inputs share one): the raw judge on dev and
     test, the trial's dev rows, and the winner's test and gate rows."""
-    from judgecal.pipeline.plan import plan
+    from judgecal.pipeline.dry_run import plan
 
     chat_server.answer = {"relevant": True, "probability_percent": 70}
     config = live_search_config(tmp_path, chat_server.url, ["labeled_few_shot"], 1)
@@ -127,7 +127,7 @@ def test_a_dry_runs_bound_is_what_a_search_of_one_dspy_strategy_then_asks(tmp_pa
 
 
 def test_a_dry_runs_bound_holds_for_a_search_of_several_strategies(tmp_path, workspace, chat_server) -> None:
-    from judgecal.pipeline.plan import plan
+    from judgecal.pipeline.dry_run import plan
 
     chat_server.answer = {"relevant": True, "probability_percent": 70}
     config = live_search_config(tmp_path, chat_server.url, ["threshold", "verifier", "bootstrap_few_shot"], 3)
