@@ -420,6 +420,10 @@ def print_search_bound(singles: list[RunRecord]) -> None:
     by_name = {record.name: record for record in singles}
     rows = singles[0].rows
     raw = by_name.get("threshold")
+    print(
+        f"\nBefore any run, judgecal calibrate --dry-run bounds the same search at {package_bound(rows):,} LM calls "
+        "(judgecal.calibrate.budget: each optimizer's loops at most, not what it asked here)"
+    )
     print("\nA --strategies all --trials 12 search, at most (computed from the single runs above, not measured)")
     print(f"| part | LM calls | prompt tokens | completion tokens | {' | '.join(PRICED_MODELS)} |")
     print("|---|---:|---:|---:|" + "---:|" * len(PRICED_MODELS))
@@ -478,6 +482,20 @@ def print_search_bound(singles: list[RunRecord]) -> None:
         name, calls, prompt, completion = part
         cost = " | ".join(f"${dollars(round(prompt), round(completion), m):.2f}" for m in PRICED_MODELS)
         print(f"| {name} | {calls:,} | {prompt:,.0f} | {completion:,.0f} | {cost} |")
+
+
+def package_bound(rows: dict[str, int]) -> int:
+    """The package's bound on a --strategies all --trials 12 search of a binary task with
+    the embedded model (which gives token probabilities) on these rows, as the dry run
+    computes it before anything is judged."""
+    from judgecal.calibrate.budget import RowCounts, run_bound, search_trials
+    from judgecal.calibrate.optimizers import CalibrationConfig
+    from judgecal.calibrate.strategies import STRATEGIES
+
+    counts = RowCounts(rows["train"], rows["dev"], rows["test"], rows["gate"])
+    specs = [STRATEGIES[name] for name in SINGLES]
+    trials = search_trials(specs, {}, 12, CalibrationConfig(), counts)
+    return run_bound(trials, CalibrationConfig(), counts, searched=True, live=True).total
 
 
 def time_header(latency: float, threads: int) -> str:

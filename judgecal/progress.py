@@ -1,11 +1,15 @@
-"""Progress bars for long judging loops (rich), usable from library code and the CLI.
+"""Progress bars for long judging loops (rich), usable from library code and the CLI, a
+status line for work that has no bar of its own (a search's trials), and the libraries'
+own INFO logs kept off the terminal while judgecal draws them.
 
 ``ProgressFactory`` is the type judging loops accept; rich itself is imported only when
 a bar is made, so code that merely accepts a factory does not load it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -47,3 +51,50 @@ def rich_progress(console: Console | None = None) -> Any:
         return RichTracker(total, description, console)
 
     return factory
+
+
+# What shows a status line: called with a function giving the line's text, it returns a
+# context manager for the time the line is shown (redrawn a few times a second).
+StatusFactory = Callable[[Callable[[], str]], AbstractContextManager[Any]]
+
+
+def rich_status(console: Console | None = None) -> StatusFactory:
+    """A status line on ``console``: a spinner, the text, the time elapsed; gone when done."""
+
+    @contextmanager
+    def status(text: Callable[[], str]) -> Iterator[None]:
+        from rich.progress import Progress, ProgressColumn, SpinnerColumn, TimeElapsedColumn
+        from rich.text import Text
+
+        class TextOf(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                return Text(text())
+
+        progress = Progress(
+            SpinnerColumn(), TextOf(), TimeElapsedColumn(), console=console, transient=True, refresh_per_second=2
+        )
+        progress.add_task("", total=None)
+        with progress:
+            yield
+
+    return status
+
+
+@contextmanager
+def library_logs_quiet(names: tuple[str, ...] = ("dspy",)) -> Iterator[None]:
+    """The libraries' loggers at WARNING at least for the block, then as they were. DSPy
+    sets its logger to INFO with a handler of its own on stderr when it is first imported
+    (its optimizers' progress: MIPROv2's "We will evaluate the program ...", the
+    bootstrap's "Bootstrapped 2 full traces ..."), so a level set before that is lost:
+    it is imported here first."""
+    import dspy  # noqa: F401  (its import configures its logger; the level below must come after)
+
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)

@@ -175,6 +175,7 @@ class ChatServer:
 
         self.requests: list[str] = []
         self.answer: dict = {"relevant": True}
+        self.usage = (1, 1)  # the prompt and completion tokens each answer reports
         self.respond = lambda text, attempt: "ok"
         self.hold_until = 0
         self.most_at_once = 0
@@ -226,7 +227,11 @@ class ChatServer:
                             "created": 0,
                             "model": "judge",
                             "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
-                            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                            "usage": {
+                                "prompt_tokens": server.usage[0],
+                                "completion_tokens": server.usage[1],
+                                "total_tokens": sum(server.usage),
+                            },
                         },
                     )
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
+from judgecal.backends.pricing import PricePerMillion
+
 EMBEDDED_MODEL = "embedded"
 
 
@@ -51,6 +53,12 @@ class LMConfig(BaseModel):
         ge=0,
         description="Retries of a call that failed for a transient reason (rate limit, server error, timeout, "
         "lost connection), with exponential backoff: DSPy's own, before the judge's.",
+    )
+
+    price_per_million: PricePerMillion | None = Field(
+        default=None,
+        description="The model's price in US dollars per million tokens, e.g. {input = 0.15, output = 0.6}; "
+        "default: LiteLLM's cost table (0 for in-process models).",
     )
 
     @field_serializer("api_base")

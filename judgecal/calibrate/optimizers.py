@@ -169,10 +169,9 @@ def calibrate_program(
     metric = class_balanced_metric(task, [row.label for row in dev])
     adapter = adapter if adapter is not None else dspy.JSONAdapter()
     counter = LMCallCounter()
-    callbacks = [*dspy.settings.get("callbacks", []), counter]
     started = time.perf_counter()
     try:
-        with dspy.context(lm=lm, adapter=adapter, callbacks=callbacks):
+        with counter.counting(), dspy.context(lm=lm, adapter=adapter):
             program = _compile(student, trainset, devset, metric, config, lm)
     except Exception as error:
         if counter.failed:  # the optimizer gave up on the failed calls: say why

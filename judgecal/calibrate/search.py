@@ -30,6 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from judgecal.backends.calls import LMUsage
+from judgecal.calibrate.budget import SearchBudget
 from judgecal.calibrate.guard import LeakError, RowGuard
 from judgecal.calibrate.search_config import SearchConfig
 from judgecal.calibrate.selection import Candidate, Choice, SelectionScore, choose, cross_validate, holdout, row_scores
@@ -60,6 +62,11 @@ class TrialRow:
     duplicate_of: int | None = None
     error: str | None = None
     pruned_after: int | None = None
+    skipped: str | None = None
+    cached_calls: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost_usd: float | None = None
 
 
 def score_trial(
@@ -83,9 +90,8 @@ def score_trial(
     task = env.task
     pool = [*train, *dev]
     started = time.perf_counter()
+    counter = LMCallCounter()  # the fit's calls and the scoring's
     if spec.scored_on_dev:
-        result = fit_judge(spec, env, params, train, dev, guard)
-        guard.check(dev, f"{spec.name}: score on dev")
 
         def on_chunk(indices: list[int], scores: Any) -> None:
             for index, value in zip(indices, scores, strict=True):
@@ -94,28 +100,22 @@ def score_trial(
                     trial_reported.add(index)
             if trial.should_prune():
                 trial.set_user_attr("pruned_after_rows", len(indices))
-                trial.set_user_attr("lm_calls", result.lm_calls + counter.calls)
-                trial.set_user_attr("fit_seconds", round(time.perf_counter() - started, 2))
+                record_usage(trial, counter.usage(env.prices), started)
                 raise optuna.TrialPruned()
 
         trial_reported: set[int] = set()
-        counter = LMCallCounter()
-        import dspy
-
-        with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), counter]):
+        with counter.counting():
+            result = fit_judge(spec, env, params, train, dev, guard)
+            guard.check(dev, f"{spec.name}: score on dev")
             score = holdout(result.judge, task, dev, chunk=search.dev_chunk, seed=search.seed, on_chunk=on_chunk)
-        lm_calls = result.lm_calls + counter.calls
     else:
         result = None
-        counter = LMCallCounter()
-        import dspy
 
         def fit(rows: Any) -> Any:
             return fit_judge(spec, env, params, rows, None, guard, step="fit (cross-validation)").judge
 
-        with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), counter]):
+        with counter.counting():
             score = cross_validate(fit, task, pool, folds)
-        lm_calls = counter.calls
         for index, value in enumerate(row_scores(task, dev, [score.predictions[row.id] for row in dev])):
             trial.report(float(value), index)
     trial.set_user_attr("rule", score.rule)
@@ -124,9 +124,24 @@ def score_trial(
     if score.folds is not None:
         trial.set_user_attr("folds", score.folds)
     trial.set_user_attr("dev_predictions", [_plain(score.predictions.get(row.id)) for row in dev])
-    trial.set_user_attr("lm_calls", lm_calls)
-    trial.set_user_attr("fit_seconds", round(time.perf_counter() - started, 2))
+    record_usage(trial, counter.usage(env.prices), started)
     return score, result
+
+
+# What a trial spent, as its user attributes (and a repeat's, copied from the trial it repeats).
+USAGE_ATTRS = ("lm_calls", "cached_calls", "prompt_tokens", "completion_tokens", "cost_usd", "fit_seconds")
+
+
+def record_usage(trial: Any, usage: LMUsage, started: float) -> None:
+    """The trial's LM calls (cached ones apart), their tokens and cost, and its seconds."""
+    import time
+
+    trial.set_user_attr("lm_calls", usage.calls)
+    trial.set_user_attr("cached_calls", usage.cached)
+    trial.set_user_attr("prompt_tokens", usage.prompt_tokens)
+    trial.set_user_attr("completion_tokens", usage.completion_tokens)
+    trial.set_user_attr("cost_usd", usage.cost_usd)
+    trial.set_user_attr("fit_seconds", round(time.perf_counter() - started, 2))
 
 
 def _plain(value: Any) -> Any:
@@ -162,11 +177,11 @@ def enqueue_defaults(study: Any, specs: dict[str, StrategySpec], env: StrategyEn
         return
     study.set_user_attr("defaults_enqueued", True)
     for spec in sorted(specs.values(), key=lambda s: (s.scored_on_dev, s.complexity, s.name)):
-        fixed = _default_params(spec, env)
+        fixed = default_params(spec, env)
         study.enqueue_trial({"strategy": spec.name, **fixed}, skip_if_exists=True)
 
 
-def _default_params(spec: StrategySpec, env: StrategyEnv) -> dict[str, Any]:
+def default_params(spec: StrategySpec, env: StrategyEnv) -> dict[str, Any]:
     """The Optuna parameters that reproduce a strategy's default settings: the space is
     sampled once with a recorder that answers each question with the default."""
     recorder = _DefaultRecorder(spec.build(env, {}))
@@ -304,8 +319,13 @@ def leaderboard(study: Any) -> list[TrialRow]:
                 run_id=run_ids.get(f"run_id.{trial.number}"),
                 worker=attrs.get("worker"),
                 duplicate_of=attrs.get("duplicate_of"),
+                skipped=attrs.get("skipped"),
                 error=attrs.get("error") or (LOST_TRIAL if trial.state == TrialState.FAIL else None),
                 pruned_after=attrs.get("pruned_after_rows"),
+                cached_calls=attrs.get("cached_calls"),
+                prompt_tokens=attrs.get("prompt_tokens"),
+                completion_tokens=attrs.get("completion_tokens"),
+                cost_usd=attrs.get("cost_usd"),
             )
         )
     return sorted(rows, key=lambda r: (r.score is None, -(r.score or 0.0), r.number))
@@ -334,15 +354,18 @@ def run_study(
     *,
     on_trial: Callable[[Any, Any], None] | None = None,
     log: Any = print,
+    budget: SearchBudget | None = None,
 ) -> StudyOutcome:
     """Run trials until the study holds ``search.trials`` distinct finished ones (or
     proposals only repeat), then choose and refit the winner. ``on_trial(study, trial)``
-    sees every finished trial, repeats, pruned and failed ones included."""
+    sees every finished trial, repeats, pruned, failed and skipped ones included;
+    ``budget``: a trial that could overrun it is skipped."""
     import optuna
 
     dev = list(dev)
     folds = grouped_folds([*train, *dev], search.folds, search.seed)
     trials = TrialRunner(specs, env, train, dev, folds, guard, search, log)
+    trials.budget = budget
     callbacks = [on_trial] if on_trial is not None else []
     with memoised_fits(), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -380,6 +403,7 @@ class TrialRunner:
         self.fitted: dict[int, FitResult] = {}
         self.started: list[int] = []  # the trials this worker ran, to tell its own from a peer's
         self.repeated = False  # whether the last trial repeated settings already tried
+        self.budget: SearchBudget | None = None
 
     def objective(self, trial: Any) -> float:
         self.started.append(trial.number)
@@ -392,6 +416,12 @@ class TrialRunner:
         if earlier is not None:  # deterministic fits: the same settings give the same judge
             self.log(f"trial {trial.number}: {name} {params} = trial {earlier.number}, answered from it")
             return _answer_from(trial, earlier)
+        refusal = self.budget.refusal(spec, params) if self.budget is not None else None
+        if refusal is not None:  # finished, and counted toward the trials, as a failed one is
+            trial.set_user_attr("skipped", refusal)
+            trial.set_user_attr("error", refusal)
+            self.log(f"trial {trial.number}: {name} {params} {refusal}")
+            raise StrategyFailed(refusal)
         self.log(f"trial {trial.number}: {name} {params}")
         score, result = self._score(trial, spec, params)
         if result is not None:
@@ -428,7 +458,7 @@ def _answer_from(trial: Any, earlier: Any) -> float:
     from optuna.trial import TrialState
 
     trial.set_user_attr("duplicate_of", earlier.number)
-    for key in ("rule", "se", "lm_calls", "fit_seconds"):
+    for key in ("rule", "se", *USAGE_ATTRS):
         if key in earlier.user_attrs:
             trial.set_user_attr(key, earlier.user_attrs[key])
     if earlier.state == TrialState.PRUNED:
@@ -478,7 +508,7 @@ def _choose_and_refit(study: Any, trials: TrialRunner, log: Any) -> tuple[Choice
     """The selection rule over every finished trial of the study (any worker's), and the
     winner fitted as it is reported and exported."""
     specs, env = trials.specs, trials.env
-    defaults = {name: _default_params(spec, env) for name, spec in specs.items()}
+    defaults = {name: default_params(spec, env) for name, spec in specs.items()}
     candidates = [candidate_of(trial, specs, trials.dev, defaults) for trial in finished_candidates(study, specs)]
     if not candidates:
         return None, None

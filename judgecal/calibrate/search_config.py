@@ -35,5 +35,16 @@ class SearchConfig(BaseModel):
     max_repeats: int = Field(
         default=25, ge=1, description="Stop after this many proposals in a row repeat settings already tried."
     )
+    max_lm_calls: int | None = Field(
+        default=None,
+        ge=1,
+        description="LM calls the search may make (cached answers included), the winner's test and gate calls "
+        "reserved up front; a trial whose bound exceeds what is left is skipped and says why.",
+    )
+    max_cost_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="US dollars the search may spend on LM calls, at the model's price; kept like max_lm_calls.",
+    )
     heartbeat_interval: int = Field(default=30, ge=1, description="Seconds between a worker's heartbeats.")
     grace_period: int = Field(default=90, ge=2, description="Seconds without heartbeat before a trial is failed.")

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from judgecal.backends.calls import LMUsage
+from judgecal.backends.pricing import Prices
 from judgecal.calibrate.guard import RowGuard
 from judgecal.calibrate.optimizers import CalibrationConfig, PromptOptimizer
 from judgecal.calibrate.posthoc import OrderSwapJudge, ThresholdJudge
@@ -55,8 +57,9 @@ def judge_from_state(
 @dataclass
 class StrategyEnv:
     """What strategies are built from: the task, the raw judge (answers kept per row), the
-    judge's LM, the DSPy settings, the names of the judges the rows already hold, and the
-    run's sentence encoder (the workspace's: its model and embeddings loaded once)."""
+    judge's LM, the DSPy settings, the names of the judges the rows already hold, the
+    run's sentence encoder (the workspace's: its model and embeddings loaded once), and the
+    prices its LM calls are counted at."""
 
     task: Task
     raw: FittedJudge
@@ -65,6 +68,7 @@ class StrategyEnv:
     references: tuple[str, ...] = ()
     log: Callable[[str], None] = print
     encoder: SentenceEncoder = field(default_factory=SentenceEncoder)
+    prices: Prices = field(default_factory=Prices)
 
     @property
     def base_is_live(self) -> bool:
@@ -270,6 +274,7 @@ class FitResult:
     params: dict[str, Any]
     seconds: float
     lm_calls: int
+    usage: LMUsage | None = None
 
 
 def fit_judge(
@@ -283,9 +288,7 @@ def fit_judge(
     step: str = "fit",
 ) -> FitResult:
     """Build and fit one strategy, checking every row it sees against the test rows and
-    counting every LM call it makes (cached answers included)."""
-    import dspy
-
+    counting every LM call it makes (cached answers included) with its tokens and cost."""
     from judgecal.backends.calls import LMCallCounter
 
     guard.check(train, f"{spec.name}: {step}")
@@ -294,7 +297,7 @@ def fit_judge(
     counter = LMCallCounter()
     started = time.perf_counter()
     judge = spec.build(env, dict(params))
-    with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), counter]):
+    with counter.counting():
         judge.fit(train, dev)
     guard.check_demos(judge, env.task.spec.input_names, f"{spec.name}: demos")
     return FitResult(
@@ -303,4 +306,5 @@ def fit_judge(
         params=dict(params),
         seconds=time.perf_counter() - started,
         lm_calls=counter.calls,
+        usage=counter.usage(env.prices),
     )

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from judgecal.artifacts import CARD_DIR, EVALUATION_FILE, HTML_CARD_FILE, METRICS_TABLE, MODEL_NAME, SELECTIVE_FILE
+from judgecal.cli.cost import dry_run, search_settings
 from judgecal.cli.labelling import label_next_command, merge_labels_command
 from judgecal.cli.output import console, errors, print_error
 from judgecal.cli.parser import build_parser
@@ -102,6 +103,9 @@ def _calibrate(args: argparse.Namespace) -> int:
     workspace = Workspace.find(tracking_uri=args.tracking_uri)  # one for every file: models load once
     done: list[tuple[str, CalibrationReport, str | None]] = []
     for config in configs:
+        if args.dry_run:
+            dry_run(config, args, workspace, searching=_searching(config, args))
+            continue
         if _searching(config, args):
             report, run_id = _search_one(config, args, workspace)
         else:
@@ -132,22 +136,16 @@ def quiet_libraries() -> None:
 def _search_one(
     config: ExperimentConfig, args: argparse.Namespace, workspace: Workspace
 ) -> tuple[CalibrationReport | None, str | None]:
-    from judgecal.pipeline.config import SearchConfig
-    from judgecal.pipeline.search import run_search
-    from judgecal.progress import rich_progress
+    from judgecal.pipeline.search import run_search, trial_calls, trial_cost, trial_tokens
+    from judgecal.progress import rich_progress, rich_status
 
-    updates: dict[str, object] = {}
-    if args.strategies:
-        updates["strategies"] = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    for key in ("trials", "storage", "study_name", "worker"):
-        if getattr(args, key) is not None:
-            updates[key] = getattr(args, key)
-    search = (config.search or SearchConfig()).model_copy(update=updates)
+    search = search_settings(config, args)
     report = run_search(
         config,
         search,
         workspace=workspace,
         progress=rich_progress(console),
+        status=rich_status(console),
         track=not args.no_track,
         log=lambda message: console.print(message, highlight=False),
     )
@@ -156,10 +154,10 @@ def _search_one(
         "without test rows (cv: cross-validated over train + dev; dev: on dev)",
         title_justify="left",
     )
-    for column in ("trial", "strategy", "state", "rule", "κ", "± SE", "LM calls", "s"):
+    for column in ("trial", "strategy", "state", "rule", "κ", "± SE", "LM calls (cached)", "tokens", "$", "s"):
         table.add_column(column, justify="left" if column in ("strategy", "state", "rule") else "right")
     if report.raw_dev is not None:
-        table.add_row("raw", "(the judge as it is)", "–", "dev", f"{report.raw_dev:.3f}", "–", "–", "–")
+        table.add_row("raw", "(the judge as it is)", "–", "dev", f"{report.raw_dev:.3f}", *["–"] * 5)
     best = report.best
     for row in report.rows:
         if row.duplicate_of is not None:
@@ -168,11 +166,15 @@ def _search_one(
         table.add_row(
             f"{row.number}{' *' if chosen else ''}",
             row.strategy,
-            row.state.lower() + (f" after {row.pruned_after} rows" if row.pruned_after else ""),
+            "skipped (budget)"
+            if row.skipped
+            else row.state.lower() + (f" after {row.pruned_after} rows" if row.pruned_after else ""),
             row.rule or "–",
             "–" if row.score is None else f"{row.score:.3f}",
             "–" if row.se is None or row.se != row.se else f"{row.se:.3f}",
-            "–" if row.lm_calls is None else str(row.lm_calls),
+            trial_calls(row),
+            trial_tokens(row),
+            trial_cost(row),
             "–" if row.seconds is None else f"{row.seconds:.0f}",
         )
     repeats = len([r for r in report.rows if r.duplicate_of is not None])
@@ -186,6 +188,8 @@ def _search_one(
         f"study {report.study_name} in {redact_url(report.storage)}; {report.new_trials} new trials this run",
         highlight=False,
     )
+    if report.usage is not None:
+        console.print(f"the search asked: {report.usage.describe()}", highlight=False)
     if report.calibration is None:
         console.print("no trial finished, so nothing was selected", highlight=False)
         return None, None
@@ -318,6 +322,8 @@ def _calibrate_one(
         f"{report.calibration_lm_calls} LM calls (answers served from the cache included)",
         highlight=False,
     )
+    if report.usage is not None:
+        console.print(f"the run asked, test and gate rows included: {report.usage.describe()}", highlight=False)
     _print_result(config, report, run_id := report.tracked.run_id if report.tracked else None)
     return report, run_id
 

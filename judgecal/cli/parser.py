@@ -130,6 +130,21 @@ def _calibrate_strategy(calibrate: argparse.ArgumentParser) -> None:
     calibrate.add_argument(
         "--worker", type=int, help="search: this worker's number in a shared study (its sampler seed is seed + N)"
     )
+    calibrate.add_argument(
+        "--max-lm-calls",
+        type=_positive_int,
+        help="search: LM calls it may make, the winner's test and gate rows included; a trial that could exceed "
+        "what is left is skipped",
+    )
+    calibrate.add_argument(
+        "--max-cost", type=float, help="search: US dollars it may spend on LM calls, kept like --max-lm-calls"
+    )
+    calibrate.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the LM calls, tokens, cost and time the run will take at most, then stop: nothing is judged "
+        "or tracked (a few real calls time the model)",
+    )
 
 
 def _calibrate_run(calibrate: argparse.ArgumentParser) -> None:

@@ -375,6 +375,11 @@ class MemoJudge(FittedJudge):
     def program(self) -> Any:
         return getattr(self.base, "program", None)
 
+    @property
+    def answered(self) -> int:
+        """Rows (in each order asked) the judge has answered and will not be asked again."""
+        return len(self.__dict__.get("_memo", {}))
+
 
 def unwrap(judge: FittedJudge) -> FittedJudge:
     """The judge behind any memo."""

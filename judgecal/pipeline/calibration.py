@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from judgecal.backends.calls import LMCallCounter
 from judgecal.backends.models import build_lm
 from judgecal.calibrate.guard import RowGuard
 from judgecal.calibrate.optimizers import CalibrationConfig, strategy_name
@@ -39,7 +40,7 @@ from judgecal.pipeline.config import ExperimentConfig
 from judgecal.pipeline.publish import export_judge
 from judgecal.pipeline.results import Banded, CalibrationReport, Prepared, SideResult
 from judgecal.pipeline.tracking import ensure_experiment, track_calibration
-from judgecal.progress import ProgressFactory
+from judgecal.progress import ProgressFactory, library_logs_quiet
 from judgecal.report.agreement import evaluate_record
 from judgecal.report.records import REFERENCE_PREFIX, EvaluationRecord, JudgeRecord, build_record, label_space
 from judgecal.report.selective import SelectiveReport, selective_report
@@ -265,9 +266,11 @@ def run_calibration(
     refuse_cross_fit(spec, prepared)
     where = "train, selecting on dev" if spec.selects_on_dev else "train + dev"
     log(f"{config.judge.name}: calibrating with {spec.name} ({spec.description}) on {where}")
-    result = final_fit(spec, prepared, strategy_params(spec, config.calibration), log)
-    banded = select_band(prepared, result, log)
-    return report_and_record(prepared, banded, progress=progress, experiment_id=experiment_id, log=log)
+    meter = LMCallCounter()
+    with library_logs_quiet(), meter.counting():
+        result = final_fit(spec, prepared, strategy_params(spec, config.calibration), log)
+        banded = select_band(prepared, result, log)
+        return report_and_record(prepared, banded, progress=progress, experiment_id=experiment_id, log=log, meter=meter)
 
 
 def report_and_record(
@@ -279,11 +282,14 @@ def report_and_record(
     log: Any,
     run_id: str | None = None,
     description_extra: str = "",
+    meter: LMCallCounter | None = None,
 ) -> CalibrationReport:
     """The calibrated judge beside the raw one on test, its verdicts on the gate rows, and
     (with an ``experiment_id`` to record it in) its MLflow run, exported judge and registry
-    version."""
+    version. ``meter``: the counter of the run's LM calls, read once test and gate are judged."""
     report = evaluate(prepared, banded, progress)
+    if meter is not None:
+        report = dataclasses.replace(report, usage=meter.usage(prepared.prices))
     if experiment_id is None:
         return report
     tracked = track_calibration(report, prepared, experiment_id, run_id=run_id, description_extra=description_extra)

@@ -51,6 +51,8 @@ FLAGS: dict[str, str] = {
     "search.storage": "--storage",
     "search.study_name": "--study-name",
     "search.worker": "--worker",
+    "search.max_lm_calls": "--max-lm-calls",
+    "search.max_cost_usd": "--max-cost",
 }
 """Experiment keys with a ``judgecal calibrate`` flag of their own."""
 
@@ -60,7 +62,7 @@ FLAG_RULE = (
     "samples (model, api_base, temperature, max_tokens), how many rows it judges at once (num_threads), the "
     "strategy and the seeds, a selective judge's "
     "precision targets, the caps on how many "
-    "rows each part of the split may cost, and the search's strategies, trials, storage, study and worker. "
+    "rows each part of the split may cost, and the search's strategies, trials, storage, study, worker and budget. "
     "Every other key is set in the experiment file, or for one run with `--set section.key=VALUE` "
     "(the value is read as TOML: `--set report.n_resamples=500`, `--set 'calibration.params={C = 0.5}'`)."
 )

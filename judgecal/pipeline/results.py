@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from judgecal.backends.calls import LMUsage
+from judgecal.backends.pricing import Prices
 from judgecal.calibrate.guard import RowGuard
 from judgecal.calibrate.strategies import FitResult, StrategyEnv
 from judgecal.data.rows import Dataset, LabeledRow
@@ -74,7 +76,17 @@ class Prepared:
             references=self.reference_judges,
             log=log,
             encoder=SentenceEncoder.for_workspace(self.workspace),
+            prices=self.prices,
         )
+
+    @property
+    def prices(self) -> Prices:
+        """What the run's LM calls cost: the ``[lm] price_per_million`` given for the judge's
+        model, LiteLLM's cost table for any other (0 in process)."""
+        override = self.config.lm.price_per_million
+        if override is None or self.lm is None:
+            return Prices()
+        return Prices({self.lm.model: override})
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,7 @@ class CalibrationReport:
     registry: RegistryDecision | None = None
     band: BandChoice | None = None
     selective: SelectiveReport | None = None
+    usage: LMUsage | None = None  # every LM call of the run: fitting (a search's trials), test, gate
 
     @property
     def calibrated_program(self) -> JudgeProgram | None:

@@ -11,21 +11,24 @@ from __future__ import annotations
 
 import math
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from judgecal.artifacts import LEADERBOARD_FILE, LEADERBOARD_PLOT, LEADERBOARD_TABLE
+from judgecal.backends.calls import LMCallCounter, LMUsage
 from judgecal.calibrate.search import SearchConfig, TrialRow, distinct_finished, enqueue_defaults, run_study
 from judgecal.calibrate.selection import Choice
 from judgecal.calibrate.storage import LOST_TRIAL, check_storage, check_study, default_storage, open_study, study_lock
-from judgecal.calibrate.strategies import resolve_strategies
+from judgecal.calibrate.strategies import StrategyEnv, StrategySpec, resolve_strategies
 from judgecal.judges.program import JudgeFailedError, RowFailedError
 from judgecal.pipeline.calibration import prepare, report_and_record, select_band
 from judgecal.pipeline.config import ExperimentConfig
+from judgecal.pipeline.dry_run import search_budget
 from judgecal.pipeline.results import CalibrationReport, Prepared
 from judgecal.pipeline.tracking import ensure_experiment
-from judgecal.progress import ProgressFactory
+from judgecal.progress import ProgressFactory, StatusFactory, library_logs_quiet
 from judgecal.redact import redact_url as redact
 from judgecal.workspace import Workspace, set_process_environment
 
@@ -45,6 +48,11 @@ class SearchReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def usage(self) -> LMUsage | None:
+        """The LM calls this worker's search made, its winner's test and gate included."""
+        return self.calibration.usage if self.calibration is not None else None
+
+    @property
     def best(self) -> TrialRow | None:
         if self.choice is None:
             return None
@@ -59,12 +67,14 @@ def run_search(
     progress: ProgressFactory | None = None,
     track: bool = True,
     log: Any = print,
+    status: StatusFactory | None = None,
 ) -> SearchReport:
     """Prepare the rows and search; ``workspace``: where the run's store, caches and loaded
-    models are (default: the project's, :meth:`Workspace.find`)."""
+    models are (default: the project's, :meth:`Workspace.find`); ``status`` shows a line
+    with the calls, tokens and cost so far while the trials run."""
     set_process_environment()
     prepared = prepare(config, workspace or Workspace.find(), log=log)
-    return search_prepared(prepared, search, progress=progress, track=track, log=log)
+    return search_prepared(prepared, search, progress=progress, track=track, log=log, status=status)
 
 
 def search_prepared(
@@ -74,9 +84,11 @@ def search_prepared(
     progress: ProgressFactory | None = None,
     track: bool = True,
     log: Any = print,
+    status: StatusFactory | None = None,
 ) -> SearchReport:
     """The search on rows already split: trials see train and dev, the winner is reported
-    on test and recorded in the study's parent run with the leaderboard."""
+    on test and recorded in the study's parent run with the leaderboard. DSPy's own INFO
+    logs are kept off the terminal meanwhile."""
     config, workspace = prepared.config, prepared.workspace
     task, split = prepared.task, prepared.split
     storage_url = search.storage or default_storage(workspace.root)
@@ -105,16 +117,45 @@ def search_prepared(
         f"finished; strategies: {', '.join(specs)}"
     )
 
-    outcome = run_study(
-        study, specs, env, split.train.rows, split.dev.rows, prepared.guard, search, on_trial=record, log=log
-    )
+    meter = LMCallCounter()  # every LM call of this worker: trials, the raw judge on dev, test, gate
+    with library_logs_quiet(), meter.counting():
+        return _study_and_report(
+            prepared, study, (specs, env, search), meter, experiment_id, parent_run_id, (progress, status), log
+        )
+
+
+def _study_and_report(
+    prepared: Prepared,
+    study: Any,
+    searched: tuple[dict[str, StrategySpec], StrategyEnv, SearchConfig],
+    meter: LMCallCounter,
+    experiment_id: str | None,
+    parent_run_id: str | None,
+    shown: tuple[ProgressFactory | None, StatusFactory | None],
+    log: Any,
+) -> SearchReport:
+    """The trials, then the winner reported on test and recorded in the parent run;
+    ``searched``: the strategies, what they are built from and the search's settings;
+    ``shown``: the judging loops' bars and the trials' status line."""
+    search = searched[2]
+    progress, status = shown
+
+    def record(study: Any, frozen: Any) -> None:
+        if parent_run_id is not None and experiment_id is not None:
+            log_trial(frozen, study, parent_run_id, experiment_id)
+
+    outcome, raw_dev = _run_trials(prepared, study, searched, meter, record, status, log)
+    skipped = [row for row in outcome.rows if row.skipped and row.duplicate_of is None]
+    if skipped:
+        left_out = "; ".join(f"trial {row.number} ({row.strategy})" for row in skipped)
+        log(f"left out to keep the budget: {left_out}")
     report = SearchReport(
-        study_name=study_name,
-        storage=redact(storage_url),
+        study_name=study.study_name,
+        storage=redact(search.storage or default_storage(prepared.workspace.root)),
         rows=outcome.rows,
         choice=outcome.choice,
         calibration=None,
-        raw_dev=_raw_dev_score(prepared, list(split.dev.rows), log),
+        raw_dev=raw_dev,
         parent_run_id=parent_run_id,
         new_trials=outcome.new_trials,
         complete=outcome.complete,
@@ -135,11 +176,72 @@ def search_prepared(
             f"Selected by a search of {distinct} distinct trials ({len(outcome.rows)} with repeats): "
             f"{winner.strategy} (trial {winner.number}). The leaderboard: `{LEADERBOARD_FILE}`.\n\n{steps}"
         ),
+        meter=meter,
     )
     if report.calibration.tracked is not None:
         report.tracking_uri = report.calibration.tracked.tracking_uri
         log_leaderboard(report, prepared)
     return report
+
+
+def _run_trials(
+    prepared: Prepared,
+    study: Any,
+    searched: tuple[dict[str, StrategySpec], StrategyEnv, SearchConfig],
+    meter: LMCallCounter,
+    record: Any,
+    status: StatusFactory | None,
+    log: Any,
+) -> tuple[Any, float | None]:
+    """The study's trials within the budget, then the raw judge on dev, under the status
+    line; returns the study's outcome and the raw judge's κ on dev."""
+    specs, env, search = searched
+    split = prepared.split
+    budget = search_budget(prepared, list(specs.values()), search, meter)
+    doing = ["starting"]
+
+    def trial_log(message: str) -> None:
+        if message.startswith("trial "):
+            doing[0] = " ".join(message.split()[:3])
+        log(message)
+
+    line = status_text(prepared, meter, search, doing)
+    with status(line) if status is not None else nullcontext():
+        outcome = run_study(
+            study,
+            specs,
+            env,
+            split.train.rows,
+            split.dev.rows,
+            prepared.guard,
+            search,
+            on_trial=record,
+            log=trial_log,
+            budget=budget,
+        )
+        doing[0] = "raw judge on dev"
+        raw_dev = _raw_dev_score(prepared, list(split.dev.rows), log)
+    return outcome, raw_dev
+
+
+def status_text(prepared: Prepared, meter: LMCallCounter, search: SearchConfig, doing: list[str]) -> Any:
+    """The status line's text while trials run: what runs, the raw judge's rows answered,
+    the LM calls, tokens and cost so far, against the budget when there is one."""
+    rows = len(prepared.split.train.rows) + len(prepared.split.dev.rows) + len(prepared.split.test.rows)
+    rows += len(prepared.gate_rows)
+
+    def text() -> str:
+        usage = meter.usage(prepared.prices)
+        calls = f"{usage.calls:,}" + (f" of {search.max_lm_calls:,}" if search.max_lm_calls else "")
+        cost = "cost unknown" if usage.cost_usd is None else f"${usage.cost_usd:.4f}"
+        cost += f" of ${search.max_cost_usd:.2f}" if search.max_cost_usd else ""
+        answered = getattr(prepared.raw, "answered", 0)
+        return (
+            f"{doing[0]} | raw judge: {answered:,} of {rows:,} rows | LM calls {calls} ({usage.cached:,} cached) | "
+            f"{usage.prompt_tokens + usage.completion_tokens:,} tokens | {cost}"
+        )
+
+    return text
 
 
 def _raw_dev_score(prepared: Prepared, dev: list[Any], log: Any) -> float | None:
@@ -200,6 +302,8 @@ def log_trial(frozen: Any, study: Any, parent_run_id: str, experiment_id: str) -
     }
     if attrs.get("duplicate_of") is not None:
         tags["judgecal.repeat_of"] = str(attrs["duplicate_of"])
+    if attrs.get("skipped"):
+        tags["judgecal.skipped"] = str(attrs["skipped"])[:5000]
     error = attrs.get("error") or (LOST_TRIAL if frozen.state.name == "FAIL" else None)
     if error:
         tags["judgecal.error"] = str(error)[:5000]
@@ -217,13 +321,28 @@ def log_trial(frozen: Any, study: Any, parent_run_id: str, experiment_id: str) -
     for key in ("lm_calls", "fit_seconds", "pruned_after_rows"):
         if attrs.get(key) is not None:
             metrics[f"cost.{key}"] = float(attrs[key])
+    for key, metric in TRIAL_USAGE_METRICS.items():
+        if attrs.get(key) is not None:
+            metrics[metric] = float(attrs[key])
     import time
 
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, now, 0) for k, v in metrics.items()])
     status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}.get(frozen.state.name, "FINISHED")
+    if attrs.get("skipped"):
+        status = "KILLED"  # never started: the budget could not hold it
     client.set_terminated(run_id, status=status)
     study.set_user_attr(f"run_id.{frozen.number}", run_id)  # a finished trial's own attributes are frozen
+
+
+# A trial's user attributes as the metrics of its child run, named as a run's own.
+TRIAL_USAGE_METRICS = {
+    "lm_calls": "lm.calls",
+    "cached_calls": "lm.cached_calls",
+    "prompt_tokens": "lm.prompt_tokens",
+    "completion_tokens": "lm.completion_tokens",
+    "cost_usd": "lm.cost_usd",
+}
 
 
 def leaderboard_markdown(report: SearchReport) -> str:
@@ -232,13 +351,15 @@ def leaderboard_markdown(report: SearchReport) -> str:
         "",
         "Trials are scored without test rows: cross-validated κ (mean ± standard error over grouped folds of "
         "train + dev) for strategies that make no LM calls to fit, dev κ for those that do. "
-        "Repeated settings are answered from the earlier trial and do not count toward the budget.",
+        "Repeated settings are answered from the earlier trial and do not count toward the budget. "
+        "LM calls include those answered from the cache (in brackets), which cost nothing; tokens "
+        "(prompt + completion) and cost are those of the calls the model answered.",
         "",
-        "| trial | strategy | settings | state | rule | κ | ± SE | LM calls | fit s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| trial | strategy | settings | state | rule | κ | ± SE | LM calls (cached) | tokens | cost $ | fit s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     if report.raw_dev is not None:
-        lines.append(f"| raw | (the judge as it is) | – | – | dev | {report.raw_dev:.3f} | – | – | – |")
+        lines.append(f"| raw | (the judge as it is) | – | – | dev | {report.raw_dev:.3f} | – | – | – | – | – |")
     best = report.best
     for row in report.rows:
         settings = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in row.params.items()) or "–"
@@ -247,17 +368,42 @@ def leaderboard_markdown(report: SearchReport) -> str:
         marker = " **selected**" if best is not None and row.number == best.number else ""
         score = "–" if row.score is None else f"{row.score:.3f}"
         se = "–" if row.se is None or not math.isfinite(row.se) else f"{row.se:.3f}"
-        state = row.state.lower() + (f": {row.error[:80]}" if row.error else "")
+        state = f"skipped: {row.skipped[9:120]}" if row.skipped else row.state.lower()
+        state += f": {row.error[:80]}" if row.error and not row.skipped else ""
         if row.pruned_after:
             state += f" after {row.pruned_after} dev rows"
         lines.append(
             f"| {row.number}{marker} | {row.strategy} | {settings} | {state} | {row.rule or '–'} | {score} | {se} | "
-            f"{row.lm_calls if row.lm_calls is not None else '–'} | {row.seconds if row.seconds is not None else '–'} |"
+            f"{trial_calls(row)} | {trial_tokens(row)} | {trial_cost(row)} | "
+            f"{row.seconds if row.seconds is not None else '–'} |"
         )
+    if report.usage is not None:
+        lines += ["", f"The whole search (trials, the winner on test and gate rows): {report.usage.describe()}."]
     if report.choice is not None:
         lines += ["", "## Selection", "", report.choice.rule + ".", ""]
         lines += [f"- {step}" for step in report.choice.steps]
     return "\n".join(lines) + "\n"
+
+
+def trial_calls(row: TrialRow) -> str:
+    """A trial's LM calls with the cached ones in brackets; a repeat's cost nothing again."""
+    if row.lm_calls is None:
+        return "–"
+    if row.duplicate_of is not None:
+        return "0 (repeat)"
+    return f"{row.lm_calls:,} ({row.cached_calls or 0:,})" if row.cached_calls is not None else f"{row.lm_calls:,}"
+
+
+def trial_tokens(row: TrialRow) -> str:
+    if row.prompt_tokens is None or row.duplicate_of is not None:
+        return "–"
+    return f"{row.prompt_tokens:,} + {row.completion_tokens or 0:,}"
+
+
+def trial_cost(row: TrialRow) -> str:
+    if row.cost_usd is None or row.duplicate_of is not None:
+        return "–"
+    return f"{row.cost_usd:.4f}"
 
 
 def _short(value: Any) -> str:

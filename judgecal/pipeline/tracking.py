@@ -137,7 +137,14 @@ def log_run_artifacts(report: CalibrationReport, prepared: Prepared) -> None:
             mlflow.log_dict(report.record.model_dump(mode="json"), EVALUATION_FILE)
             mlflow.log_dict(report.agreement.model_dump(mode="json"), REPORT_FILE)
             card_folder = folder / CARD_DIR
-            write_card(report.agreement, report.record, card_folder, selective=report.selective, band=report.band)
+            write_card(
+                report.agreement,
+                report.record,
+                card_folder,
+                selective=report.selective,
+                band=report.band,
+                usage=report.usage,
+            )
             mlflow.log_artifacts(str(card_folder), artifact_path=CARD_DIR)
 
 
@@ -165,6 +172,8 @@ def tracked_metrics(report: CalibrationReport) -> dict[str, float]:
             "cost.calibrated_test_seconds": report.calibrated.seconds,
         }
     )
+    if report.usage is not None:
+        metrics.update(report.usage.metrics())
     stats = getattr(getattr(report.lm, "engine", None), "stats", None)
     if stats is not None:
         metrics["cost.prompt_tokens"] = float(stats.prompt_tokens)

@@ -5,6 +5,7 @@ same table for the terminal.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.table import Table
@@ -17,6 +18,9 @@ from judgecal.report.selective import SelectiveReport, card_section
 from judgecal.stats.metrics import confusion
 from judgecal.stats.selective import BandChoice
 from judgecal.stats.uncertainty import Estimate
+
+if TYPE_CHECKING:
+    from judgecal.backends.calls import LMUsage
 
 STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:1.5em auto;padding:0 1em;color:#222}"
@@ -79,10 +83,11 @@ def write_card(
     *,
     selective: SelectiveReport | None = None,
     band: BandChoice | None = None,
+    usage: LMUsage | None = None,
 ) -> Path:
     """Write ``judge_card.md`` and its PNG plots into ``folder``; returns the markdown path.
     ``band``: a selective judge's band (or why there is none), ``selective``: what it did on
-    the test rows."""
+    the test rows, ``usage``: the LM calls the run made, with their tokens and cost."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     images = _plots(report, record, folder)
@@ -95,6 +100,7 @@ def write_card(
         *_soft_label_section(report),
         *_confidence_section(report),
         *_bias_section(report),
+        *cost_section(usage),
         "## Plots",
         "",
     ]
@@ -104,6 +110,26 @@ def write_card(
     path.write_text("\n".join(lines), encoding="utf-8")
     write_html(path, f"Judge card: {report.judge_name}")
     return path
+
+
+def cost_section(usage: LMUsage | None) -> list[str]:
+    """What the run asked of its judge model: a reader weighing a recalibration needs it."""
+    if usage is None:
+        return []
+    cost = (
+        "unknown: LiteLLM's cost table has no price for the model (set `[lm] price_per_million`)"
+        if usage.cost_usd is None
+        else f"${usage.cost_usd:.4f}"
+    )
+    return [
+        "## What the run cost",
+        "",
+        f"- LM calls: {usage.calls:,}, of which {usage.cached:,} were answered from DSPy's cache (free)",
+        f"- tokens of the calls the model answered: {usage.prompt_tokens:,} prompt, "
+        f"{usage.completion_tokens:,} completion",
+        f"- cost: {cost} (a model run in this process costs nothing)",
+        "",
+    ]
 
 
 def _introduction(report: AgreementReport, record: EvaluationRecord) -> list[str]:
