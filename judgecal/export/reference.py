@@ -37,7 +37,6 @@ def sketch_of(
         raise ValueError(f"{len(rows)} rows but {len(verdicts)} verdicts")
     return sketch_rows(
         [row.inputs for row in rows],
-        [row.group for row in rows],
         [verdict.probabilities for verdict in verdicts],
         fields=list(spec.input_names),
         labels=[answer_key(label) for label in spec.labels],
@@ -54,12 +53,8 @@ def check_rows(
     if reference is None:
         return None
     sketch = ReferenceSketch.model_validate(reference)
-    groups = [row.group for row in rows]
-    if len(set(groups)) < 2:  # rows to judge need no group: each is taken as its own
-        groups = [row.id for row in rows]
     new = sketch_rows(
         [row.inputs for row in rows],
-        groups,
         [verdict.probabilities for verdict in verdicts],
         fields=sketch.fields,
         labels=sketch.labels,

@@ -4,12 +4,13 @@ A calibrated judge carries a :class:`ReferenceSketch` of held-out calibration ro
 each, the hashed word n-grams of its inputs (feature indices, not the text), the length
 of each input and the judge's probabilities. New rows are sketched the same way, and a
 classifier two-sample test asks whether a logistic regression can tell the two apart:
-its out-of-fold AUC (folds by group, so rows of one prompt never sit on both sides of a
-fold) against the AUCs of the same procedure after the groups were shuffled between the
-two samples (a permutation test over groups, exact at its level whatever the classifier;
-it stops early once 10 shuffles did as well, with Besag & Clifford's p-value).
-Rows whose out-of-fold score is above what 95% of the calibration rows got "look unlike
-the calibration rows"; about 5% do when nothing changed.
+its out-of-fold AUC (folds by prompt, so rows of one prompt never sit on both sides of a
+fold) against the AUCs of the same procedure after whole prompts were shuffled between
+the two samples (a permutation test, exact at its level whatever the classifier, if
+prompts are independent; it stops early once 10 shuffles did as well, with Besag &
+Clifford's p-value). The level is 0.01 and the draws at most 199. Rows whose out-of-fold
+score is above what 95% of the calibration rows got "look unlike the calibration rows";
+about 5% do when nothing changed.
 
 Written here because no drift package is installed; it needs scikit-learn and scipy.
 """
@@ -39,7 +40,7 @@ class ReferenceSketch(BaseModel):
     """What a bundle keeps of the rows it was checked on, to compare new rows with: no text,
     only which of ``n_features`` hashed word unigrams and bigrams each input holds (per
     input field), each input's length in characters, the judge's probability of each label
-    and an anonymous group number per row."""
+    and a number per row shared by the rows of one prompt (first input)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -122,7 +123,6 @@ def _scores(probabilities: Sequence[dict[str, float] | None], labels: Sequence[s
 
 def sketch_rows(
     inputs: Sequence[dict[str, Any]],
-    groups: Sequence[str],
     probabilities: Sequence[dict[str, float] | None],
     *,
     fields: Sequence[str],
@@ -132,10 +132,14 @@ def sketch_rows(
     n_features: int = SKETCH_FEATURES,
     seed: int = 0,
 ) -> ReferenceSketch:
-    """A sketch of up to ``max_rows`` rows (drawn at random when there are more)."""
+    """A sketch of up to ``max_rows`` rows (drawn at random when there are more), grouped
+    by their first input."""
     keep = np.arange(len(inputs))
     if len(keep) > max_rows:
         keep = np.sort(np.random.default_rng(seed).choice(len(keep), max_rows, replace=False))
+    # Rows are grouped by their first input (the prompt): rows of one prompt on both sides of
+    # a fold would let the classifier tell the samples apart by prompts it has seen. (A
+    # row's own group, e.g. a pair of systems, may link every prompt into one.)
     codes: dict[str, int] = {}
     return ReferenceSketch(
         source=source,
@@ -145,7 +149,7 @@ def sketch_rows(
         features=hashed_features([inputs[i] for i in keep], fields, n_features),
         lengths=[[len(_text(inputs[i].get(name, ""))) for name in fields] for i in keep],
         scores=_scores([probabilities[i] for i in keep], labels),
-        groups=[codes.setdefault(groups[i], len(codes)) for i in keep],
+        groups=[codes.setdefault(_text(inputs[i].get(fields[0], "")), len(codes)) for i in keep],
     )
 
 
