@@ -191,3 +191,41 @@ def risk_coverage(
     axis.legend(fontsize=8, loc="lower left")
     axis.grid(alpha=0.3)
     return _save(figure, path)
+
+
+def monitor_sequence(
+    batches: Sequence[int],
+    agreement: Sequence[tuple[float, float, float]],
+    upper: Sequence[float],
+    lower: Sequence[float],
+    level: float,
+    path: Path,
+    *,
+    title: str,
+    alarm_batch: int | None = None,
+) -> Path:
+    """Each batch's agreement with its interval, the confidence sequence over all batches so
+    far (shaded between its bounds), the level the upper bound is checked against (dashed)
+    and the batch of the alarm, if any (red line)."""
+    figure = _figure(figsize=(7.2, 4.2), layout="constrained")
+    axis = figure.subplots()
+    x = np.asarray(batches, float)
+    axis.fill_between(x, lower, upper, step="post", color=COLOURS[0], alpha=0.18, label="confidence sequence")
+    axis.step(x, upper, where="post", color=COLOURS[0], linewidth=1.8, label="upper bound (alarm when below level)")
+    values = np.array([a[0] for a in agreement], float)
+    errors = np.array([[max(0, a[0] - a[1]) for a in agreement], [max(0, a[2] - a[0]) for a in agreement]], float)
+    axis.errorbar(
+        x, values, yerr=np.nan_to_num(errors), fmt="o", color=COLOURS[1], capsize=3, label="batch agreement (95%)"
+    )
+    axis.axhline(level, color="black", linestyle="--", linewidth=1.2, label=f"level {level:.3f}")
+    if alarm_batch is not None:
+        axis.axvline(alarm_batch, color=COLOURS[3], linewidth=2, label=f"alarm at batch {alarm_batch}")
+    axis.set_xlim(0.5, max(x.max() if len(x) else 1, 1) + 0.5)
+    axis.set_ylim(0, 1.02)
+    axis.set_xticks(x)
+    axis.set_xlabel("batch")
+    axis.set_ylabel("agreement with people")
+    axis.set_title(title, fontsize=10)
+    axis.legend(fontsize=8, loc="lower left")
+    axis.grid(alpha=0.3)
+    return _save(figure, path)
