@@ -100,3 +100,22 @@ def test_a_bundle_without_a_sketch_is_not_checked_and_keeps_its_digest(tmp_path:
     loaded = open_judge(tmp_path / "old", workspace=workspace)
     assert loaded.digest == json.loads(path.read_text())["digest"]
     assert check_rows(loaded.bundle.reference, rows, loaded.judge.predict(rows), PAIRWISE.spec) is None
+
+
+def test_judgecal_judge_says_when_rows_differ_and_when_it_cannot_tell(tmp_path: Path, capsys) -> None:
+    from judgecal.cli import main
+
+    rows = list(load_rows(DEMO / "pandalm" / "pandalm_test.jsonl", PAIRWISE.spec).rows)
+    folder = saved_judge(rows, tmp_path / "judge")
+    recast_rows(DEMO / "relevance_demo.jsonl", 200, tmp_path)
+    assert main(["judge", "--judge", str(folder), "--input", str(tmp_path / "recast.jsonl"), "--output",
+                 str(tmp_path / "out.jsonl")]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "warning:" in err and "these rows differ from the rows the judge was calibrated on" in err
+
+    judge = VerifierJudge(task=PAIRWISE, name="old").fit(rows[:200])
+    save_bundle(bundle_from_judge(judge, judge_lm()), tmp_path / "old")
+    assert main(["judge", "--judge", str(tmp_path / "old"), "--input", str(tmp_path / "recast.jsonl"), "--output",
+                 str(tmp_path / "old.jsonl")]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("is not checked") == 1
