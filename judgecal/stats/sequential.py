@@ -36,7 +36,7 @@ MAX_BET_SHARE = 0.5
 # A bettor sizes its bet by the mean of about the last RECENT observations (an exponential
 # weight halving every RECENT), so a judge that was good for long and then got worse is
 # bet against soon after, not once the mean of all it ever did falls.
-RECENT = 20
+RECENT = 5
 PRIOR_WEIGHT = 2.0
 
 
