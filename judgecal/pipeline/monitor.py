@@ -336,7 +336,7 @@ def _start_run(state: MonitorState, state_path: Path, experiment_id: str) -> str
     client = mlflow.MlflowClient()
     run = client.create_run(
         experiment_id,
-        run_name=f"monitor {state.judge_name}: {state_path.stem}",
+        run_name=f"monitor: {state_path.name}",
         tags={
             "judgecal.monitor": state.judge,
             "judgecal.bundle_digest": state.bundle_digest,
@@ -395,6 +395,9 @@ def log_batch(state: MonitorState) -> None:
             client.log_metric(state.run_id, key, float(value), step=batch.index)
     alarm = f"since batch {state.alarm_batch}" if state.alarm_batch else "none"
     client.set_tag(state.run_id, "judgecal.monitor.alarm", alarm)
+    # Finished after each batch, named by where it stands: the runs list answers at a glance.
+    said = f"ALARM since batch {state.alarm_batch}" if state.alarm_batch else "no alarm"
+    client.update_run(state.run_id, status="FINISHED", name=f"monitor: {len(state.batches)} batches, {said}")
     with tempfile.TemporaryDirectory() as scratch:
         client.log_artifact(state.run_id, str(_plot(state, Path(scratch) / MONITOR_PLOT)))
         copy = Path(scratch) / MONITOR_STATE_FILE

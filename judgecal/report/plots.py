@@ -204,28 +204,30 @@ def monitor_sequence(
     title: str,
     alarm_batch: int | None = None,
 ) -> Path:
-    """Each batch's agreement with its interval, the confidence sequence over all batches so
-    far (shaded between its bounds), the level the upper bound is checked against (dashed)
-    and the batch of the alarm, if any (red line)."""
-    figure = _figure(figsize=(7.2, 4.2), layout="constrained")
+    """Each batch's agreement with its interval, the confidence sequence after each batch
+    (shaded between its bounds, the upper bound drawn), the level the upper bound is
+    checked against (dashed) and, from the batch of the alarm on, a red band."""
+    figure = _figure(figsize=(8.4, 4.2), layout="constrained")
     axis = figure.subplots()
     x = np.asarray(batches, float)
-    axis.fill_between(x, lower, upper, step="post", color=COLOURS[0], alpha=0.18, label="confidence sequence")
-    axis.step(x, upper, where="post", color=COLOURS[0], linewidth=1.8, label="upper bound (alarm when below level)")
+    axis.fill_between(x, lower, upper, color=COLOURS[0], alpha=0.18, label="confidence sequence (all batches so far)")
+    axis.plot(x, upper, "-o", color=COLOURS[0], linewidth=1.8, markersize=4, label="its upper bound")
     values = np.array([a[0] for a in agreement], float)
     errors = np.array([[max(0, a[0] - a[1]) for a in agreement], [max(0, a[2] - a[0]) for a in agreement]], float)
     axis.errorbar(
-        x, values, yerr=np.nan_to_num(errors), fmt="o", color=COLOURS[1], capsize=3, label="batch agreement (95%)"
-    )
+        x + 0.08, values, yerr=np.nan_to_num(errors), fmt="s", color=COLOURS[1], capsize=3, markersize=5,
+        label="this batch's agreement (95%)",
+    )  # fmt: skip
     axis.axhline(level, color="black", linestyle="--", linewidth=1.2, label=f"level {level:.3f}")
+    right = (x.max() if len(x) else 1) + 0.5
     if alarm_batch is not None:
-        axis.axvline(alarm_batch, color=COLOURS[3], linewidth=2, label=f"alarm at batch {alarm_batch}")
-    axis.set_xlim(0.5, max(x.max() if len(x) else 1, 1) + 0.5)
+        axis.axvspan(alarm_batch - 0.5, right, color=COLOURS[3], alpha=0.12, label=f"alarm since batch {alarm_batch}")
+    axis.set_xlim(0.5, right)
     axis.set_ylim(0, 1.02)
     axis.set_xticks(x)
     axis.set_xlabel("batch")
     axis.set_ylabel("agreement with people")
     axis.set_title(title, fontsize=10)
-    axis.legend(fontsize=8, loc="lower left")
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axis.grid(alpha=0.3)
     return _save(figure, path)
