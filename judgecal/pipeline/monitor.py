@@ -395,9 +395,10 @@ def log_batch(state: MonitorState) -> None:
             client.log_metric(state.run_id, key, float(value), step=batch.index)
     alarm = f"since batch {state.alarm_batch}" if state.alarm_batch else "none"
     client.set_tag(state.run_id, "judgecal.monitor.alarm", alarm)
-    # Finished after each batch, named by where it stands: the runs list answers at a glance.
-    said = f"ALARM since batch {state.alarm_batch}" if state.alarm_batch else "no alarm"
-    client.update_run(state.run_id, status="FINISHED", name=f"monitor: {len(state.batches)} batches, {said}")
+    # Finished after each batch, named by where it stands, the alarm first: the runs list
+    # answers at a glance (it shows a name's first 20-odd characters).
+    name = f"ALARM since batch {state.alarm_batch}" if state.alarm_batch else f"ok after {len(state.batches)} batches"
+    client.update_run(state.run_id, status="FINISHED", name=f"monitor: {name}")
     with tempfile.TemporaryDirectory() as scratch:
         client.log_artifact(state.run_id, str(_plot(state, Path(scratch) / MONITOR_PLOT)))
         copy = Path(scratch) / MONITOR_STATE_FILE

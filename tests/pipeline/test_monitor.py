@@ -111,8 +111,9 @@ def test_a_judge_that_got_worse_raises_the_alarm_with_exit_code_3(
     first = codes.index(3) + 1
     assert saved.alarm_batch == first and set(codes[first - 1 :]) == {3}
     assert saved.batches[first - 1].upper < saved.level <= saved.batches[first - 2].upper
-    tag = mlflow.MlflowClient().get_run(saved.run_id).data.tags["judgecal.monitor.alarm"]
-    assert tag == f"since batch {first}"
+    recorded = mlflow.MlflowClient().get_run(saved.run_id)
+    assert recorded.data.tags["judgecal.monitor.alarm"] == f"since batch {first}"
+    assert recorded.info.run_name == f"monitor: ALARM since batch {first}" and recorded.info.status == "FINISHED"
     assert "ALARM" in capsys.readouterr().err
 
 
