@@ -186,3 +186,30 @@ def test_the_level_and_alpha_are_fixed_when_a_monitor_starts(tmp_path: Path, jud
     assert run(judge_folder, second, state, "--threshold", "0.6") == 2
     assert run(judge_folder, second, state, "--alpha", "0.1") == 2
     assert run(judge_folder, second, state) == 0
+
+
+def test_a_calibrated_judge_carries_its_test_rows_sketch_and_its_level(tmp_path: Path, workspace: Workspace) -> None:
+    """A calibration's bundle holds a sketch of its test rows, and the monitor of its
+    ``runs:/`` judge takes the low end of its test agreement interval as the level."""
+    from judgecal.calibrate.optimizers import CalibrationConfig
+    from judgecal.data.split import SplitSpec
+    from judgecal.pipeline.calibration import run_calibration
+    from judgecal.pipeline.config import ExperimentConfig, JudgeSection, ReportConfig
+
+    data = write_jsonl(tmp_path / "rows.jsonl", [r.to_record() for r in recorded_rows(n_groups=20, per_group=10).rows])
+    config = ExperimentConfig(
+        judge=JudgeSection(name="sketched", task="relevance", data=data, recorded="strict"),
+        split=SplitSpec(dev=0.2, test=0.3, seed=0),
+        calibration=CalibrationConfig(strategy="verifier"),
+        report=ReportConfig(n_resamples=200),
+    )
+    report = run_calibration(config, workspace=workspace, log=lambda _: None)
+    loaded = open_judge(f"runs:/{report.tracked.run_id}/judge", workspace=workspace)
+    sketch = loaded.bundle.reference
+    assert sketch is not None and len(sketch["features"]) == len(report.split.test.rows)
+    assert "prompt" not in json.dumps(sketch["features"]) and sketch["source"] == "test rows of the calibration"
+    batch = write_jsonl(tmp_path / "batch.jsonl", [r.to_record() for r in recorded_rows(n_groups=6, seed=9).rows])
+    outcome = check_batch(loaded, batch, tmp_path / "monitor.json", workspace=workspace)
+    low = loaded.bundle.evaluation["metrics"]["accuracy"]["low"]
+    assert outcome.state.level == pytest.approx(low) and "low end" in outcome.state.level_source
+    assert outcome.batch.shift is not None
