@@ -47,6 +47,7 @@ def warn_shift(loaded: LoadedJudge, source: Path, output: Path) -> None:
     from judgecal.data.rows import load_rows
     from judgecal.export.reference import check_rows
     from judgecal.judges.verdict import Verdict
+    from judgecal.stats.shift import TooFewPrompts
 
     if loaded.bundle.reference is None:
         print_shift(None, loaded)
@@ -60,7 +61,10 @@ def warn_shift(loaded: LoadedJudge, source: Path, output: Path) -> None:
     if len(rows) < 2:
         return
     verdicts = [Verdict(label=None, probabilities=answers[row.id] or None) for row in rows]
-    print_shift(check_rows(loaded.bundle.reference, rows, verdicts, loaded.judge.task.spec), loaded)
+    try:
+        print_shift(check_rows(loaded.bundle.reference, rows, verdicts, loaded.judge.task.spec), loaded)
+    except TooFewPrompts as why:
+        console.print(f"shift: not checked: {why}", highlight=False)
 
 
 def monitor_command(args: argparse.Namespace) -> int:
@@ -88,7 +92,10 @@ def monitor_command(args: argparse.Namespace) -> int:
     )
     _print_batch(outcome.batch, loaded)
     _print_sequence(outcome)
-    print_shift(outcome.batch.shift, loaded)
+    if outcome.batch.shift is not None:
+        print_shift(outcome.batch.shift, loaded)
+    for note in outcome.notes:
+        _warn(note)
     state = outcome.state
     console.print(f"state: {args.state}; MLflow run {state.run_id} in judgecal/{state.judge_name}", highlight=False)
     if state.registered is not None:

@@ -39,7 +39,7 @@ from judgecal.judges.verdict import Verdict, answer_key
 from judgecal.report.agreement import evaluate_record
 from judgecal.report.records import JudgeRecord, build_record
 from judgecal.stats.sequential import DEFAULT_ALPHA, confidence_sequence, grid_with, group_shares
-from judgecal.stats.shift import ShiftCheck
+from judgecal.stats.shift import ShiftCheck, TooFewPrompts
 from judgecal.stats.uncertainty import Estimate
 from judgecal.workspace import Workspace
 
@@ -268,7 +268,13 @@ def check_batch(
     measured = measure_batch(rows, verdicts, loaded)
     observations = state.observations + measured["observations"]
     bounds = confidence_sequence(observations, alpha=state.alpha, grid=grid_with(state.level))
-    shift = check_rows(loaded.bundle.reference, rows, verdicts, loaded.judge.task.spec)
+    notes = []
+    try:
+        shift = check_rows(loaded.bundle.reference, rows, verdicts, loaded.judge.task.spec)
+    except TooFewPrompts as why:
+        shift, notes = None, [f"shift not checked: {why}"]
+    if shift is None and loaded.bundle.reference is None:
+        notes = [NO_REFERENCE]
     checked = BatchCheck(
         index=len(state.batches) + 1,
         file=str(batch),
@@ -287,7 +293,7 @@ def check_batch(
     if track:
         log_batch(after)
     write_state(after, state_path)
-    return MonitorOutcome(state=after, batch=checked, notes=[] if shift is not None else [NO_REFERENCE])
+    return MonitorOutcome(state=after, batch=checked, notes=notes)
 
 
 def _opened_state(loaded: LoadedJudge, path: Path, threshold: float | None, alpha: float | None) -> MonitorState:

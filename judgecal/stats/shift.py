@@ -36,6 +36,10 @@ UNLIKE_QUANTILE = 0.95
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
+class TooFewPrompts(ValueError):
+    """One side of the comparison holds rows of a single prompt: nothing to compare by."""
+
+
 class ReferenceSketch(BaseModel):
     """What a bundle keeps of the rows it was checked on, to compare new rows with: no text,
     only which of ``n_features`` hashed word unigrams and bigrams each input holds (per
@@ -198,8 +202,8 @@ def compare_with_reference(
     groups = np.r_[np.asarray(reference.groups), np.asarray(rows.groups) + offset]
     unique = np.unique(groups)
     folds = min(FOLDS, len(unique))
-    if folds < 2 or len(np.unique(y)) < 2:
-        raise ValueError("a shift check needs rows from at least two groups on each side")
+    if min(len(set(reference.groups)), len(set(rows.groups))) < 2:
+        raise TooFewPrompts("too few prompts to compare with the calibration rows (at least two on each side)")
     scores = _out_of_fold(x, y, groups, folds)
     auc = float(roc_auc_score(y, scores))
     group_side = {g: side for g, side in zip(groups, y, strict=True)}

@@ -119,3 +119,16 @@ def test_judgecal_judge_says_when_rows_differ_and_when_it_cannot_tell(tmp_path: 
                  str(tmp_path / "old.jsonl")]) == 0  # fmt: skip
     err = capsys.readouterr().err
     assert err.count("is not checked") == 1
+
+
+def test_rows_of_one_prompt_are_judged_and_not_compared(tmp_path: Path, capsys) -> None:
+    from judgecal.cli import main
+
+    rows = list(load_rows(DEMO / "pandalm" / "pandalm_test.jsonl", PAIRWISE.spec).rows)
+    folder = saved_judge(rows, tmp_path / "judge")
+    prompt = rows[0].inputs["prompt"]
+    one = [{"id": r.id, **r.model_dump(mode="json")["inputs"]} for r in rows if r.inputs["prompt"] == prompt]
+    source = tmp_path / "one.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in one), encoding="utf-8")
+    assert main(["judge", "--judge", str(folder), "--input", str(source), "--output", str(tmp_path / "o.jsonl")]) == 0
+    assert "not checked: too few prompts" in capsys.readouterr().out
