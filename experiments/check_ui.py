@@ -12,6 +12,8 @@ run's page and its judge card, saves a screenshot of each in ``--out``, and chec
 * the run page shows the run's description (the verdict sentence);
 * the judge card's plots load: every image of ``card/judge_card.html``, as the artifact view
   fetches it, decodes as a PNG (and a screenshot shows the card in the artifact view).
+* the newest ``judgecal monitor`` run of a judge, if it has one: its page shows its
+  description, and its ``monitor.png`` decodes (screenshots of the page and the plot).
 
 With ``--docs DIR`` it also saves, for ``--judge``, the screenshots docs/mlflow-ui.md
 shows, cropped to what each is about: the experiments list, the runs page with the
@@ -254,6 +256,7 @@ class JudgeRuns:
     registered: str | None
     search: tuple[str, str] | None  # the newest search's parent run
     newest_version: str | None = None  # of the registered model
+    monitors: list[tuple[str, str]] | None = None  # judgecal monitor's runs (run id, run name), newest first
 
     @property
     def slug(self) -> str:
@@ -275,7 +278,10 @@ def judges() -> list[JudgeRuns]:
             order_by=["attributes.start_time DESC"],
             output_format="list",
         )
-        top = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+        top = [
+            run for run in runs if "mlflow.parentRunId" not in run.data.tags and "judgecal.monitor" not in run.data.tags
+        ]
+        monitors = [run for run in runs if "judgecal.monitor" in run.data.tags]
         if top:
             registered = next(
                 (r.data.tags["judgecal.registry"] for r in top if "judgecal.registry" in r.data.tags), None
@@ -291,6 +297,7 @@ def judges() -> list[JudgeRuns]:
                     name,
                     (search.info.run_id, search.info.run_name) if search else None,
                     max((v.version for v in versions), key=int, default=None),
+                    [(run.info.run_id, run.info.run_name) for run in monitors],
                 )
             )
     return found
@@ -335,6 +342,33 @@ def check_judge(page: Page, base: str, judge: JudgeRuns, out: Path) -> list[str]
     page.settle()
     save_png(page.screenshot(), out / f"{slug}-card.png")
     print(f"{slug}: {run_name}; card plots {len(sizes)}; screenshots in {out}")
+    return failures
+
+
+def check_monitor(page: Page, base: str, judge: JudgeRuns, out: Path) -> list[str]:
+    """The newest ``judgecal monitor`` run of a judge: its page shows its description, and
+    its plot decodes as a PNG and is shown in the artifact view."""
+    from PIL import Image
+
+    from judgecal.artifacts import MONITOR_PLOT
+
+    run_id, run_name = judge.monitors[0] if judge.monitors else (None, None)
+    if run_id is None:
+        return []
+    slug, failures = judge.slug, []
+    page.resize(1600, 1000)
+    if not page.open(f"{base}/#/experiments/{judge.experiment_id}/runs/{run_id}?{RUNS_VIEW}", "Re-checks"):
+        failures.append(f"{slug}: the monitor's run page shows no description")
+    save_png(page.screenshot(), out / f"{slug}-monitor-run.png")
+    plot = f"{base}/get-artifact?path={MONITOR_PLOT}&run_uuid={run_id}"
+    with urllib.request.urlopen(plot, timeout=30) as response, Image.open(io.BytesIO(response.read())) as image:
+        image.load()
+        if image.size[0] * image.size[1] < 100_000:
+            failures.append(f"{slug}: the monitor's plot is {image.size}")
+    page.open(f"{base}/#/experiments/{judge.experiment_id}/runs/{run_id}/artifacts/{MONITOR_PLOT}?{RUNS_VIEW}", "Path:")
+    page.settle()
+    save_png(page.screenshot(), out / f"{slug}-monitor-plot.png")
+    print(f"{slug}: {run_name}; monitor screenshots in {out}")
     return failures
 
 
@@ -479,6 +513,7 @@ def main() -> int:
         page.js("".join(f"localStorage.setItem('{key}', '{value}');" for key, value in CLOSED_ASSISTANT.items()))
         for judge in found:
             failures += check_judge(page, base, judge, args.out)
+            failures += check_monitor(page, base, judge, args.out)
         if args.docs is not None:
             chosen = next((j for j in found if j.slug == args.judge), None)
             if chosen is None:

@@ -45,3 +45,7 @@ LEADERBOARD_FILE = "leaderboard.md"
 LEADERBOARD_TABLE = "leaderboard.json"
 LEADERBOARD_PLOT = "leaderboard.png"
 """A search's trials (its parent run): as markdown, as JSON rows, as a plot."""
+
+MONITOR_PLOT = "monitor.png"
+MONITOR_STATE_FILE = "monitor_state.json"
+"""A monitor's run: agreement batch after batch with its confidence sequence; the state it resumes from."""

@@ -18,6 +18,7 @@ from rich.table import Table
 from judgecal.artifacts import CARD_DIR, EVALUATION_FILE, HTML_CARD_FILE, METRICS_TABLE, MODEL_NAME, SELECTIVE_FILE
 from judgecal.cli.cost import dry_run, search_settings
 from judgecal.cli.labelling import label_next_command, merge_labels_command
+from judgecal.cli.monitoring import monitor_command, warn_shift
 from judgecal.cli.output import console, errors, print_error
 from judgecal.cli.parser import build_parser
 from judgecal.cli.planning import plan_command
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
             "import": _import,
             "merge": merge_labels_command,
             "ui": _ui,
+            "monitor": monitor_command,
         }
     )
 
@@ -429,6 +431,7 @@ def _judge(args: argparse.Namespace) -> int:
         loaded.judge, args.input, args.output, num_threads=args.num_threads, progress=rich_progress(console)
     )
     console.print(f"{result.judged} rows judged now, {result.already_done} already in {args.output}", highlight=False)
+    warn_shift(loaded, args.input, args.output)
     if result.abstained:
         console.print(
             f'{result.abstained} of them the judge abstained on: written with "abstained": true and no verdict, '

@@ -81,6 +81,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     _plan_command(commands, handlers["plan"])
     _data_command(commands, handlers["import"], handlers["merge"])
     _ui_command(commands, handlers["ui"])
+    _monitor_command(commands, handlers["monitor"])
     return parser
 
 
@@ -437,3 +438,33 @@ def _ui_command(commands: Commands, handler: Handler) -> None:
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--tracking-uri", help="store to show (default: mlruns/mlflow.db)")
     ui.set_defaults(handler=handler)
+
+
+def _monitor_command(commands: Commands, handler: Handler) -> None:
+    monitor = commands.add_parser(
+        "monitor", help="re-check a deployed judge on one batch of fresh labelled rows (exit 3 on an alarm)"
+    )
+    monitor.add_argument("--judge", required=True, help="models:/<name>@<alias>, runs:/<id>/judge or a bundle folder")
+    monitor.add_argument("--batch", type=Path, required=True, help="fresh rows with human labels (JSONL or CSV)")
+    monitor.add_argument(
+        "--state", type=Path, required=True, help="the monitor's state file (JSON); made on the first batch"
+    )
+    monitor.add_argument(
+        "--threshold",
+        type=_level,
+        help="alarm when agreement is surely below this (default: the low end of the judge's test interval, or a "
+        "selective judge's lowest target); fixed when the monitor starts",
+    )
+    monitor.add_argument(
+        "--alpha", type=_level, help="chance of a false alarm over all batches (default 0.05); fixed at the start"
+    )
+    monitor.add_argument("--model", help="run the calibrated judge on another model (e.g. a served copy)")
+    monitor.add_argument("--api-base", help="server of the judge model")
+    monitor.add_argument(
+        "--trust-endpoint", action="store_true", help="send the rows to the endpoint the bundle names (its api_base)"
+    )
+    monitor.add_argument(
+        "--allow-modified", action="store_true", help="load a bundle edited after it was saved (digest mismatch)"
+    )
+    monitor.add_argument("--tracking-uri", help="MLflow tracking URI (default: mlruns/)")
+    monitor.set_defaults(handler=handler)

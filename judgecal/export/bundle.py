@@ -83,6 +83,12 @@ class JudgeBundle(BaseModel):
     )
     data_fingerprint: str | None = None
     split_fingerprint: str | None = None
+    reference: dict[str, Any] | None = Field(
+        default=None,
+        description="A sketch of held-out calibration rows to compare new rows with (judgecal.stats.shift."
+        "ReferenceSketch): hashed word n-gram indices, input lengths and the judge's probabilities, no text. "
+        "Absent from bundles saved before it existed (their content and digest are unchanged).",
+    )
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     versions: dict[str, str] = Field(default_factory=dict)
     digest: str | None = Field(
@@ -111,6 +117,7 @@ def bundle_from_judge(
     evaluation: dict[str, Any] | None = None,
     data_fingerprint: str | None = None,
     split_fingerprint: str | None = None,
+    reference: dict[str, Any] | None = None,
 ) -> JudgeBundle:
     return JudgeBundle(
         name=judge.name,
@@ -125,6 +132,7 @@ def bundle_from_judge(
         metrics=metrics or {},
         data_fingerprint=data_fingerprint,
         split_fingerprint=split_fingerprint,
+        reference=reference,
         versions=package_versions(),
     )
 
@@ -145,8 +153,11 @@ def _canonical_digest(document: dict[str, Any]) -> str:
 
 
 def _document(bundle: JudgeBundle) -> dict[str, Any]:
-    """The bundle as the JSON document it is saved as (NaN metrics become null)."""
-    return json.loads(bundle.model_dump_json(exclude={"digest"}))
+    """The bundle as the JSON document it is saved as (NaN metrics become null). A bundle
+    without a reference sketch is written without the key, as before it existed, so the
+    digest of every bundle saved earlier stays what it was."""
+    exclude = {"digest"} if bundle.reference is not None else {"digest", "reference"}
+    return json.loads(bundle.model_dump_json(exclude=exclude))
 
 
 def bundle_digest(bundle: JudgeBundle) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 from judgecal.artifacts import BUNDLE_DIR
 from judgecal.export.bundle import JudgeBundle, bundle_digest, bundle_from_judge, save_bundle
 from judgecal.export.flavor import log_model
+from judgecal.export.reference import reference_sketch
 from judgecal.export.registry import RegistryDecision, register_judge
 from judgecal.judges.fitted import NotPortableError
 from judgecal.pipeline.results import CalibrationReport, Prepared, TrackedRun
@@ -52,7 +53,8 @@ def export_judge(
 
 def judge_bundle(report: CalibrationReport) -> JudgeBundle:
     """The calibrated judge as a bundle: its state, LM settings, calibration settings, test
-    metrics and its own evaluation, with the data and split fingerprints."""
+    metrics and its own evaluation, with the data and split fingerprints, and a sketch of
+    the test rows with its probabilities on them (before any band) to compare new rows with."""
     config = report.config
     assert report.calibrated_judge is not None, "a calibration report carries its calibrated judge"
     metrics = {f"test.{k}": v for k, v in report.calibrated.metrics.items()}
@@ -66,6 +68,13 @@ def judge_bundle(report: CalibrationReport) -> JudgeBundle:
         evaluation=bundle_evaluation(report),
         data_fingerprint=report.split.data_fingerprint,
         split_fingerprint=report.split.fingerprint,
+        reference=reference_sketch(
+            report.split.test.rows,
+            report.calibrated.verdicts,
+            report.task.spec,
+            source="test rows of the calibration",
+            seed=config.report.seed,
+        ),
     )
 
 

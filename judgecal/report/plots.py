@@ -217,3 +217,43 @@ def size_curves(panels: Sequence[dict], path: Path, *, title: str) -> Path:
         axis.legend(fontsize=7)
     figure.suptitle(title, fontsize=11)
     return _save(figure, path)
+
+
+def monitor_sequence(
+    batches: Sequence[int],
+    agreement: Sequence[tuple[float, float, float]],
+    upper: Sequence[float],
+    lower: Sequence[float],
+    level: float,
+    path: Path,
+    *,
+    title: str,
+    alarm_batch: int | None = None,
+) -> Path:
+    """Each batch's agreement with its interval, the confidence sequence after each batch
+    (shaded between its bounds, the upper bound drawn), the level the upper bound is
+    checked against (dashed) and, from the batch of the alarm on, a red band."""
+    figure = _figure(figsize=(8.4, 4.2), layout="constrained")
+    axis = figure.subplots()
+    x = np.asarray(batches, float)
+    axis.fill_between(x, lower, upper, color=COLOURS[0], alpha=0.18, label="confidence sequence (all batches so far)")
+    axis.plot(x, upper, "-o", color=COLOURS[0], linewidth=1.8, markersize=4, label="its upper bound")
+    values = np.array([a[0] for a in agreement], float)
+    errors = np.array([[max(0, a[0] - a[1]) for a in agreement], [max(0, a[2] - a[0]) for a in agreement]], float)
+    axis.errorbar(
+        x + 0.08, values, yerr=np.nan_to_num(errors), fmt="s", color=COLOURS[1], capsize=3, markersize=5,
+        label="this batch's agreement (95%)",
+    )  # fmt: skip
+    axis.axhline(level, color="black", linestyle="--", linewidth=1.2, label=f"level {level:.3f}")
+    right = (x.max() if len(x) else 1) + 0.5
+    if alarm_batch is not None:
+        axis.axvspan(alarm_batch - 0.5, right, color=COLOURS[3], alpha=0.12, label=f"alarm since batch {alarm_batch}")
+    axis.set_xlim(0.5, right)
+    axis.set_ylim(0, 1.02)
+    axis.set_xticks(x)
+    axis.set_xlabel("batch")
+    axis.set_ylabel("agreement with people")
+    axis.set_title(title, fontsize=10)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axis.grid(alpha=0.3)
+    return _save(figure, path)

@@ -1,0 +1,440 @@
+"""Re-checking a deployed judge, one batch of freshly labelled rows at a time.
+
+Each call of :func:`check_batch` judges one batch, measures agreement and κ on it (95%
+group-bootstrap intervals), adds one observation per group of the batch (the share of its
+rows the judge got right: rows of one prompt are not independent, groups are taken to
+be) to an anytime-valid confidence sequence over every batch so far
+(:mod:`judgecal.stats.sequential`), and raises an alarm once its upper bound is below the
+level the judge was registered with. Looking after every batch does not raise the chance
+of a false alarm above ``alpha``. It also compares the batch with the judge's reference
+sample (:mod:`judgecal.export.reference`).
+
+The :class:`MonitorState` file (JSON, replaced atomically) is the record of what was
+counted: a batch enters it only after its MLflow step is logged, so a monitor stopped at
+any point resumes without counting a batch twice (a batch interrupted after logging is
+logged again at the same step when it is checked again). A batch already counted (same
+rows, whatever the file name) is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from judgecal.artifacts import MONITOR_PLOT, MONITOR_STATE_FILE
+from judgecal.data.rows import DataError, LabeledRow, load_rows
+from judgecal.export.bundle import JudgeBundle
+from judgecal.export.flavor import LoadedJudge
+from judgecal.export.reference import NO_REFERENCE, check_rows
+from judgecal.judges.verdict import Verdict, answer_key
+from judgecal.report.agreement import evaluate_record
+from judgecal.report.records import JudgeRecord, build_record
+from judgecal.stats.sequential import DEFAULT_ALPHA, confidence_sequence, grid_with, group_shares
+from judgecal.stats.shift import ShiftCheck, TooFewPrompts
+from judgecal.stats.uncertainty import Estimate
+from judgecal.workspace import Workspace
+
+STATE_SCHEMA_VERSION = 1
+BATCH_RESAMPLES = 1000
+
+
+class BatchCheck(BaseModel):
+    """One batch: what the judge did on it, and the sequence over all batches up to it."""
+
+    index: int
+    file: str
+    fingerprint: str
+    checked_at: str
+    rows: int
+    groups: int
+    answered: int
+    agreement: Estimate
+    kappa: Estimate
+    coverage: float | None = Field(default=None, description="Share of rows answered (a selective judge).")
+    precision: dict[str, float | None] = Field(
+        default_factory=dict, description="Per verdict: the share of the rows given it that people agreed with."
+    )
+    observations: list[float] = Field(description="One per group answered: the share of its rows the judge got right.")
+    mean: float
+    upper: float
+    lower: float
+    shift: ShiftCheck | None = None
+
+
+class MonitorState(BaseModel):
+    """What a monitor has counted so far; ``judgecal monitor --state`` reads and replaces it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["judgecal.monitor"] = "judgecal.monitor"
+    schema_version: int = STATE_SCHEMA_VERSION
+    judge: str = Field(description="The judge as given: models:/NAME@ALIAS, runs:/ID/judge or a bundle path.")
+    judge_name: str
+    bundle_digest: str
+    level: float
+    level_source: str
+    alpha: float
+    run_id: str | None = None
+    registered: tuple[str, str] | None = Field(default=None, description="(model name, version) for models:/.")
+    alarm_batch: int | None = None
+    batches: list[BatchCheck] = Field(default_factory=list)
+
+    @property
+    def observations(self) -> list[float]:
+        return [x for batch in self.batches for x in batch.observations]
+
+
+@dataclass
+class MonitorOutcome:
+    """What one call did: the state after it, the batch it added and notes for the user."""
+
+    state: MonitorState
+    batch: BatchCheck
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def alarm(self) -> bool:
+        return self.state.alarm_batch is not None
+
+
+def read_state(path: Path) -> MonitorState | None:
+    """The state file, or None when it does not exist yet; a damaged one is refused."""
+    if not path.exists():
+        return None
+    try:
+        return MonitorState.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(document)"
+        raise DataError(f"not a monitor state: {first['msg']}", path=path, field=where) from None
+
+
+def write_state(state: MonitorState, path: Path) -> None:
+    """Replace the state file atomically: a crash leaves the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(state.model_dump_json(indent=2))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def batch_fingerprint(rows: list[LabeledRow]) -> str:
+    """The rows' content (id, group, inputs, label), whatever their order or the file's name."""
+    content = sorted(
+        json.dumps([r.id, r.group, r.model_dump(mode="json")["inputs"], r.label], sort_keys=True) for r in rows
+    )
+    return "sha256:" + hashlib.sha256("\n".join(content).encode("utf-8")).hexdigest()
+
+
+def reference_level(bundle: JudgeBundle, threshold: float | None) -> tuple[float, str]:
+    """The agreement the upper bound is checked against, and where it comes from: the
+    threshold given; for a selective judge the lowest precision its band guarantees; else
+    the low end of the 95% interval of its agreement on its test rows (the point estimate
+    itself is noisy: a judge exactly as good as its test rows showed would, half of the
+    time, sit below it and alarm sooner or later)."""
+    if threshold is not None:
+        return threshold, "--threshold"
+    evaluation = bundle.evaluation or {}
+    targets = [t["target"] for t in (evaluation.get("selective") or {}).get("targets") or [] if "target" in t]
+    if targets:
+        return float(min(targets)), "the lowest precision the selective judge's band guarantees"
+    for name in ("accuracy", "agreement"):
+        estimate = (evaluation.get("metrics") or {}).get(name)
+        if estimate and estimate.get("low") is not None and np.isfinite(estimate["low"]):
+            return float(estimate["low"]), f"the low end of the 95% interval of its {name} on its test rows"
+    for name in ("test.accuracy", "test.agreement"):
+        value = bundle.metrics.get(name)
+        if value is not None:
+            return float(value), f"its {name.removeprefix('test.')} on its test rows"
+    raise ValueError(f"judge {bundle.name!r} records no agreement on test rows to compare with; give --threshold LEVEL")
+
+
+def new_state(loaded: LoadedJudge, threshold: float | None, alpha: float) -> MonitorState:
+    level, source = reference_level(loaded.bundle, threshold)
+    return MonitorState(
+        judge=loaded.source,
+        judge_name=loaded.bundle.name,
+        bundle_digest=loaded.digest,
+        level=level,
+        level_source=source,
+        alpha=alpha,
+    )
+
+
+def _refuse_seen(state: MonitorState, batch: Path, fingerprint: str) -> None:
+    for seen in state.batches:
+        if seen.fingerprint == fingerprint:
+            raise DataError(
+                f"these rows were already checked as batch {seen.index} ({seen.file}, {seen.checked_at}); "
+                "a batch is counted once",
+                path=batch,
+            )
+
+
+def measure_batch(
+    rows: list[LabeledRow], verdicts: list[Verdict], loaded: LoadedJudge, *, seed: int = 0
+) -> dict[str, Any]:
+    """Agreement and κ with 95% group-bootstrap intervals on the rows answered, the
+    selective judge's coverage and each verdict's precision, one observation per group."""
+    judge = loaded.judge
+    spec = judge.task.spec
+    positive = spec.positive
+    record = build_record(
+        judge.name,
+        judge.task.reference,
+        spec,
+        rows,
+        {
+            "calibrated": JudgeRecord(
+                verdicts=[v.label for v in verdicts],
+                probability=[v.probability_of(positive) for v in verdicts] if positive is not None else None,
+                confidence=[v.confidence for v in verdicts],
+                abstained=[v.abstained for v in verdicts] if any(v.abstained for v in verdicts) else None,
+            )
+        },
+        include_reference=False,
+    )
+    answered = [i for i, v in enumerate(verdicts) if not v.abstained]
+    metrics = _agreement_estimates(record, seed)
+    correct = np.array([verdicts[i].label == rows[i].label for i in answered], dtype=bool)
+    precision = {}
+    for label in spec.labels:
+        said = [i for i in answered if verdicts[i].label == label]
+        precision[answer_key(label)] = float(np.mean([rows[i].label == label for i in said])) if said else None
+    selective = judge.kind == "selective"
+    return {
+        "rows": len(rows),
+        "groups": len({r.group for r in rows}),
+        "answered": len(answered),
+        "agreement": metrics[0],
+        "kappa": metrics[1],
+        "coverage": len(answered) / len(rows) if selective else None,
+        "precision": precision,
+        "observations": group_shares(correct, [rows[i].group for i in answered]),
+    }
+
+
+def _agreement_estimates(record: Any, seed: int) -> tuple[Estimate, Estimate]:
+    """(agreement, κ) of the judge on the batch; a batch of one group gets no interval."""
+    name = "accuracy" if record.positive is not None else "agreement"
+    kappa = "weighted_kappa" if record.ordinal else "kappa"
+    if len(set(record.groups)) < 2:
+        from judgecal.stats.metrics import label_metrics
+
+        keep = [i for i, a in enumerate(record.judges["calibrated"].abstained or [False] * len(record.ids)) if not a]
+        values = label_metrics(
+            record.space, [record.human[i] for i in keep], [record.judges["calibrated"].verdicts[i] for i in keep]
+        )
+        nan = float("nan")
+        return Estimate(value=values[name], low=nan, high=nan), Estimate(value=values[kappa], low=nan, high=nan)
+    report = evaluate_record(record, baseline=None, candidate=None, n_resamples=BATCH_RESAMPLES, seed=seed)
+    score = report.judge("calibrated")
+    return score.metrics[name], score.metrics[kappa]
+
+
+def check_batch(
+    loaded: LoadedJudge,
+    batch: Path,
+    state_path: Path,
+    *,
+    threshold: float | None = None,
+    alpha: float | None = None,
+    workspace: Workspace | None = None,
+    track: bool = True,
+) -> MonitorOutcome:
+    """Judge ``batch``, add it to the monitor kept in ``state_path`` and log it as the next
+    step of the monitor's MLflow run. Refuses a batch already counted, a state file of
+    another judge, and a level or alpha other than the one the monitor started with."""
+    state = _opened_state(loaded, state_path, threshold, alpha)
+    rows = list(load_rows(batch, loaded.judge.task.spec).rows)
+    fingerprint = batch_fingerprint(rows)
+    _refuse_seen(state, batch, fingerprint)
+    verdicts = loaded.judge.predict(rows)
+    measured = measure_batch(rows, verdicts, loaded)
+    observations = state.observations + measured["observations"]
+    bounds = confidence_sequence(observations, alpha=state.alpha, grid=grid_with(state.level))
+    notes = []
+    try:
+        shift = check_rows(loaded.bundle.reference, rows, verdicts, loaded.judge.task.spec)
+    except TooFewPrompts as why:
+        shift, notes = None, [f"shift not checked: {why}"]
+    if shift is None and loaded.bundle.reference is None:
+        notes = [NO_REFERENCE]
+    checked = BatchCheck(
+        index=len(state.batches) + 1,
+        file=str(batch),
+        fingerprint=fingerprint,
+        checked_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        mean=bounds.mean[-1] if observations else float("nan"),
+        upper=bounds.upper[-1] if observations else 1.0,
+        lower=bounds.lower[-1] if observations else 0.0,
+        shift=shift,
+        **measured,
+    )
+    if track:
+        state = _ensure_run(state, state_path, workspace)
+    alarm = state.alarm_batch or (checked.index if checked.upper < state.level else None)
+    after = state.model_copy(update={"batches": [*state.batches, checked], "alarm_batch": alarm})
+    if track:
+        log_batch(after)
+    write_state(after, state_path)
+    return MonitorOutcome(state=after, batch=checked, notes=notes)
+
+
+def _opened_state(loaded: LoadedJudge, path: Path, threshold: float | None, alpha: float | None) -> MonitorState:
+    """The monitor's state, new (``alpha`` by default :data:`DEFAULT_ALPHA`) or read back
+    and checked against what was asked now."""
+    state = read_state(path)
+    if state is None:
+        return new_state(loaded, threshold, DEFAULT_ALPHA if alpha is None else alpha)
+    if state.bundle_digest != loaded.digest:
+        raise DataError(
+            f"this monitor checks the judge bundle {state.bundle_digest[:19]}… but {loaded.source} is now "
+            f"{loaded.digest[:19]}…; a changed judge starts a new state file",
+            path=path,
+            field="bundle_digest",
+        )
+    for key, value in (("level", threshold), ("alpha", alpha)):
+        if value is not None and value != getattr(state, key):
+            raise DataError(
+                f"this monitor started with {key} {getattr(state, key)}; it is fixed when a monitor starts "
+                "(changing it after looking would void the error level), so start a new state file",
+                path=path,
+                field=key,
+            )
+    return state
+
+
+def _ensure_run(state: MonitorState, state_path: Path, workspace: Workspace | None) -> MonitorState:
+    """The monitor's MLflow run, made on its first tracked batch and written to the state
+    file at once, so that a crash cannot make a second one; the registered version of a
+    ``models:/`` judge is found then too."""
+    from judgecal.pipeline.tracking import ensure_experiment
+
+    experiment_id = ensure_experiment(workspace or Workspace.find(), state.judge_name)
+    if state.run_id is not None:
+        return state
+    state = state.model_copy(
+        update={"run_id": _start_run(state, state_path, experiment_id), "registered": _registered_version(state.judge)}
+    )
+    write_state(state, state_path)
+    return state
+
+
+def _start_run(state: MonitorState, state_path: Path, experiment_id: str) -> str:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    run = client.create_run(
+        experiment_id,
+        run_name=f"monitor: {state_path.name}",
+        tags={
+            "judgecal.monitor": state.judge,
+            "judgecal.bundle_digest": state.bundle_digest,
+            "mlflow.note.content": (
+                f"Re-checks {state.judge} batch after batch. Alarm when the anytime-valid {1 - state.alpha:.0%} "
+                f"upper bound on its agreement falls below {state.level:.3f} ({state.level_source})."
+            ),
+        },
+    )
+    for key, value in (("judge", state.judge), ("level", state.level), ("alpha", state.alpha)):
+        client.log_param(run.info.run_id, key, value)
+    client.log_param(run.info.run_id, "level_source", state.level_source[:500])
+    return run.info.run_id
+
+
+def _registered_version(reference: str) -> tuple[str, str] | None:
+    """(name, version) of a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` judge."""
+    import mlflow
+
+    if not reference.startswith("models:/"):
+        return None
+    body = reference.removeprefix("models:/")
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        return name, str(mlflow.MlflowClient().get_model_version_by_alias(name, alias.split("/")[0]).version)
+    name, _, version = body.partition("/")
+    return name, version.split("/")[0]
+
+
+def log_batch(state: MonitorState) -> None:
+    """The newest batch's metrics at its step, the plot and the state file, the alarm tag,
+    and the last check on the registered version."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    batch = state.batches[-1]
+    assert state.run_id is not None
+    metrics = {
+        "batch.rows": batch.rows,
+        "batch.agreement": batch.agreement.value,
+        "batch.agreement_low": batch.agreement.low,
+        "batch.agreement_high": batch.agreement.high,
+        "batch.kappa": batch.kappa.value,
+        "sequence.mean": batch.mean,
+        "sequence.upper": batch.upper,
+        "sequence.lower": batch.lower,
+        "sequence.level": state.level,
+    }
+    if batch.coverage is not None:
+        metrics["batch.coverage"] = batch.coverage
+    metrics |= {f"batch.precision.{k}": v for k, v in batch.precision.items() if v is not None}
+    if batch.shift is not None:
+        metrics |= {"shift.auc": batch.shift.auc, "shift.unlike_share": batch.shift.unlike_share}
+    for key, value in metrics.items():
+        if value is not None and np.isfinite(value):
+            client.log_metric(state.run_id, key, float(value), step=batch.index)
+    alarm = f"since batch {state.alarm_batch}" if state.alarm_batch else "none"
+    client.set_tag(state.run_id, "judgecal.monitor.alarm", alarm)
+    # Finished after each batch, named by where it stands, the alarm first: the runs list
+    # answers at a glance (it shows a name's first 20-odd characters).
+    name = f"ALARM since batch {state.alarm_batch}" if state.alarm_batch else f"ok after {len(state.batches)} batches"
+    client.update_run(state.run_id, status="FINISHED", name=f"monitor: {name}")
+    with tempfile.TemporaryDirectory() as scratch:
+        client.log_artifact(state.run_id, str(_plot(state, Path(scratch) / MONITOR_PLOT)))
+        copy = Path(scratch) / MONITOR_STATE_FILE
+        copy.write_text(state.model_dump_json(indent=2), encoding="utf-8")
+        client.log_artifact(state.run_id, str(copy))
+    if state.registered is not None:
+        name, version = state.registered
+        client.set_model_version_tag(name, version, "judgecal.monitor.last_check", last_check(state))
+        client.set_model_version_tag(name, version, "judgecal.monitor.alarm", alarm)
+
+
+def last_check(state: MonitorState) -> str:
+    batch = state.batches[-1]
+    alarm = f"ALARM since batch {state.alarm_batch}" if state.alarm_batch else "no alarm"
+    return (
+        f"{batch.checked_at}: {len(state.batches)} batches, agreement {batch.mean:.3f} (upper bound "
+        f"{batch.upper:.3f}, level {state.level:.3f}), {alarm}; run {state.run_id}"
+    )
+
+
+def _plot(state: MonitorState, path: Path) -> Path:
+    from judgecal.report.plots import monitor_sequence
+
+    return monitor_sequence(
+        [b.index for b in state.batches],
+        [(b.agreement.value, b.agreement.low, b.agreement.high) for b in state.batches],
+        [b.upper for b in state.batches],
+        [b.lower for b in state.batches],
+        state.level,
+        path,
+        title=f"{state.judge_name}: agreement batch after batch, anytime-valid {1 - state.alpha:.0%} bounds",
+        alarm_batch=state.alarm_batch,
+    )

@@ -1,0 +1,215 @@
+"""``judgecal monitor``: batch after batch into one MLflow run and a state file it resumes
+from, a batch counted once (refused when seen again, counted once after a crash), an
+alarm (exit code 3) when the judge got worse, the registered version tagged with the last
+check, and a selective judge's coverage and precision."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from judgecal.calibrate.trained import VerifierJudge
+from judgecal.cli import main
+from judgecal.data.rows import LabeledRow, load_rows
+from judgecal.export.bundle import bundle_from_judge, save_bundle
+from judgecal.export.flavor import open_judge
+from judgecal.export.reference import reference_sketch
+from judgecal.pipeline import monitor
+from judgecal.pipeline.monitor import check_batch, read_state
+from judgecal.tasks.registry import resolve_task
+from judgecal.workspace import Workspace
+from tests.conftest import write_jsonl
+from tests.helpers import recorded_rows
+
+REPO = Path(__file__).resolve().parents[2]
+PANDALM = REPO / "experiments" / "data" / "pandalm" / "pandalm_test.jsonl"
+GOLDEN = REPO / "tests" / "export" / "golden"
+PAIRWISE = resolve_task("pairwise")
+
+
+@pytest.fixture(scope="module")
+def pandalm_rows() -> list[LabeledRow]:
+    return list(load_rows(PANDALM, PAIRWISE.spec).rows)
+
+
+@pytest.fixture
+def judge_folder(tmp_path: Path, pandalm_rows: list[LabeledRow]) -> Path:
+    """A words verifier fitted on the PandaLM rows the batches are drawn from (so that it
+    agrees with people there and a change shows), with its agreement on 100 of them as its
+    evaluation and those rows as its reference sample."""
+    fit, held = pandalm_rows, pandalm_rows[300:400]
+    judge = VerifierJudge(task=PAIRWISE, name="pandalm").fit(fit)
+    verdicts = judge.predict(held)
+    agreement = sum(v.label == r.label for v, r in zip(verdicts, held, strict=True)) / len(held)
+    from judgecal.backends.settings import LMConfig
+
+    bundle = bundle_from_judge(
+        judge,
+        LMConfig(),
+        metrics={"test.agreement": agreement},
+        evaluation={"metrics": {"agreement": {"value": agreement, "low": agreement - 0.1, "high": agreement + 0.1}}},
+        reference=reference_sketch(held, verdicts, PAIRWISE.spec, source="held-out rows"),
+    )
+    save_bundle(bundle, tmp_path / "judge")
+    return tmp_path / "judge"
+
+
+def batches(tmp_path: Path, rows: list[LabeledRow], *, count: int, size: int = 50, swap_from: int | None = None):
+    """Batch files of later PandaLM rows; from ``swap_from`` on, people's labels turned
+    around (A and B swapped, a tie made A), so the judge disagrees with them."""
+    out = []
+    for b in range(count):
+        part = [row.to_record() for row in rows[400 + b * size : 400 + (b + 1) * size]]
+        if swap_from is not None and b + 1 >= swap_from:
+            part = [{**r, "label": {"A": "B", "B": "A", "tie": "A"}[r["label"]]} for r in part]
+        out.append(write_jsonl(tmp_path / f"batch{b + 1}.jsonl", part))
+    return out
+
+
+def run(judge: Path | str, batch: Path, state: Path, *extra: str) -> int:
+    return main(["monitor", "--judge", str(judge), "--batch", str(batch), "--state", str(state), *extra])
+
+
+def test_batches_go_into_one_run_and_a_state_file_and_a_seen_batch_is_refused(
+    tmp_path: Path, judge_folder: Path, pandalm_rows, capsys
+) -> None:
+    import mlflow
+
+    state = tmp_path / "monitor.json"
+    files = batches(tmp_path, pandalm_rows, count=3)
+    assert [run(judge_folder, f, state) for f in files] == [0, 0, 0]
+    saved = read_state(state)
+    assert [b.index for b in saved.batches] == [1, 2, 3]
+    assert saved.level_source.startswith("the low end of the 95% interval of its agreement")
+    assert saved.alarm_batch is None and all(b.shift is not None for b in saved.batches)
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(saved.run_id, "batch.agreement")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    assert client.get_run(saved.run_id).data.tags["judgecal.monitor.alarm"] == "none"
+    assert {a.path for a in client.list_artifacts(saved.run_id)} >= {"monitor.png", "monitor_state.json"}
+    capsys.readouterr()
+
+    copy = write_jsonl(tmp_path / "again.jsonl", [json.loads(line) for line in files[1].read_text().splitlines()])
+    assert run(judge_folder, copy, state) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and str(copy) in error and "already checked as batch 2" in error
+    assert len(read_state(state).batches) == 3
+
+
+def test_a_judge_that_got_worse_raises_the_alarm_with_exit_code_3(
+    tmp_path: Path, judge_folder: Path, pandalm_rows, capsys
+) -> None:
+    import mlflow
+
+    state = tmp_path / "monitor.json"
+    codes = [run(judge_folder, f, state) for f in batches(tmp_path, pandalm_rows, count=8, swap_from=3)]
+    saved = read_state(state)
+    print(codes, [(round(b.agreement.value, 2), round(b.upper, 3)) for b in saved.batches], saved.level)
+    assert codes[:2] == [0, 0] and codes[-1] == 3
+    first = codes.index(3) + 1
+    assert saved.alarm_batch == first and set(codes[first - 1 :]) == {3}
+    assert saved.batches[first - 1].upper < saved.level <= saved.batches[first - 2].upper
+    recorded = mlflow.MlflowClient().get_run(saved.run_id)
+    assert recorded.data.tags["judgecal.monitor.alarm"] == f"since batch {first}"
+    assert recorded.info.run_name == f"monitor: ALARM since batch {first}" and recorded.info.status == "FINISHED"
+    assert "ALARM" in capsys.readouterr().err
+
+
+def test_a_monitor_stopped_mid_batch_resumes_without_counting_it_twice(
+    tmp_path: Path, judge_folder: Path, pandalm_rows, workspace: Workspace, monkeypatch
+) -> None:
+    """A crash after the batch's MLflow step was logged and before the state was written:
+    checking the batch again counts it once."""
+    state = tmp_path / "monitor.json"
+    first, second = batches(tmp_path, pandalm_rows, count=2)
+    loaded = open_judge(judge_folder, workspace=workspace)
+    check_batch(loaded, first, state, workspace=workspace)
+    logged = monitor.log_batch
+
+    def log_then_crash(after):
+        logged(after)
+        raise KeyboardInterrupt("stopped")
+
+    monkeypatch.setattr(monitor, "log_batch", log_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        check_batch(loaded, second, state, workspace=workspace)
+    before = read_state(state)
+    assert len(before.batches) == 1
+    monkeypatch.setattr(monitor, "log_batch", logged)
+    after = check_batch(loaded, second, state, workspace=workspace).state
+    assert [b.index for b in after.batches] == [1, 2] and after.run_id == before.run_id
+    groups = [len({r.group for r in load_rows(f, PAIRWISE.spec).rows}) for f in (first, second)]
+    assert len(after.observations) == sum(groups)
+
+
+def test_the_registered_version_is_tagged_with_the_last_check(
+    tmp_path: Path, judge_folder: Path, pandalm_rows, workspace: Workspace
+) -> None:
+    import mlflow
+
+    from judgecal.export.flavor import log_model
+    from judgecal.pipeline.tracking import ensure_experiment
+
+    ensure_experiment(workspace, "pandalm")
+    with mlflow.start_run():
+        uri = log_model(judge_folder).model_uri
+    version = mlflow.register_model(uri, "pandalm-judge").version
+    mlflow.MlflowClient().set_registered_model_alias("pandalm-judge", "champion", version)
+    state = tmp_path / "monitor.json"
+    assert run("models:/pandalm-judge@champion", batches(tmp_path, pandalm_rows, count=1)[0], state) == 0
+    tags = mlflow.MlflowClient().get_model_version("pandalm-judge", str(version)).tags
+    assert tags["judgecal.monitor.alarm"] == "none"
+    assert (
+        "1 batches" in tags["judgecal.monitor.last_check"]
+        and read_state(state).run_id in tags["judgecal.monitor.last_check"]
+    )
+
+
+def test_a_selective_judge_reports_coverage_and_precision_and_an_old_bundle_no_shift(tmp_path: Path, capsys) -> None:
+    data = write_jsonl(tmp_path / "batch.jsonl", [r.to_record() for r in recorded_rows(n_groups=10, seed=7).rows])
+    state = tmp_path / "monitor.json"
+    assert run(GOLDEN / "recorded-stacking-selective", data, state, "--threshold", "0.6") in (0, 3)
+    out = capsys.readouterr()
+    batch = read_state(state).batches[0]
+    assert batch.coverage is not None and 0 < batch.coverage < 1
+    assert batch.precision["false"] is not None and batch.answered == round(batch.coverage * batch.rows)
+    assert "coverage" in out.out and "not checked" in out.err
+    assert batch.shift is None
+
+
+def test_the_level_and_alpha_are_fixed_when_a_monitor_starts(tmp_path: Path, judge_folder: Path, pandalm_rows) -> None:
+    state = tmp_path / "monitor.json"
+    first, second = batches(tmp_path, pandalm_rows, count=2)
+    assert run(judge_folder, first, state, "--threshold", "0.5") == 0
+    assert run(judge_folder, second, state, "--threshold", "0.6") == 2
+    assert run(judge_folder, second, state, "--alpha", "0.1") == 2
+    assert run(judge_folder, second, state) == 0
+
+
+def test_a_calibrated_judge_carries_its_test_rows_sketch_and_its_level(tmp_path: Path, workspace: Workspace) -> None:
+    """A calibration's bundle holds a sketch of its test rows, and the monitor of its
+    ``runs:/`` judge takes the low end of its test agreement interval as the level."""
+    from judgecal.calibrate.optimizers import CalibrationConfig
+    from judgecal.data.split import SplitSpec
+    from judgecal.pipeline.calibration import run_calibration
+    from judgecal.pipeline.config import ExperimentConfig, JudgeSection, ReportConfig
+
+    data = write_jsonl(tmp_path / "rows.jsonl", [r.to_record() for r in recorded_rows(n_groups=20, per_group=10).rows])
+    config = ExperimentConfig(
+        judge=JudgeSection(name="sketched", task="relevance", data=data, recorded="strict"),
+        split=SplitSpec(dev=0.2, test=0.3, seed=0),
+        calibration=CalibrationConfig(strategy="verifier"),
+        report=ReportConfig(n_resamples=200),
+    )
+    report = run_calibration(config, workspace=workspace, log=lambda _: None)
+    loaded = open_judge(f"runs:/{report.tracked.run_id}/judge", workspace=workspace)
+    sketch = loaded.bundle.reference
+    assert sketch is not None and len(sketch["features"]) == len(report.split.test.rows)
+    assert "prompt" not in json.dumps(sketch["features"]) and sketch["source"] == "test rows of the calibration"
+    batch = write_jsonl(tmp_path / "batch.jsonl", [r.to_record() for r in recorded_rows(n_groups=6, seed=9).rows])
+    outcome = check_batch(loaded, batch, tmp_path / "monitor.json", workspace=workspace)
+    low = loaded.bundle.evaluation["metrics"]["accuracy"]["low"]
+    assert outcome.state.level == pytest.approx(low) and "low end" in outcome.state.level_source
+    assert outcome.batch.shift is not None
