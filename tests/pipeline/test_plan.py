@@ -184,3 +184,54 @@ def test_a_verdict_always_right_on_the_pilot_is_planned_at_the_least_size(rows_f
     assert main([*argv, "--verdict", "false", "--out", str(tmp_path), *QUICK]) == 0
     (plan,) = json.loads((tmp_path / "plan.json").read_text())["plans"]
     assert (plan["value"], plan["groups"], plan["width"], plan["least"]) == (1.0, 10, 0.0, True)
+
+
+def test_a_selective_run_plans_its_calibration_groups_and_a_run_without_a_band_is_refused(
+    workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--coverage reads the run's test rows as its calibrated judge scored them and its
+    band's rule (selective.json), from the run or from the downloaded files side by side."""
+    import mlflow
+
+    from judgecal.calibrate.optimizers import CalibrationConfig
+    from judgecal.pipeline.calibration import run_calibration
+    from judgecal.pipeline.config import ExperimentConfig, JudgeSection, SelectiveConfig
+
+    data = write_jsonl(tmp_path / "rows.jsonl", [r.to_record() for r in recorded_rows(n_groups=30, per_group=20).rows])
+    config = ExperimentConfig(
+        judge=JudgeSection(name="banded", task="relevance", data=data, recorded="strict"),
+        split=SplitSpec(dev=0.2, test=0.3, calibration=0.2, seed=0),
+        calibration=CalibrationConfig(strategy="stacking", params={"verifiers": []}),
+        selective=SelectiveConfig(precision={"true": 0.9, "false": 0.9}, groups="independent", allow_never=True),
+    )
+    run_id = run_calibration(config, workspace=workspace, log=lambda m: None).tracked.run_id
+    argv = ["--coverage", "0.3", "--simulations", "30", "--most-groups", "400"]
+    assert main(["plan", f"runs:/{run_id}", *argv, "--out", str(tmp_path / "run")]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "like the pilot's 9 test groups (180 rows, 20.0 per group)" in printed
+    (plan,) = json.loads((tmp_path / "run" / "plan.json").read_text())["plans"]
+    assert plan["quantity"] == "band: true ≥ 0.9, false ≥ 0.9 (delta 0.1), answering ≥ 30%"
+    assert (plan["goal"], plan["targets"], plan["allow_never"]) == ("selective", {"true": 0.9, "false": 0.9}, True)
+    assert plan["reached"] and plan["rows"] == plan["groups"] * 20 and plan["power"] >= 0.7
+    client = mlflow.MlflowClient(tracking_uri=workspace.tracking_uri)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    (child,) = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+    assert child.data.metrics["plan_selective_groups"] == plan["groups"]
+
+    folder = tmp_path / "files"
+    for name in ("evaluation.json", "selective.json"):
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(folder))
+    assert main(["plan", str(folder), *argv, "--out", str(tmp_path / "files-plan")]) == 0
+    (again,) = json.loads((tmp_path / "files-plan" / "plan.json").read_text())["plans"]
+    assert again == plan
+    (folder / "selective.json").unlink()
+    capsys.readouterr()
+    assert main(["plan", str(folder), *argv]) == 2
+    assert f"{folder}: no selective.json beside it: the run was calibrated without [selective]" in one_line_error(
+        capsys
+    )
+    unbanded = run_calibration(config.model_copy(update={"selective": None}), workspace=workspace, log=lambda m: None)
+    assert main(["plan", f"runs:/{unbanded.tracked.run_id}", *argv]) == 2
+    assert "no selective.json in the run: it was calibrated without [selective]" in one_line_error(capsys)
+    assert main(["plan", *argv]) == 2
+    assert "--coverage plans a selective judge's band" in one_line_error(capsys)
