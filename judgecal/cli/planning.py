@@ -252,7 +252,9 @@ def _assumptions(args: argparse.Namespace, pilot: Pilot | None, types: GroupType
 def _marks(plans: list[SizePlan] | list[SelectivePlan], args: argparse.Namespace) -> str:
     """What a '+' or '*' beside a number of groups means, when the table shows one."""
     notes = []
-    if any(not plan.reached for plan in plans):
+    if any(not plan.reached and plan.goal == "selective" for plan in plans):
+        notes.append(f" +: no size up to --most-groups {args.most_groups} finds such a band often enough.")
+    elif any(not plan.reached for plan in plans):
         notes.append(
             f" +: no size up to --most-groups {args.most_groups} meets the target (for a test: the pilot's value is "
             "not above the value tested, or not by enough)."
