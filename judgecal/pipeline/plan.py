@@ -11,6 +11,10 @@ A pilot is one of:
   or a verdicts file from ``judgecal judge`` joined to it by ``id`` (the judge
   ``verdicts``).
 
+A band's plan (``--coverage``) reads a selective calibration's run, or its
+``evaluation.json`` with ``selective.json`` beside it: the test rows' P(yes) from the
+calibrated judge before its band, and how the run chose its band.
+
 Rows where a judge gave no verdict because it abstained or was only recorded on some
 rows are left out and counted; a live judge that failed on a row counts as a
 disagreement there, as in every report.
