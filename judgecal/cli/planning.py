@@ -17,7 +17,19 @@ if TYPE_CHECKING:
     from judgecal.stats.selective_planning import SelectivePlan
     from judgecal.workspace import Workspace
 
-RATES_START = 30  # groups simulated first when planning from rates: the search widens from there
+RATES_START = 30
+# Flags of the other plans that a band's plan (--coverage) would otherwise ignore without a word.
+BAND_IGNORES = (
+    "task",
+    "verdicts",
+    "judge",
+    "versus",
+    "verdict",
+    "above",
+    "kappa",
+    "prevalence",
+    "judge_rate",
+)  # groups simulated first when planning from rates: the search widens from there
 
 
 def plan_command(args: argparse.Namespace) -> int:
@@ -94,6 +106,9 @@ def _band_command(args: argparse.Namespace, workspace: Workspace) -> int:
 
     if args.pilot is None:
         raise ValueError("--coverage plans a selective judge's band: give its run (runs:/<id>) or evaluation.json")
+    other = [flag for flag in BAND_IGNORES if getattr(args, flag) is not None]
+    if other:
+        raise ValueError(f"--{other[0].replace('_', '-')} is not used by a band's plan (--coverage); leave it out")
     pilot = read_selective_pilot(args.pilot, workspace=workspace)
     plan = plan_band(
         pilot.scored,

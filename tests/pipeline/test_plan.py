@@ -241,3 +241,42 @@ def test_a_selective_run_plans_its_calibration_groups_and_a_run_without_a_band_i
     assert "no selective.json in the run: it was calibrated without [selective]" in one_line_error(capsys)
     assert main(["plan", *argv]) == 2
     assert "--coverage plans a selective judge's band" in one_line_error(capsys)
+    assert main(["plan", f"runs:/{run_id}", *argv, "--above", "0.2"]) == 2
+    assert "--above is not used by a band's plan (--coverage); leave it out" in one_line_error(capsys)
+
+
+def test_a_band_of_a_task_without_yes_and_no_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A pairwise record keeps P(verdict) per row, not every label's probability: its
+    bands cannot be chosen again."""
+    from judgecal.stats.selective import BandChoice, CalibrationRows, Candidates, Guarantee
+
+    record = {
+        "format": "judgecal.evaluation",
+        "judge_name": "pairs",
+        "task": "pairwise",
+        "labels": ["A", "B", "tie"],
+        "pairwise": True,
+        "ids": ["1", "2"],
+        "groups": ["g1", "g2"],
+        "human": ["A", "B"],
+        "judges": {"calibrated": {"verdicts": ["A", "B"], "confidence": [0.9, 0.8]}},
+    }
+    guarantee = Guarantee(
+        precision={"A": 0.9, "B": 0.9, "tie": 0.6},
+        delta=0.1,
+        groups="design_effect",
+        allow_never=False,
+        method="",
+        statement="",
+    )
+    band = BandChoice(
+        found=False,
+        band=None,
+        guarantee=guarantee,
+        calibration_rows=CalibrationRows(count=2, groups=2, fingerprint=""),
+        candidates=Candidates(thresholds=[0.5], valid={}),
+    )
+    (tmp_path / "evaluation.json").write_text(json.dumps(record))
+    (tmp_path / "selective.json").write_text(json.dumps({"band": band.model_dump(mode="json"), "test": None}))
+    assert main(["plan", str(tmp_path), "--coverage", "0.5", "--out", str(tmp_path / "plan")]) == 2
+    assert "a band's plan needs P(yes) per row; the task's labels are not yes / no" in one_line_error(capsys)
