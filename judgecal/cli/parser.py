@@ -368,6 +368,12 @@ def _plan_command(commands: Commands, handler: Handler) -> None:
         default="two-sided",
         help="tests two-sided (default; what judgecal report's 95%% intervals show) or one-sided",
     )
+    plan.add_argument(
+        "--coverage",
+        type=_share_open,
+        help="plan instead the calibration groups a selective run's judge needs to find a band that meets its "
+        "targets and answers this share of rows (the pilot: the run, or its evaluation.json with selective.json)",
+    )
     plan.add_argument("--kappa", type=float, help="without a pilot: the judge's expected kappa")
     plan.add_argument("--prevalence", type=_share_open, help="without a pilot: the share of positive labels")
     plan.add_argument("--judge-rate", type=_share_open, help="without a pilot: the judge's positive rate")

@@ -11,15 +11,29 @@ from rich.table import Table
 from judgecal.cli.output import console
 
 if TYPE_CHECKING:
-    from judgecal.pipeline.plan import Pilot, PlanReport
+    from judgecal.pipeline.plan import Pilot, PlanReport, SelectivePilot
     from judgecal.stats.metrics import LabelSpace
     from judgecal.stats.planning import GroupTypes, Quantity, Simulation, SizePlan
+    from judgecal.stats.selective_planning import SelectivePlan
+    from judgecal.workspace import Workspace
 
-RATES_START = 30  # groups simulated first when planning from rates: the search widens from there
+RATES_START = 30
+# Flags of the other plans that a band's plan (--coverage) would otherwise ignore without a word.
+BAND_IGNORES = (
+    "task",
+    "verdicts",
+    "judge",
+    "versus",
+    "verdict",
+    "above",
+    "kappa",
+    "prevalence",
+    "judge_rate",
+)  # groups simulated first when planning from rates: the search widens from there
 
 
 def plan_command(args: argparse.Namespace) -> int:
-    from judgecal.pipeline.plan import PlanReport, is_run, log_plan, read_pilot, write_plan
+    from judgecal.pipeline.plan import PlanReport, read_pilot
     from judgecal.stats.planning import GroupTypes, Simulation
     from judgecal.workspace import Workspace
 
@@ -31,6 +45,8 @@ def plan_command(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     workspace = Workspace.find(tracking_uri=args.tracking_uri)
+    if args.coverage is not None:
+        return _band_command(args, workspace)
     pilot: Pilot | None = None
     rates = [flag for flag in ("kappa", "prevalence", "judge_rate") if getattr(args, flag) is not None]
     if args.pilot is not None and rates:
@@ -64,6 +80,14 @@ def plan_command(args: argparse.Namespace) -> int:
         plans=plans,
         assumptions=_assumptions(args, pilot, types, settings) + _marks(plans, args),
     )
+    return _finish(args, report, workspace)
+
+
+def _finish(args: argparse.Namespace, report: PlanReport, workspace: Workspace) -> int:
+    """Print the table and its assumptions, write plan.json and the curve, and log both to
+    a child of a runs:/ pilot."""
+    from judgecal.pipeline.plan import is_run, log_plan, write_plan
+
     console.print(_table(report))
     console.print(report.assumptions, highlight=False)
     files = write_plan(report, args.out)
@@ -72,6 +96,72 @@ def plan_command(args: argparse.Namespace) -> int:
         run_id = log_plan(args.pilot, files, report, workspace)
         console.print(f"logged to MLflow run {run_id}, a child of {args.pilot}", highlight=False)
     return 0
+
+
+def _band_command(args: argparse.Namespace, workspace: Workspace) -> int:
+    """--coverage: the calibration groups a selective judge needs to find a band that meets
+    its targets and answers that share of rows, from a selective run's test rows."""
+    from judgecal.pipeline.plan import PlanReport, read_selective_pilot
+    from judgecal.stats.selective_planning import plan_band
+
+    if args.pilot is None:
+        raise ValueError("--coverage plans a selective judge's band: give its run (runs:/<id>) or evaluation.json")
+    other = [flag for flag in BAND_IGNORES if getattr(args, flag) is not None]
+    if other:
+        raise ValueError(f"--{other[0].replace('_', '-')} is not used by a band's plan (--coverage); leave it out")
+    pilot = read_selective_pilot(args.pilot, workspace=workspace)
+    plan = plan_band(
+        pilot.scored,
+        pilot.rule,
+        args.coverage,
+        args.power,
+        simulations=args.simulations,
+        seed=args.seed,
+        least_groups=args.least_groups,
+        most_groups=args.most_groups,
+    )
+    report = PlanReport(
+        source=args.pilot,
+        judges=["calibrated"],
+        pilot_groups=pilot.scored.n_groups,
+        pilot_rows=len(pilot.scored.groups),
+        rows_per_group=pilot.scored.mean_rows,
+        left_out=pilot.left_out,
+        plans=[plan],
+        assumptions=_band_assumptions(pilot, plan) + _marks([plan], args),
+    )
+    return _finish(args, report, workspace)
+
+
+def _band_assumptions(pilot: SelectivePilot, plan: SelectivePlan) -> str:
+    """The sentence under a band's plan: what it takes for granted, and why a plan no size
+    reaches is not reached."""
+    from judgecal.stats.selective import CROSS_FIT_SOURCE
+
+    scored, rule = pilot.scored, pilot.rule
+    left = f", {pilot.left_out} rows without a probability left out" if pilot.left_out else ""
+    cross_fit = (
+        "; the run chose its band on cross-fitted rows, so the groups planned are those of train + dev, whose "
+        "out-of-fold scores are taken to be like these"
+        if pilot.band_rows == CROSS_FIT_SOURCE
+        else ""
+    )
+    text = (
+        f"Assumes the calibration groups still to label are like the pilot's {scored.n_groups} test groups "
+        f"({len(scored.groups):,} rows, {scored.mean_rows:.1f} per group{left}) as the run's calibrated judge scored "
+        f"them, the judge not fitted again{cross_fit}; each size is {plan.simulations} calibration sets drawing groups "
+        f"with replacement, the band chosen on each as the run chose it (groups counted as {rule.groups}, "
+        f"allow_never {str(rule.allow_never).lower()}, the run's {len(rule.candidates)} candidate thresholds), "
+        f"power: the share of sets whose band answers at least {plan.coverage:.0%} of the pilot's rows "
+        f"(seed {plan.seed})."
+    )
+    if plan.value is None or plan.value < plan.coverage:
+        widest = "none" if plan.value is None else f"the widest answers {plan.value:.0%}"
+        text += (
+            f" No band of the candidate thresholds meets the targets on the pilot's rows as a whole with that "
+            f"coverage ({widest}): no number of groups finds one."
+        )
+    return text
 
 
 def _plans(
@@ -129,6 +219,12 @@ def _table(report: PlanReport) -> Table:
     for column in ("decision", "pilot", "groups", "rows", "interval ±", "power"):
         table.add_column(column, justify="left" if column == "decision" else "right")
     for plan in report.plans:
+        if plan.goal == "selective":
+            pilot = "none" if plan.value is None else f"{plan.value:.0%}"
+            groups = f"{plan.groups:,}" + ("" if plan.reached else "+") + ("*" if plan.least else "")
+            power = "-" if plan.power is None or not plan.reached else f"{plan.power:.2f}"
+            table.add_row(plan.quantity, pilot, groups, f"{plan.rows:,}", "-", power)
+            continue
         if plan.goal == "width":
             decision = f"{plan.quantity} within ±{plan.target:g} ({plan.confidence:.0%})"
             power = "-"
@@ -168,10 +264,12 @@ def _assumptions(args: argparse.Namespace, pilot: Pilot | None, types: GroupType
     )
 
 
-def _marks(plans: list[SizePlan], args: argparse.Namespace) -> str:
+def _marks(plans: list[SizePlan] | list[SelectivePlan], args: argparse.Namespace) -> str:
     """What a '+' or '*' beside a number of groups means, when the table shows one."""
     notes = []
-    if any(not plan.reached for plan in plans):
+    if any(not plan.reached and plan.goal == "selective" for plan in plans):
+        notes.append(f" +: no size up to --most-groups {args.most_groups} finds such a band often enough.")
+    elif any(not plan.reached for plan in plans):
         notes.append(
             f" +: no size up to --most-groups {args.most_groups} meets the target (for a test: the pilot's value is "
             "not above the value tested, or not by enough)."

@@ -11,6 +11,10 @@ A pilot is one of:
   or a verdicts file from ``judgecal judge`` joined to it by ``id`` (the judge
   ``verdicts``).
 
+A band's plan (``--coverage``) reads a selective calibration's run, or its
+``evaluation.json`` with ``selective.json`` beside it: the test rows' P(yes) from the
+calibrated judge before its band, and how the run chose its band.
+
 Rows where a judge gave no verdict because it abstained or was only recorded on some
 rows are left out and counted; a live judge that failed on a row counts as a
 disagreement there, as in every report.
@@ -26,11 +30,13 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from judgecal.artifacts import EVALUATION_FILE
+from judgecal.artifacts import EVALUATION_FILE, SELECTIVE_FILE
 from judgecal.data.rows import DataError, LabelValue, load_rows, load_verdicts, read_jsonl
 from judgecal.report.records import EvaluationRecord, label_space, read_record
 from judgecal.stats.metrics import LabelSpace
 from judgecal.stats.planning import GroupTypes, SizePlan
+from judgecal.stats.selective import BandChoice
+from judgecal.stats.selective_planning import BandRule, ScoredPilot, SelectivePlan
 from judgecal.workspace import Workspace
 
 VERDICTS_JUDGE = "verdicts"
@@ -96,15 +102,15 @@ def read_pilot(
     return pilot_from_rows(path, task, judges, verdicts=verdicts)
 
 
-def _download_record(source: str, workspace: Workspace) -> Path:
+def _download_record(source: str, workspace: Workspace, artifact: str = EVALUATION_FILE) -> Path:
     import mlflow
 
     run_id = run_id_of(source)
     workspace.open_tracking()
     try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=EVALUATION_FILE)
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact)
     except Exception as error:  # MLflow raises several types for a missing run or artifact
-        raise FileNotFoundError(f"{source}: no MLflow run with {EVALUATION_FILE} ({error})") from None
+        raise FileNotFoundError(f"{source}: no MLflow run with {artifact} ({error})") from None
     return Path(local)
 
 
@@ -215,6 +221,75 @@ def _pilot(
     )
 
 
+@dataclass(frozen=True)
+class SelectivePilot:
+    """A selective run's test rows as its calibrated judge scored them (before the band),
+    and how the run chose its band."""
+
+    source: str
+    scored: ScoredPilot
+    rule: BandRule
+    band_rows: str  # where the run's band rows came from: a split, or cross-fitting
+    left_out: int  # rows without a probability
+
+
+def read_selective_pilot(source: str, *, workspace: Workspace | None = None) -> SelectivePilot:
+    """The pilot of a band's plan: a selective calibration's run (``runs:/<id>``) or its
+    ``evaluation.json`` with ``selective.json`` beside it (or a folder holding both)."""
+    if is_run(source):
+        workspace = workspace or Workspace.find()
+        record = read_record(_download_record(source, workspace))
+        try:
+            saved_path = _download_record(source, workspace, SELECTIVE_FILE)
+        except FileNotFoundError:
+            raise ValueError(
+                f"{source}: no {SELECTIVE_FILE} in the run: it was calibrated without [selective]"
+            ) from None
+    else:
+        path = Path(source)
+        record = read_record(path)
+        saved_path = (path if path.is_dir() else path.parent) / SELECTIVE_FILE
+        if not saved_path.exists():
+            raise ValueError(f"{source}: no {SELECTIVE_FILE} beside it: the run was calibrated without [selective]")
+    saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    choice = BandChoice.model_validate(saved["band"])
+    return _selective_pilot(source, record, choice)
+
+
+def _selective_pilot(source: str, record: EvaluationRecord, choice: BandChoice) -> SelectivePilot:
+    """The calibrated judge's P(yes) on the record's rows, and the band's rule."""
+    from judgecal.judges.verdict import answer_key
+
+    if record.positive is None:
+        raise ValueError(f"{source}: a band's plan needs P(yes) per row; the task's labels are not yes / no")
+    judged = record.judges.get("calibrated")
+    probability = judged.probability if judged is not None else None
+    if probability is None or all(value is None for value in probability):
+        raise ValueError(f"{source}: the calibrated judge's probabilities are not in {EVALUATION_FILE}")
+    kept = [i for i, value in enumerate(probability) if value is not None]
+    codes: dict[str, int] = {}
+    groups = np.array([codes.setdefault(record.groups[i], len(codes)) for i in kept], dtype=np.int64)
+    if len(codes) < 2:
+        raise ValueError(f"{source}: a plan resamples groups and the pilot has {len(codes)} with probabilities")
+    negative = next(label for label in record.labels if label != record.positive)
+    keys = (answer_key(record.positive), answer_key(negative))
+    guarantee = choice.guarantee
+    rule = BandRule(
+        keys=keys,
+        targets={key: guarantee.precision[key] for key in keys},
+        delta=guarantee.delta,
+        groups=guarantee.groups,
+        allow_never=guarantee.allow_never,
+        candidates=np.asarray(choice.candidates.thresholds, float),
+    )
+    scored = ScoredPilot(
+        probability=np.array([probability[i] for i in kept], float),
+        positive=np.array([record.human[i] == record.positive for i in kept], bool),
+        groups=groups,
+    )
+    return SelectivePilot(source, scored, rule, choice.calibration_rows.source, len(record.ids) - len(kept))
+
+
 class PlanReport(BaseModel):
     """What ``judgecal plan`` found, as ``plan.json`` holds it."""
 
@@ -227,7 +302,7 @@ class PlanReport(BaseModel):
     pilot_rows: int | None
     rows_per_group: float
     left_out: int
-    plans: list[SizePlan]
+    plans: list[SizePlan | SelectivePlan]
     assumptions: str
 
 
@@ -243,15 +318,19 @@ def write_plan(report: PlanReport, folder: Path) -> tuple[Path, Path]:
     return document, plot
 
 
-def _panel(plan: SizePlan) -> dict[str, object]:
+def _panel(plan: SizePlan | SelectivePlan) -> dict[str, object]:
     """A plan's curve as plain numbers: the simulated sizes, the fitted curve, the
     target and the size chosen."""
     from scipy.stats import norm
 
-    sizes = np.array([p.groups for p in plan.curve], float)
+    sizes = np.array([p.groups for p in plan.curve] or [plan.groups], float)
     smooth = np.geomspace(sizes.min(), sizes.max(), 100)
     a, b = plan.fitted
-    if plan.goal == "width":
+    if isinstance(plan, SelectivePlan):
+        simulated = np.array([p.power for p in plan.curve] or [np.nan])
+        fitted = norm.cdf(a + b * np.sqrt(smooth))
+        label = f"share of calibration sets with a band answering ≥ {plan.coverage:.0%}"
+    elif plan.goal == "width":
         simulated = np.array([p.width for p in plan.curve]) / 2
         fitted = np.exp(a + b * np.log(smooth)) / 2
         label = f"± half-width of the {plan.confidence:.0%} interval of {plan.quantity}"
@@ -286,7 +365,7 @@ def log_plan(source: str, files: Sequence[Path], report: PlanReport, workspace: 
     )
     run_id = child.info.run_id
     for plan in report.plans:
-        key = f"plan_{plan.goal}_{plan.quantity.replace(' ', '_')}"
+        key = "plan_selective" if plan.goal == "selective" else f"plan_{plan.goal}_{plan.quantity.replace(' ', '_')}"
         client.log_metric(run_id, f"{key}_groups", plan.groups)
         client.log_metric(run_id, f"{key}_rows", plan.rows)
     for path in files:

@@ -323,7 +323,7 @@ def fit_power(points: list[SizePoint], simulations: int) -> tuple[float, float]:
     return float(result.x[0]), float(result.x[1])
 
 
-def _grid(centre: float, least: int, most: int, points: int = 6, spread: float = 3.0) -> list[int]:
+def sizes_around(centre: float, least: int, most: int, points: int = 6, spread: float = 3.0) -> list[int]:
     """Sizes spread geometrically around ``centre``, within ``[least, most]``."""
     sizes = np.geomspace(max(least, centre / spread), max(least + 1, min(most, centre * spread)), points)
     return sorted({int(min(most, max(least, round(g)))) for g in sizes})
@@ -355,7 +355,7 @@ def plan_width(
     guess = first.groups * (first.width / (2 * half_width)) ** 2 if np.isfinite(first.width) else 4.0 * first.groups
     fitted = (0.0, 0.0)
     for spread in (3.0, 1.5):
-        for g in _grid(min(guess, most_groups), least_groups, most_groups, spread=spread):
+        for g in sizes_around(min(guess, most_groups), least_groups, most_groups, spread=spread):
             at(g)
         fitted = fit_width(list(simulated.values()))
         intercept, slope = fitted
@@ -397,7 +397,7 @@ def plan_power(
     guess = first.groups * (z / effect) ** 2
     fitted = (0.0, 0.0)
     for spread in (3.0, 1.5):
-        for g in _grid(min(guess, most_groups), least_groups, most_groups, spread=spread):
+        for g in sizes_around(min(guess, most_groups), least_groups, most_groups, spread=spread):
             at(g)
         fitted = fit_power(list(simulated.values()), settings.simulations)
         a, b = fitted

@@ -184,3 +184,99 @@ def test_a_verdict_always_right_on_the_pilot_is_planned_at_the_least_size(rows_f
     assert main([*argv, "--verdict", "false", "--out", str(tmp_path), *QUICK]) == 0
     (plan,) = json.loads((tmp_path / "plan.json").read_text())["plans"]
     assert (plan["value"], plan["groups"], plan["width"], plan["least"]) == (1.0, 10, 0.0, True)
+
+
+def test_a_selective_run_plans_its_calibration_groups_and_a_run_without_a_band_is_refused(
+    workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--coverage reads the run's test rows as its calibrated judge scored them and its
+    band's rule (selective.json), from the run or from the downloaded files side by side."""
+    import mlflow
+
+    from judgecal.calibrate.optimizers import CalibrationConfig
+    from judgecal.pipeline.calibration import run_calibration
+    from judgecal.pipeline.config import ExperimentConfig, JudgeSection, SelectiveConfig
+
+    data = write_jsonl(tmp_path / "rows.jsonl", [r.to_record() for r in recorded_rows(n_groups=30, per_group=20).rows])
+    config = ExperimentConfig(
+        judge=JudgeSection(name="banded", task="relevance", data=data, recorded="strict"),
+        split=SplitSpec(dev=0.2, test=0.3, calibration=0.2, seed=0),
+        calibration=CalibrationConfig(strategy="stacking", params={"verifiers": []}),
+        selective=SelectiveConfig(precision={"true": 0.9, "false": 0.9}, groups="independent", allow_never=True),
+    )
+    run_id = run_calibration(config, workspace=workspace, log=lambda m: None).tracked.run_id
+    argv = ["--coverage", "0.3", "--simulations", "30", "--most-groups", "400"]
+    assert main(["plan", f"runs:/{run_id}", *argv, "--out", str(tmp_path / "run")]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "like the pilot's 9 test groups (180 rows, 20.0 per group)" in printed
+    (plan,) = json.loads((tmp_path / "run" / "plan.json").read_text())["plans"]
+    assert plan["quantity"] == "band: true ≥ 0.9, false ≥ 0.9 (delta 0.1), answering ≥ 30%"
+    assert (plan["goal"], plan["targets"], plan["allow_never"]) == ("selective", {"true": 0.9, "false": 0.9}, True)
+    assert plan["reached"] and plan["rows"] == plan["groups"] * 20 and plan["power"] >= 0.7
+    client = mlflow.MlflowClient(tracking_uri=workspace.tracking_uri)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    (child,) = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+    assert child.data.metrics["plan_selective_groups"] == plan["groups"]
+
+    folder = tmp_path / "files"
+    for name in ("evaluation.json", "selective.json"):
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(folder))
+    assert main(["plan", str(folder), *argv, "--out", str(tmp_path / "files-plan")]) == 0
+    (again,) = json.loads((tmp_path / "files-plan" / "plan.json").read_text())["plans"]
+    assert again == plan
+    record = json.loads((folder / "evaluation.json").read_text())
+    record["judges"]["calibrated"]["probability"] = None
+    (folder / "evaluation.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(["plan", str(folder), *argv]) == 2
+    assert "the calibrated judge's probabilities are not in evaluation.json" in one_line_error(capsys)
+    (folder / "selective.json").unlink()
+    capsys.readouterr()
+    assert main(["plan", str(folder), *argv]) == 2
+    assert f"{folder}: no selective.json beside it: the run was calibrated without [selective]" in one_line_error(
+        capsys
+    )
+    unbanded = run_calibration(config.model_copy(update={"selective": None}), workspace=workspace, log=lambda m: None)
+    assert main(["plan", f"runs:/{unbanded.tracked.run_id}", *argv]) == 2
+    assert "no selective.json in the run: it was calibrated without [selective]" in one_line_error(capsys)
+    assert main(["plan", *argv]) == 2
+    assert "--coverage plans a selective judge's band" in one_line_error(capsys)
+    assert main(["plan", f"runs:/{run_id}", *argv, "--above", "0.2"]) == 2
+    assert "--above is not used by a band's plan (--coverage); leave it out" in one_line_error(capsys)
+
+
+def test_a_band_of_a_task_without_yes_and_no_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A pairwise record keeps P(verdict) per row, not every label's probability: its
+    bands cannot be chosen again."""
+    from judgecal.stats.selective import BandChoice, CalibrationRows, Candidates, Guarantee
+
+    record = {
+        "format": "judgecal.evaluation",
+        "judge_name": "pairs",
+        "task": "pairwise",
+        "labels": ["A", "B", "tie"],
+        "pairwise": True,
+        "ids": ["1", "2"],
+        "groups": ["g1", "g2"],
+        "human": ["A", "B"],
+        "judges": {"calibrated": {"verdicts": ["A", "B"], "confidence": [0.9, 0.8]}},
+    }
+    guarantee = Guarantee(
+        precision={"A": 0.9, "B": 0.9, "tie": 0.6},
+        delta=0.1,
+        groups="design_effect",
+        allow_never=False,
+        method="",
+        statement="",
+    )
+    band = BandChoice(
+        found=False,
+        band=None,
+        guarantee=guarantee,
+        calibration_rows=CalibrationRows(count=2, groups=2, fingerprint=""),
+        candidates=Candidates(thresholds=[0.5], valid={}),
+    )
+    (tmp_path / "evaluation.json").write_text(json.dumps(record))
+    (tmp_path / "selective.json").write_text(json.dumps({"band": band.model_dump(mode="json"), "test": None}))
+    assert main(["plan", str(tmp_path), "--coverage", "0.5", "--out", str(tmp_path / "plan")]) == 2
+    assert "a band's plan needs P(yes) per row; the task's labels are not yes / no" in one_line_error(capsys)
