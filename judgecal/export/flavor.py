@@ -16,6 +16,7 @@ project's, found as above).
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -180,6 +181,9 @@ def _artifact_location(reference: str, tracking_uri: str, registry_uri: str) -> 
     if not reference.startswith("models:/"):
         return reference
     body, _, path = reference.removeprefix("models:/").partition("/")
+    if re.fullmatch(r"m-[0-9a-f]{32}", body):  # a logged model's own URI, as the MLflow UI lists it
+        location = client.get_logged_model(body).artifact_location
+        return f"{location.rstrip('/')}/{path}" if path else location
     if "@" in body:
         name, alias = body.split("@", 1)
         version = client.get_model_version_by_alias(name, alias).version

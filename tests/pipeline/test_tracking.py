@@ -118,6 +118,16 @@ def test_the_bundle_digest_tag_is_the_digest_of_the_judge_the_run_logged(tracked
     assert judge.digest.startswith("sha256:")
 
 
+def test_the_logged_models_own_uri_loads_the_same_judge(tracked) -> None:
+    """The MLflow UI lists the judge as a logged model, ``models:/m-<id>``: that URI loads it too."""
+    from judgecal import load_judge
+
+    report, run, _ = tracked
+    assert report.tracked.model_uri.startswith("models:/m-")
+    judge = load_judge(report.tracked.model_uri, tracking_uri=report.tracked.tracking_uri)
+    assert judge.digest == run.data.tags["judgecal.bundle_digest"]
+
+
 def test_no_credential_of_the_judge_models_url_reaches_mlflow(isolated_workspace: Path) -> None:
     """A password and a key inside lm.api_base are hidden in every param, tag and artifact
     of the run, the logged model included: nothing in the store holds them."""
