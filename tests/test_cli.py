@@ -368,3 +368,11 @@ def test_ui_prints_the_address_of_the_runs_view(
     assert f"http://{shown}:5123/#/experiments?workflowType=machine_learning" in out
     [command] = started
     assert command[command.index("--host") + 1] == host
+
+
+def test_monitor_refuses_an_alpha_that_reads_as_a_confidence_level(tmp_path: Path, capsys) -> None:
+    """--alpha is the chance of a false alarm: 0.95 would alarm almost at once."""
+    with pytest.raises(SystemExit) as refused:
+        main(["monitor", "--judge", "j", "--batch", "b.jsonl", "--state", "s.json", "--alpha", "0.95"])
+    assert refused.value.code == 2
+    assert "--alpha" in capsys.readouterr().err

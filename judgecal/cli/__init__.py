@@ -100,6 +100,13 @@ def _calibrate(args: argparse.Namespace) -> int:
     quiet_libraries()
     configs = [_load(path, args) for path in args.configs]  # every file is checked before any runs
     for path, config in zip(args.configs, configs, strict=True):
+        if not _searching(config, args) and (args.max_lm_calls is not None or args.max_cost is not None):
+            flag = "--max-lm-calls" if args.max_lm_calls is not None else "--max-cost"
+            print_error(
+                f"{path}: {flag} is kept by a search, and --strategy runs one strategy without one: drop "
+                f"--strategy (with --strategies NAME for a search of one strategy) or drop {flag}"
+            )
+            return 2
         if _searching(config, args) and config.selective is not None and config.selective.rows == "cross-fit":
             refuse_cross_fit_search(Path(path))
     workspace = Workspace.find(tracking_uri=args.tracking_uri)  # one for every file: models load once

@@ -40,7 +40,7 @@ def search_settings(config: ExperimentConfig, args: argparse.Namespace) -> Searc
     for key in ("trials", "storage", "study_name", "worker"):
         if getattr(args, key) is not None:
             updates[key] = getattr(args, key)
-    return (config.search or SearchConfig()).model_copy(update=updates)
+    return SearchConfig.model_validate({**(config.search or SearchConfig()).model_dump(), **updates})
 
 
 def print_plan(name: str, plan: RunPlan, searched: bool) -> None:

@@ -38,6 +38,28 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_amount(text: str) -> float:
+    """An argparse type: a finite amount above 0 (argparse names the flag)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected an amount above 0, e.g. 5 or 0.50, got {text!r}")
+    return value
+
+
+def _alpha(text: str) -> float:
+    """An argparse type: a chance of a false alarm, above 0 and below 0.5 (argparse names the flag)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 0.5:
+        raise argparse.ArgumentTypeError(f"expected a chance above 0 and below 0.5 (e.g. 0.05), got {text!r}")
+    return value
+
+
 def _level(text: str) -> float:
     """An argparse type: a confidence level strictly between 0 and 1 (argparse names the flag)."""
     try:
@@ -138,7 +160,9 @@ def _calibrate_strategy(calibrate: argparse.ArgumentParser) -> None:
         "what is left is skipped",
     )
     calibrate.add_argument(
-        "--max-cost", type=float, help="search: US dollars it may spend on LM calls, kept like --max-lm-calls"
+        "--max-cost",
+        type=_positive_amount,
+        help="search: US dollars it may spend on LM calls, kept like --max-lm-calls",
     )
     calibrate.add_argument(
         "--dry-run",
@@ -462,7 +486,7 @@ def _monitor_command(commands: Commands, handler: Handler) -> None:
         "selective judge's lowest target); fixed when the monitor starts",
     )
     monitor.add_argument(
-        "--alpha", type=_level, help="chance of a false alarm over all batches (default 0.05); fixed at the start"
+        "--alpha", type=_alpha, help="chance of a false alarm over all batches (default 0.05); fixed at the start"
     )
     monitor.add_argument("--model", help="run the calibrated judge on another model (e.g. a served copy)")
     monitor.add_argument("--api-base", help="server of the judge model")

@@ -240,3 +240,28 @@ def test_the_dry_run_command_prints_its_table_and_tracks_nothing(tmp_path, works
     assert "nothing was judged or tracked" in out
     assert not (tmp_path / "optuna.db").exists()
     assert not (workspace.root / "mlruns" / "optuna.db").exists()
+
+
+@pytest.mark.parametrize("cost", ["-1", "0", "nan", "inf", "five"])
+def test_a_budget_that_is_not_a_positive_amount_is_refused_in_one_line(tmp_path, workspace, capsys, cost) -> None:
+    from judgecal.cli import main
+    from tests.calibrate.test_search import write_study_config
+
+    config = write_study_config(tmp_path)
+    with pytest.raises(SystemExit) as refused:
+        main(["calibrate", str(config), "--strategies", "threshold", "--max-cost", cost, "--dry-run"])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2
+    assert "--max-cost" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_budget_with_one_strategy_is_refused_rather_than_ignored(tmp_path, workspace, capsys) -> None:
+    """--strategy runs one strategy, not a search: a budget there would be silently ignored."""
+    from judgecal.cli import main
+    from tests.calibrate.test_search import write_study_config
+
+    config = write_study_config(tmp_path)
+    code = main(["calibrate", str(config), "--strategy", "threshold", "--max-lm-calls", "10", "--no-track"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--max-lm-calls" in err and "search" in err and len(err.strip().splitlines()) == 1
