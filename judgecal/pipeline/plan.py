@@ -251,9 +251,22 @@ def read_selective_pilot(source: str, *, workspace: Workspace | None = None) -> 
         saved_path = (path if path.is_dir() else path.parent) / SELECTIVE_FILE
         if not saved_path.exists():
             raise ValueError(f"{source}: no {SELECTIVE_FILE} beside it: the run was calibrated without [selective]")
-    saved = json.loads(saved_path.read_text(encoding="utf-8"))
-    choice = BandChoice.model_validate(saved["band"])
-    return _selective_pilot(source, record, choice)
+    return _selective_pilot(source, record, _read_band(saved_path))
+
+
+def _read_band(path: Path) -> BandChoice:
+    """The band's rule from a run's ``selective.json``; a damaged file is one located error."""
+    from pydantic import ValidationError
+
+    from judgecal.report.selective import read_selective
+
+    try:
+        return read_selective(json.loads(path.read_text(encoding="utf-8")))[1]
+    except json.JSONDecodeError as error:
+        raise DataError(f"not JSON ({error.msg})", path=path, line=error.lineno) from None
+    except (KeyError, TypeError, ValidationError) as error:
+        reason = "missing" if isinstance(error, KeyError) else "not a band as judgecal saves it"
+        raise DataError(reason, path=path, field="band") from None
 
 
 def _selective_pilot(source: str, record: EvaluationRecord, choice: BandChoice) -> SelectivePilot:

@@ -224,6 +224,13 @@ def test_a_selective_run_plans_its_calibration_groups_and_a_run_without_a_band_i
     assert main(["plan", str(folder), *argv, "--out", str(tmp_path / "files-plan")]) == 0
     (again,) = json.loads((tmp_path / "files-plan" / "plan.json").read_text())["plans"]
     assert again == plan
+    saved = (folder / "selective.json").read_text()
+    for damaged in ('{"test": null}', "{not json", '{"band": {"found": "perhaps"}}'):
+        (folder / "selective.json").write_text(damaged)
+        capsys.readouterr()
+        assert main(["plan", str(folder), *argv]) == 2
+        assert f"{folder / 'selective.json'}" in one_line_error(capsys)
+    (folder / "selective.json").write_text(saved)
     record = json.loads((folder / "evaluation.json").read_text())
     record["judges"]["calibrated"]["probability"] = None
     (folder / "evaluation.json").write_text(json.dumps(record))
