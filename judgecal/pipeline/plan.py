@@ -124,8 +124,12 @@ def default_judges(available: Sequence[str], judges: Sequence[str | None], where
             planned = "calibrated"
         elif len(available) == 1:
             planned = available[0]
+        elif not available:
+            raise ValueError(
+                f"{where}: no judge's verdicts on these rows: give a judge's verdicts with --verdicts FILE"
+            )
         else:
-            raise ValueError(f"{where}: several judges ({', '.join(available) or 'none'}); name one with --judge")
+            raise ValueError(f"{where}: several judges ({', '.join(available)}); name one with --judge")
     baseline = rest[0] if rest else None
     if baseline is None and planned == "calibrated" and "raw" in available and len(judges) > 1:
         baseline = "raw"

@@ -79,6 +79,10 @@ def test_a_judge_not_in_the_pilot_is_refused_with_the_judges_there(
     assert "no judge 'gpt-4o' (judges: loose, strict)" in one_line_error(capsys)
     assert main(["plan", str(rows_file), "--task", "relevance", *QUICK]) == 2
     assert "several judges (loose, strict); name one with --judge" in one_line_error(capsys)
+    bare = [{**record, "reference_judges": {}} for record in (row.to_record() for row in recorded_rows(4).rows)]
+    path = write_jsonl(rows_file.with_name("bare.jsonl"), bare)
+    assert main(["plan", str(path), "--task", "relevance", *QUICK]) == 2
+    assert "no judge's verdicts on these rows: give a judge's verdicts with --verdicts FILE" in one_line_error(capsys)
 
 
 def test_without_a_pilot_it_needs_the_rates_and_with_one_refuses_them(
