@@ -24,7 +24,10 @@ def dry_run(config: ExperimentConfig, args: argparse.Namespace, workspace: Works
 
     search = search_settings(config, args) if searching else None
     log = lambda message: console.print(message, highlight=False)  # noqa: E731
-    print_plan(config.judge.name, plan(config, search, workspace, log=log), searching)
+    run_plan = plan(config, search, workspace, log=log)
+    print_plan(config.judge.name, run_plan, searching)
+    if search is not None and (search.max_lm_calls is not None or search.max_cost_usd is not None):
+        console.print(budget_note(run_plan, search), highlight=False)
 
 
 def search_settings(config: ExperimentConfig, args: argparse.Namespace) -> SearchConfig:
@@ -84,6 +87,30 @@ def print_plan(name: str, plan: RunPlan, searched: bool) -> None:
     )
     console.print(table)
     console.print(_notes(plan), highlight=False)
+
+
+def budget_note(plan: RunPlan, search: SearchConfig) -> str:
+    """What the search's budget does to these bounds: what is set aside before any trial
+    (the raw judge, the costliest winner's test and gate) and which trials can never fit."""
+    reserved = sum(plan.bound.raw.values()) + (plan.bound.winner.winner if plan.bound.winner else 0)
+    lines = []
+    if search.max_lm_calls is not None:
+        left = search.max_lm_calls - reserved
+        never = [f"{b.strategy} ({b.trial:,})" for b in plan.bound.trials if b.trial > left]
+        lines.append(
+            f"budget: {search.max_lm_calls:,} LM calls, {reserved:,} set aside for the raw judge and the winner's "
+            f"test and gate, {max(left, 0):,} left for trials"
+            + (f"; these trials can never fit: {', '.join(never)}" if never else "")
+        )
+    if search.max_cost_usd is not None:
+        if plan.tokens is not None and plan.price is None:
+            lines.append(
+                f"budget: ${search.max_cost_usd:g}, but {plan.model} has no price: the search stops before any call"
+            )
+        else:
+            total = plan.total_cost or 0.0
+            lines.append(f"budget: ${search.max_cost_usd:g}; the whole run costs at most ${total:.4f}")
+    return "\n".join(lines)
 
 
 def _cells(plan: RunPlan, calls: int, bound: StrategyBound | None) -> list[str]:

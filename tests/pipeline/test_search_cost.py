@@ -5,6 +5,7 @@ it received."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -265,3 +266,23 @@ def test_a_budget_with_one_strategy_is_refused_rather_than_ignored(tmp_path, wor
     err = capsys.readouterr().err
     assert code == 2
     assert "--max-lm-calls" in err and "search" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_dry_run_says_what_the_budget_sets_aside_and_which_trials_can_never_fit(
+    tmp_path, workspace, chat_server
+) -> None:
+    from judgecal.cli.cost import budget_note
+    from judgecal.pipeline.dry_run import plan
+
+    config = live_search_config(tmp_path, chat_server.url, ["threshold", "labeled_few_shot"], 2)
+    planned = plan(config, config.search, workspace, probe_calls=0, log=lambda m: None)
+    reserved = sum(planned.bound.raw.values()) + planned.bound.winner.winner
+    (few_shot,) = [b for b in planned.bound.trials if b.strategy == "labeled_few_shot"]
+    search = config.search.model_copy(update={"max_lm_calls": reserved + few_shot.trial - 1, "max_cost_usd": 5.0})
+    note = budget_note(planned, search)
+    assert f"{reserved:,} set aside for the raw judge and the winner's test and gate" in note
+    never = note.partition("these trials can never fit: ")[2].splitlines()[0]
+    assert f"labeled_few_shot ({few_shot.trial:,})" in never  # one call more than is left
+    assert "budget: $5; the whole run costs at most $" in note
+    unpriced = dataclasses.replace(planned, price=None)
+    assert "has no price: the search stops before any call" in budget_note(unpriced, search)
