@@ -256,20 +256,49 @@ def test_strategies_that_make_no_lm_calls_are_scored_on_every_fold_and_never_pru
 def test_repeated_settings_are_answered_and_do_not_count_toward_the_budget(tmp_path) -> None:
     config = search_config(tmp_path, ["threshold", "base_rate", "verifier"], 5, max_repeats=50)
     report = search(config)
-    distinct = [row for row in report.rows if row.duplicate_of is None]
+    distinct = [row for row in report.rows if row.answered_from is None]
     repeats = [row for row in report.rows if row.duplicate_of is not None]
     assert len(distinct) == 5
-    assert len({row.strategy for row in distinct if row.strategy != "verifier"}) == 2  # each tried once
+    # Each tried: on verdicts of 0 or 1 their default cuts are one judge, the second answered from the first.
+    assert {row.strategy for row in report.rows if row.duplicate_of is None} == {"threshold", "base_rate", "verifier"}
     by_number = {row.number: row for row in report.rows}
     for row in repeats:
         assert row.score == by_number[row.duplicate_of].score
 
 
+def test_a_trial_whose_judge_is_an_earlier_ones_is_answered_from_it_and_does_not_count(tmp_path) -> None:
+    """On verdicts of 0 or 1 every cut between them is one judge: the base rate's cut and
+    the threshold's give the same out-of-fold verdicts, so the second is the first again."""
+    from judgecal.pipeline.search import leaderboard_markdown
+
+    config = search_config(tmp_path, ["threshold", "base_rate"], 2, max_repeats=3)
+    report = search(config)
+    [first, second] = sorted((row for row in report.rows if row.duplicate_of is None), key=lambda r: r.number)
+    assert (first.same_judge_as, second.same_judge_as) == (None, first.number)
+    assert second.score == first.score and second.state == "COMPLETE"
+    assert not report.complete  # one distinct judge only: the space is exhausted before 2
+    assert report.best is not None and report.best.number == first.number
+    assert f"(same judge as trial {first.number})" in leaderboard_markdown(report)
+
+
+def test_an_lm_trial_whose_judge_gives_an_earlier_ones_dev_verdicts_is_the_same_judge(tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(STRATEGIES, "right", scripted_spec("right", 8))
+    monkeypatch.setitem(STRATEGIES, "also_right", scripted_spec("also_right", 9))
+    config = search_config(tmp_path, ["right", "also_right", "verifier"], 3, max_repeats=50)
+    report = search(config)
+    by_strategy = {row.strategy: row for row in report.rows if row.duplicate_of is None}
+    assert by_strategy["also_right"].same_judge_as == by_strategy["right"].number
+    assert by_strategy["verifier"].same_judge_as is None
+    assert len({row.number for row in report.rows if row.answered_from is None}) == 3  # verifier tuned once more
+
+
 def test_a_search_space_with_nothing_new_left_stops(tmp_path) -> None:
     config = search_config(tmp_path, ["threshold", "base_rate"], 6, max_repeats=4)
     report = search(config)
-    assert len([row for row in report.rows if row.duplicate_of is None]) == 2
-    assert len([row for row in report.rows if row.duplicate_of is not None]) == 4
+    assert len([row for row in report.rows if row.duplicate_of is None]) == 2  # each strategy's defaults
+    # Four proposals in a row brought nothing new: the second default cut (on verdicts of 0 or 1,
+    # the first's judge again), then three repeated settings.
+    assert len([row for row in report.rows if row.answered_from is not None]) == 4
     assert not report.complete
 
 
