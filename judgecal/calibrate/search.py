@@ -3,9 +3,9 @@
 Each trial picks a strategy and its settings and is scored by the rule that fits its
 cost (:mod:`judgecal.calibrate.selection`): grouped cross-validation over train + dev for
 strategies that make no LM calls to fit, dev hold-out for those that do. Only the
-second kind can be pruned, and only after a warm-up of a third of dev, judged in an
-order that interleaves groups, by a paired test of its per-row scores against the best
-trial's (:class:`~judgecal.calibrate.pruning.PairedMeanPruner`).
+second kind can be pruned, from its first rung (a ninth of dev, judged in an order that
+interleaves groups) on, by a paired test of its per-row scores against the best judge's
+so far (:class:`~judgecal.calibrate.pruning.PairedMeanPruner`).
 
 The budget goes to distinct questions: every strategy's default settings are tried
 first, cheapest first; settings already tried are answered from the earlier trial and do

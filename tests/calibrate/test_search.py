@@ -200,6 +200,64 @@ def test_a_trial_giving_one_answer_to_every_row_is_pruned_after_the_warm_up(tmp_
     )
 
 
+def dev_rows_of(config: ExperimentConfig) -> tuple[LabeledRow, ...]:
+    from judgecal.data.rows import load_rows
+    from judgecal.data.split import split_by_group
+
+    return split_by_group(load_rows(config.judge.data, RELEVANCE.spec), config.split).dev.rows
+
+
+def with_strategies(config: ExperimentConfig, strategies: list[str]) -> ExperimentConfig:
+    return config.model_copy(update={"search": config.search.model_copy(update={"strategies": strategies})})
+
+
+def test_a_hopeless_lm_trial_is_dropped_at_the_first_rung_against_the_best_judge_so_far(tmp_path, monkeypatch) -> None:
+    """The cheap strategy runs first, so the LM trial is compared with it from its first
+    rung (a ninth of dev here, 23 rows, looked at after 24), not only after a third."""
+    config = search_config(tmp_path, ["threshold"], 2, n_groups=80, dev_chunk=8)
+    monkeypatch.setitem(STRATEGIES, "hopeless", scripted_spec("hopeless", 9, every_row_wrong=True))
+    report = search(with_strategies(config, ["threshold", "hopeless"]))
+    dev = dev_rows_of(config)
+    [hopeless] = [row for row in report.rows if row.strategy == "hopeless"]
+    [threshold] = [row for row in report.rows if row.strategy == "threshold"]
+    assert threshold.number < hopeless.number
+    assert hopeless.state == "PRUNED" and hopeless.pruned_after is not None
+    assert hopeless.pruned_after < len(dev) / 3, (hopeless.pruned_after, len(dev))
+
+
+def test_a_slow_starting_lm_strategy_that_wins_on_all_of_dev_is_kept(tmp_path, monkeypatch) -> None:
+    """Wrong on the first rows it judges, a quarter of the first rung's, right on every
+    other: the early rungs test at a level spent in proportion to the rows seen, so a
+    start this slow does not drop a judge that wins on all of dev."""
+    from judgecal.calibrate.selection import interleaved
+
+    config = search_config(tmp_path, ["threshold"], 2, n_groups=80, dev_chunk=8)
+    dev = dev_rows_of(config)
+    first = {dev[i].id for i in interleaved(dev, config.search.seed)[:6]}
+    monkeypatch.setitem(STRATEGIES, "slow", scripted_spec("slow", 9, wrong_if=lambda row: row.id in first))
+    report = search(with_strategies(config, ["threshold", "slow"]))
+    states = {row.strategy: row.state for row in report.rows}
+    assert states["slow"] == "COMPLETE", report.rows
+    assert report.best is not None and report.best.strategy == "slow"
+
+
+def test_the_pruners_rungs_grow_threefold_and_early_ones_test_at_a_stricter_level() -> None:
+    from judgecal.calibrate.pruning import PairedMeanPruner
+
+    pruner = PairedMeanPruner.for_dev(600, 16, 0.1)
+    assert (pruner.n_startup_steps, pruner.rungs) == (200, (23, 67))
+    assert [pruner.level(n) for n in (16, 32, 48, 64, 80, 192, 208, 224)] == [
+        None,
+        pytest.approx(0.1 * 23 / 200),
+        None,
+        None,
+        pytest.approx(0.1 * 67 / 200),
+        None,
+        0.1,
+        0.1,
+    ]
+
+
 class TakenForLostJudge(ScriptedJudge):
     """Judges like a scripted judge, but the first time it is asked, another worker takes
     its trial for lost, as a peer does when this worker sent no heartbeat for longer than
