@@ -225,6 +225,16 @@ def test_a_hopeless_lm_trial_is_dropped_at_the_first_rung_against_the_best_judge
     assert hopeless.pruned_after < len(dev) / 3, (hopeless.pruned_after, len(dev))
 
 
+def test_strategies_that_make_no_lm_calls_to_fit_run_before_any_that_does(tmp_path, monkeypatch) -> None:
+    """Even an LM strategy simpler than them waits: the best judge so far is known before
+    the first LM trial starts, so the pruner can compare it from its first rung."""
+    monkeypatch.setitem(STRATEGIES, "simple_lm", scripted_spec("simple_lm", 0))
+    config = search_config(tmp_path, ["threshold"], 3)
+    report = search(with_strategies(config, ["simple_lm", "verifier", "threshold"]))
+    first = sorted(report.rows, key=lambda row: row.number)[:3]
+    assert [row.strategy for row in first] == ["threshold", "verifier", "simple_lm"]
+
+
 def test_a_slow_starting_lm_strategy_that_wins_on_all_of_dev_is_kept(tmp_path, monkeypatch) -> None:
     """Wrong on the first rows it judges, a quarter of the first rung's, right on every
     other: the early rungs test at a level spent in proportion to the rows seen, so a
