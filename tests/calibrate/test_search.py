@@ -562,9 +562,12 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 def finished(storage: str) -> list[optuna.trial.FrozenTrial]:
-    """Trials that count toward the study's total: complete or pruned, not repeats."""
+    """Trials that count toward the study's total: complete or pruned, neither repeats of
+    earlier settings nor the same judge as an earlier trial."""
+    from judgecal.calibrate.search import answered_from
+
     study = optuna.load_study(study_name="shared", storage=storage)
-    return [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED and "duplicate_of" not in t.user_attrs]
+    return [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED and answered_from(t) is None]
 
 
 @pytest.mark.slow
@@ -579,11 +582,12 @@ def test_a_killed_study_resumes_and_runs_only_the_remaining_trials(tmp_path: Pat
         start_new_session=True,
     )
     try:
-        # Killed once three trials are stored: when the trial after the third begins.
+        # Killed once three trials that count are stored: when the trial after the third begins
+        # (a trial that turns out to be an earlier one's judge does not count).
         output, scored, line = Output([worker]), 0, ""
         while scored < 3 or started(line) is None:
             _, line = output.wait_for(lambda _, line: " κ " in line or started(line) is not None)
-            scored += " κ " in line
+            scored += " κ " in line and "same judge as" not in line
     finally:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
