@@ -3,14 +3,15 @@
 Each trial picks a strategy and its settings and is scored by the rule that fits its
 cost (:mod:`judgecal.calibrate.selection`): grouped cross-validation over train + dev for
 strategies that make no LM calls to fit, dev hold-out for those that do. Only the
-second kind can be pruned, and only after a warm-up of a third of dev, judged in an
-order that interleaves groups, by a paired test of its per-row scores against the best
-trial's (:class:`~judgecal.calibrate.pruning.PairedMeanPruner`).
+second kind can be pruned, from its first rung (a ninth of dev, judged in an order that
+interleaves groups) on, by a paired test of its per-row scores against the best judge's
+so far (:class:`~judgecal.calibrate.pruning.PairedMeanPruner`).
 
 The budget goes to distinct questions: every strategy's default settings are tried
 first, cheapest first; settings already tried are answered from the earlier trial and do
-not count toward ``trials``. The same ``seed`` (and ``worker``) gives the same sequence of
-trials. The raw judge's answers are kept per row for the whole search (a
+not count toward ``trials``, nor does a trial whose judge gives the same held-out
+verdicts and probabilities as an earlier one's (:func:`same_judge`). The same ``seed``
+(and ``worker``) gives the same sequence of trials. The raw judge's answers are kept per row for the whole search (a
 :class:`~judgecal.judges.fitted.MemoJudge`), so no trial asks the model about a row
 another trial already asked about.
 
@@ -67,6 +68,12 @@ class TrialRow:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cost_usd: float | None = None
+    same_judge_as: int | None = None
+
+    @property
+    def answered_from(self) -> int | None:
+        """The earlier trial this one stands for: a repeat of its settings, or the same judge."""
+        return self.duplicate_of if self.duplicate_of is not None else self.same_judge_as
 
 
 def score_trial(
@@ -124,6 +131,9 @@ def score_trial(
     if score.folds is not None:
         trial.set_user_attr("folds", score.folds)
     trial.set_user_attr("dev_predictions", [_plain(score.predictions.get(row.id)) for row in dev])
+    judged = dev if spec.scored_on_dev else pool  # the rows its score comes from
+    trial.set_user_attr("judged_labels", [_plain(score.predictions.get(row.id)) for row in judged])
+    trial.set_user_attr("judged_probabilities", [score.probabilities.get(row.id) for row in judged])
     record_usage(trial, counter.usage(env.prices), started)
     return score, result
 
@@ -223,12 +233,12 @@ class _DefaultRecorder:
 
 def distinct_finished(study: Any) -> int:
     """Finished trials that count toward the budget: complete or pruned, and failed by their
-    own strategy; repeats of earlier settings and trials of killed workers do not count."""
+    own strategy; repeats of earlier settings or judges and trials of killed workers do not."""
     from optuna.trial import TrialState
 
     count = 0
     for trial in study.get_trials(deepcopy=False):
-        if trial.user_attrs.get("duplicate_of") is not None:
+        if answered_from(trial) is not None:
             continue
         if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
             trial.state == TrialState.FAIL and "error" in trial.user_attrs
@@ -251,15 +261,56 @@ def same_settings(trial: Any) -> Any:
     return None
 
 
+def answered_from(trial: Any) -> int | None:
+    """The earlier trial a finished one was answered from: the one whose settings it
+    repeats, or the one whose judge it turned out to be."""
+    attrs = trial.user_attrs
+    return attrs.get("duplicate_of") if attrs.get("duplicate_of") is not None else attrs.get("same_judge_as")
+
+
+# Probabilities of two judges' answers closer than this on every row, with the same
+# verdicts, make them one judge: settings that differ only in what no row sees (a
+# threshold between two scores no row has, a regularisation already at its limit).
+SAME_JUDGE_TOLERANCE = 0.005
+
+
+def same_judge(trial: Any) -> Any:
+    """An earlier complete trial, scored by the same rule, whose judge gave this trial's
+    held-out verdicts on every row and each answer's probability within
+    :data:`SAME_JUDGE_TOLERANCE` (both without probabilities counts as the same), if any."""
+    from optuna.trial import TrialState
+
+    attrs = trial.user_attrs
+    labels, probabilities = attrs.get("judged_labels"), attrs.get("judged_probabilities")
+    if labels is None:
+        return None
+    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        theirs = other.user_attrs
+        if other.number == trial.number or answered_from(other) is not None or theirs.get("rule") != attrs.get("rule"):
+            continue
+        if theirs.get("judged_labels") == labels and _close(theirs.get("judged_probabilities"), probabilities):
+            return other
+    return None
+
+
+def _close(first: list[Any] | None, second: list[Any] | None) -> bool:
+    if first is None or second is None or len(first) != len(second):
+        return False
+    for a, b in zip(first, second, strict=True):
+        if (a is None) != (b is None) or (a is not None and len(a) != len(b)):
+            return False
+        if a is not None and any(abs(x - y) > SAME_JUDGE_TOLERANCE for x, y in zip(a, b, strict=True)):
+            return False
+    return True
+
+
 def finished_candidates(study: Any, specs: dict[str, StrategySpec]) -> list[Any]:
     from optuna.trial import TrialState
 
     return [
         trial
         for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if trial.user_attrs.get("duplicate_of") is None
-        and trial.params.get("strategy") in specs
-        and "rule" in trial.user_attrs
+        if answered_from(trial) is None and trial.params.get("strategy") in specs and "rule" in trial.user_attrs
     ]
 
 
@@ -319,6 +370,7 @@ def leaderboard(study: Any) -> list[TrialRow]:
                 run_id=run_ids.get(f"run_id.{trial.number}"),
                 worker=attrs.get("worker"),
                 duplicate_of=attrs.get("duplicate_of"),
+                same_judge_as=attrs.get("same_judge_as"),
                 skipped=attrs.get("skipped"),
                 error=attrs.get("error") or (LOST_TRIAL if trial.state == TrialState.FAIL else None),
                 pruned_after=attrs.get("pruned_after_rows"),
@@ -383,7 +435,8 @@ def run_study(
 
 class TrialRunner:
     """This worker's side of a study: Optuna's objective, which answers a repeat of earlier
-    settings from that trial and scores anything new by its rule, and what the worker
+    settings from that trial, scores anything new by its rule (answered from an earlier
+    trial that turns out to be the same judge), and what the worker
     keeps for the end (the judges its LM trials compiled, the trials it started)."""
 
     def __init__(
@@ -426,6 +479,12 @@ class TrialRunner:
         score, result = self._score(trial, spec, params)
         if result is not None:
             self.fitted[trial.number] = result
+        same = same_judge(trial)
+        if same is not None:  # another question the budget need not answer twice
+            trial.set_user_attr("same_judge_as", same.number)
+            self.repeated = True
+            self.log(f"trial {trial.number}: {name} κ {score.describe()}: same judge as trial {same.number}")
+            return float(same.value)
         self.log(f"trial {trial.number}: {name} κ {score.describe()}")
         return score.value
 

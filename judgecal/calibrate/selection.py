@@ -90,6 +90,7 @@ class SelectionScore:
     se: float | None = None
     folds: list[float] | None = None
     predictions: dict[str, LabelValue | None] = field(default_factory=dict)
+    probabilities: dict[str, list[float] | None] = field(default_factory=dict)
 
     def describe(self) -> str:
         if self.rule == CV:
@@ -106,15 +107,25 @@ def cross_validate(
     """κ of ``fit(rows outside the fold)`` on each fold's rows; mean and standard error."""
     values = []
     predictions: dict[str, LabelValue | None] = {}
+    probabilities: dict[str, list[float] | None] = {}
     for held in folds:
         held_set = set(held.tolist())
         judge = fit([row for i, row in enumerate(rows) if i not in held_set])
         held_rows = [rows[i] for i in held]
-        verdicts = [v.label for v in judge.predict(held_rows)]
+        judged = judge.predict(held_rows)
+        verdicts = [v.label for v in judged]
         values.append(agreement(task, [r.label for r in held_rows], verdicts))
         predictions.update({row.id: label for row, label in zip(held_rows, verdicts, strict=True)})
+        probabilities.update({row.id: answer_probabilities(v) for row, v in zip(held_rows, judged, strict=True)})
     se = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
-    return SelectionScore(CV, float(np.mean(values)), se, [float(v) for v in values], predictions)
+    return SelectionScore(CV, float(np.mean(values)), se, [float(v) for v in values], predictions, probabilities)
+
+
+def answer_probabilities(verdict: Any) -> list[float] | None:
+    """A verdict's probability of each answer, in the answers' order, or ``None``: with its
+    label, what tells two judges apart (:func:`judgecal.calibrate.search.same_judge`)."""
+    given = getattr(verdict, "probabilities", None)
+    return None if not given else [float(given[answer]) for answer in sorted(given)]
 
 
 def holdout(
@@ -131,11 +142,13 @@ def holdout(
     raise to stop (a pruned trial)."""
     order = interleaved(dev, seed)
     verdicts: dict[int, LabelValue | None] = {}
+    probabilities: dict[int, list[float] | None] = {}
     weights = row_scores(task, dev, [row.label for row in dev])  # the value of a right answer per row
     for start in range(0, len(order), chunk):
         part = order[start : start + chunk]
         for index, verdict in zip(part, judge.predict([dev[i] for i in part]), strict=True):
             verdicts[index] = verdict.label
+            probabilities[index] = answer_probabilities(verdict)
         if on_chunk is not None and start + chunk < len(order):
             done = order[: start + chunk]
             on_chunk(done, np.array([weights[i] if verdicts[i] == dev[i].label else 0.0 for i in done]))
@@ -144,6 +157,7 @@ def holdout(
         HOLDOUT,
         agreement(task, [row.label for row in dev], labels),
         predictions={row.id: label for row, label in zip(dev, labels, strict=True)},
+        probabilities={row.id: probabilities[i] for i, row in enumerate(dev)},
     )
 
 

@@ -5,7 +5,6 @@ to one data split, and the trials of a worker that stopped sending heartbeats.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -120,7 +119,7 @@ def open_study(
             load_if_exists=True,
             # Workers of one study take seeds seed + worker, so they propose different settings.
             sampler=optuna.samplers.TPESampler(seed=search.seed + search.worker, constant_liar=True),
-            pruner=PairedMeanPruner(p_threshold=search.prune_p, n_startup_steps=max(2, math.ceil(dev_rows / 3))),
+            pruner=PairedMeanPruner.for_dev(dev_rows, search.dev_chunk, search.prune_p),
         )
 
 

@@ -163,7 +163,7 @@ def _study_and_report(
     if outcome.choice is None or outcome.winner is None:
         return report
     winner = outcome.choice.winner
-    distinct = len([r for r in outcome.rows if r.duplicate_of is None])
+    distinct = len([r for r in outcome.rows if r.answered_from is None])
     steps = "\n".join(f"- {step}" for step in outcome.choice.steps)
     report.calibration = report_and_record(
         prepared,
@@ -173,7 +173,7 @@ def _study_and_report(
         log=log,
         run_id=parent_run_id,
         description_extra=(
-            f"Selected by a search of {distinct} distinct trials ({len(outcome.rows)} with repeats): "
+            f"Selected by a search of {distinct} distinct trials ({len(outcome.rows)} with repeats and same judges): "
             f"{winner.strategy} (trial {winner.number}). The leaderboard: `{LEADERBOARD_FILE}`.\n\n{steps}"
         ),
         meter=meter,
@@ -302,6 +302,8 @@ def log_trial(frozen: Any, study: Any, parent_run_id: str, experiment_id: str) -
     }
     if attrs.get("duplicate_of") is not None:
         tags["judgecal.repeat_of"] = str(attrs["duplicate_of"])
+    if attrs.get("same_judge_as") is not None:
+        tags["judgecal.same_judge_as"] = str(attrs["same_judge_as"])
     if attrs.get("skipped"):
         tags["judgecal.skipped"] = str(attrs["skipped"])[:5000]
     error = attrs.get("error") or (LOST_TRIAL if frozen.state.name == "FAIL" else None)
@@ -351,7 +353,8 @@ def leaderboard_markdown(report: SearchReport) -> str:
         "",
         "Trials are scored without test rows: cross-validated κ (mean ± standard error over grouped folds of "
         "train + dev) for strategies that make no LM calls to fit, dev κ for those that do. "
-        "Repeated settings are answered from the earlier trial and do not count toward the budget. "
+        "Repeated settings are answered from the earlier trial and do not count toward the budget, nor does a "
+        "trial whose judge gave the same held-out verdicts and probabilities as an earlier trial's (same judge). "
         "LM calls include those answered from the cache (in brackets), which cost nothing; tokens "
         "(prompt + completion) and cost are those of the calls the model answered.",
         "",
@@ -365,6 +368,8 @@ def leaderboard_markdown(report: SearchReport) -> str:
         settings = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in row.params.items()) or "–"
         if row.duplicate_of is not None:
             settings += f" (repeat of trial {row.duplicate_of})"
+        if row.same_judge_as is not None:
+            settings += f" (same judge as trial {row.same_judge_as})"
         marker = " **selected**" if best is not None and row.number == best.number else ""
         score = "–" if row.score is None else f"{row.score:.3f}"
         se = "–" if row.se is None or not math.isfinite(row.se) else f"{row.se:.3f}"
@@ -424,7 +429,7 @@ def log_leaderboard(report: SearchReport, prepared: Prepared) -> None:
     client.log_text(run_id, leaderboard_markdown(report), LEADERBOARD_FILE)
     client.set_tag(run_id, "judgecal.best_trial", str(report.best.number))
     client.set_tag(run_id, "judgecal.best_strategy", report.best.strategy)
-    scored = [r for r in report.rows if r.score is not None and r.duplicate_of is None]
+    scored = [r for r in report.rows if r.score is not None and r.answered_from is None]
     with tempfile.TemporaryDirectory() as scratch:
         estimates = {
             f"#{r.number} {r.strategy}": {

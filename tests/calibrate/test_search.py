@@ -200,6 +200,74 @@ def test_a_trial_giving_one_answer_to_every_row_is_pruned_after_the_warm_up(tmp_
     )
 
 
+def dev_rows_of(config: ExperimentConfig) -> tuple[LabeledRow, ...]:
+    from judgecal.data.rows import load_rows
+    from judgecal.data.split import split_by_group
+
+    return split_by_group(load_rows(config.judge.data, RELEVANCE.spec), config.split).dev.rows
+
+
+def with_strategies(config: ExperimentConfig, strategies: list[str]) -> ExperimentConfig:
+    return config.model_copy(update={"search": config.search.model_copy(update={"strategies": strategies})})
+
+
+def test_a_hopeless_lm_trial_is_dropped_at_the_first_rung_against_the_best_judge_so_far(tmp_path, monkeypatch) -> None:
+    """The cheap strategy runs first, so the LM trial is compared with it from its first
+    rung (a ninth of dev here, 23 rows, looked at after 24), not only after a third."""
+    config = search_config(tmp_path, ["threshold"], 2, n_groups=80, dev_chunk=8)
+    monkeypatch.setitem(STRATEGIES, "hopeless", scripted_spec("hopeless", 9, every_row_wrong=True))
+    report = search(with_strategies(config, ["threshold", "hopeless"]))
+    dev = dev_rows_of(config)
+    [hopeless] = [row for row in report.rows if row.strategy == "hopeless"]
+    [threshold] = [row for row in report.rows if row.strategy == "threshold"]
+    assert threshold.number < hopeless.number
+    assert hopeless.state == "PRUNED" and hopeless.pruned_after is not None
+    assert hopeless.pruned_after < len(dev) / 3, (hopeless.pruned_after, len(dev))
+
+
+def test_strategies_that_make_no_lm_calls_to_fit_run_before_any_that_does(tmp_path, monkeypatch) -> None:
+    """Even an LM strategy simpler than them waits: the best judge so far is known before
+    the first LM trial starts, so the pruner can compare it from its first rung."""
+    monkeypatch.setitem(STRATEGIES, "simple_lm", scripted_spec("simple_lm", 0))
+    config = search_config(tmp_path, ["threshold"], 3)
+    report = search(with_strategies(config, ["simple_lm", "verifier", "threshold"]))
+    first = sorted(report.rows, key=lambda row: row.number)[:3]
+    assert [row.strategy for row in first] == ["threshold", "verifier", "simple_lm"]
+
+
+def test_a_slow_starting_lm_strategy_that_wins_on_all_of_dev_is_kept(tmp_path, monkeypatch) -> None:
+    """Wrong on the first rows it judges, a quarter of the first rung's, right on every
+    other: the early rungs test at a level spent in proportion to the rows seen, so a
+    start this slow does not drop a judge that wins on all of dev."""
+    from judgecal.calibrate.selection import interleaved
+
+    config = search_config(tmp_path, ["threshold"], 2, n_groups=80, dev_chunk=8)
+    dev = dev_rows_of(config)
+    first = {dev[i].id for i in interleaved(dev, config.search.seed)[:6]}
+    monkeypatch.setitem(STRATEGIES, "slow", scripted_spec("slow", 9, wrong_if=lambda row: row.id in first))
+    report = search(with_strategies(config, ["threshold", "slow"]))
+    states = {row.strategy: row.state for row in report.rows}
+    assert states["slow"] == "COMPLETE", report.rows
+    assert report.best is not None and report.best.strategy == "slow"
+
+
+def test_the_pruners_rungs_grow_threefold_and_early_ones_test_at_a_stricter_level() -> None:
+    from judgecal.calibrate.pruning import PairedMeanPruner
+
+    pruner = PairedMeanPruner.for_dev(600, 16, 0.1)
+    assert (pruner.n_startup_steps, pruner.rungs) == (200, (23, 67))
+    assert [pruner.level(n) for n in (16, 32, 48, 64, 80, 192, 208, 224)] == [
+        None,
+        pytest.approx(0.1 * 23 / 200),
+        None,
+        None,
+        pytest.approx(0.1 * 67 / 200),
+        None,
+        0.1,
+        0.1,
+    ]
+
+
 class TakenForLostJudge(ScriptedJudge):
     """Judges like a scripted judge, but the first time it is asked, another worker takes
     its trial for lost, as a peer does when this worker sent no heartbeat for longer than
@@ -256,20 +324,49 @@ def test_strategies_that_make_no_lm_calls_are_scored_on_every_fold_and_never_pru
 def test_repeated_settings_are_answered_and_do_not_count_toward_the_budget(tmp_path) -> None:
     config = search_config(tmp_path, ["threshold", "base_rate", "verifier"], 5, max_repeats=50)
     report = search(config)
-    distinct = [row for row in report.rows if row.duplicate_of is None]
+    distinct = [row for row in report.rows if row.answered_from is None]
     repeats = [row for row in report.rows if row.duplicate_of is not None]
     assert len(distinct) == 5
-    assert len({row.strategy for row in distinct if row.strategy != "verifier"}) == 2  # each tried once
+    # Each tried: on verdicts of 0 or 1 their default cuts are one judge, the second answered from the first.
+    assert {row.strategy for row in report.rows if row.duplicate_of is None} == {"threshold", "base_rate", "verifier"}
     by_number = {row.number: row for row in report.rows}
     for row in repeats:
         assert row.score == by_number[row.duplicate_of].score
 
 
+def test_a_trial_whose_judge_is_an_earlier_ones_is_answered_from_it_and_does_not_count(tmp_path) -> None:
+    """On verdicts of 0 or 1 every cut between them is one judge: the base rate's cut and
+    the threshold's give the same out-of-fold verdicts, so the second is the first again."""
+    from judgecal.pipeline.search import leaderboard_markdown
+
+    config = search_config(tmp_path, ["threshold", "base_rate"], 2, max_repeats=3)
+    report = search(config)
+    [first, second] = sorted((row for row in report.rows if row.duplicate_of is None), key=lambda r: r.number)
+    assert (first.same_judge_as, second.same_judge_as) == (None, first.number)
+    assert second.score == first.score and second.state == "COMPLETE"
+    assert not report.complete  # one distinct judge only: the space is exhausted before 2
+    assert report.best is not None and report.best.number == first.number
+    assert f"(same judge as trial {first.number})" in leaderboard_markdown(report)
+
+
+def test_an_lm_trial_whose_judge_gives_an_earlier_ones_dev_verdicts_is_the_same_judge(tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(STRATEGIES, "right", scripted_spec("right", 8))
+    monkeypatch.setitem(STRATEGIES, "also_right", scripted_spec("also_right", 9))
+    config = search_config(tmp_path, ["right", "also_right", "verifier"], 3, max_repeats=50)
+    report = search(config)
+    by_strategy = {row.strategy: row for row in report.rows if row.duplicate_of is None}
+    assert by_strategy["also_right"].same_judge_as == by_strategy["right"].number
+    assert by_strategy["verifier"].same_judge_as is None
+    assert len({row.number for row in report.rows if row.answered_from is None}) == 3  # verifier tuned once more
+
+
 def test_a_search_space_with_nothing_new_left_stops(tmp_path) -> None:
     config = search_config(tmp_path, ["threshold", "base_rate"], 6, max_repeats=4)
     report = search(config)
-    assert len([row for row in report.rows if row.duplicate_of is None]) == 2
-    assert len([row for row in report.rows if row.duplicate_of is not None]) == 4
+    assert len([row for row in report.rows if row.duplicate_of is None]) == 2  # each strategy's defaults
+    # Four proposals in a row brought nothing new: the second default cut (on verdicts of 0 or 1,
+    # the first's judge again), then three repeated settings.
+    assert len([row for row in report.rows if row.answered_from is not None]) == 4
     assert not report.complete
 
 
@@ -465,9 +562,12 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 def finished(storage: str) -> list[optuna.trial.FrozenTrial]:
-    """Trials that count toward the study's total: complete or pruned, not repeats."""
+    """Trials that count toward the study's total: complete or pruned, neither repeats of
+    earlier settings nor the same judge as an earlier trial."""
+    from judgecal.calibrate.search import answered_from
+
     study = optuna.load_study(study_name="shared", storage=storage)
-    return [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED and "duplicate_of" not in t.user_attrs]
+    return [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED and answered_from(t) is None]
 
 
 @pytest.mark.slow
@@ -482,11 +582,12 @@ def test_a_killed_study_resumes_and_runs_only_the_remaining_trials(tmp_path: Pat
         start_new_session=True,
     )
     try:
-        # Killed once three trials are stored: when the trial after the third begins.
+        # Killed once three trials that count are stored: when the trial after the third begins
+        # (a trial that turns out to be an earlier one's judge does not count).
         output, scored, line = Output([worker]), 0, ""
         while scored < 3 or started(line) is None:
             _, line = output.wait_for(lambda _, line: " κ " in line or started(line) is not None)
-            scored += " κ " in line
+            scored += " κ " in line and "same judge as" not in line
     finally:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
