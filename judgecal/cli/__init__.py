@@ -27,6 +27,7 @@ from judgecal.redact import error_line, redact_text, redact_url
 from judgecal.workspace import Workspace, set_process_environment
 
 if TYPE_CHECKING:
+    from judgecal.calibrate.search import TrialRow
     from judgecal.pipeline.config import ExperimentConfig
     from judgecal.pipeline.results import CalibrationReport
 
@@ -126,6 +127,14 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trial_state(row: TrialRow) -> str:
+    if row.skipped:
+        return "skipped (budget)"
+    if row.same_judge_as is not None:
+        return f"same judge as {row.same_judge_as}"
+    return row.state.lower() + (f" after {row.pruned_after} rows" if row.pruned_after else "")
+
+
 def _searching(config: ExperimentConfig, args: argparse.Namespace) -> bool:
     """Whether this experiment runs as a search: its [search] section or a search's flags,
     unless --strategy names one strategy."""
@@ -158,8 +167,9 @@ def _search_one(
         track=not args.no_track,
         log=lambda message: console.print(message, highlight=False),
     )
+    distinct = len([r for r in report.rows if r.answered_from is None])
     table = Table(
-        title=f"{config.judge.name}: {len([r for r in report.rows if r.duplicate_of is None])} trials, scored "
+        title=f"{config.judge.name}: {distinct} distinct trials, scored "
         "without test rows (cv: cross-validated over train + dev; dev: on dev)",
         title_justify="left",
     )
@@ -175,9 +185,7 @@ def _search_one(
         table.add_row(
             f"{row.number}{' *' if chosen else ''}",
             row.strategy,
-            "skipped (budget)"
-            if row.skipped
-            else row.state.lower() + (f" after {row.pruned_after} rows" if row.pruned_after else ""),
+            _trial_state(row),
             row.rule or "–",
             "–" if row.score is None else f"{row.score:.3f}",
             "–" if row.se is None or row.se != row.se else f"{row.se:.3f}",
@@ -187,8 +195,11 @@ def _search_one(
             "–" if row.seconds is None else f"{row.seconds:.0f}",
         )
     repeats = len([r for r in report.rows if r.duplicate_of is not None])
-    if repeats:
-        table.caption = f"{repeats} proposals repeated settings already tried; answered from those trials"
+    same = len([r for r in report.rows if r.same_judge_as is not None])
+    notes = [f"{repeats} proposals repeated settings already tried"] if repeats else []
+    notes += [f"{same} trials gave the same judge as an earlier one"] if same else []
+    if notes:
+        table.caption = "; ".join(notes) + ": answered from those trials, not counted"
     console.print(table)
     if report.choice is not None:
         for step in report.choice.steps:

@@ -286,3 +286,14 @@ def test_the_dry_run_says_what_the_budget_sets_aside_and_which_trials_can_never_
     assert "budget: $5; the whole run costs at most $" in note
     unpriced = dataclasses.replace(planned, price=None)
     assert "has no price: the search stops before any call" in budget_note(unpriced, search)
+
+
+def test_the_search_table_marks_a_trial_that_gave_an_earlier_ones_judge(tmp_path, workspace, capsys) -> None:
+    """On 0/1 recorded verdicts a cut and the base rate are one judge: the table says so."""
+    from judgecal.cli import main
+    from tests.calibrate.test_search import write_study_config
+
+    config = write_study_config(tmp_path)
+    assert main(["calibrate", str(config), "--strategies", "threshold,base_rate", "--trials", "2", "--no-track"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "same judge as" in out and "1 trials gave the same judge as an earlier one" in out
