@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from judgecal.artifacts import MONITOR_PLOT, MONITOR_STATE_FILE
 from judgecal.data.rows import DataError, LabeledRow, load_rows
@@ -45,6 +46,8 @@ from judgecal.workspace import Workspace
 
 STATE_SCHEMA_VERSION = 1
 BATCH_RESAMPLES = 1000
+LOGGED_MODEL_ID = re.compile(r"m-[0-9a-f]{32}")
+"""A logged model's own id (``models:/m-<id>``, as the MLflow UI lists it): no registered version."""
 
 
 class BatchCheck(BaseModel):
@@ -87,6 +90,13 @@ class MonitorState(BaseModel):
     registered: tuple[str, str] | None = Field(default=None, description="(model name, version) for models:/.")
     alarm_batch: int | None = None
     batches: list[BatchCheck] = Field(default_factory=list)
+
+    @field_validator("registered")
+    @classmethod
+    def _no_version_is_none(cls, value: tuple[str, str] | None) -> tuple[str, str] | None:
+        """A logged model's id was once stored here with version "": it has no registered
+        version to tag, so such a state file resumes as having none."""
+        return None if value is not None and not value[1] else value
 
     @property
     def observations(self) -> list[float]:
@@ -359,12 +369,15 @@ def _start_run(state: MonitorState, state_path: Path, experiment_id: str) -> str
 
 
 def _registered_version(reference: str) -> tuple[str, str] | None:
-    """(name, version) of a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` judge."""
+    """(name, version) of a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` judge; None
+    for any other, a logged model's own ``models:/m-<id>`` included."""
     import mlflow
 
     if not reference.startswith("models:/"):
         return None
     body = reference.removeprefix("models:/")
+    if LOGGED_MODEL_ID.fullmatch(body.split("/")[0]):
+        return None
     if "@" in body:
         name, alias = body.split("@", 1)
         return name, str(mlflow.MlflowClient().get_model_version_by_alias(name, alias.split("/")[0]).version)

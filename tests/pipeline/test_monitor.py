@@ -167,6 +167,30 @@ def test_the_registered_version_is_tagged_with_the_last_check(
     )
 
 
+def test_a_logged_models_own_uri_has_no_registered_version_and_an_old_state_is_read_so(
+    tmp_path: Path, judge_folder: Path, pandalm_rows, workspace: Workspace
+) -> None:
+    """``models:/m-<id>`` names a logged model, not a registered one: nothing to tag, and a
+    state file that once recorded its id as a model name with version "" still resumes."""
+    import mlflow
+
+    from judgecal.export.flavor import log_model
+    from judgecal.pipeline.tracking import ensure_experiment
+
+    ensure_experiment(workspace, "pandalm")
+    with mlflow.start_run():
+        uri = log_model(judge_folder).model_uri
+    assert uri.startswith("models:/m-")
+    state = tmp_path / "monitor.json"
+    first, second = batches(tmp_path, pandalm_rows, count=2)
+    assert run(uri, first, state) == 0
+    assert read_state(state).registered is None
+    written = json.loads(state.read_text(encoding="utf-8"))
+    state.write_text(json.dumps({**written, "registered": [uri.removeprefix("models:/"), ""]}), encoding="utf-8")
+    assert read_state(state).registered is None
+    assert run(uri, second, state) == 0
+
+
 def test_a_selective_judge_reports_coverage_and_precision_and_an_old_bundle_no_shift(tmp_path: Path, capsys) -> None:
     data = write_jsonl(tmp_path / "batch.jsonl", [r.to_record() for r in recorded_rows(n_groups=10, seed=7).rows])
     state = tmp_path / "monitor.json"
