@@ -284,7 +284,7 @@ def check_batch(
     except TooFewPrompts as why:
         shift, notes = None, [f"shift not checked: {why}"]
     if shift is None and loaded.bundle.reference is None:
-        notes = [NO_REFERENCE]
+        notes = [] if state.batches else [NO_REFERENCE]  # said once, on the first batch
     checked = BatchCheck(
         index=len(state.batches) + 1,
         file=str(batch),

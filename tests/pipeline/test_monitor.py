@@ -203,6 +203,19 @@ def test_a_selective_judge_reports_coverage_and_precision_and_an_old_bundle_no_s
     assert batch.shift is None
 
 
+def test_a_judge_without_a_reference_sample_says_so_on_the_first_batch_only(tmp_path: Path, capsys) -> None:
+    from judgecal.export.reference import NO_REFERENCE
+
+    state, said = tmp_path / "monitor.json", []
+    for seed in (7, 8):
+        rows = recorded_rows(n_groups=10, seed=seed).rows
+        data = write_jsonl(tmp_path / f"batch{seed}.jsonl", [r.to_record() for r in rows])
+        assert run(GOLDEN / "recorded-stacking-selective", data, state, "--threshold", "0.6") in (0, 3)
+        said.append(" ".join(capsys.readouterr().err.split()))
+    assert len(read_state(state).batches) == 2
+    assert NO_REFERENCE in said[0] and NO_REFERENCE not in said[1]
+
+
 def test_the_level_and_alpha_are_fixed_when_a_monitor_starts(tmp_path: Path, judge_folder: Path, pandalm_rows) -> None:
     state = tmp_path / "monitor.json"
     first, second = batches(tmp_path, pandalm_rows, count=2)
