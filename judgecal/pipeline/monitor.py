@@ -153,16 +153,23 @@ def batch_fingerprint(rows: list[LabeledRow]) -> str:
 
 def reference_level(bundle: JudgeBundle, threshold: float | None) -> tuple[float, str]:
     """The agreement the upper bound is checked against, and where it comes from: the
-    threshold given; for a selective judge the lowest precision its band guarantees; else
+    threshold given; for a selective judge the lowest precision its band guarantees for a
+    verdict it gives (a verdict it never gives is never observed); else
     the low end of the 95% interval of its agreement on its test rows (the point estimate
     itself is noisy: a judge exactly as good as its test rows showed would, half of the
     time, sit below it and alarm sooner or later)."""
     if threshold is not None:
         return threshold, "--threshold"
     evaluation = bundle.evaluation or {}
-    targets = [t["target"] for t in (evaluation.get("selective") or {}).get("targets") or [] if "target" in t]
+    # A verdict the band never gives keeps its target (held vacuously) but is never observed.
+    targets = {
+        t["verdict"]: float(t["target"])
+        for t in (evaluation.get("selective") or {}).get("targets") or []
+        if "target" in t and t.get("status") != "never given"
+    }
     if targets:
-        return float(min(targets)), "the lowest precision the selective judge's band guarantees"
+        given = ", ".join(f"'{verdict}' {target:.2f}" for verdict, target in targets.items())
+        return min(targets.values()), f"the lowest precision the selective judge's band guarantees ({given})"
     for name in ("accuracy", "agreement"):
         estimate = (evaluation.get("metrics") or {}).get(name)
         if estimate and estimate.get("low") is not None and np.isfinite(estimate["low"]):

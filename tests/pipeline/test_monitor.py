@@ -250,3 +250,18 @@ def test_a_calibrated_judge_carries_its_test_rows_sketch_and_its_level(tmp_path:
     low = loaded.bundle.evaluation["metrics"]["accuracy"]["low"]
     assert outcome.state.level == pytest.approx(low) and "low end" in outcome.state.level_source
     assert outcome.batch.shift is not None
+
+
+def test_a_selective_judges_level_leaves_out_the_target_of_a_verdict_its_band_never_gives() -> None:
+    """The band never says 'true' (its target 0.70 held vacuously): the level is the 0.97
+    of 'false', the verdict whose precision the observations measure."""
+    from judgecal.export.bundle import read_bundle
+
+    bundle = read_bundle(GOLDEN / "recorded-stacking-selective")
+    targets = [
+        {"verdict": "true", "target": 0.70, "precision": None, "status": "never given"},
+        {"verdict": "false", "target": 0.97, "precision": None, "status": "held"},
+    ]
+    bundle = bundle.model_copy(update={"evaluation": {"selective": {"targets": targets}}})
+    level, source = monitor.reference_level(bundle, None)
+    assert level == 0.97 and "'false'" in source
