@@ -154,8 +154,9 @@ def batch_fingerprint(rows: list[LabeledRow]) -> str:
 def reference_level(bundle: JudgeBundle, threshold: float | None) -> tuple[float, str]:
     """The agreement the upper bound is checked against, and where it comes from: the
     threshold given; for a selective judge the lowest precision its band guarantees for a
-    verdict it gives (a verdict it never gives is never observed); else
-    the low end of the 95% interval of its agreement on its test rows (the point estimate
+    verdict it gives (a verdict it never gives is never observed); else the low end of the
+    95% interval of what the sequence tracks, the mean over its test groups of each group's
+    share right, or of its row-weighted agreement in an older bundle (the point estimate
     itself is noisy: a judge exactly as good as its test rows showed would, half of the
     time, sit below it and alarm sooner or later)."""
     if threshold is not None:
@@ -170,7 +171,13 @@ def reference_level(bundle: JudgeBundle, threshold: float | None) -> tuple[float
     if targets:
         given = ", ".join(f"'{verdict}' {target:.2f}" for verdict, target in targets.items())
         return min(targets.values()), f"the lowest precision the selective judge's band guarantees ({given})"
-    for name in ("accuracy", "agreement"):
+    share = evaluation.get("group_share") or {}
+    if share.get("low") is not None and np.isfinite(share["low"]):
+        return float(share["low"]), (
+            "the low end of the 95% interval of the mean over its test groups of the share of each group's rows "
+            "it got right, what the sequence tracks"
+        )
+    for name in ("accuracy", "agreement"):  # a bundle saved before group_share was recorded
         estimate = (evaluation.get("metrics") or {}).get(name)
         if estimate and estimate.get("low") is not None and np.isfinite(estimate["low"]):
             return float(estimate["low"]), f"the low end of the 95% interval of its {name} on its test rows"

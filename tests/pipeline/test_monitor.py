@@ -247,8 +247,15 @@ def test_a_calibrated_judge_carries_its_test_rows_sketch_and_its_level(tmp_path:
     assert "prompt" not in json.dumps(sketch["features"]) and sketch["source"] == "test rows of the calibration"
     batch = write_jsonl(tmp_path / "batch.jsonl", [r.to_record() for r in recorded_rows(n_groups=6, seed=9).rows])
     outcome = check_batch(loaded, batch, tmp_path / "monitor.json", workspace=workspace)
-    low = loaded.bundle.evaluation["metrics"]["accuracy"]["low"]
-    assert outcome.state.level == pytest.approx(low) and "low end" in outcome.state.level_source
+    record = report.record
+    verdicts = record.judges["calibrated"].verdicts
+    shares = {}
+    for verdict, human, group in zip(verdicts, record.human, record.groups, strict=True):
+        shares.setdefault(group, []).append(verdict == human)
+    share = loaded.bundle.evaluation["group_share"]
+    assert share["value"] == pytest.approx(sum(sum(s) / len(s) for s in shares.values()) / len(shares))
+    assert share["low"] < share["value"] and outcome.state.level == pytest.approx(share["low"])
+    assert "mean over its test groups" in outcome.state.level_source
     assert outcome.batch.shift is not None
 
 
