@@ -423,6 +423,7 @@ def log_batch(state: MonitorState) -> None:
     metrics |= {f"batch.precision.{k}": v for k, v in batch.precision.items() if v is not None}
     if batch.shift is not None:
         metrics |= {"shift.auc": batch.shift.auc, "shift.unlike_share": batch.shift.unlike_share}
+        metrics |= {"shift.null_auc": batch.shift.null_auc, "shift.null_unlike_share": batch.shift.null_unlike_share}
     for key, value in metrics.items():
         if value is not None and np.isfinite(value):
             client.log_metric(state.run_id, key, float(value), step=batch.index)
