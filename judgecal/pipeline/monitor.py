@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from judgecal.artifacts import MONITOR_PLOT, MONITOR_STATE_FILE
 from judgecal.data.rows import DataError, LabeledRow, load_rows
@@ -45,6 +46,8 @@ from judgecal.workspace import Workspace
 
 STATE_SCHEMA_VERSION = 1
 BATCH_RESAMPLES = 1000
+LOGGED_MODEL_ID = re.compile(r"m-[0-9a-f]{32}")
+"""A logged model's own id (``models:/m-<id>``, as the MLflow UI lists it): no registered version."""
 
 
 class BatchCheck(BaseModel):
@@ -87,6 +90,13 @@ class MonitorState(BaseModel):
     registered: tuple[str, str] | None = Field(default=None, description="(model name, version) for models:/.")
     alarm_batch: int | None = None
     batches: list[BatchCheck] = Field(default_factory=list)
+
+    @field_validator("registered")
+    @classmethod
+    def _no_version_is_none(cls, value: tuple[str, str] | None) -> tuple[str, str] | None:
+        """A logged model's id was once stored here with version "": it has no registered
+        version to tag, so such a state file resumes as having none."""
+        return None if value is not None and not value[1] else value
 
     @property
     def observations(self) -> list[float]:
@@ -143,17 +153,31 @@ def batch_fingerprint(rows: list[LabeledRow]) -> str:
 
 def reference_level(bundle: JudgeBundle, threshold: float | None) -> tuple[float, str]:
     """The agreement the upper bound is checked against, and where it comes from: the
-    threshold given; for a selective judge the lowest precision its band guarantees; else
-    the low end of the 95% interval of its agreement on its test rows (the point estimate
+    threshold given; for a selective judge the lowest precision its band guarantees for a
+    verdict it gives (a verdict it never gives is never observed); else the low end of the
+    95% interval of what the sequence tracks, the mean over its test groups of each group's
+    share right, or of its row-weighted agreement in an older bundle (the point estimate
     itself is noisy: a judge exactly as good as its test rows showed would, half of the
     time, sit below it and alarm sooner or later)."""
     if threshold is not None:
         return threshold, "--threshold"
     evaluation = bundle.evaluation or {}
-    targets = [t["target"] for t in (evaluation.get("selective") or {}).get("targets") or [] if "target" in t]
+    # A verdict the band never gives keeps its target (held vacuously) but is never observed.
+    targets = {
+        t["verdict"]: float(t["target"])
+        for t in (evaluation.get("selective") or {}).get("targets") or []
+        if "target" in t and t.get("status") != "never given"
+    }
     if targets:
-        return float(min(targets)), "the lowest precision the selective judge's band guarantees"
-    for name in ("accuracy", "agreement"):
+        given = ", ".join(f"'{verdict}' {target:.2f}" for verdict, target in targets.items())
+        return min(targets.values()), f"the lowest precision the selective judge's band guarantees ({given})"
+    share = evaluation.get("group_share") or {}
+    if share.get("low") is not None and np.isfinite(share["low"]):
+        return float(share["low"]), (
+            "the low end of the 95% interval of the mean over its test groups of the share of each group's rows "
+            "it got right, what the sequence tracks"
+        )
+    for name in ("accuracy", "agreement"):  # a bundle saved before group_share was recorded
         estimate = (evaluation.get("metrics") or {}).get(name)
         if estimate and estimate.get("low") is not None and np.isfinite(estimate["low"]):
             return float(estimate["low"]), f"the low end of the 95% interval of its {name} on its test rows"
@@ -274,7 +298,7 @@ def check_batch(
     except TooFewPrompts as why:
         shift, notes = None, [f"shift not checked: {why}"]
     if shift is None and loaded.bundle.reference is None:
-        notes = [NO_REFERENCE]
+        notes = [] if state.batches else [NO_REFERENCE]  # said once, on the first batch
     checked = BatchCheck(
         index=len(state.batches) + 1,
         file=str(batch),
@@ -359,12 +383,15 @@ def _start_run(state: MonitorState, state_path: Path, experiment_id: str) -> str
 
 
 def _registered_version(reference: str) -> tuple[str, str] | None:
-    """(name, version) of a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` judge."""
+    """(name, version) of a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` judge; None
+    for any other, a logged model's own ``models:/m-<id>`` included."""
     import mlflow
 
     if not reference.startswith("models:/"):
         return None
     body = reference.removeprefix("models:/")
+    if LOGGED_MODEL_ID.fullmatch(body.split("/")[0]):
+        return None
     if "@" in body:
         name, alias = body.split("@", 1)
         return name, str(mlflow.MlflowClient().get_model_version_by_alias(name, alias.split("/")[0]).version)
@@ -396,6 +423,7 @@ def log_batch(state: MonitorState) -> None:
     metrics |= {f"batch.precision.{k}": v for k, v in batch.precision.items() if v is not None}
     if batch.shift is not None:
         metrics |= {"shift.auc": batch.shift.auc, "shift.unlike_share": batch.shift.unlike_share}
+        metrics |= {"shift.null_auc": batch.shift.null_auc, "shift.null_unlike_share": batch.shift.null_unlike_share}
     for key, value in metrics.items():
         if value is not None and np.isfinite(value):
             client.log_metric(state.run_id, key, float(value), step=batch.index)

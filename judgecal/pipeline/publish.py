@@ -100,7 +100,24 @@ def bundle_evaluation(report: CalibrationReport) -> dict[str, Any] | None:
         "comparison": agreement.comparison.model_dump() if agreement.comparison else None,
         "human_ceiling": agreement.ceiling.model_dump() if agreement.ceiling else None,
         "fraction_of_ceiling": calibrated.fraction_of_ceiling.model_dump() if calibrated.fraction_of_ceiling else None,
+        "group_share": _group_share(report),
     }
+
+
+def _group_share(report: CalibrationReport) -> dict[str, float] | None:
+    """The mean over test groups of the share of each group's answered rows the calibrated
+    judge got right, with its interval: what ``judgecal monitor`` tracks, so its level."""
+    from judgecal.stats.sequential import group_share_estimate
+
+    record = report.record
+    if record is None or "calibrated" not in record.judges:
+        return None
+    verdicts = record.judges["calibrated"].verdicts
+    answered = [i for i, v in enumerate(verdicts) if v is not None]
+    correct = [verdicts[i] == record.human[i] for i in answered]
+    groups = [record.groups[i] for i in answered]
+    config = report.config.report
+    return group_share_estimate(correct, groups, n_resamples=config.n_resamples, seed=config.seed).model_dump()
 
 
 def register(report: CalibrationReport, prepared: Prepared, tracked: TrackedRun, name: str) -> RegistryDecision:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from judgecal.stats.uncertainty import DEFAULT_RESAMPLES, Estimate, group_bootstrap
+
 DEFAULT_ALPHA = 0.05
 
 # Candidate means the bounds are searched over: steps of 0.002.
@@ -145,3 +147,24 @@ def group_shares(correct: np.ndarray | list[bool], groups: list[str]) -> list[fl
     for ok, group in zip(correct, groups, strict=True):
         order.setdefault(group, []).append(bool(ok))
     return [float(np.mean(values)) for values in order.values()]
+
+
+def group_share_estimate(
+    correct: np.ndarray | list[bool], groups: list[str], *, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+) -> Estimate:
+    """The mean over groups of :func:`group_shares`, the quantity a monitor's sequence
+    tracks, with its 95% group-bootstrap interval: its low end is the level a judge's own
+    test rows support (row-weighted agreement is another quantity when groups differ in
+    size and in how often the judge is right on them)."""
+    shares = np.array(group_shares(correct, groups))
+    if len(shares) < 2:
+        nan = float("nan")
+        return Estimate(value=float(shares.mean()) if len(shares) else nan, low=nan, high=nan)
+    low, high = group_bootstrap(
+        lambda sample: shares[sample].mean(axis=-1)[None, :],
+        len(shares),
+        vectorized=True,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+    return Estimate(value=float(shares.mean()), low=float(low[0]), high=float(high[0]))

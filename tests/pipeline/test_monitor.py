@@ -167,6 +167,30 @@ def test_the_registered_version_is_tagged_with_the_last_check(
     )
 
 
+def test_a_logged_models_own_uri_has_no_registered_version_and_an_old_state_is_read_so(
+    tmp_path: Path, judge_folder: Path, pandalm_rows, workspace: Workspace
+) -> None:
+    """``models:/m-<id>`` names a logged model, not a registered one: nothing to tag, and a
+    state file that once recorded its id as a model name with version "" still resumes."""
+    import mlflow
+
+    from judgecal.export.flavor import log_model
+    from judgecal.pipeline.tracking import ensure_experiment
+
+    ensure_experiment(workspace, "pandalm")
+    with mlflow.start_run():
+        uri = log_model(judge_folder).model_uri
+    assert uri.startswith("models:/m-")
+    state = tmp_path / "monitor.json"
+    first, second = batches(tmp_path, pandalm_rows, count=2)
+    assert run(uri, first, state) == 0
+    assert read_state(state).registered is None
+    written = json.loads(state.read_text(encoding="utf-8"))
+    state.write_text(json.dumps({**written, "registered": [uri.removeprefix("models:/"), ""]}), encoding="utf-8")
+    assert read_state(state).registered is None
+    assert run(uri, second, state) == 0
+
+
 def test_a_selective_judge_reports_coverage_and_precision_and_an_old_bundle_no_shift(tmp_path: Path, capsys) -> None:
     data = write_jsonl(tmp_path / "batch.jsonl", [r.to_record() for r in recorded_rows(n_groups=10, seed=7).rows])
     state = tmp_path / "monitor.json"
@@ -177,6 +201,19 @@ def test_a_selective_judge_reports_coverage_and_precision_and_an_old_bundle_no_s
     assert batch.precision["false"] is not None and batch.answered == round(batch.coverage * batch.rows)
     assert "coverage" in out.out and "not checked" in out.err
     assert batch.shift is None
+
+
+def test_a_judge_without_a_reference_sample_says_so_on_the_first_batch_only(tmp_path: Path, capsys) -> None:
+    from judgecal.export.reference import NO_REFERENCE
+
+    state, said = tmp_path / "monitor.json", []
+    for seed in (7, 8):
+        rows = recorded_rows(n_groups=10, seed=seed).rows
+        data = write_jsonl(tmp_path / f"batch{seed}.jsonl", [r.to_record() for r in rows])
+        assert run(GOLDEN / "recorded-stacking-selective", data, state, "--threshold", "0.6") in (0, 3)
+        said.append(" ".join(capsys.readouterr().err.split()))
+    assert len(read_state(state).batches) == 2
+    assert NO_REFERENCE in said[0] and NO_REFERENCE not in said[1]
 
 
 def test_the_level_and_alpha_are_fixed_when_a_monitor_starts(tmp_path: Path, judge_folder: Path, pandalm_rows) -> None:
@@ -210,6 +247,28 @@ def test_a_calibrated_judge_carries_its_test_rows_sketch_and_its_level(tmp_path:
     assert "prompt" not in json.dumps(sketch["features"]) and sketch["source"] == "test rows of the calibration"
     batch = write_jsonl(tmp_path / "batch.jsonl", [r.to_record() for r in recorded_rows(n_groups=6, seed=9).rows])
     outcome = check_batch(loaded, batch, tmp_path / "monitor.json", workspace=workspace)
-    low = loaded.bundle.evaluation["metrics"]["accuracy"]["low"]
-    assert outcome.state.level == pytest.approx(low) and "low end" in outcome.state.level_source
+    record = report.record
+    verdicts = record.judges["calibrated"].verdicts
+    shares = {}
+    for verdict, human, group in zip(verdicts, record.human, record.groups, strict=True):
+        shares.setdefault(group, []).append(verdict == human)
+    share = loaded.bundle.evaluation["group_share"]
+    assert share["value"] == pytest.approx(sum(sum(s) / len(s) for s in shares.values()) / len(shares))
+    assert share["low"] < share["value"] and outcome.state.level == pytest.approx(share["low"])
+    assert "mean over its test groups" in outcome.state.level_source
     assert outcome.batch.shift is not None
+
+
+def test_a_selective_judges_level_leaves_out_the_target_of_a_verdict_its_band_never_gives() -> None:
+    """The band never says 'true' (its target 0.70 held vacuously): the level is the 0.97
+    of 'false', the verdict whose precision the observations measure."""
+    from judgecal.export.bundle import read_bundle
+
+    bundle = read_bundle(GOLDEN / "recorded-stacking-selective")
+    targets = [
+        {"verdict": "true", "target": 0.70, "precision": None, "status": "never given"},
+        {"verdict": "false", "target": 0.97, "precision": None, "status": "held"},
+    ]
+    bundle = bundle.model_copy(update={"evaluation": {"selective": {"targets": targets}}})
+    level, source = monitor.reference_level(bundle, None)
+    assert level == 0.97 and "'false'" in source
