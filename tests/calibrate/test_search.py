@@ -549,13 +549,27 @@ def age_heartbeats(storage: str, numbers: list[int]) -> None:
     try:
         with engine.begin() as connection:
             for trial_id in ids:
+                then = {"then": datetime.datetime(2000, 1, 1), "id": trial_id}
                 aged = connection.execute(
-                    sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = :then WHERE trial_id = :id"),
-                    {"then": datetime.datetime(2000, 1, 1), "id": trial_id},
+                    sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = :then WHERE trial_id = :id"), then
                 )
-                assert aged.rowcount == 1, f"trial id {trial_id} has no heartbeat"
+                if aged.rowcount == 0:  # stopped before its heartbeat thread first wrote
+                    connection.execute(
+                        sqlalchemy.text("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (:id, :then)"), then
+                    )
     finally:
         engine.dispose()
+
+
+def test_a_trial_stopped_before_its_first_heartbeat_is_aged_all_the_same(tmp_path) -> None:
+    """A worker may be stopped between a trial's start and its heartbeat thread's first
+    write: the fake clock must still make that trial stale."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(study_name="shared", storage=storage)
+    trial = study.ask()  # running, with no heartbeat written yet
+    age_heartbeats(url, [trial.number])
+    assert storage._get_stale_trial_ids(study._study_id) == [trial._trial_id]
 
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
