@@ -36,7 +36,7 @@ def sketch_of(
     if len(rows) != len(verdicts):
         raise ValueError(f"{len(rows)} rows but {len(verdicts)} verdicts")
     return sketch_rows(
-        [row.inputs for row in rows],
+        _json_inputs(rows),
         [verdict.probabilities for verdict in verdicts],
         fields=list(spec.input_names),
         labels=[answer_key(label) for label in spec.labels],
@@ -54,7 +54,7 @@ def check_rows(
         return None
     sketch = ReferenceSketch.model_validate(reference)
     new = sketch_rows(
-        [row.inputs for row in rows],
+        _json_inputs(rows),
         [verdict.probabilities for verdict in verdicts],
         fields=sketch.fields,
         labels=sketch.labels,
@@ -62,3 +62,8 @@ def check_rows(
         source="rows being judged",
     )
     return compare_with_reference(sketch, new)
+
+
+def _json_inputs(rows: Sequence[LabeledRow]) -> list[dict[str, Any]]:
+    """Each row's inputs as JSON values: a conversation's turns are models, not text."""
+    return [row.model_dump(mode="json", include={"inputs"})["inputs"] for row in rows]

@@ -189,3 +189,16 @@ def test_the_same_prompt_in_both_samples_is_one_group() -> None:
     groups = _groups(sketch(inputs[::2]), sketch(inputs[1::2]))
     prompts = [r["prompt"] for r in inputs[::2] + inputs[1::2]]
     assert len(set(groups)) == len(set(prompts))
+
+
+def test_rows_whose_inputs_are_models_are_sketched_and_checked(tmp_path: Path) -> None:
+    """The attribute task's conversation is a list of turns, not text: it is sketched as its JSON."""
+    from judgecal.judges.verdict import Verdict
+
+    path = Path(__file__).parents[2] / "experiments" / "data" / "attribute_demo.jsonl"
+    task = resolve_task("attribute")
+    rows = list(load_rows(path, task.spec).rows)[:40]
+    verdicts = [Verdict(label=row.label, probabilities={"true": 0.6, "false": 0.4}) for row in rows]
+    reference = reference_sketch(rows[:20], verdicts[:20], task.spec, source="test")
+    json.dumps(reference)
+    assert check_rows(reference, rows[20:], verdicts[20:], task.spec) is not None
