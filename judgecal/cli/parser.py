@@ -38,37 +38,31 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_amount(text: str) -> float:
-    """An argparse type: a finite amount above 0 (argparse names the flag)."""
+def _number(text: str, accepted: Callable[[float], bool], expected: str) -> float:
+    """A number the flag accepts, or argparse's error saying what was expected (NaN and
+    text that is not a number fail every check)."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not (0 < value < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected an amount above 0, e.g. 5 or 0.50, got {text!r}")
+    if not accepted(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def _positive_amount(text: str) -> float:
+    """An argparse type: a finite amount above 0 (argparse names the flag)."""
+    return _number(text, lambda value: 0 < value < float("inf"), "an amount above 0, e.g. 5 or 0.50")
 
 
 def _alpha(text: str) -> float:
     """An argparse type: a chance of a false alarm, above 0 and below 0.5 (argparse names the flag)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < 0.5:
-        raise argparse.ArgumentTypeError(f"expected a chance above 0 and below 0.5 (e.g. 0.05), got {text!r}")
-    return value
+    return _number(text, lambda value: 0 < value < 0.5, "a chance above 0 and below 0.5 (e.g. 0.05)")
 
 
 def _level(text: str) -> float:
     """An argparse type: a confidence level strictly between 0 and 1 (argparse names the flag)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a level strictly between 0 and 1 (e.g. 0.95), got {text!r}")
-    return value
+    return _number(text, lambda value: 0 < value < 1, "a level strictly between 0 and 1 (e.g. 0.95)")
 
 
 def _targets(text: str) -> dict[str, float]:
@@ -298,13 +292,7 @@ def _estimate_command(commands: Commands, handler: Handler) -> None:
 
 def _share(text: str) -> float:
     """An argparse type: a share between 0 and 1 inclusive (argparse names the flag)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1 (e.g. 0.2), got {text!r}")
-    return value
+    return _number(text, lambda value: 0 <= value <= 1, "a share between 0 and 1 (e.g. 0.2)")
 
 
 def _label_next_command(commands: Commands, handler: Handler) -> None:
@@ -355,13 +343,7 @@ def _label_next_command(commands: Commands, handler: Handler) -> None:
 
 def _share_open(text: str) -> float:
     """An argparse type: a number strictly between 0 and 1 (argparse names the flag)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, got {text!r}")
-    return value
+    return _number(text, lambda value: 0 < value < 1, "a number strictly between 0 and 1")
 
 
 def _plan_command(commands: Commands, handler: Handler) -> None:
