@@ -19,6 +19,7 @@ from judgecal.artifacts import CARD_DIR, EVALUATION_FILE, HTML_CARD_FILE, METRIC
 from judgecal.cli.cost import dry_run, search_settings
 from judgecal.cli.labelling import label_next_command, merge_labels_command
 from judgecal.cli.monitoring import monitor_command, warn_shift
+from judgecal.cli.opening import open_judge_from_flags
 from judgecal.cli.output import console, errors, print_error
 from judgecal.cli.parser import build_parser
 from judgecal.cli.planning import plan_command
@@ -419,32 +420,17 @@ def _run_selective(run_id: str) -> dict[str, Any] | None:
 
 def _judge(args: argparse.Namespace) -> int:
     from judgecal.export.adapters import judge_file
-    from judgecal.export.flavor import open_judge
     from judgecal.progress import rich_progress
 
     workspace = Workspace.find(tracking_uri=args.tracking_uri)
     if str(args.judge).startswith(("runs:/", "models:/")):
         workspace.open_tracking()
-    workspace.use_dspy_cache()
     task = None
     if args.task:
         from judgecal.tasks.registry import resolve_task
 
         task = resolve_task(args.task)
-    loaded = open_judge(
-        args.judge,
-        model=args.model,
-        api_base=args.api_base,
-        trust_endpoint=args.trust_endpoint,
-        allow_modified=args.allow_modified,
-        task=task,
-        workspace=workspace,
-    )
-    for note in loaded.notes:
-        errors.print(f"[bold yellow]warning:[/] {note}", highlight=False, markup=True)
-    console.print(
-        f"judge {loaded.bundle.name!r} from {redact_url(loaded.source)}, bundle {loaded.digest}", highlight=False
-    )
+    loaded = open_judge_from_flags(args, workspace, task=task)
     result = judge_file(
         loaded.judge, args.input, args.output, num_threads=args.num_threads, progress=rich_progress(console)
     )

@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from judgecal.cli.opening import open_judge_from_flags
 from judgecal.cli.output import console, errors
-from judgecal.redact import redact_url
 from judgecal.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -68,25 +68,11 @@ def warn_shift(loaded: LoadedJudge, source: Path, output: Path) -> None:
 
 
 def monitor_command(args: argparse.Namespace) -> int:
-    from judgecal.export.flavor import open_judge
     from judgecal.pipeline.monitor import check_batch
 
     workspace = Workspace.find(tracking_uri=args.tracking_uri)
-    workspace.open_tracking()
-    workspace.use_dspy_cache()
-    loaded = open_judge(
-        args.judge,
-        model=args.model,
-        api_base=args.api_base,
-        trust_endpoint=args.trust_endpoint,
-        allow_modified=args.allow_modified,
-        workspace=workspace,
-    )
-    for note in loaded.notes:
-        _warn(note)
-    console.print(
-        f"judge {loaded.bundle.name!r} from {redact_url(loaded.source)}, bundle {loaded.digest}", highlight=False
-    )
+    workspace.open_tracking()  # the monitor's own run, whatever the judge's source
+    loaded = open_judge_from_flags(args, workspace)
     outcome = check_batch(
         loaded, args.batch, args.state, threshold=args.threshold, alpha=args.alpha, workspace=workspace
     )
