@@ -211,6 +211,8 @@ def _search_one(
     )
     if report.usage is not None:
         console.print(f"the search asked: {report.usage.describe()}", highlight=False)
+    if report.reported_in is not None:
+        return None, report.reported_in
     if report.calibration is None:
         console.print("no trial finished, so nothing was selected", highlight=False)
         return None, None

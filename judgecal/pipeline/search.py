@@ -9,6 +9,7 @@ a resumed search; its name states the selected judge's result.
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from contextlib import nullcontext
@@ -46,6 +47,7 @@ class SearchReport:
     new_trials: int = 0
     complete: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    reported_in: str | None = None  # the run where another worker already reported this winner
 
     @property
     def usage(self) -> LMUsage | None:
@@ -165,23 +167,68 @@ def _study_and_report(
     winner = outcome.choice.winner
     distinct = len([r for r in outcome.rows if r.answered_from is None])
     steps = "\n".join(f"- {step}" for step in outcome.choice.steps)
-    report.calibration = report_and_record(
-        prepared,
-        select_band(prepared, outcome.winner, log),
-        progress=progress,
-        experiment_id=experiment_id if parent_run_id is not None else None,
-        log=log,
-        run_id=parent_run_id,
-        description_extra=(
-            f"Selected by a search of {distinct} distinct trials ({len(outcome.rows)} with repeats and same judges): "
-            f"{winner.strategy} (trial {winner.number}). The leaderboard: `{LEADERBOARD_FILE}`.\n\n{steps}"
-        ),
-        meter=meter,
-    )
-    if report.calibration.tracked is not None:
-        report.tracking_uri = report.calibration.tracked.tracking_uri
-        log_leaderboard(report, prepared)
+    # The workers of a study report its winner into one parent run, one at a time: the first
+    # records it, a later one with the same finished trials and settings finds it recorded.
+    storage_url = search.storage or default_storage(prepared.workspace.root)
+    tracked = parent_run_id is not None and experiment_id is not None
+    key = report_key(prepared, outcome.rows, winner.number)
+    with study_lock(storage_url, study.study_name, prepared.workspace.root) if tracked else nullcontext():
+        if tracked and reported_key(parent_run_id) == key:
+            report.reported_in = parent_run_id
+            log(
+                f"trial {winner.number} ({winner.strategy}) is already reported in run {parent_run_id} "
+                "with the same finished trials and settings (by another worker, or an earlier run); "
+                "nothing more to record"
+            )
+            return report
+        report.calibration = report_and_record(
+            prepared,
+            select_band(prepared, outcome.winner, log),
+            progress=progress,
+            experiment_id=experiment_id if parent_run_id is not None else None,
+            log=log,
+            run_id=parent_run_id,
+            description_extra=(
+                f"Selected by a search of {distinct} distinct trials ({len(outcome.rows)} with repeats and same "
+                f"judges): {winner.strategy} (trial {winner.number}). The leaderboard: `{LEADERBOARD_FILE}`."
+                f"\n\n{steps}"
+            ),
+            meter=meter,
+        )
+        if report.calibration.tracked is not None:
+            report.tracking_uri = report.calibration.tracked.tracking_uri
+            log_leaderboard(report, prepared)
+            mark_reported(report.calibration.tracked.run_id, key)
     return report
+
+
+REPORTED_TAG = "judgecal.reported_for"
+
+
+def report_key(prepared: Prepared, rows: list[TrialRow], winner: int) -> str:
+    """What a parent run's report describes: the experiment's settings, the split, the
+    finished trials and the winner. Another report is needed only when one of them changed."""
+    import hashlib
+
+    trials = sorted((row.number, row.state, row.score) for row in rows)
+    text = json.dumps(
+        [prepared.config.model_dump(mode="json"), prepared.split.fingerprint, trials, winner],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def reported_key(run_id: str) -> str | None:
+    import mlflow
+
+    return mlflow.MlflowClient().get_run(run_id).data.tags.get(REPORTED_TAG)
+
+
+def mark_reported(run_id: str, key: str) -> None:
+    import mlflow
+
+    mlflow.MlflowClient().set_tag(run_id, REPORTED_TAG, key)
 
 
 def _run_trials(

@@ -786,6 +786,29 @@ def test_calibrating_a_verdicts_file_finishes_its_runs_and_says_why_nothing_is_e
     assert report.calibration.registry is None  # nothing to register
 
 
+def test_a_search_run_again_on_the_same_finished_trials_reports_its_winner_once(tmp_path) -> None:
+    """The workers of a study report into one parent run, one at a time: a worker (or a
+    later run) that finds the same finished trials already reported records nothing more;
+    once more trials have finished, the search reports again."""
+    import mlflow
+
+    config = search_config(tmp_path, ["threshold", "verifier"], 2)
+    first = run_search(config, config.search, log=lambda m: None)
+    assert first.calibration is not None and first.calibration.tracked is not None
+    said: list[str] = []
+    again = run_search(config, config.search, log=said.append)
+    assert again.calibration is None and again.reported_in == first.parent_run_id
+    assert any("already reported in run" in m for m in said)
+    mlflow.set_tracking_uri(first.tracking_uri)
+    experiment = first.calibration.tracked.experiment_id
+    assert len(mlflow.search_logged_models(experiment_ids=[experiment], output_format="list")) == 1
+    assert config.search is not None
+    more = config.model_copy(update={"search": config.search.model_copy(update={"trials": 3})})
+    third = run_search(more, more.search, log=lambda m: None)
+    assert third.calibration is not None and third.parent_run_id == first.parent_run_id
+    assert len(mlflow.search_logged_models(experiment_ids=[experiment], output_format="list")) == 2
+
+
 class FailsOnDev(FittedJudge):
     """The recorded judge, except that asking it about any dev row raises ``error``."""
 
