@@ -34,11 +34,13 @@ def pandalm_rows() -> list[LabeledRow]:
     return list(load_rows(PANDALM, PAIRWISE.spec).rows)
 
 
-@pytest.fixture
-def judge_folder(tmp_path: Path, pandalm_rows: list[LabeledRow]) -> Path:
+@pytest.fixture(scope="module")
+def judge_folder(tmp_path_factory: pytest.TempPathFactory, pandalm_rows: list[LabeledRow]) -> Path:
     """A words verifier fitted on the PandaLM rows the batches are drawn from (so that it
     agrees with people there and a change shows), with its agreement on 100 of them as its
-    evaluation and those rows as its reference sample."""
+    evaluation and those rows as its reference sample. Fitted once for the module: the
+    monitor only reads its bundle."""
+    tmp_path = tmp_path_factory.mktemp("monitored")
     fit, held = pandalm_rows, pandalm_rows[300:400]
     judge = VerifierJudge(task=PAIRWISE, name="pandalm").fit(fit)
     verdicts = judge.predict(held)
