@@ -91,11 +91,12 @@ FRESH_PROCESS = """
 import json, sys
 import judgecal
 from judgecal.data.rows import load_rows
-uri, rows_path, ids = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-judge = judgecal.load_judge(uri)
-rows = [r for r in load_rows(rows_path, judge.task.spec).rows if r.id in set(ids)]
-rows.sort(key=lambda r: ids.index(r.id))
-print(json.dumps([v.label for v in judge.batch(rows, progress=False)]))
+rows_path, ids, uris = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3:]
+for uri in uris:
+    judge = judgecal.load_judge(uri)
+    rows = [r for r in load_rows(rows_path, judge.task.spec).rows if r.id in set(ids)]
+    rows.sort(key=lambda r: ids.index(r.id))
+    print(json.dumps([v.label for v in judge.batch(rows, progress=False)]))
 """
 
 
@@ -131,13 +132,14 @@ def test_demo_judge_loads_by_path_run_and_champion_alias_in_a_fresh_process(isol
         )
     )
     env = {**os.environ, "JUDGECAL_HOME": str(isolated_workspace)}
-    for uri in (str(bundle), f"runs:/{report.tracked.run_id}/judge", "models:/relevance-demo@champion"):
-        out = subprocess.run(
-            [sys.executable, "-c", FRESH_PROCESS, uri, str(config.judge.data), json.dumps(record.ids)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=True,
-        )
-        assert json.loads(out.stdout.strip().splitlines()[-1]) == expected, uri
+    uris = [str(bundle), f"runs:/{report.tracked.run_id}/judge", "models:/relevance-demo@champion"]
+    out = subprocess.run(  # one process other than this one loads each in turn
+        [sys.executable, "-c", FRESH_PROCESS, str(config.judge.data), json.dumps(record.ids), *uris],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    printed = [line for line in out.stdout.splitlines() if line.startswith("[")]
+    assert [json.loads(line) for line in printed] == [expected] * len(uris), out.stdout

@@ -66,9 +66,11 @@ def check(folder: Path, rows: list[LabeledRow], workspace):
     return check_rows(loaded.bundle.reference, rows, loaded.judge.predict(rows), loaded.judge.task.spec)
 
 
-def assert_warns_on_recast_and_not_on_pandalm(pandalm: Path, relevance: Path, tmp_path: Path, workspace) -> None:
+def assert_warns_on_recast_and_not_on_pandalm(
+    pandalm: Path, relevance: Path, tmp_path: Path, workspace, folder: Path | None = None
+) -> None:
     rows = list(load_rows(pandalm, PAIRWISE.spec).rows)
-    folder = saved_judge(rows, tmp_path / "judge")
+    folder = folder or saved_judge(rows, tmp_path / "judge")
     fresh = by_prompt(rows)[2][:300]
     quiet = check(folder, fresh, workspace)
     loud = check(folder, recast_rows(relevance, 300, tmp_path), workspace)
@@ -79,9 +81,17 @@ def assert_warns_on_recast_and_not_on_pandalm(pandalm: Path, relevance: Path, tm
     assert quiet.unlike_share < 0.2
 
 
-def test_on_the_demo_data(tmp_path: Path, workspace) -> None:
+@pytest.fixture(scope="module")
+def demo_judge(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The judge fitted on the demo's PandaLM rows, saved once for the module's tests (they
+    only read it)."""
+    rows = list(load_rows(DEMO / "pandalm" / "pandalm_test.jsonl", PAIRWISE.spec).rows)
+    return saved_judge(rows, tmp_path_factory.mktemp("demo") / "judge")
+
+
+def test_on_the_demo_data(tmp_path: Path, workspace, demo_judge: Path) -> None:
     assert_warns_on_recast_and_not_on_pandalm(
-        DEMO / "pandalm" / "pandalm_test.jsonl", DEMO / "relevance_demo.jsonl", tmp_path, workspace
+        DEMO / "pandalm" / "pandalm_test.jsonl", DEMO / "relevance_demo.jsonl", tmp_path, workspace, demo_judge
     )
 
 
@@ -102,11 +112,11 @@ def test_a_bundle_without_a_sketch_is_not_checked_and_keeps_its_digest(tmp_path:
     assert check_rows(loaded.bundle.reference, rows, loaded.judge.predict(rows), PAIRWISE.spec) is None
 
 
-def test_judgecal_judge_says_when_rows_differ_and_when_it_cannot_tell(tmp_path: Path, capsys) -> None:
+def test_judgecal_judge_says_when_rows_differ_and_when_it_cannot_tell(tmp_path: Path, capsys, demo_judge) -> None:
     from judgecal.cli import main
 
     rows = list(load_rows(DEMO / "pandalm" / "pandalm_test.jsonl", PAIRWISE.spec).rows)
-    folder = saved_judge(rows, tmp_path / "judge")
+    folder = demo_judge
     recast_rows(DEMO / "relevance_demo.jsonl", 200, tmp_path)
     assert main(["judge", "--judge", str(folder), "--input", str(tmp_path / "recast.jsonl"), "--output",
                  str(tmp_path / "out.jsonl")]) == 0  # fmt: skip
@@ -121,11 +131,11 @@ def test_judgecal_judge_says_when_rows_differ_and_when_it_cannot_tell(tmp_path: 
     assert err.count("is not checked") == 1
 
 
-def test_rows_of_one_prompt_are_judged_and_not_compared(tmp_path: Path, capsys) -> None:
+def test_rows_of_one_prompt_are_judged_and_not_compared(tmp_path: Path, capsys, demo_judge) -> None:
     from judgecal.cli import main
 
     rows = list(load_rows(DEMO / "pandalm" / "pandalm_test.jsonl", PAIRWISE.spec).rows)
-    folder = saved_judge(rows, tmp_path / "judge")
+    folder = demo_judge
     prompt = rows[0].inputs["prompt"]
     one = [{"id": r.id, **r.model_dump(mode="json")["inputs"]} for r in rows if r.inputs["prompt"] == prompt]
     source = tmp_path / "one.jsonl"
