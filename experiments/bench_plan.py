@@ -24,9 +24,12 @@ Then ``--draws`` times it draws that many prompts at random (without replacement
 replacement when the plan asks for more than there are to draw from, counted in the
 table), and scores them as ``judgecal report`` would: the 95% group-bootstrap percentile
 interval over the drawn prompts (2,000 resamples; a comparison's interval is paired on the
-same rows). The table gives, per quantity and width, the prompts and rows planned and the
-mean width of the intervals obtained as a share of the width asked for, with a t interval
-over the repetitions (each repetition's pilot is independent of the others').
+same rows). The table gives, per quantity and width, the prompts and rows planned, the
+quantity on the pilots and on the draws, the width the pilot's own simulated studies gave
+at the size planned (below the width asked when the plan is at the least size allowed, 10
+prompts), and the mean width of the intervals obtained as a share of the width asked for,
+with a t interval over the repetitions (each repetition's pilot is independent of the
+others').
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class Outcome:
     with_replacement: bool
     planned_value: float  # the quantity on the pilot as a whole
     values: list[float]  # the quantity on each draw
+    planned_width: float  # the mean width the pilot's simulated studies gave at the planned size
 
 
 @dataclass(frozen=True)
@@ -168,9 +172,9 @@ def calibrated_draw(
 
 def plan_for(
     types: GroupTypes, quantity: Quantity, half_width: float, settings: Simulation, start: int
-) -> tuple[int, int, float]:
+) -> tuple[int, int, float, float]:
     plan = plan_width(types, quantity, half_width, settings, start=start, least_groups=10, most_groups=2000)
-    return plan.groups, plan.rows, plan.value
+    return plan.groups, plan.rows, plan.value, plan.width
 
 
 def pilot_types(tables: np.ndarray) -> GroupTypes:
@@ -191,7 +195,7 @@ def recorded_outcomes(
     ]
     for quantity, half_widths in plans:
         for half_width in half_widths:
-            groups, rows, value = plan_for(types, quantity, half_width, settings, args.pilot_groups)
+            groups, rows, value, width = plan_for(types, quantity, half_width, settings, args.pilot_groups)
             replace = groups > data.n_groups
             scored = [
                 obtained_width(tables[rng.choice(data.n_groups, groups, replace=replace)], quantity, seed=draw)
@@ -207,6 +211,7 @@ def recorded_outcomes(
                     replace,
                     value,
                     [v for _, v in scored],
+                    width,
                 )
             )
     return outcomes
@@ -222,7 +227,7 @@ def calibrated_outcomes(
     quantity = kappa_gain(0, 1, name=CALIBRATED)
     outcomes = []
     for half_width in args.gain_half_widths:
-        groups, rows, value = plan_for(types, quantity, half_width, settings, args.pilot_groups)
+        groups, rows, value, width = plan_for(types, quantity, half_width, settings, args.pilot_groups)
         scored = [
             calibrated_draw(data, quantity, groups, args.calibration_groups, rng, seed=draw)
             for draw in range(args.draws)
@@ -237,6 +242,7 @@ def calibrated_outcomes(
                 any(r for _, _, r in scored),
                 value,
                 [v for _, v, _ in scored],
+                width,
             )
         )
     return outcomes
@@ -269,6 +275,7 @@ def summary(outcomes: list[Outcome], args: argparse.Namespace) -> Table:
         "rows planned (median)",
         "plans drawn with replacement",
         "on pilots / on draws (mean)",
+        "pilot's own width / asked (mean)",
         "obtained / asked width (mean, 95% t interval)",
     ):
         table.add_column(column, justify="left" if column == "quantity" else "right")
@@ -285,6 +292,7 @@ def summary(outcomes: list[Outcome], args: argparse.Namespace) -> Table:
             f"{np.median([o.rows for o in chosen]):,.0f}",
             f"{sum(o.with_replacement for o in chosen)}/{len(chosen)}",
             f"{np.mean([o.planned_value for o in chosen]):.3f} / {np.mean([np.mean(o.values) for o in chosen]):.3f}",
+            f"{np.mean([o.planned_width for o in chosen]) / (2 * half_width):.3f}",
             f"{ratios.mean():.3f} [{ratios.mean() - spread:.3f}, {ratios.mean() + spread:.3f}]",
         )
     return table
