@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -89,10 +90,14 @@ class FileRows:
 
     @classmethod
     def load(cls, path: Path) -> FileRows:
+        return cls.of(load_rows(path, resolve_task("relevance").spec).rows)
+
+    @classmethod
+    def of(cls, rows: Sequence[LabeledRow]) -> FileRows:
+        """Relevance rows whose ``reference_judges`` hold ``RAW`` and ``OTHER``."""
         from judgecal.report.records import label_space
 
         task = resolve_task("relevance")
-        rows = load_rows(path, task.spec).rows
         space = label_space(task.spec)
         codes: dict[str, int] = {}
         groups = np.array([codes.setdefault(row.group, len(codes)) for row in rows], dtype=np.int64)
