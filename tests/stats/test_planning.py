@@ -46,7 +46,9 @@ def test_rows_for_a_width_reproduce_the_published_sskdlg_examples() -> None:
     half-width d with Cantor's (1996) Q, and its printed examples (p. 44) give, both raters
     at the same positive rate p: κ 0, p 0.1, d 0.1 → 384 subjects; κ 0.1, p 0.2, d 0.2 →
     114 subjects and Q = 1.182; the largest size over κ for that p and d, 126 at κ .289.
-    It rounds to the nearest subject (384.15 → 384) and Q to three places."""
+    It rounds to the nearest subject (384.15 → 384) and Q to three places. Its last
+    example, d = .215 for 50 subjects, does not follow from its own Q (1.96 √(1.182 / 50) =
+    0.301) and is left out."""
     from scipy.optimize import minimize_scalar
 
     assert round(rows_for_width(0.0, 0.1, 0.1, 0.1)) == 384
