@@ -74,6 +74,7 @@ class Outcome:
     planned_value: float  # the quantity on the pilot as a whole
     values: list[float]  # the quantity on each draw
     planned_width: float  # the mean width the pilot's simulated studies gave at the planned size
+    pilot: list[str]  # the pilot's prompts
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,11 @@ class FileRows:
     @property
     def n_groups(self) -> int:
         return int(self.groups.max()) + 1
+
+    def names(self, prompts: np.ndarray) -> list[str]:
+        """The ``group`` of each prompt code."""
+        first = {int(code): row.group for code, row in zip(self.groups, self.rows, strict=True)}
+        return [first[int(code)] for code in prompts]
 
     def rows_of(self, prompts: np.ndarray) -> np.ndarray:
         """Indices of the rows of these prompts (each prompt once)."""
@@ -217,6 +223,7 @@ def recorded_outcomes(
                     value,
                     [v for _, v in scored],
                     width,
+                    data.names(pilot),
                 )
             )
     return outcomes
@@ -248,6 +255,7 @@ def calibrated_outcomes(
                 value,
                 [v for _, v, _ in scored],
                 width,
+                data.names(pilot),
             )
         )
     return outcomes
@@ -303,6 +311,42 @@ def summary(outcomes: list[Outcome], args: argparse.Namespace) -> Table:
     return table
 
 
+def influence(data: FileRows) -> Table:
+    """How much each prompt moves each quantity on the whole file (the jackknife: the
+    quantity minus the quantity without that prompt; the stack fitted on every prompt), and
+    the share of the jackknife's sum of squares the most influential prompts carry. A
+    quantity one or two prompts carry is one a pilot of a few prompts mostly sees without
+    them."""
+    every = np.arange(len(data.rows))
+    stacked = data.judged(data.calibrate(np.arange(data.n_groups)), every)
+    tables = data.tables(np.stack([data.verdicts[0], stacked, data.verdicts[1]]), every)
+    whole = tables.sum(axis=0)
+    quantities = [
+        kappa_of(0, name=f"kappa of {RAW}"),
+        kappa_gain(0, 1, name=CALIBRATED),
+        kappa_gain(0, 2, name=STAND_IN),
+    ]
+    table = Table(title="each prompt's pull on the whole file (jackknife)", title_justify="left")
+    columns = ("quantity", "on the file", "largest pull", "its prompt", "second", "sum of squares: top 1", "top 3")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "quantity" else "right")
+    for quantity in quantities:
+        value = float(quantity.compute(whole))
+        pulls = np.abs([value - float(quantity.compute(whole - group)) for group in tables])
+        order = np.argsort(pulls)[::-1]
+        shares = np.cumsum(pulls[order] ** 2) / np.sum(pulls**2)
+        table.add_row(
+            quantity.name,
+            f"{value:.3f}",
+            f"{pulls[order[0]]:.4f}",
+            data.names(order[:1])[0],
+            f"{pulls[order[1]]:.4f}",
+            f"{shares[0]:.2f}",
+            f"{shares[2]:.2f}",
+        )
+    return table
+
+
 def widths(text: str) -> list[float]:
     return [float(part) for part in text.split(",")]
 
@@ -328,8 +372,14 @@ def main() -> None:
         "--calibration-groups", type=int, default=8, help="prompts each draw's stack is fitted on (default 8)"
     )
     parser.add_argument("--json", type=Path, help="write every plan and its draws to this file")
+    parser.add_argument(
+        "--influence", action="store_true", help="print each prompt's pull on every quantity on the file, and stop"
+    )
     args = parser.parse_args()
     console = Console()
+    if args.influence:
+        console.print(influence(FileRows.load(args.data)))
+        return
     started = time.perf_counter()
     outcomes = run(args, console)
     console.print(summary(outcomes, args))
