@@ -3,6 +3,7 @@ the shared relevance file.
 
     .venv/bin/python experiments/bench_plan.py [--pilot-groups 8] [--repetitions 20] [--draws 10]
         [--calibrated stack|none] [--calibration-groups 8] [--json FILE]
+    .venv/bin/python experiments/bench_plan.py --influence
 
 Each repetition draws a pilot of ``--pilot-groups`` prompts at random from the file's 28
 and plans, as ``judgecal plan`` does (``plan_width``, the default 200 simulated studies
@@ -29,7 +30,8 @@ quantity on the pilots and on the draws, the width the pilot's own simulated stu
 at the size planned (below the width asked when the plan is at the least size allowed, 10
 prompts), and the mean width of the intervals obtained as a share of the width asked for,
 with a t interval over the repetitions (each repetition's pilot is independent of the
-others').
+others'). ``--influence`` prints instead how far each prompt moves each quantity on the
+whole file, which tells whether a few prompts carry it.
 """
 
 from __future__ import annotations
