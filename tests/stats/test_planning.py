@@ -40,6 +40,27 @@ def test_cantor_reproduces_the_irr_package_example() -> None:
     assert math.ceil(cantor_rows_for_test(0.85, 0.7, 0.5, 0.5)) == 96
 
 
+def test_rows_for_a_width_reproduce_the_published_sskdlg_examples() -> None:
+    """Reichenheim (2000), "sxd3: Sample size for the kappa-statistic of interrater
+    agreement", Stata Technical Bulletin 58, 41-45: sskdlg sizes a 95% interval of κ of
+    half-width d with Cantor's (1996) Q, and its printed examples (p. 44) give, both raters
+    at the same positive rate p: κ 0, p 0.1, d 0.1 → 384 subjects; κ 0.1, p 0.2, d 0.2 →
+    114 subjects and Q = 1.182; the largest size over κ for that p and d, 126 at κ .289.
+    It rounds to the nearest subject (384.15 → 384) and Q to three places. Its last
+    example, d = .215 for 50 subjects, does not follow from its own Q (1.96 √(1.182 / 50) =
+    0.301) and is left out."""
+    from scipy.optimize import minimize_scalar
+
+    assert round(rows_for_width(0.0, 0.1, 0.1, 0.1)) == 384
+    assert round(rows_for_width(0.1, 0.2, 0.2, 0.2)) == 114
+    assert round(kappa_variance(kappa_cells(0.1, 0.2, 0.2)), 3) == 1.182
+    widest = minimize_scalar(
+        lambda kappa: -kappa_variance(kappa_cells(kappa, 0.2, 0.2)), bounds=(0.0, 0.99), method="bounded"
+    )
+    assert round(widest.x, 3) == 0.289
+    assert round(rows_for_width(widest.x, 0.2, 0.2, 0.2)) == 126
+
+
 def test_kappa_variance_is_the_variance_of_kappa_over_independent_samples() -> None:
     """Q (Fleiss, Cohen and Everitt 1969) against the variance of κ̂ over 4,000 samples of
     2,000 independent rows, with unequal rates so every term of the formula counts."""
