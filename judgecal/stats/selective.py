@@ -27,6 +27,7 @@ the functions that choose a band: applying a band needs numpy only.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -494,13 +495,12 @@ def choose_label_band(
     proba, y = np.asarray(proba, float), np.asarray(labels, int)
     codes = _codes(groups) if groups_mode == "design_effect" else None
     candidates = np.asarray(candidates, float)
-    level = delta / len(families)
+    tested = partial(valid_label_thresholds, proba, y, codes, candidates, procedure=procedure, starts=starts)
     thresholds: list[float | None] = [None] * len(keys)
     valid: dict[str, list[float]] = {}
     p_values: dict[str, list[float]] = {}
     for family in families:
-        wanted = [targets[keys[k]] for k in family]
-        found = valid_label_thresholds(proba, y, codes, candidates, family, wanted, level, procedure, starts)
+        found = tested(family, [targets[keys[k]] for k in family], delta / len(families))
         for k in family:
             valid[keys[k]], p_values[keys[k]] = found.valid, found.p_values
             thresholds[k] = found.valid[0] if found.valid else None
@@ -535,11 +535,8 @@ def choose_label_band(
         band = None
     else:
         given = [keys[k] for k, t in enumerate(thresholds) if t is not None]
-        statement = (
-            guarantee_statement(targets, given, delta, groups_mode, rows)
-            + " "
-            + _label_band_words(thresholds, keys, families, rows)
-        )
+        words = _label_band_words(thresholds, keys, families, rows)
+        statement = f"{guarantee_statement(targets, given, delta, groups_mode, rows)} {words}"
         band = Band(
             answers=[
                 Answer(verdict=key, when=">=", threshold=t, of=f"P({key}), when the most likely")
