@@ -128,6 +128,14 @@ def test_pairwise_a_and_b_share_one_threshold_and_swapping_them_changes_nothing(
     answers = label_answers(proba, [a, b, tie])
     assert choice.calibration_rows.coverage == pytest.approx(np.mean(~np.isnan(answers)))
     assert "(A or B: " in choice.guarantee.statement
+    # Tested by a fixed sequence: from the highest candidate down, each family's valid ones a run.
+    sequenced = choose_label_band(proba, y, independent_groups(n), procedure="fixed-sequence", **settings)
+    assert sequenced.found and sequenced.guarantee.procedure == "fixed-sequence"
+    grid = candidates.tolist()
+    for key in ("A", "tie"):
+        at = [grid.index(t) for t in sequenced.candidates.valid[key]]
+        assert at and at == list(range(at[0], at[-1] + 1))
+    assert sequenced.candidates.valid["A"] == sequenced.candidates.valid["B"]
 
 
 def test_the_design_effect_counts_a_group_that_agrees_within_itself_as_fewer_rows() -> None:
