@@ -17,11 +17,13 @@ exports it. Two variants, as in ``bench_search.py``:
   judges every row once: about 45 minutes of CPU on 2 cores).
 
 Each setting is a row of the table, on the same folds: the defaults, ``allow_never = true``,
-``groups = "independent"``, both, and a larger calibration share (settings with one share
-share one fitted stack). Pooled over the folds, each row from the fold that held it out:
-coverage and each verdict's precision with 95% group-bootstrap intervals over the prompts,
-each target's status on the pooled rows, and in how many folds a band was found and each
-target held (the fold's precision at or above the target, or the verdict never given).
+``groups = "independent"``, both, a larger calibration share (settings with one share
+share one fitted stack), and the band tested by a fixed sequence instead of Holm's procedure
+(``procedure = "fixed-sequence"`` from 1, 2 and 4 starts, and with ``allow_never``).
+Pooled over the folds, each row from the fold that held it out: coverage and each verdict's
+precision with 95% group-bootstrap intervals over the prompts, each target's status on the
+pooled rows, and in how many folds a band was found and each target held (the fold's
+precision at or above the target, or the verdict never given).
 ``--checkpoint DIR`` keeps each finished fold, as ``bench_search.py`` does.
 """
 
@@ -76,6 +78,8 @@ class Setting(BaseModel):
     calibration: float = DEFAULT_SHARE
     groups: str = "design_effect"
     allow_never: bool = False
+    procedure: str = "holm"
+    starts: int = 1
 
 
 SETTINGS = {
@@ -86,6 +90,18 @@ SETTINGS = {
         name='allow_never = true, groups = "independent"', groups="independent", allow_never=True
     ),
     "calibration_35": Setting(name="[split] calibration = 0.35", calibration=0.35),
+    **{
+        f"fixed_sequence_{starts}": Setting(
+            name=f'procedure = "fixed-sequence", starts = {starts}', procedure="fixed-sequence", starts=starts
+        )
+        for starts in (1, 2, 4)
+    },
+    "fixed_sequence_allow_never": Setting(
+        name='procedure = "fixed-sequence", starts = 1, allow_never = true',
+        procedure="fixed-sequence",
+        starts=1,
+        allow_never=True,
+    ),
 }
 
 
@@ -175,6 +191,8 @@ def run_fold(
                 delta=args.delta,
                 groups=setting.groups,  # type: ignore[arg-type]
                 allow_never=setting.allow_never,
+                procedure=setting.procedure,  # type: ignore[arg-type]
+                starts=setting.starts,
                 rows=args.band_rows,
                 folds=args.folds,
             )

@@ -24,6 +24,7 @@ from judgecal.data.rows import LabeledRow
 from judgecal.data.split import sample_across_groups
 from judgecal.judges.fitted import FittedJudge, StateLoader, label_probabilities, positive_probability
 from judgecal.judges.verdict import Verdict, answer_key
+from judgecal.stats.ltt import Procedure
 from judgecal.stats.selective import (
     BandChoice,
     GroupsMode,
@@ -54,7 +55,9 @@ class SelectiveJudge(FittedJudge):
     ``delta``: the guarantee holds with probability at least 1 - delta; ``groups``:
     ``"design_effect"`` (rows of one group are not independent: approximate, for rows of
     new groups) or ``"independent"`` (finite-sample, for rows drawn like the calibration
-    rows); ``allow_never``: a verdict no threshold passes for may be never given."""
+    rows); ``allow_never``: a verdict no threshold passes for may be never given;
+    ``procedure``: the test over each verdict's candidate thresholds, ``"holm"`` or
+    ``"fixed-sequence"`` (most confident first, from ``starts`` equally spaced starts)."""
 
     kind = "selective"
 
@@ -65,12 +68,16 @@ class SelectiveJudge(FittedJudge):
         delta: float = 0.1,
         groups: GroupsMode = "design_effect",
         allow_never: bool = False,
+        procedure: Procedure = "holm",
+        starts: int = 1,
     ) -> None:
         self.base = base
         self.precision = precision
         self.delta = delta
         self.groups = groups
         self.allow_never = allow_never
+        self.procedure = procedure
+        self.starts = starts
 
     @property
     def keys(self) -> list[str]:
@@ -129,6 +136,8 @@ class SelectiveJudge(FittedJudge):
             "delta": self.delta,
             "groups_mode": self.groups,
             "allow_never": self.allow_never,
+            "procedure": self.procedure,
+            "starts": self.starts,
             "candidates": candidate_thresholds(others),
             "fingerprint": rows_fingerprint(answered_rows),
             "folds": folds,
@@ -224,7 +233,8 @@ class SelectiveJudge(FittedJudge):
 
     @classmethod
     def from_state(cls, state: dict[str, Any], loader: StateLoader) -> SelectiveJudge:
-        """The saved base judge and band; the targets are those the band was chosen for."""
+        """The saved base judge and band; the targets and test are those the band was chosen
+        with (a band saved before the test was recorded was chosen by Holm's procedure)."""
         guarantee = state["guarantee"]
         judge = cls(
             base=loader.judge(state["base"]),
@@ -232,6 +242,8 @@ class SelectiveJudge(FittedJudge):
             delta=float(guarantee["delta"]),
             groups=guarantee["groups"],
             allow_never=bool(guarantee["allow_never"]),
+            procedure=guarantee.get("procedure") or "holm",
+            starts=int(guarantee.get("starts") or 1),
         )
         fields = {key: value for key, value in state.items() if key not in ("kind", "base")}
         judge.choice_ = BandChoice.model_validate({**fields, "found": True})

@@ -146,12 +146,14 @@ def _band_assumptions(pilot: SelectivePilot, plan: SelectivePlan) -> str:
         if pilot.band_rows == CROSS_FIT_SOURCE
         else ""
     )
+    test = "Holm's procedure" if rule.procedure == "holm" else f"a fixed sequence from {rule.starts} starts"
     text = (
         f"Assumes the calibration groups still to label are like the pilot's {scored.n_groups} test groups "
         f"({len(scored.groups):,} rows, {scored.mean_rows:.1f} per group{left}) as the run's calibrated judge scored "
         f"them, the judge not fitted again{cross_fit}; each size is {plan.simulations} calibration sets drawing groups "
         f"with replacement, the band chosen on each as the run chose it (groups counted as {rule.groups}, "
-        f"allow_never {str(rule.allow_never).lower()}, the run's {len(rule.candidates)} candidate thresholds), "
+        f"allow_never {str(rule.allow_never).lower()}, the run's {len(rule.candidates)} candidate thresholds "
+        f"tested by {test}), "
         f"power: the share of sets whose band answers at least {plan.coverage:.0%} of the pilot's rows "
         f"(seed {plan.seed})."
     )

@@ -172,6 +172,8 @@ def select_band(
         delta=settings.delta,
         groups=settings.groups,
         allow_never=settings.allow_never,
+        procedure=settings.procedure,
+        starts=settings.starts,
     )
     counter, started = LMCallCounter(), time.perf_counter()
     with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), counter]):

@@ -84,6 +84,18 @@ class SelectiveConfig(BaseModel):
         description="A verdict no threshold meets its target for may be never given (the judge then only says "
         "the other verdicts or abstains), instead of leaving no band.",
     )
+    procedure: Literal["fixed-sequence", "holm"] = Field(
+        default="holm",
+        description="The test over each verdict's candidate thresholds: 'fixed-sequence' (in the order of their "
+        "values, most confident first from the first where the verdict is given on enough rows to pass, stopping at "
+        "the first that fails; no label is read to order them) or 'holm' (Holm's procedure over all of them).",
+    )
+    starts: int = Field(
+        default=1,
+        ge=1,
+        description="With procedure = 'fixed-sequence': equally spaced starts along each verdict's sequence, each "
+        "tested at its share of the verdict's delta and going on until a candidate fails.",
+    )
     rows: Literal["split", "cross-fit"] = Field(
         default="split",
         description="Which rows the band is chosen on: 'split' (the [split] calibration share, held back from "

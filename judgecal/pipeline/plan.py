@@ -298,6 +298,8 @@ def _selective_pilot(source: str, record: EvaluationRecord, choice: BandChoice) 
         groups=guarantee.groups,
         allow_never=guarantee.allow_never,
         candidates=np.asarray(choice.candidates.thresholds, float),
+        procedure=guarantee.procedure or "holm",
+        starts=guarantee.starts or 1,
     )
     scored = ScoredPilot(
         probability=np.array([probability[i] for i in kept], float),

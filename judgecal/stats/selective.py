@@ -7,7 +7,8 @@ p-values) on calibration rows it was neither fitted nor selected on:
 * Binary: "yes" where P(yes) >= hi, "no" where P(yes) < lo, abstain in between. The
   precision of "yes" depends on ``hi`` only and that of "no" on ``lo`` only, so each
   verdict is a family of tests of its own at delta / 2 (one
-  ``BinaryClassificationController`` each, Holm within it). Every valid ``hi`` and every
+  ``BinaryClassificationController`` each, with Holm's procedure or a fixed sequence,
+  most confident candidate first, within it). Every valid ``hi`` and every
   valid ``lo`` then hold together with probability >= 1 - delta, and the pair with the
   widest coverage on the calibration rows is taken.
 * Several labels (pairwise A / B / tie): verdict k is given where it is the most likely
@@ -26,12 +27,20 @@ the functions that choose a band: applying a band needs numpy only.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
-from judgecal.stats.ltt import Tested, valid_binary_thresholds, valid_label_thresholds
+from judgecal.stats.ltt import (
+    Procedure,
+    Tested,
+    method_words,
+    recorded_test,
+    valid_binary_thresholds,
+    valid_label_thresholds,
+)
 
 GroupsMode = Literal["design_effect", "independent"]
 
@@ -40,8 +49,6 @@ QUANTILES = (0.01, 0.025, *np.round(np.linspace(0.05, 0.95, 19), 3).tolist(), 0.
 
 # Without rows to place them, candidates on a fixed grid (still fixed before the calibration rows).
 FIXED_GRID = tuple(np.round(np.linspace(0.05, 0.95, 19), 3).tolist())
-
-METHOD = "learn then test (MAPIE 1.6.0), Hoeffding-Bentkus p-values, Holm within each verdict's family"
 
 GROUPS_WORDS = {
     "design_effect": (
@@ -83,8 +90,20 @@ class Guarantee(BaseModel):
     delta: float
     groups: GroupsMode
     allow_never: bool
+    procedure: Procedure | None = None  # the test over each verdict's candidates; None: saved before, Holm
+    starts: int | None = None  # with 'fixed-sequence': the starts of the sequence
     method: str
     statement: str
+
+    @model_serializer(mode="wrap")
+    def _as_saved(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_none(handler(self), ("procedure", "starts"))
+
+
+def _without_none(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Keys a band saved before they existed did not have, left out where unset, so such a
+    bundle is rebuilt into the very state it was saved with."""
+    return {key: value for key, value in data.items() if key not in keys or value is not None}
 
 
 class CalibrationRows(BaseModel):
@@ -107,13 +126,8 @@ class CalibrationRows(BaseModel):
     positive_rate_when_abstaining: float | None = None
 
     @model_serializer(mode="wrap")
-    def _without_folds_of_a_split(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """``folds`` only where there are folds, so a bundle saved before cross-fitting
-        existed is rebuilt into the very state it was saved with."""
-        data = handler(self)
-        if data.get("folds") is None:
-            data.pop("folds", None)
-        return data
+    def _as_saved(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_none(handler(self), ("folds",))  # a split has no folds
 
 
 class Candidates(BaseModel):
@@ -284,19 +298,23 @@ def choose_binary_band(
     candidates: np.ndarray,
     fingerprint: str = "",
     folds: int | None = None,
+    procedure: Procedure = "holm",
+    starts: int = 1,
 ) -> BandChoice:
     """The band ``lo <= hi`` on P(yes) (``keys``: how "yes" and "no" are spelled) with the
     widest coverage on these calibration rows among those whose precision of "yes" and of
     "no" reach ``targets`` with probability >= 1 - ``delta`` (each verdict a family at
     delta / 2). ``allow_never``: a verdict no threshold passes for may be never given
-    (its target then holds vacuously) instead of leaving no band."""
+    (its target then holds vacuously) instead of leaving no band. ``procedure`` and
+    ``starts``: the test within each family (:func:`judgecal.stats.ltt.family_test`)."""
     yes, no = keys
     p, y = np.asarray(p, float), np.asarray(positive, bool).astype(int)
     codes = _codes(groups) if groups_mode == "design_effect" else None
     candidates = np.asarray(candidates, float)
+    test = {"procedure": procedure, "starts": starts}
     tested = {
-        yes: valid_binary_thresholds(p, y, codes, candidates, 1, targets[yes], delta / 2),
-        no: valid_binary_thresholds(p, y, codes, candidates, 0, targets[no], delta / 2),
+        yes: valid_binary_thresholds(p, y, codes, candidates, 1, targets[yes], delta / 2, **test),
+        no: valid_binary_thresholds(p, y, codes, candidates, 0, targets[no], delta / 2, **test),
     }
     valid = {key: found.valid for key, found in tested.items()}
     his: list[float | None] = [*valid[yes], *([None] if allow_never else [])]
@@ -309,7 +327,8 @@ def choose_binary_band(
         delta=delta,
         groups=groups_mode,
         allow_never=allow_never,
-        method=f"{METHOD}, delta / 2 for each verdict",
+        **recorded_test(procedure, starts),
+        method=f"{method_words(procedure, starts)}, delta / 2 for each verdict",
         statement="",
     )
     of = f"P({yes})"
@@ -466,6 +485,8 @@ def choose_label_band(
     candidates: np.ndarray,
     fingerprint: str = "",
     folds: int | None = None,
+    procedure: Procedure = "holm",
+    starts: int = 1,
 ) -> BandChoice:
     """One threshold per family of labels (pairwise: A and B share one, tie its own), on
     the probability of the most likely label, each family tested at delta / (number of
@@ -474,12 +495,12 @@ def choose_label_band(
     proba, y = np.asarray(proba, float), np.asarray(labels, int)
     codes = _codes(groups) if groups_mode == "design_effect" else None
     candidates = np.asarray(candidates, float)
-    level = delta / len(families)
+    tested = partial(valid_label_thresholds, proba, y, codes, candidates, procedure=procedure, starts=starts)
     thresholds: list[float | None] = [None] * len(keys)
     valid: dict[str, list[float]] = {}
     p_values: dict[str, list[float]] = {}
     for family in families:
-        found = valid_label_thresholds(proba, y, codes, candidates, family, [targets[keys[k]] for k in family], level)
+        found = tested(family, [targets[keys[k]] for k in family], delta / len(families))
         for k in family:
             valid[keys[k]], p_values[keys[k]] = found.valid, found.p_values
             thresholds[k] = found.valid[0] if found.valid else None
@@ -488,7 +509,8 @@ def choose_label_band(
         delta=delta,
         groups=groups_mode,
         allow_never=allow_never,
-        method=f"{METHOD}, delta / {len(families)} for each of "
+        **recorded_test(procedure, starts),
+        method=f"{method_words(procedure, starts)}, delta / {len(families)} for each of "
         + ", ".join(" and ".join(keys[k] for k in family) for family in families),
         statement="",
     )
@@ -513,11 +535,8 @@ def choose_label_band(
         band = None
     else:
         given = [keys[k] for k, t in enumerate(thresholds) if t is not None]
-        statement = (
-            guarantee_statement(targets, given, delta, groups_mode, rows)
-            + " "
-            + _label_band_words(thresholds, keys, families, rows)
-        )
+        words = _label_band_words(thresholds, keys, families, rows)
+        statement = f"{guarantee_statement(targets, given, delta, groups_mode, rows)} {words}"
         band = Band(
             answers=[
                 Answer(verdict=key, when=">=", threshold=t, of=f"P({key}), when the most likely")

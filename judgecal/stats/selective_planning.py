@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from scipy.stats import norm
 
+from judgecal.stats.ltt import Procedure
 from judgecal.stats.planning import fit_power, sizes_around, smallest_size
 from judgecal.stats.selective import GroupsMode, binary_answers, choose_binary_band
 
@@ -54,7 +55,8 @@ class ScoredPilot:
 @dataclass(frozen=True)
 class BandRule:
     """How the run chose its band: the verdicts' spellings (yes, no), the targets, delta,
-    how groups count, whether a verdict may be never given, and the candidate thresholds."""
+    how groups count, whether a verdict may be never given, the candidate thresholds and
+    the test over them."""
 
     keys: tuple[str, str]
     targets: dict[str, float]
@@ -62,6 +64,8 @@ class BandRule:
     groups: GroupsMode
     allow_never: bool
     candidates: np.ndarray
+    procedure: Procedure = "holm"
+    starts: int = 1
 
     def describe(self, coverage: float) -> str:
         targets = ", ".join(f"{key} ≥ {self.targets[key]:g}" for key in self.keys)
@@ -128,6 +132,8 @@ def simulate_bands(
             groups_mode=rule.groups,
             allow_never=rule.allow_never,
             candidates=rule.candidates,
+            procedure=rule.procedure,
+            starts=rule.starts,
         )
         if not choice.found or choice.band is None:
             continue

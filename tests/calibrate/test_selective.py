@@ -86,6 +86,8 @@ def test_settings_are_estimator_params() -> None:
         "delta": 0.1,
         "groups": "design_effect",
         "allow_never": False,
+        "procedure": "holm",
+        "starts": 1,
     }
     assert judge.set_params(delta=0.05, groups="independent").delta == 0.05
     assert JUDGE_KINDS["selective"] is SelectiveJudge
@@ -123,6 +125,11 @@ def test_its_state_round_trips_through_json_with_its_base() -> None:
     rebuilt = judge_from_state(state, RELEVANCE, None, "relevance")
     assert rebuilt.state() == state
     assert rebuilt.predict(split.test.rows) == judge.predict(split.test.rows)
+    sequenced = SelectiveJudge(base, {"true": 0.8, "false": 0.95}, groups="independent", procedure="fixed-sequence")
+    state = json.loads(json.dumps(sequenced.fit(split.calibration.rows, fitting).state()))
+    assert (state["guarantee"]["procedure"], state["guarantee"]["starts"]) == ("fixed-sequence", 1)
+    rebuilt = judge_from_state(state, RELEVANCE, None, "relevance")
+    assert rebuilt.state() == state and (rebuilt.procedure, rebuilt.starts) == ("fixed-sequence", 1)
     unmet = SelectiveJudge(base, {"true": 0.999, "false": 0.999}).fit(split.calibration.rows, fitting)
     assert not unmet.choice_.found
     assert unmet.predict(split.test.rows) == base.predict(split.test.rows)  # no band: never abstains

@@ -107,6 +107,13 @@ def test_a_selective_section_takes_set_a_flag_and_one_target_per_verdict(
     assert loaded.selective.precision == {"true": 0.70, "false": 0.95}
     assert loaded.split.calibration == 0.2  # held back for the band unless set
     assert load_config(config, {"split.calibration": 0.3}).split.calibration == 0.3
+    assert loaded.selective.procedure == "holm" and loaded.selective.starts == 1
+    sequenced = _load(
+        config, _parser().parse_args(["calibrate", str(config), "--set", "selective.procedure=fixed-sequence"])
+    )
+    assert sequenced.selective is not None and sequenced.selective.procedure == "fixed-sequence"
+    assert main(["calibrate", str(config), "--set", "selective.procedure=bonferroni", "--no-track"]) == 2
+    assert "field 'selective.procedure'" in capsys.readouterr().err
     plain = tmp_path / "plain.toml"
     plain.write_text(judge)
     assert load_config(plain).selective is None and load_config(plain).split.calibration is None

@@ -30,19 +30,27 @@ from tests.helpers import recorded_rows
 TARGETS = {"true": 0.9, "false": 0.95}
 
 
-def experiment(data: Path, *, allow_never: bool, register: str | None = None) -> ExperimentConfig:
+def experiment(
+    data: Path, *, allow_never: bool, register: str | None = None, procedure: str = "holm"
+) -> ExperimentConfig:
     return ExperimentConfig(
         judge=JudgeSection(name="selective", task="relevance", data=data, recorded="strict", register_as=register),
         split=SplitSpec(dev=0.2, test=0.2, calibration=0.3, seed=0),
         calibration=CalibrationConfig(strategy="stacking", params={"verifiers": []}),
         report=ReportConfig(n_resamples=200),
-        selective=SelectiveConfig(precision=TARGETS, groups="independent", allow_never=allow_never),
+        selective=SelectiveConfig(
+            precision=TARGETS,
+            groups="independent",
+            allow_never=allow_never,
+            procedure=procedure,  # type: ignore[arg-type]
+        ),
     )
 
 
 @pytest.fixture(scope="module")
 def calibrated_runs(tmp_path_factory):
-    """One calibration with a band (registered), one without, in a workspace of their own."""
+    """One calibration with a band (registered), one without (its candidates tested by a fixed
+    sequence), in a workspace of their own."""
     root = tmp_path_factory.mktemp("selective")
     (root / "mlruns").mkdir()
     with pytest.MonkeyPatch.context() as patch:
@@ -55,7 +63,9 @@ def calibrated_runs(tmp_path_factory):
         banded = run_calibration(
             experiment(data, allow_never=True, register="selective"), workspace=workspace, log=said.append
         )
-        unbanded = run_calibration(experiment(data, allow_never=False), workspace=workspace, log=said.append)
+        unbanded = run_calibration(
+            experiment(data, allow_never=False, procedure="fixed-sequence"), workspace=workspace, log=said.append
+        )
         yield banded, unbanded, said
 
 
@@ -98,6 +108,10 @@ def test_the_exported_judge_abstains_outside_its_band_and_its_bundle_holds_the_b
         and state["guarantee"]["statement"] == report.band.guarantee.statement
     )
     assert state["calibration_rows"]["fingerprint"].startswith("sha256:")
+    assert (
+        state["guarantee"]["procedure"] == "holm"
+        and "Holm within each verdict's family" in state["guarantee"]["method"]
+    )
 
 
 def test_the_run_reports_coverage_precision_and_the_guarantee(calibrated) -> None:
@@ -160,6 +174,8 @@ def test_no_band_is_said_plainly_and_the_judge_stays_as_fitted(calibrated) -> No
     assert any(statement in line for line in said)
     run = mlflow.MlflowClient().get_run(report.tracked.run_id)
     assert "**Selective judging: no band.**" in run.data.tags["mlflow.note.content"]
+    assert report.band.guarantee.procedure == "fixed-sequence" and "a fixed sequence" in report.band.guarantee.method
+    assert run.data.params["selective.procedure"] == "fixed-sequence"
     assert (
         load_judge(f"runs:/{report.tracked.run_id}/judge", tracking_uri=report.tracked.tracking_uri).kind == "stacked"
     )

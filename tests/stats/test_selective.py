@@ -1,5 +1,6 @@
 """Choosing a selective judge's band: the NaN-safe family test, the per-verdict families,
-pairwise A and B sharing a threshold, the design effect, and a band not found saying why."""
+pairwise A and B sharing a threshold, the design effect, a band not found saying why, and
+the fixed sequence's order."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import warnings
 import numpy as np
 import pytest
 
-from judgecal.stats.ltt import effective_rows, valid_binary_thresholds
+from judgecal.stats.ltt import effective_rows, fewest_rows, sequence, valid_binary_thresholds
 from judgecal.stats.selective import (
+    Guarantee,
     binary_answers,
     candidate_thresholds,
     choose_binary_band,
@@ -126,6 +128,14 @@ def test_pairwise_a_and_b_share_one_threshold_and_swapping_them_changes_nothing(
     answers = label_answers(proba, [a, b, tie])
     assert choice.calibration_rows.coverage == pytest.approx(np.mean(~np.isnan(answers)))
     assert "(A or B: " in choice.guarantee.statement
+    # Tested by a fixed sequence: from the highest candidate down, each family's valid ones a run.
+    sequenced = choose_label_band(proba, y, independent_groups(n), procedure="fixed-sequence", **settings)
+    assert sequenced.found and sequenced.guarantee.procedure == "fixed-sequence"
+    grid = candidates.tolist()
+    for key in ("A", "tie"):
+        at = [grid.index(t) for t in sequenced.candidates.valid[key]]
+        assert at and at == list(range(at[0], at[-1] + 1))
+    assert sequenced.candidates.valid["A"] == sequenced.candidates.valid["B"]
 
 
 def test_the_design_effect_counts_a_group_that_agrees_within_itself_as_fewer_rows() -> None:
@@ -187,3 +197,37 @@ def test_a_band_on_out_of_fold_scores_says_where_its_rows_came_from_and_that_it_
     assert "for rows drawn like the out-of-fold rows" in statement
     assert "fitted on the other 4 of 5 grouped folds" in statement and "approximate whatever the groups" in statement
     assert statement.endswith("of out-of-fold rows.") and "Cross-fitted" not in split.guarantee.statement
+
+
+def test_a_fixed_sequence_starts_at_the_surest_candidate_given_on_enough_rows_and_records_itself() -> None:
+    """Three rows beyond the top candidate: too few for "yes" to pass there whatever their
+    labels (nine are needed at 0.70 and level 0.05), so the sequence starts below it instead
+    of stopping on it at once. The guarantee names the test it was chosen by."""
+    rng = np.random.default_rng(3)
+    p, y = scores(rng, 1000)
+    p[:3], y[:3] = 0.9995, True
+    candidates = np.array([*candidate_thresholds(scores(rng, 300)[0]), 0.999])
+    settings = {"keys": KEYS, "targets": TARGETS, "delta": 0.1, "groups_mode": "independent", "candidates": candidates}
+    choice = choose_binary_band(p, y, independent_groups(len(p)), procedure="fixed-sequence", **settings)
+    assert choice.found and choice.candidates.valid["true"] and 0.999 not in choice.candidates.valid["true"]
+    # From the surest candidate down and from the lowest up: each verdict's valid thresholds are one run.
+    valid, grid = choice.candidates.valid, candidates.tolist()
+    for key in KEYS:
+        at = [grid.index(t) for t in valid[key]]
+        assert at == list(range(at[0], at[-1] + 1))
+    guarantee = choice.guarantee
+    assert (guarantee.procedure, guarantee.starts) == ("fixed-sequence", 1)
+    assert "a fixed sequence within each verdict's family (most confident candidate first, 1 start)" in guarantee.method
+    holm = choose_binary_band(p, y, independent_groups(len(p)), **settings).guarantee
+    assert (holm.procedure, holm.starts) == ("holm", None) and "Holm within each verdict's family" in holm.method
+    assert "starts" not in holm.model_dump()
+    # A band saved before the test was recorded was chosen by Holm, and is rebuilt as it was saved.
+    saved = holm.model_dump(exclude={"procedure"})
+    assert Guarantee.model_validate(saved).model_dump() == saved and Guarantee.model_validate(saved).procedure is None
+
+
+def test_a_fixed_sequence_leaves_out_candidates_the_verdict_is_given_on_too_few_rows_for() -> None:
+    assert fewest_rows(0.70, 0.05) == 9 and fewest_rows(0.95, 0.05) == 59
+    given = np.array([400, 300, 200, 100, 50, 8, 0])  # "yes" rows beyond each of seven rising thresholds
+    assert sequence(given, 9, descending=True).tolist() == [4, 3, 2, 1, 0]
+    assert sequence(given[::-1], 59, descending=False).tolist() == [3, 4, 5, 6]
