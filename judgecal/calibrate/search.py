@@ -233,12 +233,17 @@ class _DefaultRecorder:
 
 def distinct_finished(study: Any) -> int:
     """Finished trials that count toward the budget: complete or pruned, and failed by their
-    own strategy; repeats of earlier settings or judges and trials of killed workers do not."""
+    own strategy; repeats of earlier settings, trials of killed workers, and trials that
+    turned out an earlier one's judge without calling the model do not. (One that called
+    the model to find that out counts: the dry run's bound of ``trials`` trials holds.)"""
     from optuna.trial import TrialState
 
     count = 0
     for trial in study.get_trials(deepcopy=False):
-        if answered_from(trial) is not None:
+        attrs = trial.user_attrs
+        if attrs.get("duplicate_of") is not None:
+            continue
+        if attrs.get("same_judge_as") is not None and not (attrs.get("lm_calls") or attrs.get("cached_calls")):
             continue
         if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
             trial.state == TrialState.FAIL and "error" in trial.user_attrs

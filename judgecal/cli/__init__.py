@@ -200,7 +200,7 @@ def _search_one(
     notes = [f"{repeats} proposals repeated settings already tried"] if repeats else []
     notes += [f"{same} trials gave the same judge as an earlier one"] if same else []
     if notes:
-        table.caption = "; ".join(notes) + ": answered from those trials, not counted"
+        table.caption = "; ".join(notes) + ": answered from those trials, not counted unless they called the model"
     console.print(table)
     if report.choice is not None:
         for step in report.choice.steps:

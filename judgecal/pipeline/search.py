@@ -401,7 +401,8 @@ def leaderboard_markdown(report: SearchReport) -> str:
         "Trials are scored without test rows: cross-validated κ (mean ± standard error over grouped folds of "
         "train + dev) for strategies that make no LM calls to fit, dev κ for those that do. "
         "Repeated settings are answered from the earlier trial and do not count toward the budget, nor does a "
-        "trial whose judge gave the same held-out verdicts and probabilities as an earlier trial's (same judge). "
+        "trial whose judge gave the same held-out verdicts and probabilities as an earlier trial's (same judge) "
+        "unless it called the model to find that out. "
         "LM calls include those answered from the cache (in brackets), which cost nothing; tokens "
         "(prompt + completion) and cost are those of the calls the model answered.",
         "",

@@ -360,6 +360,24 @@ def test_an_lm_trial_whose_judge_gives_an_earlier_ones_dev_verdicts_is_the_same_
     assert len({row.number for row in report.rows if row.answered_from is None}) == 3  # verifier tuned once more
 
 
+def test_a_same_judge_trial_that_called_the_model_counts_toward_the_trials() -> None:
+    """The dry run bounds a search by ``trials`` trials: a trial found to be an earlier
+    judge after it called the model spent those calls and counts; a repeat of earlier
+    settings (its usage copied from that trial) and a same judge without calls do not."""
+    from judgecal.calibrate.search import distinct_finished
+
+    study = optuna.create_study(direction="maximize")
+    for attrs in (
+        {"lm_calls": 40},
+        {"same_judge_as": 0, "lm_calls": 40},
+        {"same_judge_as": 0, "lm_calls": 0, "cached_calls": 12},
+        {"same_judge_as": 0, "lm_calls": 0},
+        {"duplicate_of": 0, "lm_calls": 40},
+    ):
+        study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}, user_attrs=attrs))
+    assert distinct_finished(study) == 3
+
+
 def test_a_search_space_with_nothing_new_left_stops(tmp_path) -> None:
     config = search_config(tmp_path, ["threshold", "base_rate"], 6, max_repeats=4)
     report = search(config)
