@@ -84,9 +84,9 @@ def rich_status(console: Console | None = None) -> StatusFactory:
 def library_logs_quiet(names: tuple[str, ...] = ("dspy",)) -> Iterator[None]:
     """The libraries' loggers at WARNING at least for the block, then as they were. DSPy
     sets its logger to INFO with a handler of its own on stderr when it is first imported
-    (its optimizers' progress: MIPROv2's "We will evaluate the program ...", the
-    bootstrap's "Bootstrapped 2 full traces ..."), so a level set before that is lost:
-    it is imported here first."""
+    (its optimizers' progress: MIPROv2's "We will evaluate the program ..."), so a level
+    set before that is lost: it is imported here first. Lines DSPy ``print``s instead
+    are :func:`library_prints_quiet`'s."""
     import dspy  # noqa: F401  (its import configures its logger; the level below must come after)
 
     loggers = [logging.getLogger(name) for name in names]
@@ -98,3 +98,55 @@ def library_logs_quiet(names: tuple[str, ...] = ("dspy",)) -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+# The lines DSPy's optimizers print() rather than log (DSPy 3.4: BootstrapFewShot and
+# BootstrapFewShotWithRandomSearch), by how they begin.
+LIBRARY_PRINTS = (
+    "Bootstrapped ",
+    "Going to sample between ",
+    "Will attempt to bootstrap ",
+    "New best score:",
+    "Scores so far:",
+    "Best score so far:",
+    "Stopping early because score ",
+)
+
+
+class _WithoutLibraryPrints:
+    """Standard output, less the lines a library prints that start with one of
+    ``prefixes``: ``print`` writes its text, then its newline, in two calls; everything
+    else (the bars' and status line's own writes among it) passes through."""
+
+    def __init__(self, stream: Any, prefixes: tuple[str, ...]) -> None:
+        self._stream = stream
+        self._prefixes = prefixes
+        self._dropped_line = False
+
+    def write(self, text: str) -> int:
+        if text.startswith(self._prefixes):
+            logging.getLogger("dspy").debug(text.rstrip())
+            self._dropped_line = not text.endswith("\n")
+            return len(text)
+        if self._dropped_line and text == "\n":
+            self._dropped_line = False
+            return len(text)
+        self._dropped_line = False
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def library_prints_quiet(prefixes: tuple[str, ...] = LIBRARY_PRINTS) -> Iterator[None]:
+    """Keep lines a library prints (not logs) off standard output for the block: DSPy's
+    bootstrapping optimizers print their progress between judgecal's own lines."""
+    import sys
+
+    original = sys.stdout
+    sys.stdout = _WithoutLibraryPrints(original, prefixes)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stdout = original

@@ -20,6 +20,7 @@ from judgecal.backends.calls import LMCallCounter
 from judgecal.data.rows import LabeledRow, LabelValue
 from judgecal.judges.fitted import FittedJudge, ProgramJudge, unwrap
 from judgecal.judges.program import JudgeFailedError, JudgeProgram
+from judgecal.progress import library_prints_quiet
 from judgecal.redact import error_line
 from judgecal.tasks.registry import Task
 
@@ -228,7 +229,8 @@ def _compile(
     compile_with = COMPILERS.get(config.optimizer)
     if compile_with is None:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-    return compile_with(Compilation(student, trainset, devset, metric, config, lm))
+    with library_prints_quiet():
+        return compile_with(Compilation(student, trainset, devset, metric, config, lm))
 
 
 def _labeled_few_shot(c: Compilation) -> JudgeProgram:

@@ -180,3 +180,24 @@ def test_gepa_has_budget_left_after_scoring_its_starting_program(chat_server) ->
     dev = relevance_rows("d", [f"dev {i}" for i in range(100)], groups=10)
     calibrate_program(RELEVANCE, lm, train, dev, CalibrationConfig(optimizer="gepa"))
     assert any("[[ ## current_instruction ## ]]" in text for text in chat_server.requests)  # it reflected
+
+
+@pytest.mark.parametrize("optimizer", ["bootstrap_few_shot", "bootstrap_random_search"])
+def test_the_bootstrapping_optimizers_print_nothing_of_their_own(
+    chat_server, optimizer: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DSPy's bootstrapping optimizers print() their progress ("Bootstrapped 2 full traces
+    ...", "Scores so far: ...") rather than log it, so it landed between judgecal's lines
+    whatever the log level; what judgecal itself prints while they run still shows."""
+    from judgecal.calibrate.optimizers import CalibrationConfig, calibrate_program
+
+    chat_server.respond = lambda text, attempt: "ok"
+    lm = dspy.LM("openai/judge", api_base=chat_server.url, num_retries=0, cache=False)
+    rows = relevance_rows("r", ["one", "two", "three", "four", "five", "six"])
+    config = CalibrationConfig(optimizer=optimizer, max_bootstrapped_demos=1, max_labeled_demos=1)
+    config = config.model_copy(update={"num_candidate_programs": 1})
+    calibrate_program(RELEVANCE, lm, rows[:3], rows[3:], config)
+    print("judgecal's own line")
+    out = capsys.readouterr().out
+    assert "Bootstrapped" not in out and "Scores so far" not in out and "Going to sample" not in out, out[:300]
+    assert "judgecal's own line" in out
