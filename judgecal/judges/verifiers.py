@@ -37,6 +37,7 @@ from judgecal.judges.features import (
     FEATURES,
     FLIP,
     EmbeddingFeatures,
+    TextCounts,
     TfidfFeatures,
     features_from_state,
     make_features,
@@ -166,7 +167,7 @@ class Verifier(BaseEstimator):
             inputs = inputs + [swapped_inputs(row) for row in inputs]
         if isinstance(features, EmbeddingFeatures):
             return key, features, _stack(_row_matrix(features, key, rows, memo, swapped=self.pairwise))
-        fitted = features.fit_transform(inputs)
+        fitted = features.fit_transform(inputs, None if memo is None else memo.setdefault("text counts", TextCounts()))
         if memo is not None:
             memo[key] = (features, fitted)
         return key, features, fitted

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from judgecal.calibrate.trained import StackingJudge
-from judgecal.judges.features import TfidfFeatures
+from judgecal.judges.features import TextCounts, TfidfFeatures
 from judgecal.judges.fitted import RecordedJudge
 from judgecal.judges.verifiers import memoised_fits
 from tests.helpers import RELEVANCE, pair_rows, recorded_rows
@@ -35,6 +35,34 @@ def test_tfidf_fit_transform_is_fit_then_transform_to_the_last_bit(pairwise: boo
     assert together.transform(inputs[:7]).data.tobytes() == apart.transform(inputs[:7]).data.tobytes()
 
 
+def same_matrix(got: Any, expected: Any) -> bool:
+    return (got.shape, got.indptr.tolist(), got.indices.tolist(), got.data.tobytes()) == (
+        expected.shape,
+        expected.indptr.tolist(),
+        expected.indices.tolist(),
+        expected.data.tobytes(),
+    )
+
+
+@pytest.mark.parametrize("pairwise", [False, True])
+@pytest.mark.parametrize("max_features", [40000, 60])
+def test_tfidf_fitted_from_the_counts_of_texts_read_before_is_tfidf_fitted_on_the_texts(
+    pairwise: bool, max_features: int
+) -> None:
+    """Overlapping sets of rows, as a search's folds are, some texts read before and some
+    new; with few features, the most frequent are kept as scikit-learn keeps them."""
+    rows = (pair_rows(n_groups=20) if pairwise else recorded_rows(n_groups=20)).rows
+    counts = TextCounts()
+    for start, stop in ((0, 80), (40, 120), (0, 120), (100, 110)):
+        inputs = [row.inputs for row in rows[start:stop]]
+        expected_features = TfidfFeatures(pairwise, max_features)
+        expected = expected_features.fit_transform(inputs)
+        features = TfidfFeatures(pairwise, max_features)
+        assert same_matrix(features.fit_transform(inputs, counts), expected), (start, stop)
+        assert features.state() == expected_features.state()
+        assert same_matrix(features.transform(inputs[:5]), expected_features.transform(inputs[:5]))
+
+
 class Counted:
     """Counts the calls of TfidfFeatures' methods that read texts."""
 
@@ -46,9 +74,9 @@ class Counted:
                 monkeypatch.setattr(TfidfFeatures, name, self._counting(name, original))
 
     def _counting(self, name: str, original: Any) -> Any:
-        def counted(features: TfidfFeatures, inputs: Any) -> Any:
+        def counted(features: TfidfFeatures, inputs: Any, *rest: Any) -> Any:
             self.calls[name] += 1
-            return original(features, inputs)
+            return original(features, inputs, *rest)
 
         return counted
 
@@ -67,6 +95,26 @@ def test_two_trials_stacking_one_verifier_read_each_set_of_rows_once(monkeypatch
             stack = StackingJudge(base=raw, references=("strict",), verifiers=("tfidf",), C=C).fit(fit_rows)
             stack.predict(judged)
     assert counted.calls == {"fit": 0, "fit_transform": 6, "transform": 6}
+
+
+def test_a_search_reads_each_text_once_for_all_the_tfidf_it_fits(monkeypatch) -> None:
+    """The stack's TF-IDF verifier is fitted on six sets of rows (five out-of-fold, then all
+    of them): each text is counted once, word and character n-grams, not once per set."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    read: list[int] = []
+    fit_transform = CountVectorizer.fit_transform
+
+    def counted(vectorizer: CountVectorizer, texts: Any, y: Any = None) -> Any:
+        read.append(len(texts))
+        return fit_transform(vectorizer, texts, y)
+
+    monkeypatch.setattr(CountVectorizer, "fit_transform", counted)
+    rows = recorded_rows(n_groups=16).rows[:120]
+    with memoised_fits():
+        StackingJudge(base=RecordedJudge(RELEVANCE, "loose", "loose"), verifiers=("tfidf",)).fit(rows)
+    texts = {json.dumps(row.inputs, sort_keys=True) for row in rows}
+    assert sum(read) == 2 * len(texts)
 
 
 def test_a_stack_fitted_with_its_leaves_memoised_is_the_stack_fitted_without(monkeypatch) -> None:
