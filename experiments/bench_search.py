@@ -1,6 +1,6 @@
 """Benchmark of the search itself: nested evaluation on the shared relevance file.
 
-    .venv/bin/python experiments/bench_search.py [--variants recorded,offline] [--outer-folds 7]
+    .venv/bin/python experiments/bench_search.py [--variants recorded,offline] [--outer-folds 7] [--first-folds 1]
 
 Outer grouped folds by prompt: in each fold, the full search (``--strategies all``) runs on
 the other prompts (split by prompt into train and dev), and the judge it selects is scored
@@ -102,7 +102,7 @@ def run_variant(
         "trials": trials,
     }
     finished: list[dict[str, Any]] = []  # each outer fold: read back from --checkpoint, or run now
-    for k, held in enumerate(folds):
+    for k, held in enumerate(folds[: args.first_folds]):
         saved = load_fold(args.checkpoint, settings, k)
         if saved is not None:
             console.print(f"{variant} fold {k + 1}/{len(folds)}: read from {args.checkpoint}", highlight=False)
@@ -122,6 +122,7 @@ def run_variant(
         )
         counter = LMCallCounter()
         selected = None
+        search_seconds = None
         fold_started = time.perf_counter()
         with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), counter]):
             judged = {}
@@ -130,6 +131,7 @@ def run_variant(
                 assert report.calibration is not None and report.choice is not None
                 judged["selected by the search"] = report.calibration.calibrated.verdicts
                 selected = f"{report.choice.winner.strategy} (trial {report.choice.winner.number})"
+                search_seconds = time.perf_counter() - fold_started
             specs = resolve_strategies("all", task, has_program=lm is not None)
             for spec in specs:
                 if spec.calls_lm_to_fit and not args.lm_singles:
@@ -142,12 +144,14 @@ def run_variant(
             "kappa": {name: agreement(task, [r.label for r in test], got) for name, got in labels.items()},
             "selected": selected,
             "seconds": time.perf_counter() - fold_started,
+            "search_seconds": search_seconds,
             "lm_calls": counter.calls,
         }
         save_fold(args.checkpoint, settings, k, fold)
         finished.append(fold)
         outcome = (
             f"selected {selected}, outer κ {fold['kappa']['selected by the search']:.3f}, "
+            f"search {fold['search_seconds']:.0f} s of "
             if selected
             else "single strategies only, "
         )
@@ -246,6 +250,9 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--variants", default="recorded,offline")
     parser.add_argument("--outer-folds", type=int, default=7)
+    parser.add_argument(
+        "--first-folds", type=int, help="run only the first N outer folds (of --outer-folds), e.g. 1 to time one"
+    )
     parser.add_argument("--trials-recorded", type=int, default=16)
     parser.add_argument("--trials-offline", type=int, default=12)
     parser.add_argument("--recorded", default="gpt-5.4")

@@ -34,6 +34,7 @@ from typing import Any
 from judgecal.backends.calls import LMUsage
 from judgecal.calibrate.budget import SearchBudget
 from judgecal.calibrate.guard import LeakError, RowGuard
+from judgecal.calibrate.pruning import DEV_ROW_SCORES
 from judgecal.calibrate.search_config import SearchConfig
 from judgecal.calibrate.selection import Candidate, Choice, SelectionScore, choose, cross_validate, holdout, row_scores
 from judgecal.calibrate.storage import LOST_TRIAL, taken_for_lost
@@ -87,7 +88,9 @@ def score_trial(
     guard: RowGuard,
     search: SearchConfig,
 ) -> tuple[SelectionScore, FitResult | None]:
-    """Score one trial by its rule; report per-row dev scores so the pruner can compare."""
+    """Score one trial by its rule, with its per-row dev scores for the pruner to compare:
+    reported row by row as an LM trial judges dev, kept as :data:`DEV_ROW_SCORES` once a
+    cross-validated trial is scored."""
     import time
 
     import optuna
@@ -123,8 +126,9 @@ def score_trial(
 
         with counter.counting():
             score = cross_validate(fit, task, pool, folds)
-        for index, value in enumerate(row_scores(task, dev, [score.predictions[row.id] for row in dev])):
-            trial.report(float(value), index)
+        # The pruner's yardstick, in one write: a report per dev row is a commit each
+        scores = row_scores(task, dev, [score.predictions[row.id] for row in dev])
+        trial.set_user_attr(DEV_ROW_SCORES, [float(value) for value in scores])
     trial.set_user_attr("rule", score.rule)
     if score.se is not None:
         trial.set_user_attr("se", score.se)

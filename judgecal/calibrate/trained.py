@@ -110,14 +110,14 @@ class VerifierJudge(FittedJudge):
         if self.task.spec.positive is None:
             self.threshold_ = None
         elif dev:
-            self.threshold_ = _choose_cut(self.task, self.verifier_.predict_proba([r.inputs for r in dev]), dev)
+            self.threshold_ = _choose_cut(self.task, self.verifier_.predict_rows(dev), dev)
         else:
             proba = out_of_fold_proba(train, self.make_verifier(encoder), folds=self.folds, seed=self.seed)
             self.threshold_ = _choose_cut(self.task, proba, train)
         return self
 
     def probabilities(self, rows: Sequence[LabeledRow]) -> np.ndarray:
-        return self.verifier_.predict_proba([row.inputs for row in rows])
+        return self.verifier_.predict_rows(rows)
 
     def predict(self, rows, *, progress=None, description=""):
         return [verdict_from_proba(self.task, p, self.threshold_) for p in self.probabilities(rows)]
@@ -318,8 +318,7 @@ class StackingJudge(FittedJudge):
         return self
 
     def _proba(self, rows: Sequence[LabeledRow], progress: Any = None) -> np.ndarray:
-        inputs = [row.inputs for row in rows]
-        features = self._features(rows, [v.predict_proba(inputs) for v in self.verifiers_], progress)
+        features = self._features(rows, [v.predict_rows(rows) for v in self.verifiers_], progress)
         return self.head_.predict_proba(features, len(self.task.spec.labels))
 
     def predict(self, rows, *, progress=None, description=""):

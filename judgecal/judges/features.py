@@ -84,6 +84,25 @@ class TfidfFeatures:
         self.char = TfidfVectorizer(max_features=self.max_features, **CHAR).fit(texts)
         return self
 
+    def fit_transform(self, inputs: Sequence[dict[str, Any]], counts: TextCounts | None = None) -> Any:
+        """``fit(inputs).transform(inputs)``, reading each text once instead of twice: the
+        same vocabularies, idf weights and matrix, to the last bit (a test pins it). With
+        ``counts`` (a search's, kept for its length), texts it has read already are not
+        read again: the vocabularies and matrix come from their n-gram counts."""
+        blocks = [_blocks(row, self.pairwise) for row in inputs]
+        texts = [text for row in blocks for text in row]
+        if counts is None:
+            self.word, word = _fitted_vectorizer(texts, WORD, self.max_features)
+            self.char, char = _fitted_vectorizer(texts, CHAR, self.max_features)
+        else:
+            self.word, word = counts.word.fitted(texts, self.max_features)
+            self.char, char = counts.char.fitted(texts, self.max_features)
+        width = len(blocks[0]) if blocks else 1
+        parts = []
+        for position in range(width):  # the texts in this block position, as transform lays them out
+            parts += [word[position::width], char[position::width]]
+        return hstack(parts).tocsr()
+
     def transform(self, inputs: Sequence[dict[str, Any]]) -> Any:
         if self.word is None or self.char is None:
             raise RuntimeError("fit the features before transforming")
@@ -117,6 +136,95 @@ class TfidfFeatures:
         features.word = _vectorizer(state["word"], WORD)
         features.char = _vectorizer(state["char"], CHAR)
         return features
+
+
+def _fitted_vectorizer(texts: list[str], settings: dict[str, Any], max_features: int) -> tuple[TfidfVectorizer, Any]:
+    """A vectorizer fitted on ``texts`` and their matrix, from one count of their n-grams.
+    ``TfidfVectorizer.fit_transform`` normalises each row with its terms in another order
+    than ``transform`` does (last-bit differences); counts sorted as ``transform`` sorts
+    them give its matrix exactly."""
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
+
+    counting = {key: value for key, value in settings.items() if key != "sublinear_tf"}
+    counter = CountVectorizer(max_features=max_features, dtype=np.float64, **counting)
+    counts = counter.fit_transform(texts)
+    counts.sort_indices()
+    weights = TfidfTransformer(sublinear_tf=settings["sublinear_tf"]).fit(counts)
+    vectorizer = _vectorizer({"vocabulary": counter.vocabulary_, "idf": weights.idf_}, settings)
+    return vectorizer, weights.transform(counts)
+
+
+class NgramCounts:
+    """The n-gram counts of every text read so far under one analyzer's settings (every
+    n-gram, its columns in term order), so that TF-IDF fitted on any set of these texts is
+    column arithmetic rather than another read: ``fitted`` gives the vocabulary, idf
+    weights and matrix a ``TfidfVectorizer`` fitted on the texts would give, to the last
+    bit. scikit-learn's own steps, in order: the texts' terms in term order, those in at
+    least ``min_df`` texts, the ``max_features`` most frequent (its sort, on the same
+    array), counts in sorted order, then its ``TfidfTransformer``."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
+        self.row_of: dict[str, int] = {}
+        self.terms: list[str] = []
+        self.matrix = csr_matrix((0, 0), dtype=np.float64)
+
+    def read(self, texts: Sequence[str]) -> None:
+        """Count the texts not read yet, adding their terms to the columns in term order."""
+        from scipy.sparse import vstack
+        from sklearn.feature_extraction.text import CountVectorizer
+
+        new = [text for text in dict.fromkeys(texts) if text not in self.row_of]
+        if not new:
+            return
+        counting = {key: value for key, value in self.settings.items() if key not in ("sublinear_tf", "min_df")}
+        counter = CountVectorizer(dtype=np.float64, **counting)
+        counted = counter.fit_transform(new).tocsr()
+        terms = sorted(set(self.terms).union(counter.vocabulary_))
+        column = {term: i for i, term in enumerate(terms)}
+        old = self.matrix.copy()
+        old.indices = np.array([column[term] for term in self.terms], dtype=np.int64)[old.indices]
+        old = csr_matrix((old.data, old.indices, old.indptr), shape=(old.shape[0], len(terms)))
+        order = np.empty(len(counter.vocabulary_), dtype=np.int64)
+        for term, i in counter.vocabulary_.items():
+            order[i] = column[term]
+        counted = csr_matrix((counted.data, order[counted.indices], counted.indptr), shape=(len(new), len(terms)))
+        self.matrix = vstack([old, counted]).tocsr()
+        self.matrix.sort_indices()
+        self.row_of.update({text: len(self.row_of) + i for i, text in enumerate(new)})
+        self.terms = terms
+
+    def fitted(self, texts: Sequence[str], max_features: int) -> tuple[TfidfVectorizer, Any]:
+        from sklearn.feature_extraction.text import TfidfTransformer
+
+        self.read(texts)
+        counts = self.matrix[np.array([self.row_of[text] for text in texts], dtype=np.int64)]
+        present = np.flatnonzero(np.bincount(counts.indices, minlength=counts.shape[1]))
+        counts = counts[:, present].tocsr()
+        documents = np.bincount(counts.indices, minlength=counts.shape[1])
+        keep = (documents <= len(texts)) & (documents >= self.settings["min_df"])
+        if keep.sum() > max_features:
+            frequency = np.asarray(counts.sum(axis=0)).ravel()
+            most = (-frequency[keep]).argsort()[:max_features]
+            chosen = np.zeros(len(documents), dtype=bool)
+            chosen[np.where(keep)[0][most]] = True
+            keep = chosen
+        kept = np.where(keep)[0]
+        counts = counts[:, kept].tocsr()
+        counts.sort_indices()
+        vocabulary = {self.terms[present[k]]: i for i, k in enumerate(kept)}
+        weights = TfidfTransformer(sublinear_tf=self.settings["sublinear_tf"]).fit(counts)
+        vectorizer = _vectorizer({"vocabulary": vocabulary, "idf": weights.idf_}, self.settings)
+        return vectorizer, weights.transform(counts)
+
+
+class TextCounts:
+    """The word and character n-gram counts of the texts a search has read (kept in its
+    fit memo): each text is read once, whatever set of rows TF-IDF is fitted on."""
+
+    def __init__(self) -> None:
+        self.word = NgramCounts(WORD)
+        self.char = NgramCounts(CHAR)
 
 
 def _vectorizer(state: dict[str, Any], settings: dict[str, Any]) -> TfidfVectorizer:

@@ -12,7 +12,8 @@ both orders when it predicts, so P(A | a, b) = P(B | b, a) exactly.
 
 Fitted state is plain JSON (vocabularies, idf weights, coefficients, tree nodes), so a
 saved verifier loads without unpickling anything. Here too: the fit memo a search shares
-across folds (:func:`memoised_fits`), grouped folds and out-of-fold scores, and
+across folds and trials (:func:`memoised_fits`: fitted verifiers, out-of-fold scores and
+the rows' feature matrices), grouped folds and out-of-fold scores, and
 :class:`VerifierModule`, which wraps a verifier as a DSPy module so it composes with DSPy
 programs like any other judge.
 """
@@ -36,6 +37,7 @@ from judgecal.judges.features import (
     FEATURES,
     FLIP,
     EmbeddingFeatures,
+    TextCounts,
     TfidfFeatures,
     features_from_state,
     make_features,
@@ -50,9 +52,11 @@ _FIT_MEMO: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVa
 @contextmanager
 def memoised_fits() -> Iterator[dict[str, Any]]:
     """Within this block, fitting a verifier with the same settings on the same rows
-    returns the verifier fitted before: fits are deterministic, and a search asks for the
-    same fold again and again (cross-validation, out-of-fold stacking features). A block
-    inside another shares the outer block's memo."""
+    returns the verifier fitted before, and its out-of-fold scores and the feature matrix
+    of rows it scores are made once: fits are deterministic, and a search asks for the
+    same fold again and again (cross-validation, out-of-fold stacking features, a stack's
+    grid of C, every trial that stacks the same verifier). A block inside another shares
+    the outer block's memo."""
     outer = _FIT_MEMO.get()
     if outer is not None:
         yield outer
@@ -126,38 +130,47 @@ class Verifier(BaseEstimator):
         key = json.dumps(self.settings(), sort_keys=True, default=str) + _rows_key(rows)
         if memo is not None and key in memo:
             fitted = memo[key]
-            self.features_, self.head_ = fitted.features_, fitted.head_
+            self.features_, self.head_, self.features_key_ = fitted.features_, fitted.head_, fitted.features_key_
             return self
         if self.features not in FEATURES:
             raise ValueError(f"unknown verifier features {self.features!r}; choose tfidf or embedding")
         head = self._make_head()  # its settings checked before any row is encoded
         labels = list(self.labels)
-        inputs = [row.inputs for row in rows]
         y = np.array([labels.index(row.label) for row in rows])
         if len(set(y)) < 2:
             raise ValueError("a verifier needs rows of at least two labels to learn from")
+        self.features_key_, self.features_, matrix = self._fitted_features(rows, memo)
         if self.pairwise:
-            inputs = inputs + [swapped_inputs(row) for row in inputs]
             y = np.concatenate([y, self._label_flip()[y]])
-        self.features_, matrix = self._fitted_features(inputs, rows, memo)
         self.head_ = head.fit(matrix, y)
         if memo is not None:
             memo[key] = self
         return self
 
-    def _fitted_features(
-        self, inputs: list[dict[str, Any]], rows: Sequence[LabeledRow], memo: dict[str, Any] | None
-    ) -> tuple[Any, Any]:
-        """Features fitted on these rows and their matrix; within :func:`memoised_fits`,
-        shared by every head fitted on the same rows (a search varies the head's settings)."""
-        key = f"features:{self.features}:{self.pairwise}:{_rows_key(rows)}"
-        if memo is not None and key in memo:
-            return memo[key]
-        features = make_features(self.features, self.pairwise, self.encoder).fit(inputs)
-        fitted = (features, features.transform(inputs))
+    def _fitted_features(self, rows: Sequence[LabeledRow], memo: dict[str, Any] | None) -> tuple[str, Any, Any]:
+        """Features fitted on these rows, the key they are known by in the memo, and the
+        rows' matrix (both orders of a pair, one after the other); within
+        :func:`memoised_fits`, shared by every head fitted on the same rows (a search
+        varies the head's settings). Features that fit nothing (embeddings) are known by
+        their kind alone, so their rows' vectors are shared by every fit."""
+        features = make_features(self.features, self.pairwise, self.encoder)
+        if isinstance(features, EmbeddingFeatures):
+            key = f"features:{self.features}:{self.pairwise}"
+        else:
+            key = f"features:{self.features}:{self.pairwise}:{_rows_key(rows)}"
+        if memo is not None and key in memo and not isinstance(features, EmbeddingFeatures):
+            return key, *memo[key]
+        if memo is not None and isinstance(features, EmbeddingFeatures):
+            features = memo.setdefault(key, features)
+        inputs = [row.inputs for row in rows]
+        if self.pairwise:
+            inputs = inputs + [swapped_inputs(row) for row in inputs]
+        if isinstance(features, EmbeddingFeatures):
+            return key, features, _stack(_row_matrix(features, key, rows, memo, swapped=self.pairwise))
+        fitted = features.fit_transform(inputs, None if memo is None else memo.setdefault("text counts", TextCounts()))
         if memo is not None:
-            memo[key] = fitted
-        return fitted
+            memo[key] = (features, fitted)
+        return key, features, fitted
 
     def predict_proba(self, inputs: Sequence[dict[str, Any]]) -> np.ndarray:
         """Probability of each of the task's labels, columns in label order."""
@@ -168,6 +181,21 @@ class Verifier(BaseEstimator):
         if self.pairwise:
             swapped = self.head_.predict_proba(self.features_.transform([swapped_inputs(r) for r in inputs]), n)
             proba = (proba + swapped[:, self._label_flip()]) / 2
+        return proba
+
+    def predict_rows(self, rows: Sequence[LabeledRow]) -> np.ndarray:
+        """:meth:`predict_proba` of these rows' inputs; within :func:`memoised_fits`, the
+        rows' features are made once per fitted features (a stack's grid of C and every
+        trial of a search ask again for the same held-out rows)."""
+        memo = _FIT_MEMO.get()
+        key = getattr(self, "features_key_", None)
+        if memo is None or key is None or key not in memo:
+            return self.predict_proba([row.inputs for row in rows])
+        n = len(self.labels)
+        blocks = _row_matrix(self.features_, key, rows, memo, swapped=self.pairwise)
+        proba = self.head_.predict_proba(blocks[0], n)
+        if self.pairwise:
+            proba = (proba + self.head_.predict_proba(blocks[1], n)[:, self._label_flip()]) / 2
         return proba
 
     def state(self) -> dict[str, Any]:
@@ -222,9 +250,15 @@ def grouped_folds(rows: Sequence[LabeledRow], folds: int, seed: int = 0) -> list
 
 def out_of_fold_proba(rows: Sequence[LabeledRow], verifier: Verifier, *, folds: int = 5, seed: int = 0) -> np.ndarray:
     """Each row's verifier probabilities from a verifier that never saw the row's group:
-    the honest input for a model stacked on top."""
+    the honest input for a model stacked on top. Within :func:`memoised_fits`, computed
+    once per settings, rows and folds (every trial of a search that stacks this verifier
+    asks for them again on each of its folds)."""
     from sklearn.base import clone
 
+    memo = _FIT_MEMO.get()
+    key = f"oof:{json.dumps(verifier.settings(), sort_keys=True, default=str)}:{folds}:{seed}:{_rows_key(rows)}"
+    if memo is not None and key in memo:
+        return memo[key].copy()
     out = np.zeros((len(rows), len(verifier.labels)))
     for held in grouped_folds(rows, folds, seed):
         held_set = set(held.tolist())
@@ -233,8 +267,48 @@ def out_of_fold_proba(rows: Sequence[LabeledRow], verifier: Verifier, *, folds: 
             out[held] = np.mean([[row.label == label for label in verifier.labels] for row in fit_rows], axis=0)
             continue
         fitted = clone(verifier).fit(fit_rows)
-        out[held] = fitted.predict_proba([rows[i].inputs for i in held])
+        out[held] = fitted.predict_rows([rows[i] for i in held])
+    if memo is not None:
+        memo[key] = out.copy()
     return out
+
+
+def _row_matrix(
+    features: Any, key: str, rows: Sequence[LabeledRow], memo: dict[str, Any] | None, *, swapped: bool
+) -> list[Any]:
+    """The matrix of these rows under fitted features known as ``key`` (and, with
+    ``swapped``, of the same pairs in the other order), made once per block of
+    :func:`memoised_fits`. Rows are known by their ids there, as the fit memo knows them.
+    Embedding features fit nothing and make each row's vector alone, so their vectors
+    are kept per row; fitted features keep the matrix of a set of rows."""
+    orders = [False, True] if swapped else [False]
+
+    def inputs(order: bool, chosen: Sequence[LabeledRow]) -> list[dict[str, Any]]:
+        return [swapped_inputs(row.inputs) if order else row.inputs for row in chosen]
+
+    if memo is None:
+        return [features.transform(inputs(order, rows)) for order in orders]
+    if not isinstance(features, EmbeddingFeatures):
+        ids = hashlib.sha256("\x1f".join(row.id for row in rows).encode()).hexdigest()
+        out = []
+        for order in orders:
+            matrix_key = f"matrix:{key}:{order}:{ids}"
+            if matrix_key not in memo:
+                memo[matrix_key] = features.transform(inputs(order, rows))
+            out.append(memo[matrix_key])
+        return out
+    out = []
+    for order in orders:
+        vectors = memo.setdefault(f"vectors:{key}:{order}", {})
+        missing = list({row.id: row for row in rows if row.id not in vectors}.values())
+        if missing:
+            vectors.update(zip([row.id for row in missing], features.transform(inputs(order, missing)), strict=True))
+        out.append(np.stack([vectors[row.id] for row in rows]) if rows else features.transform([]))
+    return out
+
+
+def _stack(blocks: list[Any]) -> Any:
+    return blocks[0] if len(blocks) == 1 else np.vstack(blocks)
 
 
 class VerifierModule(dspy.Module):

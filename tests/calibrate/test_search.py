@@ -19,6 +19,7 @@ import optuna
 import pytest
 
 from judgecal.calibrate.guard import RowGuard
+from judgecal.calibrate.pruning import DEV_ROW_SCORES
 from judgecal.calibrate.selection import Candidate, SelectionScore, choose
 from judgecal.calibrate.strategies import STRATEGIES, StrategySpec
 from judgecal.cli import main
@@ -221,6 +222,33 @@ def test_a_hopeless_lm_trial_is_dropped_at_the_first_rung_against_the_best_judge
     [hopeless] = [row for row in report.rows if row.strategy == "hopeless"]
     [threshold] = [row for row in report.rows if row.strategy == "threshold"]
     assert threshold.number < hopeless.number
+    assert hopeless.state == "PRUNED" and hopeless.pruned_after is not None
+    assert hopeless.pruned_after < len(dev) / 3, (hopeless.pruned_after, len(dev))
+
+
+def test_a_cross_validated_trial_keeps_its_per_row_dev_scores_in_one_write(tmp_path, monkeypatch) -> None:
+    """Each report is a commit of its own to the study's storage (one per dev row made
+    a tenth of a search's time): the cross-validated trial's per-row dev scores, the
+    pruner's yardstick, are one attribute, and the LM trial is compared with them from its
+    first rung all the same."""
+    reported: list[str] = []
+    report_one = optuna.trial.Trial.report
+
+    def counted(trial: optuna.trial.Trial, value: float, step: int) -> None:
+        reported.append(trial.params["strategy"])
+        report_one(trial, value, step)
+
+    monkeypatch.setattr(optuna.trial.Trial, "report", counted)
+    config = search_config(tmp_path, ["threshold"], 2, n_groups=80, dev_chunk=8)
+    monkeypatch.setitem(STRATEGIES, "hopeless", scripted_spec("hopeless", 9, every_row_wrong=True))
+    report = search(with_strategies(config, ["threshold", "hopeless"]))
+    dev = dev_rows_of(config)
+    assert set(reported) == {"hopeless"}
+    [name] = optuna.get_all_study_names(config.search.storage)
+    trials = optuna.load_study(study_name=name, storage=config.search.storage).trials
+    [threshold] = [trial for trial in trials if trial.params["strategy"] == "threshold"]
+    assert len(threshold.user_attrs[DEV_ROW_SCORES]) == len(dev) and not threshold.intermediate_values
+    [hopeless] = [row for row in report.rows if row.strategy == "hopeless"]
     assert hopeless.state == "PRUNED" and hopeless.pruned_after is not None
     assert hopeless.pruned_after < len(dev) / 3, (hopeless.pruned_after, len(dev))
 
