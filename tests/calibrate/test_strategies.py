@@ -4,6 +4,7 @@ never reach a fit step."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -444,6 +445,8 @@ def test_every_binary_strategy_compiles_and_judges_on_a_slice(name: str, embedde
     _, split = demo_split("relevance", "relevance_demo.jsonl", 8)
     raw = ProgramJudge(RELEVANCE, JudgeProgram(RELEVANCE.signature), embedded_lm, "relevance")
     env = environment(RELEVANCE, raw, lm=embedded_lm)
+    if name == "mipro":  # one instruction proposal: each is several long generations on the embedded model
+        env = dataclasses.replace(env, settings=QUICK.model_copy(update={"num_candidates": 1}))
     guard = RowGuard.for_rows(split.test.rows)
     params = {"verifiers": ("tfidf",)} if name == "stacking" else {}
     result = fit(name, env, split, params, guard)
