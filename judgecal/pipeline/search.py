@@ -168,17 +168,17 @@ def _study_and_report(
     distinct = len([r for r in outcome.rows if r.answered_from is None])
     steps = "\n".join(f"- {step}" for step in outcome.choice.steps)
     # The workers of a study report its winner into one parent run, one at a time: the first
-    # records it, a later one with the same finished trials and settings finds it recorded.
+    # records it; another that ran at the same time and saw the same finished trials and
+    # settings finds it recorded. (A later run of the same search reports again.)
     storage_url = search.storage or default_storage(prepared.workspace.root)
     tracked = parent_run_id is not None and experiment_id is not None
     key = report_key(prepared, outcome.rows, winner.number)
     with study_lock(storage_url, study.study_name, prepared.workspace.root) if tracked else nullcontext():
-        if tracked and reported_key(parent_run_id) == key:
+        if tracked and reported_since(parent_run_id, key, prepared.started_at):
             report.reported_in = parent_run_id
             log(
-                f"trial {winner.number} ({winner.strategy}) is already reported in run {parent_run_id} "
-                "with the same finished trials and settings (by another worker, or an earlier run); "
-                "nothing more to record"
+                f"trial {winner.number} ({winner.strategy}) was reported in run {parent_run_id} by another "
+                "worker while this one ran, with the same finished trials and settings; nothing more to record"
             )
             return report
         report.calibration = report_and_record(
@@ -219,16 +219,23 @@ def report_key(prepared: Prepared, rows: list[TrialRow], winner: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def reported_key(run_id: str) -> str | None:
+def reported_since(run_id: str, key: str, started_at: float) -> bool:
+    """Whether the parent run holds a report of ``key`` made after ``started_at``: another
+    worker's, made while this one ran."""
     import mlflow
 
-    return mlflow.MlflowClient().get_run(run_id).data.tags.get(REPORTED_TAG)
+    tags = mlflow.MlflowClient().get_run(run_id).data.tags
+    recorded = tags.get(REPORTED_TAG, "")
+    reported_key, _, reported_at = recorded.partition("@")
+    return reported_key == key and float(reported_at or 0) >= started_at
 
 
 def mark_reported(run_id: str, key: str) -> None:
+    import time
+
     import mlflow
 
-    mlflow.MlflowClient().set_tag(run_id, REPORTED_TAG, key)
+    mlflow.MlflowClient().set_tag(run_id, REPORTED_TAG, f"{key}@{time.time():.3f}")
 
 
 def _run_trials(

@@ -832,26 +832,32 @@ def test_calibrating_a_verdicts_file_finishes_its_runs_and_says_why_nothing_is_e
     assert report.calibration.registry is None  # nothing to register
 
 
-def test_a_search_run_again_on_the_same_finished_trials_reports_its_winner_once(tmp_path) -> None:
-    """The workers of a study report into one parent run, one at a time: a worker (or a
-    later run) that finds the same finished trials already reported records nothing more;
-    once more trials have finished, the search reports again."""
+def test_a_worker_that_finds_its_winner_reported_while_it_ran_records_nothing_more(tmp_path) -> None:
+    """The workers of a study report into one parent run, one at a time: a worker that
+    finds the same finished trials and settings reported by another since it started
+    records nothing more; a later run of the same search reports again, as it did before."""
     import mlflow
 
+    from judgecal.pipeline.calibration import prepare
+    from judgecal.pipeline.search import search_prepared
+    from judgecal.workspace import Workspace, set_process_environment
+
+    set_process_environment()
     config = search_config(tmp_path, ["threshold", "verifier"], 2)
-    first = run_search(config, config.search, log=lambda m: None)
-    assert first.calibration is not None and first.calibration.tracked is not None
-    said: list[str] = []
-    again = run_search(config, config.search, log=said.append)
-    assert again.calibration is None and again.reported_in == first.parent_run_id
-    assert any("already reported in run" in m for m in said)
-    mlflow.set_tracking_uri(first.tracking_uri)
-    experiment = first.calibration.tracked.experiment_id
-    assert len(mlflow.search_logged_models(experiment_ids=[experiment], output_format="list")) == 1
     assert config.search is not None
-    more = config.model_copy(update={"search": config.search.model_copy(update={"trials": 3})})
-    third = run_search(more, more.search, log=lambda m: None)
-    assert third.calibration is not None and third.parent_run_id == first.parent_run_id
+    workspace = Workspace.find()
+    started_first = prepare(config, workspace, log=lambda m: None)  # a worker that started before the other reported
+    first = run_search(config, config.search, workspace=workspace, log=lambda m: None)
+    assert first.calibration is not None and first.calibration.tracked is not None
+    experiment = first.calibration.tracked.experiment_id
+    said: list[str] = []
+    other = search_prepared(started_first, config.search, log=said.append)
+    assert other.calibration is None and other.reported_in == first.parent_run_id
+    assert any("by another worker while this one ran" in m for m in said)
+    mlflow.set_tracking_uri(first.tracking_uri)
+    assert len(mlflow.search_logged_models(experiment_ids=[experiment], output_format="list")) == 1
+    again = run_search(config, config.search, workspace=workspace, log=lambda m: None)
+    assert again.calibration is not None and again.parent_run_id == first.parent_run_id
     assert len(mlflow.search_logged_models(experiment_ids=[experiment], output_format="list")) == 2
 
 

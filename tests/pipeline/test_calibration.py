@@ -71,9 +71,7 @@ def test_calibration_on_shared_relevance_slice_writes_a_complete_mlflow_run(
         write_config(
             tmp_path,
             relevance_slice,
-            optimizer="bootstrap_random_search",
-            num_candidate_programs=1,
-            max_bootstrapped_demos=1,
+            optimizer="labeled_few_shot",  # a program with demos; the optimizers have tests of their own
             max_labeled_demos=2,
         )
     )
@@ -98,7 +96,7 @@ def test_calibration_on_shared_relevance_slice_writes_a_complete_mlflow_run(
     assert run.data.tags["judgecal.outcome"] in {"improved", "inconclusive", "worse"}
     params = run.data.params
     assert params["judge.model"] == "embedded"
-    assert params["strategy"] == "bootstrap_random_search"
+    assert params["strategy"] == "labeled_few_shot"
     assert params["data.fingerprint"] == report.split.data_fingerprint
     assert int(params["split.test_rows"]) == report.split.sizes["test"]
     artifacts = {item.path for item in mlflow.artifacts.list_artifacts(run_id=run_id)}
