@@ -178,7 +178,10 @@ def final_judge(
     if spec.selects_on_dev:
         if winner.number in fitted:
             return fitted[winner.number]
-        log(f"{spec.name}: compiling the program of trial {winner.number} again (another worker ran it)")
+        log(
+            f"{spec.name}: compiling the program of trial {winner.number} again "
+            "(another worker or an earlier run ran it)"
+        )
         return fit_judge(spec, env, winner.params, train, dev, guard)
     log(f"{spec.name} (trial {winner.number}): fitting again on train + dev")
     return fit_judge(spec, env, winner.params, [*train, *dev], None, guard, step="fit on train + dev")
