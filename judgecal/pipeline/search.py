@@ -141,6 +141,7 @@ def _study_and_report(
     ``shown``: the judging loops' bars and the trials' status line."""
     search = searched[2]
     progress, status = shown
+    storage_url = search.storage or default_storage(prepared.workspace.root)
 
     def record(study: Any, frozen: Any) -> None:
         if parent_run_id is not None and experiment_id is not None:
@@ -153,7 +154,7 @@ def _study_and_report(
         log(f"left out to keep the budget: {left_out}")
     report = SearchReport(
         study_name=study.study_name,
-        storage=redact(search.storage or default_storage(prepared.workspace.root)),
+        storage=redact(storage_url),
         rows=outcome.rows,
         choice=outcome.choice,
         calibration=None,
@@ -170,7 +171,6 @@ def _study_and_report(
     # The workers of a study report its winner into one parent run, one at a time: the first
     # records it; another that ran at the same time and saw the same finished trials and
     # settings finds it recorded. (A later run of the same search reports again.)
-    storage_url = search.storage or default_storage(prepared.workspace.root)
     tracked = parent_run_id is not None and experiment_id is not None
     key = report_key(prepared, outcome.rows, winner.number)
     with study_lock(storage_url, study.study_name, prepared.workspace.root) if tracked else nullcontext():
