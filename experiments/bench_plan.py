@@ -190,6 +190,21 @@ def plan_for(
     return plan.groups, plan.rows, plan.value, plan.width
 
 
+def outcome(
+    name: str,
+    half_width: float,
+    plan: tuple[int, int, float, float],
+    scored: list[tuple[float, float]],
+    with_replacement: bool,
+    pilot: list[str],
+) -> Outcome:
+    """A plan (:func:`plan_for`) and its draws' (width, value) as a row of the table."""
+    groups, rows, value, width = plan
+    widths = [w for w, _ in scored]
+    values = [v for _, v in scored]
+    return Outcome(name, half_width, groups, rows, widths, with_replacement, value, values, width, pilot)
+
+
 def pilot_types(tables: np.ndarray) -> GroupTypes:
     return GroupTypes(tables=tables, weights=np.full(len(tables), 1 / len(tables)), rows=tables[:, 0].sum(axis=(1, 2)))
 
@@ -208,26 +223,14 @@ def recorded_outcomes(
     ]
     for quantity, half_widths in plans:
         for half_width in half_widths:
-            groups, rows, value, width = plan_for(types, quantity, half_width, settings, args.pilot_groups)
+            plan = plan_for(types, quantity, half_width, settings, args.pilot_groups)
+            groups = plan[0]
             replace = groups > data.n_groups
             scored = [
                 obtained_width(tables[rng.choice(data.n_groups, groups, replace=replace)], quantity, seed=draw)
                 for draw in range(args.draws)
             ]
-            outcomes.append(
-                Outcome(
-                    quantity.name,
-                    half_width,
-                    groups,
-                    rows,
-                    [w for w, _ in scored],
-                    replace,
-                    value,
-                    [v for _, v in scored],
-                    width,
-                    data.names(pilot),
-                )
-            )
+            outcomes.append(outcome(quantity.name, half_width, plan, scored, replace, data.names(pilot)))
     return outcomes
 
 
@@ -241,25 +244,14 @@ def calibrated_outcomes(
     quantity = kappa_gain(0, 1, name=CALIBRATED)
     outcomes = []
     for half_width in args.gain_half_widths:
-        groups, rows, value, width = plan_for(types, quantity, half_width, settings, args.pilot_groups)
-        scored = [
-            calibrated_draw(data, quantity, groups, args.calibration_groups, rng, seed=draw)
+        plan = plan_for(types, quantity, half_width, settings, args.pilot_groups)
+        drawn = [
+            calibrated_draw(data, quantity, plan[0], args.calibration_groups, rng, seed=draw)
             for draw in range(args.draws)
         ]
-        outcomes.append(
-            Outcome(
-                quantity.name,
-                half_width,
-                groups,
-                rows,
-                [w for w, _, _ in scored],
-                any(r for _, _, r in scored),
-                value,
-                [v for _, v, _ in scored],
-                width,
-                data.names(pilot),
-            )
-        )
+        scored = [(width, value) for width, value, _ in drawn]
+        replace = any(replaced for _, _, replaced in drawn)
+        outcomes.append(outcome(quantity.name, half_width, plan, scored, replace, data.names(pilot)))
     return outcomes
 
 
