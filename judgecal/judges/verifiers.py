@@ -156,17 +156,15 @@ class Verifier(BaseEstimator):
         features = make_features(self.features, self.pairwise, self.encoder)
         if isinstance(features, EmbeddingFeatures):
             key = f"features:{self.features}:{self.pairwise}"
-        else:
-            key = f"features:{self.features}:{self.pairwise}:{_rows_key(rows)}"
-        if memo is not None and key in memo and not isinstance(features, EmbeddingFeatures):
+            if memo is not None:
+                features = memo.setdefault(key, features)
+            return key, features, _stack(_row_matrix(features, key, rows, memo, swapped=self.pairwise))
+        key = f"features:{self.features}:{self.pairwise}:{_rows_key(rows)}"
+        if memo is not None and key in memo:
             return key, *memo[key]
-        if memo is not None and isinstance(features, EmbeddingFeatures):
-            features = memo.setdefault(key, features)
         inputs = [row.inputs for row in rows]
         if self.pairwise:
             inputs = inputs + [swapped_inputs(row) for row in inputs]
-        if isinstance(features, EmbeddingFeatures):
-            return key, features, _stack(_row_matrix(features, key, rows, memo, swapped=self.pairwise))
         fitted = features.fit_transform(inputs, None if memo is None else memo.setdefault("text counts", TextCounts()))
         if memo is not None:
             memo[key] = (features, fitted)
