@@ -263,12 +263,30 @@ def test_gradient_boosting_state_predicts_like_scikit_learn(classes: int) -> Non
     y = (np.nan_to_num(x[:, 0]) + 0.5 * np.nan_to_num(x[:, 1]) > 0).astype(int) + (classes == 3) * (x[:, 2] > 1)
     head = GradientBoostingHead(max_iter=30).fit(x, y)
     reference = HistGradientBoostingClassifier(
-        max_iter=30, max_leaf_nodes=15, l2_regularization=1.0, min_samples_leaf=20, early_stopping=False, random_state=0
+        max_iter=30,
+        max_leaf_nodes=15,
+        l2_regularization=1.0,
+        min_samples_leaf=20,
+        max_bins=63,
+        early_stopping=False,
+        random_state=0,
     ).fit(x, y)
     loaded = GradientBoostingHead.from_state(json.loads(json.dumps(head.state())))
     test = rng.normal(size=(200, 6))
     test[rng.uniform(size=test.shape) < 0.05] = np.nan
     assert np.allclose(loaded.predict_proba(test, classes), reference.predict_proba(test), atol=1e-10)
+
+
+def test_gradient_boosting_head_records_its_bins_and_reads_an_older_state_as_scikit_learns_255() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4))
+    head = GradientBoostingHead(max_iter=5).fit(x, (x[:, 0] > 0).astype(int))
+    state = json.loads(json.dumps(head.state()))
+    assert state["max_bins"] == 63 and GradientBoostingHead.from_state(state).max_bins == 63
+    del state["max_bins"]
+    older = GradientBoostingHead.from_state(state)
+    assert older.max_bins == 255
+    assert np.array_equal(older.predict_proba(x, 2), head.predict_proba(x, 2))
 
 
 def test_pairwise_verifier_is_symmetric_under_swapping_the_responses() -> None:
