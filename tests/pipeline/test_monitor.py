@@ -345,6 +345,8 @@ def test_a_selective_judge_whose_rare_verdict_got_worse_raises_the_alarm_naming_
     assert run(two_verdict_judge, files[-1], state) == 3
     saved = read_state(state)
     out = capsys.readouterr()
+    with capsys.disabled():
+        print(out.out + out.err)  # docs/planning-and-monitoring.md shows it: pytest -s -k rare_verdict
     assert [q.name for q in saved.followed] == ["precision.true", "precision.false", "coverage"]
     assert saved.sequence_alpha == 0.05 / 4 and saved.level == 0.7
     assert saved.alarm_batch is not None and saved.alarm_batch > 2
