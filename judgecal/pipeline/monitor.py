@@ -237,7 +237,8 @@ FOLLOWED_LATER = (
     "each verdict's precision and the coverage"
 )
 COVERAGE_NOT_FOLLOWED = (
-    "the judge's bundle records no coverage on test rows, so its coverage is reported batch by batch but not followed"
+    "the judge's bundle records no interval for its coverage on test rows (none recorded, or every test row "
+    "answered), so its coverage is reported batch by batch but not followed"
 )
 
 

@@ -79,15 +79,17 @@ def given_targets(bundle: JudgeBundle) -> dict[str, float]:
 def followed_quantities(bundle: JudgeBundle) -> list[Followed]:
     """Each verdict's precision, against its target, then coverage, against the low end of
     the 95% interval of its coverage on its test rows (not the point estimate: a band as
-    good as its test rows showed would sit below that half of the time). A bundle that
-    records no coverage on test rows has its coverage reported, not followed."""
+    good as its test rows showed would sit below that half of the time). Coverage is
+    reported, not followed, when the bundle records no interval for it: none recorded, or
+    one of no width (every test row answered: a level of 1.0 would make any abstention an
+    alarm sooner or later)."""
     followed = [
         Followed(name=f"{PRECISION}{verdict}", level=target, level_source="the precision its band guarantees for it")
         for verdict, target in given_targets(bundle).items()
     ]
     coverage = ((bundle.evaluation or {}).get("selective") or {}).get("coverage") or {}
-    low = coverage.get("low")
-    if low is not None and np.isfinite(low) and low > 0:
+    low, high = coverage.get("low"), coverage.get("high")
+    if low is not None and high is not None and np.isfinite(low) and 0 < low < high:
         source = (
             f"the low end of the 95% interval of its coverage on its test rows ({coverage['value']:.3f} "
             f"[{low:.3f}, {coverage['high']:.3f}])"

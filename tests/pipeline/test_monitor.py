@@ -378,3 +378,19 @@ def test_a_state_written_before_verdicts_were_followed_resumes_as_it_started(tmp
     assert [b.index for b in resumed.batches] == [1, 2] and resumed.level == 0.6
     assert resumed.batches[1].sequences == {} and len(resumed.observations) == 20
     assert " ".join(FOLLOWED_LATER.split()) in " ".join(capsys.readouterr().err.split())
+
+
+def test_coverage_is_followed_only_against_a_real_interval_from_the_test_rows() -> None:
+    """A band that answered every test row has coverage 1.0 [1.0, 1.0] there: a level of
+    1.0 would make any abstention an alarm sooner or later, so coverage is reported, not
+    followed; with an interval its low end is the level."""
+    from judgecal.export.bundle import read_bundle
+    from judgecal.pipeline.selective_monitor import followed_quantities
+
+    bundle = read_bundle(GOLDEN / "recorded-stacking-selective")
+    followed = {}
+    for value, low, high in ((1.0, 1.0, 1.0), (0.6, 0.45, 0.72)):
+        evaluation = {"selective": {"coverage": {"value": value, "low": low, "high": high}}}
+        quantities = followed_quantities(bundle.model_copy(update={"evaluation": evaluation}))
+        followed[value] = {q.name: q.level for q in quantities}
+    assert followed == {1.0: {"precision.false": 0.95}, 0.6: {"precision.false": 0.95, "coverage": 0.45}}
