@@ -1,5 +1,6 @@
 """experiments/bench_monitor.py: its streams are counted the way the monitor counts them,
-and on a small run the stable streams keep the error level while a drop is caught."""
+and on a small run the stable streams keep the error level while a drop is caught, a
+selective judge's too."""
 
 from __future__ import annotations
 
@@ -27,3 +28,11 @@ def test_a_small_run_keeps_alpha_and_catches_the_drop() -> None:
     assert results["stable"] <= 0.05
     assert results["caught"] >= 0.9 and results["early"] <= 0.05
     assert 0 <= results["median"] <= 10
+
+
+def test_a_small_selective_run_keeps_alpha_and_catches_the_drop_of_one_verdict_the_pooled_sequence_misses() -> None:
+    results = bench().main(["--selective", "--streams", "30", "--batches", "25", "--groups", "20", "--rows", "10"])
+    row = results[0.7][20]
+    assert row["stable"] <= 0.05 and row["early"] <= 0.05
+    assert row["caught"] >= 0.9 and row["named"] == 1.0
+    assert row["pooled"] == 0.0

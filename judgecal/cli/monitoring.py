@@ -108,15 +108,25 @@ def _print_batch(batch: BatchCheck, loaded: LoadedJudge) -> None:
 
 
 def _print_sequence(outcome: MonitorOutcome) -> None:
+    from judgecal.pipeline.monitor import confidence_percent
+
     state, batch = outcome.state, outcome.batch
     groups = len(state.observations)
+    confidence = confidence_percent(state.sequence_alpha)
     console.print(
         f"all {len(state.batches)} batches ({groups} groups): agreement {batch.mean:.3f}, anytime-valid "
-        f"{1 - state.alpha:.0%} bounds [{batch.lower:.3f}, {batch.upper:.3f}]; level {state.level:.3f} "
+        f"{confidence} bounds [{batch.lower:.3f}, {batch.upper:.3f}]; level {state.level:.3f} "
         f"({state.level_source})",
         highlight=False,
     )
-    if outcome.alarm:
+    _print_followed(outcome)
+    if outcome.alarm and state.followed:
+        errors.print(
+            f"[bold red]ALARM[/] since batch {state.alarm_batch}: the upper bound is below its level for "
+            f"{' and for '.join(state.fallen())} (exit code {ALARM_EXIT})",
+            highlight=False,
+        )
+    elif outcome.alarm:
         errors.print(
             f"[bold red]ALARM[/] since batch {state.alarm_batch}: the upper bound on the judge's agreement is below "
             f"{state.level:.3f}; it agrees with people less than it did when it was registered (exit code "
@@ -125,3 +135,25 @@ def _print_sequence(outcome: MonitorOutcome) -> None:
         )
     else:
         console.print("no alarm: the upper bound is not below the level", highlight=False)
+
+
+def _print_followed(outcome: MonitorOutcome) -> None:
+    """A selective judge's: each followed sequence on one line, marked where it fell."""
+    state, batch = outcome.state, outcome.batch
+    if not state.followed:
+        return
+    for quantity in state.followed:
+        step = batch.sequences[quantity.name]
+        count = sum(len(b.sequences[quantity.name].observations) for b in state.batches if quantity.name in b.sequences)
+        mean = "n/a" if step.mean is None else f"{step.mean:.3f}"
+        below = "  [bold red]BELOW[/]" if step.upper < quantity.level else ""
+        console.print(
+            f"  {quantity.words} ({count} groups): {mean}, bounds [{step.lower:.3f}, {step.upper:.3f}]; level "
+            f"{quantity.level:.3f} ({quantity.level_source}){below}",
+            highlight=False,
+        )
+    console.print(
+        f"  each of these {1 + len(state.followed)} sequences at alpha {state.alpha:g} / {1 + len(state.followed)} "
+        f"(Bonferroni): the chance of any false alarm stays at most {state.alpha:g}",
+        highlight=False,
+    )

@@ -6,8 +6,10 @@ rows the judge got right: rows of one prompt are not independent, groups are tak
 be) to an anytime-valid confidence sequence over every batch so far
 (:mod:`judgecal.stats.sequential`), and raises an alarm once its upper bound is below the
 level the judge was registered with. Looking after every batch does not raise the chance
-of a false alarm above ``alpha``. It also compares the batch with the judge's reference
-sample (:mod:`judgecal.export.reference`).
+of a false alarm above ``alpha``. A selective judge's monitor follows each verdict's
+precision and its coverage too, each with a sequence of its own, alpha split over them
+all (:mod:`judgecal.pipeline.selective_monitor`). It also compares the batch with the
+judge's reference sample (:mod:`judgecal.export.reference`).
 
 The :class:`MonitorState` file (JSON, replaced atomically) is the record of what was
 counted: a batch enters it only after its MLflow step is logged, so a monitor stopped at
@@ -37,14 +39,25 @@ from judgecal.export.bundle import JudgeBundle
 from judgecal.export.flavor import LoadedJudge
 from judgecal.export.reference import NO_REFERENCE, check_rows
 from judgecal.judges.verdict import Verdict, answer_key
+from judgecal.pipeline.selective_monitor import (
+    Followed,
+    SequenceStep,
+    fallen,
+    follow,
+    followed_observations,
+    followed_quantities,
+    given_targets,
+)
 from judgecal.report.agreement import evaluate_record
 from judgecal.report.records import JudgeRecord, build_record
-from judgecal.stats.sequential import DEFAULT_ALPHA, confidence_sequence, grid_with, group_shares
+from judgecal.stats.sequential import DEFAULT_ALPHA, confidence_sequence, grid_with, group_shares, sequence_alpha
 from judgecal.stats.shift import ShiftCheck, TooFewPrompts
 from judgecal.stats.uncertainty import Estimate
 from judgecal.workspace import Workspace
 
-STATE_SCHEMA_VERSION = 1
+STATE_SCHEMA_VERSION = 2
+"""2: a selective judge's monitor follows each verdict's precision and its coverage
+(``followed``); a state of version 1 resumes following its agreement alone, at its alpha."""
 BATCH_RESAMPLES = 1000
 LOGGED_MODEL_ID = re.compile(r"m-[0-9a-f]{32}")
 """A logged model's own id (``models:/m-<id>``, as the MLflow UI lists it): no registered version."""
@@ -71,6 +84,9 @@ class BatchCheck(BaseModel):
     upper: float
     lower: float
     shift: ShiftCheck | None = None
+    sequences: dict[str, SequenceStep] = Field(
+        default_factory=dict, description="A selective judge's followed sequences after this batch, by name."
+    )
 
 
 class MonitorState(BaseModel):
@@ -89,6 +105,10 @@ class MonitorState(BaseModel):
     run_id: str | None = None
     registered: tuple[str, str] | None = Field(default=None, description="(model name, version) for models:/.")
     alarm_batch: int | None = None
+    followed: list[Followed] = Field(
+        default_factory=list,
+        description="A selective judge's: each verdict's precision and its coverage, each a sequence of its own.",
+    )
     batches: list[BatchCheck] = Field(default_factory=list)
 
     @field_validator("registered")
@@ -101,6 +121,20 @@ class MonitorState(BaseModel):
     @property
     def observations(self) -> list[float]:
         return [x for batch in self.batches for x in batch.observations]
+
+    @property
+    def sequence_alpha(self) -> float:
+        """Each sequence's share of ``alpha``: agreement's and every followed one's alike."""
+        return sequence_alpha(self.alpha, 1 + len(self.followed))
+
+    def fallen(self) -> list[str]:
+        """What the alarm is about after the newest batch, in words: each sequence whose
+        upper bound is below its level (bounds only move down, so it stays there)."""
+        if not self.batches:
+            return []
+        batch = self.batches[-1]
+        words = ["its agreement"] if batch.upper < self.level else []
+        return words + [q.words for q in fallen(self.followed, batch.sequences)]
 
 
 @dataclass
@@ -162,12 +196,7 @@ def reference_level(bundle: JudgeBundle, threshold: float | None) -> tuple[float
     if threshold is not None:
         return threshold, "--threshold"
     evaluation = bundle.evaluation or {}
-    # A verdict the band never gives keeps its target (held vacuously) but is never observed.
-    targets = {
-        t["verdict"]: float(t["target"])
-        for t in (evaluation.get("selective") or {}).get("targets") or []
-        if "target" in t and t.get("status") != "never given"
-    }
+    targets = given_targets(bundle)
     if targets:
         given = ", ".join(f"'{verdict}' {target:.2f}" for verdict, target in targets.items())
         return min(targets.values()), f"the lowest precision the selective judge's band guarantees ({given})"
@@ -190,6 +219,7 @@ def reference_level(bundle: JudgeBundle, threshold: float | None) -> tuple[float
 
 def new_state(loaded: LoadedJudge, threshold: float | None, alpha: float) -> MonitorState:
     level, source = reference_level(loaded.bundle, threshold)
+    selective = loaded.judge.kind == "selective"
     return MonitorState(
         judge=loaded.source,
         judge_name=loaded.bundle.name,
@@ -197,7 +227,31 @@ def new_state(loaded: LoadedJudge, threshold: float | None, alpha: float) -> Mon
         level=level,
         level_source=source,
         alpha=alpha,
+        followed=followed_quantities(loaded.bundle) if selective else [],
     )
+
+
+FOLLOWED_LATER = (
+    "this monitor was started before a selective judge's verdicts and coverage were followed each on its own: it "
+    "follows the agreement of the rows answered, at its alpha, as it started; start a new state file to follow "
+    "each verdict's precision and the coverage"
+)
+COVERAGE_NOT_FOLLOWED = (
+    "the judge's bundle records no interval for its coverage on test rows (none recorded, or every test row "
+    "answered), so its coverage is reported batch by batch but not followed"
+)
+
+
+def _selective_notes(loaded: LoadedJudge, state: MonitorState) -> list[str]:
+    """For a selective judge: a state of the earlier layout, on every batch; coverage not
+    followed, on the first."""
+    if loaded.judge.kind != "selective":
+        return []
+    if state.schema_version < 2:
+        return [FOLLOWED_LATER]
+    if not state.batches and all(q.verdict is not None for q in state.followed):
+        return [COVERAGE_NOT_FOLLOWED]
+    return []
 
 
 def _refuse_seen(state: MonitorState, batch: Path, fingerprint: str) -> None:
@@ -291,14 +345,17 @@ def check_batch(
     verdicts = loaded.judge.predict(rows)
     measured = measure_batch(rows, verdicts, loaded)
     observations = state.observations + measured["observations"]
-    bounds = confidence_sequence(observations, alpha=state.alpha, grid=grid_with(state.level))
-    notes = []
+    bounds = confidence_sequence(observations, alpha=state.sequence_alpha, grid=grid_with(state.level))
+    observed = followed_observations(state.followed, rows, verdicts)
+    steps = follow(state.followed, [b.sequences for b in state.batches], observed, state.sequence_alpha)
+    notes = _selective_notes(loaded, state)
     try:
         shift = check_rows(loaded.bundle.reference, rows, verdicts, loaded.judge.task.spec)
     except TooFewPrompts as why:
-        shift, notes = None, [f"shift not checked: {why}"]
-    if shift is None and loaded.bundle.reference is None:
-        notes = [] if state.batches else [NO_REFERENCE]  # said once, on the first batch
+        shift = None
+        notes.append(f"shift not checked: {why}")
+    if shift is None and loaded.bundle.reference is None and not state.batches:
+        notes.append(NO_REFERENCE)  # said once, on the first batch
     checked = BatchCheck(
         index=len(state.batches) + 1,
         file=str(batch),
@@ -308,11 +365,13 @@ def check_batch(
         upper=bounds.upper[-1] if observations else 1.0,
         lower=bounds.lower[-1] if observations else 0.0,
         shift=shift,
+        sequences=steps,
         **measured,
     )
     if track:
         state = _ensure_run(state, state_path, workspace)
-    alarm = state.alarm_batch or (checked.index if checked.upper < state.level else None)
+    fell = checked.upper < state.level or bool(fallen(state.followed, steps))
+    alarm = state.alarm_batch or (checked.index if fell else None)
     after = state.model_copy(update={"batches": [*state.batches, checked], "alarm_batch": alarm})
     if track:
         log_batch(after)
@@ -370,16 +429,29 @@ def _start_run(state: MonitorState, state_path: Path, experiment_id: str) -> str
         tags={
             "judgecal.monitor": state.judge,
             "judgecal.bundle_digest": state.bundle_digest,
-            "mlflow.note.content": (
-                f"Re-checks {state.judge} batch after batch. Alarm when the anytime-valid {1 - state.alpha:.0%} "
-                f"upper bound on its agreement falls below {state.level:.3f} ({state.level_source})."
-            ),
+            "mlflow.note.content": _description(state),
         },
     )
     for key, value in (("judge", state.judge), ("level", state.level), ("alpha", state.alpha)):
         client.log_param(run.info.run_id, key, value)
     client.log_param(run.info.run_id, "level_source", state.level_source[:500])
     return run.info.run_id
+
+
+def _description(state: MonitorState) -> str:
+    """The run's description: what raises the alarm."""
+    confidence = confidence_percent(state.sequence_alpha)
+    text = (
+        f"Re-checks {state.judge} batch after batch. Alarm when the anytime-valid {confidence} "
+        f"upper bound on its agreement falls below {state.level:.3f} ({state.level_source})"
+    )
+    if not state.followed:
+        return text + "."
+    each = ", ".join(f"{q.words} below {q.level:.3f}" for q in state.followed)
+    return (
+        f"{text}, or {each}: {1 + len(state.followed)} sequences, each at alpha {state.alpha:g} / "
+        f"{1 + len(state.followed)} (Bonferroni), so that any false alarm has a chance of at most {state.alpha:g}."
+    )
 
 
 def _registered_version(reference: str) -> tuple[str, str] | None:
@@ -421,6 +493,7 @@ def log_batch(state: MonitorState) -> None:
     if batch.coverage is not None:
         metrics["batch.coverage"] = batch.coverage
     metrics |= {f"batch.precision.{k}": v for k, v in batch.precision.items() if v is not None}
+    metrics |= _followed_metrics(state, batch)
     if batch.shift is not None:
         metrics |= {"shift.auc": batch.shift.auc, "shift.unlike_share": batch.shift.unlike_share}
         metrics |= {"shift.null_auc": batch.shift.null_auc, "shift.null_unlike_share": batch.shift.null_unlike_share}
@@ -429,6 +502,8 @@ def log_batch(state: MonitorState) -> None:
             client.log_metric(state.run_id, key, float(value), step=batch.index)
     alarm = f"since batch {state.alarm_batch}" if state.alarm_batch else "none"
     client.set_tag(state.run_id, "judgecal.monitor.alarm", alarm)
+    if state.followed:
+        client.set_tag(state.run_id, "judgecal.monitor.fallen", "; ".join(state.fallen()) or "none")
     # Finished after each batch, named by where it stands, the alarm first: the runs list
     # answers at a glance (it shows a name's first 20-odd characters).
     name = f"ALARM since batch {state.alarm_batch}" if state.alarm_batch else f"ok after {len(state.batches)} batches"
@@ -444,9 +519,23 @@ def log_batch(state: MonitorState) -> None:
         client.set_model_version_tag(name, version, "judgecal.monitor.alarm", alarm)
 
 
+def _followed_metrics(state: MonitorState, batch: BatchCheck) -> dict[str, float | None]:
+    """Each followed sequence's running mean, bounds and level at this batch."""
+    metrics: dict[str, float | None] = {}
+    for quantity in state.followed:
+        step = batch.sequences.get(quantity.name)
+        if step is not None:
+            key = f"sequence.{quantity.name}"
+            metrics |= {f"{key}.mean": step.mean, f"{key}.upper": step.upper, f"{key}.lower": step.lower}
+            metrics[f"{key}.level"] = quantity.level
+    return metrics
+
+
 def last_check(state: MonitorState) -> str:
     batch = state.batches[-1]
     alarm = f"ALARM since batch {state.alarm_batch}" if state.alarm_batch else "no alarm"
+    if state.alarm_batch and state.followed:
+        alarm += f" ({'; '.join(state.fallen())} below level)"
     return (
         f"{batch.checked_at}: {len(state.batches)} batches, agreement {batch.mean:.3f} (upper bound "
         f"{batch.upper:.3f}, level {state.level:.3f}), {alarm}; run {state.run_id}"
@@ -454,15 +543,43 @@ def last_check(state: MonitorState) -> str:
 
 
 def _plot(state: MonitorState, path: Path) -> Path:
-    from judgecal.report.plots import monitor_sequence
+    from judgecal.report.plots import SequencePanel, monitor_sequence
 
+    batches = state.batches
+    panels = [
+        SequencePanel(
+            quantity="agreement with people",
+            short="agreement",
+            values=[(b.agreement.value, b.agreement.low, b.agreement.high) for b in batches],
+            upper=[b.upper for b in batches],
+            lower=[b.lower for b in batches],
+            level=state.level,
+        )
+    ]
+    nan = float("nan")
+    for quantity in state.followed:
+        steps = [b.sequences.get(quantity.name) for b in batches]
+        own = [b.coverage if quantity.verdict is None else b.precision.get(quantity.verdict) for b in batches]
+        panels.append(
+            SequencePanel(
+                quantity="coverage" if quantity.verdict is None else f"precision of '{quantity.verdict}'",
+                short="coverage" if quantity.verdict is None else "precision",
+                values=[(nan if v is None else v, nan, nan) for v in own],
+                upper=[1.0 if s is None else s.upper for s in steps],
+                lower=[0.0 if s is None else s.lower for s in steps],
+                level=quantity.level,
+            )
+        )
     return monitor_sequence(
-        [b.index for b in state.batches],
-        [(b.agreement.value, b.agreement.low, b.agreement.high) for b in state.batches],
-        [b.upper for b in state.batches],
-        [b.lower for b in state.batches],
-        state.level,
+        [b.index for b in batches],
+        panels,
         path,
-        title=f"{state.judge_name}: agreement batch after batch, anytime-valid {1 - state.alpha:.0%} bounds",
+        title=f"{state.judge_name}: {'agreement' if len(panels) == 1 else 'each sequence'} batch after batch, "
+        f"anytime-valid {confidence_percent(state.sequence_alpha)} bounds",
         alarm_batch=state.alarm_batch,
     )
+
+
+def confidence_percent(alpha: float) -> str:
+    """1 - alpha as a percentage, to the digits it has: 95%, 98.75%."""
+    return f"{100 * (1 - alpha):.4g}%"

@@ -8,7 +8,9 @@ directly, without pyplot, so the process's backend stays whatever it was.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -219,41 +221,61 @@ def size_curves(panels: Sequence[dict], path: Path, *, title: str) -> Path:
     return _save(figure, path)
 
 
+@dataclass(frozen=True)
+class SequencePanel:
+    """One sequence in the monitor's plot: each batch's own value (with its 95% interval,
+    NaN where it has none), the bounds after each batch and the level."""
+
+    quantity: str  # the axis label: "agreement with people"
+    short: str  # in the legend: "this batch's agreement"
+    values: Sequence[tuple[float, float, float]]
+    upper: Sequence[float]
+    lower: Sequence[float]
+    level: float
+
+
 def monitor_sequence(
     batches: Sequence[int],
-    agreement: Sequence[tuple[float, float, float]],
-    upper: Sequence[float],
-    lower: Sequence[float],
-    level: float,
+    panels: Sequence[SequencePanel],
     path: Path,
     *,
     title: str,
     alarm_batch: int | None = None,
 ) -> Path:
-    """Each batch's agreement with its interval, the confidence sequence after each batch
-    (shaded between its bounds, the upper bound drawn), the level the upper bound is
-    checked against (dashed) and, from the batch of the alarm on, a red band."""
-    figure = _figure(figsize=(8.4, 4.2), layout="constrained")
-    axis = figure.subplots()
+    """One panel per sequence, stacked: each batch's value with its interval, the confidence
+    sequence after each batch (shaded between its bounds, the upper bound drawn), the level
+    the upper bound is checked against (dashed) and, from the batch of the alarm on, a red
+    band."""
+    figure = _figure(figsize=(8.4, 4.2 if len(panels) == 1 else 1.0 + 2.4 * len(panels)), layout="constrained")
+    axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     x = np.asarray(batches, float)
-    axis.fill_between(x, lower, upper, color=COLOURS[0], alpha=0.18, label="confidence sequence (all batches so far)")
-    axis.plot(x, upper, "-o", color=COLOURS[0], linewidth=1.8, markersize=4, label="its upper bound")
-    values = np.array([a[0] for a in agreement], float)
-    errors = np.array([[max(0, a[0] - a[1]) for a in agreement], [max(0, a[2] - a[0]) for a in agreement]], float)
+    right = (x.max() if len(x) else 1) + 0.5
+    for axis, panel in zip(axes, panels, strict=True):
+        _sequence_panel(axis, x, panel)
+        if alarm_batch is not None:
+            axis.axvspan(
+                alarm_batch - 0.5, right, color=COLOURS[3], alpha=0.12, label=f"alarm since batch {alarm_batch}"
+            )
+        axis.set_xlim(0.5, right)
+        axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes[-1].set_xticks(x)
+    axes[-1].set_xlabel("batch")
+    axes[0].set_title(title, fontsize=10)
+    return _save(figure, path)
+
+
+def _sequence_panel(axis: Any, x: np.ndarray, panel: SequencePanel) -> None:
+    axis.fill_between(
+        x, panel.lower, panel.upper, color=COLOURS[0], alpha=0.18, label="confidence sequence (all batches so far)"
+    )
+    axis.plot(x, panel.upper, "-o", color=COLOURS[0], linewidth=1.8, markersize=4, label="its upper bound")
+    values = np.array([a[0] for a in panel.values], float)
+    errors = np.array([[max(0, a[0] - a[1]) for a in panel.values], [max(0, a[2] - a[0]) for a in panel.values]], float)
     axis.errorbar(
         x + 0.08, values, yerr=np.nan_to_num(errors), fmt="s", color=COLOURS[1], capsize=3, markersize=5,
-        label="this batch's agreement (95%)",
+        label=f"this batch's {panel.short}" + (" (95%)" if np.isfinite([a[1] for a in panel.values]).any() else ""),
     )  # fmt: skip
-    axis.axhline(level, color="black", linestyle="--", linewidth=1.2, label=f"level {level:.3f}")
-    right = (x.max() if len(x) else 1) + 0.5
-    if alarm_batch is not None:
-        axis.axvspan(alarm_batch - 0.5, right, color=COLOURS[3], alpha=0.12, label=f"alarm since batch {alarm_batch}")
-    axis.set_xlim(0.5, right)
+    axis.axhline(panel.level, color="black", linestyle="--", linewidth=1.2, label=f"level {panel.level:.3f}")
     axis.set_ylim(0, 1.02)
-    axis.set_xticks(x)
-    axis.set_xlabel("batch")
-    axis.set_ylabel("agreement with people")
-    axis.set_title(title, fontsize=10)
-    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axis.set_ylabel(panel.quantity)
     axis.grid(alpha=0.3)
-    return _save(figure, path)

@@ -17,10 +17,15 @@ bound is the mirror image, for display.
 Each observation must be bounded in [0, 1] and its conditional mean (given everything
 before it) must be the quantity tested; observations need not be identically distributed.
 Rows of one prompt are not independent, so callers pass one observation per group (the
-share of that group's rows the judge got right), never one per row.
+share of that group's rows the judge got right), never one per row. A selective judge's
+monitor follows several such sequences (:func:`selective_observations`); each is run at
+``alpha`` divided by their number (Bonferroni), so that the chance that any of them ever
+raises a false alarm stays at most ``alpha``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -140,6 +145,14 @@ def first_alarm(
     return int(hits[0]) + 1 if len(hits) else 0
 
 
+def sequence_alpha(alpha: float, sequences: int) -> float:
+    """The error level each of ``sequences`` confidence sequences followed together runs at
+    (Bonferroni): the chance that any of them ever raises a false alarm is at most the sum
+    of theirs, ``alpha``. No assumption on how the sequences depend on each other (a
+    selective judge's precisions and coverage are measured on the same rows)."""
+    return alpha / sequences
+
+
 def group_shares(correct: np.ndarray | list[bool], groups: list[str]) -> list[float]:
     """One observation per group, in the order groups first appear: the share of its rows
     that were right. Rows of one prompt are not independent; groups are taken to be."""
@@ -147,6 +160,23 @@ def group_shares(correct: np.ndarray | list[bool], groups: list[str]) -> list[fl
     for ok, group in zip(correct, groups, strict=True):
         order.setdefault(group, []).append(bool(ok))
     return [float(np.mean(values)) for values in order.values()]
+
+
+def selective_observations(
+    said: Sequence[str | None], human: Sequence[str], groups: Sequence[str], verdicts: Sequence[str]
+) -> dict[str, list[float]]:
+    """A selective judge's observations on one batch, one per group, for each sequence its
+    monitor follows beside agreement: ``precision.<verdict>``, per group where the verdict
+    was given, the share of the rows given it that people agree with (a group where it was
+    not given says nothing about it); ``coverage``, per group, the share of its rows
+    answered. ``said``: the verdict per row as spelled in JSON, None where the judge
+    abstained; ``human``: the label per row, spelled alike."""
+    out = {}
+    for verdict in verdicts:
+        given = [i for i, s in enumerate(said) if s == verdict]
+        out[f"precision.{verdict}"] = group_shares([human[i] == verdict for i in given], [groups[i] for i in given])
+    out["coverage"] = group_shares([s is not None for s in said], list(groups))
+    return out
 
 
 def group_share_estimate(

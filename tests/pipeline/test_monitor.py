@@ -1,13 +1,15 @@
 """``judgecal monitor``: batch after batch into one MLflow run and a state file it resumes
 from, a batch counted once (refused when seen again, counted once after a crash), an
 alarm (exit code 3) when the judge got worse, the registered version tagged with the last
-check, and a selective judge's coverage and precision."""
+check, and a selective judge's coverage and precision, each verdict's followed with a
+sequence of its own."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from judgecal.calibrate.trained import VerifierJudge
@@ -26,6 +28,7 @@ from tests.helpers import recorded_rows
 REPO = Path(__file__).resolve().parents[2]
 PANDALM = REPO / "experiments" / "data" / "pandalm" / "pandalm_test.jsonl"
 GOLDEN = REPO / "tests" / "export" / "golden"
+SAVED = Path(__file__).resolve().parent / "saved"
 PAIRWISE = resolve_task("pairwise")
 
 
@@ -274,3 +277,120 @@ def test_a_selective_judges_level_leaves_out_the_target_of_a_verdict_its_band_ne
     bundle = bundle.model_copy(update={"evaluation": {"selective": {"targets": targets}}})
     level, source = monitor.reference_level(bundle, None)
     assert level == 0.97 and "'false'" in source
+
+
+@pytest.fixture(scope="module")
+def two_verdict_judge(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A selective stack over two recorded judges that says 'true' where both say true,
+    'false' where both say false and abstains where they differ; its band guarantees 'true'
+    0.7 and 'false' 0.9, and it answered 0.8 [0.7, 0.9] of its test rows."""
+    from judgecal.export.bundle import read_bundle
+
+    bundle = read_bundle(GOLDEN / "recorded-stacking-selective")
+    state = json.loads(json.dumps(bundle.judge))
+    state["base"]["head"] |= {"coef": [[-1.0, -1.0]], "intercept": [1.0]}  # P(true): 1.00, 0.27 or 0.00
+    state["band"]["answers"] = [
+        {"verdict": "true", "when": ">=", "threshold": 0.9, "of": "P(true)"},
+        {"verdict": "false", "when": "<", "threshold": 0.1, "of": "P(true)"},
+    ]
+    state["guarantee"]["precision"] = {"true": 0.7, "false": 0.9}
+    targets = [
+        {"verdict": v, "target": t, "precision": None, "status": "held"} for v, t in (("true", 0.7), ("false", 0.9))
+    ]
+    evaluation = {"selective": {"coverage": {"value": 0.8, "low": 0.7, "high": 0.9}, "targets": targets}}
+    folder = tmp_path_factory.mktemp("two-verdicts") / "judge"
+    save_bundle(bundle.model_copy(update={"name": "two-verdicts", "judge": state, "evaluation": evaluation}), folder)
+    return folder
+
+
+def two_verdict_batch(path: Path, rng, true_right: float, *, groups: int = 20) -> Path:
+    """Groups of 12 rows: 2 the judge says 'true' on (people agree with chance
+    ``true_right``), 8 it says 'false' on (0.95), 2 it abstains on."""
+    rows = []
+    for g in range(groups):
+        kinds = [(True, True, true_right)] * 2 + [(False, False, 0.95)] * 8 + [(True, False, 0.5)] * 2
+        for i, (strict, loose, right) in enumerate(kinds):
+            agrees = bool(rng.random() < right)
+            rows.append(
+                {
+                    "id": f"{path.stem}-{g}-{i}",
+                    "group": f"{path.stem}-{g}",
+                    "prompt": f"Help me with topic {g} of {path.stem}.",
+                    "attribute": f"The user cares about thing {i}.",
+                    "label": strict if agrees else not strict,
+                    "reference_judges": {"strict": strict, "loose": loose},
+                }
+            )
+    return write_jsonl(path, rows)
+
+
+def test_a_selective_judge_whose_rare_verdict_got_worse_raises_the_alarm_naming_it(
+    tmp_path: Path, two_verdict_judge: Path, workspace: Workspace, capsys, monkeypatch
+) -> None:
+    """'true' is right 0.8 of the time for two batches, then 0.5 (its target 0.7), while
+    'false', most answers, stays at 0.95: pooled agreement moves from about 0.92 to 0.86,
+    far above its level 0.7, and today's pooled sequence alone never alarms; the sequence
+    of 'true' does, and the alarm names it."""
+    import mlflow
+
+    from judgecal.stats.sequential import first_alarm
+
+    monkeypatch.setattr(monitor, "BATCH_RESAMPLES", 100)  # each batch's own interval is not what is tested
+    rng = np.random.default_rng(0)
+    state = tmp_path / "monitor.json"
+    files = [two_verdict_batch(tmp_path / f"b{b}.jsonl", rng, 0.8 if b <= 2 else 0.5) for b in range(1, 8)]
+    loaded = open_judge(two_verdict_judge, workspace=workspace)
+    for file in files[:-1]:
+        check_batch(loaded, file, state, workspace=workspace, track=False)
+    assert run(two_verdict_judge, files[-1], state) == 3
+    saved = read_state(state)
+    out = capsys.readouterr()
+    with capsys.disabled():
+        print(out.out + out.err)  # docs/planning-and-monitoring.md shows it: pytest -s -k rare_verdict
+    assert [q.name for q in saved.followed] == ["precision.true", "precision.false", "coverage"]
+    assert saved.sequence_alpha == 0.05 / 4 and saved.level == 0.7
+    assert saved.alarm_batch is not None and saved.alarm_batch > 2
+    assert saved.fallen() == ["the precision of its 'true' verdicts"]
+    assert "ALARM" in out.err and "'true'" in out.err and "'false'" not in out.err
+    assert [round(b.precision["false"], 2) for b in saved.batches[2:]] == pytest.approx([0.95] * 5, abs=0.05)
+    assert first_alarm(saved.observations, saved.level, alpha=saved.alpha) == 0  # pooled, as before: no alarm
+    run_data = mlflow.MlflowClient().get_run(saved.run_id).data
+    assert run_data.tags["judgecal.monitor.fallen"] == "the precision of its 'true' verdicts"
+    assert run_data.metrics["sequence.precision.true.upper"] < 0.7 <= run_data.metrics["sequence.coverage.upper"]
+
+
+def test_a_state_written_before_verdicts_were_followed_resumes_as_it_started(tmp_path: Path, capsys) -> None:
+    """``saved/monitor-state-v1-selective.json`` was written by ``check_batch`` before a
+    selective judge's verdicts and coverage were followed (commit 9fca49a; the golden
+    selective judge, ``--threshold 0.6``, ``recorded_rows(n_groups=10, seed=7)``, untracked).
+    It resumes: the next batch is counted into its agreement sequence at its whole alpha,
+    nothing else is followed (its alpha was spent on that sequence alone), and the user is
+    told to start a new state file to follow each verdict."""
+    from judgecal.pipeline.monitor import FOLLOWED_LATER
+
+    state = tmp_path / "monitor.json"
+    state.write_text((SAVED / "monitor-state-v1-selective.json").read_text(encoding="utf-8"), encoding="utf-8")
+    rows = recorded_rows(n_groups=10, seed=8).rows
+    data = write_jsonl(tmp_path / "batch8.jsonl", [r.to_record() for r in rows])
+    assert run(GOLDEN / "recorded-stacking-selective", data, state) in (0, 3)
+    resumed = read_state(state)
+    assert resumed.schema_version == 1 and resumed.followed == [] and resumed.sequence_alpha == 0.05
+    assert [b.index for b in resumed.batches] == [1, 2] and resumed.level == 0.6
+    assert resumed.batches[1].sequences == {} and len(resumed.observations) == 20
+    assert " ".join(FOLLOWED_LATER.split()) in " ".join(capsys.readouterr().err.split())
+
+
+def test_coverage_is_followed_only_against_a_real_interval_from_the_test_rows() -> None:
+    """A band that answered every test row has coverage 1.0 [1.0, 1.0] there: a level of
+    1.0 would make any abstention an alarm sooner or later, so coverage is reported, not
+    followed; with an interval its low end is the level."""
+    from judgecal.export.bundle import read_bundle
+    from judgecal.pipeline.selective_monitor import followed_quantities
+
+    bundle = read_bundle(GOLDEN / "recorded-stacking-selective")
+    followed = {}
+    for value, low, high in ((1.0, 1.0, 1.0), (0.6, 0.45, 0.72)):
+        evaluation = {"selective": {"coverage": {"value": value, "low": low, "high": high}}}
+        quantities = followed_quantities(bundle.model_copy(update={"evaluation": evaluation}))
+        followed[value] = {q.name: q.level for q in quantities}
+    assert followed == {1.0: {"precision.false": 0.95}, 0.6: {"precision.false": 0.95, "coverage": 0.45}}

@@ -8,7 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from judgecal.stats.sequential import confidence_sequence, first_alarm, grid_with, group_shares
+from judgecal.stats.sequential import (
+    confidence_sequence,
+    first_alarm,
+    grid_with,
+    group_shares,
+    selective_observations,
+    sequence_alpha,
+)
 
 ALPHA = 0.05
 STREAMS = 400
@@ -84,3 +91,52 @@ def test_the_bounds_cover_the_mean_of_a_long_stream(mean: float) -> None:
 
 def test_group_shares_keep_the_order_groups_first_appear_in() -> None:
     assert group_shares([True, False, True, True], ["b", "a", "b", "a"]) == [1.0, 0.5]
+
+
+def selective_stream(
+    rng: np.random.Generator, precision: dict[str, np.ndarray], coverage: float, *, say_true: float = 0.3
+) -> dict[str, list[float]]:
+    """A selective judge's observations over a stream, counted as its monitor counts them
+    (``selective_observations``, batch by batch): each prompt has its own chance of being
+    answered (beta around ``coverage``) and, per verdict, its own chance that people agree
+    with it (beta around that verdict's precision in the batch); an answer says 'true'
+    with chance ``say_true``."""
+    streams: dict[str, list[float]] = {}
+    for batch in range(len(precision["true"])):
+        answered = rng.random((GROUPS, ROWS)) < rng.beta(coverage * 8, (1 - coverage) * 8, GROUPS)[:, None]
+        says_true = rng.random((GROUPS, ROWS)) < say_true
+        chance = {v: rng.beta(p[batch] * 8, (1 - p[batch]) * 8, GROUPS)[:, None] for v, p in precision.items()}
+        right = np.where(
+            says_true, rng.random((GROUPS, ROWS)) < chance["true"], rng.random((GROUPS, ROWS)) < chance["false"]
+        )
+        said = np.where(answered, np.where(says_true, "true", "false"), None).ravel().tolist()
+        human = np.where(right == says_true, "true", "false").ravel().tolist()
+        groups = np.repeat([f"b{batch}g{g}" for g in range(GROUPS)], ROWS).tolist()
+        for name, values in selective_observations(said, human, groups, ["true", "false"]).items():
+            streams.setdefault(name, []).extend(values)
+        agreement = [right.ravel()[i] for i, s in enumerate(said) if s is not None]
+        streams.setdefault("agreement", []).extend(
+            group_shares(agreement, [groups[i] for i, s in enumerate(said) if s is not None])
+        )
+    return streams
+
+
+SELECTIVE_LEVELS = {"agreement": 0.7, "precision.true": 0.7, "precision.false": 0.9, "coverage": 0.6}
+
+
+def alarmed(streams: dict[str, list[float]], alpha: float) -> list[str]:
+    """The sequences whose upper bound ever fell below their level, each at ``alpha``."""
+    return [name for name, x in streams.items() if first_alarm(x, SELECTIVE_LEVELS[name], alpha=alpha) > 0]
+
+
+def test_a_stable_selective_judge_alarms_in_at_most_alpha_of_the_streams_over_all_its_sequences() -> None:
+    """Each verdict's precision and the coverage stay at their levels (the hardest case):
+    the monitor follows four sequences, each at alpha / 4, and the share of streams where
+    any of them ever alarms stays at most alpha."""
+    rng = np.random.default_rng(4)
+    each = sequence_alpha(ALPHA, len(SELECTIVE_LEVELS))
+    precision = {"true": np.full(20, 0.7), "false": np.full(20, 0.9)}
+    fell = [alarmed(selective_stream(rng, precision, 0.6), each) for _ in range(200)]
+    share = float(np.mean([bool(names) for names in fell]))
+    print(f"stable selective judge: {share:.3f} of 200 streams ever alarmed, each sequence at {each}")
+    assert each == ALPHA / 4 and share <= ALPHA
