@@ -1,6 +1,6 @@
 """Sizes by simulation, held to the closed forms for independent rows (one row per
-group): Cantor (1996) and Donner and Eliasziw (1992); and rows of one group counted as
-what they are, not as independent rows."""
+group): Cantor (1996) and Donner and Eliasziw (1992), each held in turn to published worked
+examples; and rows of one group counted as what they are, not as independent rows."""
 
 from __future__ import annotations
 
@@ -90,6 +90,16 @@ def test_donner_eliasziw_noncentrality_is_the_normal_one_for_one_degree_of_freed
     true = np.array([(1 - p) ** 2 + k1 * q, 2 * (1 - k1) * q, p**2 + k1 * q])
     expected = (1.959964 + 0.841621) ** 2 / np.sum((true - null) ** 2 / null)
     assert donner_eliasziw_rows(k0, k1, p) == pytest.approx(expected, rel=2e-3)
+
+
+def test_donner_eliasziw_reproduces_the_published_arifin_example() -> None:
+    """Arifin (2018), "A web-based sample size calculator for reliability studies",
+    Education in Medicine Journal 10(3), 67-76, Example 5 (p. 73): Donner and Eliasziw's
+    (1992) sizes as its calculator computes them, κ0 0.6 against κ1 0.9, 30% positive,
+    α 0.05 one-tailed, power 80% → 52 subjects (75 with 30% dropout). One-tailed at 0.05
+    rejects past the χ² test's critical value at 0.10 (1.645²); the two-sided test at
+    0.05 would need 65.8 rows here, so the example also pins the paper's tail."""
+    assert math.ceil(donner_eliasziw_rows(0.6, 0.9, 0.3, alpha=0.10)) == 52
 
 
 def test_simulated_width_with_one_row_per_group_agrees_with_the_closed_form() -> None:
