@@ -389,8 +389,8 @@ def _plan_command(commands: Commands, handler: Handler) -> None:
         "--pilot-uncertainty",
         choices=("ignore", "mean", "upper"),
         help="with a pilot: size the widths for how loosely its few groups show how much groups differ: mean, the "
-        "width asked on average over such pilots; upper, the width asked or narrower from at least --pilot-confidence of them; "
-        "ignore (default), the pilot's groups taken for the population's",
+        "width asked on average over such pilots; upper, the width asked or narrower from --pilot-confidence of "
+        "them; ignore (default), the pilot's groups taken for the population's",
     )
     plan.add_argument("--pilot-confidence", type=_share_open, help="of --pilot-uncertainty upper (default 0.8)")
     plan.add_argument("--simulations", type=_positive_int, default=200, help="studies per size (default 200)")

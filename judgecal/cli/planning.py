@@ -302,15 +302,21 @@ def _spread(args: argparse.Namespace, pilot: Pilot | None, allowance: float) -> 
             f" The pilot's {pilot.n_groups} groups are taken to differ as much as the population's "
             "(--pilot-uncertainty ignore): from a few groups, the widths obtained tend to be wider than planned."
         )
-    share = (
-        "on average over pilots of as many groups"
-        if how == "mean"
-        else f"with at least {args.pilot_confidence or DEFAULT_PILOT_CONFIDENCE:.0%} of such pilots"
-    )
+    df, n = pilot.n_groups - 1, pilot.n_groups
+    if how == "mean":
+        reason = (
+            f"with the spread between groups estimated on the pilot's {df} degrees of freedom (taken as normal), "
+            f"that is the width asked on average over pilots of {n} groups"
+        )
+    else:
+        confidence = args.pilot_confidence or DEFAULT_PILOT_CONFIDENCE
+        reason = (
+            f"the spread between groups at its upper {confidence:.0%} confidence limit from the pilot's {df} degrees "
+            f"of freedom (taken as normal), so the width asked or less from {confidence:.0%} of pilots of {n} groups"
+        )
     return (
-        f" The widths are sized {allowance:.3f} times narrower than asked (--pilot-uncertainty {how}): the spread "
-        f"between groups estimated on the pilot's {pilot.n_groups - 1} degrees of freedom, taken as normal, "
-        f"gives the width asked {share}; tests are planned on the pilot's spread."
+        f" The widths are sized {allowance:.3f} times narrower than asked (--pilot-uncertainty {how}): {reason}; "
+        "tests are planned on the pilot's spread as it is."
     )
 
 
