@@ -2,7 +2,8 @@
 the shared relevance file.
 
     .venv/bin/python experiments/bench_plan.py [--pilot-groups 8] [--repetitions 20] [--draws 10]
-        [--calibrated stack|none] [--calibration-groups 8] [--json FILE]
+        [--calibrated stack|none] [--calibration-groups 8] [--pilot-uncertainty ignore|mean|upper]
+        [--pilot-confidence 0.8] [--json FILE]
     .venv/bin/python experiments/bench_plan.py --influence
 
 Each repetition draws a pilot of ``--pilot-groups`` prompts at random from the file's 28
@@ -30,8 +31,12 @@ quantity on the pilots and on the draws, the width the pilot's own simulated stu
 at the size planned (below the width asked when the plan is at the least size allowed, 10
 prompts), and the mean width of the intervals obtained as a share of the width asked for,
 with a t interval over the repetitions (each repetition's pilot is independent of the
-others'). ``--influence`` prints instead how far each prompt moves each quantity on the
-whole file, which tells whether a few prompts carry it.
+others'). ``--pilot-uncertainty`` sizes every plan as ``judgecal plan
+--pilot-uncertainty`` does (``pilot_allowance``: narrower than asked by the factor a pilot
+of ``--pilot-groups`` prompts calls for; ``ignore``, the default, as before), and the
+pilot's own width is then below the width asked by that factor. ``--influence`` prints
+instead how far each prompt moves each quantity on the whole file, which tells whether a
+few prompts carry it.
 """
 
 from __future__ import annotations
@@ -52,7 +57,15 @@ from judgecal.calibrate.trained import StackingJudge
 from judgecal.data.rows import LabeledRow, load_rows
 from judgecal.judges.fitted import RecordedJudge
 from judgecal.stats.metrics import LabelSpace
-from judgecal.stats.planning import GroupTypes, Quantity, Simulation, kappa_gain, kappa_of, plan_width
+from judgecal.stats.planning import (
+    GroupTypes,
+    Quantity,
+    Simulation,
+    kappa_gain,
+    kappa_of,
+    pilot_allowance,
+    plan_width,
+)
 from judgecal.stats.uncertainty import group_bootstrap
 from judgecal.tasks.registry import Task, resolve_task
 
@@ -184,9 +197,21 @@ def calibrated_draw(
 
 
 def plan_for(
-    types: GroupTypes, quantity: Quantity, half_width: float, settings: Simulation, start: int
+    types: GroupTypes, quantity: Quantity, half_width: float, settings: Simulation, args: argparse.Namespace
 ) -> tuple[int, int, float, float]:
-    plan = plan_width(types, quantity, half_width, settings, start=start, least_groups=10, most_groups=2000)
+    """The plan ``judgecal plan`` makes from a pilot of ``--pilot-groups`` prompts, sized for
+    the pilot's uncertainty as ``--pilot-uncertainty`` says."""
+    allowance = pilot_allowance(args.pilot_groups, args.pilot_uncertainty, args.pilot_confidence)
+    plan = plan_width(
+        types,
+        quantity,
+        half_width,
+        settings,
+        start=args.pilot_groups,
+        least_groups=10,
+        most_groups=2000,
+        allowance=allowance,
+    )
     return plan.groups, plan.rows, plan.value, plan.width
 
 
@@ -223,7 +248,7 @@ def recorded_outcomes(
     ]
     for quantity, half_widths in plans:
         for half_width in half_widths:
-            plan = plan_for(types, quantity, half_width, settings, args.pilot_groups)
+            plan = plan_for(types, quantity, half_width, settings, args)
             groups = plan[0]
             replace = groups > data.n_groups
             scored = [
@@ -244,7 +269,7 @@ def calibrated_outcomes(
     quantity = kappa_gain(0, 1, name=CALIBRATED)
     outcomes = []
     for half_width in args.gain_half_widths:
-        plan = plan_for(types, quantity, half_width, settings, args.pilot_groups)
+        plan = plan_for(types, quantity, half_width, settings, args)
         drawn = [
             calibrated_draw(data, quantity, plan[0], args.calibration_groups, rng, seed=draw)
             for draw in range(args.draws)
@@ -365,6 +390,13 @@ def main() -> None:
     parser.add_argument(
         "--calibration-groups", type=int, default=8, help="prompts each draw's stack is fitted on (default 8)"
     )
+    parser.add_argument(
+        "--pilot-uncertainty",
+        choices=["ignore", "mean", "upper"],
+        default="ignore",
+        help="size plans for the pilot's own uncertainty, as judgecal plan does (default ignore)",
+    )
+    parser.add_argument("--pilot-confidence", type=float, default=0.8, help="of --pilot-uncertainty upper (0.8)")
     parser.add_argument("--json", type=Path, help="write every plan and its draws to this file")
     parser.add_argument(
         "--influence", action="store_true", help="print each prompt's pull on every quantity on the file, and stop"

@@ -385,6 +385,14 @@ def _plan_command(commands: Commands, handler: Handler) -> None:
     plan.add_argument("--judge-rate", type=_share_open, help="without a pilot: the judge's positive rate")
     plan.add_argument("--rows-per-group", type=_positive_int, default=1, help="without a pilot (default 1)")
     plan.add_argument("--icc", type=_share, default=0.0, help="without a pilot: the label's intraclass correlation")
+    plan.add_argument(
+        "--pilot-uncertainty",
+        choices=("ignore", "mean", "upper"),
+        help="with a pilot: size the widths for how loosely its few groups show how much groups differ: mean, the "
+        "width asked on average over such pilots; upper, the width asked or narrower from --pilot-confidence of "
+        "them; ignore (default), the pilot's groups taken for the population's",
+    )
+    plan.add_argument("--pilot-confidence", type=_share_open, help="of --pilot-uncertainty upper (default 0.8)")
     plan.add_argument("--simulations", type=_positive_int, default=200, help="studies per size (default 200)")
     plan.add_argument("--resamples", type=_positive_int, default=400, help="bootstrap draws per study (default 400)")
     plan.add_argument("--seed", type=int, default=0, help="seed of every draw (default 0)")

@@ -13,11 +13,13 @@ from judgecal.cli.output import console
 if TYPE_CHECKING:
     from judgecal.pipeline.plan import Pilot, PlanReport, SelectivePilot
     from judgecal.stats.metrics import LabelSpace
-    from judgecal.stats.planning import GroupTypes, Quantity, Simulation, SizePlan
+    from judgecal.stats.planning import GroupTypes, PilotUncertainty, Quantity, Simulation, SizePlan
     from judgecal.stats.selective_planning import SelectivePlan
     from judgecal.workspace import Workspace
 
 RATES_START = 30
+DEFAULT_PILOT_UNCERTAINTY: PilotUncertainty = "ignore"
+DEFAULT_PILOT_CONFIDENCE = 0.8
 # Flags of the other plans that a band's plan (--coverage) would otherwise ignore without a word.
 BAND_IGNORES = (
     "task",
@@ -29,6 +31,8 @@ BAND_IGNORES = (
     "kappa",
     "prevalence",
     "judge_rate",
+    "pilot_uncertainty",
+    "pilot_confidence",
 )  # groups simulated first when planning from rates: the search widens from there
 
 
@@ -51,6 +55,9 @@ def plan_command(args: argparse.Namespace) -> int:
     rates = [flag for flag in ("kappa", "prevalence", "judge_rate") if getattr(args, flag) is not None]
     if args.pilot is not None and rates:
         raise ValueError(f"--{rates[0].replace('_', '-')} describes a judge without a pilot; leave it out with one")
+    pilot_flags = [flag for flag in ("pilot_uncertainty", "pilot_confidence") if getattr(args, flag) is not None]
+    if args.pilot is None and pilot_flags:
+        raise ValueError(f"--{pilot_flags[0].replace('_', '-')} describes a pilot; planning from rates has none")
     if args.pilot is not None:
         pilot = read_pilot(
             args.pilot, [args.judge, args.versus], task=args.task, verdicts=args.verdicts, workspace=workspace
@@ -69,7 +76,8 @@ def plan_command(args: argparse.Namespace) -> int:
             icc=args.icc,
         )
         start, space = RATES_START, None
-    plans = _plans(args, types, settings, start, space, pilot.judges if pilot else ("judge",))
+    allowance = _allowance(args, pilot)
+    plans = _plans(args, types, settings, start, space, pilot.judges if pilot else ("judge",), allowance)
     report = PlanReport(
         source=args.pilot or "rates",
         judges=list(pilot.judges) if pilot else ["judge"],
@@ -78,7 +86,7 @@ def plan_command(args: argparse.Namespace) -> int:
         rows_per_group=types.mean_rows,
         left_out=pilot.left_out if pilot else 0,
         plans=plans,
-        assumptions=_assumptions(args, pilot, types, settings) + _marks(plans, args),
+        assumptions=_assumptions(args, pilot, types, settings, allowance) + _marks(plans, args),
     )
     return _finish(args, report, workspace)
 
@@ -166,6 +174,19 @@ def _band_assumptions(pilot: SelectivePilot, plan: SelectivePlan) -> str:
     return text
 
 
+def _allowance(args: argparse.Namespace, pilot: Pilot | None) -> float:
+    """How much narrower than asked the width is sized for the pilot's own uncertainty
+    (:func:`judgecal.stats.planning.pilot_allowance`); 1 from rates, which have no pilot."""
+    from judgecal.stats.planning import pilot_allowance
+
+    if pilot is None:
+        return 1.0
+    how = args.pilot_uncertainty or DEFAULT_PILOT_UNCERTAINTY
+    if args.pilot_confidence is not None and how != "upper":
+        raise ValueError(f"--pilot-confidence is the confidence of --pilot-uncertainty upper, not {how}")
+    return pilot_allowance(pilot.n_groups, how, args.pilot_confidence or DEFAULT_PILOT_CONFIDENCE)
+
+
 def _plans(
     args: argparse.Namespace,
     types: GroupTypes,
@@ -173,13 +194,15 @@ def _plans(
     start: int,
     space: LabelSpace | None,
     judges: tuple[str, ...],
+    allowance: float = 1.0,
 ) -> list[SizePlan]:
     """The interval of the judge's metric; with --above, the test that it clears a
     value; with a baseline judge, the test that the judge's kappa is above the baseline's."""
     from judgecal.stats.planning import kappa_gain, plan_power, plan_width
 
     limits = {"start": start, "least_groups": args.least_groups, "most_groups": args.most_groups}
-    plans = [plan_width(types, _quantity(args, space), args.half_width, settings, **limits)]
+    quantity = _quantity(args, space)
+    plans = [plan_width(types, quantity, args.half_width, settings, **limits, allowance=allowance)]
     if args.above is not None:
         plans.append(plan_power(types, _quantity(args, space, null=args.above), args.power, settings, **limits))
     if len(judges) > 1:
@@ -242,7 +265,9 @@ def _table(report: PlanReport) -> Table:
     return table
 
 
-def _assumptions(args: argparse.Namespace, pilot: Pilot | None, types: GroupTypes, settings: Simulation) -> str:
+def _assumptions(
+    args: argparse.Namespace, pilot: Pilot | None, types: GroupTypes, settings: Simulation, allowance: float = 1.0
+) -> str:
     """The sentence under the table: what the numbers take for granted."""
     if pilot is not None:
         left = f", {pilot.left_out} rows without a verdict left out" if pilot.left_out else ""
@@ -259,10 +284,39 @@ def _assumptions(args: argparse.Namespace, pilot: Pilot | None, types: GroupType
             f"{rate:.0%}, {args.rows_per_group} rows per group ({icc})"
         )
     side = "one-sided" if settings.alternative == "greater" else "two-sided"
+    spread = _spread(args, pilot, allowance)
     return (
         f"{base}; each size is {settings.simulations} simulated studies drawing groups with replacement, each "
         f"bootstrapped {settings.resamples} times by group (seed {settings.seed}); intervals at "
-        f"{settings.confidence:.0%}, tests {side} at alpha {1 - settings.confidence:g}."
+        f"{settings.confidence:.0%}, tests {side} at alpha {1 - settings.confidence:g}.{spread}"
+    )
+
+
+def _spread(args: argparse.Namespace, pilot: Pilot | None, allowance: float) -> str:
+    """What the plan assumed of how much groups differ beyond the pilot's own."""
+    if pilot is None:
+        return ""
+    how = args.pilot_uncertainty or DEFAULT_PILOT_UNCERTAINTY
+    if how == "ignore":
+        return (
+            f" The pilot's {pilot.n_groups} groups are taken to differ as much as the population's "
+            "(--pilot-uncertainty ignore): from a few groups, the widths obtained tend to be wider than planned."
+        )
+    df, n = pilot.n_groups - 1, pilot.n_groups
+    if how == "mean":
+        reason = (
+            f"with the spread between groups estimated on the pilot's {df} degrees of freedom (taken as normal), "
+            f"that is the width asked on average over pilots of {n} groups"
+        )
+    else:
+        confidence = args.pilot_confidence or DEFAULT_PILOT_CONFIDENCE
+        reason = (
+            f"the spread between groups at its upper {confidence:.0%} confidence limit from the pilot's {df} degrees "
+            f"of freedom (taken as normal), so the width asked or less from {confidence:.0%} of pilots of {n} groups"
+        )
+    return (
+        f" The widths are sized {allowance:.3f} times narrower than asked (--pilot-uncertainty {how}): {reason}; "
+        "tests are planned on the pilot's spread as it is."
     )
 
 

@@ -9,6 +9,11 @@ study's groups with replacement, as :mod:`judgecal.stats.uncertainty` does), who
 and whether it clears the null value are recorded. Both draws are multinomial counts over
 the distinct groups, so a simulation costs the same whatever the number of rows.
 
+A pilot's few groups also misjudge how much groups differ, and a plan sized on their
+spread as if it were the population's gives wider intervals than asked, on average, the
+fewer the groups: :func:`pilot_allowance` says by how much, and a width plan can be sized
+that much narrower.
+
 Repeating that at a few sizes gives a curve; a monotone curve fitted through it (width ∝
 ``G^b``, power ``Φ(a + b√G)``) is searched by bisection for the smallest ``G`` that
 meets the target. Every draw is seeded by the seed and the size, so a plan is the same
@@ -31,11 +36,13 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 from scipy.optimize import brentq, minimize
+from scipy.special import gammaln
 from scipy.stats import betabinom, binom, chi2, ncx2, norm
 
 from judgecal.stats.metrics import kappa_from_confusion
 
 Alternative = Literal["two-sided", "greater"]
+PilotUncertainty = Literal["ignore", "mean", "upper"]
 
 DEFAULT_SIMULATIONS = 200
 DEFAULT_RESAMPLES = 400
@@ -179,6 +186,7 @@ class SizePlan(BaseModel):
     reached: bool  # False: even the largest size searched falls short
     least: bool  # the plan is the least size allowed: the target is met there, perhaps with fewer too
     curve: list[SizePoint]
+    allowance: float = 1.0  # the width simulated is held to 2 × target / allowance (see pilot_allowance)
     fitted: list[float]  # the smoothed curve's parameters: (log a, b) of width = a·G^b, or (a, b) of Φ(a + b√G)
     simulations: int
     resamples: int
@@ -329,6 +337,28 @@ def sizes_around(centre: float, least: int, most: int, points: int = 6, spread: 
     return sorted({int(min(most, max(least, round(g)))) for g in sizes})
 
 
+def pilot_allowance(n_groups: int, how: PilotUncertainty, confidence: float = 0.8) -> float:
+    """How many times narrower than asked to size a width plan from a pilot of ``n_groups``
+    groups, whose spread between groups is an estimate on ``n_groups - 1`` degrees of
+    freedom, not the population's. Widths go as the spread, so with group-level values
+    taken as normal (s² ~ σ² χ²/df):
+
+    - ``mean``: ``E[σ / s]``, so that over pilots like this one the width obtained is on
+      average the one asked (1.126 for 8 groups, 1.042 for 20);
+    - ``upper``: ``√(df / χ²_{1-confidence, df})``, the spread's upper confidence limit, as
+      Browne (1995) sizes a trial from a pilot's standard deviation: the width is met with
+      the pilot's spread at or below the population's in a share ``confidence`` of pilots;
+    - ``ignore``: 1, the pilot's spread taken for the population's."""
+    if how == "ignore":
+        return 1.0
+    df = n_groups - 1
+    if df < 2:
+        raise ValueError(f"a pilot of {n_groups} groups says nothing of how much groups differ: plan it with ignore")
+    if how == "mean":
+        return float(np.sqrt(df / 2) * np.exp(gammaln((df - 1) / 2) - gammaln(df / 2)))
+    return float(np.sqrt(df / chi2.ppf(1 - confidence, df)))
+
+
 def plan_width(
     types: GroupTypes,
     quantity: Quantity,
@@ -338,9 +368,11 @@ def plan_width(
     start: int,
     least_groups: int = 2,
     most_groups: int = 20_000,
+    allowance: float = 1.0,
 ) -> SizePlan:
-    """The fewest groups whose interval for ``quantity`` is at most ``2 × half_width``
-    wide on average. ``start`` is the first size simulated (the pilot's groups): the
+    """The fewest groups whose interval for ``quantity`` is at most ``2 × half_width /
+    allowance`` wide on average (``allowance`` from :func:`pilot_allowance`; 1: the pilot's
+    groups taken for the population). ``start`` is the first size simulated (the pilot's groups): the
     curve is sampled around the size its width points to, then again around the answer.
     No plan is below ``least_groups``: with a handful of groups a group bootstrap has few
     distinct resamples and its interval is too narrow to trust."""
@@ -351,8 +383,9 @@ def plan_width(
             simulated[g] = simulate_size(types, quantity, g, settings)
         return simulated[g]
 
+    sized = half_width / allowance
     first = at(min(most_groups, max(least_groups, start)))
-    guess = first.groups * (first.width / (2 * half_width)) ** 2 if np.isfinite(first.width) else 4.0 * first.groups
+    guess = first.groups * (first.width / (2 * sized)) ** 2 if np.isfinite(first.width) else 4.0 * first.groups
     fitted = (0.0, 0.0)
     for spread in (3.0, 1.5):
         for g in sizes_around(min(guess, most_groups), least_groups, most_groups, spread=spread):
@@ -360,10 +393,11 @@ def plan_width(
         fitted = fit_width(list(simulated.values()))
         intercept, slope = fitted
         guess = smallest_size(
-            lambda g, a=intercept, b=slope: np.exp(a + b * np.log(g)) <= 2 * half_width, least_groups, most_groups
+            lambda g, a=intercept, b=slope: np.exp(a + b * np.log(g)) <= 2 * sized, least_groups, most_groups
         )
     chosen = at(guess)
-    return _plan("width", quantity, half_width, settings, types, chosen, simulated, fitted, (least_groups, most_groups))
+    limits = (least_groups, most_groups)
+    return _plan("width", quantity, half_width, settings, types, chosen, simulated, fitted, limits, allowance=allowance)
 
 
 def plan_power(
@@ -429,10 +463,11 @@ def _plan(
     limits: tuple[int, int],
     *,
     unreachable: bool = False,
+    allowance: float = 1.0,
 ) -> SizePlan:
     """The plan at ``chosen``; an ``unreachable`` one names the largest size allowed, not
     met, with the width and power of the size it was simulated at."""
-    met = chosen.width <= 2 * target if goal == "width" else chosen.power >= target
+    met = chosen.width <= 2 * target / allowance if goal == "width" else chosen.power >= target
     groups = limits[1] if unreachable else chosen.groups
     return SizePlan(
         goal=goal,
@@ -449,6 +484,7 @@ def _plan(
         reached=not unreachable and bool(met or chosen.groups < limits[1]),
         least=groups == limits[0],
         curve=[simulated[g] for g in sorted(simulated)],
+        allowance=allowance,
         fitted=list(fitted),
         simulations=settings.simulations,
         resamples=settings.resamples,

@@ -98,6 +98,34 @@ def test_without_a_pilot_it_needs_the_rates_and_with_one_refuses_them(
     assert "--prevalence" in one_line_error(capsys)
 
 
+def test_a_plan_sized_for_the_pilots_uncertainty_asks_for_more_groups_and_says_why(
+    rows_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """12 groups estimate their spread on 11 degrees of freedom: ``mean`` sizes the width
+    1.075 times narrower, about 1.16 times the groups; ``upper`` at 80%, 1.255 times."""
+    argv = ["plan", str(rows_file), "--task", "relevance", "--judge", "strict", "--half-width", "0.1", *QUICK]
+    groups = {}
+    for how in ("ignore", "mean", "upper"):
+        assert main([*argv, "--pilot-uncertainty", how, "--out", str(tmp_path / how)]) == 0
+        groups[how] = json.loads((tmp_path / how / "plan.json").read_text())["plans"][0]["groups"]
+        printed = " ".join(capsys.readouterr().out.split())
+        assert f"(--pilot-uncertainty {how})" in printed
+    assert "sized 1.255 times narrower than asked" in printed  # √(11 / χ²₀.₂,₁₁)
+    print(groups)
+    assert groups["ignore"] < groups["mean"] < groups["upper"]
+    assert groups["mean"] == pytest.approx(1.075**2 * groups["ignore"], rel=0.15)
+
+
+def test_the_pilots_uncertainty_is_refused_without_a_pilot_and_its_confidence_without_upper(
+    rows_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", "--kappa", "0.4", "--prevalence", "0.3", "--pilot-uncertainty", "mean"]) == 2
+    assert "--pilot-uncertainty describes a pilot; planning from rates has none" in one_line_error(capsys)
+    argv = ["plan", str(rows_file), "--task", "relevance", "--judge", "strict", "--pilot-confidence", "0.9"]
+    assert main([*argv, "--pilot-uncertainty", "mean", *QUICK]) == 2
+    assert "--pilot-confidence is the confidence of --pilot-uncertainty upper, not mean" in one_line_error(capsys)
+
+
 def test_from_rates_with_groups_of_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["plan", "--kappa", "0.4", "--prevalence", "0.3", "--rows-per-group", "5", "--icc", "0.1"]
     assert main([*argv, "--above", "0.2", "--out", str(tmp_path), *QUICK]) == 0

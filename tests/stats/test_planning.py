@@ -1,6 +1,6 @@
 """Sizes by simulation, held to the closed forms for independent rows (one row per
-group): Cantor (1996) and Donner and Eliasziw (1992); and rows of one group counted as
-what they are, not as independent rows."""
+group): Cantor (1996) and Donner and Eliasziw (1992), each held in turn to published worked
+examples; and rows of one group counted as what they are, not as independent rows."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from judgecal.stats.planning import (
     kappa_gain,
     kappa_of,
     kappa_variance,
+    pilot_allowance,
     plan_power,
     plan_width,
     rows_for_width,
@@ -92,6 +93,16 @@ def test_donner_eliasziw_noncentrality_is_the_normal_one_for_one_degree_of_freed
     assert donner_eliasziw_rows(k0, k1, p) == pytest.approx(expected, rel=2e-3)
 
 
+def test_donner_eliasziw_reproduces_the_published_arifin_example() -> None:
+    """Arifin (2018), "A web-based sample size calculator for reliability studies",
+    Education in Medicine Journal 10(3), 67-76, Example 5 (p. 73): Donner and Eliasziw's
+    (1992) sizes as its calculator computes them, κ0 0.6 against κ1 0.9, 30% positive,
+    α 0.05 one-tailed, power 80% → 52 subjects (75 with 30% dropout). One-tailed at 0.05
+    rejects past the χ² test's critical value at 0.10 (1.645²); the two-sided test at
+    0.05 would need 65.8 rows here, so the example also pins the paper's tail."""
+    assert math.ceil(donner_eliasziw_rows(0.6, 0.9, 0.3, alpha=0.10)) == 52
+
+
 def test_simulated_width_with_one_row_per_group_agrees_with_the_closed_form() -> None:
     plan = plan_width(independent(0.6, 0.3), kappa_of(0), 0.1, start=50)
     expected = rows_for_width(0.6, 0.3, 0.3, 0.1)  # 295 rows
@@ -114,6 +125,29 @@ def test_simulated_two_sided_power_agrees_with_cantor_and_donner_eliasziw() -> N
     print(f"simulated {plan.rows} rows, Cantor {cantor:.0f}, Donner-Eliasziw {donner:.0f}")  # this draw: 174
     assert plan.rows == pytest.approx(cantor, rel=0.15)
     assert plan.rows == pytest.approx(donner, rel=0.2)
+
+
+def test_the_pilots_allowance_is_what_pilots_of_normal_groups_call_for() -> None:
+    """Pilots of 8 groups whose values are normal: ``mean`` is the mean of σ / s over them,
+    and with ``upper`` at 80%, s × the allowance reaches σ in 80% of them."""
+    rng = np.random.default_rng(5)
+    spread = rng.normal(size=(200_000, 8)).std(axis=1, ddof=1)
+    assert pilot_allowance(8, "mean") == pytest.approx(np.mean(1 / spread), rel=0.01)
+    assert np.mean(spread * pilot_allowance(8, "upper", 0.8) >= 1) == pytest.approx(0.8, abs=0.01)
+    assert pilot_allowance(8, "ignore") == 1.0
+    with pytest.raises(ValueError, match="says nothing of how much groups differ"):
+        pilot_allowance(2, "mean")
+
+
+def test_a_width_planned_with_an_allowance_is_that_much_narrower() -> None:
+    """Sized 1.3 times narrower, the plan asks for about 1.3² times the groups, and its own
+    simulated width is within the narrower target while the asked one is kept as its target."""
+    quick = Simulation(simulations=60, resamples=100)
+    plain = plan_width(independent(0.5, 0.3), kappa_of(0), 0.1, quick, start=40)
+    narrower = plan_width(independent(0.5, 0.3), kappa_of(0), 0.1, quick, start=40, allowance=1.3)
+    print(f"{plain.groups} groups plain, {narrower.groups} with the allowance")
+    assert narrower.groups == pytest.approx(1.3**2 * plain.groups, rel=0.15)
+    assert narrower.width / 2 <= 0.1 / 1.3 + 0.005 and narrower.target == 0.1 and narrower.allowance == 1.3
 
 
 def clustered_pilot(rows_per_group: int, n_groups: int = 40) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
