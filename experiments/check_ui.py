@@ -365,6 +365,8 @@ def check_monitor(page: Page, base: str, judge: JudgeRuns, out: Path) -> list[st
         image.load()
         if image.size[0] * image.size[1] < 100_000:
             failures.append(f"{slug}: the monitor's plot is {image.size}")
+        height = image.size[1]
+    page.resize(1600, max(1000, height + 400))  # a panel per sequence: the whole plot in the shot
     page.open(f"{base}/#/experiments/{judge.experiment_id}/runs/{run_id}/artifacts/{MONITOR_PLOT}?{RUNS_VIEW}", "Path:")
     page.settle()
     save_png(page.screenshot(), out / f"{slug}-monitor-plot.png")

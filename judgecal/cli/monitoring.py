@@ -116,7 +116,7 @@ def _print_sequence(outcome: MonitorOutcome) -> None:
     console.print(
         f"all {len(state.batches)} batches ({groups} groups): agreement {batch.mean:.3f}, anytime-valid "
         f"{confidence} bounds [{batch.lower:.3f}, {batch.upper:.3f}]; level {state.level:.3f} "
-        f"({state.level_source})",
+        f"({state.level_source}){'  [bold red]BELOW[/]' if state.followed and batch.upper < state.level else ''}",
         highlight=False,
     )
     _print_followed(outcome)

@@ -227,8 +227,19 @@ def new_state(loaded: LoadedJudge, threshold: float | None, alpha: float) -> Mon
         level=level,
         level_source=source,
         alpha=alpha,
-        followed=followed_quantities(loaded.bundle) if selective else [],
+        followed=_beside_agreement(followed_quantities(loaded.bundle), level) if selective else [],
     )
+
+
+def _beside_agreement(followed: list[Followed], level: float) -> list[Followed]:
+    """The sequences a selective judge's monitor follows beside its agreement. A band that
+    gives one verdict only makes that verdict's precision the agreement of the rows answered,
+    observation for observation; at the same level it would be one sequence counted twice,
+    spending a share of alpha on nothing, so it is left to the agreement's."""
+    given = [q for q in followed if q.verdict is not None]
+    if len(given) == 1 and given[0].level == level:
+        return [q for q in followed if q.verdict is None]
+    return followed
 
 
 FOLLOWED_LATER = (
@@ -438,6 +449,14 @@ def _start_run(state: MonitorState, state_path: Path, experiment_id: str) -> str
     return run.info.run_id
 
 
+def _standing(state: MonitorState) -> str:
+    """The description's first line after a batch: the alarm and what fell, or that none has."""
+    if state.alarm_batch is None:
+        return f"No alarm after {len(state.batches)} batches."
+    what = "; ".join(state.fallen()) or "its agreement"
+    return f"**ALARM since batch {state.alarm_batch}**: below its level: {what}."
+
+
 def _description(state: MonitorState) -> str:
     """The run's description: what raises the alarm."""
     confidence = confidence_percent(state.sequence_alpha)
@@ -447,10 +466,12 @@ def _description(state: MonitorState) -> str:
     )
     if not state.followed:
         return text + "."
-    each = ", ".join(f"{q.words} below {q.level:.3f}" for q in state.followed)
+    each = [f"{q.words} below {q.level:.3f}" for q in state.followed]
+    either = ", ".join([*each[:-1], f"or {each[-1]}"])
+    n = 1 + len(state.followed)
     return (
-        f"{text}, or {each}: {1 + len(state.followed)} sequences, each at alpha {state.alpha:g} / "
-        f"{1 + len(state.followed)} (Bonferroni), so that any false alarm has a chance of at most {state.alpha:g}."
+        f"{text}, {either}: {n} sequences, each at alpha {state.alpha:g} / {n} (Bonferroni), so that any false "
+        f"alarm has a chance of at most {state.alpha:g}."
     )
 
 
@@ -504,6 +525,7 @@ def log_batch(state: MonitorState) -> None:
     client.set_tag(state.run_id, "judgecal.monitor.alarm", alarm)
     if state.followed:
         client.set_tag(state.run_id, "judgecal.monitor.fallen", "; ".join(state.fallen()) or "none")
+    client.set_tag(state.run_id, "mlflow.note.content", f"{_standing(state)}\n\n{_description(state)}")
     # Finished after each batch, named by where it stands, the alarm first: the runs list
     # answers at a glance (it shows a name's first 20-odd characters).
     name = f"ALARM since batch {state.alarm_batch}" if state.alarm_batch else f"ok after {len(state.batches)} batches"
@@ -576,7 +598,6 @@ def _plot(state: MonitorState, path: Path) -> Path:
         path,
         title=f"{state.judge_name}: {'agreement' if len(panels) == 1 else 'each sequence'} batch after batch, "
         f"anytime-valid {confidence_percent(state.sequence_alpha)} bounds",
-        alarm_batch=state.alarm_batch,
     )
 
 

@@ -240,22 +240,23 @@ def monitor_sequence(
     path: Path,
     *,
     title: str,
-    alarm_batch: int | None = None,
 ) -> Path:
     """One panel per sequence, stacked: each batch's value with its interval, the confidence
     sequence after each batch (shaded between its bounds, the upper bound drawn), the level
-    the upper bound is checked against (dashed) and, from the batch of the alarm on, a red
-    band."""
+    the upper bound is checked against (dashed) and, from the batch where that panel's upper
+    bound went below its level, a red band and the crossing marked: only the sequences that
+    fell look alarmed."""
     figure = _figure(figsize=(8.4, 4.2 if len(panels) == 1 else 1.0 + 2.4 * len(panels)), layout="constrained")
     axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     x = np.asarray(batches, float)
     right = (x.max() if len(x) else 1) + 0.5
     for axis, panel in zip(axes, panels, strict=True):
         _sequence_panel(axis, x, panel)
-        if alarm_batch is not None:
-            axis.axvspan(
-                alarm_batch - 0.5, right, color=COLOURS[3], alpha=0.12, label=f"alarm since batch {alarm_batch}"
-            )
+        below = [i for i, upper in enumerate(panel.upper) if upper < panel.level]
+        if below:
+            first = below[0]
+            axis.axvspan(x[first] - 0.5, right, color=COLOURS[3], alpha=0.12, label=f"below since batch {x[first]:g}")
+            axis.plot(x[below], np.asarray(panel.upper)[below], "o", color=COLOURS[3], markersize=7, zorder=5)
         axis.set_xlim(0.5, right)
         axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes[-1].set_xticks(x)

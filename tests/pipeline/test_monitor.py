@@ -358,6 +358,11 @@ def test_a_selective_judge_whose_rare_verdict_got_worse_raises_the_alarm_naming_
     assert first_alarm(saved.observations, saved.level, alpha=saved.alpha) == 0  # pooled, as before: no alarm
     run_data = mlflow.MlflowClient().get_run(saved.run_id).data
     assert run_data.tags["judgecal.monitor.fallen"] == "the precision of its 'true' verdicts"
+    description = run_data.tags["mlflow.note.content"]
+    assert description.startswith(
+        f"**ALARM since batch {saved.alarm_batch}**: below its level: the precision of its 'true'"
+    )
+    assert ", or its coverage below" in description
     assert run_data.metrics["sequence.precision.true.upper"] < 0.7 <= run_data.metrics["sequence.coverage.upper"]
 
 
@@ -396,3 +401,16 @@ def test_coverage_is_followed_only_against_a_real_interval_from_the_test_rows() 
         quantities = followed_quantities(bundle.model_copy(update={"evaluation": evaluation}))
         followed[value] = {q.name: q.level for q in quantities}
     assert followed == {1.0: {"precision.false": 0.95}, 0.6: {"precision.false": 0.95, "coverage": 0.45}}
+
+
+def test_a_band_that_gives_one_verdict_follows_its_precision_once_as_the_agreement_of_the_rows_answered(
+    workspace: Workspace,
+) -> None:
+    """The band says only 'false': its precision is the agreement of the rows answered,
+    observation for observation, at the same level, so it is not a second sequence taking
+    a share of alpha; against another level (--threshold) it is one."""
+    loaded = open_judge(GOLDEN / "recorded-stacking-selective", workspace=workspace)
+    alone = monitor.new_state(loaded, None, 0.05)
+    assert alone.level == 0.95 and alone.followed == [] and alone.sequence_alpha == 0.05
+    other_level = monitor.new_state(loaded, 0.6, 0.05)
+    assert [q.name for q in other_level.followed] == ["precision.false"] and other_level.sequence_alpha == 0.025
