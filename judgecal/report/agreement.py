@@ -445,6 +445,11 @@ def compare_judges(
             f" McNemar's exact test: {test.only_second_correct} rows right only for {candidate}, "
             f"{test.only_first_correct} only for {baseline}, p = {test.p_value:.3g}."
         )
+        if outcome == "inconclusive" and test.p_value < 0.05:
+            statement += (
+                " That test counts rows as independent and asks which rows each got right, not κ; the interval "
+                "counts groups, so it is the one that speaks for new groups."
+            )
     return Comparison(
         baseline=baseline,
         candidate=candidate,

@@ -71,6 +71,21 @@ def test_same_judge_twice_is_inconclusive() -> None:
     assert comparison.deltas["kappa"].value == 0.0
 
 
+def test_an_inconclusive_interval_beside_a_small_mcnemar_p_value_says_which_speaks_for_new_groups() -> None:
+    """'No' to every row is right on the 70% of rows people say no to, far more often than a
+    raw judge right half the time, yet both have κ 0: McNemar's p is tiny while Δκ's interval
+    spans 0, and the statement says why they differ instead of leaving two verdicts."""
+    record = synthetic_record(0.5, baseline_skill=0.5)
+    record.judges["calibrated"] = JudgeRecord(verdicts=[False] * len(record.ids), probability=[0.1] * len(record.ids))
+    comparison = evaluate_record(record, n_resamples=300).comparison
+    assert comparison is not None and comparison.outcome == "inconclusive"
+    assert comparison.mcnemar is not None and comparison.mcnemar.p_value < 0.05
+    assert "counts rows as independent" in comparison.statement
+    same = synthetic_record(0.6)
+    same.judges["calibrated"] = same.judges["raw"]
+    assert "counts rows as independent" not in evaluate_record(same, n_resamples=300).comparison.statement
+
+
 def test_every_metric_has_an_interval_around_its_estimate() -> None:
     report = evaluate_record(synthetic_record(0.8), n_resamples=300)
     for score in report.judges:
