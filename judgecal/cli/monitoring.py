@@ -91,9 +91,14 @@ def monitor_command(args: argparse.Namespace) -> int:
 
 def _print_batch(batch: BatchCheck, loaded: LoadedJudge) -> None:
     kind = "weighted κ" if loaded.judge.task.spec.is_ordinal else "κ"
+    kappa = (
+        f"{kind} – (its only verdict is '{batch.only_verdict}': {kind} is 0 by construction)"
+        if batch.only_verdict
+        else f"{kind} {batch.kappa}"
+    )
     console.print(
         f"batch {batch.index} ({batch.file}): {batch.rows} rows in {batch.groups} groups; agreement "
-        f"{batch.agreement}, {kind} {batch.kappa} (95% intervals over groups)",
+        f"{batch.agreement}, {kappa} (95% intervals over groups)",
         highlight=False,
     )
     if batch.coverage is not None:

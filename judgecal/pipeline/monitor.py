@@ -88,6 +88,13 @@ class BatchCheck(BaseModel):
         default_factory=dict, description="A selective judge's followed sequences after this batch, by name."
     )
 
+    @property
+    def only_verdict(self) -> str | None:
+        """The verdict a selective judge gave on every row it answered in this batch, if one:
+        κ against people is then 0 by construction, however right those verdicts are."""
+        given = [verdict for verdict, value in self.precision.items() if value is not None]
+        return given[0] if self.coverage is not None and len(given) == 1 else None
+
 
 class MonitorState(BaseModel):
     """What a monitor has counted so far; ``judgecal monitor --state`` reads and replaces it."""
@@ -500,12 +507,12 @@ def log_batch(state: MonitorState) -> None:
     client = mlflow.MlflowClient()
     batch = state.batches[-1]
     assert state.run_id is not None
-    metrics = {
+    metrics: dict[str, float | None] = {
         "batch.rows": batch.rows,
         "batch.agreement": batch.agreement.value,
         "batch.agreement_low": batch.agreement.low,
         "batch.agreement_high": batch.agreement.high,
-        "batch.kappa": batch.kappa.value,
+        "batch.kappa": None if batch.only_verdict else batch.kappa.value,
         "sequence.mean": batch.mean,
         "sequence.upper": batch.upper,
         "sequence.lower": batch.lower,
@@ -529,7 +536,8 @@ def log_batch(state: MonitorState) -> None:
     # Finished after each batch, named by where it stands, the alarm first: the runs list
     # answers at a glance (it shows a name's first 20-odd characters).
     name = f"ALARM since batch {state.alarm_batch}" if state.alarm_batch else f"ok after {len(state.batches)} batches"
-    client.update_run(state.run_id, status="FINISHED", name=f"monitor: {name}")
+    client.set_terminated(state.run_id, "FINISHED")  # its end time: the run lasts from first batch to last
+    client.update_run(state.run_id, name=f"monitor: {name}")
     with tempfile.TemporaryDirectory() as scratch:
         client.log_artifact(state.run_id, str(_plot(state, Path(scratch) / MONITOR_PLOT)))
         copy = Path(scratch) / MONITOR_STATE_FILE

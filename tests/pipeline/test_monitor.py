@@ -206,6 +206,8 @@ def test_a_selective_judge_reports_coverage_and_precision_and_an_old_bundle_no_s
     assert batch.precision["false"] is not None and batch.answered == round(batch.coverage * batch.rows)
     assert "coverage" in out.out and "not checked" in out.err
     assert batch.shift is None
+    # Its band never says 'true': κ on the rows it answers is 0 whatever they are, and it says so.
+    assert batch.only_verdict == "false" and "κ – (its only verdict is 'false'" in " ".join(out.out.split())
 
 
 def test_a_judge_without_a_reference_sample_says_so_on_the_first_batch_only(tmp_path: Path, capsys) -> None:
@@ -358,6 +360,7 @@ def test_a_selective_judge_whose_rare_verdict_got_worse_raises_the_alarm_naming_
     assert first_alarm(saved.observations, saved.level, alpha=saved.alpha) == 0  # pooled, as before: no alarm
     run_data = mlflow.MlflowClient().get_run(saved.run_id).data
     assert run_data.tags["judgecal.monitor.fallen"] == "the precision of its 'true' verdicts"
+    assert mlflow.MlflowClient().get_run(saved.run_id).info.end_time is not None  # the UI shows its duration
     description = run_data.tags["mlflow.note.content"]
     assert description.startswith(
         f"**ALARM since batch {saved.alarm_batch}**: below its level: the precision of its 'true'"
