@@ -13,7 +13,8 @@ from judgecal.workspace import Workspace
 
 if TYPE_CHECKING:
     from judgecal.export.flavor import LoadedJudge
-    from judgecal.pipeline.monitor import BatchCheck, MonitorOutcome
+    from judgecal.pipeline.monitor import MonitorOutcome
+    from judgecal.pipeline.monitor_state import BatchCheck
     from judgecal.stats.shift import ShiftCheck
 
 ALARM_EXIT = 3

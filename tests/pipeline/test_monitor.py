@@ -19,7 +19,8 @@ from judgecal.export.bundle import bundle_from_judge, save_bundle
 from judgecal.export.flavor import open_judge
 from judgecal.export.reference import reference_sketch
 from judgecal.pipeline import monitor
-from judgecal.pipeline.monitor import check_batch, read_state
+from judgecal.pipeline.monitor import check_batch
+from judgecal.pipeline.monitor_state import read_state
 from judgecal.tasks.registry import resolve_task
 from judgecal.workspace import Workspace
 from tests.conftest import write_jsonl
