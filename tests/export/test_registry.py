@@ -116,10 +116,10 @@ def test_demo_judge_loads_by_path_run_and_champion_alias_in_a_fresh_process(isol
             "calibration.strategy": "threshold",
             "judge.register_as": "relevance-demo",
             # Few rows for the embedded model to judge: the point is loading, not agreement.
-            "split.max_train_rows": 16,
-            "split.max_dev_rows": 16,
-            "split.max_test_rows": 16,
-            "split.max_gate_rows": 8,
+            "split.max_train_rows": 8,
+            "split.max_dev_rows": 8,
+            "split.max_test_rows": 8,
+            "split.max_gate_rows": 4,
         },
     )
     report = run_calibration(config, log=lambda m: None)
