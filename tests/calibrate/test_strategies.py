@@ -544,7 +544,7 @@ def test_threshold_without_token_probabilities_uses_a_stated_score(dspy_cache, l
     from judgecal.backends.settings import LMConfig
 
     lm = build_lm(LMConfig(logprobs=False, max_tokens=48), loaded_models)
-    _, split = demo_split("relevance", "relevance_demo.jsonl", 8)
+    _, split = demo_split("relevance", "relevance_demo.jsonl", 5)  # each row a generation of up to 48 tokens
     raw = ProgramJudge(RELEVANCE, JudgeProgram(RELEVANCE.signature), lm, "relevance")
     assert all(v.probabilities is None for v in raw.predict(split.dev.rows[:2]))
     judge = fit("threshold", environment(RELEVANCE, raw, lm=lm), split).judge
