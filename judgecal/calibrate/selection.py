@@ -11,7 +11,8 @@ Two rules, by what a candidate costs:
   covers many of them (a pruner looking at a prefix sees a fair sample).
 
 :func:`choose` picks the winner. Within a strategy, its default settings stand for it
-unless tuned settings beat them by more than one paired standard error. Across strategies,
+unless the best of its tuned settings beats them by more than one paired standard error,
+widened for the number of tuned settings it was the best of (:func:`tuned_bar`). Across strategies,
 the best cross-validated candidate, replaced by a simpler strategy whose score is within
 one standard error of it (the standard error of their paired difference over the same
 folds); a dev-scored candidate wins only when it beats that choice on the same dev rows
@@ -206,21 +207,39 @@ def dev_difference(
     return point, float(np.std(draws, ddof=1))
 
 
+# One standard error, as a one-sided level: P(Z > 1).
+ONE_SE_LEVEL = 0.15865525393145707
+
+
+def tuned_bar(tuned: int) -> float:
+    """How many paired standard errors the best of ``tuned`` tuned settings must lead the
+    defaults by: one for a single one, and for more the same one-sided level (that of one
+    standard error) split among them (Bonferroni). The best of many settings scored on the
+    same folds leads by chance more often than any one of them does; a bar that does not
+    grow with their number lets a longer search replace the defaults by noise."""
+    from scipy.stats import norm
+
+    return float(norm.isf(ONE_SE_LEVEL / max(1, tuned)))
+
+
 def best_per_strategy(
     task: Task, dev: Sequence[LabeledRow], candidates: Sequence[Candidate]
 ) -> tuple[list[Candidate], list[str]]:
-    """Each strategy's representative: its best-scoring settings, unless its default settings
-    are within one paired standard error of them. Tuned settings that win by less than the
-    noise of the score are as likely to lose on new prompts as to win, and the defaults were
-    not selected on these rows."""
+    """Each strategy's representative: its default settings, unless the best of its tuned
+    settings leads them by more than :func:`tuned_bar` paired standard errors. Tuned settings
+    that win by less than the noise of the best of so many scores are as likely to lose on
+    new prompts as to win, and the defaults were not selected on these rows."""
     best: dict[str, Candidate] = {}
     defaults: dict[str, Candidate] = {}
+    tuned: dict[str, int] = {}
     for candidate in candidates:
         held = best.get(candidate.strategy)
         if held is None or candidate.score.value > held.score.value:
             best[candidate.strategy] = candidate
         if candidate.default:
             defaults[candidate.strategy] = candidate
+        else:
+            tuned[candidate.strategy] = tuned.get(candidate.strategy, 0) + 1
     steps: list[str] = []
     for name, top in best.items():
         default = defaults.get(name)
@@ -233,12 +252,21 @@ def best_per_strategy(
             )
         else:
             gain, se = dev_difference(task, dev, default.score, top.score)
-        if gain <= se:
+        bar = tuned_bar(tuned[name])
+        measure = f"{bar:.2f} paired standard errors ({se:.3f} each; the best of {tuned[name]} tuned settings)"
+        if tuned[name] == 1:
+            measure = f"one paired standard error {se:.3f}"
+        if gain <= bar * se:
             steps.append(
                 f"{name}: default settings (trial {default.number}) kept over trial {top.number}, which is ahead by "
-                f"{gain:+.3f}, not more than one paired standard error {se:.3f}"
+                f"{gain:+.3f}, not more than {measure}"
             )
             best[name] = default
+        else:
+            steps.append(
+                f"{name}: trial {top.number} chosen over its default settings (trial {default.number}): ahead by "
+                f"{gain:+.3f}, more than {measure}"
+            )
     return list(best.values()), steps
 
 
@@ -289,7 +317,8 @@ def choose(candidates: Sequence[Candidate], task: Task, dev: Sequence[LabeledRow
     assert choice is not None
     rule = (
         "cross-validated κ over train + dev (grouped folds) for strategies that make no LM calls to fit, "
-        "dev κ for those that do; within one standard error, default settings win over tuned ones "
+        "dev κ for those that do; default settings win over tuned ones within one standard error, widened for the "
+        "number of tuned settings, "
         "and the simpler strategy wins"
     )
     return Choice(winner=choice, rule=rule, steps=steps)

@@ -522,6 +522,23 @@ def test_a_strategys_default_settings_win_over_tuned_ones_within_one_paired_stan
     assert choose([default, tuned, clearly], RELEVANCE, dev).winner is clearly
 
 
+def test_the_lead_tuned_settings_need_grows_with_how_many_were_tried() -> None:
+    """The best of many tuned settings leads the defaults by chance more often than one
+    does: a lead of 1.7 paired standard errors replaces the defaults when it is the only
+    tuned setting, and not when it is the best of twelve."""
+    dev = recorded_rows().rows[:40]
+    base = [0.50, 0.40, 0.55, 0.45, 0.52]
+    default = candidate(0, "stacking", 4, base, default=True)
+    lead = [0.04, -0.01, 0.03, 0.00, 0.02]  # +0.016, paired SE 0.0093: 1.73 standard errors
+    best = candidate(5, "stacking", 4, [b + d for b, d in zip(base, lead, strict=True)])
+    assert choose([default, best], RELEVANCE, dev).winner is best
+    rng = np.random.default_rng(0)
+    others = [candidate(6 + k, "stacking", 4, [b - 0.01 + rng.normal(0, 0.01) for b in base]) for k in range(11)]
+    choice = choose([default, best, *others], RELEVANCE, dev)
+    assert choice.winner is default
+    assert any("the best of 12 tuned settings" in step for step in choice.steps)
+
+
 def test_a_dev_scored_strategy_must_beat_the_cross_validated_choice_on_the_same_rows() -> None:
     dev = list(recorded_rows(n_groups=12).rows)
     truth = {row.id: row.label for row in dev}
