@@ -20,7 +20,7 @@ import pytest
 
 from judgecal.calibrate.guard import RowGuard
 from judgecal.calibrate.pruning import DEV_ROW_SCORES
-from judgecal.calibrate.selection import Candidate, SelectionScore, choose
+from judgecal.calibrate.selection import Candidate, SelectionScore, choose, paired_se
 from judgecal.calibrate.strategies import STRATEGIES, StrategySpec
 from judgecal.cli import main
 from judgecal.data.rows import LabeledRow
@@ -522,14 +522,31 @@ def test_a_strategys_default_settings_win_over_tuned_ones_within_one_paired_stan
     assert choose([default, tuned, clearly], RELEVANCE, dev).winner is clearly
 
 
+def test_the_standard_error_over_folds_counts_their_shared_training_rows() -> None:
+    """Five folds' judges share three quarters of their training rows, so their differences
+    are correlated: the standard error is the plain one times 1.5 (Nadeau & Bengio's
+    1/K + 1/(K − 1) for the variance), and a lead of 1.5 plain standard errors (1.0 corrected)
+    is no longer enough for a tuned setting to replace the defaults."""
+    first, second = [0.50, 0.40, 0.55, 0.45, 0.52], [0.45, 0.41, 0.52, 0.46, 0.49]
+    diff = np.subtract(first, second)
+    assert paired_se(first, second) == pytest.approx(np.std(diff, ddof=1) * np.sqrt(1 / 5 + 1 / 4))
+    plain = np.std(diff, ddof=1) / np.sqrt(5)
+    assert diff.mean() / plain == pytest.approx(1.5, abs=0.01)
+    dev = recorded_rows().rows[:40]
+    default = candidate(0, "stacking", 4, second, default=True)
+    tuned = candidate(5, "stacking", 4, first)
+    assert choose([default, tuned], RELEVANCE, dev).winner is default
+
+
 def test_the_lead_tuned_settings_need_grows_with_how_many_were_tried() -> None:
     """The best of many tuned settings leads the defaults by chance more often than one
-    does: a lead of 1.7 paired standard errors replaces the defaults when it is the only
-    tuned setting, and not when it is the best of twelve."""
+    does: a lead of 1.5 paired standard errors replaces the defaults when it is the only
+    tuned setting (the bar: 1.14, Student's t with 4 degrees of freedom), and not when it is
+    the best of twelve."""
     dev = recorded_rows().rows[:40]
     base = [0.50, 0.40, 0.55, 0.45, 0.52]
     default = candidate(0, "stacking", 4, base, default=True)
-    lead = [0.04, -0.01, 0.03, 0.00, 0.02]  # +0.016, paired SE 0.0093: 1.73 standard errors
+    lead = [0.05, -0.01, 0.04, 0.01, 0.03]  # +0.024, corrected paired SE 0.016: 1.49 standard errors
     best = candidate(5, "stacking", 4, [b + d for b, d in zip(base, lead, strict=True)])
     assert choose([default, best], RELEVANCE, dev).winner is best
     rng = np.random.default_rng(0)
