@@ -10,14 +10,15 @@ Two rules, by what a candidate costs:
   train, scored on dev, in an order that interleaves groups so that any prefix of dev
   covers many of them (a pruner looking at a prefix sees a fair sample).
 
-:func:`choose` picks the winner. Standard errors of a difference over the same folds are
-corrected for the folds' shared training rows (:func:`paired_se`). Within a strategy, its
-default settings stand for it unless the best of its tuned settings leads them by more
-than a one-sided test at the level of one standard error allows, that level split among
-the tuned settings it was the best of (:func:`tuned_bar`). Across strategies, the best
-cross-validated candidate, replaced by a simpler strategy whose score is within one
-standard error of it; a dev-scored candidate wins only when it beats that choice on the
-same dev rows by more than one standard error.
+:func:`choose` picks the winner. Within a strategy, its default settings stand for it
+unless the best of its tuned settings leads them by more than a one-sided paired t-test at
+the level of one standard error allows, that level split among the tuned settings it was
+the best of (:func:`tuned_bar`), its standard error corrected for the folds' shared training
+rows (:func:`corrected_paired_se`). Across strategies, the best cross-validated candidate,
+replaced by a simpler strategy whose score is within one standard error of it (the
+one-standard-error rule: the plain standard error of their paired difference over the same
+folds); a dev-scored candidate wins only when it beats that choice on the same dev rows by
+more than one standard error.
 """
 
 from __future__ import annotations
@@ -183,11 +184,18 @@ class Choice:
 
 
 def paired_se(first: Sequence[float], second: Sequence[float]) -> float:
-    """Standard error of the mean difference of two candidates' scores on the same K folds,
-    corrected for the folds' overlapping training rows (Nadeau & Bengio 2003: the variance
-    of the differences times 1/K + 1/(K − 1) instead of 1/K). Each fold's judge is fitted on
-    rows the others were fitted on too, so the fold differences are correlated and their
-    plain standard error is too small: by a factor 1.5 at five folds."""
+    """Standard error of the mean difference of two candidates' scores on the same folds: the
+    one-standard-error rule's, as Breiman et al. (1984) define it."""
+    diff = np.asarray(first) - np.asarray(second)
+    return float(np.std(diff, ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("inf")
+
+
+def corrected_paired_se(first: Sequence[float], second: Sequence[float]) -> float:
+    """The same, corrected for the folds' overlapping training rows (Nadeau & Bengio 2003:
+    the variance of the differences times 1/K + 1/(K − 1) instead of 1/K), as a test of
+    one candidate against another needs it. Each fold's judge is fitted on rows the others
+    were fitted on too, so the fold differences are correlated and their plain standard
+    error is too small: by a factor 1.5 at five folds."""
     diff = np.asarray(first) - np.asarray(second)
     k = len(diff)
     return float(np.std(diff, ddof=1) * np.sqrt(1 / k + 1 / (k - 1))) if k > 1 else float("inf")
@@ -258,7 +266,7 @@ def best_per_strategy(
         if top.score.rule == CV:
             gain, se = (
                 top.score.value - default.score.value,
-                paired_se(top.score.folds or [], default.score.folds or []),
+                corrected_paired_se(top.score.folds or [], default.score.folds or []),
             )
         else:
             gain, se = dev_difference(task, dev, default.score, top.score)
@@ -326,9 +334,9 @@ def choose(candidates: Sequence[Candidate], task: Task, dev: Sequence[LabeledRow
     assert choice is not None
     rule = (
         "cross-validated κ over train + dev (grouped folds) for strategies that make no LM calls to fit, "
-        "dev κ for those that do; standard errors over folds corrected for their shared training rows; default "
-        "settings win over tuned ones unless the best of them leads by more than a one-sided test at the level of "
-        "one standard error, split among the tuned settings, allows; within one standard error the simpler "
-        "strategy wins"
+        "dev κ for those that do; default settings win over tuned ones unless the best of them leads by more than "
+        "a one-sided paired t-test at the level of one standard error, split among the tuned settings, allows "
+        "(its standard error corrected for the folds' shared training rows); within one standard error the "
+        "simpler strategy wins"
     )
     return Choice(winner=choice, rule=rule, steps=steps)

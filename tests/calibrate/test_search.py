@@ -20,7 +20,7 @@ import pytest
 
 from judgecal.calibrate.guard import RowGuard
 from judgecal.calibrate.pruning import DEV_ROW_SCORES
-from judgecal.calibrate.selection import Candidate, SelectionScore, choose, paired_se
+from judgecal.calibrate.selection import Candidate, SelectionScore, choose, corrected_paired_se
 from judgecal.calibrate.strategies import STRATEGIES, StrategySpec
 from judgecal.cli import main
 from judgecal.data.rows import LabeledRow
@@ -511,6 +511,18 @@ def test_a_simpler_strategy_within_one_paired_standard_error_wins() -> None:
     assert any("simpler" in step for step in choice.steps)
 
 
+def test_the_one_standard_error_rule_keeps_its_plain_standard_error() -> None:
+    """Across strategies the rule is Breiman's, on the plain standard error of the paired
+    difference: a simpler strategy 1.2 of them behind is not chosen (with the standard error
+    corrected for shared training rows it would be, at 0.8 of one)."""
+    dev = recorded_rows().rows[:40]
+    base = [0.50, 0.40, 0.55, 0.45, 0.52]
+    stack = candidate(0, "stacking", 4, base)
+    behind = [0.05, -0.02, 0.03, -0.01, 0.03]
+    verifier = candidate(1, "verifier", 2, [b - d for b, d in zip(base, behind, strict=True)])
+    assert choose([stack, verifier], RELEVANCE, dev).winner is stack
+
+
 def test_a_strategys_default_settings_win_over_tuned_ones_within_one_paired_standard_error() -> None:
     dev = recorded_rows().rows[:40]
     default = candidate(0, "stacking", 4, [0.50, 0.40, 0.55, 0.45, 0.52], default=True)
@@ -529,7 +541,7 @@ def test_the_standard_error_over_folds_counts_their_shared_training_rows() -> No
     is no longer enough for a tuned setting to replace the defaults."""
     first, second = [0.50, 0.40, 0.55, 0.45, 0.52], [0.45, 0.41, 0.52, 0.46, 0.49]
     diff = np.subtract(first, second)
-    assert paired_se(first, second) == pytest.approx(np.std(diff, ddof=1) * np.sqrt(1 / 5 + 1 / 4))
+    assert corrected_paired_se(first, second) == pytest.approx(np.std(diff, ddof=1) * np.sqrt(1 / 5 + 1 / 4))
     plain = np.std(diff, ddof=1) / np.sqrt(5)
     assert diff.mean() / plain == pytest.approx(1.5, abs=0.01)
     dev = recorded_rows().rows[:40]
