@@ -272,7 +272,7 @@ def best_per_strategy(
             gain, se = dev_difference(task, dev, default.score, top.score)
         bar = tuned_bar(tuned[name], folds)
         settings = "the only tuned setting" if tuned[name] == 1 else f"the best of {tuned[name]} tuned settings"
-        measure = f"{bar:.2f} paired standard errors ({se:.3f} each; {settings})"
+        measure = f"{bar:.2f} standard errors of {se:.3f} ({bar * se:.3f}; {settings})"
         if gain <= bar * se:
             steps.append(
                 f"{name}: default settings (trial {default.number}) kept over trial {top.number}, which is ahead by "
