@@ -196,9 +196,8 @@ def corrected_paired_se(first: Sequence[float], second: Sequence[float]) -> floa
     one candidate against another needs it. Each fold's judge is fitted on rows the others
     were fitted on too, so the fold differences are correlated and their plain standard
     error is too small: by a factor 1.5 at five folds."""
-    diff = np.asarray(first) - np.asarray(second)
-    k = len(diff)
-    return float(np.std(diff, ddof=1) * np.sqrt(1 / k + 1 / (k - 1))) if k > 1 else float("inf")
+    k = len(first)
+    return paired_se(first, second) * float(np.sqrt(1 + k / (k - 1))) if k > 1 else float("inf")
 
 
 def dev_difference(
@@ -262,13 +261,14 @@ def best_per_strategy(
         default = defaults.get(name)
         if default is None or default is top:
             continue
-        folds = len(top.score.folds or []) if top.score.rule == CV else None
         if top.score.rule == CV:
+            folds: int | None = len(top.score.folds or [])
             gain, se = (
                 top.score.value - default.score.value,
                 corrected_paired_se(top.score.folds or [], default.score.folds or []),
             )
         else:
+            folds = None  # a bootstrap's standard error: the normal
             gain, se = dev_difference(task, dev, default.score, top.score)
         bar = tuned_bar(tuned[name], folds)
         settings = "the only tuned setting" if tuned[name] == 1 else f"the best of {tuned[name]} tuned settings"
